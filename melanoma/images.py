@@ -1,0 +1,126 @@
+"""Decoding any image a user or the archive hands us into one canonical RGB form, or a reason it was refused.
+
+Real collections contain EXIF-rotated phone photos, grayscale scans, RGBA PNGs, CMYK JPEGs, 16-bit PNGs,
+6000-pixel originals, truncated downloads and stray text files. Everything downstream assumes upright 8-bit
+RGB of bounded size, so this is the one place that guarantees it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+Image.MAX_IMAGE_PIXELS = 300_000_000  # refuse decompression bombs, accept real 100+ MP scans
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+class ImageRejected(Exception):
+    """The file is not a usable image; the message is the reason written to rejected.csv."""
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """An image ready to write: the bytes to store, their suffix, and what it was before."""
+
+    data: bytes
+    suffix: str
+    orig_width: int
+    orig_height: int
+    width: int
+    height: int
+    thumb: np.ndarray  # 16x16 uint8, see thumbnail()
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max() if a.size else 0.0
+        a = a * (255.0 / hi) if hi > 255 else a  # 16-bit: scale the used range into 8 bits
+        return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparency over white, like a viewer
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+THUMB = 16
+
+
+def thumbnail(im: Image.Image) -> np.ndarray:
+    """A 16x16 grayscale box-filtered thumbnail (uint8): the near-duplicate fingerprint.
+
+    Measured here: an image against its half-size JPEG (quality 50) copy correlates >= 0.995, distinct lesions
+    <= 0.946 on the real ISIC sample and <= 0.990 on the (smoother) demo images; a 256-bit dHash separated
+    these far less cleanly. Crops of more than a few per cent are not caught: that is what lesion ids are for.
+    """
+    return np.asarray(im.convert("L").resize((THUMB, THUMB), Image.BOX), dtype=np.uint8)
+
+
+def normalise(path: Path, max_side: int) -> Normalised:
+    """Decode `path` fully; return upright 8-bit RGB bytes no larger than `max_side`, or raise ImageRejected.
+
+    An image that is already an upright RGB JPEG within bounds keeps its original bytes (no second lossy
+    encode); anything converted is stored as PNG.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageRejected(f"cannot read file: {e.strerror}") from None
+    if size == 0:
+        raise ImageRejected("empty file (0 bytes)")
+    raw = path.read_bytes()
+    try:
+        im = Image.open(io.BytesIO(raw))
+        fmt = im.format
+        im.load()  # decodes everything: truncated files fail here, not later in training
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageRejected(f"image too large to decode safely: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageRejected(f"truncated or corrupt image: {e}") from None
+    orig_w, orig_h = im.size
+    if orig_w == 0 or orig_h == 0:
+        raise ImageRejected("image has zero width or height")
+    changed = im.getexif().get(0x0112, 1) != 1  # EXIF orientation: pixels must be rotated upright
+    rgb = _to_rgb(ImageOps.exif_transpose(im))
+    if max(rgb.size) > max_side:
+        scale = max_side / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.LANCZOS)
+        changed = True
+    if fmt == "JPEG" and im.mode == "RGB" and not changed:
+        data, suffix = raw, ".jpg"
+    else:
+        buf = io.BytesIO()
+        rgb.save(buf, format="PNG")
+        data, suffix = buf.getvalue(), ".png"
+    return Normalised(data, suffix, orig_w, orig_h, rgb.width, rgb.height, thumbnail(rgb))
+
+
+def encode_png(pixels: np.ndarray) -> Normalised:
+    """Store generated HxWx3 uint8 pixels losslessly."""
+    im = Image.fromarray(pixels)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return Normalised(buf.getvalue(), ".png", im.width, im.height, im.width, im.height, thumbnail(im))
+
+
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Read an image that `normalise` wrote (already upright RGB) as an HxWx3 uint8 array."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))

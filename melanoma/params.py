@@ -1,0 +1,139 @@
+"""One loader for params.yaml: every stage reads its section through `load_params`.
+
+DVC writes `dvc exp run -S key=value` straight into params.yaml, so validating here is what makes a typo in
+`-S` fail with a message instead of running a 20-minute pipeline on a silently wrong value.
+The schema is declared once below; unknown keys, wrong types and out-of-range values all fail with the key
+path and what is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LABELS = ("benign", "malignant")
+SOURCES = ("demo", "local", "isic_csv", "gdrive")
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One leaf of the schema: its type and the values it may take."""
+
+    kind: type | tuple[type, ...]
+    choices: tuple[Any, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    nullable: bool = False
+    values: tuple[str, ...] = ()  # for dict fields: allowed values of the mapping
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
+
+
+SCHEMA: dict[str, Any] = {
+    "data": {
+        "source": Field(str, choices=SOURCES),
+        "max_side": Field(int, min=64, max=20000),
+        "max_reject_fraction": Field(float, min=0.0, max=1.0),
+        "label_map": Field(dict, values=LABELS + ("reject",)),
+        "demo": {
+            "seed": Field(int, min=0),
+            "n_benign": Field(int, min=1, max=1_000_000),
+            "n_malignant": Field(int, min=1, max=1_000_000),
+            "image_size": Field(int, min=32, max=1024),
+            "label_noise": Field(float, min=0.0, max=0.5),
+            "repeat_fraction": Field(float, min=0.0, max=0.5),
+        },
+        "local": {"path": Field(str)},
+        "isic_csv": {"images": Field(str), "csv": Field(str)},
+        "gdrive": {"folder_id": Field(str), "download_dir": Field(str)},
+    },
+    "split": {
+        "seed": Field(int, min=0),
+        "val_fraction": Field(float, min=0.0, max=0.5),
+        "test_fraction": Field(float, min=0.0, max=0.5),
+        "near_duplicate_corr": Field(float, min=0.5, max=1.0),
+    },
+}
+
+
+def _describe(f: Field) -> str:
+    if f.choices:
+        return "one of " + ", ".join(map(str, f.choices))
+    kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+    text = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+    if f.min is not None and f.max is not None:
+        text += f" in [{f.min}, {f.max}]"
+    elif f.min is not None:
+        text += f" >= {f.min}"
+    elif f.max is not None:
+        text += f" <= {f.max}"
+    if f.values:
+        text += " with values in " + ", ".join(f.values)
+    return text
+
+
+def _check_leaf(path: str, value: Any, f: Field) -> Any:
+    if value is None:
+        if f.nullable:
+            return None
+        raise ParamsError(f"{path} is null; it must be {_describe(f)}")
+    kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
+    ok = any(
+        isinstance(value, k) and not (k in (int, float) and isinstance(value, bool)) for k in kinds
+    ) or (float in kinds and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ParamsError(f"{path} is {value!r} ({type(value).__name__}); it must be {_describe(f)}")
+    if float in kinds and isinstance(value, int):
+        value = float(value)
+    if f.choices and value not in f.choices:
+        raise ParamsError(f"{path} must be one of {', '.join(map(str, f.choices))} (got {value!r})")
+    if f.min is not None and value < f.min or f.max is not None and value > f.max:
+        raise ParamsError(f"{path} is {value!r}; it must be {_describe(f)}")
+    if f.values:
+        for k, v in value.items():
+            if not isinstance(k, str) or v not in f.values:
+                raise ParamsError(
+                    f"{path}.{k} is {v!r}; each value must be one of {', '.join(f.values)}"
+                )
+    return value
+
+
+def validate(tree: Any, schema: dict[str, Any] = SCHEMA, prefix: str = "") -> dict[str, Any]:
+    """Check a whole params tree against the schema and return it with numbers normalised."""
+    if not isinstance(tree, dict):
+        where = prefix or "params.yaml"
+        raise ParamsError(f"{where} must be a mapping of keys, got {type(tree).__name__}")
+    unknown = sorted(set(tree) - set(schema))
+    if unknown:
+        known = ", ".join(sorted(schema))
+        raise ParamsError(f"unknown key {prefix}{unknown[0]}; allowed keys here are: {known}")
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        path = f"{prefix}{key}"
+        if key not in tree:
+            what = "a section" if isinstance(spec, dict) else _describe(spec)
+            raise ParamsError(f"{path} is missing from params.yaml (expected {what})")
+        if isinstance(spec, dict):
+            out[key] = validate(tree[key], spec, prefix=f"{path}.")
+        else:
+            out[key] = _check_leaf(path, tree[key], spec)
+    return out
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read and validate params.yaml; every error names the key path and what it allows."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found; run from the project root (where dvc.yaml is)")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    return validate(tree)

@@ -1,0 +1,15 @@
+"""DVC stage `fetch`: params `data.*` -> data/raw/ (images, manifest.csv, rejected.csv)."""
+from melanoma.cli import run_stage
+from melanoma.fetch import FetchError, collect, write_raw
+from melanoma.params import load_params
+from melanoma.paths import RAW
+
+
+def main() -> str:
+    data = load_params()["data"]
+    summary = write_raw(collect(data), RAW, data["max_side"], data["max_reject_fraction"])
+    return summary.line(data["source"], RAW)
+
+
+if __name__ == "__main__":
+    run_stage("fetch", main, (FetchError,))

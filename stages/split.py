@@ -1,0 +1,16 @@
+"""DVC stage `split`: data/raw/manifest.csv -> data/splits/{train,val,test}.csv + split_report.json."""
+from melanoma.cli import run_stage
+from melanoma.params import load_params
+from melanoma.paths import RAW, SPLITS
+from melanoma.split import SplitError, split, summary_line
+
+
+def main() -> str:
+    p = load_params()["split"]
+    report = split(RAW, SPLITS, p["seed"], p["val_fraction"], p["test_fraction"],
+                   p["near_duplicate_corr"])
+    return summary_line(report, SPLITS)
+
+
+if __name__ == "__main__":
+    run_stage("split", main, (SplitError,))
