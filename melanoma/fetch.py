@@ -30,12 +30,12 @@ from tqdm import tqdm
 from melanoma import demo
 from melanoma.images import ImageRejected, Normalised, encode_png, md5_bytes, normalise
 from melanoma.io import atomic_dir, write_csv
+from melanoma.paths import THUMBNAILS
 from melanoma.params import LABELS
 
 MANIFEST_COLUMNS = ["id", "path", "label", "md5", "orig_width", "orig_height", "width", "height",
                     "source", "subset", "lesion_id", "origin"]
 SUBSETS = ("main", "external_test")
-THUMBNAILS = "thumbnails.npz"  # ids + 16x16 grayscale thumbnails, for near-duplicate grouping in `split`
 
 
 class FetchError(RuntimeError):
@@ -408,8 +408,7 @@ def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float
                 raise FetchError(f"no usable {c} image in the source after rejects; each class needs at least one")
         rows.sort(key=lambda r: (r["subset"] != "main", r["id"]))
         write_csv(tmp / "manifest.csv", rows, MANIFEST_COLUMNS + [f"meta_{k}" for k in meta_keys])
-        ids = [r["id"] for r in rows]
-        np.savez(tmp / THUMBNAILS, ids=np.array(ids), thumbs=np.stack([thumbs[i] for i in ids]))
+        np.save(tmp / THUMBNAILS, np.stack([thumbs[r["id"]] for r in rows]))  # .npy: byte-deterministic
         write_csv(tmp / "rejected.csv", [{"file": f, "reason": r} for f, r in sorted(rejects)], ["file", "reason"])
     counts = Counter((r["subset"], r["label"]) for r in rows)
     return FetchSummary(counts, len(rejects), total, time.perf_counter() - t0)

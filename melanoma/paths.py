@@ -3,3 +3,4 @@ from pathlib import Path
 
 RAW = Path("data/raw")
 SPLITS = Path("data/splits")
+THUMBNAILS = "thumbnails.npy"  # in RAW: 16x16 grayscale thumbnail of each manifest row, in manifest order

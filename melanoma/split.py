@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from melanoma.fetch import THUMBNAILS
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS
+from melanoma.paths import THUMBNAILS
 
 SPLITS = ("train", "val", "test")
 
@@ -111,15 +111,13 @@ def assign(groups: dict[int, list[int]], group_label: dict[int, str], fractions:
     return out
 
 
-def load_thumbnails(raw: Path, rows: list[dict[str, str]]) -> np.ndarray:
-    """The fetch stage's thumbnails, in manifest order."""
-    with np.load(raw / THUMBNAILS) as z:
-        index = {i: k for k, i in enumerate(z["ids"].tolist())}
-        missing = [r["id"] for r in rows if r["id"] not in index]
-        if missing:
-            raise SplitError(f"{raw / THUMBNAILS} has no thumbnail for {missing[0]} (and {len(missing) - 1} more); "
-                             "rerun `dvc repro -f fetch`")
-        return z["thumbs"][[index[r["id"]] for r in rows]]
+def load_thumbnails(raw: Path, n_rows: int) -> np.ndarray:
+    """The fetch stage's thumbnails, one per manifest row."""
+    thumbs = np.load(raw / THUMBNAILS)
+    if len(thumbs) != n_rows:
+        raise SplitError(f"{raw / THUMBNAILS} has {len(thumbs)} thumbnails for {n_rows} manifest rows; "
+                         "rerun `dvc repro -f fetch`")
+    return thumbs
 
 
 def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: float,
@@ -131,7 +129,7 @@ def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: f
     rows = read_csv(raw / "manifest.csv")
     if not rows:
         raise SplitError(f"{raw / 'manifest.csv'} lists no images")
-    grouping = group_rows(rows, load_thumbnails(raw, rows), near_duplicate_corr)
+    grouping = group_rows(rows, load_thumbnails(raw, len(rows)), near_duplicate_corr)
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(grouping.group_of):
         members[g].append(i)

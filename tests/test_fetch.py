@@ -1,0 +1,279 @@
+"""The fetch stage's sources and failure modes (melanoma.fetch)."""
+import csv
+import io
+import shutil
+import tarfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from melanoma import fetch
+from melanoma.fetch import FetchError, collect, from_demo, from_folder, from_gdrive, safe_extract, write_raw
+from melanoma.io import read_csv
+from melanoma.params import load_params
+from tests.conftest import ROOT, jpeg_bytes, lesion_image, make_class_folders
+
+DEMO = {"seed": 3, "n_benign": 12, "n_malignant": 6, "image_size": 48, "label_noise": 0.2, "repeat_fraction": 0.2}
+
+
+def run(offer, out, max_reject=0.05):
+    return write_raw(offer, out, max_side=1024, max_reject_fraction=max_reject, workers=1)
+
+
+def labels(out: Path) -> Counter:
+    return Counter((r["subset"], r["label"]) for r in read_csv(out / "manifest.csv"))
+
+
+# ------------------------------------------------------------------ demo
+
+def test_demo_counts_labels_and_files(tmp_path):
+    run(from_demo(DEMO), tmp_path / "raw")
+    rows = read_csv(tmp_path / "raw" / "manifest.csv")
+    assert labels(tmp_path / "raw") == {("main", "benign"): 12, ("main", "malignant"): 6}
+    swapped = [r for r in rows if r["meta_label_swapped"] == "true"]
+    assert len(swapped) == 2 * round(0.2 * 6)  # the same number swapped each way, counts unchanged
+    assert all(r["meta_drawn_as"] != r["label"] for r in swapped)
+    for r in rows:
+        im = Image.open(tmp_path / "raw" / r["path"])
+        assert im.size == (48, 48) and im.mode == "RGB"
+    assert np.load(tmp_path / "raw" / "thumbnails.npy").shape == (18, 16, 16)
+    assert any(n > 1 for n in Counter(r["lesion_id"] for r in rows).values())  # repeat photographs exist
+
+
+def test_demo_is_byte_identical_per_seed_and_differs_across_seeds(tmp_path):
+    for name in ("a", "b"):
+        run(from_demo(DEMO), tmp_path / name)
+    run(from_demo({**DEMO, "seed": 4}), tmp_path / "c")
+    for f in ("manifest.csv", "thumbnails.npy", "rejected.csv"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    assert (tmp_path / "a" / "manifest.csv").read_bytes() != (tmp_path / "c" / "manifest.csv").read_bytes()
+
+
+def test_demo_malignant_lesions_are_larger_on_average():
+    """The ABCD rule's D: malignant lesions cover more of the field than benign ones (over 60 images)."""
+    from melanoma import demo
+    area = {"benign": [], "malignant": []}
+    for s in demo.plan(0, 30, 30, 64):
+        lum = demo.render(s)[0].astype(float).mean(axis=2)
+        skin = np.median(np.concatenate([lum[8, 8:56], lum[55, 8:56]]))
+        area[s.drawn_as].append((lum < 0.8 * skin).mean())
+    assert np.mean(area["malignant"]) > 1.15 * np.mean(area["benign"])
+
+
+# ------------------------------------------------------------------ local folders
+
+def test_class_folders_with_odd_files(tmp_path, label_map):
+    root = make_class_folders(tmp_path / "src", n_benign=20, n_malignant=20)
+    (root / "benign" / "notes.txt").write_text("not an image")
+    (root / "malignant" / "empty.jpg").write_bytes(b"")
+    (root / "benign" / ".DS_Store").write_bytes(b"\0")  # hidden files are not images of the collection
+    lesion_image(7).convert("RGBA").save(root / "benign" / "alpha.png")
+    lesion_image(8).convert("CMYK").save(root / "malignant" / "cmyk.jpg")
+    Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).save(root / "benign" / "deep.png")
+    Image.new("RGB", (6000, 4000), (90, 60, 40)).save(root / "malignant" / "huge.jpg", quality=40)
+    s = run(from_folder(root, label_map), tmp_path / "raw", max_reject=0.1)
+    assert labels(tmp_path / "raw") == {("main", "benign"): 22, ("main", "malignant"): 22}
+    rejected = {r["file"]: r["reason"] for r in read_csv(tmp_path / "raw" / "rejected.csv")}
+    assert set(rejected) == {"benign/notes.txt", "malignant/empty.jpg"}
+    assert s.rejected == 2 and s.total == 46
+    rows = {r["id"]: r for r in read_csv(tmp_path / "raw" / "manifest.csv")}
+    assert rows["malignant__huge"]["orig_width"] == "6000" and rows["malignant__huge"]["width"] == "1024"
+    assert rows["benign__alpha"]["path"].endswith(".png")
+
+
+def test_too_many_rejects_fails_and_writes_nothing(tmp_path, label_map):
+    root = make_class_folders(tmp_path / "src", 3, 3)
+    for i in range(2):
+        (root / "benign" / f"bad{i}.jpg").write_bytes(b"\xff\xd8garbage")
+    with pytest.raises(FetchError, match=r"2 of 8 files rejected \(25.0% > data.max_reject_fraction=0.05\)"):
+        run(from_folder(root, label_map), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    assert not list(tmp_path.glob(".raw*"))  # no temp folder left behind
+
+
+def test_empty_or_missing_class_is_a_clear_error(tmp_path, label_map):
+    root = make_class_folders(tmp_path / "src", 2, 2)
+    shutil.rmtree(root / "malignant")
+    (root / "malignant").mkdir()
+    with pytest.raises(FetchError, match=r"class folder .*malignant is empty"):
+        from_folder(root, label_map)
+    shutil.rmtree(root / "malignant")
+    with pytest.raises(FetchError, match="no malignant images"):
+        from_folder(root, label_map)
+    (root / "unsure").mkdir()
+    with pytest.raises(FetchError, match="unsure: folder name is not a class"):
+        from_folder(root, label_map)
+    with pytest.raises(FetchError, match="does not exist"):
+        from_folder(tmp_path / "nowhere", label_map)
+
+
+def test_folder_names_mapped_through_label_map(tmp_path, label_map):
+    root = tmp_path / "src"
+    for name, seed in (("nevus", 0), ("melanoma", 10), ("seborrheic_keratosis", 20)):
+        (root / name).mkdir(parents=True)
+        lesion_image(seed).save(root / name / "a.jpg")
+    offer = from_folder(root, label_map)
+    assert Counter(c.label for c in offer.candidates) == {"benign": 2, "malignant": 1}
+
+
+def test_train_test_parents_make_external_test(tmp_path, label_map):
+    make_class_folders(tmp_path / "src" / "train", 4, 3, seed=0)
+    make_class_folders(tmp_path / "src" / "test", 2, 2, seed=500)
+    run(from_folder(tmp_path / "src", label_map), tmp_path / "raw")
+    assert labels(tmp_path / "raw") == {("main", "benign"): 4, ("main", "malignant"): 3,
+                                        ("external_test", "benign"): 2, ("external_test", "malignant"): 2}
+    rows = read_csv(tmp_path / "raw" / "manifest.csv")
+    assert {r["path"].split("/")[0] for r in rows if r["subset"] == "external_test"} == {"external_test"}
+
+
+def test_shared_folder_layout(tmp_path, isic_sample, label_map):
+    run(from_folder(isic_sample / "folder", label_map), tmp_path / "raw")
+    assert labels(tmp_path / "raw") == {("main", "benign"): 150, ("main", "malignant"): 150}
+    ids = [r["id"] for r in read_csv(tmp_path / "raw" / "manifest.csv")]
+    assert "benign__train_1129" in ids and "malignant__train_1129" in ids  # same file name, two images
+
+
+def test_shared_archive_metadata(tmp_path, isic_sample, label_map):
+    run(from_folder(isic_sample / "archive", label_map), tmp_path / "raw")
+    with open(isic_sample / "archive" / "metadata.csv") as fh:
+        expected = Counter(("main", label_map[r["diagnosis"]]) for r in csv.DictReader(fh))
+    assert labels(tmp_path / "raw") == expected
+    rows = read_csv(tmp_path / "raw" / "manifest.csv")
+    assert all(max(int(r["width"]), int(r["height"])) <= 1024 for r in rows)
+    assert {"meta_diagnosis", "meta_sex"} <= set(rows[0])
+
+
+# ------------------------------------------------------------------ CSV layouts
+
+def archive_fixture(root: Path, rows: list[tuple[str, str, str]]) -> Path:
+    (root / "images").mkdir(parents=True)
+    with open(root / "metadata.csv", "w") as fh:
+        fh.write("isic_id,benign_malignant,diagnosis,lesion_id\n")
+        for i, (iid, bm, diag) in enumerate(rows):
+            fh.write(f"{iid},{bm},{diag},IL_{i // 2}\n")
+            lesion_image(i).save(root / "images" / f"{iid}.jpg")
+    return root
+
+
+def test_unknown_diagnosis_is_a_counted_reject(tmp_path, label_map):
+    root = archive_fixture(tmp_path / "arc", [
+        ("ISIC_1", "benign", "nevus"), ("ISIC_2", "malignant", "melanoma"),
+        ("ISIC_3", "benign", "dermatofibroma"), ("ISIC_4", "benign", "melanoma"), ("ISIC_5", "", "")])
+    lesion_image(99).save(root / "images" / "ISIC_9.jpg")  # not in the CSV
+    s = run(from_folder(root, label_map), tmp_path / "raw", max_reject=0.9)
+    rejected = {r["file"]: r["reason"] for r in read_csv(tmp_path / "raw" / "rejected.csv")}
+    assert "unknown diagnosis 'dermatofibroma'" in rejected["images/ISIC_3.jpg"]
+    assert "conflicting labels" in rejected["images/ISIC_4.jpg"]
+    assert "no diagnosis" in rejected["images/ISIC_5.jpg"]
+    assert "not listed in metadata.csv" in rejected["images/ISIC_9.jpg"]
+    assert s.rejected == 4
+    rows = read_csv(tmp_path / "raw" / "manifest.csv")
+    assert [(r["id"], r["label"], r["lesion_id"]) for r in rows] == [
+        ("ISIC_1", "benign", "IL_0"), ("ISIC_2", "malignant", "IL_0")]
+
+
+def test_isic2016_ground_truth_both_value_styles(tmp_path, label_map):
+    root = tmp_path / "gt"
+    (root / "ISBI2016_Training_Data").mkdir(parents=True)
+    lines = ["ISIC_0000000,benign", "ISIC_0000001,malignant", "ISIC_0000002,0.0", "ISIC_0000003,1.0"]
+    for i, line in enumerate(lines):
+        lesion_image(i).save(root / "ISBI2016_Training_Data" / f"{line.split(',')[0]}.jpg")
+    (root / "ISBI2016_Training_GroundTruth.csv").write_text("\n".join(lines) + "\n")
+    data = {"source": "isic_csv", "label_map": label_map,
+            "isic_csv": {"images": str(root / "ISBI2016_Training_Data"),
+                         "csv": str(root / "ISBI2016_Training_GroundTruth.csv")}}
+    offer = collect(data)
+    assert [(c.id, c.label) for c in offer.candidates] == [
+        ("ISIC_0000000", "benign"), ("ISIC_0000001", "malignant"),
+        ("ISIC_0000002", "benign"), ("ISIC_0000003", "malignant")]
+    assert from_folder(root, label_map).candidates[3].label == "malignant"  # auto-detected as local too
+
+
+def test_not_a_label_csv(tmp_path, label_map):
+    (tmp_path / "labels.csv").write_text("name,value\na,b\n")
+    with pytest.raises(FetchError, match="not an ISIC metadata CSV"):
+        from_folder(tmp_path, label_map)
+
+
+# ------------------------------------------------------------------ gdrive
+
+def zip_of(folder: Path, out: Path) -> Path:
+    with zipfile.ZipFile(out, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(folder.parent).as_posix())
+    return out
+
+
+def test_gdrive_download_with_zip_becomes_manifest(tmp_path, label_map):
+    src = make_class_folders(tmp_path / "made" / "melanoma_dataset", 3, 2)
+
+    def fake_download(folder_id: str, dest: Path) -> None:  # what gdown leaves: the folder's files
+        assert folder_id == "FOLDER"
+        zip_of(src, dest / "melanoma_dataset.zip")
+
+    cfg = {"folder_id": "FOLDER", "download_dir": str(tmp_path / "dl")}
+    offer = from_gdrive(cfg, label_map, download=fake_download)
+    run(offer, tmp_path / "raw")
+    assert labels(tmp_path / "raw") == {("main", "benign"): 3, ("main", "malignant"): 2}
+    assert {r["source"] for r in read_csv(tmp_path / "raw" / "manifest.csv")} == {"gdrive"}
+    # a second run reuses the extraction (marker file) and gives the same offer
+    again = from_gdrive(cfg, label_map, download=lambda i, d: None)
+    assert [c.id for c in again.candidates] == [c.id for c in offer.candidates]
+
+
+def test_zip_slip_refused(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("data/benign/ok.jpg", jpeg_bytes(lesion_image(0)))
+        z.writestr("../escaped.txt", "gotcha")
+    with pytest.raises(FetchError, match=r"refusing entry '\.\./escaped\.txt'"):
+        safe_extract(evil, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists()
+
+    tar = tmp_path / "evil.tar"
+    with tarfile.open(tar, "w") as t:
+        info = tarfile.TarInfo("../../etc/evil")
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(FetchError, match="refusing entry"):
+        safe_extract(tar, tmp_path / "out2")
+
+
+def test_gdrive_zip_slip_inside_download_refused_and_nothing_extracted(tmp_path, label_map):
+    def fake_download(folder_id, dest):
+        with zipfile.ZipFile(dest / "data.zip", "w") as z:
+            z.writestr("../../outside.txt", "x")
+    with pytest.raises(FetchError, match="refusing entry"):
+        from_gdrive({"folder_id": "F", "download_dir": str(tmp_path / "dl")}, label_map, download=fake_download)
+    assert not (tmp_path / "dl" / "data").exists()
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_gdrive_offline_and_refused_messages(tmp_path, label_map, monkeypatch):
+    import gdown
+    import requests
+
+    def no_network(**kw):
+        raise requests.exceptions.ConnectionError("Failed to resolve 'drive.google.com'")
+
+    monkeypatch.setattr(gdown, "download_folder", no_network)
+    with pytest.raises(FetchError) as e:
+        fetch.gdown_folder("ID", tmp_path)
+    msg = str(e.value)
+    assert msg.startswith("gdrive: no network") and "data.source=local" in msg and "\n" not in msg
+
+    def refused(**kw):
+        raise gdown.exceptions.FileURLRetrievalError("Failed to retrieve folder contents\nmore detail")
+
+    monkeypatch.setattr(gdown, "download_folder", refused)
+    with pytest.raises(FetchError, match=r"^gdrive: Google Drive refused folder ID .*Failed to retrieve folder contents; "):
+        fetch.gdown_folder("ID", tmp_path)
+
+
+def test_default_params_source_is_demo():
+    assert load_params(ROOT / "params.yaml")["data"]["source"] == "demo"

@@ -1,0 +1,69 @@
+import copy
+import re
+
+import pytest
+import yaml
+
+from melanoma.params import ParamsError, load_params, validate
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def tree():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p["data"]["source"] == "demo"
+    assert isinstance(p["split"]["val_fraction"], float)
+
+
+def test_misspelt_choice_names_key_and_choices(tree):
+    tree["data"]["source"] = "dmeo"
+    with pytest.raises(ParamsError) as e:
+        validate(tree)
+    assert str(e.value) == "data.source must be one of demo, local, isic_csv, gdrive (got 'dmeo')"
+
+
+@pytest.mark.parametrize("path,value,needle", [
+    (("data", "demo", "n_benign"), "many", "data.demo.n_benign is 'many' (str); it must be an integer"),
+    (("data", "demo", "n_benign"), 0, "data.demo.n_benign is 0; it must be an integer in [1, 1000000]"),
+    (("data", "demo", "n_benign"), True, "data.demo.n_benign is True (bool)"),
+    (("split", "val_fraction"), 0.9, "split.val_fraction is 0.9; it must be a number in [0.0, 0.5]"),
+    (("data", "max_side"), None, "data.max_side is null"),
+    (("data", "label_map"), {"nevus": "harmless"}, "data.label_map.nevus is 'harmless'"),
+])
+def test_wrong_type_or_range_names_key(tree, path, value, needle):
+    t = copy.deepcopy(tree)
+    node = t
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError, match=re.escape(needle)):
+        validate(t)
+
+
+def test_unknown_and_missing_keys(tree):
+    t = copy.deepcopy(tree)
+    t["data"]["demo"]["n_benin"] = 3
+    with pytest.raises(ParamsError, match=r"unknown key data\.demo\.n_benin; allowed keys here are: .*n_benign"):
+        validate(t)
+    t = copy.deepcopy(tree)
+    del t["split"]["seed"]
+    with pytest.raises(ParamsError, match=r"split\.seed is missing from params\.yaml"):
+        validate(t)
+
+
+def test_integer_accepted_for_float_and_normalised(tree):
+    tree["data"]["max_reject_fraction"] = 0
+    assert validate(tree)["data"]["max_reject_fraction"] == 0.0
+    assert isinstance(validate(tree)["data"]["max_reject_fraction"], float)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
