@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The project's entry point on a fresh machine (needs Python 3.11 and git, nothing else):
+#   ./run.sh repro [dvc repro args]   create .venv, install the pinned requirements, run the pipeline
+#   ./run.sh test  [pytest args]      same setup, then the test suite
+#   ./run.sh setup                    only the setup
+# The install is redone only when requirements.txt, constraints.txt or pyproject.toml change.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+
+setup() {
+  local stamp
+  stamp=$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f,"rb").read() for f in sys.argv[1:])).hexdigest())' \
+          requirements.txt constraints.txt pyproject.toml)
+  if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$stamp" ]; then
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    echo "setup: installing pinned requirements into $VENV (first time: a few minutes)"
+    "$VENV/bin/python" -m pip install --quiet -r requirements.txt -c constraints.txt
+    "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+    echo "$stamp" > "$VENV/.installed"
+  fi
+  # dvc.yaml's stage commands call `python`: the venv must come first on PATH
+  export PATH="$PWD/$VENV/bin:$PATH"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  repro) setup; dvc repro "$@" ;;
+  test) setup; python -m pytest -q "$@" ;;
+  *) echo "usage: ./run.sh setup|repro|test [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,91 @@
+"""The fetch and split stages run through DVC itself, on a throwaway copy of the repository."""
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from melanoma.io import read_csv
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+TINY = {"n_benign": 30, "n_malignant": 20, "image_size": 48}
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def set_params(repo: Path, **sections) -> None:
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    for dotted, value in sections.items():
+        node = p
+        *parents, leaf = dotted.split("__")
+        for k in parents:
+            node = node[k]
+        node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """The tracked files of this checkout, as a fresh git repo, with tiny demo params."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    dst = tmp_path / "repo"
+    for f in files:
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    set_params(dst, **{f"data__demo__{k}": v for k, v in TINY.items()})
+    sh(dst, "git", "init", "-q")
+    sh(dst, "git", "add", "-A")
+    sh(dst, "git", "commit", "-qm", "copy")
+    return dst
+
+
+def test_repro_builds_outputs_then_has_nothing_to_do(repo):
+    first = sh(repo, "dvc", "repro")
+    assert "Running stage 'fetch'" in first.stdout and "Running stage 'split'" in first.stdout
+    rows = read_csv(repo / "data/raw/manifest.csv")
+    assert Counter(r["label"] for r in rows) == {"benign": 30, "malignant": 20}
+    assert all((repo / "data/raw" / r["path"]).is_file() for r in rows)
+    ids = [r["id"] for s in ("train", "val", "test") for r in read_csv(repo / f"data/splits/{s}.csv")]
+    assert sorted(ids) == sorted(r["id"] for r in rows)
+    second = sh(repo, "dvc", "repro")
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date" in second.stdout
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+
+def test_split_param_change_reruns_only_split(repo):
+    sh(repo, "dvc", "repro")
+    set_params(repo, split__seed=7)
+    out = sh(repo, "dvc", "repro").stdout
+    assert "Running stage 'split'" in out and "Running stage 'fetch'" not in out
+
+
+def test_exp_run_with_invalid_value_fails_with_schema_message(repo):
+    p = sh(repo, "dvc", "exp", "run", "-S", "data.source=dmeo", check=False)
+    assert p.returncode != 0
+    assert "data.source must be one of demo, local, isic_csv, gdrive (got 'dmeo')" in p.stdout + p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("layout,expected", [("folder", {"benign": 150, "malignant": 150}),
+                                             ("archive", {"benign": 14, "malignant": 10})])
+def test_fetch_local_shared_sample_through_dvc(repo, isic_sample, layout, expected):
+    set_params(repo, data__source="local", data__local__path=str(isic_sample / layout))
+    sh(repo, "dvc", "repro", "-s", "fetch")
+    rows = read_csv(repo / "data/raw/manifest.csv")
+    assert Counter(r["label"] for r in rows) == expected
+    assert read_csv(repo / "data/raw/rejected.csv") == []
