@@ -277,3 +277,16 @@ def test_gdrive_offline_and_refused_messages(tmp_path, label_map, monkeypatch):
 
 def test_default_params_source_is_demo():
     assert load_params(ROOT / "params.yaml")["data"]["source"] == "demo"
+
+
+def test_atomic_dir_replaces_whole_output_and_clears_killed_runs(tmp_path):
+    from melanoma.io import atomic_dir
+    out = tmp_path / "raw"
+    (tmp_path / ".raw.tmp-99999").mkdir()  # what a SIGKILLed run leaves
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert not (out / "new.txt").exists()  # nothing visible until the stage succeeds
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
