@@ -15,6 +15,7 @@ import yaml
 
 LABELS = ("benign", "malignant")
 SOURCES = ("demo", "local", "isic_csv", "gdrive")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 
 
 class ParamsError(ValueError):
@@ -31,9 +32,11 @@ class Field:
     max: float | None = None
     nullable: bool = False
     values: tuple[str, ...] = ()  # for dict fields: allowed values of the mapping
+    item: type | None = None  # for list fields: the type of every element
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
+               list: "a list"}
 
 
 SCHEMA: dict[str, Any] = {
@@ -54,6 +57,53 @@ SCHEMA: dict[str, Any] = {
         "isic_csv": {"images": Field(str), "csv": Field(str)},
         "gdrive": {"folder_id": Field(str), "download_dir": Field(str)},
     },
+    "generators": {
+        "image_size": Field(int, min=16, max=256),
+        "seed": Field(int, min=0),
+        "threads": Field(int, min=0, max=256),  # 0: torch's default
+        "checkpoint_every": Field(int, min=1),
+        "dcgan": {
+            "nz": Field(int, min=1, max=1024),
+            "ngf": Field(int, min=4, max=512),
+            "ndf": Field(int, min=4, max=512),
+            "steps": Field(int, min=1),
+            "batch_size": Field(int, min=2, max=4096),
+            "lr": Field(float, min=1e-7, max=1.0),
+            "beta1": Field(float, min=0.0, max=0.999),
+            "beta2": Field(float, min=0.0, max=0.9999),
+            "lr_floor": Field(float, min=0.01, max=1.0),
+            "label_smoothing": Field(float, min=0.0, max=0.5),
+            "diff_augment": Field(bool),
+            "ema_decay": Field(float, min=0.0, max=0.9999),
+            "divergence_steps": Field(int, min=1),
+        },
+        "ddpm": {
+            "block_out_channels": Field(list, item=int),
+            "layers_per_block": Field(int, min=1, max=4),
+            "attention": Field(bool),
+            "steps": Field(int, min=1),
+            "batch_size": Field(int, min=1, max=4096),
+            "lr": Field(float, min=1e-7, max=1.0),
+            "weight_decay": Field(float, min=0.0, max=1.0),
+            "warmup_steps": Field(int, min=0),
+            "lr_floor": Field(float, min=0.01, max=1.0),
+            "num_train_timesteps": Field(int, min=10, max=10000),
+            "beta_schedule": Field(str, choices=("linear", "scaled_linear", "squaredcos_cap_v2")),
+            "ema_decay": Field(float, min=0.0, max=0.9999),
+            "grad_clip": Field(float, min=0.0),
+            "pretrained": Field(str),
+            "sampler": Field(str, choices=SAMPLERS),
+            "sampling_steps": Field(int, min=1, max=1000),
+        },
+    },
+    "synthesize": {
+        "seed": Field(int, min=0),
+        "n_malignant": Field((int, str), choices=("balance",), min=0, max=1_000_000),
+        "n_benign": Field(int, min=0, max=1_000_000),
+        "batch_size": Field(int, min=1, max=4096),
+        "quality_samples": Field(int, min=8, max=100_000),
+        "memorisation_ratio": Field(float, min=0.0, max=1.0),
+    },
     "split": {
         "seed": Field(int, min=0),
         "val_fraction": Field(float, min=0.0, max=0.5),
@@ -64,7 +114,7 @@ SCHEMA: dict[str, Any] = {
 
 
 def _describe(f: Field) -> str:
-    if f.choices:
+    if f.choices and f.kind is str:
         return "one of " + ", ".join(map(str, f.choices))
     kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
     text = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
@@ -76,6 +126,8 @@ def _describe(f: Field) -> str:
         text += f" <= {f.max}"
     if f.values:
         text += " with values in " + ", ".join(f.values)
+    if f.choices:
+        text += " or one of " + ", ".join(map(str, f.choices))
     return text
 
 
@@ -92,10 +144,14 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
         raise ParamsError(f"{path} is {value!r} ({type(value).__name__}); it must be {_describe(f)}")
     if float in kinds and isinstance(value, int):
         value = float(value)
-    if f.choices and value not in f.choices:
+    if f.choices and isinstance(value, str) and value not in f.choices:
         raise ParamsError(f"{path} must be one of {', '.join(map(str, f.choices))} (got {value!r})")
-    if f.min is not None and value < f.min or f.max is not None and value > f.max:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if numeric and (f.min is not None and value < f.min or f.max is not None and value > f.max):
         raise ParamsError(f"{path} is {value!r}; it must be {_describe(f)}")
+    if f.item is not None:
+        if not value or any(not isinstance(v, f.item) or isinstance(v, bool) for v in value):
+            raise ParamsError(f"{path} is {value!r}; it must be a non-empty list of {_TYPE_NAMES[f.item]}s")
     if f.values:
         for k, v in value.items():
             if not isinstance(k, str) or v not in f.values:

@@ -4,3 +4,11 @@ from pathlib import Path
 RAW = Path("data/raw")
 SPLITS = Path("data/splits")
 THUMBNAILS = "thumbnails.npy"  # in RAW: 16x16 grayscale thumbnail of each manifest row, in manifest order
+GENERATORS = Path("models/generators")
+CHECKPOINTS = Path("models/.checkpoints")  # untracked: survives a killed stage so the rerun can resume
+
+
+def generator_dir(gen: str, label: str) -> Path:
+    return GENERATORS / gen / f"{gen}_{label}"
+SYNTHETIC = Path("data/synthetic")
+GENERATOR_RESULTS = Path("results/generators")

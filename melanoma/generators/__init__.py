@@ -1,0 +1,140 @@
+"""Per-class image generators (DCGAN, DDPM): training on the train split only, and loading to sample.
+
+    from melanoma.generators import load_generator
+    gen = load_generator("models/generators/ddpm/ddpm_malignant")
+    images = gen.sample(16, seed=0)          # uint8 array (16, S, S, 3)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from melanoma.generators import dcgan, ddpm
+from melanoma.generators.training import TRAINERS, fit, grid, to_uint8
+from melanoma.io import atomic_dir, read_csv
+from melanoma.params import LABELS
+
+GENERATORS = ("dcgan", "ddpm")
+
+
+class NonFiniteSamples(RuntimeError):
+    """A generator produced NaN/Inf pixels: it diverged, and its images must not reach any dataset."""
+
+
+class GeneratorDataError(RuntimeError):
+    """The training images for a generator are missing or empty."""
+
+
+def load_train_images(splits: Path, raw: Path, label: str, size: int) -> tuple[np.ndarray, str]:
+    """The train-split images of one class, resized to size x size, as uint8 (N, S, S, 3), and their data hash.
+
+    Only `train.csv` is opened: val and test images cannot reach a generator.
+    """
+    rows = [r for r in read_csv(splits / "train.csv") if r["label"] == label]
+    if not rows:
+        raise GeneratorDataError(f"{splits / 'train.csv'} has no {label} images; a {label} generator needs some")
+    out = np.empty((len(rows), size, size, 3), np.uint8)
+    for i, r in enumerate(rows):
+        with Image.open(raw / r["path"]) as im:
+            out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.LANCZOS, reducing_gap=3.0))
+    digest = hashlib.sha256("".join(sorted(r["md5"] for r in rows)).encode()).hexdigest()[:16]
+    return out, digest
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def train_generator(gen: str, label: str, params: dict[str, Any], splits: Path, raw: Path, out: Path,
+                    ckpt_dir: Path, log=print) -> dict[str, Any]:
+    """Train one generator and write its folder: weights, config.json, samples.png, curves (dvclive)."""
+    if gen not in GENERATORS or label not in LABELS:
+        raise ValueError(f"unknown generator/class {gen}/{label}; expected {GENERATORS} x {LABELS}")
+    p = params["generators"]
+    cfg, size, seed = p[gen], p["image_size"], p["seed"]
+    images, data_hash = load_train_images(splits, raw, label, size)
+    torch.set_num_threads(p["threads"] or torch.get_num_threads())
+    trainer = TRAINERS[gen](cfg, size, seed)
+    config = {"generator": gen, "class": label, "image_size": size, "seed": seed, "params": cfg,
+              "data_hash": data_hash, "n_train_images": len(images)}
+    t0 = time.perf_counter()
+    run = fit(trainer, to_tensor(images), steps=cfg["steps"], batch_size=cfg["batch_size"], seed=seed,
+              config=config, ckpt_dir=ckpt_dir, checkpoint_every=p["checkpoint_every"], log=log)
+    record = {**config, "architecture": _architecture(gen, cfg, size), "training": run,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    with atomic_dir(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+        trainer.save(tmp)
+        grid(load_generator(tmp).sample(64, seed=seed)).save(tmp / "samples.png")  # through the public loader
+        shutil.copytree(ckpt_dir / "live", tmp / "curves")
+    return record
+
+
+def _architecture(gen: str, cfg: dict[str, Any], size: int) -> dict[str, Any]:
+    if gen == "dcgan":
+        return {"class": "melanoma.generators.dcgan.Generator",
+                "kwargs": {"nz": cfg["nz"], "ngf": cfg["ngf"], "nc": 3, "image_size": size},
+                "weights": "generator.safetensors (EMA of G)"}
+    return {"class": "diffusers.UNet2DModel", "weights": "unet/ (EMA, safetensors)", "scheduler": "scheduler/",
+            "kwargs": ddpm.unet_config(size, cfg["block_out_channels"], cfg["layers_per_block"], cfg["attention"]),
+            "pretrained": cfg["pretrained"] or None}
+
+
+@dataclass
+class LoadedGenerator:
+    """A trained generator ready to sample: `sample(n, seed)` gives uint8 (n, S, S, 3), same seed same images."""
+
+    kind: str
+    label: str
+    image_size: int
+    model: torch.nn.Module
+    nz: int = 0
+    scheduler: Any = None
+    sampler: str = "dpmsolver++"
+    sampling_steps: int = 20
+
+    def sample(self, n: int, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+        if n == 0:
+            return np.empty((0, self.image_size, self.image_size, 3), np.uint8)
+        g = torch.Generator().manual_seed(seed)
+        if self.kind == "dcgan":
+            with torch.no_grad():
+                x = torch.cat([self.model(torch.randn(min(batch_size, n - s), self.nz, generator=g))
+                               for s in range(0, n, batch_size)])
+        else:
+            x = ddpm.sample(self.model, self.scheduler, self.sampler, self.sampling_steps, n, g, batch_size)
+        if not torch.isfinite(x).all():
+            raise NonFiniteSamples(f"the {self.kind} {self.label} generator produced NaN/Inf pixels (it diverged); "
+                                   "retrain it (lower its lr or change generators.seed)")
+        return to_uint8(x)
+
+
+def load_generator(folder: str | Path, sampler: str | None = None, sampling_steps: int | None = None) -> LoadedGenerator:
+    """Rebuild a trained generator from its folder (config.json + safetensors weights), strict loading."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: is {folder} a trained generator folder? "
+                                "(run `dvc repro train_generator` or `dvc pull`)")
+    c = json.loads(cfg_path.read_text())
+    if c["generator"] == "dcgan":
+        model = dcgan.Generator(**c["architecture"]["kwargs"])
+        model.load_state_dict(load_file(str(folder / "generator.safetensors")), strict=True)
+        return LoadedGenerator("dcgan", c["class"], c["image_size"], model.eval(), nz=c["params"]["nz"])
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True, low_cpu_mem_usage=False).eval()
+    sched = DDPMScheduler.from_pretrained(folder / "scheduler")
+    return LoadedGenerator("ddpm", c["class"], c["image_size"], unet, scheduler=sched,
+                           sampler=sampler or c["params"]["sampler"],
+                           sampling_steps=sampling_steps or c["params"]["sampling_steps"])

@@ -1,0 +1,88 @@
+"""DDPM (Ho et al., 2020) with diffusers: a UNet2DModel trained to predict the noise, sampled by a chosen solver.
+
+Training always uses the 1000-step DDPMScheduler (epsilon prediction); sampling can use ancestral DDPM (all
+steps), DDIM, or DPM-Solver++ (about 20 steps for similar quality), built from the training scheduler's config
+so that the noise schedule is the one the UNet learned.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from melanoma.params import SAMPLERS
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+
+
+
+class PretrainedUnavailable(RuntimeError):
+    """A pretrained UNet was asked for and could not be loaded: never silently train from scratch instead."""
+
+
+def unet_config(image_size: int, block_out_channels: list[int], layers_per_block: int, attention: bool) -> dict[str, Any]:
+    """UNet2DModel kwargs: one down/up block per channel entry, self-attention at the lowest resolution if asked."""
+    n = len(block_out_channels)
+    down = ["DownBlock2D"] * n
+    up = ["UpBlock2D"] * n
+    if attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return {
+        "sample_size": image_size, "in_channels": 3, "out_channels": 3, "layers_per_block": layers_per_block,
+        "block_out_channels": list(block_out_channels), "down_block_types": down, "up_block_types": up,
+        "norm_num_groups": min(32, min(block_out_channels)),
+    }
+
+
+def build_unet(config: dict[str, Any], pretrained: str = "") -> UNet2DModel:
+    if not pretrained:
+        return UNet2DModel(**config)
+    try:
+        unet = UNet2DModel.from_pretrained(pretrained, subfolder="unet" if (Path(pretrained) / "unet").is_dir() else None,
+                                           use_safetensors=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise PretrainedUnavailable(
+            f"generators.ddpm.pretrained: cannot load a UNet2DModel from '{pretrained}' ({str(e).splitlines()[0]}); "
+            "pre-fill the Hugging Face cache or give a local folder, or set generators.ddpm.pretrained: '' "
+            "to train from scratch") from None
+    if unet.config.sample_size != config["sample_size"]:
+        raise PretrainedUnavailable(f"pretrained UNet '{pretrained}' is for {unet.config.sample_size}px images, "
+                                    f"generators.image_size is {config['sample_size']}")
+    return unet
+
+
+def train_scheduler(num_train_timesteps: int, beta_schedule: str) -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                         prediction_type="epsilon", clip_sample=True)
+
+
+def sampling_scheduler(train: DDPMScheduler, sampler: str):
+    if sampler == "ddpm":
+        return DDPMScheduler.from_config(train.config)
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(train.config)
+    if sampler == "dpmsolver++":
+        # dynamic thresholding keeps the x0 predictions in [-1, 1], as clip_sample does for DDPM and DDIM
+        return DPMSolverMultistepScheduler.from_config(train.config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       thresholding=True, sample_max_value=1.0)
+    raise ValueError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+
+
+@torch.no_grad()
+def sample(unet: UNet2DModel, train: DDPMScheduler, sampler: str, steps: int, n: int,
+           generator: torch.Generator, batch_size: int = 64) -> torch.Tensor:
+    """n images in [-1, 1] as (n, 3, S, S); `steps` is ignored by the ancestral sampler, which takes them all."""
+    unet.eval()
+    size = unet.config.sample_size
+    device = next(unet.parameters()).device
+    out = []
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        sched = sampling_scheduler(train, sampler)
+        sched.set_timesteps(train.config.num_train_timesteps if sampler == "ddpm" else steps)
+        x = torch.randn((m, 3, size, size), generator=generator).to(device)
+        for t in sched.timesteps:
+            eps = unet(x, t).sample
+            kw = {"generator": generator} if sampler == "ddpm" else {}
+            x = sched.step(eps, t, x, **kw).prev_sample
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)

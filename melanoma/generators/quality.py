@@ -1,0 +1,188 @@
+"""Measured generator quality: is a generator's output distinguishable from, copied from, or narrower than
+the real training images of its class?
+
+- C2ST: AUROC of a small CNN trained to tell synthetic from real on one half of each, scored on the other half
+  (0.5: indistinguishable, 1.0: trivially told apart). Needs nothing from outside.
+- Memorisation: for each synthetic image, distance to its nearest real training image over the distance to the
+  second nearest, in the feature space of 16x16 RGB pixels scaled to [0, 1]; a ratio below the threshold means
+  the image sits much closer to one training image than to any other (a likely copy).
+- Diversity: mean pairwise distance in the same space, synthetic vs real.
+- FID/KID: Inception-v3 pool features (torch-fidelity's 2015-12-05 FID network) when its weights file is
+  present locally; otherwise null with the reason, never an invented number.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import linalg
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"
+
+
+def pixel_features(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float (N, 768): 16x16 RGB, box-downsampled, in [0, 1]."""
+    t = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return nn.functional.adaptive_avg_pool2d(t, 16).flatten(1).numpy().astype(np.float64)
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d2 = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0))
+
+
+def nearest_ratio(fake: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d1/d2 per synthetic image, index of its nearest real image)."""
+    if len(real) < 2:
+        raise ValueError("memorisation needs at least two real images")
+    d = _pairwise(fake, real)
+    order = np.argsort(d, axis=1)[:, :2]
+    d1 = np.take_along_axis(d, order[:, :1], 1)[:, 0]
+    d2 = np.take_along_axis(d, order[:, 1:2], 1)[:, 0]
+    return d1 / np.maximum(d2, 1e-12), order[:, 0]
+
+
+def mean_pairwise_distance(x: np.ndarray) -> float:
+    d = _pairwise(x, x)
+    n = len(x)
+    return float(d.sum() / (n * (n - 1))) if n > 1 else 0.0
+
+
+class _C2STNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def c2st_auc(real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20) -> dict[str, Any]:
+    """Classifier two-sample test on equal numbers of real and synthetic images, half for training."""
+    n = min(len(real), len(fake))
+    if n < 8:
+        raise ValueError(f"C2ST needs at least 8 images of each kind, got {len(real)} real and {len(fake)} synthetic")
+    rng = np.random.default_rng(seed)
+    r, f = real[rng.permutation(len(real))[:n]], fake[rng.permutation(len(fake))[:n]]
+    x = torch.from_numpy(np.concatenate([r, f])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    y = torch.cat([torch.zeros(n), torch.ones(n)])
+    half = n // 2
+    train_idx = np.concatenate([np.arange(half), n + np.arange(half)])
+    test_idx = np.concatenate([np.arange(half, n), n + np.arange(half, n)])
+    torch.manual_seed(seed)
+    net = _C2STNet()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=g)]
+        for b in perm.split(32):
+            loss = nn.functional.binary_cross_entropy_with_logits(net(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        scores = net(x[torch.from_numpy(test_idx)]).numpy()
+    return {"c2st_auc": float(roc_auc_score(y[test_idx].numpy(), scores)), "c2st_n_per_class": n,
+            "c2st_classifier": "3-layer CNN, 20 epochs, half of each set for training, AUROC on the other half"}
+
+
+def inception_weights(search: Path | None = None) -> tuple[Path | None, str]:
+    """(path, "") of verified local FID Inception weights, or (None, why not)."""
+    folder = search or Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / INCEPTION_FILE
+    if not path.is_file():
+        return None, (f"Inception weights {INCEPTION_FILE} not found in {folder} (torch-fidelity would download "
+                      "them; the pipeline does not use the network): copy them there to get FID/KID")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(INCEPTION_SHA256_PREFIX):
+        return None, f"{path} does not have the published checksum (sha256 {digest[:8]}... != {INCEPTION_SHA256_PREFIX}...)"
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)  # refuse a file that is more than tensors
+    except Exception as e:  # any failure to read it safely means: do not trust it
+        return None, f"{path} is not a plain weights file ({type(e).__name__})"
+    return path, ""
+
+
+def inception_features(images: np.ndarray, weights: Path) -> np.ndarray:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    # torch-fidelity reads the file with weights_only=False; inception_weights() has already proved it loads
+    # with weights_only=True and carries the published checksum, so nothing but tensors is unpickled
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    feats = []
+    with torch.no_grad():
+        for b in torch.from_numpy(images).permute(0, 3, 1, 2).split(32):
+            feats.append(net(b.contiguous())[0].double().numpy())
+    return np.concatenate(feats)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        eps = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+
+
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 100,
+                              seed: int = 0) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets (Binkowski et al., 2018)."""
+    rng = np.random.default_rng(seed)
+    m = min(subset_size, len(a), len(b))
+    d = a.shape[1]
+    vals = []
+    for _ in range(subsets):
+        x, y = a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+        vals.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                    - 2 * kxy.mean())
+    return float(np.mean(vals))
+
+
+def quality(real: np.ndarray, fake: np.ndarray, seed: int, memorisation_ratio: float,
+            weights_dir: Path | None = None) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+    """All metrics for one generator and class, plus the (synthetic, real) index pairs most like copies."""
+    out: dict[str, Any] = {"n_real": len(real), "n_synthetic": len(fake)}
+    out.update(c2st_auc(real, fake, seed))
+    fr, ff = pixel_features(real), pixel_features(fake)
+    ratio, nearest = nearest_ratio(ff, fr)
+    out["memorisation_feature_space"] = "16x16 RGB pixels in [0, 1], L2"
+    out["memorisation_threshold"] = memorisation_ratio
+    out["memorised_fraction"] = float((ratio < memorisation_ratio).mean())
+    out["nn_ratio_min"] = float(ratio.min())
+    out["nn_ratio_median"] = float(np.median(ratio))
+    out["diversity_synthetic"] = mean_pairwise_distance(ff)
+    out["diversity_real"] = mean_pairwise_distance(fr)
+    out["diversity_ratio"] = out["diversity_synthetic"] / max(out["diversity_real"], 1e-12)
+    weights, why = inception_weights(weights_dir)
+    if weights is None:
+        out.update({"fid": None, "kid": None, "fid_unavailable": why})
+    else:
+        ia, ib = inception_features(real, weights), inception_features(fake, weights)
+        out.update({"fid": frechet_distance(ia, ib), "kid": kernel_inception_distance(ia, ib, seed=seed),
+                    "fid_note": f"Inception-v3 (torch-fidelity) on {len(real)} real vs {len(fake)} synthetic images"
+                                " upsampled from the generator resolution: compare only within this study"})
+    worst = np.argsort(ratio)[:8]
+    return out, [(int(i), int(nearest[i])) for i in worst]
+
+
+def pairs_sheet(fake: np.ndarray, real: np.ndarray, pairs: list[tuple[int, int]], scale: int = 2) -> Image.Image:
+    """Side by side: each synthetic image (left) next to its nearest real training image (right)."""
+    h, w = fake.shape[1:3]
+    canvas = np.full((len(pairs) * (h + 2), 2 * w + 2, 3), 255, np.uint8)
+    for k, (i, j) in enumerate(pairs):
+        canvas[k * (h + 2):k * (h + 2) + h, :w] = fake[i]
+        canvas[k * (h + 2):k * (h + 2) + h, w + 2:] = real[j]
+    im = Image.fromarray(canvas)
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)

@@ -1,0 +1,276 @@
+"""Generators: architectures, training on the train split only, resume, divergence, synthesis and quality."""
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from melanoma.generators import GeneratorDataError, NonFiniteSamples, load_generator, train_generator
+from melanoma.generators import dcgan
+from melanoma.generators.quality import (c2st_auc, frechet_distance, kernel_inception_distance, nearest_ratio,
+                                         quality)
+from melanoma.generators.training import (CheckpointError, DCGANTrainer, GeneratorDiverged, fit, load_checkpoint,
+                                          save_checkpoint)
+from melanoma.io import read_csv
+from melanoma.params import ParamsError, validate
+from melanoma.synthesize import synthesize
+from tests.conftest import ROOT
+from tests.tiny import make_project, run_stage, tiny_params
+
+
+def train(project: Path, gen: str, label: str, params: dict) -> dict:
+    out = project / "models/generators" / gen / f"{gen}_{label}"
+    return train_generator(gen, label, params, project / "data/splits", project / "data/raw", out,
+                           project / "models/.checkpoints" / out.name, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A tiny project with all four generators trained."""
+    p = tiny_params()
+    folder = make_project(tmp_path_factory.mktemp("gen"), p)
+    for gen in ("dcgan", "ddpm"):
+        for label in ("benign", "malignant"):
+            train(folder, gen, label, p)
+    return folder
+
+
+# ------------------------------------------------------------------ architectures
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+def test_dcgan_shapes_follow_resolution(size):
+    g, d = dcgan.Generator(100, 8, 3, size), dcgan.Discriminator(8, 3, size)
+    x = g(torch.randn(2, 100))
+    assert x.shape == (2, 3, size, size) and x.abs().max() <= 1
+    assert d(x).shape == (2,)
+
+
+def test_dcgan_seed_signature_and_bad_size():
+    g = dcgan.Generator(nz=100, ngf=64, nc=3)  # the seed study's call
+    assert g(torch.randn(1, 100, 1, 1)).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="power of two"):
+        dcgan.Generator(image_size=48)
+
+
+def test_diff_augment_is_differentiable_and_changes_images():
+    x = (torch.rand(4, 3, 16, 16) * 2 - 1).requires_grad_()
+    y = dcgan.diff_augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.allclose(x, y)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ training and loading
+
+def test_generator_folders_and_loading(project):
+    for gen in ("dcgan", "ddpm"):
+        folder = project / f"models/generators/{gen}/{gen}_malignant"
+        cfg = json.loads((folder / "config.json").read_text())
+        assert cfg["generator"] == gen and cfg["class"] == "malignant" and cfg["training"]["steps"] > 0
+        assert cfg["n_train_images"] == len([r for r in read_csv(project / "data/splits/train.csv")
+                                             if r["label"] == "malignant"])
+        assert (folder / "samples.png").is_file()
+        assert (folder / "curves" / "metrics.json").is_file()
+        g = load_generator(folder)
+        a, b = g.sample(5, seed=3), g.sample(5, seed=3)
+        assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
+        assert np.array_equal(a, b)  # same seed, same images
+        assert not np.array_equal(a, g.sample(5, seed=4))
+
+
+def test_strict_loading_refuses_a_wrong_state_dict(project, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    folder = tmp_path / "g"
+    shutil.copytree(project / "models/generators/dcgan/dcgan_benign", folder)
+    state = load_file(str(folder / "generator.safetensors"))
+    state.pop("main.0.weight")
+    save_file(state, str(folder / "generator.safetensors"))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_generator(folder)
+
+
+def test_generators_read_only_the_train_split(project, tmp_path):
+    """Poison every val/test image: the trained weights must not change by one bit."""
+    import shutil
+
+    from PIL import Image
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(project / "data", poisoned / "data")
+    shutil.copy(project / "params.yaml", poisoned / "params.yaml")
+    for s in ("val", "test"):
+        for r in read_csv(poisoned / f"data/splits/{s}.csv"):
+            Image.new("RGB", (32, 32), (255, 0, 255)).save(poisoned / "data/raw" / r["path"])
+    p = tiny_params()
+    train(poisoned, "dcgan", "benign", p)
+    ref = project / "models/generators/dcgan/dcgan_benign/generator.safetensors"
+    assert (poisoned / "models/generators/dcgan/dcgan_benign/generator.safetensors").read_bytes() == ref.read_bytes()
+
+
+def test_no_images_of_a_class_is_a_clear_error(project, tmp_path):
+    import shutil
+    shutil.copytree(project / "data", tmp_path / "data")
+    rows = read_csv(tmp_path / "data/splits/train.csv")
+    from melanoma.io import write_csv
+    write_csv(tmp_path / "data/splits/train.csv", [r for r in rows if r["label"] == "benign"], list(rows[0]))
+    with pytest.raises(GeneratorDataError, match="has no malignant images"):
+        train(tmp_path, "dcgan", "malignant", tiny_params())
+
+
+def test_nan_divergence_stops_with_a_message(tmp_path):
+    p = tiny_params()["generators"]
+    trainer = DCGANTrainer(p["dcgan"], 16, 0)
+    with torch.no_grad():
+        next(trainer.G.parameters()).fill_(float("nan"))
+    with pytest.raises(GeneratorDiverged, match=r"dcgan diverged at step 0: .*lower the learning rate"):
+        fit(trainer, torch.rand(8, 3, 16, 16) * 2 - 1, steps=3, batch_size=4, seed=0, config={"a": 1},
+            ckpt_dir=tmp_path / "ck", checkpoint_every=1, log=lambda *_: None)
+
+
+def test_nan_generator_never_reaches_a_dataset(project, tmp_path):
+    g = load_generator(project / "models/generators/dcgan/dcgan_benign")
+    with torch.no_grad():
+        next(g.model.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteSamples, match="NaN/Inf"):
+        g.sample(4)
+
+
+def test_unknown_sampler_is_a_schema_error():
+    p = tiny_params()
+    p["generators"]["ddpm"]["sampler"] = "euler"
+    with pytest.raises(ParamsError, match="generators.ddpm.sampler must be one of ddpm, ddim, dpmsolver"):
+        validate(p)
+
+
+def test_corrupt_checkpoint_and_failed_write(tmp_path, monkeypatch):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError, match=re.escape(str(bad))):
+        load_checkpoint(bad)
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"step": 1, "w": torch.ones(2)})
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous one is kept"):
+        save_checkpoint(good, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(good)["step"] == 1
+
+
+def _ckpt_step(path: Path) -> int:
+    return int(torch.load(path, weights_only=True)["step"]) if path.exists() else 0
+
+
+def test_killed_training_resumes_from_checkpoint_and_matches(tmp_path):
+    """SIGKILL mid-training; the rerun continues from the saved step and ends with the same weights."""
+    p = tiny_params(**{"generators.dcgan.steps": 300, "generators.checkpoint_every": 20})
+    a, b = make_project(tmp_path / "a", p), make_project(tmp_path / "b", p)
+    cmd = [sys.executable, str(ROOT / "stages/train_generator.py"), "dcgan", "benign"]
+    proc = subprocess.Popen(cmd, cwd=a, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = a / "models/.checkpoints/dcgan_benign/last.pt"
+    deadline = time.time() + 120
+    while _ckpt_step(ckpt) < 40 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = _ckpt_step(ckpt)
+    assert 0 < saved < 300, "the kill came too late to test resuming"
+    assert not (a / "models/generators/dcgan/dcgan_benign").exists()  # nothing half-written
+    rerun = run_stage(a, "train_generator.py", "dcgan", "benign")
+    assert f"resuming from checkpoint" in rerun.stdout + rerun.stderr
+    assert f"at step {saved}" in rerun.stdout + rerun.stderr
+    cfg = json.loads((a / "models/generators/dcgan/dcgan_benign/config.json").read_text())
+    assert cfg["training"]["resumed_from"] == saved
+    run_stage(b, "train_generator.py", "dcgan", "benign")  # uninterrupted, same seed
+    wa = (a / "models/generators/dcgan/dcgan_benign/generator.safetensors").read_bytes()
+    wb = (b / "models/generators/dcgan/dcgan_benign/generator.safetensors").read_bytes()
+    assert wa == wb
+
+
+def test_config_change_starts_fresh(tmp_path):
+    p = tiny_params()
+    folder = make_project(tmp_path, p)
+    ck = folder / "models/.checkpoints/dcgan_malignant"
+    ck.mkdir(parents=True)
+    save_checkpoint(ck / "last.pt", {"config_hash": "0123456789abcdef", "step": 4})
+    logs = []
+    out = folder / "models/generators/dcgan/dcgan_malignant"
+    r = train_generator("dcgan", "malignant", p, folder / "data/splits", folder / "data/raw", out, ck, log=logs.append)
+    assert any("is for another config" in line and "starting fresh" in line for line in logs)
+    assert r["training"]["resumed_from"] is None
+
+
+# ------------------------------------------------------------------ quality metrics
+
+def test_frechet_and_kid_on_known_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (4000, 4))
+    b = rng.normal(0, 1, (4000, 4)) + np.array([3.0, 0, 0, 0])
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, b) == pytest.approx(9.0, rel=0.05)  # |mean shift|^2, same covariance
+    assert abs(kernel_inception_distance(a, rng.normal(0, 1, (4000, 4)))) < 0.05
+    assert kernel_inception_distance(a, b) > 1.0
+
+
+def test_memorised_copies_are_flagged():
+    rng = np.random.default_rng(0)
+    real = rng.random((20, 8))
+    ratio, nearest = nearest_ratio(real[:5] + 1e-6, real)
+    assert (ratio < 0.01).all() and list(nearest) == [0, 1, 2, 3, 4]
+    ratio, _ = nearest_ratio(rng.random((50, 8)), real)
+    assert np.median(ratio) > 0.5
+
+
+def test_c2st_separates_different_sets_and_not_equal_ones():
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, (64, 16, 16, 3), dtype=np.uint8)
+    light = rng.integers(180, 255, (64, 16, 16, 3), dtype=np.uint8)
+    same = rng.integers(0, 60, (64, 16, 16, 3), dtype=np.uint8)
+    assert c2st_auc(dark, light, seed=0)["c2st_auc"] == 1.0
+    assert abs(c2st_auc(dark, same, seed=0)["c2st_auc"] - 0.5) < 0.2
+
+
+def test_fid_unavailable_is_null_with_reason(tmp_path):
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 255, (16, 16, 16, 3), dtype=np.uint8)
+    metrics, pairs = quality(real, real[::-1].copy(), seed=0, memorisation_ratio=0.333, weights_dir=tmp_path)
+    assert metrics["fid"] is None and metrics["kid"] is None
+    assert "weights-inception-2015-12-05" in metrics["fid_unavailable"] and str(tmp_path) in metrics["fid_unavailable"]
+    assert metrics["memorised_fraction"] == 1.0 and len(pairs) == 8  # exact copies of training images
+
+
+# ------------------------------------------------------------------ synthesize
+
+def test_synthesize_balances_and_is_reproducible(project, tmp_path):
+    p = tiny_params()
+    train_rows = read_csv(project / "data/splits/train.csv")
+    short = sum(r["label"] == "benign" for r in train_rows) - sum(r["label"] == "malignant" for r in train_rows)
+    import os
+    cwd = os.getcwd()
+    os.chdir(project)  # generator folders are found relative to the project root, as in a DVC stage
+    try:
+        reports = [synthesize("ddpm", p, Path("data/splits"), Path("data/raw"), tmp_path / f"syn{i}",
+                              tmp_path / f"res{i}", log=lambda *_: None) for i in range(2)]
+    finally:
+        os.chdir(cwd)
+    rows = read_csv(tmp_path / "syn0/manifest.csv")
+    assert sum(r["class"] == "malignant" for r in rows) == short > 0
+    assert sum(r["class"] == "benign" for r in rows) == 0
+    assert np.load(tmp_path / "syn0/malignant.npy").shape == (short, 16, 16, 3)
+    assert (tmp_path / "syn0/manifest.csv").read_bytes() == (tmp_path / "syn1/manifest.csv").read_bytes()
+    q = json.loads((tmp_path / "res0/quality.json").read_text())
+    for label in ("benign", "malignant"):
+        assert 0 <= q[label]["c2st_auc"] <= 1 and "memorised_fraction" in q[label]
+        assert q[label]["fid"] is None or q[label]["fid"] >= 0
+    assert (tmp_path / "res0/sheets/ddpm_malignant_nearest_real.png").is_file()
+    assert reports[0]["malignant"]["c2st_auc"] == reports[1]["malignant"]["c2st_auc"]

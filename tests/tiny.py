@@ -1,0 +1,54 @@
+"""A tiny project (params.yaml + demo data + splits) in a temp folder, for stage-level tests that must be fast."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from melanoma.fetch import from_demo, write_raw
+from melanoma.params import validate
+from melanoma.split import split
+from tests.conftest import ROOT
+
+
+def tiny_params(**overrides) -> dict:
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["data"]["demo"].update(n_benign=24, n_malignant=12, image_size=32)
+    g = p["generators"]
+    g.update(image_size=16, checkpoint_every=2, threads=1)
+    g["dcgan"].update(ngf=8, ndf=8, nz=16, steps=6, batch_size=8)
+    g["ddpm"].update(block_out_channels=[8, 16], steps=4, batch_size=4, warmup_steps=1, sampler="ddim",
+                     sampling_steps=3)
+    p["synthesize"].update(quality_samples=16, batch_size=16)
+    for dotted, value in overrides.items():
+        node = p
+        *parents, leaf = dotted.split(".")
+        for k in parents:
+            node = node[k]
+        node[leaf] = value
+    return validate(copy.deepcopy(p))
+
+
+def make_project(folder: Path, params: dict) -> Path:
+    """params.yaml, data/raw and data/splits, laid out as the stages expect (paths relative to `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_raw(from_demo(params["data"]["demo"]), folder / "data/raw", 1024, 0.0, workers=1)
+    s = params["split"]
+    split(folder / "data/raw", folder / "data/splits", s["seed"], s["val_fraction"], s["test_fraction"],
+          s["near_duplicate_corr"])
+    return folder
+
+
+def run_stage(folder: Path, script: str, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    """Run stages/<script> with `folder` as the working directory, as DVC would."""
+    cmd = [sys.executable, str(ROOT / "stages" / script), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, **popen)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} {args} failed:\n{p.stdout}\n{p.stderr}")
+    return p
