@@ -91,6 +91,7 @@ SCHEMA: dict[str, Any] = {
             "beta_schedule": Field(str, choices=("linear", "scaled_linear", "squaredcos_cap_v2")),
             "ema_decay": Field(float, min=0.0, max=0.9999),
             "grad_clip": Field(float, min=0.0),
+            "min_snr_gamma": Field(float, min=0.0, max=100.0),
             "pretrained": Field(str),
             "sampler": Field(str, choices=SAMPLERS),
             "sampling_steps": Field(int, min=1, max=1000),

@@ -19,7 +19,6 @@ from melanoma.generators.training import grid
 from melanoma.images import md5_bytes
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS
-from melanoma.paths import generator_dir
 
 
 class SynthesisError(RuntimeError):
@@ -34,8 +33,9 @@ def counts_to_generate(train_csv: Path, n_malignant: int | str, n_benign: int) -
     return {"benign": n_benign, "malignant": int(n_malignant)}
 
 
-def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, data_out: Path,
+def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, generators: Path, data_out: Path,
                results_out: Path, log=print) -> dict[str, Any]:
+    """Sample both class generators of family `gen` (found under `generators`), store shards, measure quality."""
     p = params["synthesize"]
     size = params["generators"]["image_size"]
     want = counts_to_generate(splits / "train.csv", p["n_malignant"], p["n_benign"])
@@ -43,9 +43,10 @@ def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, data_o
     t0 = time.perf_counter()
     with atomic_dir(data_out) as data_tmp, atomic_dir(results_out / "sheets") as sheets_tmp:
         for label in LABELS:
-            g = load_generator(generator_dir(gen, label))
+            folder = generators / gen / f"{gen}_{label}"
+            g = load_generator(folder)
             if g.image_size != size:
-                raise SynthesisError(f"{generator_dir(gen, label)} makes {g.image_size}px images but "
+                raise SynthesisError(f"{folder} makes {g.image_size}px images but "
                                      f"generators.image_size is {size}; rerun train_generator")
             images = g.sample(want[label], seed=p["seed"], batch_size=p["batch_size"])
             np.save(data_tmp / f"{label}.npy", images)

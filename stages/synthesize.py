@@ -4,13 +4,13 @@ import sys
 from melanoma.cli import run_stage
 from melanoma.generators import NonFiniteSamples
 from melanoma.params import load_params
-from melanoma.paths import GENERATOR_RESULTS, RAW, SPLITS, SYNTHETIC
+from melanoma.paths import GENERATOR_RESULTS, GENERATORS, RAW, SPLITS, SYNTHETIC
 from melanoma.synthesize import SynthesisError, synthesize
 
 
 def main() -> str:
     gen = sys.argv[1]
-    r = synthesize(gen, load_params(), SPLITS, RAW, SYNTHETIC / gen, GENERATOR_RESULTS / gen)
+    r = synthesize(gen, load_params(), SPLITS, RAW, GENERATORS, SYNTHETIC / gen, GENERATOR_RESULTS / gen)
     return (f"synthesize: {gen}: {r['malignant']['generated']} malignant + {r['benign']['generated']} benign images "
             f"-> {SYNTHETIC / gen}, quality -> {GENERATOR_RESULTS / gen}/quality.json [{r['seconds']:.0f} s]")
 

@@ -255,14 +255,8 @@ def test_synthesize_balances_and_is_reproducible(project, tmp_path):
     p = tiny_params()
     train_rows = read_csv(project / "data/splits/train.csv")
     short = sum(r["label"] == "benign" for r in train_rows) - sum(r["label"] == "malignant" for r in train_rows)
-    import os
-    cwd = os.getcwd()
-    os.chdir(project)  # generator folders are found relative to the project root, as in a DVC stage
-    try:
-        reports = [synthesize("ddpm", p, Path("data/splits"), Path("data/raw"), tmp_path / f"syn{i}",
-                              tmp_path / f"res{i}", log=lambda *_: None) for i in range(2)]
-    finally:
-        os.chdir(cwd)
+    reports = [synthesize("ddpm", p, project / "data/splits", project / "data/raw", project / "models/generators",
+                          tmp_path / f"syn{i}", tmp_path / f"res{i}", log=lambda *_: None) for i in range(2)]
     rows = read_csv(tmp_path / "syn0/manifest.csv")
     assert sum(r["class"] == "malignant" for r in rows) == short > 0
     assert sum(r["class"] == "benign" for r in rows) == 0
@@ -274,3 +268,14 @@ def test_synthesize_balances_and_is_reproducible(project, tmp_path):
         assert q[label]["fid"] is None or q[label]["fid"] >= 0
     assert (tmp_path / "res0/sheets/ddpm_malignant_nearest_real.png").is_file()
     assert reports[0]["malignant"]["c2st_auc"] == reports[1]["malignant"]["c2st_auc"]
+
+
+def test_readme_snippet_runs(project, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- test: readme-generators -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(project)
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    assert ns["images"].shape == (16, 16, 16, 3) and ns["images"].dtype == np.uint8
+    assert ns["fast"].sampler == "ddim" and ns["fast"].sampling_steps == 50
+    assert ns["batch"].shape == (16, 3, 16, 16)

@@ -64,11 +64,15 @@ def train_generator(gen: str, label: str, params: dict[str, Any], splits: Path, 
     cfg, size, seed = p[gen], p["image_size"], p["seed"]
     images, data_hash = load_train_images(splits, raw, label, size)
     torch.set_num_threads(p["threads"] or torch.get_num_threads())
-    trainer = TRAINERS[gen](cfg, size, seed)
+    x = to_tensor(images)
+    mean, std, clip = ddpm.standardisation(x) if gen == "ddpm" else ([0.0] * 3, [1.0] * 3, 1.0)
+    trainer = TRAINERS[gen](cfg, size, seed, clip)
     config = {"generator": gen, "class": label, "image_size": size, "seed": seed, "params": cfg,
-              "data_hash": data_hash, "n_train_images": len(images)}
+              "data_hash": data_hash, "n_train_images": len(images),
+              "normalisation": {"mean": mean, "std": std, "note": "model space = (pixel / 127.5 - 1 - mean) / std"}}
     t0 = time.perf_counter()
-    run = fit(trainer, to_tensor(images), steps=cfg["steps"], batch_size=cfg["batch_size"], seed=seed,
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    run = fit(trainer, x, steps=cfg["steps"], batch_size=cfg["batch_size"], seed=seed,
               config=config, ckpt_dir=ckpt_dir, checkpoint_every=p["checkpoint_every"], log=log)
     record = {**config, "architecture": _architecture(gen, cfg, size), "training": run,
               "seconds": round(time.perf_counter() - t0, 1)}
@@ -98,6 +102,8 @@ class LoadedGenerator:
     label: str
     image_size: int
     model: torch.nn.Module
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
     nz: int = 0
     scheduler: Any = None
     sampler: str = "dpmsolver++"
@@ -116,7 +122,7 @@ class LoadedGenerator:
         if not torch.isfinite(x).all():
             raise NonFiniteSamples(f"the {self.kind} {self.label} generator produced NaN/Inf pixels (it diverged); "
                                    "retrain it (lower its lr or change generators.seed)")
-        return to_uint8(x)
+        return to_uint8(x * torch.tensor(self.std)[:, None, None] + torch.tensor(self.mean)[:, None, None])
 
 
 def load_generator(folder: str | Path, sampler: str | None = None, sampling_steps: int | None = None) -> LoadedGenerator:
@@ -135,6 +141,8 @@ def load_generator(folder: str | Path, sampler: str | None = None, sampling_step
 
     unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True, low_cpu_mem_usage=False).eval()
     sched = DDPMScheduler.from_pretrained(folder / "scheduler")
-    return LoadedGenerator("ddpm", c["class"], c["image_size"], unet, scheduler=sched,
+    norm = c["normalisation"]
+    return LoadedGenerator("ddpm", c["class"], c["image_size"], unet, tuple(norm["mean"]), tuple(norm["std"]),
+                           scheduler=sched,
                            sampler=sampler or c["params"]["sampler"],
                            sampling_steps=sampling_steps or c["params"]["sampling_steps"])

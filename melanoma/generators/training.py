@@ -74,7 +74,7 @@ class Trainer(Protocol):
 class DCGANTrainer:
     """GAN step: D on real vs fake (one-sided label smoothing, optional DiffAugment), then G, then EMA of G."""
 
-    def __init__(self, cfg: dict[str, Any], image_size: int, seed: int) -> None:
+    def __init__(self, cfg: dict[str, Any], image_size: int, seed: int, clip_range: float = 1.0) -> None:
         torch.manual_seed(seed)
         self.cfg, self.name = cfg, "dcgan"
         self.G = dcgan.Generator(cfg["nz"], cfg["ngf"], 3, image_size)
@@ -142,14 +142,15 @@ class DCGANTrainer:
 
 
 class DDPMTrainer:
-    """Diffusion step: noise a batch at random timesteps, regress the noise (MSE), clip gradients, EMA."""
+    """Diffusion step: noise a batch at random timesteps, regress the noise (min-SNR weighted MSE), clip, EMA."""
 
-    def __init__(self, cfg: dict[str, Any], image_size: int, seed: int) -> None:
+    def __init__(self, cfg: dict[str, Any], image_size: int, seed: int, clip_range: float = 1.0) -> None:
         torch.manual_seed(seed)
         self.cfg, self.name = cfg, "ddpm"
         self.unet = ddpm.build_unet(ddpm.unet_config(image_size, cfg["block_out_channels"], cfg["layers_per_block"],
                                                      cfg["attention"]), cfg["pretrained"])
-        self.scheduler = ddpm.train_scheduler(cfg["num_train_timesteps"], cfg["beta_schedule"])
+        self.scheduler = ddpm.train_scheduler(cfg["num_train_timesteps"], cfg["beta_schedule"], clip_range)
+        self.weights = ddpm.min_snr_weights(self.scheduler, cfg["min_snr_gamma"])
         self.opt = torch.optim.AdamW(self.unet.parameters(), cfg["lr"], weight_decay=cfg["weight_decay"])
         self.ema = EMA(self.unet, cfg["ema_decay"])
         self.rng = torch.Generator().manual_seed(seed + 1)
@@ -163,7 +164,8 @@ class DDPMTrainer:
         noise = torch.randn(x.shape, generator=self.rng)
         t = torch.randint(0, self.cfg["num_train_timesteps"], (x.shape[0],), generator=self.rng)
         pred = self.unet(self.scheduler.add_noise(x, noise, t), t).sample
-        loss = nn.functional.mse_loss(pred, noise)
+        per_image = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per_image * self.weights[t]).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg["grad_clip"])
