@@ -2,7 +2,7 @@
 
 Per generator family it writes `data/synthetic/<gen>/` (`<class>.npy` uint8 shards (N, S, S, 3) + manifest.csv),
 `results/generators/<gen>/quality.json` (for `dvc metrics show`) and contact sheets and nearest-neighbour
-pairs as PNGs in `results/generators/<gen>/sheets/`. Shards, not thousands of PNGs, keep `dvc status` fast.
+pairs as PNGs, and what each metric means, in `results/generators/<gen>/details/`. Shards, not thousands of PNGs, keep `dvc status` fast.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, genera
     p = params["synthesize"]
     size = params["generators"]["image_size"]
     want = counts_to_generate(splits / "train.csv", p["n_malignant"], p["n_benign"])
-    rows, report = [], {}
+    rows, report, notes = [], {}, {}
     t0 = time.perf_counter()
-    with atomic_dir(data_out) as data_tmp, atomic_dir(results_out / "sheets") as sheets_tmp:
+    with atomic_dir(data_out) as data_tmp, atomic_dir(results_out / "details") as details_tmp:
         for label in LABELS:
             folder = generators / gen / f"{gen}_{label}"
             g = load_generator(folder)
@@ -57,12 +57,13 @@ def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, genera
             n_eval = min(p["quality_samples"], len(real))
             extra = g.sample(max(0, n_eval - len(images)), seed=p["seed"] + 1, batch_size=p["batch_size"])
             fake = np.concatenate([images[:n_eval], extra])
-            metrics, worst = quality(real, fake, p["seed"], p["memorisation_ratio"])
+            metrics, notes[label], worst = quality(real, fake, p["seed"], p["memorisation_ratio"])
             report[label] = {"generated": len(images), **metrics}
-            grid(fake[:64]).save(sheets_tmp / f"{gen}_{label}_samples.png")
-            pairs_sheet(fake, real, worst).save(sheets_tmp / f"{gen}_{label}_nearest_real.png")
+            grid(fake[:64]).save(details_tmp / f"{gen}_{label}_samples.png")
+            pairs_sheet(fake, real, worst).save(details_tmp / f"{gen}_{label}_nearest_real.png")
             log(f"synthesize: {gen}_{label}: {len(images)} images, C2ST AUC {metrics['c2st_auc']:.3f}, "
                 f"memorised {metrics['memorised_fraction']:.1%}, diversity ratio {metrics['diversity_ratio']:.2f}")
+        (details_tmp / "quality_notes.json").write_text(json.dumps(notes, indent=2) + "\n")
         write_csv(data_tmp / "manifest.csv", rows, ["id", "generator", "class", "seed", "index", "path", "md5"])
     (results_out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
     report["seconds"] = round(time.perf_counter() - t0, 1)

@@ -243,9 +243,9 @@ def test_c2st_separates_different_sets_and_not_equal_ones():
 def test_fid_unavailable_is_null_with_reason(tmp_path):
     rng = np.random.default_rng(0)
     real = rng.integers(0, 255, (16, 16, 16, 3), dtype=np.uint8)
-    metrics, pairs = quality(real, real[::-1].copy(), seed=0, memorisation_ratio=0.333, weights_dir=tmp_path)
+    metrics, notes, pairs = quality(real, real[::-1].copy(), seed=0, memorisation_ratio=0.333, weights_dir=tmp_path)
     assert metrics["fid"] is None and metrics["kid"] is None
-    assert "weights-inception-2015-12-05" in metrics["fid_unavailable"] and str(tmp_path) in metrics["fid_unavailable"]
+    assert "weights-inception-2015-12-05" in notes["fid_unavailable"] and str(tmp_path) in notes["fid_unavailable"]
     assert metrics["memorised_fraction"] == 1.0 and len(pairs) == 8  # exact copies of training images
 
 
@@ -266,7 +266,7 @@ def test_synthesize_balances_and_is_reproducible(project, tmp_path):
     for label in ("benign", "malignant"):
         assert 0 <= q[label]["c2st_auc"] <= 1 and "memorised_fraction" in q[label]
         assert q[label]["fid"] is None or q[label]["fid"] >= 0
-    assert (tmp_path / "res0/sheets/ddpm_malignant_nearest_real.png").is_file()
+    assert (tmp_path / "res0/details/ddpm_malignant_nearest_real.png").is_file()
     assert reports[0]["malignant"]["c2st_auc"] == reports[1]["malignant"]["c2st_auc"]
 
 

@@ -1,5 +1,6 @@
 """The fetch and split stages run through DVC itself, on a throwaway copy of the repository."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import yaml
 
 from melanoma.io import read_csv
 from tests.conftest import ROOT
+from tests.tiny import tiny_params
 
 pytestmark = pytest.mark.slow
-TINY = {"n_benign": 30, "n_malignant": 20, "image_size": 48}
 
 
 def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -46,7 +47,7 @@ def repo(tmp_path) -> Path:
         if (ROOT / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
-    set_params(dst, **{f"data__demo__{k}": v for k, v in TINY.items()})
+    (dst / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     sh(dst, "git", "init", "-q")
     sh(dst, "git", "add", "-A")
     sh(dst, "git", "commit", "-qm", "copy")
@@ -55,9 +56,11 @@ def repo(tmp_path) -> Path:
 
 def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     first = sh(repo, "dvc", "repro")
-    assert "Running stage 'fetch'" in first.stdout and "Running stage 'split'" in first.stdout
+    for stage in ("fetch", "split", "train_generator@dcgan-benign", "train_generator@ddpm-malignant",
+                  "synthesize@dcgan", "synthesize@ddpm"):
+        assert f"Running stage '{stage}'" in first.stdout
     rows = read_csv(repo / "data/raw/manifest.csv")
-    assert Counter(r["label"] for r in rows) == {"benign": 30, "malignant": 20}
+    assert Counter(r["label"] for r in rows) == {"benign": 24, "malignant": 12}
     assert all((repo / "data/raw" / r["path"]).is_file() for r in rows)
     ids = [r["id"] for s in ("train", "val", "test") for r in read_csv(repo / f"data/splits/{s}.csv")]
     assert sorted(ids) == sorted(r["id"] for r in rows)
@@ -67,11 +70,16 @@ def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     assert "up to date" in sh(repo, "dvc", "status").stdout
 
 
-def test_split_param_change_reruns_only_split(repo):
-    sh(repo, "dvc", "repro")
+def test_param_changes_rerun_only_what_depends_on_them(repo):
+    sh(repo, "dvc", "repro", "split")
     set_params(repo, split__seed=7)
-    out = sh(repo, "dvc", "repro").stdout
+    out = sh(repo, "dvc", "repro", "split").stdout
     assert "Running stage 'split'" in out and "Running stage 'fetch'" not in out
+    sh(repo, "dvc", "repro")
+    set_params(repo, generators__ddpm__lr=0.002)  # one family's params: only its training and synthesis
+    out = sh(repo, "dvc", "repro").stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm"}
 
 
 def test_exp_run_with_invalid_value_fails_with_schema_message(repo):

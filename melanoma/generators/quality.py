@@ -91,8 +91,16 @@ def c2st_auc(real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20) ->
             opt.step()
     with torch.no_grad():
         scores = net(x[torch.from_numpy(test_idx)]).numpy()
-    return {"c2st_auc": float(roc_auc_score(y[test_idx].numpy(), scores)), "c2st_n_per_class": n,
-            "c2st_classifier": "3-layer CNN, 20 epochs, half of each set for training, AUROC on the other half"}
+    return {"c2st_auc": float(roc_auc_score(y[test_idx].numpy(), scores)), "c2st_n_per_class": n}
+
+
+NOTES = {
+    "c2st_auc": "AUROC of a 3-layer CNN trained 20 epochs on half of the real and half of the synthetic images, "
+                "scored on the other halves; 0.5 = indistinguishable, 1.0 = trivially told apart",
+    "memorised_fraction": "share of synthetic images whose nearest real train image is closer than "
+                          "memorisation_threshold x the second nearest, in 16x16 RGB pixel space ([0, 1], L2)",
+    "diversity_ratio": "mean pairwise distance of synthetic images / that of real ones, same space",
+}
 
 
 def inception_weights(search: Path | None = None) -> tuple[Path | None, str]:
@@ -151,13 +159,13 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, s
 
 
 def quality(real: np.ndarray, fake: np.ndarray, seed: int, memorisation_ratio: float,
-            weights_dir: Path | None = None) -> tuple[dict[str, Any], list[tuple[int, int]]]:
-    """All metrics for one generator and class, plus the (synthetic, real) index pairs most like copies."""
+            weights_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, str], list[tuple[int, int]]]:
+    """Numeric metrics (for `dvc metrics`), notes in words, and the (synthetic, real) pairs most like copies."""
     out: dict[str, Any] = {"n_real": len(real), "n_synthetic": len(fake)}
+    notes = dict(NOTES)
     out.update(c2st_auc(real, fake, seed))
     fr, ff = pixel_features(real), pixel_features(fake)
     ratio, nearest = nearest_ratio(ff, fr)
-    out["memorisation_feature_space"] = "16x16 RGB pixels in [0, 1], L2"
     out["memorisation_threshold"] = memorisation_ratio
     out["memorised_fraction"] = float((ratio < memorisation_ratio).mean())
     out["nn_ratio_min"] = float(ratio.min())
@@ -167,14 +175,15 @@ def quality(real: np.ndarray, fake: np.ndarray, seed: int, memorisation_ratio: f
     out["diversity_ratio"] = out["diversity_synthetic"] / max(out["diversity_real"], 1e-12)
     weights, why = inception_weights(weights_dir)
     if weights is None:
-        out.update({"fid": None, "kid": None, "fid_unavailable": why})
+        out.update({"fid": None, "kid": None})
+        notes["fid_unavailable"] = why
     else:
         ia, ib = inception_features(real, weights), inception_features(fake, weights)
-        out.update({"fid": frechet_distance(ia, ib), "kid": kernel_inception_distance(ia, ib, seed=seed),
-                    "fid_note": f"Inception-v3 (torch-fidelity) on {len(real)} real vs {len(fake)} synthetic images"
-                                " upsampled from the generator resolution: compare only within this study"})
+        out.update({"fid": frechet_distance(ia, ib), "kid": kernel_inception_distance(ia, ib, seed=seed)})
+        notes["fid"] = (f"Inception-v3 (torch-fidelity) on {len(real)} real vs {len(fake)} synthetic images upsampled "
+                        "from the generator resolution: compare only within this study")
     worst = np.argsort(ratio)[:8]
-    return out, [(int(i), int(nearest[i])) for i in worst]
+    return out, notes, [(int(i), int(nearest[i])) for i in worst]
 
 
 def pairs_sheet(fake: np.ndarray, real: np.ndarray, pairs: list[tuple[int, int]], scale: int = 2) -> Image.Image:
