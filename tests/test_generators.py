@@ -279,3 +279,29 @@ def test_readme_snippet_runs(project, monkeypatch):
     assert ns["images"].shape == (16, 16, 16, 3) and ns["images"].dtype == np.uint8
     assert ns["fast"].sampler == "ddim" and ns["fast"].sampling_steps == 50
     assert ns["batch"].shape == (16, 3, 16, 16)
+
+
+def test_discriminator_winning_outright_stops_training(tmp_path):
+    cfg = {**tiny_params()["generators"]["dcgan"], "divergence_steps": 3, "label_smoothing": 0.0}
+    trainer = DCGANTrainer(cfg, 16, 0)
+    calls = iter(range(10**6))
+
+    class Overconfident(torch.nn.Module):  # sure of every real image (call 0 of a step), sure every fake is fake
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            sign = 1.0 if next(calls) % 3 == 0 else -1.0
+            return x.mean(dim=(1, 2, 3)) * 0 + self.w + 30.0 * sign
+
+    trainer.D = Overconfident()
+    with pytest.raises(GeneratorDiverged, match=r"won outright for 3 steps"):
+        fit(trainer, torch.rand(8, 3, 16, 16) * 2 - 1, steps=10, batch_size=4, seed=0, config={"a": 2},
+            ckpt_dir=tmp_path / "ck", checkpoint_every=100, log=lambda *_: None)
+
+
+def test_missing_pretrained_unet_is_an_error_not_a_silent_fallback(tmp_path):
+    from melanoma.generators.ddpm import PretrainedUnavailable, build_unet, unet_config
+    with pytest.raises(PretrainedUnavailable, match=r"generators.ddpm.pretrained: cannot load .*pretrained: ''"):
+        build_unet(unet_config(16, [8, 16], 1, False), pretrained=str(tmp_path / "no-such-unet"))
