@@ -105,6 +105,18 @@ SCHEMA: dict[str, Any] = {
         "quality_samples": Field(int, min=8, max=100_000),
         "memorisation_ratio": Field(float, min=0.0, max=1.0),
     },
+    "upscale": {
+        "method": Field(str, choices=("bicubic", "lanczos", "sr", "hub")),
+        "factor": Field(int, min=2, max=8),
+        "seed": Field(int, min=0),
+        "sr": {
+            "channels": Field(int, min=4, max=512),
+            "steps": Field(int, min=1),
+            "batch_size": Field(int, min=1, max=4096),
+            "lr": Field(float, min=1e-7, max=1.0),
+        },
+        "hub": {"model": Field(str)},
+    },
     "split": {
         "seed": Field(int, min=0),
         "val_fraction": Field(float, min=0.0, max=0.5),

@@ -12,3 +12,5 @@ def generator_dir(gen: str, label: str) -> Path:
     return GENERATORS / gen / f"{gen}_{label}"
 SYNTHETIC = Path("data/synthetic")
 GENERATOR_RESULTS = Path("results/generators")
+UPSCALER = Path("models/upscaler")
+UPSCALER_RESULTS = Path("results/upscaler")

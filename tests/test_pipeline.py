@@ -57,7 +57,7 @@ def repo(tmp_path) -> Path:
 def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     first = sh(repo, "dvc", "repro")
     for stage in ("fetch", "split", "train_generator@dcgan-benign", "train_generator@ddpm-malignant",
-                  "synthesize@dcgan", "synthesize@ddpm"):
+                  "synthesize@dcgan", "synthesize@ddpm", "train_upscaler", "upscale@dcgan", "upscale@ddpm"):
         assert f"Running stage '{stage}'" in first.stdout
     rows = read_csv(repo / "data/raw/manifest.csv")
     assert Counter(r["label"] for r in rows) == {"benign": 24, "malignant": 12}
@@ -79,7 +79,12 @@ def test_param_changes_rerun_only_what_depends_on_them(repo):
     set_params(repo, generators__ddpm__lr=0.002)  # one family's params: only its training and synthesis
     out = sh(repo, "dvc", "repro").stdout
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm"}
+    assert ran == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm",
+                   "upscale@ddpm"}
+    set_params(repo, upscale__method="bicubic")  # the upscaler stays; only the upscaled sets are remade
+    assert "upscale@dcgan" in sh(repo, "dvc", "status").stdout
+    out = sh(repo, "dvc", "repro").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"upscale@dcgan", "upscale@ddpm"}
 
 
 def test_exp_run_with_invalid_value_fails_with_schema_message(repo):

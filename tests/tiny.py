@@ -24,6 +24,7 @@ def tiny_params(**overrides) -> dict:
     g["ddpm"].update(block_out_channels=[8, 16], steps=4, batch_size=4, warmup_steps=1, sampler="ddim",
                      sampling_steps=3)
     p["synthesize"].update(quality_samples=16, batch_size=16)
+    p["upscale"]["sr"].update(steps=5, batch_size=8, channels=8)
     for dotted, value in overrides.items():
         node = p
         *parents, leaf = dotted.split(".")

@@ -35,14 +35,15 @@ class GeneratorDataError(RuntimeError):
     """The training images for a generator are missing or empty."""
 
 
-def load_train_images(splits: Path, raw: Path, label: str, size: int) -> tuple[np.ndarray, str]:
+def load_train_images(splits: Path, raw: Path, label: str, size: int, split: str = "train") -> tuple[np.ndarray, str]:
     """The train-split images of one class, resized to size x size, as uint8 (N, S, S, 3), and their data hash.
 
-    Only `train.csv` is opened: val and test images cannot reach a generator.
+    Generators call it with the default split: only `train.csv` is opened, so val and test images cannot reach
+    them. (The upscaler reads val too, but only to score itself.)
     """
-    rows = [r for r in read_csv(splits / "train.csv") if r["label"] == label]
+    rows = [r for r in read_csv(splits / f"{split}.csv") if r["label"] == label]
     if not rows:
-        raise GeneratorDataError(f"{splits / 'train.csv'} has no {label} images; a {label} generator needs some")
+        raise GeneratorDataError(f"{splits / f'{split}.csv'} has no {label} images; a {label} model needs some")
     out = np.empty((len(rows), size, size, 3), np.uint8)
     for i, r in enumerate(rows):
         with Image.open(raw / r["path"]) as im:

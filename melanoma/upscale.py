@@ -1,0 +1,211 @@
+"""Super-resolving synthetic images: the `train_upscaler` and `upscale` stages.
+
+`upscale.method` picks how the *_Upscaled datasets get their larger synthetic images:
+  bicubic / lanczos  plain resizing, the baseline;
+  sr                 an ESPCN-style network (Shi et al., 2016) that adds a learned residual to the bicubic
+                     upscale, trained here on real *train* images (their downscaled copies as input) and scored
+                     by PSNR/SSIM against bicubic on real *val* images;
+  hub                a pretrained diffusers super-resolution pipeline, only if its weights are available.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from melanoma.generators import load_train_images
+from melanoma.generators.training import grid
+from melanoma.images import md5_bytes
+from melanoma.io import atomic_dir, read_csv, write_csv
+from melanoma.params import LABELS
+
+
+class UpscaleError(RuntimeError):
+    """The upscaler cannot run as configured; the message says what to change."""
+
+
+class ESPCN(nn.Module):
+    """Feature extraction at low resolution, sub-pixel convolution to `factor` x, added to the bicubic upscale."""
+
+    def __init__(self, factor: int, channels: int = 32) -> None:
+        super().__init__()
+        self.factor = factor
+        self.body = nn.Sequential(
+            nn.Conv2d(3, channels * 2, 5, padding=2), nn.Tanh(),
+            nn.Conv2d(channels * 2, channels, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(channels, 3 * factor**2, 3, padding=1), nn.PixelShuffle(factor))
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """(N, 3, h, w) in [0, 1] -> (N, 3, h*f, w*f) in [0, 1]."""
+        return (bicubic(lr, self.factor) + self.body(lr)).clamp(0, 1)
+
+
+def bicubic(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=factor, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def downscale(hr: torch.Tensor, factor: int) -> torch.Tensor:
+    """The degradation the SR model learns to undo: antialiased bicubic downscaling."""
+    return F.interpolate(hr, scale_factor=1 / factor, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean SSIM (Wang et al., 2004: 11x11 Gaussian window, sigma 1.5, per channel) of images in [0, 1]."""
+    k = torch.exp(-((torch.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    k = (k / k.sum())[:, None] * (k / k.sum())[None, :]
+    w = k.expand(3, 1, 11, 11).to(a.dtype)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, groups=3)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def _as_unit(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+
+
+def _as_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _real(splits: Path, raw: Path, split: str, size: int) -> np.ndarray:
+    """All real images of one split (both classes) at size x size; val is read only for scoring."""
+    parts = [load_train_images(splits, raw, label, size, split=split)[0] for label in LABELS]
+    return np.concatenate(parts)
+
+
+def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, metrics_path: Path,
+                   log=print) -> dict[str, Any]:
+    """Train the SR model on real train images, score it against bicubic on real val images."""
+    u, size = params["upscale"], params["generators"]["image_size"]
+    cfg, factor = u["sr"], u["factor"]
+    hr_size = size * factor
+    t0 = time.perf_counter()
+    torch.manual_seed(u["seed"])
+    train_hr = _as_unit(_real(splits, raw, "train", hr_size))
+    model = ESPCN(factor, cfg["channels"])
+    opt = torch.optim.Adam(model.parameters(), cfg["lr"])
+    g = torch.Generator().manual_seed(u["seed"])
+    for step in range(cfg["steps"]):
+        hr = train_hr[torch.randint(0, len(train_hr), (cfg["batch_size"],), generator=g)]
+        hr = torch.where(torch.rand(len(hr), 1, 1, 1, generator=g) < 0.5, hr.flip(3), hr)
+        loss = F.l1_loss(model(downscale(hr, factor)), hr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if not torch.isfinite(loss):
+            raise UpscaleError(f"SR training diverged at step {step} (loss {loss.item()}); lower upscale.sr.lr")
+    model.eval()
+    val_hr = _as_unit(_real(splits, raw, "val", hr_size))
+    with torch.no_grad():
+        lr = downscale(val_hr, factor)
+        sr, bic = model(lr), bicubic(lr, factor)
+    m = {"factor": factor, "from_px": size, "to_px": hr_size, "n_val": len(val_hr),
+         "psnr_sr": psnr(sr, val_hr), "psnr_bicubic": psnr(bic, val_hr),
+         "ssim_sr": ssim(sr, val_hr), "ssim_bicubic": ssim(bic, val_hr)}
+    m["beats_bicubic"] = bool(m["psnr_sr"] > m["psnr_bicubic"] and m["ssim_sr"] > m["ssim_bicubic"])
+    with atomic_dir(out) as tmp:
+        save_file(model.state_dict(), str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps({
+            "architecture": "melanoma.upscale.ESPCN", "kwargs": {"factor": factor, "channels": cfg["channels"]},
+            "trained_on": "real train images, input = antialiased bicubic downscale", "params": u,
+            "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(m, indent=2) + "\n")
+    if not m["beats_bicubic"]:
+        log(f"train_upscaler: WARNING: the SR model does NOT beat bicubic on real val images "
+            f"(PSNR {m['psnr_sr']:.2f} vs {m['psnr_bicubic']:.2f} dB, SSIM {m['ssim_sr']:.4f} vs "
+            f"{m['ssim_bicubic']:.4f}); train longer (upscale.sr.steps) or use upscale.method: bicubic")
+    return m
+
+
+def load_upscaler(folder: Path) -> ESPCN:
+    c = json.loads((folder / "config.json").read_text())
+    model = ESPCN(**c["kwargs"])
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    return model.eval()
+
+
+def _hub_upscale(images: np.ndarray, model_id: str, factor: int) -> np.ndarray:
+    if factor != 4:
+        raise UpscaleError(f"upscale.method=hub: the diffusers super-resolution pipelines upscale 4x; "
+                           f"upscale.factor is {factor}")
+    # imported from its module: the package-level name is gated on `transformers`, which this pipeline does not use
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
+        LDMSuperResolutionPipeline)
+
+    try:
+        pipe = LDMSuperResolutionPipeline.from_pretrained(model_id)
+    except (OSError, ValueError) as e:
+        raise UpscaleError(
+            f"upscale.method=hub: cannot load '{model_id}' ({str(e).splitlines()[0][:200]}); pre-fill the Hugging "
+            "Face cache (`huggingface-cli download MODEL` on a machine with network, copy ~/.cache/huggingface), "
+            "or use upscale.method: sr") from None
+    out = [np.asarray(pipe(Image.fromarray(im), num_inference_steps=50).images[0].convert("RGB")) for im in images]
+    return np.stack(out)
+
+
+def upscale_images(images: np.ndarray, method: str, factor: int, model: ESPCN | None = None,
+                   hub_model: str = "") -> np.ndarray:
+    """uint8 (N, s, s, 3) -> uint8 (N, s*f, s*f, 3) by the chosen method."""
+    if len(images) == 0:
+        return np.empty((0, images.shape[1] * factor, images.shape[2] * factor, 3), np.uint8)
+    if method == "lanczos":
+        return np.stack([np.asarray(Image.fromarray(im).resize((im.shape[1] * factor, im.shape[0] * factor),
+                                                               Image.LANCZOS)) for im in images])
+    if method == "hub":
+        return _hub_upscale(images, hub_model, factor)
+    with torch.no_grad():
+        x = _as_unit(images)
+        return _as_uint8(model(x) if method == "sr" else bicubic(x, factor))
+
+
+def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, out: Path, sheet: Path,
+            log=print) -> dict[str, Any]:
+    """data/synthetic/<gen>/ -> data/synthetic/<gen>_upscaled/ (same ids, larger images) + a comparison sheet."""
+    u = params["upscale"]
+    method, factor = u["method"], u["factor"]
+    model = load_upscaler(upscaler) if method == "sr" else None
+    rows = []
+    counts = {}
+    sheet_rows = []
+    with atomic_dir(out) as tmp:
+        for label in LABELS:
+            src = np.load(synthetic / f"{label}.npy")
+            up = upscale_images(src, method, factor, model, u["hub"]["model"])
+            np.save(tmp / f"{label}.npy", up)
+            counts[label] = len(up)
+            for i, im in enumerate(up):
+                rows.append({"id": f"{gen}_{label}_{i:06d}_up", "source_id": f"{gen}_{label}_{i:06d}",
+                             "generator": gen, "class": label, "method": method, "factor": factor,
+                             "path": f"{label}.npy#{i}", "md5": md5_bytes(im.tobytes())})
+            if len(src):
+                k = min(8, len(src))
+                nearest = np.repeat(np.repeat(src[:k], factor, 1), factor, 2)  # rows: as generated, bicubic, method
+                side = [nearest, upscale_images(src[:k], "bicubic", factor), up[:k]]
+                sheet_rows.append(np.concatenate(side, axis=0))
+        write_csv(tmp / "manifest.csv", rows, list(rows[0]) if rows else ["id"])
+    if sheet_rows:
+        sheet.parent.mkdir(parents=True, exist_ok=True)
+        imgs = np.concatenate(sheet_rows, axis=0)
+        grid(imgs, cols=len(imgs) // (3 * len(sheet_rows))).save(sheet)
+    return {"method": method, "factor": factor, "counts": counts}
