@@ -117,6 +117,11 @@ SCHEMA: dict[str, Any] = {
         },
         "hub": {"model": Field(str)},
     },
+    "datasets": {
+        "image_size": Field(int, min=16, max=1024),
+        "n_malignant": Field((int, str), choices=("balance",), min=0, max=1_000_000),
+        "n_benign": Field(int, min=0, max=1_000_000),
+    },
     "split": {
         "seed": Field(int, min=0),
         "val_fraction": Field(float, min=0.0, max=0.5),

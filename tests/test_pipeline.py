@@ -57,7 +57,8 @@ def repo(tmp_path) -> Path:
 def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     first = sh(repo, "dvc", "repro")
     for stage in ("fetch", "split", "train_generator@dcgan-benign", "train_generator@ddpm-malignant",
-                  "synthesize@dcgan", "synthesize@ddpm", "train_upscaler", "upscale@dcgan", "upscale@ddpm"):
+                  "synthesize@dcgan", "synthesize@ddpm", "train_upscaler", "upscale@dcgan", "upscale@ddpm", "build_dataset@Original",
+                  "build_dataset@DDPM_Upscaled"):
         assert f"Running stage '{stage}'" in first.stdout
     rows = read_csv(repo / "data/raw/manifest.csv")
     assert Counter(r["label"] for r in rows) == {"benign": 24, "malignant": 12}
@@ -80,11 +81,12 @@ def test_param_changes_rerun_only_what_depends_on_them(repo):
     out = sh(repo, "dvc", "repro").stdout
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert ran == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm",
-                   "upscale@ddpm"}
+                   "upscale@ddpm", "build_dataset@DDPM", "build_dataset@DDPM_Upscaled"}
     set_params(repo, upscale__method="bicubic")  # the upscaler stays; only the upscaled sets are remade
     assert "upscale@dcgan" in sh(repo, "dvc", "status").stdout
     out = sh(repo, "dvc", "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"upscale@dcgan", "upscale@ddpm"}
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
+        "upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled"}
 
 
 def test_exp_run_with_invalid_value_fails_with_schema_message(repo):

@@ -1,0 +1,141 @@
+"""The `build_dataset` stage: the five datasets, decoded once into packed uint8 tensors at the classifier size.
+
+Original is the real train split; DCGAN, DCGAN_Upscaled, DDPM and DDPM_Upscaled add synthetic images to the
+*training* split only. Val, test (and external test) are the same real images, resized the same way, in all
+five. Every image, real or synthetic, goes through the same final resize, so resolution alone does not give a
+synthetic image away. Before writing, the stage asserts that no val/test image (exact or near duplicate)
+appears among the training images.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from melanoma.images import md5_bytes
+from melanoma.io import atomic_dir, read_csv, write_csv
+from melanoma.params import LABELS
+from melanoma.split import near_duplicate_pairs
+
+DATASETS = {"Original": None, "DCGAN": "dcgan", "DCGAN_Upscaled": "dcgan_upscaled", "DDPM": "ddpm",
+            "DDPM_Upscaled": "ddpm_upscaled"}
+EVAL_SPLITS = ("val", "test", "external_test")
+
+
+class DatasetError(RuntimeError):
+    """The inputs of a dataset are missing, unreadable or inconsistent with params."""
+
+
+class LeakageError(DatasetError):
+    """A val/test image (or a near duplicate of one) is among the training images."""
+
+
+def resize(im: np.ndarray, size: int) -> np.ndarray:
+    """The one final resize every image goes through (Lanczos, antialiased)."""
+    if im.shape[0] == size and im.shape[1] == size:
+        return im
+    return np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS, reducing_gap=3.0))
+
+
+def _real(splits: Path, raw: Path, split: str, size: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+    rows = read_csv(splits / f"{split}.csv")
+    pack = np.empty((len(rows), size, size, 3), np.uint8)
+    for i, r in enumerate(rows):
+        with Image.open(raw / r["path"]) as im:
+            pack[i] = resize(np.asarray(im.convert("RGB")), size)
+    out = [{"id": r["id"], "split": split, "label": r["label"], "origin": "real", "upscaled": "no",
+            "source": f"raw/{r['path']}", "md5": md5_bytes(pack[i].tobytes())} for i, r in enumerate(rows)]
+    return out, pack
+
+
+def _synthetic(folder: Path, label: str, n: int, size: int, upscaled: bool) -> tuple[list[dict[str, Any]], np.ndarray]:
+    shard = folder / f"{label}.npy"
+    try:
+        images = np.load(shard, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"cannot read synthetic images {shard}: {e}; rerun `dvc repro synthesize upscale`") from None
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DatasetError(f"{shard} is not a uint8 (N, H, W, 3) image shard (got {images.dtype} {images.shape})")
+    if n > len(images):
+        raise DatasetError(f"{n} synthetic {label} images asked for (datasets.n_{label}) but {shard} has "
+                           f"{len(images)}; raise synthesize.n_{label} or lower datasets.n_{label}")
+    pack = np.stack([resize(im, size) for im in images[:n]]) if n else np.empty((0, size, size, 3), np.uint8)
+    origin = folder.name.removesuffix("_upscaled")
+    out = [{"id": f"{folder.name}_{label}_{i:06d}", "split": "train", "label": label, "origin": origin,
+            "upscaled": "yes" if upscaled else "no", "source": f"{shard.as_posix()}#{i}",
+            "md5": md5_bytes(pack[i].tobytes())} for i in range(n)]
+    return out, pack
+
+
+def check_leakage(train: np.ndarray, train_rows: list[dict[str, Any]], held_out: np.ndarray,
+                  held_rows: list[dict[str, Any]], min_corr: float) -> None:
+    """Stop if any val/test image is byte-identical or a near duplicate of a training image."""
+    train_md5 = {r["md5"]: r["id"] for r in train_rows}
+    for r in held_rows:
+        if r["md5"] in train_md5:
+            raise LeakageError(f"{r['split']} image {r['id']} is identical to training image {train_md5[r['md5']]}")
+    if not len(train) or not len(held_out):
+        return
+    thumbs = np.concatenate([train, held_out])
+    gray = np.stack([np.asarray(Image.fromarray(im).convert("L").resize((16, 16), Image.BOX)) for im in thumbs])
+    n = len(train)
+    for i, j in near_duplicate_pairs(gray, min_corr):
+        if i < n <= j:
+            raise LeakageError(f"{held_rows[j - n]['split']} image {held_rows[j - n]['id']} is a near duplicate of "
+                               f"training image {train_rows[i]['id']} (thumbnail correlation >= {min_corr})")
+
+
+def synthetic_counts(train_rows: list[dict[str, Any]], n_malignant: int | str, n_benign: int) -> dict[str, int]:
+    labels = Counter(r["label"] for r in train_rows)
+    if n_malignant == "balance":
+        n_malignant = max(0, labels["benign"] - labels["malignant"])
+    return {"benign": n_benign, "malignant": int(n_malignant)}
+
+
+def build_dataset(name: str, params: dict[str, Any], splits: Path, raw: Path, synthetic: Path, out: Path) -> dict:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name}; expected one of {', '.join(DATASETS)}")
+    d = params["datasets"]
+    size = d["image_size"]
+    rows, packs = {}, {}
+    for split in ("train",) + EVAL_SPLITS:
+        if (splits / f"{split}.csv").is_file():
+            rows[split], packs[split] = _real(splits, raw, split, size)
+    source = DATASETS[name]
+    if source:
+        want = synthetic_counts(rows["train"], d["n_malignant"], d["n_benign"])
+        for label in LABELS:
+            r, p = _synthetic(synthetic / source, label, want[label], size, source.endswith("_upscaled"))
+            rows["train"] += r
+            packs["train"] = np.concatenate([packs["train"], p])
+    held = [s for s in EVAL_SPLITS if s in rows]
+    check_leakage(packs["train"], rows["train"], np.concatenate([packs[s] for s in held]),
+                  [r for s in held for r in rows[s]], params["split"]["near_duplicate_corr"])
+    stats = {
+        "dataset": name, "image_size": size,
+        "counts": {s: {f"{label}/{origin}": n for (label, origin), n in
+                       sorted(Counter((r["label"], r["origin"]) for r in rs).items())} for s, rs in rows.items()},
+        "per_class": {s: {c: sum(r["label"] == c for r in rs) for c in LABELS} for s, rs in rows.items()},
+    }
+    with atomic_dir(out) as tmp:
+        for split, pack in packs.items():
+            np.save(tmp / f"{split}.npy", pack)
+        all_rows = [{**r, "index": i} for s in rows for i, r in enumerate(rows[s])]
+        write_csv(tmp / "manifest.csv", all_rows,
+                  ["split", "index", "id", "label", "origin", "upscaled", "source", "md5"])
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A dataset split as (uint8 images (N, S, S, 3), int64 labels with 1 = malignant), straight from the pack."""
+    images = np.load(folder / f"{split}.npy")
+    labels = np.array([r["label"] == "malignant" for r in read_csv(folder / "manifest.csv") if r["split"] == split],
+                      dtype=np.int64)
+    if len(labels) != len(images):
+        raise DatasetError(f"{folder}: {split}.npy has {len(images)} images but manifest.csv lists {len(labels)}")
+    return images, labels

@@ -1,0 +1,18 @@
+"""DVC stage `build_dataset@{Dataset}`: splits + synthetic shards -> data/datasets/{Dataset}/ (packs, manifest, stats)."""
+import sys
+
+from melanoma.cli import run_stage
+from melanoma.datasets import DatasetError, build_dataset
+from melanoma.params import load_params
+from melanoma.paths import DATASETS, RAW, SPLITS, SYNTHETIC
+
+
+def main() -> str:
+    name = sys.argv[1]
+    s = build_dataset(name, load_params(), SPLITS, RAW, SYNTHETIC, DATASETS / name)
+    parts = "; ".join(f"{split} " + ", ".join(f"{n} {k}" for k, n in c.items()) for split, c in s["counts"].items())
+    return f"build_dataset: {name} at {s['image_size']} px: {parts} -> {DATASETS / name}"
+
+
+if __name__ == "__main__":
+    run_stage("build_dataset", main, (DatasetError,))

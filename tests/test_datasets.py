@@ -1,0 +1,105 @@
+"""The five datasets: composition, identical val/test, leakage guard, packed cache, bad synthetic input."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from melanoma.datasets import DatasetError, LeakageError, build_dataset, load_split, resize
+from melanoma.generators import train_generator
+from melanoma.io import read_csv
+from melanoma.synthesize import synthesize
+from melanoma.upscale import upscale
+from tests.tiny import make_project, tiny_params
+
+P = tiny_params(**{"upscale.method": "bicubic", "datasets.image_size": 24})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Tiny project with DCGAN synthetic images, plain and upscaled."""
+    folder = make_project(tmp_path_factory.mktemp("ds"), P)
+    for label in ("benign", "malignant"):
+        out = folder / f"models/generators/dcgan/dcgan_{label}"
+        train_generator("dcgan", label, P, folder / "data/splits", folder / "data/raw", out,
+                        folder / "models/.checkpoints" / out.name, log=lambda *_: None)
+    synthesize("dcgan", P, folder / "data/splits", folder / "data/raw", folder / "models/generators",
+               folder / "data/synthetic/dcgan", folder / "results/generators/dcgan", log=lambda *_: None)
+    upscale("dcgan", P, folder / "data/synthetic/dcgan", folder / "models/upscaler",
+            folder / "data/synthetic/dcgan_upscaled", folder / "results/upscaler/dcgan_comparison.png")
+    for name in ("Original", "DCGAN", "DCGAN_Upscaled"):
+        build(folder, name)
+    return folder
+
+
+def build(folder, name, params=P, synthetic=None):
+    return build_dataset(name, params, folder / "data/splits", folder / "data/raw", synthetic or folder / "data/synthetic",
+                         folder / "data/datasets" / name)
+
+
+def test_composition_matches_params(project):
+    train = read_csv(project / "data/splits/train.csv")
+    short = sum(r["label"] == "benign" for r in train) - sum(r["label"] == "malignant" for r in train)
+    for name, origin, up in (("DCGAN", "dcgan", "no"), ("DCGAN_Upscaled", "dcgan", "yes")):
+        stats = json.loads((project / f"data/datasets/{name}/stats.json").read_text())
+        assert stats["counts"]["train"][f"malignant/{origin}"] == short > 0
+        assert "benign/dcgan" not in stats["counts"]["train"]
+        rows = [r for r in read_csv(project / f"data/datasets/{name}/manifest.csv") if r["split"] == "train"]
+        synth = [r for r in rows if r["origin"] == "dcgan"]
+        assert len(synth) == short and {r["upscaled"] for r in synth} == {up}
+        images, labels = load_split(project / f"data/datasets/{name}", "train")
+        assert images.shape == (len(train) + short, 24, 24, 3) and labels.sum() == stats["per_class"]["train"]["malignant"]
+    original = json.loads((project / "data/datasets/Original/stats.json").read_text())
+    assert original["per_class"]["train"] == {"benign": short + sum(r["label"] == "malignant" for r in train),
+                                              "malignant": sum(r["label"] == "malignant" for r in train)}
+
+
+def test_val_and_test_identical_across_datasets(project):
+    for split in ("val", "test"):
+        ref = (project / f"data/datasets/Original/{split}.npy").read_bytes()
+        for name in ("DCGAN", "DCGAN_Upscaled"):
+            assert (project / f"data/datasets/{name}/{split}.npy").read_bytes() == ref
+        rows = [r for r in read_csv(project / "data/datasets/DCGAN/manifest.csv") if r["split"] == split]
+        assert {r["origin"] for r in rows} == {"real"}
+
+
+def test_pack_equals_decoding_the_images(project):
+    images, _ = load_split(project / "data/datasets/Original", "val")
+    for i, r in enumerate(read_csv(project / "data/splits/val.csv")):
+        with Image.open(project / "data/raw" / r["path"]) as im:
+            assert np.array_equal(images[i], resize(np.asarray(im.convert("RGB")), 24))
+
+
+@pytest.mark.parametrize("tweak", ["exact", "brighter"])
+def test_leakage_guard_fires_on_a_planted_val_image(project, tmp_path, tweak):
+    import shutil
+    shutil.copytree(project / "data/synthetic/dcgan", tmp_path / "dcgan")
+    shard = np.load(tmp_path / "dcgan/malignant.npy")
+    val = read_csv(project / "data/splits/val.csv")[0]
+    size = shard.shape[1]  # build at the generator size, so the planted image is not resized again
+    with Image.open(project / "data/raw" / val["path"]) as im:
+        planted = Image.fromarray(resize(np.asarray(im.convert("RGB")), size))
+    if tweak == "brighter":
+        planted = ImageEnhance.Brightness(planted).enhance(1.05)
+    shard[0] = np.asarray(planted)
+    np.save(tmp_path / "dcgan/malignant.npy", shard)
+    params = tiny_params(**{"upscale.method": "bicubic", "datasets.image_size": size})
+    before = (project / "data/datasets/DCGAN/manifest.csv").read_bytes()
+    expected = "identical to" if tweak == "exact" else "a near duplicate of"
+    with pytest.raises(LeakageError, match=f"val image {val['id']} is {expected} training image dcgan_malignant_000000"):
+        build(project, "DCGAN", params, synthetic=tmp_path)
+    assert (project / "data/datasets/DCGAN/manifest.csv").read_bytes() == before  # nothing half-written
+
+
+def test_unreadable_or_short_synthetic_set_is_a_clear_error(project, tmp_path):
+    (tmp_path / "dcgan").mkdir()
+    (tmp_path / "dcgan/malignant.npy").write_bytes(b"not a numpy file")
+    (tmp_path / "dcgan/benign.npy").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"cannot read synthetic images .*benign.npy"):
+        build(project, "DCGAN", synthetic=tmp_path)
+    np.save(tmp_path / "dcgan/benign.npy", np.zeros((0, 16, 16, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"cannot read synthetic images .*malignant.npy"):
+        build(project, "DCGAN", synthetic=tmp_path)
+    np.save(tmp_path / "dcgan/malignant.npy", np.zeros((1, 16, 16, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r"synthetic malignant images asked for .* has 1"):
+        build(project, "DCGAN", synthetic=tmp_path)
