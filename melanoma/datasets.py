@@ -48,7 +48,7 @@ def _real(splits: Path, raw: Path, split: str, size: int) -> tuple[list[dict[str
         with Image.open(raw / r["path"]) as im:
             pack[i] = resize(np.asarray(im.convert("RGB")), size)
     out = [{"id": r["id"], "split": split, "label": r["label"], "origin": "real", "upscaled": "no",
-            "source": f"raw/{r['path']}", "md5": md5_bytes(pack[i].tobytes())} for i, r in enumerate(rows)]
+            "path": (raw / r["path"]).as_posix(), "md5": md5_bytes(pack[i].tobytes())} for i, r in enumerate(rows)]
     return out, pack
 
 
@@ -66,7 +66,7 @@ def _synthetic(folder: Path, label: str, n: int, size: int, upscaled: bool) -> t
     pack = np.stack([resize(im, size) for im in images[:n]]) if n else np.empty((0, size, size, 3), np.uint8)
     origin = folder.name.removesuffix("_upscaled")
     out = [{"id": f"{folder.name}_{label}_{i:06d}", "split": "train", "label": label, "origin": origin,
-            "upscaled": "yes" if upscaled else "no", "source": f"{shard.as_posix()}#{i}",
+            "upscaled": "yes" if upscaled else "no", "path": f"{shard.as_posix()}#{i}",
             "md5": md5_bytes(pack[i].tobytes())} for i in range(n)]
     return out, pack
 
@@ -126,7 +126,7 @@ def build_dataset(name: str, params: dict[str, Any], splits: Path, raw: Path, sy
             np.save(tmp / f"{split}.npy", pack)
         all_rows = [{**r, "index": i} for s in rows for i, r in enumerate(rows[s])]
         write_csv(tmp / "manifest.csv", all_rows,
-                  ["split", "index", "id", "label", "origin", "upscaled", "source", "md5"])
+                  ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
