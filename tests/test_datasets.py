@@ -6,11 +6,9 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from melanoma.datasets import DatasetError, LeakageError, build_dataset, load_split, resize
-from melanoma.generators import train_generator
 from melanoma.io import read_csv
-from melanoma.synthesize import synthesize
 from melanoma.upscale import upscale
-from tests.tiny import make_project, tiny_params
+from tests.tiny import make_project, tiny_params, with_dcgan_synthetic
 
 P = tiny_params(**{"upscale.method": "bicubic", "datasets.image_size": 24})
 
@@ -18,13 +16,7 @@ P = tiny_params(**{"upscale.method": "bicubic", "datasets.image_size": 24})
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """Tiny project with DCGAN synthetic images, plain and upscaled."""
-    folder = make_project(tmp_path_factory.mktemp("ds"), P)
-    for label in ("benign", "malignant"):
-        out = folder / f"models/generators/dcgan/dcgan_{label}"
-        train_generator("dcgan", label, P, folder / "data/splits", folder / "data/raw", out,
-                        folder / "models/.checkpoints" / out.name, log=lambda *_: None)
-    synthesize("dcgan", P, folder / "data/splits", folder / "data/raw", folder / "models/generators",
-               folder / "data/synthetic/dcgan", folder / "results/generators/dcgan", log=lambda *_: None)
+    folder = with_dcgan_synthetic(make_project(tmp_path_factory.mktemp("ds"), P), P)
     upscale("dcgan", P, folder / "data/synthetic/dcgan", folder / "models/upscaler",
             folder / "data/synthetic/dcgan_upscaled", folder / "results/upscaler/dcgan_comparison.png")
     for name in ("Original", "DCGAN", "DCGAN_Upscaled"):

@@ -5,24 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.generators import train_generator
-from melanoma.synthesize import synthesize
 from melanoma.upscale import (ESPCN, UpscaleError, bicubic, downscale, load_upscaler, psnr, ssim, train_upscaler,
                               upscale, upscale_images)
-from tests.tiny import make_project, tiny_params
+from tests.tiny import make_project, tiny_params, with_dcgan_synthetic
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """Tiny project with DCGANs, their synthetic images and a (briefly) trained upscaler."""
     p = tiny_params()
-    folder = make_project(tmp_path_factory.mktemp("up"), p)
-    for label in ("benign", "malignant"):
-        out = folder / f"models/generators/dcgan/dcgan_{label}"
-        train_generator("dcgan", label, p, folder / "data/splits", folder / "data/raw", out,
-                        folder / "models/.checkpoints" / out.name, log=lambda *_: None)
-    synthesize("dcgan", p, folder / "data/splits", folder / "data/raw", folder / "models/generators",
-               folder / "data/synthetic/dcgan", folder / "results/generators/dcgan", log=lambda *_: None)
+    folder = with_dcgan_synthetic(make_project(tmp_path_factory.mktemp("up"), p), p)
     logs = []
     train_upscaler(p, folder / "data/splits", folder / "data/raw", folder / "models/upscaler",
                    folder / "results/upscaler/metrics.json", log=logs.append)

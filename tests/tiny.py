@@ -53,3 +53,17 @@ def run_stage(folder: Path, script: str, *args: str, check: bool = True, **popen
     if check and p.returncode != 0:
         raise AssertionError(f"{script} {args} failed:\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def with_dcgan_synthetic(folder: Path, params: dict) -> Path:
+    """Train both tiny DCGANs in `folder` and synthesize their images (data/synthetic/dcgan)."""
+    from melanoma.generators import train_generator
+    from melanoma.synthesize import synthesize
+
+    for label in ("benign", "malignant"):
+        out = folder / f"models/generators/dcgan/dcgan_{label}"
+        train_generator("dcgan", label, params, folder / "data/splits", folder / "data/raw", out,
+                        folder / "models/.checkpoints" / out.name, log=lambda *_: None)
+    synthesize("dcgan", params, folder / "data/splits", folder / "data/raw", folder / "models/generators",
+               folder / "data/synthetic/dcgan", folder / "results/generators/dcgan", log=lambda *_: None)
+    return folder
