@@ -20,6 +20,7 @@ from melanoma.images import md5_bytes
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS
 from melanoma.split import near_duplicate_pairs
+from melanoma.synthesize import balanced_counts
 
 DATASETS = {"Original": None, "DCGAN": "dcgan", "DCGAN_Upscaled": "dcgan_upscaled", "DDPM": "ddpm",
             "DDPM_Upscaled": "ddpm_upscaled"}
@@ -89,13 +90,6 @@ def check_leakage(train: np.ndarray, train_rows: list[dict[str, Any]], held_out:
                                f"training image {train_rows[i]['id']} (thumbnail correlation >= {min_corr})")
 
 
-def synthetic_counts(train_rows: list[dict[str, Any]], n_malignant: int | str, n_benign: int) -> dict[str, int]:
-    labels = Counter(r["label"] for r in train_rows)
-    if n_malignant == "balance":
-        n_malignant = max(0, labels["benign"] - labels["malignant"])
-    return {"benign": n_benign, "malignant": int(n_malignant)}
-
-
 def build_dataset(name: str, params: dict[str, Any], splits: Path, raw: Path, synthetic: Path, out: Path) -> dict:
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name}; expected one of {', '.join(DATASETS)}")
@@ -107,7 +101,7 @@ def build_dataset(name: str, params: dict[str, Any], splits: Path, raw: Path, sy
             rows[split], packs[split] = _real(splits, raw, split, size)
     source = DATASETS[name]
     if source:
-        want = synthetic_counts(rows["train"], d["n_malignant"], d["n_benign"])
+        want = balanced_counts([r["label"] for r in rows["train"]], d["n_malignant"], d["n_benign"])
         for label in LABELS:
             r, p = _synthetic(synthetic / source, label, want[label], size, source.endswith("_upscaled"))
             rows["train"] += r

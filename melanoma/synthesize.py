@@ -25,9 +25,8 @@ class SynthesisError(RuntimeError):
     """A generator does not fit the current params."""
 
 
-def counts_to_generate(train_csv: Path, n_malignant: int | str, n_benign: int) -> dict[str, int]:
-    """'balance' = as many malignant images as the train split is short of the benign count."""
-    labels = [r["label"] for r in read_csv(train_csv)]
+def balanced_counts(labels: list[str], n_malignant: int | str, n_benign: int) -> dict[str, int]:
+    """Synthetic images per class; 'balance' = as many malignant as the real train labels are short of benign."""
     if n_malignant == "balance":
         n_malignant = max(0, labels.count("benign") - labels.count("malignant"))
     return {"benign": n_benign, "malignant": int(n_malignant)}
@@ -38,7 +37,7 @@ def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, genera
     """Sample both class generators of family `gen` (found under `generators`), store shards, measure quality."""
     p = params["synthesize"]
     size = params["generators"]["image_size"]
-    want = counts_to_generate(splits / "train.csv", p["n_malignant"], p["n_benign"])
+    want = balanced_counts([r["label"] for r in read_csv(splits / "train.csv")], p["n_malignant"], p["n_benign"])
     rows, report, notes = [], {}, {}
     t0 = time.perf_counter()
     with atomic_dir(data_out) as data_tmp, atomic_dir(results_out / "details") as details_tmp:
