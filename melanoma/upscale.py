@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from melanoma.generators import load_train_images
 from melanoma.generators.training import grid
 from melanoma.images import md5_bytes
-from melanoma.io import atomic_dir, read_csv, write_csv
+from melanoma.io import atomic_dir, write_csv
 from melanoma.params import LABELS
 
 

@@ -4,7 +4,8 @@ import sys
 from melanoma.cli import run_stage
 from melanoma.generators import GeneratorDataError, train_generator
 from melanoma.generators.ddpm import PretrainedUnavailable
-from melanoma.generators.training import CheckpointError, GeneratorDiverged
+from melanoma.generators.training import GeneratorDiverged
+from melanoma.training import CheckpointError
 from melanoma.params import load_params
 from melanoma.paths import CHECKPOINTS, RAW, SPLITS, generator_dir
 

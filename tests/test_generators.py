@@ -15,8 +15,8 @@ from melanoma.generators import GeneratorDataError, NonFiniteSamples, load_gener
 from melanoma.generators import dcgan
 from melanoma.generators.quality import (c2st_auc, frechet_distance, kernel_inception_distance, nearest_ratio,
                                          quality)
-from melanoma.generators.training import (CheckpointError, DCGANTrainer, GeneratorDiverged, fit, load_checkpoint,
-                                          save_checkpoint)
+from melanoma.generators.training import DCGANTrainer, GeneratorDiverged, fit
+from melanoma.training import CheckpointError, load_checkpoint, save_checkpoint
 from melanoma.io import read_csv
 from melanoma.params import ParamsError, validate
 from melanoma.synthesize import synthesize
@@ -187,7 +187,7 @@ def test_killed_training_resumes_from_checkpoint_and_matches(tmp_path):
     assert 0 < saved < 300, "the kill came too late to test resuming"
     assert not (a / "models/generators/dcgan/dcgan_benign").exists()  # nothing half-written
     rerun = run_stage(a, "train_generator.py", "dcgan", "benign")
-    assert f"resuming from checkpoint" in rerun.stdout + rerun.stderr
+    assert "resuming from checkpoint" in rerun.stdout + rerun.stderr
     assert f"at step {saved}" in rerun.stdout + rerun.stderr
     cfg = json.loads((a / "models/generators/dcgan/dcgan_benign/config.json").read_text())
     assert cfg["training"]["resumed_from"] == saved

@@ -8,10 +8,7 @@ it does not), and the final folder written atomically.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -25,18 +22,11 @@ from torch import nn
 from tqdm import tqdm
 
 from melanoma.generators import dcgan, ddpm
+from melanoma.training import config_hash, cosine_with_floor, load_checkpoint, save_checkpoint
 
 
 class GeneratorDiverged(RuntimeError):
     """Training produced NaN/Inf or a discriminator that wins outright; the message says what to change."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read; the message names it."""
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class EMA:
@@ -52,14 +42,6 @@ class EMA:
             e.lerp_(p.detach(), 1 - self.decay)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
-
-
-def cosine_with_floor(step: int, total: int, warmup: int, floor: float) -> float:
-    """LR multiplier: linear warmup, then cosine down to `floor` (never to zero, so late steps still learn)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class Trainer(Protocol):
@@ -189,28 +171,6 @@ class DDPMTrainer:
 
 
 TRAINERS = {"dcgan": DCGANTrainer, "ddpm": DDPMTrainer}
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temp name and rename: a kill or a full disk mid-write leaves the previous checkpoint intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept. "
-                              "Free disk space or fix permissions, then rerun to resume") from None
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file (UnpicklingError, RuntimeError, EOFError)
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a weights-only checkpoint "
-                              f"({type(e).__name__}); delete it to start over") from None
 
 
 # ---------------------------------------------------------------- the loop

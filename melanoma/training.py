@@ -1,0 +1,51 @@
+"""What every training loop here shares: config hashes, checkpoints that survive kills and full disks, LR schedule.
+
+Generators and classifiers both resume a killed run from a checkpoint only when the hash of everything that
+shapes the result (params, data) matches; any other checkpoint is ignored with a log line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read; the message names it."""
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cosine_with_floor(step: int, total: int, warmup: int, floor: float) -> float:
+    """LR multiplier: linear warmup, then cosine down to `floor` (never to zero, so late steps still learn)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temp name and rename: a kill or a full disk mid-write leaves the previous checkpoint intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept. "
+                              "Free disk space or fix permissions, then rerun to resume") from None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file (UnpicklingError, RuntimeError, EOFError)
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a weights-only checkpoint "
+                              f"({type(e).__name__}); delete it to start over") from None
