@@ -16,6 +16,8 @@ import yaml
 LABELS = ("benign", "malignant")
 SOURCES = ("demo", "local", "isic_csv", "gdrive")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+ARCHS = ("BioViT", "DenseNet", "ResNet", "Swin", "ViT", "MedViT")  # classifier families (the grid's rows)
+DATASET_NAMES = ("Original", "DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled")  # the grid's columns
 
 
 class ParamsError(ValueError):
@@ -122,6 +124,40 @@ SCHEMA: dict[str, Any] = {
         "n_malignant": Field((int, str), choices=("balance",), min=0, max=1_000_000),
         "n_benign": Field(int, min=0, max=1_000_000),
     },
+    "classifiers": {
+        "archs": Field(list, item=str, choices=ARCHS),
+        "datasets": Field(list, item=str, choices=DATASET_NAMES),
+        "train": {
+            "seed": Field(int, min=0),
+            "epochs": Field(int, min=1, max=10_000),
+            "batch_size": Field(int, min=2, max=65_536),
+            "eval_batch_size": Field(int, min=1, max=65_536),
+            "weight_decay": Field(float, min=0.0, max=1.0),
+            "warmup_epochs": Field(float, min=0.0, max=1000.0),
+            "lr_floor": Field(float, min=0.0, max=1.0),
+            "patience": Field(int, min=1),
+            "imbalance": Field(str, choices=("weighted_loss", "balanced_sampling", "none")),
+            "augment": {
+                "hflip": Field(bool),
+                "rot90": Field(bool),
+                "rotate_degrees": Field(float, min=0.0, max=180.0),
+                "scale": Field(float, min=0.0, max=0.5),
+                "translate": Field(float, min=0.0, max=0.5),
+                "color_jitter": Field(float, min=0.0, max=0.9),
+            },
+            "keep_checkpoints": Field(int, min=1, max=1000),
+            "threads": Field(int, min=0, max=256),
+            "processes": Field(int, min=1, max=1024),
+            "compile": Field(bool),
+            "bf16": Field(bool),
+        },
+        "models": {arch: {
+            "model": Field(str),
+            "pretrained": Field(bool),
+            "lr": Field(float, min=1e-8, max=1.0),
+            "kwargs": Field(dict),
+        } for arch in ARCHS},
+    },
     "split": {
         "seed": Field(int, min=0),
         "val_fraction": Field(float, min=0.0, max=0.5),
@@ -162,7 +198,7 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
         raise ParamsError(f"{path} is {value!r} ({type(value).__name__}); it must be {_describe(f)}")
     if float in kinds and isinstance(value, int):
         value = float(value)
-    if f.choices and isinstance(value, str) and value not in f.choices:
+    if f.choices and f.item is None and isinstance(value, str) and value not in f.choices:
         raise ParamsError(f"{path} must be one of {', '.join(map(str, f.choices))} (got {value!r})")
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if numeric and (f.min is not None and value < f.min or f.max is not None and value > f.max):
@@ -170,6 +206,11 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
     if f.item is not None:
         if not value or any(not isinstance(v, f.item) or isinstance(v, bool) for v in value):
             raise ParamsError(f"{path} is {value!r}; it must be a non-empty list of {_TYPE_NAMES[f.item]}s")
+        wrong = [v for v in value if f.choices and v not in f.choices]
+        if wrong:
+            raise ParamsError(f"{path} has {wrong[0]!r}; each item must be one of {', '.join(f.choices)}")
+        if f.choices and len(set(value)) != len(value):
+            raise ParamsError(f"{path} lists an item twice: {value!r}")
     if f.values:
         for k, v in value.items():
             if not isinstance(k, str) or v not in f.values:

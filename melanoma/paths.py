@@ -15,3 +15,9 @@ GENERATOR_RESULTS = Path("results/generators")
 UPSCALER = Path("models/upscaler")
 UPSCALER_RESULTS = Path("results/upscaler")
 DATASETS = Path("data/datasets")
+CLASSIFIERS = Path("models/classifiers")
+
+
+def classifier_dir(arch: str, dataset: str) -> Path:
+    """A grid cell's folder, in the study's layout: models/classifiers/<Arch>/<Arch>_<Dataset>/."""
+    return CLASSIFIERS / arch / f"{arch}_{dataset}"

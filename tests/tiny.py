@@ -7,12 +7,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from melanoma.fetch import from_demo, write_raw
+from melanoma.io import write_csv
 from melanoma.params import validate
 from melanoma.split import split
 from tests.conftest import ROOT
+
+
+TINY_MODELS = {  # the smallest members that still exercise each family's code path
+    "BioViT": {"model": "vit_tiny_patch16_224", "pretrained": False, "lr": 1e-3,
+               "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}},
+    "DenseNet": {"model": "densenet121", "pretrained": False, "lr": 1e-3,
+                 "kwargs": {"growth_rate": 8, "block_config": [1, 1, 1, 1], "num_init_features": 16}},
+    "ResNet": {"model": "resnet18", "pretrained": False, "lr": 1e-3, "kwargs": {"layers": [1, 1, 1, 1]}},
+    "Swin": {"model": "swin_tiny_patch4_window7_224", "pretrained": False, "lr": 1e-3,
+             "kwargs": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 2}},
+    "ViT": {"model": "vit_tiny_patch16_224", "pretrained": False, "lr": 1e-3,
+            "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}},
+    "MedViT": {"model": "medvit_tiny", "pretrained": False, "lr": 1e-3, "kwargs": {"depths": [1, 1, 5, 1]}},
+}
 
 
 def tiny_params(**overrides) -> dict:
@@ -25,6 +41,10 @@ def tiny_params(**overrides) -> dict:
                      sampling_steps=3)
     p["synthesize"].update(quality_samples=16, batch_size=16)
     p["upscale"]["sr"].update(steps=5, batch_size=8, channels=8)
+    c = p["classifiers"]
+    c.update(archs=["ResNet", "ViT"], datasets=["Original", "DCGAN"])
+    c["train"].update(epochs=2, batch_size=8, eval_batch_size=16, threads=1, warmup_epochs=0.5, patience=5)
+    c["models"].update(TINY_MODELS)
     for dotted, value in overrides.items():
         node = p
         *parents, leaf = dotted.split(".")
@@ -66,4 +86,26 @@ def with_dcgan_synthetic(folder: Path, params: dict) -> Path:
                         folder / "models/.checkpoints" / out.name, log=lambda *_: None)
     synthesize("dcgan", params, folder / "data/splits", folder / "data/raw", folder / "models/generators",
                folder / "data/synthetic/dcgan", folder / "results/generators/dcgan", log=lambda *_: None)
+    return folder
+
+
+def make_pack(folder: Path, n_train: tuple[int, int] = (24, 12), n_val: tuple[int, int] = (8, 8), size: int = 16,
+              seed: int = 0) -> Path:
+    """A dataset folder in build_dataset's layout whose classes a small network can tell apart after a few steps:
+    malignant images carry a red blob at a random place on brown noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for split, (nb, nm) in (("train", n_train), ("val", n_val)):
+        labels = ["benign"] * nb + ["malignant"] * nm
+        pack = rng.integers(60, 140, (len(labels), size, size, 3)).astype(np.uint8)
+        pack[..., 0] = np.clip(pack[..., 0].astype(int) + 30, 0, 255)
+        for i, label in enumerate(labels):
+            if label == "malignant":
+                y, x = rng.integers(0, size // 2, 2)
+                pack[i, y:y + size // 2, x:x + size // 2] = (220, 30, 40)
+        np.save(folder / f"{split}.npy", pack)
+        rows += [{"split": split, "index": i, "id": f"{split}{i}", "label": label, "origin": "real", "upscaled": "no",
+                  "path": "", "md5": ""} for i, label in enumerate(labels)]
+    write_csv(folder / "manifest.csv", rows, ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
     return folder

@@ -1,0 +1,188 @@
+"""The classifier registry: one family name -> one constructor, each taking num_classes, input size and pretrained.
+
+The grid's rows are *families* (ResNet, DenseNet, ViT, Swin, MedViT, BioViT); params name the exact member
+(`resnet50` in the study, `resnet18` in the CPU demo), and model_config.json records what was really built,
+so a row called "ResNet" never silently holds a different network than the one reported.
+
+BioViT is a ViT-B/16 whose weights come from BiomedCLIP's vision tower (an open_clip checkpoint around a timm
+ViT trunk); its keys are mapped onto timm's ViT and loaded with strict=True. Without `pretrained: true` it is a
+randomly initialised ViT, and the config says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+BIOMEDCLIP_FILE = "open_clip_pytorch_model.bin"
+BIOMEDCLIP_TRUNK = "visual.trunk."
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """`pretrained: true` but the weights cannot be downloaded or found in the local cache."""
+
+
+class WeightsMismatch(ValueError):
+    """A state dict does not fit the model it is loaded into (names the missing/unexpected/misshapen keys)."""
+
+
+@dataclass
+class Built:
+    """A constructed model and the facts model_config.json records about it."""
+
+    model: nn.Module
+    info: dict[str, Any]
+
+
+def _unavailable(weights: str, e: Exception) -> PretrainedWeightsUnavailable:
+    return PretrainedWeightsUnavailable(
+        f"pretrained weights {weights} are not available ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+        "Options: download them once with network access (they go to the Hugging Face cache, HF_HOME), copy a "
+        "pre-filled cache to this machine and set HF_HUB_OFFLINE=1, or set pretrained: false for this arch")
+
+
+def _download_errors() -> tuple[type[Exception], ...]:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (OSError, HfHubHTTPError)  # LocalEntryNotFoundError (offline, no network) is an OSError
+
+
+def _timm(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except _download_errors() as e:
+        if not pretrained:
+            raise
+        raise _unavailable(f"timm/{name}", e) from None
+
+
+def _cnn(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    return _timm(name, num_classes, img_size, pretrained, kwargs)  # convolutional: any input size
+
+
+def _vit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    # timm resamples the position embeddings of pretrained weights to img_size when loading
+    return _timm(name, num_classes, img_size, pretrained, {"img_size": img_size, **kwargs})
+
+
+def _swin(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    # the last stage's grid is img_size/32; a window of that size divides every stage's grid
+    kw = {"img_size": img_size, "window_size": max(1, img_size // 32), **kwargs}
+    return _timm(name, num_classes, img_size, pretrained, kw)
+
+
+def _medvit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    from melanoma.classifiers.medvit import medvit
+
+    if pretrained:
+        raise PretrainedWeightsUnavailable(
+            f"no pretrained weights for {name}: the MedViT authors' checkpoints are not published in a form this "
+            "project can load safely (safetensors or a weights-only state dict on the Hub); set "
+            "classifiers.models.MedViT.pretrained: false")
+    return medvit(name, num_classes=num_classes, img_size=img_size, pretrained=pretrained, **kwargs)
+
+
+def _biovit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    model = _vit(name, num_classes, img_size, False, kwargs)
+    if pretrained:
+        load_strict(model, biomedclip_to_timm(_biomedclip_state(), model), f"{BIOMEDCLIP}/{BIOMEDCLIP_FILE}")
+    return model
+
+
+@dataclass(frozen=True)
+class Family:
+    build: Callable[[str, int, int, bool, dict[str, Any]], nn.Module]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str  # where pretrained weights come from, in words
+
+
+FAMILIES: dict[str, Family] = {
+    "BioViT": Family(_biovit, CLIP_MEAN, CLIP_STD, f"BiomedCLIP vision trunk ({BIOMEDCLIP})"),
+    "DenseNet": Family(_cnn, IMAGENET_MEAN, IMAGENET_STD, "timm's default pretrained tag"),
+    "ResNet": Family(_cnn, IMAGENET_MEAN, IMAGENET_STD, "timm's default pretrained tag"),
+    "Swin": Family(_swin, IMAGENET_MEAN, IMAGENET_STD, "timm's default pretrained tag"),
+    "ViT": Family(_vit, IMAGENET_MEAN, IMAGENET_STD, "timm's default pretrained tag"),
+    "MedViT": Family(_medvit, IMAGENET_MEAN, IMAGENET_STD, "none published in a loadable format"),
+}
+ARCHS = tuple(FAMILIES)
+
+
+def build_model(arch: str, spec: dict[str, Any], num_classes: int, img_size: int) -> Built:
+    """Build `spec["model"]` of family `arch`; `spec` is params' classifiers.models.<arch>."""
+    if arch not in FAMILIES:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    fam = FAMILIES[arch]
+    model = fam.build(spec["model"], num_classes, img_size, spec["pretrained"], dict(spec["kwargs"]))
+    mean, std = fam.mean, fam.std
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if arch != "BioViT" and spec["pretrained"] and "mean" in cfg:
+        mean, std = tuple(cfg["mean"]), tuple(cfg["std"])  # the normalisation the weights were trained with
+    info = {"arch": arch, "model": spec["model"], "constructor": f"{fam.build.__name__.lstrip('_')}:{spec['model']}",
+            "kwargs": dict(spec["kwargs"]), "pretrained": spec["pretrained"],
+            "weights": fam.weights if spec["pretrained"] else "random initialisation (trained from scratch)",
+            "input_size": img_size, "num_classes": num_classes,
+            "normalisation": {"mean": list(mean), "std": list(std)},
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return Built(model, info)
+
+
+# ---------------------------------------------------------------- BioViT: BiomedCLIP -> timm ViT
+
+def _biomedclip_state() -> dict[str, torch.Tensor]:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(BIOMEDCLIP, BIOMEDCLIP_FILE)
+    except _download_errors() as e:
+        raise _unavailable(f"{BIOMEDCLIP}/{BIOMEDCLIP_FILE}", e) from None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def biomedclip_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """open_clip's `visual.trunk.*` keys -> timm ViT keys; the text tower and CLIP projection are dropped.
+
+    The classification head is not in BiomedCLIP (it was trained for image-text matching), so the model's own
+    freshly initialised head is kept. Position embeddings are resampled when the input size is not 224.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    out = {k[len(BIOMEDCLIP_TRUNK):]: v for k, v in state.items() if k.startswith(BIOMEDCLIP_TRUNK)}
+    if not out:
+        raise WeightsMismatch(f"no '{BIOMEDCLIP_TRUNK}*' keys in the BiomedCLIP checkpoint; is it an open_clip "
+                              f"checkpoint of {BIOMEDCLIP}?")
+    own = model.state_dict()
+    if "pos_embed" in out and "pos_embed" in own and out["pos_embed"].shape != own["pos_embed"].shape:
+        grid = model.patch_embed.grid_size
+        out["pos_embed"] = resample_abs_pos_embed(out["pos_embed"], new_size=list(grid),
+                                                  num_prefix_tokens=getattr(model, "num_prefix_tokens", 1))
+    for k in ("head.weight", "head.bias"):
+        if k in own and k not in out:
+            out[k] = own[k]
+    return out
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict(strict=True), with one readable error instead of torch's key dump."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+        parts = [f"{len(missing)} missing ({few(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({few(unexpected)})" if unexpected else "",
+                 "shape mismatch: " + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shapes])
+                 if shapes else ""]
+        raise WeightsMismatch(f"weights {source} do not fit {type(model).__name__}: "
+                              + "; ".join(p for p in parts if p)
+                              + ". Check that the params name the same model and input size the weights were made for")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,324 @@
+"""The classifier registry, the BioViT weight mapping, and the one training loop (resume, DDP, determinism)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from melanoma.classifiers import (ARCHS, BIOMEDCLIP, PretrainedWeightsUnavailable, WeightsMismatch,
+                                  biomedclip_to_timm, build_model, load_strict)
+from melanoma.classifiers.train import augment, augment_params, load_classifier, train_classifier
+from melanoma.params import ARCHS as PARAM_ARCHS
+from melanoma.params import DATASET_NAMES, ParamsError, load_params
+from melanoma.training import load_checkpoint
+from tests.conftest import ROOT
+from tests.tiny import TINY_MODELS, make_pack, tiny_params
+
+# the study's members at full size (224 px): what the full profile builds
+FULL = {"BioViT": "vit_base_patch16_224", "DenseNet": "densenet121", "ResNet": "resnet50",
+        "Swin": "swin_base_patch4_window7_224", "ViT": "vit_base_patch16_224", "MedViT": "medvit_small"}
+
+
+def test_registry_names_match_params_and_datasets():
+    from melanoma.datasets import DATASETS
+
+    assert ARCHS == PARAM_ARCHS and set(FULL) == set(ARCHS)
+    assert tuple(DATASETS) == DATASET_NAMES
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_demo_member_trains_a_step_at_demo_size(arch):
+    p = load_params(ROOT / "params.yaml")
+    spec, size = p["classifiers"]["models"][arch], p["datasets"]["image_size"]
+    built = build_model(arch, spec, 2, size)
+    assert built.info["model"] == spec["model"] and built.info["input_size"] == size
+    assert built.info["parameters"] == sum(q.numel() for q in built.model.parameters())
+    x = torch.randn(2, 3, size, size)
+    out = built.model(x)
+    assert out.shape == (2, 2)
+    out.logsumexp(1).sum().backward()
+    grads = [q.grad for q in built.model.parameters() if q.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_size_member_runs_forward_at_224(arch):
+    spec = {"model": FULL[arch], "pretrained": False, "lr": 1e-4, "kwargs": {}}
+    built = build_model(arch, spec, 2, 224)
+    with torch.no_grad():
+        assert built.model.eval()(torch.randn(1, 3, 224, 224)).shape == (1, 2)
+    expected_m = {"ResNet": 23.5, "DenseNet": 7.0, "ViT": 85.8, "BioViT": 85.8, "Swin": 86.7, "MedViT": 44.4}[arch]
+    assert abs(built.info["parameters"] / 1e6 - expected_m) < 0.2  # really ResNet-50, ViT-B/16, ...
+
+
+def _open_clip_state(trunk: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict in BiomedCLIP's open_clip layout: visual.trunk.* + visual.head.proj + a text tower."""
+    state = {f"visual.trunk.{k}": v.clone() for k, v in trunk.state_dict().items()}
+    state["visual.head.proj.weight"] = torch.randn(512, trunk.embed_dim)
+    state["text.transformer.embeddings.word_embeddings.weight"] = torch.randn(10, 8)
+    state["logit_scale"] = torch.tensor(4.6)
+    return state
+
+
+SMALL_VIT = {"patch_size": 16, "embed_dim": 48, "depth": 2, "num_heads": 2}
+
+
+def test_biomedclip_trunk_maps_onto_timm_vit_and_loads_strictly(monkeypatch):
+    import timm
+
+    trunk = timm.create_model("vit_base_patch16_224", num_classes=0, global_pool="", **SMALL_VIT)
+    state = _open_clip_state(trunk)
+    monkeypatch.setattr("melanoma.classifiers._biomedclip_state", lambda: state)
+    spec = {"model": "vit_base_patch16_224", "pretrained": True, "lr": 1e-4, "kwargs": SMALL_VIT}
+    built = build_model("BioViT", spec, 2, 224)
+    own = built.model.state_dict()
+    for k, v in trunk.state_dict().items():
+        assert torch.equal(own[k], v), k
+    assert own["head.weight"].shape == (2, 48)
+    assert built.info["normalisation"]["mean"][0] == pytest.approx(0.48145466)  # CLIP's, as BiomedCLIP used
+    assert BIOMEDCLIP in built.info["weights"]
+    # at another input size the position embeddings are resampled (16x16 patches: 224 -> 14x14, 64 -> 4x4)
+    small = build_model("BioViT", spec, 2, 64)
+    assert small.model.state_dict()["pos_embed"].shape == (1, 1 + 16, 48)
+    assert torch.equal(small.model.state_dict()["cls_token"], trunk.state_dict()["cls_token"])
+
+
+def test_biomedclip_mapping_rejects_a_checkpoint_without_a_vision_trunk():
+    import timm
+
+    model = timm.create_model("vit_base_patch16_224", num_classes=2, **SMALL_VIT)
+    with pytest.raises(WeightsMismatch, match="no 'visual.trunk.\\*' keys"):
+        biomedclip_to_timm({"text.proj": torch.zeros(2)}, model)
+    trunk = timm.create_model("vit_base_patch16_224", num_classes=0, global_pool="",
+                              **{**SMALL_VIT, "depth": 3})  # one block too many
+    with pytest.raises(WeightsMismatch, match=r"1 unexpected \(blocks\.2\..*do not fit|weights .* do not fit.*unexpected"):
+        load_strict(model, biomedclip_to_timm(_open_clip_state(trunk), model), "biomedclip.bin")
+
+
+def test_strict_load_names_missing_unexpected_and_misshapen_keys():
+    import timm
+
+    model = timm.create_model("resnet18", num_classes=2)
+    state = model.state_dict()
+    state.pop("fc.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["conv1.weight"] = torch.zeros(1, 1, 1, 1)
+    with pytest.raises(WeightsMismatch) as e:
+        load_strict(model, state, "some/weights.pth")
+    msg = str(e.value)
+    assert "some/weights.pth" in msg and "1 missing (fc.bias)" in msg and "1 unexpected (extra.weight)" in msg
+    assert "conv1.weight (1, 1, 1, 1) vs (64, 3, 7, 7)" in msg
+
+
+@pytest.mark.parametrize("arch,name", [("ResNet", "timm/resnet18"), ("BioViT", BIOMEDCLIP)])
+def test_pretrained_offline_is_one_clear_error(tmp_path, arch, name):
+    code = (f"from melanoma.classifiers import build_model\n"
+            f"build_model({arch!r}, {{'model': {('resnet18' if arch == 'ResNet' else 'vit_base_patch16_224')!r}, "
+            f"'pretrained': True, 'lr': 0.1, 'kwargs': {{}}}}, 2, 64)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "t"),
+           "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("melanoma.classifiers.PretrainedWeightsUnavailable: pretrained weights")
+    assert name in last and "HF_HUB_OFFLINE=1" in last and "pretrained: false" in last
+
+
+def test_medvit_pretrained_is_refused_clearly():
+    with pytest.raises(PretrainedWeightsUnavailable, match="MedViT.pretrained: false"):
+        build_model("MedViT", {"model": "medvit_tiny", "pretrained": True, "lr": 1e-3, "kwargs": {}}, 2, 64)
+
+
+# ---------------------------------------------------------------- augmentation
+
+def _identity(n: int) -> dict:
+    cfg = {"hflip": False, "rot90": False, "rotate_degrees": 0.0, "scale": 0.0, "translate": 0.0, "color_jitter": 0.0}
+    return augment_params(n, cfg, torch.Generator().manual_seed(0))
+
+
+def test_augment_geometry_is_exact_for_flips_and_quarter_turns():
+    x = torch.rand(3, 3, 8, 8)
+    p = _identity(3)
+    assert torch.allclose(augment(x, p), x, atol=1e-5)
+    p["flip"] = torch.tensor([True, False, False])
+    p["quarter"] = torch.tensor([0.0, 1.0, 2.0])
+    y = augment(x, p)
+    assert torch.allclose(y[0], x[0].flip(-1), atol=1e-5)
+    assert torch.allclose(y[2], x[2].flip(-1).flip(-2), atol=1e-5)
+    turned = [torch.rot90(x[1], k, (1, 2)) for k in (1, 3)]
+    assert min((y[1] - t).abs().max() for t in turned) < 1e-5
+
+
+def test_augment_draws_depend_only_on_the_seed_and_stay_in_range():
+    cfg = load_params(ROOT / "params.yaml")["classifiers"]["train"]["augment"]
+    a = augment_params(64, cfg, torch.Generator().manual_seed(3))
+    b = augment_params(64, cfg, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(a["quarter"].tolist()) <= {0.0, 1.0, 2.0, 3.0} and a["angle"].abs().max() <= cfg["rotate_degrees"]
+    y = augment(torch.rand(64, 3, 8, 8), a)
+    assert y.min() >= 0 and y.max() <= 1
+
+
+# ---------------------------------------------------------------- the loop
+
+def _params(**over) -> dict:
+    return tiny_params(**{"classifiers.train.epochs": 3, **over})
+
+
+def test_training_writes_a_cell_whose_weights_load_weights_only(tmp_path):
+    data = make_pack(tmp_path / "data")
+    out = tmp_path / "cell"
+    r = train_classifier("ViT", "Original", _params(), data, out, tmp_path / "ck", log=lambda s: None)
+    cfg = json.loads((out / "model_config.json").read_text())
+    assert cfg["val_auroc"] == r["val_auroc"] > 0.5
+    assert cfg["best_epoch"] == max(cfg["history"], key=lambda h: h["val_auroc"])["epoch"]
+    assert cfg["model"] == "vit_tiny_patch16_224" and cfg["kwargs"] == TINY_MODELS["ViT"]["kwargs"]
+    assert cfg["classes"] == ["benign", "malignant"] and len(cfg["data_hash"]) == 32
+    for f in ("model_best.pth", "model_final.pth"):
+        state = torch.load(out / f, weights_only=True)
+        assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    model, _ = load_classifier(out)
+    assert sum(v.numel() for v in model.state_dict().values()) > 0
+    assert (out / "live/metrics.json").is_file()
+    ckpts = sorted(p.name for p in (tmp_path / "ck").glob("checkpoint_epoch_*.pth"))
+    assert ckpts == ["checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth"]  # keep_checkpoints: 2
+
+
+def test_same_seed_same_val_metrics_and_a_different_seed_differs(tmp_path):
+    data = make_pack(tmp_path / "data")
+    runs = [train_classifier("ResNet", "Original", _params(**{"classifiers.train.seed": s}), data,
+                             tmp_path / f"o{i}", tmp_path / f"c{i}", log=lambda s: None)["history"]
+            for i, s in enumerate((0, 0, 1))]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_val_auroc_drives_selection_and_early_stopping(tmp_path):
+    data = make_pack(tmp_path / "data")
+    p = _params(**{"classifiers.train.epochs": 8, "classifiers.train.patience": 1})
+    r = train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=lambda s: None)
+    h = r["history"]
+    assert r["val_auroc"] == max(e["val_auroc"] for e in h)
+    if r["stopped_early"]:
+        assert len(h) < 8 and h[-1]["val_auroc"] <= r["val_auroc"]
+
+
+def test_batch_must_split_evenly_over_processes(tmp_path):
+    from melanoma.classifiers.train import Dist
+
+    data = make_pack(tmp_path / "data")
+    p = _params(**{"classifiers.train.batch_size": 9})
+    with pytest.raises(ParamsError, match=r"batch_size \(9\) must be divisible by classifiers.train.processes \(2\)"):
+        train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", Dist(0, 2))
+
+
+def _stage_project(tmp_path: Path, **over) -> Path:
+    proj = tmp_path / "proj"
+    make_pack(proj / "data/datasets/Original", n_train=(48, 24))
+    (proj / "params.yaml").write_text(yaml.safe_dump(_params(**over), sort_keys=False))
+    return proj
+
+
+def _stage(proj: Path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "stages/train_classifier.py"), *args], cwd=proj, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
+    over = {"classifiers.train.epochs": 6, "classifiers.train.batch_size": 4}
+    ref = _stage_project(tmp_path / "ref", **over)
+    assert _stage(ref, "ViT", "Original").wait() == 0
+    reference = json.loads((ref / "models/classifiers/ViT/ViT_Original/model_config.json").read_text())
+
+    proj = _stage_project(tmp_path / "run", **over)
+    ck = proj / "models/.checkpoints/classifiers/ViT_Original"
+    p = _stage(proj, "ViT", "Original")
+    deadline = time.time() + 120
+    while not (ck / "checkpoint_epoch_2.pth").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = sorted(int(f.stem.rsplit("_", 1)[1]) for f in ck.glob("checkpoint_epoch_*.pth"))
+    assert done and done[-1] < 6, "the kill came too late to test resuming"
+    assert not (proj / "models/classifiers/ViT/ViT_Original/model_config.json").exists()
+    rerun = _stage(proj, "ViT", "Original")
+    out = rerun.communicate()[0]
+    assert rerun.returncode == 0, out
+    assert f"resuming from checkpoint {ck.relative_to(proj)}/checkpoint_epoch_{done[-1]}.pth after epoch {done[-1]}" in out
+    cfg = json.loads((proj / "models/classifiers/ViT/ViT_Original/model_config.json").read_text())
+    assert cfg["resumed_after_epoch"] == done[-1]
+    # same seed, same batches: the resumed run ends where the uninterrupted one did (CPU, within 1e-6)
+    for a, b in zip(cfg["history"], reference["history"]):
+        assert a["epoch"] == b["epoch"] and abs(a["val_auroc"] - b["val_auroc"]) < 1e-6
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-6
+    final = torch.load(proj / "models/classifiers/ViT/ViT_Original/model_final.pth", weights_only=True)
+    ref_final = torch.load(ref / "models/classifiers/ViT/ViT_Original/model_final.pth", weights_only=True)
+    assert max((final[k] - ref_final[k]).abs().max().item() for k in final) < 1e-6
+
+
+def test_changed_config_starts_over_instead_of_resuming(tmp_path):
+    proj = _stage_project(tmp_path)
+    assert _stage(proj, "ResNet", "Original").wait() == 0
+    yaml_p = yaml.safe_load((proj / "params.yaml").read_text())
+    yaml_p["classifiers"]["models"]["ResNet"]["lr"] = 0.002
+    (proj / "params.yaml").write_text(yaml.safe_dump(yaml_p, sort_keys=False))
+    out = _stage(proj, "ResNet", "Original").communicate()[0]
+    assert "are for another config; starting over" in out
+    assert json.loads((proj / "models/classifiers/ResNet/ResNet_Original/model_config.json").read_text())[
+        "resumed_after_epoch"] is None
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    proj = _stage_project(tmp_path)
+    ck = proj / "models/.checkpoints/classifiers/ResNet_Original"
+    ck.mkdir(parents=True)
+    (ck / "checkpoint_epoch_1.pth").write_bytes(b"not a checkpoint")
+    p = _stage(proj, "ResNet", "Original")
+    out = p.communicate()[0]
+    assert p.returncode == 1 and "Traceback" not in out
+    assert f"train_classifier: error: checkpoint {ck.relative_to(proj)}/checkpoint_epoch_1.pth is corrupt" in out
+
+
+def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp_path):
+    """DDP on CPU (gloo): each rank takes half of every global batch and the loss is normalised over the global
+    batch, so the averaged gradient equals the single-process one. ViT has no BatchNorm (per-rank batch statistics
+    would differ by design), so the runs agree up to float summation order: within 1e-4."""
+    over = {"classifiers.train.batch_size": 8}
+    one = _stage_project(tmp_path / "one", **over)
+    two = _stage_project(tmp_path / "two", **{**over, "classifiers.train.processes": 2})
+    a = _stage(one, "ViT", "Original").communicate()[0]
+    b = _stage(two, "ViT", "Original").communicate()[0]
+    assert "2 process(es) on cpu" in b, b
+    assert "1 process(es) on cpu" in a, a
+    ca = json.loads((one / "models/classifiers/ViT/ViT_Original/model_config.json").read_text())
+    cb = json.loads((two / "models/classifiers/ViT/ViT_Original/model_config.json").read_text())
+    assert cb["processes"] == 2
+    for x, y in zip(ca["history"], cb["history"]):
+        assert abs(x["train_loss"] - y["train_loss"]) < 1e-4 and abs(x["val_auroc"] - y["val_auroc"]) < 1e-4
+    wa = torch.load(one / "models/classifiers/ViT/ViT_Original/model_final.pth", weights_only=True)
+    wb = torch.load(two / "models/classifiers/ViT/ViT_Original/model_final.pth", weights_only=True)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+def test_stage_refuses_an_unknown_arch_in_one_line(tmp_path):
+    proj = _stage_project(tmp_path)
+    p = _stage(proj, "ResNet50", "Original")
+    out = p.communicate()[0]
+    assert p.returncode == 1 and "Traceback" not in out and "ARCH in BioViT, DenseNet, ResNet" in out
+
+
+def test_checkpoint_payload_is_weights_only(tmp_path):
+    data = make_pack(tmp_path / "data")
+    train_classifier("ResNet", "Original", _params(**{"classifiers.train.epochs": 1}), data, tmp_path / "o",
+                     tmp_path / "c", log=lambda s: None)
+    state = load_checkpoint(tmp_path / "c" / "checkpoint_epoch_1.pth")
+    assert state["epoch"] == 1 and set(state) >= {"config_hash", "model", "optimizer", "history", "best"}
+    assert np.isfinite(state["best"]["auroc"])
