@@ -20,7 +20,6 @@ from melanoma.images import md5_bytes
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS
 from melanoma.split import near_duplicate_pairs
-from melanoma.synthesize import balanced_counts
 
 DATASETS = {"Original": None, "DCGAN": "dcgan", "DCGAN_Upscaled": "dcgan_upscaled", "DDPM": "ddpm",
             "DDPM_Upscaled": "ddpm_upscaled"}
@@ -33,6 +32,13 @@ class DatasetError(RuntimeError):
 
 class LeakageError(DatasetError):
     """A val/test image (or a near duplicate of one) is among the training images."""
+
+
+def balanced_counts(labels: list[str], n_malignant: int | str, n_benign: int) -> dict[str, int]:
+    """Synthetic images per class; 'balance' = as many malignant as the real train labels are short of benign."""
+    if n_malignant == "balance":
+        n_malignant = max(0, labels.count("benign") - labels.count("malignant"))
+    return {"benign": n_benign, "malignant": int(n_malignant)}
 
 
 def resize(im: np.ndarray, size: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from melanoma.datasets import balanced_counts
 from melanoma.generators import load_generator, load_train_images
 from melanoma.generators.quality import pairs_sheet, quality
 from melanoma.generators.training import grid
@@ -23,13 +24,6 @@ from melanoma.params import LABELS
 
 class SynthesisError(RuntimeError):
     """A generator does not fit the current params."""
-
-
-def balanced_counts(labels: list[str], n_malignant: int | str, n_benign: int) -> dict[str, int]:
-    """Synthetic images per class; 'balance' = as many malignant as the real train labels are short of benign."""
-    if n_malignant == "balance":
-        n_malignant = max(0, labels.count("benign") - labels.count("malignant"))
-    return {"benign": n_benign, "malignant": int(n_malignant)}
 
 
 def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, generators: Path, data_out: Path,

@@ -96,7 +96,7 @@ def make_pack(folder: Path, n_train: tuple[int, int] = (24, 12), n_val: tuple[in
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for split, (nb, nm) in (("train", n_train), ("val", n_val)):
+    for part, (nb, nm) in (("train", n_train), ("val", n_val)):
         labels = ["benign"] * nb + ["malignant"] * nm
         pack = rng.integers(60, 140, (len(labels), size, size, 3)).astype(np.uint8)
         pack[..., 0] = np.clip(pack[..., 0].astype(int) + 30, 0, 255)
@@ -104,8 +104,8 @@ def make_pack(folder: Path, n_train: tuple[int, int] = (24, 12), n_val: tuple[in
             if label == "malignant":
                 y, x = rng.integers(0, size // 2, 2)
                 pack[i, y:y + size // 2, x:x + size // 2] = (220, 30, 40)
-        np.save(folder / f"{split}.npy", pack)
-        rows += [{"split": split, "index": i, "id": f"{split}{i}", "label": label, "origin": "real", "upscaled": "no",
+        np.save(folder / f"{part}.npy", pack)
+        rows += [{"split": part, "index": i, "id": f"{part}{i}", "label": label, "origin": "real", "upscaled": "no",
                   "path": "", "md5": ""} for i, label in enumerate(labels)]
     write_csv(folder / "manifest.csv", rows, ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
     return folder
