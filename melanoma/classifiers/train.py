@@ -154,6 +154,33 @@ def probabilities(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, st
 
 # ---------------------------------------------------------------- the loop
 
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor,
+               aug: dict[str, torch.Tensor], class_w: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+               d: Dist = Dist(), amp: bool = False) -> torch.Tensor:
+    """One optimisation step on this rank's share of the global batch `idx` of the device-resident uint8 pack X.
+
+    The loss is this rank's weighted sum over the *global* batch's weight sum, times the world size: DDP's mean
+    of the gradients then equals the single-process weighted mean over the whole global batch.
+    """
+    local = len(idx) // d.world
+    mine = slice(d.rank * local, (d.rank + 1) * local)
+    idx_local = idx[mine].to(X.device)
+    xb = (augment(X[idx_local].float() / 255, {k: v[mine] for k, v in aug.items()}) - mean) / std
+    if X.device.type == "cuda":
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    yb = Y[idx_local]
+    with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+        logits = net(xb)
+    loss = (class_w[yb] * F.cross_entropy(logits.float(), yb, reduction="none")).sum()
+    loss = loss / class_w[Y[idx.to(X.device)]].sum() * d.world
+    opt.zero_grad(set_to_none=True)
+    if torch.isfinite(loss):
+        loss.backward()
+        opt.step()
+    return loss.detach()
+
+
+
 def _file_md5(paths: list[Path]) -> str:
     h = hashlib.md5()
     for p in paths:
@@ -167,7 +194,7 @@ def _epoch_gen(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def _batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Generator) -> list[torch.Tensor]:
+def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Generator) -> list[torch.Tensor]:
     """Global batches of indices for one epoch (drop_last: every step has the same global batch)."""
     n = len(labels)
     if imbalance == "balanced_sampling":
@@ -196,7 +223,6 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
     if batch % d.world:
         raise ParamsError(f"classifiers.train.batch_size ({batch}) must be divisible by classifiers.train.processes "
                          f"({d.world}): every process takes an equal share of each global batch")
-    local = batch // d.world
     size = xs.shape[1]
     torch.manual_seed(tp["seed"])  # the same initial weights on every rank and every rerun
     built = build_model(arch, spec, len(LABELS), size)
@@ -270,30 +296,15 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
         torch.manual_seed(tp["seed"] * 100_003 + epoch)  # dropout / drop-path
         net.train()
         loss_sum, seen = 0.0, 0
-        for i, idx in enumerate(_batches(ys, batch, tp["imbalance"], gen)):
+        for i, idx in enumerate(epoch_batches(ys, batch, tp["imbalance"], gen)):
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = lr * cosine_with_floor(step, total, warmup, tp["lr_floor"])
             p = augment_params(batch, tp["augment"], gen)
-            mine = slice(d.rank * local, (d.rank + 1) * local)
-            idx_local = idx[mine].to(d.device)
-            xb = augment(X[idx_local].float() / 255, {k: v[mine] for k, v in p.items()})
-            xb = (xb - mean) / std
-            if cuda:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = Y[idx_local]
-            with torch.autocast("cuda", torch.bfloat16, enabled=amp):
-                logits = net(xb)
-            w = class_w[Y[idx.to(d.device)]]
-            # sum over this rank / sum over the global batch, times world: DDP's gradient mean then equals the
-            # single-process weighted mean over the whole global batch
-            loss = (class_w[yb] * F.cross_entropy(logits.float(), yb, reduction="none")).sum() / w.sum() * d.world
+            loss = train_step(net, opt, X, Y, idx, p, class_w, mean, std, d, amp)
             if not torch.isfinite(loss):
                 raise ClassifierDiverged(f"{arch}_{dataset}: loss is {loss.item()} at epoch {epoch + 1} step {i}; "
                                          f"lower classifiers.models.{arch}.lr (now {lr}) or change the seed")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
             loss_sum += loss.item() / d.world * len(idx)
             seen += len(idx)
         train_loss = torch.tensor(loss_sum)
