@@ -1,4 +1,5 @@
-"""The fetch and split stages run through DVC itself, on a throwaway copy of the repository."""
+"""The pipeline runs through DVC itself, on a throwaway copy of the repository with tiny params."""
+import json
 import os
 import re
 import shutil
@@ -58,8 +59,11 @@ def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     first = sh(repo, "dvc", "repro")
     for stage in ("fetch", "split", "train_generator@dcgan-benign", "train_generator@ddpm-malignant",
                   "synthesize@dcgan", "synthesize@ddpm", "train_upscaler", "upscale@dcgan", "upscale@ddpm", "build_dataset@Original",
-                  "build_dataset@DDPM_Upscaled"):
+                  "build_dataset@DDPM_Upscaled", "train_classifier@ResNet-Original", "train_classifier@ViT-DCGAN"):
         assert f"Running stage '{stage}'" in first.stdout
+    for cell in ("ResNet/ResNet_Original", "ResNet/ResNet_DCGAN", "ViT/ViT_Original", "ViT/ViT_DCGAN"):
+        cfg = json.loads((repo / "models/classifiers" / cell / "model_config.json").read_text())
+        assert 0 <= cfg["val_auroc"] <= 1 and cfg["epochs_run"] == 2
     rows = read_csv(repo / "data/raw/manifest.csv")
     assert Counter(r["label"] for r in rows) == {"benign": 24, "malignant": 12}
     assert all((repo / "data/raw" / r["path"]).is_file() for r in rows)
@@ -87,6 +91,14 @@ def test_param_changes_rerun_only_what_depends_on_them(repo):
     out = sh(repo, "dvc", "repro").stdout
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {
         "upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled"}
+    set_params(repo, classifiers__models__ResNet__lr=0.003)  # one arch's params: only that arch's cells
+    out = sh(repo, "dvc", "repro").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
+        "train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN"}
+    set_params(repo, classifiers__archs=["ViT"])  # the grid shrinks with the list in params; nothing reruns
+    cells = sh(repo, "dvc", "stage", "list").stdout
+    assert "train_classifier@ViT-Original" in cells and "train_classifier@ResNet" not in cells
+    assert "Running stage" not in sh(repo, "dvc", "repro").stdout
 
 
 def test_exp_run_with_invalid_value_fails_with_schema_message(repo):

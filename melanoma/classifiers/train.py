@@ -29,6 +29,7 @@ from torch import nn
 from melanoma.classifiers import build_model
 from melanoma.datasets import DatasetError, load_split
 from melanoma.io import atomic_dir
+from melanoma.metrics import MetricError, auroc
 from melanoma.params import LABELS, ParamsError
 from melanoma.training import config_hash, cosine_with_floor, load_checkpoint, save_checkpoint
 
@@ -124,14 +125,12 @@ def normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 
 # ---------------------------------------------------------------- metrics
 
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUROC with ties counted half (the same number sklearn's roc_auc_score gives)."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
+def _val_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    try:
+        return auroc(labels, scores)
+    except MetricError:
         raise DatasetError("val has only one class, so AUROC is undefined; the split needs both benign and "
-                           "malignant images in val (check split.val_fraction and the data)")
-    return float(roc_auc_score(labels, scores))
+                           "malignant images in val (check split.val_fraction and the data)") from None
 
 
 @torch.no_grad()
@@ -313,7 +312,7 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
 
             dist.all_reduce(train_loss)
         pv = probabilities(model, XV, mean, std, tp["eval_batch_size"], d, amp)
-        val_auroc = auroc(yv, pv.numpy())
+        val_auroc = _val_auroc(yv, pv.numpy())
         val_loss = float(F.binary_cross_entropy(pv.clamp(1e-7, 1 - 1e-7), torch.from_numpy(yv).float()))
         row = {"epoch": epoch + 1, "train_loss": float(train_loss) / max(seen, 1), "val_loss": val_loss,
                "val_auroc": val_auroc, "lr": opt.param_groups[0]["lr"]}
