@@ -23,6 +23,16 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def files_md5(paths: list[Path]) -> str:
+    """One md5 over the bytes of several files, read in chunks (a dataset pack can be a gigabyte)."""
+    h = hashlib.md5()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def cosine_with_floor(step: int, total: int, warmup: int, floor: float) -> float:
     """LR multiplier: linear warmup, then cosine down to `floor` (never to zero, so late steps still learn)."""
     if step < warmup:

@@ -322,3 +322,21 @@ def test_checkpoint_payload_is_weights_only(tmp_path):
     state = load_checkpoint(tmp_path / "c" / "checkpoint_epoch_1.pth")
     assert state["epoch"] == 1 and set(state) >= {"config_hash", "model", "optimizer", "history", "best"}
     assert np.isfinite(state["best"]["auroc"])
+
+
+def test_checkpoints_of_other_code_are_not_resumed(tmp_path, monkeypatch):
+    """DVC reruns the stage when the training code changes; resuming the old code's checkpoint would keep the old
+    result, so the code's hash is part of the checkpoint's config hash."""
+    code = tmp_path / "loop.py"
+    code.write_text("v1")
+    monkeypatch.setattr("melanoma.classifiers.train.CODE", [code])
+    data = make_pack(tmp_path / "data")
+    p = _params(**{"classifiers.train.epochs": 1})
+    logs: list[str] = []
+    train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=logs.append)
+    train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=logs.append)
+    assert any("resuming from checkpoint" in line for line in logs)
+    code.write_text("v2")
+    logs.clear()
+    r = train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=logs.append)
+    assert any("for another config; starting over" in line for line in logs) and r["resumed_after_epoch"] is None

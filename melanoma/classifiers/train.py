@@ -11,7 +11,6 @@ folder that survives DVC deleting the stage outputs, so `dvc repro` after a kill
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,7 +30,7 @@ from melanoma.datasets import DatasetError, load_split
 from melanoma.io import atomic_dir
 from melanoma.metrics import MetricError, auroc
 from melanoma.params import LABELS, ParamsError
-from melanoma.training import config_hash, cosine_with_floor, load_checkpoint, save_checkpoint
+from melanoma.training import config_hash, cosine_with_floor, files_md5, load_checkpoint, save_checkpoint
 
 
 class ClassifierDiverged(RuntimeError):
@@ -180,13 +179,9 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: t
 
 
 
-def _file_md5(paths: list[Path]) -> str:
-    h = hashlib.md5()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+# the code that shapes a trained model: a checkpoint made by other code is not resumed (DVC reruns the stage when
+# this code changes; resuming a checkpoint of the old code would silently keep the old result)
+CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / m for m in ("training.py", "metrics.py")]
 
 
 def _epoch_gen(seed: int, epoch: int) -> torch.Generator:
@@ -244,8 +239,8 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
                            else np.ones(2), dtype=torch.float32, device=d.device)
 
     config = {"arch": arch, "dataset": dataset, "spec": spec, "train": {k: v for k, v in tp.items() if k != "threads"},
-              "data_hash": _file_md5([data_dir / "train.npy", data_dir / "val.npy", data_dir / "manifest.csv"]),
-              "world": d.world}
+              "data_hash": files_md5([data_dir / "train.npy", data_dir / "val.npy", data_dir / "manifest.csv"]),
+              "code_hash": files_md5(CODE), "world": d.world}
     h = config_hash(config)
     net: nn.Module = model
     if d.world > 1:

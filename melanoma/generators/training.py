@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from melanoma.generators import dcgan, ddpm
-from melanoma.training import config_hash, cosine_with_floor, load_checkpoint, save_checkpoint
+from melanoma.training import config_hash, cosine_with_floor, files_md5, load_checkpoint, save_checkpoint
 
 
 class GeneratorDiverged(RuntimeError):
@@ -170,6 +170,10 @@ class DDPMTrainer:
         self.scheduler.save_pretrained(folder / "scheduler")
 
 
+# the code that shapes a trained generator: a checkpoint made by other code is not resumed (DVC reruns the stage
+# when this code changes; resuming the old code's checkpoint would silently keep most of the old result)
+CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "training.py"]
+
 TRAINERS = {"dcgan": DCGANTrainer, "ddpm": DDPMTrainer}
 
 
@@ -196,7 +200,7 @@ def fit(trainer: Trainer, data: torch.Tensor, *, steps: int, batch_size: int, se
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / "last.pt"
-    h = config_hash(config)
+    h = config_hash({**config, "code": files_md5(CODE)})
     batches = torch.Generator().manual_seed(seed)
     start, resumed = 0, False
     if ckpt.exists():
