@@ -3,7 +3,8 @@
 #   ./run.sh repro [dvc repro args]   create .venv, install the pinned requirements, run the pipeline
 #   ./run.sh test  [pytest args]      same setup, then the test suite
 #   ./run.sh setup                    only the setup
-# The install is redone only when requirements.txt, constraints.txt or pyproject.toml change.
+# The install is redone only when requirements*.txt, constraints.txt or pyproject.toml change.
+# requirements-test.txt (the ISIC Challenge scorer the tests cross-check against) is small and installed too.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
@@ -12,11 +13,11 @@ VENV=${VENV:-.venv}
 setup() {
   local stamp
   stamp=$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f,"rb").read() for f in sys.argv[1:])).hexdigest())' \
-          requirements.txt constraints.txt pyproject.toml)
+          requirements.txt requirements-test.txt constraints.txt pyproject.toml)
   if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$stamp" ]; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     echo "setup: installing pinned requirements into $VENV (first time: a few minutes)"
-    "$VENV/bin/python" -m pip install --quiet -r requirements.txt -c constraints.txt
+    "$VENV/bin/python" -m pip install --quiet -r requirements.txt -r requirements-test.txt -c constraints.txt
     "$VENV/bin/python" -m pip install --quiet --no-deps -e .
     echo "$stamp" > "$VENV/.installed"
   fi
