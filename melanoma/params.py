@@ -158,6 +158,14 @@ SCHEMA: dict[str, Any] = {
             "kwargs": Field(dict),
         } for arch in ARCHS},
     },
+    "evaluate": {
+        "threshold": Field(str, choices=("youden", "sensitivity")),
+        "target_sensitivity": Field(float, min=0.01, max=1.0),
+        "bootstrap": Field(int, min=10, max=100_000),
+        "seed": Field(int, min=0),
+        "calibration_bins": Field(int, min=2, max=100),
+        "gradcam_per_group": Field(int, min=0, max=100),
+    },
     "split": {
         "seed": Field(int, min=0),
         "val_fraction": Field(float, min=0.0, max=0.5),

@@ -21,3 +21,9 @@ CLASSIFIERS = Path("models/classifiers")
 def classifier_dir(arch: str, dataset: str) -> Path:
     """A grid cell's folder, in the study's layout: models/classifiers/<Arch>/<Arch>_<Dataset>/."""
     return CLASSIFIERS / arch / f"{arch}_{dataset}"
+EVALUATION = Path("results/evaluation")
+REPORT = Path("results")
+
+
+def evaluation_dir(arch: str, dataset: str) -> Path:
+    return EVALUATION / arch / f"{arch}_{dataset}"

@@ -59,11 +59,13 @@ def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     first = sh(repo, "dvc", "repro")
     for stage in ("fetch", "split", "train_generator@dcgan-benign", "train_generator@ddpm-malignant",
                   "synthesize@dcgan", "synthesize@ddpm", "train_upscaler", "upscale@dcgan", "upscale@ddpm", "build_dataset@Original",
-                  "build_dataset@DDPM_Upscaled", "train_classifier@ResNet-Original", "train_classifier@ViT-DCGAN"):
+                  "build_dataset@DDPM_Upscaled", "train_classifier@ResNet-Original", "train_classifier@ViT-DCGAN",
+                  "evaluate@ViT-Original", "report"):
         assert f"Running stage '{stage}'" in first.stdout
     for cell in ("ResNet/ResNet_Original", "ResNet/ResNet_DCGAN", "ViT/ViT_Original", "ViT/ViT_DCGAN"):
         cfg = json.loads((repo / "models/classifiers" / cell / "model_config.json").read_text())
         assert 0 <= cfg["val_auroc"] <= 1 and cfg["epochs_run"] == 2
+    assert (repo / "results/report.html").is_file() and (repo / "results/grid.csv").is_file()
     rows = read_csv(repo / "data/raw/manifest.csv")
     assert Counter(r["label"] for r in rows) == {"benign": 24, "malignant": 12}
     assert all((repo / "data/raw" / r["path"]).is_file() for r in rows)
@@ -85,20 +87,26 @@ def test_param_changes_rerun_only_what_depends_on_them(repo):
     out = sh(repo, "dvc", "repro").stdout
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert ran == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm",
-                   "upscale@ddpm", "build_dataset@DDPM", "build_dataset@DDPM_Upscaled"}
+                   "upscale@ddpm", "build_dataset@DDPM", "build_dataset@DDPM_Upscaled", "report"}
     set_params(repo, upscale__method="bicubic")  # the upscaler stays; only the upscaled sets are remade
     assert "upscale@dcgan" in sh(repo, "dvc", "status").stdout
     out = sh(repo, "dvc", "repro").stdout
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {
-        "upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled"}
+        "upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled", "report"}
     set_params(repo, classifiers__models__ResNet__lr=0.003)  # one arch's params: only that arch's cells
     out = sh(repo, "dvc", "repro").stdout
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {
-        "train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN"}
-    set_params(repo, classifiers__archs=["ViT"])  # the grid shrinks with the list in params; nothing reruns
+        "train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN", "evaluate@ResNet-Original",
+        "evaluate@ResNet-DCGAN", "report"}
+    set_params(repo, evaluate__threshold="sensitivity")  # evaluation params: no retraining
+    out = sh(repo, "dvc", "repro").stdout
+    assert not re.findall(r"Running stage 'train_classifier", out) and "Running stage 'evaluate@ViT-DCGAN'" in out
+    set_params(repo, classifiers__archs=["ViT"])  # the grid shrinks with the list in params: only the report reruns
     cells = sh(repo, "dvc", "stage", "list").stdout
     assert "train_classifier@ViT-Original" in cells and "train_classifier@ResNet" not in cells
-    assert "Running stage" not in sh(repo, "dvc", "repro").stdout
+    out = sh(repo, "dvc", "repro").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"report"}
+    assert set(json.loads((repo / "results/metrics.json").read_text())) == {"ViT_Original", "ViT_DCGAN"}
 
 
 def test_exp_run_with_invalid_value_fails_with_schema_message(repo):

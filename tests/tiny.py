@@ -45,6 +45,7 @@ def tiny_params(**overrides) -> dict:
     c.update(archs=["ResNet", "ViT"], datasets=["Original", "DCGAN"])
     c["train"].update(epochs=2, batch_size=8, eval_batch_size=16, threads=1, warmup_epochs=0.5, patience=5)
     c["models"].update(TINY_MODELS)
+    p["evaluate"].update(bootstrap=50, gradcam_per_group=1)
     for dotted, value in overrides.items():
         node = p
         *parents, leaf = dotted.split(".")
@@ -90,13 +91,13 @@ def with_dcgan_synthetic(folder: Path, params: dict) -> Path:
 
 
 def make_pack(folder: Path, n_train: tuple[int, int] = (24, 12), n_val: tuple[int, int] = (8, 8), size: int = 16,
-              seed: int = 0) -> Path:
+              seed: int = 0, n_test: tuple[int, int] = (10, 6)) -> Path:
     """A dataset folder in build_dataset's layout whose classes a small network can tell apart after a few steps:
     malignant images carry a red blob at a random place on brown noise."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for part, (nb, nm) in (("train", n_train), ("val", n_val)):
+    for part, (nb, nm) in (("train", n_train), ("val", n_val), ("test", n_test)):
         labels = ["benign"] * nb + ["malignant"] * nm
         pack = rng.integers(60, 140, (len(labels), size, size, 3)).astype(np.uint8)
         pack[..., 0] = np.clip(pack[..., 0].astype(int) + 30, 0, 255)

@@ -1,0 +1,152 @@
+"""The `evaluate` stage for one grid cell: predictions on val and the real test split(s), metrics, plots, GradCAM.
+
+The decision threshold is chosen on **val** (Youden's J, or a target sensitivity) and applied unchanged to test
+and external test. Metrics on test carry a seeded, stratified 95 % bootstrap CI. Curve data (ROC, PR,
+calibration) are CSVs that dvc.yaml's top-level `plots:` renders; the confusion matrices are PNGs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from melanoma.classifiers.train import load_classifier, probabilities
+from melanoma.datasets import DatasetError, load_split
+from melanoma.evaluation import (bootstrap_ci, calibration, choose_threshold, point_metrics, pr_points,
+                                 roc_points)
+from melanoma.io import atomic_dir, read_csv, write_csv
+from melanoma.params import LABELS
+
+EVAL_SPLITS = ("test", "external_test")
+
+
+def _ids(data_dir: Path, split: str) -> list[str]:
+    return [r["id"] for r in read_csv(data_dir / "manifest.csv") if r["split"] == split]
+
+
+def _predict(model: torch.nn.Module, cfg: dict[str, Any], images: np.ndarray, batch: int) -> np.ndarray:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    norm = cfg["normalisation"]
+    mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    return probabilities(model, x, mean, std, batch).numpy().astype(np.float64)
+
+
+def _confusion_png(c: dict[str, int], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+    fig, ax = plt.subplots(figsize=(3.4, 3.0), dpi=100)
+    ax.imshow(m, cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["benign", "malignant"])
+    ax.set_yticks([0, 1], ["benign", "malignant"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def classification_report(m: dict[str, Any]) -> str:
+    """Per-class precision/recall/F1/support at the chosen threshold, in scikit-learn's familiar layout."""
+    c = m["confusion"]
+    rows = {"benign": (c["tn"], c["fn"], c["fp"], c["tn"] + c["fp"]),
+            "malignant": (c["tp"], c["fp"], c["fn"], c["tp"] + c["fn"])}
+    lines = [f"{'':>14}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}", ""]
+    scores = {}
+    for name, (tp, fp, fn, support) in rows.items():
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        scores[name] = (prec, rec, f1, support)
+        lines.append(f"{name:>14}{prec:>10.4f}{rec:>10.4f}{f1:>10.4f}{support:>10d}")
+    n = sum(s[3] for s in scores.values())
+    lines += ["", f"{'accuracy':>14}{'':>10}{'':>10}{m['accuracy']:>10.4f}{n:>10d}"]
+    for label, w in (("macro avg", lambda s: 1 / 2), ("weighted avg", lambda s: s[3] / n)):
+        avg = [sum(w(s) * s[k] for s in scores.values()) for k in range(3)]
+        lines.append(f"{label:>14}{avg[0]:>10.4f}{avg[1]:>10.4f}{avg[2]:>10.4f}{n:>10d}")
+    lines.append(f"\nthreshold on P(malignant): {m['threshold']:.6f} (chosen on val)")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Path, data_dir: Path,
+                  out: Path) -> dict[str, Any]:
+    from PIL import Image
+
+    from melanoma import gradcam
+
+    ep = params["evaluate"]
+    if not (model_dir / "model_config.json").is_file():
+        raise DatasetError(f"no trained model in {model_dir}; run `dvc repro train_classifier@{arch}-{dataset}`")
+    model, cfg = load_classifier(model_dir)
+    batch = params["classifiers"]["train"]["eval_batch_size"]
+    splits = {"val": load_split(data_dir, "val")}
+    for s in EVAL_SPLITS:
+        if (data_dir / f"{s}.npy").is_file():
+            splits[s] = load_split(data_dir, s)
+    probs = {s: _predict(model, cfg, x, batch) for s, (x, _) in splits.items()}
+    yv = splits["val"][1]
+    thr = choose_threshold(yv, probs["val"], ep["threshold"], ep["target_sensitivity"])
+    built = cfg["model"] + (" " + json.dumps(cfg["kwargs"], separators=(",", ":")) if cfg["kwargs"] else "")
+    result: dict[str, Any] = {"arch": arch, "dataset": dataset, "model": built, "parameters": cfg["parameters"],
+                              "threshold_rule": ep["threshold"] + (f" {ep['target_sensitivity']}"
+                                                                  if ep["threshold"] == "sensitivity" else ""),
+                              "threshold": thr, "bootstrap": {"resamples": ep["bootstrap"], "seed": ep["seed"],
+                                                              "level": 0.95, "stratified": True}}
+    with atomic_dir(out) as tmp:
+        for s, (images, y) in splits.items():
+            p = probs[s]
+            ids = _ids(data_dir, s)
+            write_csv(tmp / f"predictions_{s}.csv",
+                      [{"id": i, "label": LABELS[int(t)], "p_malignant": f"{q:.8f}",
+                        "predicted": LABELS[int(q >= thr)]} for i, t, q in zip(ids, y, p)],
+                      ["id", "label", "p_malignant", "predicted"])
+            m = point_metrics(y, p, thr, where=f"{s} ({data_dir})")
+            if s != "val":
+                m["ci95"] = bootstrap_ci(y, p, thr, ep["bootstrap"], ep["seed"])
+                roc, pr = roc_points(y, p), pr_points(y, p)
+                write_csv(tmp / f"roc_{s}.csv", [{"fpr": f, "tpr": t} for f, t in zip(roc["fpr"], roc["tpr"])],
+                          ["fpr", "tpr"])
+                write_csv(tmp / f"pr_{s}.csv", [{"recall": r, "precision": q}
+                                                for r, q in zip(pr["recall"], pr["precision"])], ["recall", "precision"])
+                cal = calibration(y, p, ep["calibration_bins"])
+                write_csv(tmp / f"calibration_{s}.csv",
+                          [{"mean_predicted": a, "fraction_malignant": b, "count": int(n)}
+                           for a, b, n in zip(cal["mean_predicted"], cal["fraction_malignant"], cal["count"]) if n],
+                          ["mean_predicted", "fraction_malignant", "count"])
+                _confusion_png(m["confusion"], f"{arch}_{dataset} {s} (thr {thr:.3f})", tmp / f"confusion_{s}.png")
+                (tmp / f"classification_report_{s}.txt").write_text(classification_report(m))
+            result[s] = m
+        # GradCAM on real test images, explained for their true label
+        x, y = splits["test"]
+        pred = (probs["test"] >= thr).astype(int)
+        chosen = gradcam.pick(y, pred, ep["gradcam_per_group"], ep["seed"])
+        (tmp / "gradcam").mkdir()
+        rows = []
+        idx = [i for g in chosen.values() for i in g]
+        if idx:
+            norm = cfg["normalisation"]
+            xt = torch.from_numpy(x[idx]).permute(0, 3, 1, 2).float() / 255
+            xt = (xt - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+            heat = gradcam.cams(arch, model, xt, [int(y[i]) for i in idx])
+            ids = _ids(data_dir, "test")
+            k = 0
+            for group, members in chosen.items():
+                for i in members:
+                    name = f"{group}_{ids[i]}.png"
+                    Image.fromarray(gradcam.overlay(x[i], heat[k])).save(tmp / "gradcam" / name)
+                    rows.append({"file": name, "group": group, "id": ids[i], "label": LABELS[int(y[i])],
+                                 "p_malignant": f"{probs['test'][i]:.6f}"})
+                    k += 1
+        write_csv(tmp / "gradcam" / "index.csv", rows, ["file", "group", "id", "label", "p_malignant"])
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,20 @@
+"""DVC stage `report`: every evaluated cell -> results/grid.csv, results/metrics.json, results/report/, results/report.html."""
+from melanoma.cli import run_stage
+from melanoma.params import load_params
+from melanoma.paths import DATASETS, EVALUATION, REPORT, SPLITS, SYNTHETIC
+
+
+def main() -> str:
+    from melanoma.report import build_report
+
+    r = build_report(load_params(), EVALUATION, REPORT, SYNTHETIC, DATASETS, SPLITS)
+    better = sum(c["verdict"].startswith("improvement") for c in r["comparisons"])
+    return (f"report: {r['cells']} cells -> results/grid.csv, results/metrics.json, results/report.html; "
+            f"{better} of {len(r['comparisons'])} augmented cells show an AUROC improvement over Original (CI above 0)")
+
+
+if __name__ == "__main__":
+    from melanoma.metrics import MetricError
+    from melanoma.report import ReportError
+
+    run_stage("report", main, (ReportError, MetricError))

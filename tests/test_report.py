@@ -1,0 +1,106 @@
+"""evaluate + report on tiny trained cells (no DVC): files, threshold from val, the grid, the page in Chromium."""
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from melanoma.classifiers.train import train_classifier
+from melanoma.evaluate import evaluate_cell
+from melanoma.report import build_report
+from tests.tiny import make_pack, tiny_params
+
+ARCHS, DATASETS = ["ResNet", "ViT"], ["Original", "DCGAN"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    p = tiny_params(**{"classifiers.archs": ARCHS, "classifiers.datasets": DATASETS})
+    for i, d in enumerate(DATASETS):  # same val/test images in both, different training images
+        make_pack(root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0)
+    for a in ARCHS:
+        for d in DATASETS:
+            train_classifier(a, d, p, root / "data/datasets" / d, root / f"models/{a}/{a}_{d}",
+                             root / f"ck/{a}_{d}", log=lambda s: None)
+            evaluate_cell(a, d, p, root / f"models/{a}/{a}_{d}", root / "data/datasets" / d,
+                          root / f"results/evaluation/{a}/{a}_{d}")
+    (root / "data/splits").mkdir(parents=True)
+    (root / "data/splits/split_report.json").write_text(json.dumps(
+        {"counts": {"train": {"benign": 24, "malignant": 12}, "val": {"benign": 8, "malignant": 8},
+                    "test": {"benign": 10, "malignant": 6}}, "images": 68, "groups": 68}))
+    (root / "data/datasets/Original/stats.json").write_text(json.dumps({"image_size": 16}))
+    build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic", root / "data/datasets",
+                 root / "data/splits")
+    return root
+
+
+def test_evaluate_writes_predictions_metrics_and_gradcam(project):
+    cell = project / "results/evaluation/ViT/ViT_Original"
+    m = json.loads((cell / "metrics.json").read_text())
+    assert m["threshold_rule"] == "youden" and 0 <= m["threshold"] <= 1
+    assert m["test"]["n"] == 16 and m["test"]["n_malignant"] == 6 and m["val"]["n"] == 16
+    lo, hi = m["test"]["ci95"]["auroc"]
+    assert lo <= m["test"]["auroc"] <= hi
+    with open(cell / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [f"test{i}" for i in range(16)]
+    assert all((float(r["p_malignant"]) >= m["threshold"]) == (r["predicted"] == "malignant") for r in rows)
+    for f in ("roc_test.csv", "pr_test.csv", "calibration_test.csv", "confusion_test.png",
+              "classification_report_test.txt", "predictions_val.csv"):
+        assert (cell / f).is_file(), f
+    assert "malignant" in (cell / "classification_report_test.txt").read_text()
+    with open(cell / "gradcam/index.csv") as f:
+        cams = list(csv.DictReader(f))
+    assert cams and all((cell / "gradcam" / r["file"]).is_file() for r in cams)
+    assert {r["group"] for r in cams} <= {"true_positive", "false_negative", "false_positive", "true_negative"}
+    # each GradCAM image is explained for its true label
+    labels = {r["id"]: r["label"] for r in rows}
+    assert all(labels[r["id"]] == r["label"] for r in cams)
+
+
+def test_grid_metrics_and_comparisons(project):
+    with open(project / "results/grid.csv") as f:
+        grid = list(csv.DictReader(f))
+    cells = [(r["arch"], r["dataset"]) for r in grid if r["arch"] != "baseline"]
+    assert cells == [(a, d) for a in ARCHS for d in DATASETS]
+    base = {r["dataset"]: r for r in grid if r["arch"] == "baseline"}
+    assert float(base["all-malignant"]["sensitivity"]) == 1.0 and float(base["all-malignant"]["specificity"]) == 0
+    assert float(base["prevalence"]["auroc"]) == 0.5
+    metrics = json.loads((project / "results/metrics.json").read_text())
+    assert set(metrics) == {f"{a}_{d}" for a in ARCHS for d in DATASETS}
+    assert set(metrics["ResNet_Original"]) == {"auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity"}
+    with open(project / "results/report/comparisons.csv") as f:
+        comps = list(csv.DictReader(f))
+    assert [(c["arch"], c["dataset"]) for c in comps] == [("ResNet", "DCGAN"), ("ViT", "DCGAN")]
+    for c in comps:
+        lo, hi = float(c["ci_low"]), float(c["ci_high"])
+        assert c["verdict"].startswith("no evidence") == (lo <= 0 <= hi)
+        assert np.isclose(float(c["difference"]), float(c["auroc"]) - float(c["auroc_original"]))
+
+
+def test_report_page_is_self_contained(project):
+    page = (project / "results/report.html").read_text()
+    assert 'id="grid"' in page and page.count("<tr>") >= 4 + 2
+    assert "src='data:image/png;base64," in page and "src='http" not in page and 'src="http' not in page
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_headless_chromium_without_broken_images(project):
+    browser = _chromium()
+    if not browser:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    p = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                        "--dump-dom", (project / "results/report.html").as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    dom = p.stdout
+    assert '<table id="grid">' in dom, p.stderr[-2000:]
+    assert 'data-broken-images="0"' in dom
+    n = int(dom.split('data-images="')[1].split('"')[0])
+    assert n >= 1 + 2 + 4  # heatmap, ROC per arch, GradCAM images
