@@ -340,3 +340,24 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, monkeypatch):
     logs.clear()
     r = train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=logs.append)
     assert any("for another config; starting over" in line for line in logs) and r["resumed_after_epoch"] is None
+
+
+def test_a_non_finite_loss_stops_training_before_the_epoch_is_saved(tmp_path, monkeypatch):
+    import melanoma.classifiers.train as loop
+    from melanoma.classifiers.train import ClassifierDiverged
+
+    real = loop.train_step
+    calls = []
+
+    def nan_in_second_epoch(*a, **kw):
+        calls.append(1)
+        loss = real(*a, **kw)
+        return loss * float("nan") if len(calls) > 4 else loss  # 36 images / batch 8 = 4 steps per epoch
+
+    monkeypatch.setattr(loop, "train_step", nan_in_second_epoch)
+    data = make_pack(tmp_path / "data")
+    with pytest.raises(ClassifierDiverged, match="ResNet_Original: the training loss became nan in epoch 2; lower "
+                                                 "classifiers.models.ResNet.lr"):
+        train_classifier("ResNet", "Original", _params(), data, tmp_path / "o", tmp_path / "c", log=lambda s: None)
+    assert sorted(p.name for p in (tmp_path / "c").glob("checkpoint_epoch_*.pth")) == ["checkpoint_epoch_1.pth"]
+    assert not (tmp_path / "o").exists()

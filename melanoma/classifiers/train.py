@@ -172,10 +172,9 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: t
     loss = (class_w[yb] * F.cross_entropy(logits.float(), yb, reduction="none")).sum()
     loss = loss / class_w[Y[idx.to(X.device)]].sum() * d.world
     opt.zero_grad(set_to_none=True)
-    if torch.isfinite(loss):
-        loss.backward()
-        opt.step()
-    return loss.detach()
+    loss.backward()
+    opt.step()
+    return loss.detach()  # not .item(): a host sync per step would stall a GPU; the loop checks once per epoch
 
 
 
@@ -289,23 +288,23 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
         gen = _epoch_gen(tp["seed"], epoch)
         torch.manual_seed(tp["seed"] * 100_003 + epoch)  # dropout / drop-path
         net.train()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros((), device=d.device), 0
         for i, idx in enumerate(epoch_batches(ys, batch, tp["imbalance"], gen)):
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = lr * cosine_with_floor(step, total, warmup, tp["lr_floor"])
             p = augment_params(batch, tp["augment"], gen)
             loss = train_step(net, opt, X, Y, idx, p, class_w, mean, std, d, amp)
-            if not torch.isfinite(loss):
-                raise ClassifierDiverged(f"{arch}_{dataset}: loss is {loss.item()} at epoch {epoch + 1} step {i}; "
-                                         f"lower classifiers.models.{arch}.lr (now {lr}) or change the seed")
-            loss_sum += loss.item() / d.world * len(idx)
+            loss_sum += loss / d.world * len(idx)
             seen += len(idx)
-        train_loss = torch.tensor(loss_sum)
+        train_loss = loss_sum.cpu()
         if d.world > 1:
             import torch.distributed as dist
 
             dist.all_reduce(train_loss)
+        if not torch.isfinite(train_loss):  # checked before anything of this epoch is saved
+            raise ClassifierDiverged(f"{arch}_{dataset}: the training loss became {train_loss.item()} in epoch "
+                                     f"{epoch + 1}; lower classifiers.models.{arch}.lr (now {lr}) or change the seed")
         pv = probabilities(model, XV, mean, std, tp["eval_batch_size"], d, amp)
         val_auroc = _val_auroc(yv, pv.numpy())
         val_loss = float(F.binary_cross_entropy(pv.clamp(1e-7, 1 - 1e-7), torch.from_numpy(yv).float()))
