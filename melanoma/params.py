@@ -166,6 +166,8 @@ SCHEMA: dict[str, Any] = {
         "calibration_bins": Field(int, min=2, max=100),
         "gradcam_per_group": Field(int, min=0, max=100),
     },
+    "export": {"opset": Field(int, min=14, max=20)},
+    "publish": {"repo": Field(str), "private": Field(bool)},
     "split": {
         "seed": Field(int, min=0),
         "val_fraction": Field(float, min=0.0, max=0.5),

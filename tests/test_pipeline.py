@@ -60,7 +60,7 @@ def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     for stage in ("fetch", "split", "train_generator@dcgan-benign", "train_generator@ddpm-malignant",
                   "synthesize@dcgan", "synthesize@ddpm", "train_upscaler", "upscale@dcgan", "upscale@ddpm", "build_dataset@Original",
                   "build_dataset@DDPM_Upscaled", "train_classifier@ResNet-Original", "train_classifier@ViT-DCGAN",
-                  "evaluate@ViT-Original", "report"):
+                  "evaluate@ViT-Original", "export", "report"):
         assert f"Running stage '{stage}'" in first.stdout
     for cell in ("ResNet/ResNet_Original", "ResNet/ResNet_DCGAN", "ViT/ViT_Original", "ViT/ViT_DCGAN"):
         cfg = json.loads((repo / "models/classifiers" / cell / "model_config.json").read_text())
@@ -71,6 +71,17 @@ def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     assert all((repo / "data/raw" / r["path"]).is_file() for r in rows)
     ids = [r["id"] for s in ("train", "val", "test") for r in read_csv(repo / f"data/splits/{s}.csv")]
     assert sorted(ids) == sorted(r["id"] for r in rows)
+    # the packaged cells are what users run: predict on real files, and the Hub folders with their cards
+    malignant = sorted((repo / "data/raw/images/malignant").iterdir())
+    out = sh(repo, sys.executable, "-m", "melanoma.commands", "predict", "data/raw/images/malignant", "--json",
+             "--model", "models/export/ViT/ViT_Original").stdout
+    assert [Path(r["path"]).name for r in json.loads(out)["predictions"]] == [f.name for f in malignant]
+    out = sh(repo, sys.executable, "-m", "melanoma.commands", "publish", "--dry-run", "--out", "hub").stdout
+    assert out.count("would upload") == 4
+    for cell in ("ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN"):
+        auroc = json.loads((repo / "models/export" / cell.split("_")[0] / cell / "model_config.json").read_text()
+                           )["evaluation"]["test"]["auroc"]
+        assert f"| AUROC | {auroc:.3f} |" in (repo / "hub" / cell / "README.md").read_text()
     second = sh(repo, "dvc", "repro")
     assert "Running stage" not in second.stdout
     assert "Data and pipelines are up to date" in second.stdout
@@ -87,25 +98,27 @@ def test_param_changes_rerun_only_what_depends_on_them(repo):
     out = sh(repo, "dvc", "repro").stdout
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert ran == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm",
-                   "upscale@ddpm", "build_dataset@DDPM", "build_dataset@DDPM_Upscaled", "report"}
+                   "upscale@ddpm", "build_dataset@DDPM", "build_dataset@DDPM_Upscaled", "export", "report"}
     set_params(repo, upscale__method="bicubic")  # the upscaler stays; only the upscaled sets are remade
     assert "upscale@dcgan" in sh(repo, "dvc", "status").stdout
     out = sh(repo, "dvc", "repro").stdout
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {
-        "upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled", "report"}
+        "upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled", "export",
+        "report"}
     set_params(repo, classifiers__models__ResNet__lr=0.003)  # one arch's params: only that arch's cells
     out = sh(repo, "dvc", "repro").stdout
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {
         "train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN", "evaluate@ResNet-Original",
-        "evaluate@ResNet-DCGAN", "report"}
+        "evaluate@ResNet-DCGAN", "export", "report"}
     set_params(repo, evaluate__threshold="sensitivity")  # evaluation params: no retraining
     out = sh(repo, "dvc", "repro").stdout
     assert not re.findall(r"Running stage 'train_classifier", out) and "Running stage 'evaluate@ViT-DCGAN'" in out
+    assert "Running stage 'export'" in out  # packages carry the threshold
     set_params(repo, classifiers__archs=["ViT"])  # the grid shrinks with the list in params: only the report reruns
     cells = sh(repo, "dvc", "stage", "list").stdout
     assert "train_classifier@ViT-Original" in cells and "train_classifier@ResNet" not in cells
     out = sh(repo, "dvc", "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"report"}
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"export", "report"}
     assert set(json.loads((repo / "results/metrics.json").read_text())) == {"ViT_Original", "ViT_DCGAN"}
 
 

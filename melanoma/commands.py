@@ -1,0 +1,117 @@
+"""The `melanoma` console command: predict, publish, download (installed by `pip install -e .`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from melanoma.params import ParamsError
+
+
+def _cells(args: argparse.Namespace, params: dict) -> list[str]:
+    c = params["classifiers"]
+    grid = [f"{a}_{d}" for a in c["archs"] for d in c["datasets"]]
+    if args.all or not args.cells:
+        return grid
+    from melanoma.params import ARCHS, DATASET_NAMES
+
+    known = {f"{a}_{d}" for a in ARCHS for d in DATASET_NAMES}
+    bad = [x for x in args.cells if x not in known]
+    if bad:
+        raise ParamsError(f"unknown cell {bad[0]!r}; cells are <Arch>_<Dataset>, e.g. ResNet_Original "
+                          f"(archs {', '.join(ARCHS)}; datasets {', '.join(DATASET_NAMES)})")
+    return args.cells
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from melanoma.hub import resolve
+    from melanoma.predict import as_json, as_table, expand, predict
+
+    files = expand(args.images)
+    if not files:
+        raise ParamsError("no images: " + " ".join(map(str, args.images)) + " holds no image files")
+    results, cfg = predict(files, resolve(args.model), args.gradcam)
+    print(as_json(results, cfg, args.model) if args.json else as_table(results, cfg, args.model))
+    refused = sum(r.error is not None for r in results)
+    if refused:
+        print(f"predict: {refused} of {len(results)} files refused (reasons above); the others were scored",
+              file=sys.stderr)
+    return 1 if refused else 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from melanoma.hub import publish
+    from melanoma.params import load_params
+    from melanoma.paths import EXPORT
+
+    params = load_params()
+    packages = {}
+    for cell in _cells(args, params):
+        arch = cell.split("_", 1)[0]
+        packages[cell] = EXPORT / arch / cell
+    for line in publish(packages, args.repo or params["publish"]["repo"], args.out, args.dry_run,
+                        params["publish"]["private"]):
+        print(line)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from melanoma.hub import download
+    from melanoma.params import load_params
+
+    params = load_params()
+    for line in download(_cells(args, params), args.repo or params["publish"]["repo"], args.dest, args.revision,
+                         args.force):
+        print(line)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="melanoma", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("predict", help="P(malignant) and the decision for image files or folders")
+    p.add_argument("images", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
+    p.add_argument("--model", required=True,
+                   help="a package folder (models/export/<Arch>/<Arch>_<Dataset>, a downloaded one) or a Hub repo id")
+    p.add_argument("--gradcam", type=Path, metavar="DIR", help="also write a GradCAM overlay PNG per image here")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(run=cmd_predict)
+    for name, text in (("publish", "assemble each cell's Hub folder (weights, ONNX, configs, model card) and upload it"),
+                       ("download", "download cells from the Hub into models/classifiers/<Arch>/<Arch>_<Dataset>/")):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("cells", nargs="*", help="cells <Arch>_<Dataset> (default: the grid in params.yaml)")
+        q.add_argument("--all", action="store_true", help="every cell of the grid in params.yaml")
+        q.add_argument("--repo", help="repo id template with {cell} (default: publish.repo in params.yaml)")
+        if name == "publish":
+            q.add_argument("--out", type=Path, default=Path("build/hub"), help="where the Hub folders are written")
+            q.add_argument("--dry-run", action="store_true", help="write the folders and list the uploads; no token "
+                                                                   "or network needed")
+            q.set_defaults(run=cmd_publish)
+        else:
+            q.add_argument("--dest", type=Path, default=Path("models/classifiers"), help="root of the local layout")
+            q.add_argument("--revision", help="a branch, tag or commit of the repos")
+            q.add_argument("--force", action="store_true", help="replace existing folders")
+            q.set_defaults(run=cmd_download)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from melanoma.classifiers import PretrainedWeightsUnavailable, WeightsMismatch
+    from melanoma.hub import HubError
+    from melanoma.package import PackageError
+    from melanoma.training import CheckpointError
+
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # `melanoma predict ... | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except (ParamsError, HubError, PackageError, CheckpointError, WeightsMismatch, PretrainedWeightsUnavailable) as e:
+        print(f"melanoma {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

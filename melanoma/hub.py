@@ -1,0 +1,280 @@
+"""Publishing packaged cells to the Hugging Face Hub and getting them back: one repo per cell.
+
+One repo per cell (not one repo of folders, as the original study had) because timm reads `config.json` and
+the weights from a repo's root: `timm.create_model('hf-hub:<repo>', pretrained=True)` then just works for the
+timm families. `publish.repo` in params.yaml is the template, `{cell}` becoming `<Arch>_<Dataset>`.
+
+Publishing has side effects, so it is a command, not a DVC stage. Every failure a user can cause or meet
+(no token, no network, offline mode, a repo they cannot write, a cell not in the cache) is one line saying what
+to do; `--dry-run` writes the folders and lists what would be uploaded, without a token or network.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from melanoma.io import atomic_dir
+from melanoma.package import CONFIG, ONNX, TIMM_CONFIG, WEIGHTS, PackageError, load
+
+CARD = "README.md"
+PACKAGE_FILES = (WEIGHTS, ONNX, TIMM_CONFIG, CONFIG)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+class HubError(RuntimeError):
+    """A publish/download problem, in one line with the fix."""
+
+
+def repo_id(template: str, cell: str) -> str:
+    """The Hub repo of one cell, from the `publish.repo` template."""
+    if "{cell}" not in template:
+        raise HubError(f"publish.repo is {template!r}; it must contain {{cell}} (one repo per cell, e.g. "
+                       "you/melanoma-{cell}), so that timm can load each repo's root")
+    rid = template.replace("{cell}", cell)
+    if not _REPO_ID.match(rid) or ".." in rid or "--" in rid:
+        raise HubError(f"{rid!r} (from publish.repo {template!r}) is not a valid Hub repo id 'owner/name' "
+                       "(letters, digits, '-', '_', '.')")
+    return rid
+
+
+def model_card(cfg: dict[str, Any], rid: str) -> str:
+    """README.md with YAML metadata: what the model is, how good (with CIs), how it was made, what not to do."""
+    cell = f"{cfg['arch']}_{cfg['dataset']}"
+    test = cfg["evaluation"]["test"]
+    ci = test["ci95"]
+    boot = cfg["evaluation"]["bootstrap"]
+    demo = cfg["data"]["source"] == "demo"
+    timm_family = cfg["arch"] != "MedViT"
+    source = ("the embedded synthetic demo data (procedurally drawn lesions)" if demo
+              else f"ISIC dermoscopy images (source: {cfg['data']['source']})")
+    tags = ["image-classification", "melanoma", "dermoscopy", "medical-imaging", "synthetic-data-augmentation",
+            "onnx", "safetensors"] + (["timm"] if timm_family else [])
+    counts = cfg["data"]["split"]["counts"]
+    rows = [("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+            ("balanced accuracy", "balanced_accuracy")]
+    table = "\n".join(f"| {name} | {test[k]:.3f} | {ci[k][0]:.3f} – {ci[k][1]:.3f} |" if k in ci
+                      else f"| {name} | {test[k]:.3f} | |" for name, k in rows)
+    loading = (f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:{rid}\", pretrained=True).eval()\n```\n\n"
+               "timm's config carries this model's normalisation and input size (`timm.data.resolve_data_config`)."
+               if timm_family else
+               "MedViT is not a timm model: use the ONNX file, or this project (`melanoma download`, then "
+               "`melanoma.package.load(folder)` rebuilds it from model_config.json and loads the weights strictly).")
+    meta = {"license": "cc-by-nc-4.0", "library_name": "timm" if timm_family else "pytorch",
+            "pipeline_tag": "image-classification", "tags": tags,
+            **({} if demo else {"datasets": ["ISIC archive (https://www.isic-archive.com)"]}),
+            "model-index": [{"name": cell, "results": [{
+                "task": {"type": "image-classification"},
+                "dataset": {"name": f"{'melanoma-synth demo data' if demo else 'ISIC'} (held-out real test split, "
+                                    f"{test['n']} images)", "type": "image-classification"},
+                "metrics": [{"type": t, "name": n, "value": round(float(test[k]), 4)}
+                            for k, t, n in (("auroc", "roc_auc", "test AUROC"),
+                                            ("sensitivity", "recall", "test sensitivity"),
+                                            ("specificity", "specificity", "test specificity"),
+                                            ("balanced_accuracy", "balanced_accuracy", "test balanced accuracy"))]}]}]}
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# {cell}: melanoma vs benign ({cfg['arch']} family, trained on the {cfg['dataset']} dataset)",
+        "",
+        "**Research use only. This is not a medical device** and must not be used to diagnose, screen for or "
+        "rule out melanoma, or to make any decision about a person's care.",
+        "",
+        *(["**Demo model.** It was trained on " + source + ", not on real dermoscopy images; it exists to test "
+           "the pipeline end to end and says nothing about real lesions.", ""] if demo else []),
+        f"One cell of the melanoma-synth study grid: does adding DCGAN- or DDPM-generated "
+        f"lesion images to a small real training set help classifiers? Built as `{cfg['model']}` "
+        f"({cfg['parameters']:,} parameters){' with ' + json.dumps(cfg['kwargs']) if cfg['kwargs'] else ''}, "
+        f"{cfg['input_size']} x {cfg['input_size']} px input, {cfg['weights']}.",
+        "",
+        "## Evaluation (real held-out test images)",
+        "",
+        f"Decision: `{cfg['decision']}`, threshold **{cfg['threshold']:.4f}**. 95 % intervals: stratified "
+        f"bootstrap, {boot['resamples']} resamples, seed {boot['seed']}.",
+        "",
+        "| metric | value | 95 % CI |",
+        "| --- | --- | --- |",
+        table,
+        "",
+        f"Test: {test['n']} images, {test['n_malignant']} malignant. Confusion at the threshold: "
+        f"TP {test['confusion']['tp']}, FN {test['confusion']['fn']}, FP {test['confusion']['fp']}, "
+        f"TN {test['confusion']['tn']}. Val AUROC (used to select the epoch and set the threshold): "
+        f"{cfg['evaluation']['val']['auroc']:.3f}.",
+        "",
+        "## Training data and split",
+        "",
+        f"Data: {source}. Split (seed {cfg['data']['split']['seed']}): "
+        + ", ".join(f"{s} {c['benign']} benign / {c['malignant']} malignant" for s, c in counts.items())
+        + f"; {cfg['data']['split_rule']}.",
+        f"This cell's training set ({cfg['dataset']}): "
+        + ", ".join(f"{k} {v}" for k, v in cfg["data"]["training_set"]["by_origin"].items()) + ".",
+        "",
+        "## How it was trained",
+        "",
+        f"Seed {cfg['seed']}; {cfg['epochs_run']} epoch(s) run, best epoch {cfg['best_epoch']} by val AUROC; "
+        f"AdamW, lr {cfg['params']['model']['lr']}, weight decay {cfg['params']['train']['weight_decay']}, "
+        f"batch {cfg['params']['train']['batch_size']}, class imbalance: {cfg['params']['train']['imbalance']}, "
+        f"batched flips/rotations/scale/colour augmentation. Preprocessing: {cfg['preprocessing']['decode']}, "
+        f"longest side capped at {cfg['preprocessing']['max_side']} px, then {cfg['preprocessing']['resize']}; "
+        f"normalisation mean {cfg['normalisation']['mean']}, std {cfg['normalisation']['std']}.",
+        "",
+        "## Files and loading",
+        "",
+        f"- `{WEIGHTS}`: the weights (no pickles anywhere in this repo).",
+        f"- `{ONNX}`: opset {cfg['onnx']['opset']}; input `{cfg['onnx']['input']}`; outputs "
+        + ", ".join(f"`{o}`" for o in cfg["onnx"]["outputs"])
+        + f". Normalisation is inside the graph. Checked against PyTorch on {cfg['onnx']['parity']['images']} real "
+          f"val images: max |difference| in P(malignant) {cfg['onnx']['parity']['max_abs_diff']:.1e}.",
+        f"- `{CONFIG}`: everything above, machine-readable (architecture, kwargs, threshold, metrics, history).",
+        *([f"- `{TIMM_CONFIG}`: timm's config."] if timm_family else []),
+        "",
+        loading,
+        "",
+        f"With the project installed: `melanoma predict lesion.jpg --model {rid}` prints P(malignant) and the "
+        "decision at the stored threshold (`--gradcam DIR` adds a GradCAM overlay).",
+        "",
+        "## Limitations",
+        "",
+        "- Trained and tested on one small collection: performance on other cameras, populations, skin types and "
+        "clinics is unknown, and dermoscopy datasets under-represent darker skin.",
+        "- The threshold was chosen on a small validation split; its sensitivity/specificity trade-off is "
+        "uncertain (see the intervals).",
+        "- Synthetic training images can carry generator artefacts the classifier may learn.",
+        "- Binary (melanoma vs benign lesions); other malignancies (BCC, SCC) were not part of the task.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def assemble(package: Path, rid: str, out: Path) -> Path:
+    """The Hub folder of one cell: the package's files plus its model card, written atomically to `out`."""
+    missing = [f for f in (WEIGHTS, ONNX, CONFIG) if not (package / f).is_file()]
+    if missing:
+        raise HubError(f"{package} lacks {', '.join(missing)}; run `dvc repro export` first")
+    cfg = json.loads((package / CONFIG).read_text())
+    with atomic_dir(out) as tmp:
+        for f in PACKAGE_FILES:
+            if (package / f).is_file():
+                shutil.copy2(package / f, tmp / f)
+        (tmp / CARD).write_text(model_card(cfg, rid))
+    return out
+
+
+def _token() -> str:
+    from huggingface_hub import get_token
+
+    token = get_token()  # HF_TOKEN, or the file `hf auth login` writes under HF_HOME
+    if not token:
+        raise HubError("no Hugging Face token: set HF_TOKEN (a write token from https://huggingface.co/settings/"
+                       "tokens) or run `hf auth login`; or use --dry-run to only write the folders")
+    return token
+
+
+def _hub_failure(action: str, rid: str, e: Exception) -> HubError:
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") and action == "upload":
+        return HubError(f"cannot upload {rid}: HF_HUB_OFFLINE is set; unset it on a machine with network access")
+    if isinstance(e, LocalEntryNotFoundError):
+        return HubError(f"cannot {action} {rid}: it is not in the local Hugging Face cache and the Hub cannot be "
+                        f"reached (offline or no network: {first}). Run once with network access, or copy a "
+                        "filled cache (HF_HOME / HF_HUB_CACHE) to this machine")
+    if isinstance(e, (RepositoryNotFoundError, RevisionNotFoundError)):
+        return HubError(f"cannot {action} {rid}: no such repo or revision on the Hub, or it is private and the "
+                        f"token cannot read it ({first})")
+    if isinstance(e, HfHubHTTPError):
+        code = getattr(getattr(e, "response", None), "status_code", None)
+        if code in (401, 403):
+            return HubError(f"cannot {action} {rid}: the token is not allowed to ({code}); use a write token for "
+                            "that namespace or change publish.repo")
+        return HubError(f"cannot {action} {rid}: the Hub answered {code}: {first}")
+    return HubError(f"cannot {action} {rid}: the Hub cannot be reached ({type(e).__name__}: {first}); check the "
+                    "network, or use --dry-run")
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    import httpx2  # huggingface_hub's HTTP client: its connect/timeout errors are not OSErrors
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (HfHubHTTPError, httpx2.HTTPError, OSError)  # OSError: offline mode, not in cache, no route
+
+
+def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, private: bool) -> list[str]:
+    """Assemble every cell's Hub folder under `out`; upload each unless `dry_run`. Returns one line per cell."""
+    plan = {cell: repo_id(template, cell) for cell in packages}
+    token = None if dry_run else _token()
+    lines = []
+    for cell, pkg in packages.items():
+        rid = plan[cell]
+        folder = assemble(pkg, rid, out / cell)
+        files = sorted(f for f in folder.iterdir() if f.is_file())
+        size = sum(f.stat().st_size for f in files)
+        listing = ", ".join(f"{f.name} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
+        if dry_run:
+            lines.append(f"would upload {folder} -> https://huggingface.co/{rid} ({'private' if private else 'public'}): "
+                         f"{len(files)} files, {size / 1e6:.1f} MB: {listing}")
+            continue
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        try:
+            api.create_repo(rid, private=private, exist_ok=True)
+            info = api.upload_folder(repo_id=rid, folder_path=folder,
+                                     commit_message=f"{cell}: weights, ONNX, config and model card (melanoma-synth)")
+        except _network_errors() as e:
+            raise _hub_failure("upload", rid, e) from None
+        lines.append(f"uploaded {cell} -> {getattr(info, 'commit_url', rid)} ({len(files)} files, {size / 1e6:.1f} MB)")
+    return lines
+
+
+def fetch_repo(rid: str, revision: str | None = None) -> Path:
+    """A Hub repo's snapshot in the local HF cache (downloaded if needed; offline it must already be there)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(rid, revision=revision, allow_patterns=list(PACKAGE_FILES) + [CARD]))
+    except _network_errors() as e:
+        raise _hub_failure("download", rid, e) from None
+
+
+def download(cells: list[str], template: str, dest: Path, revision: str | None, force: bool) -> list[str]:
+    """Download cells into the local layout dest/<Arch>/<Arch>_<Dataset>/ and check each loads strictly."""
+    lines = []
+    for cell in cells:
+        arch = cell.split("_", 1)[0]
+        target = dest / arch / cell
+        if target.exists() and not force:
+            raise HubError(f"{target} exists (in this repository it is a DVC output of train_classifier); pass "
+                           "--force to replace it, or --dest another folder")
+        rid = repo_id(template, cell)
+        snapshot = fetch_repo(rid, revision)
+        with atomic_dir(target) as tmp:
+            for f in sorted(snapshot.iterdir()):
+                if f.is_file():
+                    shutil.copyfile(f, tmp / f.name)  # the cache holds symlinks to blobs: copy the content
+            try:
+                load(tmp)
+            except PackageError as e:
+                raise HubError(f"{rid}: {e}") from None
+        lines.append(f"downloaded {rid} -> {target} (loads with strict=True)")
+    return lines
+
+
+def resolve(model: str) -> Path:
+    """`--model`: a local package folder, or a Hub repo id fetched into (or found in) the HF cache."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if _REPO_ID.match(model) and not path.exists():
+        return fetch_repo(model)
+    raise HubError(f"--model {model!r} is neither a model folder nor a Hub repo id 'owner/name' (the export stage "
+                   "writes models/export/<Arch>/<Arch>_<Dataset>/)")

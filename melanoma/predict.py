@@ -1,0 +1,112 @@
+"""`melanoma predict`: image files -> P(malignant) and the decision at the model's stored threshold.
+
+Images go through exactly the pipeline's preprocessing (`package.prepare`), so a file scores as it would have
+in the test split. A file that cannot be read is reported with its reason, and the others are still scored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from melanoma.images import IMAGE_SUFFIXES, ImageRejected
+from melanoma.package import PackageError, load, prepare, served, torch_probabilities
+
+
+@dataclass
+class Prediction:
+    path: str
+    p_malignant: float | None = None
+    decision: str | None = None
+    gradcam: str | None = None
+    error: str | None = None
+
+
+def expand(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders -> their image files (by suffix, recursively, sorted)."""
+    out = []
+    for p in inputs:
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None) -> tuple[list[Prediction], dict[str, Any]]:
+    """Score `files` with the packaged model in `folder`; unreadable files come back with `error` set."""
+    model, cfg = load(folder)
+    if "threshold" not in cfg:
+        raise PackageError(f"{folder} has no decision threshold (a training output, not a package): use "
+                           "models/export/<Arch>/<Arch>_<Dataset>/ from `dvc repro`, or a downloaded Hub folder")
+    size, max_side = cfg["input_size"], cfg["preprocessing"]["max_side"]
+    results, ok, images = [], [], []
+    for f in files:
+        r = Prediction(str(f))
+        try:
+            images.append(prepare(f, size, max_side))
+            ok.append(r)
+        except ImageRejected as e:
+            r.error = str(e)
+        results.append(r)
+    if images:
+        x = np.stack(images)
+        probs = torch_probabilities(served(model, cfg), x)
+        thr = cfg["threshold"]
+        for r, p in zip(ok, probs):
+            r.p_malignant = float(p)
+            r.decision = cfg["classes"][int(p >= thr)]
+        if gradcam_dir is not None:
+            _gradcam(model, cfg, x, ok, gradcam_dir)
+    return results, cfg
+
+
+def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: list[Prediction], out: Path) -> None:
+    """One overlay per scored image, explaining the malignant class (what made it look malignant)."""
+    from PIL import Image
+
+    from melanoma import gradcam
+
+    out.mkdir(parents=True, exist_ok=True)
+    norm = cfg["normalisation"]
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    xt = (xt - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    heat = np.concatenate([gradcam.cams(cfg["arch"], model, xt[i:i + 16], [1] * len(xt[i:i + 16]))
+                           for i in range(0, len(xt), 16)])
+    scale = max(1, 256 // cfg["input_size"])
+    used: set[str] = set()
+    for i, r in enumerate(rows):
+        name = f"{Path(r.path).stem}_gradcam.png"
+        n = 1
+        while name in used:  # same file name in two folders
+            n += 1
+            name = f"{Path(r.path).stem}_{n}_gradcam.png"
+        used.add(name)
+        Image.fromarray(gradcam.overlay(x[i], heat[i], scale)).save(out / name)
+        r.gradcam = str(out / name)
+
+
+def as_json(results: list[Prediction], cfg: dict[str, Any], model: str) -> str:
+    return json.dumps({"model": model, "cell": f"{cfg['arch']}_{cfg['dataset']}", "threshold": cfg["threshold"],
+                       "threshold_rule": cfg["threshold_rule"], "positive_class": cfg["positive_class"],
+                       "predictions": [asdict(r) for r in results]}, indent=2)
+
+
+def as_table(results: list[Prediction], cfg: dict[str, Any], model: str) -> str:
+    head = (f"# {cfg['arch']}_{cfg['dataset']} from {model}; malignant if p_malignant >= {cfg['threshold']:.4f} "
+            f"({cfg['threshold_rule']}, chosen on val). Research use only, not a medical device."
+            + (" DEMO MODEL: trained on synthetic demo images, meaningless on real lesions."
+               if cfg["data"]["source"] == "demo" else ""))
+    width = max([len("image")] + [len(r.path) for r in results])
+    lines = [head, f"{'image':<{width}}  p_malignant  decision" + ("  gradcam" if any(r.gradcam for r in results) else "")]
+    for r in results:
+        if r.error:
+            lines.append(f"{r.path:<{width}}  {'-':>11}  refused: {r.error}")
+        else:
+            row = f"{r.path:<{width}}  {r.p_malignant:>11.4f}  {r.decision}"
+            lines.append(f"{row:<{width + 24}}  {r.gradcam}" if r.gradcam else row)
+    return "\n".join(lines)

@@ -1,0 +1,22 @@
+"""DVC stage `export`: every trained and evaluated cell -> models/export/<Arch>/<Arch>_<Dataset>/ (safetensors,
+ONNX checked against PyTorch, timm config, model_config.json with the threshold and the evaluation)."""
+from melanoma.cli import run_stage
+from melanoma.params import load_params
+from melanoma.paths import EXPORT
+
+
+def main() -> str:
+    from melanoma.package import export_all
+
+    worst = export_all(load_params(), EXPORT)
+    return (f"export: {len(worst)} cells -> {EXPORT}/; ONNX vs PyTorch on the real val images: max "
+            f"|dP| {max(worst.values()):.1e} ({max(worst, key=worst.get)})")
+
+
+if __name__ == "__main__":
+    from melanoma.classifiers import WeightsMismatch
+    from melanoma.datasets import DatasetError
+    from melanoma.package import PackageError
+    from melanoma.training import CheckpointError
+
+    run_stage("export", main, (PackageError, DatasetError, CheckpointError, WeightsMismatch))

@@ -1,0 +1,302 @@
+"""Packages (export), the Hub round trip (offline: a Hub-layout folder and a pre-filled HF cache), and predict."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from melanoma.classifiers import build_model
+from melanoma.classifiers.train import train_classifier
+from melanoma.commands import main as cli
+from melanoma.evaluate import evaluate_cell
+from melanoma.hub import HubError, model_card, repo_id
+from melanoma.package import (PARITY_TOLERANCE, Served, export_cell, load, onnx_probabilities, prepare,
+                              torch_probabilities, write_onnx)
+from melanoma.params import load_params
+from tests.conftest import ROOT
+from tests.tiny import make_pack, tiny_params
+
+DATA = {"source": "demo", "max_side": 1024, "split": {"seed": 0, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15},
+                                                      "counts": {"train": {"benign": 24, "malignant": 12}}},
+        "split_rule": "lesion-grouped"}
+CELLS = {"ResNet": "ResNet_Original", "MedViT": "MedViT_Original"}  # a timm family and the one that is not
+
+
+def real_images(isic: Path, n: int, size: int) -> np.ndarray:
+    files = sorted((isic / "folder/malignant").glob("*.jpg"))[:n // 2] + sorted((isic / "folder/benign").glob("*.jpg"))[:n - n // 2]
+    return np.stack([prepare(f, size, 1024) for f in files])
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> dict[str, Path]:
+    """Tiny ResNet and MedViT cells, trained, evaluated and exported as the pipeline does."""
+    root = tmp_path_factory.mktemp("package")
+    p = tiny_params(**{"classifiers.train.epochs": 1})
+    data = make_pack(root / "data", size=32, seed=0)
+    (data / "stats.json").write_text(json.dumps({"dataset": "Original", "per_class": {"train": {"benign": 24, "malignant": 12}},
+                                                 "counts": {"train": {"benign/real": 24, "malignant/real": 12}}}))
+    out = {}
+    for arch, cell in CELLS.items():
+        train_classifier(arch, "Original", p, data, root / "models" / cell, root / "ck" / cell, log=lambda s: None)
+        evaluate_cell(arch, "Original", p, root / "models" / cell, data, root / "eval" / cell)
+        pkg = root / "models/export" / arch / cell
+        pkg.mkdir(parents=True)
+        export_cell(root / "models" / cell, root / "eval" / cell, data, pkg, 17, DATA)
+        out[arch] = pkg
+    return out
+
+
+# ---------------------------------------------------------------- export
+
+@pytest.mark.parametrize("arch", ["BioViT", "DenseNet", "ResNet", "Swin", "ViT", "MedViT"])
+def test_onnx_matches_pytorch_on_real_images(arch, isic_sample, tmp_path):
+    spec = load_params(ROOT / "params.yaml")["classifiers"]["models"][arch]  # the demo's member of each family
+    torch.manual_seed(0)
+    built = build_model(arch, spec, 2, 32)
+    net = Served(built.model.eval(), built.info["normalisation"]["mean"], built.info["normalisation"]["std"]).eval()
+    write_onnx(net, 32, tmp_path / "m.onnx", 17)
+    x = real_images(isic_sample, 12, 32)
+    for batch in (x[:1], x):  # the batch axis is dynamic
+        diff = np.abs(onnx_probabilities(tmp_path / "m.onnx", batch) - torch_probabilities(net, batch))
+        assert diff.max() <= PARITY_TOLERANCE, (arch, diff.max())
+    assert torch_probabilities(net, x).std() > 0  # not a constant output that would agree trivially
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,model", [("Swin", "swin_base_patch4_window7_224"), ("MedViT", "medvit_small")])
+def test_study_size_swin_and_medvit_export(arch, model, isic_sample, tmp_path):
+    built = build_model(arch, {"model": model, "pretrained": False, "kwargs": {}}, 2, 224)
+    net = Served(built.model.eval(), built.info["normalisation"]["mean"], built.info["normalisation"]["std"]).eval()
+    write_onnx(net, 224, tmp_path / "m.onnx", 17)
+    x = real_images(isic_sample, 2, 224)
+    assert np.abs(onnx_probabilities(tmp_path / "m.onnx", x) - torch_probabilities(net, x)).max() <= PARITY_TOLERANCE
+
+
+def test_package_is_complete_and_pickle_free(cells):
+    for arch, pkg in cells.items():
+        files = {f.name for f in pkg.iterdir()}
+        assert files == {"model.safetensors", "model.onnx", "model_config.json"} | ({"config.json"} if arch != "MedViT" else set())
+        cfg = json.loads((pkg / "model_config.json").read_text())
+        ev = json.loads((pkg.parents[3] / "eval" / pkg.name / "metrics.json").read_text())
+        assert cfg["threshold"] == ev["threshold"] and cfg["evaluation"]["test"] == ev["test"]
+        assert cfg["onnx"]["parity"]["images"] == 16 and cfg["onnx"]["parity"]["max_abs_diff"] <= PARITY_TOLERANCE
+        assert "history" not in cfg  # the package carries the result, not the training log
+        model, _ = load(pkg)  # safetensors, strict
+        assert sum(p.numel() for p in model.parameters()) == cfg["parameters"]
+
+
+def test_timm_loads_the_package_config_and_weights(cells, isic_sample):
+    import timm
+
+    ours, cfg = load(cells["ResNet"])
+    theirs = timm.create_model(f"local-dir:{cells['ResNet']}", pretrained=True).eval()
+    x = torch.from_numpy(real_images(isic_sample, 4, cfg["input_size"])).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    data = timm.data.resolve_data_config({}, model=theirs)
+    assert list(data["mean"]) == cfg["normalisation"]["mean"] and data["input_size"][1:] == (32, 32)
+
+
+def test_corrupt_weights_are_one_clear_error(cells, tmp_path, capsys):
+    pkg = shutil.copytree(cells["ResNet"], tmp_path / "pkg")
+    (pkg / "model.safetensors").write_bytes(b"not safetensors")
+    assert cli(["predict", str(ROOT / "README.md"), "--model", str(pkg)]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors is not a readable safetensors file" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- model card and repo ids
+
+def test_model_card_carries_the_cells_metrics_and_warnings(cells):
+    cfg = json.loads((cells["ResNet"] / "model_config.json").read_text())
+    card = model_card(cfg, "someone/melanoma-ResNet_Original")
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "cc-by-nc-4.0" and meta["library_name"] == "timm" and "melanoma" in meta["tags"]
+    got = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    test = cfg["evaluation"]["test"]
+    assert got["roc_auc"] == pytest.approx(test["auroc"], abs=1e-4)
+    assert got["recall"] == pytest.approx(test["sensitivity"], abs=1e-4)
+    lo, hi = test["ci95"]["auroc"]
+    assert f"| AUROC | {test['auroc']:.3f} | {lo:.3f} – {hi:.3f} |" in body
+    assert "not a medical device" in body and "Demo model" in body
+    assert 'timm.create_model("hf-hub:someone/melanoma-ResNet_Original", pretrained=True)' in body
+    assert f"threshold **{cfg['threshold']:.4f}**" in body
+    medvit = model_card(json.loads((cells["MedViT"] / "model_config.json").read_text()), "a/b")
+    assert "library_name: pytorch" in medvit and "hf-hub:" not in medvit
+
+
+def test_repo_id_template():
+    assert repo_id("me/melanoma-{cell}", "Swin_DDPM_Upscaled") == "me/melanoma-Swin_DDPM_Upscaled"
+    with pytest.raises(HubError, match="must contain"):
+        repo_id("me/melanoma-models", "Swin_DDPM")
+    with pytest.raises(HubError, match="not a valid Hub repo id"):
+        repo_id("{cell}", "Swin_DDPM")
+
+
+# ---------------------------------------------------------------- publish, cache, download (all offline)
+
+def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    e = {**os.environ, "HF_HOME": str(cwd / "hf_home"), "HF_HUB_CACHE": str(cwd / "hf_cache"), **env}
+    if "HF_TOKEN" not in env:
+        e.pop("HF_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "melanoma.commands", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def project(cells, tmp_path_factory) -> Path:
+    """A folder laid out like this repository after `dvc repro` (params.yaml + models/export)."""
+    root = tmp_path_factory.mktemp("project")
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["classifiers"].update(archs=list(CELLS), datasets=["Original"])
+    p["publish"]["repo"] = "someone/melanoma-{cell}"
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    for pkg in cells.values():
+        shutil.copytree(pkg, root / "models/export" / pkg.parent.name / pkg.name)
+    return root
+
+
+def fill_cache(cache: Path, rid: str, folder: Path, commit: str = "0" * 39 + "1") -> None:
+    """The HF cache layout huggingface_hub writes (refs/main -> snapshots/<commit>/files), filled by hand."""
+    repo = cache / f"models--{rid.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_publish_dry_run_then_download_from_the_cache_round_trip(project, isic_sample):
+    r = run(project, "publish", "--dry-run", "--out", "hub")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("would upload") == 2 and "https://huggingface.co/someone/melanoma-ResNet_Original" in r.stdout
+    for cell in CELLS.values():
+        card = (project / "hub" / cell / "README.md").read_text()
+        cfg = json.loads((project / "hub" / cell / "model_config.json").read_text())
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == round(cfg["evaluation"]["test"]["auroc"], 4)
+        fill_cache(project / "hf_cache", f"someone/melanoma-{cell}", project / "hub" / cell)
+    r = run(project, "download", "--all", "--dest", "dl", HF_HUB_OFFLINE="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("loads with strict=True") == 2
+    images = sorted((isic_sample / "folder/malignant").glob("*.jpg"))[:5]
+    for arch, cell in CELLS.items():
+        got = project / "dl" / arch / cell
+        assert {f.name for f in got.iterdir()} >= {"model.safetensors", "model.onnx", "model_config.json", "README.md"}
+        a = run(project, "predict", *map(str, images), "--model", f"models/export/{arch}/{cell}", "--json")
+        b = run(project, "predict", *map(str, images), "--model", str(got), "--json")
+        c = run(project, "predict", *map(str, images), "--model", f"someone/melanoma-{cell}", "--json",
+                HF_HUB_OFFLINE="1")  # a Hub id, resolved from the cache
+        assert a.returncode == b.returncode == c.returncode == 0, a.stderr + b.stderr + c.stderr
+        pa, pb, pc = ([x["p_malignant"] for x in json.loads(o.stdout)["predictions"]] for o in (a, b, c))
+        assert pa == pb == pc and len(pa) == 5
+    # timm reads the Hub repo itself (config.json + model.safetensors) from the cache
+    code = ("import timm, torch; from melanoma.package import load\n"
+            "m = timm.create_model('hf-hub:someone/melanoma-ResNet_Original', pretrained=True).eval()\n"
+            "o, _ = load('models/export/ResNet/ResNet_Original')\n"
+            "x = torch.rand(3, 3, 32, 32)\n"
+            "print(torch.equal(m(x), o(x)))")
+    t = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(project / "hf_cache")})
+    assert t.stdout.strip() == "True", t.stderr
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_offline_and_credential_failures_are_one_line(project):
+    assert "not in the local Hugging Face cache" in one_line_error(
+        run(project, "download", "ViT_DDPM", "--dest", "none", HF_HUB_OFFLINE="1"))
+    assert "no Hugging Face token: set HF_TOKEN" in one_line_error(run(project, "publish", "--out", "hub2"))
+    assert "HF_HUB_OFFLINE is set" in one_line_error(
+        run(project, "publish", "--out", "hub2", HF_TOKEN="hf_fake", HF_HUB_OFFLINE="1"))
+    unreachable = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"}  # nothing listens there
+    assert "cannot be reached" in one_line_error(run(project, "publish", "--out", "hub2", HF_TOKEN="hf_fake", **unreachable))
+    assert "cannot be reached" in one_line_error(run(project, "download", "ViT_DDPM", "--dest", "none", **unreachable))
+    assert "unknown cell 'Vit_DDPM'" in one_line_error(run(project, "download", "Vit_DDPM"))
+    r = run(project, "download", "ResNet_Original", "--dest", "models/export", HF_HUB_OFFLINE="1")
+    assert "exists" in one_line_error(r) and "--force" in r.stderr
+
+
+# ---------------------------------------------------------------- predict
+
+def odd_inputs(folder: Path, isic: Path) -> dict[str, str]:
+    """The files fetch meets in the wild; value: what predict must say ('' = scored)."""
+    folder.mkdir()
+    src = sorted((isic / "folder/malignant").glob("*.jpg"))[0]
+    im = Image.open(src).convert("RGB")
+    shutil.copy(src, folder / "plain.jpg")
+    im.convert("RGBA").save(folder / "rgba.png")
+    im.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((np.asarray(im.convert("L"), np.uint16) * 257)).save(folder / "gray16.png")
+    im.resize((6000, 4500)).save(folder / "huge.jpg", quality=80)
+    data = (folder / "plain.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "empty.png").write_bytes(b"")
+    return {"plain.jpg": "", "rgba.png": "", "cmyk.jpg": "", "gray16.png": "", "huge.jpg": "",
+            "truncated.jpg": "truncated or corrupt image", "notes.jpg": "not an image", "empty.png": "empty file"}
+
+
+def test_predict_scores_odd_images_and_refuses_bad_ones(cells, isic_sample, tmp_path, capsys):
+    expect = odd_inputs(tmp_path / "in", isic_sample)
+    missing = tmp_path / "gone.jpg"
+    rc = cli(["predict", str(tmp_path / "in"), str(missing), "--model", str(cells["ResNet"]), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "4 of 9 files refused" in err
+    rows = {Path(r["path"]).name: r for r in json.loads(out)["predictions"]}
+    assert set(rows) == set(expect) | {"gone.jpg"}
+    assert "cannot read file" in rows["gone.jpg"]["error"]
+    for name, reason in expect.items():
+        r = rows[name]
+        if reason:
+            assert reason in r["error"] and r["p_malignant"] is None, (name, r)
+        else:
+            assert r["error"] is None and 0 <= r["p_malignant"] <= 1 and r["decision"] in ("benign", "malignant")
+    assert rows["rgba.png"]["p_malignant"] == rows["plain.jpg"]["p_malignant"]  # opaque alpha changes nothing
+    thr = json.loads((cells["ResNet"] / "model_config.json").read_text())["threshold"]
+    assert all((r["p_malignant"] >= thr) == (r["decision"] == "malignant") for r in rows.values() if not r["error"])
+    # the table: one row per file, refused ones with their reason
+    rc = cli(["predict", str(tmp_path / "in"), "--model", str(cells["ResNet"])])
+    table = capsys.readouterr().out.splitlines()
+    assert rc == 1 and table[0].startswith("# ResNet_Original") and "not a medical device" in table[0]
+    assert len(table) == 2 + len(expect) and sum("refused: " in line for line in table) == 3
+
+
+def test_predict_matches_the_evaluation_and_writes_gradcam(cells, isic_sample, tmp_path, capsys):
+    files = sorted((isic_sample / "folder/benign").glob("*.jpg"))[:3]
+    for arch, pkg in cells.items():
+        assert cli(["predict", *map(str, files), "--model", str(pkg), "--gradcam", str(tmp_path / arch), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["predictions"]
+        model, cfg = load(pkg)
+        x = np.stack([prepare(f, cfg["input_size"], 1024) for f in files])
+        expect = onnx_probabilities(pkg / "model.onnx", x)  # the shipped graph agrees with predict's PyTorch path
+        assert np.abs(np.array([r["p_malignant"] for r in rows]) - expect).max() <= PARITY_TOLERANCE
+        for r in rows:
+            with Image.open(r["gradcam"]) as im:
+                assert im.size[0] >= cfg["input_size"] and im.mode == "RGB"
+
+
+def test_predict_needs_a_package_not_a_training_folder(cells, tmp_path, capsys):
+    folder = tmp_path / "train_out"
+    folder.mkdir()
+    cfg = json.loads((cells["ResNet"] / "model_config.json").read_text())
+    del cfg["threshold"]
+    (folder / "model_config.json").write_text(json.dumps(cfg))
+    shutil.copy(cells["ResNet"] / "model.safetensors", folder)
+    assert cli(["predict", str(ROOT / "README.md"), "--model", str(folder)]) == 2
+    assert "no decision threshold" in capsys.readouterr().err
+    assert cli(["predict", str(ROOT / "README.md"), "--model", "not/a/folder"]) == 2
+    assert "neither a model folder nor a Hub repo id" in capsys.readouterr().err
