@@ -167,6 +167,10 @@ def assemble(package: Path, rid: str, out: Path) -> Path:
     return out
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
 def _token() -> str:
     from huggingface_hub import get_token
 
@@ -218,10 +222,10 @@ def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, 
         folder = assemble(pkg, rid, out / cell)
         files = sorted(f for f in folder.iterdir() if f.is_file())
         size = sum(f.stat().st_size for f in files)
-        listing = ", ".join(f"{f.name} ({f.stat().st_size / 1e6:.1f} MB)" for f in files)
+        listing = ", ".join(f"{f.name} ({_size(f.stat().st_size)})" for f in files)
         if dry_run:
             lines.append(f"would upload {folder} -> https://huggingface.co/{rid} ({'private' if private else 'public'}): "
-                         f"{len(files)} files, {size / 1e6:.1f} MB: {listing}")
+                         f"{len(files)} files, {_size(size)}: {listing}")
             continue
         from huggingface_hub import HfApi
 
@@ -232,7 +236,7 @@ def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, 
                                      commit_message=f"{cell}: weights, ONNX, config and model card (melanoma-synth)")
         except _network_errors() as e:
             raise _hub_failure("upload", rid, e) from None
-        lines.append(f"uploaded {cell} -> {getattr(info, 'commit_url', rid)} ({len(files)} files, {size / 1e6:.1f} MB)")
+        lines.append(f"uploaded {cell} -> {getattr(info, 'commit_url', rid)} ({len(files)} files, {_size(size)})")
     return lines
 
 

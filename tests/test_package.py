@@ -300,3 +300,9 @@ def test_predict_needs_a_package_not_a_training_folder(cells, tmp_path, capsys):
     assert "no decision threshold" in capsys.readouterr().err
     assert cli(["predict", str(ROOT / "README.md"), "--model", "not/a/folder"]) == 2
     assert "neither a model folder nor a Hub repo id" in capsys.readouterr().err
+
+
+def test_the_console_command_is_installed():
+    exe = Path(sys.executable).parent / "melanoma"  # pyproject's [project.scripts], made by `pip install -e .`
+    r = subprocess.run([str(exe), "predict", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--model" in r.stdout and "--gradcam" in r.stdout

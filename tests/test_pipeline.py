@@ -72,10 +72,14 @@ def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     ids = [r["id"] for s in ("train", "val", "test") for r in read_csv(repo / f"data/splits/{s}.csv")]
     assert sorted(ids) == sorted(r["id"] for r in rows)
     # the packaged cells are what users run: predict on real files, and the Hub folders with their cards
-    malignant = sorted((repo / "data/raw/images/malignant").iterdir())
-    out = sh(repo, sys.executable, "-m", "melanoma.commands", "predict", "data/raw/images/malignant", "--json",
-             "--model", "models/export/ViT/ViT_Original").stdout
-    assert [Path(r["path"]).name for r in json.loads(out)["predictions"]] == [f.name for f in malignant]
+    test = read_csv(repo / "data/splits/test.csv")  # predict on the test files reproduces evaluate's predictions
+    out = sh(repo, sys.executable, "-m", "melanoma.commands", "predict", *(f"data/raw/{r['path']}" for r in test),
+             "--json", "--model", "models/export/ViT/ViT_Original").stdout
+    evaluated = read_csv(repo / "results/evaluation/ViT/ViT_Original/predictions_test.csv")
+    got = json.loads(out)["predictions"]
+    assert [Path(r["path"]).stem for r in got] == [r["id"] for r in evaluated]
+    assert all(abs(g["p_malignant"] - float(e["p_malignant"])) < 1e-6 and g["decision"] == e["predicted"]
+               for g, e in zip(got, evaluated))
     out = sh(repo, sys.executable, "-m", "melanoma.commands", "publish", "--dry-run", "--out", "hub").stdout
     assert out.count("would upload") == 4
     for cell in ("ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN"):
