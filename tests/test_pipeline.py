@@ -3,8 +3,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,11 +20,16 @@ from tests.tiny import tiny_params
 pytestmark = pytest.mark.slow
 
 
+ENV = {"DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **ENV}
+
+
 def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, cwd=repo, env=env(), capture_output=True, text=True)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
@@ -39,11 +46,9 @@ def set_params(repo: Path, **sections) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-@pytest.fixture
-def repo(tmp_path) -> Path:
+def make_repo(dst: Path) -> Path:
     """The tracked files of this checkout, as a fresh git repo, with tiny demo params."""
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    dst = tmp_path / "repo"
     for f in files:
         if (ROOT / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
@@ -55,13 +60,40 @@ def repo(tmp_path) -> Path:
     return dst
 
 
-def test_repro_builds_outputs_then_has_nothing_to_do(repo):
-    first = sh(repo, "dvc", "repro")
-    for stage in ("fetch", "split", "train_generator@dcgan-benign", "train_generator@ddpm-malignant",
-                  "synthesize@dcgan", "synthesize@ddpm", "train_upscaler", "upscale@dcgan", "upscale@ddpm", "build_dataset@Original",
-                  "build_dataset@DDPM_Upscaled", "train_classifier@ResNet-Original", "train_classifier@ViT-DCGAN",
-                  "evaluate@ViT-Original", "export", "report"):
-        assert f"Running stage '{stage}'" in first.stdout
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, str]:
+    """One tiny repo after a full `dvc repro` from nothing (and that run's output), shared by the tests that
+    only read it or work on a copy of it."""
+    repo = make_repo(tmp_path_factory.mktemp("built") / "repo")
+    return repo, sh(repo, "dvc", "repro").stdout
+
+
+def copy_of(built: tuple[Path, str], dst: Path) -> Path:
+    """A copy of the built repo (workspace, git, DVC cache, checkpoints) to change without touching the others."""
+    shutil.copytree(built[0], dst, symlinks=True)
+    return dst
+
+
+def ran(out: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def lock_outs(repo: Path) -> dict[str, str]:
+    """Every output path in dvc.lock -> its md5: what DVC has committed."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])}
+
+
+def test_repro_builds_outputs_then_has_nothing_to_do(built, tmp_path):
+    repo, first = built
+    stages = set(sh(repo, "dvc", "stage", "list", "--name-only").stdout.split())
+    assert ran(first) == stages and len(stages) == 26  # every stage of the tiny grid ran, once
+    assert not [p for p in lock_outs(repo) if not (repo / p).exists()]  # every declared output exists
     for cell in ("ResNet/ResNet_Original", "ResNet/ResNet_DCGAN", "ViT/ViT_Original", "ViT/ViT_DCGAN"):
         cfg = json.loads((repo / "models/classifiers" / cell / "model_config.json").read_text())
         assert 0 <= cfg["val_auroc"] <= 1 and cfg["epochs_run"] == 2
@@ -80,40 +112,39 @@ def test_repro_builds_outputs_then_has_nothing_to_do(repo):
     assert [Path(r["path"]).stem for r in got] == [r["id"] for r in evaluated]
     assert all(abs(g["p_malignant"] - float(e["p_malignant"])) < 1e-6 and g["decision"] == e["predicted"]
                for g, e in zip(got, evaluated))
-    out = sh(repo, sys.executable, "-m", "melanoma.commands", "publish", "--dry-run", "--out", "hub").stdout
+    out = sh(repo, sys.executable, "-m", "melanoma.commands", "publish", "--dry-run", "--out", str(tmp_path)).stdout
     assert out.count("would upload") == 4
     for cell in ("ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN"):
         auroc = json.loads((repo / "models/export" / cell.split("_")[0] / cell / "model_config.json").read_text()
                            )["evaluation"]["test"]["auroc"]
-        assert f"| AUROC | {auroc:.3f} |" in (repo / "hub" / cell / "README.md").read_text()
+        assert f"| AUROC | {auroc:.3f} |" in (tmp_path / cell / "README.md").read_text()
     second = sh(repo, "dvc", "repro")
     assert "Running stage" not in second.stdout
     assert "Data and pipelines are up to date" in second.stdout
     assert "up to date" in sh(repo, "dvc", "status").stdout
 
 
-def test_param_changes_rerun_only_what_depends_on_them(repo):
-    sh(repo, "dvc", "repro", "split")
+def test_param_changes_rerun_only_what_depends_on_them(built, tmp_path):
+    repo = copy_of(built, tmp_path / "repo")
     set_params(repo, split__seed=7)
     out = sh(repo, "dvc", "repro", "split").stdout
     assert "Running stage 'split'" in out and "Running stage 'fetch'" not in out
-    sh(repo, "dvc", "repro")
+    set_params(repo, data__demo__seed=1)  # new data: every stage reruns
+    out = sh(repo, "dvc", "repro").stdout
+    assert ran(out) == set(sh(repo, "dvc", "stage", "list", "--name-only").stdout.split())
     set_params(repo, generators__ddpm__lr=0.002)  # one family's params: only its training and synthesis
     out = sh(repo, "dvc", "repro").stdout
-    ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm",
-                   "upscale@ddpm", "build_dataset@DDPM", "build_dataset@DDPM_Upscaled", "export", "report"}
+    assert ran(out) == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm",
+                        "upscale@ddpm", "build_dataset@DDPM", "build_dataset@DDPM_Upscaled", "export", "report"}
     set_params(repo, upscale__method="bicubic")  # the upscaler stays; only the upscaled sets are remade
     assert "upscale@dcgan" in sh(repo, "dvc", "status").stdout
     out = sh(repo, "dvc", "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
-        "upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled", "export",
-        "report"}
+    assert ran(out) == {"upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled",
+                        "export", "report"}
     set_params(repo, classifiers__models__ResNet__lr=0.003)  # one arch's params: only that arch's cells
     out = sh(repo, "dvc", "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
-        "train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN", "evaluate@ResNet-Original",
-        "evaluate@ResNet-DCGAN", "export", "report"}
+    assert ran(out) == {"train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN", "evaluate@ResNet-Original",
+                        "evaluate@ResNet-DCGAN", "export", "report"}
     set_params(repo, evaluate__threshold="sensitivity")  # evaluation params: no retraining
     out = sh(repo, "dvc", "repro").stdout
     assert not re.findall(r"Running stage 'train_classifier", out) and "Running stage 'evaluate@ViT-DCGAN'" in out
@@ -122,15 +153,88 @@ def test_param_changes_rerun_only_what_depends_on_them(repo):
     cells = sh(repo, "dvc", "stage", "list").stdout
     assert "train_classifier@ViT-Original" in cells and "train_classifier@ResNet" not in cells
     out = sh(repo, "dvc", "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"export", "report"}
+    assert ran(out) == {"export", "report"}
     assert set(json.loads((repo / "results/metrics.json").read_text())) == {"ViT_Original", "ViT_DCGAN"}
 
 
-def test_exp_run_with_invalid_value_fails_with_schema_message(repo):
-    p = sh(repo, "dvc", "exp", "run", "-S", "data.source=dmeo", check=False)
-    assert p.returncode != 0
-    assert "data.source must be one of demo, local, isic_csv, gdrive (got 'dmeo')" in p.stdout + p.stderr
-    assert "Traceback" not in p.stdout + p.stderr
+def test_experiments_show_and_metrics_diff(built, tmp_path):
+    repo = copy_of(built, tmp_path / "repo")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "built")
+    out = sh(repo, "dvc", "exp", "run", "-n", "sens90", "-S", "evaluate.threshold=sensitivity").stdout
+    assert not re.findall(r"Running stage 'train_classifier", out) and "Running stage 'evaluate@ResNet-DCGAN'" in out
+    table = sh(repo, "dvc", "exp", "show", "--md").stdout
+    assert "sens90" in table and "evaluate.threshold" in table and "sensitivity" in table
+    diff = sh(repo, "dvc", "metrics", "diff").stdout  # HEAD (Youden) vs the workspace (the experiment)
+    changed = set(re.findall(r"results/metrics\.json\s+(\w+_\w+)\.sensitivity", diff))
+    assert changed and changed <= {"ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN"}
+    bad = sh(repo, "dvc", "exp", "run", "-S", "data.source=dmeo", check=False)  # the schema guards -S
+    assert bad.returncode != 0 and "Traceback" not in bad.stdout + bad.stderr
+    assert "data.source must be one of demo, local, isic_csv, gdrive (got 'dmeo')" in bad.stdout + bad.stderr
+
+
+def test_push_then_a_fresh_clone_pulls_everything_and_the_run_cache_restores(built, tmp_path):
+    repo = copy_of(built, tmp_path / "repo")
+    sh(repo, "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"))  # a local directory remote
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "built")
+    sh(repo, "dvc", "push", "--run-cache")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "models/classifiers").exists()
+    sh(clone, "dvc", "pull", "--run-cache")
+    assert lock_outs(clone) == lock_outs(repo)
+    assert not [p for p in lock_outs(clone) if not (clone / p).exists()]
+    assert "up to date" in sh(clone, "dvc", "status").stdout
+    assert "Running stage" not in sh(clone, "dvc", "repro").stdout
+    # an output deleted by hand comes back from the run-cache: no retraining (the clone has no checkpoints)
+    cell = "models/classifiers/ViT/ViT_Original"
+    before = (clone / cell / "model_config.json").read_text()
+    shutil.rmtree(clone / cell)
+    out = sh(clone, "dvc", "repro").stdout
+    assert "Running stage" not in out and "train_classifier@ViT-Original" in out, out
+    assert (clone / cell / "model_config.json").read_text() == before
+    assert "up to date" in sh(clone, "dvc", "status").stdout
+
+
+def test_two_fresh_runs_give_identical_results(built, repo):
+    sh(repo, "dvc", "repro")
+    a, b = lock_outs(built[0]), lock_outs(repo)
+    # raw data, splits, synthetic images (plain and upscaled), datasets: byte for byte
+    data = [p for p in a if p.startswith("data/")]
+    assert len(data) == 11 and {p: a[p] for p in data} == {p: b[p] for p in data}
+    # generator and upscaler weights too (their folders differ only in the recorded run time)
+    weights = sorted(p.relative_to(repo) for p in repo.glob("models/**/*.safetensors") if "export" not in p.parts)
+    assert len(weights) == 5
+    for w in weights:
+        assert (built[0] / w).read_bytes() == (repo / w).read_bytes(), w
+    ma = json.loads((built[0] / "results/metrics.json").read_text())
+    mb = json.loads((repo / "results/metrics.json").read_text())
+    assert ma.keys() == mb.keys()
+    assert all(abs(ma[c][k] - mb[c][k]) <= 1e-6 for c in ma for k in ma[c])
+
+
+def test_a_killed_stage_never_leaves_a_partial_output(built, tmp_path):
+    """SIGKILL `dvc repro` (and its stage) while synthesize / build_dataset write: nothing partial is committed."""
+    repo = copy_of(built, tmp_path / "repo")
+    committed = lock_outs(repo)
+    for stage, out in (("synthesize@dcgan", "data/synthetic/dcgan"), ("build_dataset@DCGAN", "data/datasets/DCGAN")):
+        p = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=env(), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        parent, name = (repo / out).parent, Path(out).name
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline and not list(parent.glob(f".{name}.tmp-*")):
+            time.sleep(0.005)
+        os.killpg(p.pid, signal.SIGKILL)  # the moment the stage starts writing its output
+        p.wait()
+        assert lock_outs(repo) == committed  # DVC committed nothing new
+        leftover = repo / out  # DVC removed it before running the stage; the stage never wrote it half
+        assert not leftover.exists() or "up to date" in sh(repo, "dvc", "status", stage).stdout
+        again = sh(repo, "dvc", "repro").stdout
+        assert f"Running stage '{stage}'" in again or "is cached" in again
+        assert lock_outs(repo) == committed  # the rerun completes, to the same bytes
+        assert "up to date" in sh(repo, "dvc", "status").stdout
+        assert not list(parent.glob(f".{name}.*"))  # no stale temp folders either
 
 
 @pytest.mark.parametrize("layout,expected", [("folder", {"benign": 150, "malignant": 150}),
