@@ -1,4 +1,4 @@
-"""The `melanoma` console command: predict, publish, download (installed by `pip install -e .`)."""
+"""The `melanoma` console command: predict, publish, download, profile (installed by `pip install -e .`)."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +67,16 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from melanoma.profile import apply_profile
+
+    changed = apply_profile(args.name)
+    print(f"params.yaml: profile {args.name!r} applied ({len(changed)} values changed: "
+          f"{', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''}); run `dvc repro`, or go back with "
+          "`git checkout params.yaml`")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="melanoma", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -77,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gradcam", type=Path, metavar="DIR", help="also write a GradCAM overlay PNG per image here")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(run=cmd_predict)
+    p = sub.add_parser("profile", help="write a named profile (profiles/<name>.yaml) into params.yaml")
+    p.add_argument("name", help="e.g. study: the full-scale study (ISIC, 224 px, full-size pretrained models)")
+    p.set_defaults(run=cmd_profile)
     for name, text in (("publish", "assemble each cell's Hub folder (weights, ONNX, configs, model card) and upload it"),
                        ("download", "download cells from the Hub into models/classifiers/<Arch>/<Arch>_<Dataset>/")):
         q = sub.add_parser(name, help=text)

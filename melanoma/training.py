@@ -47,9 +47,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept. "
+    except (OSError, RuntimeError) as e:  # torch.save's writer reports open/write failures as RuntimeError
+        if tmp.is_file():
+            tmp.unlink()
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][-160:]
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; the previous one is kept. "
                               "Free disk space or fix permissions, then rerun to resume") from None
 
 

@@ -1,6 +1,7 @@
 """The classifier registry, the BioViT weight mapping, and the one training loop (resume, DDP, determinism)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -285,6 +286,28 @@ def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
     out = p.communicate()[0]
     assert p.returncode == 1 and "Traceback" not in out
     assert f"train_classifier: error: checkpoint {ck.relative_to(proj)}/checkpoint_epoch_1.pth is corrupt" in out
+
+
+def test_unwritable_checkpoint_is_a_clear_error_and_the_previous_one_resumes(tmp_path):
+    """A write error while saving epoch 2 (a folder squats on its temp name: a real failure even as root, where a
+    read-only folder would not stop the write) stops the stage in one line; epoch 1 still loads."""
+    proj = _stage_project(tmp_path, **{"classifiers.train.epochs": 3, "classifiers.train.batch_size": 4})
+    ck = proj / "models/.checkpoints/classifiers/ResNet_Original"
+    p = _stage(proj, "ResNet", "Original")
+    deadline = time.time() + 120
+    while not (ck / "checkpoint_epoch_1.pth").exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    (ck / "checkpoint_epoch_2.pth.tmp" / "x").mkdir(parents=True)  # torch.save cannot open a folder
+    out = p.communicate()[0]
+    assert p.returncode == 1 and "Traceback" not in out, out
+    assert f"cannot write checkpoint {ck.relative_to(proj)}/checkpoint_epoch_2.pth" in out
+    assert "the previous one is kept" in out
+    assert load_checkpoint(ck / "checkpoint_epoch_1.pth")["epoch"] == 1
+    assert not (ck / "checkpoint_epoch_2.pth").exists()
+    shutil.rmtree(ck / "checkpoint_epoch_2.pth.tmp")  # writable again: the rerun resumes
+    rerun = _stage(proj, "ResNet", "Original")
+    out = rerun.communicate()[0]
+    assert rerun.returncode == 0 and "after epoch 1" in out, out
 
 
 def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp_path):

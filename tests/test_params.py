@@ -1,5 +1,6 @@
 import copy
 import re
+import shutil
 
 import pytest
 import yaml
@@ -67,3 +68,37 @@ def test_bad_yaml_and_missing_file(tmp_path):
     (tmp_path / "params.yaml").write_text("data: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_study_profile_switches_params_and_keeps_comments(tmp_path):
+    from melanoma.profile import apply_profile
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    changed = apply_profile("study", params, ROOT / "profiles")
+    p = load_params(params)
+    assert p["datasets"]["image_size"] == 224 and p["data"]["source"] == "gdrive"
+    assert p["classifiers"]["models"]["Swin"] == {"model": "swin_base_patch4_window7_224", "pretrained": True,
+                                                  "lr": 5e-05, "kwargs": {}}  # the demo's cut-down kwargs are gone
+    assert p["classifiers"]["models"]["MedViT"]["pretrained"] is False
+    assert "classifiers.models.Swin.kwargs" in changed and "split.seed" not in changed
+    assert p["split"] == load_params(ROOT / "params.yaml")["split"]  # what the profile does not name stays
+    assert "# demo | local | isic_csv | gdrive" in params.read_text()  # comments survive
+
+
+def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
+    from melanoma.profile import apply_profile
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    original = params.read_text()
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles/typo.yaml").write_text("datasets:\n  image_sise: 224\n")
+    (tmp_path / "profiles/range.yaml").write_text("datasets:\n  image_size: 4\n")
+    with pytest.raises(ParamsError, match="profile key datasets.image_sise is not a params key"):
+        apply_profile("typo", params, tmp_path / "profiles")
+    with pytest.raises(ParamsError, match="datasets.image_size is 4"):
+        apply_profile("range", params, tmp_path / "profiles")
+    with pytest.raises(ParamsError, match="no profile 'gpu'.*profiles: range, typo"):
+        apply_profile("gpu", params, tmp_path / "profiles")
+    assert params.read_text() == original

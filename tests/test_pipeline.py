@@ -54,6 +54,7 @@ def make_repo(dst: Path) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     (dst / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (dst / "dvc.lock").unlink()  # from nothing: the checkout's lock describes the demo's outputs
     sh(dst, "git", "init", "-q")
     sh(dst, "git", "add", "-A")
     sh(dst, "git", "commit", "-qm", "copy")
@@ -235,6 +236,19 @@ def test_a_killed_stage_never_leaves_a_partial_output(built, tmp_path):
         assert lock_outs(repo) == committed  # the rerun completes, to the same bytes
         assert "up to date" in sh(repo, "dvc", "status").stdout
         assert not list(parent.glob(f".{name}.*"))  # no stale temp folders either
+
+
+def test_the_study_profile_is_one_command_and_a_valid_full_scale_dag(repo):
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # the committed demo profile, not the tiny one
+    out = sh(repo, sys.executable, "-m", "melanoma.commands", "profile", "study").stdout
+    assert "profile 'study' applied" in out
+    dry = sh(repo, "dvc", "repro", "--dry").stdout  # plans every stage, runs nothing (no GPU, no network here)
+    stages = ran(dry)
+    assert len(stages) == 74 and {f"train_classifier@{a}-{d}" for a in ("BioViT", "Swin", "MedViT")
+                                  for d in ("Original", "DDPM_Upscaled")} <= stages
+    assert not (repo / "data/raw").exists() and not (repo / "models/classifiers").exists()
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    assert p["datasets"]["image_size"] == 224 and p["classifiers"]["models"]["ResNet"]["model"] == "resnet50"
 
 
 @pytest.mark.parametrize("layout,expected", [("folder", {"benign": 150, "malignant": 150}),
