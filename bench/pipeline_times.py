@@ -4,8 +4,8 @@
     python bench/pipeline_times.py --share-cache   # ... using this checkout's DVC cache, so that afterwards a
                                                    # `dvc repro` here restores every output from the run-cache
 
-The fresh run uses `--no-run-cache` (every stage really runs, even with a shared cache) and starts with no
-checkpoints. Per-stage times are the gaps between DVC's "Running stage" lines, so they include DVC's own work
+The fresh run is `dvc repro --force --no-run-cache`: every stage really runs (the clone's dvc.lock and a shared
+cache would otherwise let DVC check outputs out instead), and it starts with no checkpoints. Per-stage times are the gaps between DVC's "Running stage" lines, so they include DVC's own work
 and each stage's process start. Targets (2 CPU cores): fresh <= 20 min, no-op <= 5 s.
 """
 from __future__ import annotations
@@ -69,8 +69,8 @@ def main() -> None:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
     if args.share_cache:
         subprocess.run(["dvc", "cache", "dir", "--local", str(ROOT / ".dvc/cache")], cwd=work, env=env(), check=True)
-    print(f"fresh `dvc repro --no-run-cache` in {work} ({os.cpu_count()} CPUs)")
-    fresh, stages = timed_stages(["dvc", "repro", "--no-run-cache"], work)
+    print(f"fresh `dvc repro --force --no-run-cache` in {work} ({os.cpu_count()} CPUs)")
+    fresh, stages = timed_stages(["dvc", "repro", "--force", "--no-run-cache"], work)
     noop = median_time(["dvc", "repro"], work)
     status = median_time(["dvc", "status"], work)
     families: dict[str, list[float]] = defaultdict(list)
