@@ -94,6 +94,13 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
         f"({cfg['parameters']:,} parameters){' with ' + json.dumps(cfg['kwargs']) if cfg['kwargs'] else ''}, "
         f"{cfg['input_size']} x {cfg['input_size']} px input, {cfg['weights']}.",
         "",
+        "## Intended use",
+        "",
+        "Research: comparing how synthetic-image augmentation (DCGAN, DDPM, with or without super-resolution) "
+        "changes a classifier's ability to separate melanoma from benign lesions, next to the other cells of the "
+        "grid and their confidence intervals. Out of scope: any clinical or consumer use, any decision about a "
+        "person, and use on images unlike the training data (non-dermoscopic photos, other body sites or devices).",
+        "",
         "## Evaluation (real held-out test images)",
         "",
         f"Decision: `{cfg['decision']}`, threshold **{cfg['threshold']:.4f}**. 95 % intervals: stratified "

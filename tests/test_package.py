@@ -128,7 +128,7 @@ def test_model_card_carries_the_cells_metrics_and_warnings(cells):
     assert got["recall"] == pytest.approx(test["sensitivity"], abs=1e-4)
     lo, hi = test["ci95"]["auroc"]
     assert f"| AUROC | {test['auroc']:.3f} | {lo:.3f} – {hi:.3f} |" in body
-    assert "not a medical device" in body and "Demo model" in body
+    assert "not a medical device" in body and "Demo model" in body and "## Intended use" in body
     assert 'timm.create_model("hf-hub:someone/melanoma-ResNet_Original", pretrained=True)' in body
     assert f"threshold **{cfg['threshold']:.4f}**" in body
     medvit = model_card(json.loads((cells["MedViT"] / "model_config.json").read_text()), "a/b")

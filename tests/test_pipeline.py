@@ -220,14 +220,20 @@ def test_a_killed_stage_never_leaves_a_partial_output(built, tmp_path):
     repo = copy_of(built, tmp_path / "repo")
     committed = lock_outs(repo)
     for stage, out in (("synthesize@dcgan", "data/synthetic/dcgan"), ("build_dataset@DCGAN", "data/datasets/DCGAN")):
-        p = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=env(), start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         parent, name = (repo / out).parent, Path(out).name
-        deadline = time.monotonic() + 120
-        while p.poll() is None and time.monotonic() < deadline and not list(parent.glob(f".{name}.tmp-*")):
-            time.sleep(0.005)
-        os.killpg(p.pid, signal.SIGKILL)  # the moment the stage starts writing its output
-        p.wait()
+        for _attempt in range(8):  # build_dataset writes for a few ms only: retry until the kill lands mid-write
+            p = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=env(), start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 120
+            while p.poll() is None and time.monotonic() < deadline and not list(parent.glob(f".{name}.tmp-*")):
+                time.sleep(0.001)
+            writing = p.poll() is None
+            if writing:
+                os.killpg(p.pid, signal.SIGKILL)  # the moment the stage starts writing its output
+            p.wait()
+            if writing:
+                break
+        assert writing, f"{stage} always finished before it could be killed while writing"
         assert lock_outs(repo) == committed  # DVC committed nothing new
         leftover = repo / out  # DVC removed it before running the stage; the stage never wrote it half
         assert not leftover.exists() or "up to date" in sh(repo, "dvc", "status", stage).stdout
