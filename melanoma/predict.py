@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from melanoma.images import IMAGE_SUFFIXES, ImageRejected
-from melanoma.package import PackageError, load, prepare, served, torch_probabilities
+from melanoma.package import PackageError, load, pixels, prepare, served, torch_probabilities
 
 
 @dataclass
@@ -72,9 +72,8 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
     from melanoma import gradcam
 
     out.mkdir(parents=True, exist_ok=True)
-    norm = cfg["normalisation"]
-    xt = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
-    xt = (xt - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    net = served(model, cfg)
+    xt = (pixels(x) - net.mean) / net.std  # what the model itself sees
     heat = np.concatenate([gradcam.cams(cfg["arch"], model, xt[i:i + 16], [1] * len(xt[i:i + 16]))
                            for i in range(0, len(xt), 16)])
     scale = max(1, 256 // cfg["input_size"])
