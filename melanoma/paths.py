@@ -22,10 +22,6 @@ def classifier_dir(arch: str, dataset: str) -> Path:
     """A grid cell's folder, in the study's layout: models/classifiers/<Arch>/<Arch>_<Dataset>/."""
     return CLASSIFIERS / arch / f"{arch}_{dataset}"
 EXPORT = Path("models/export")  # the packaged cells (export stage): what predict and publish read
-
-
-def export_dir(arch: str, dataset: str) -> Path:
-    return EXPORT / arch / f"{arch}_{dataset}"
 EVALUATION = Path("results/evaluation")
 REPORT = Path("results")
 
