@@ -21,7 +21,7 @@ TINY_MODELS = {  # the smallest members that still exercise each family's code p
     "BioViT": {"model": "vit_tiny_patch16_224", "pretrained": False, "lr": 1e-3,
                "kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}},
     "DenseNet": {"model": "densenet121", "pretrained": False, "lr": 1e-3,
-                 "kwargs": {"growth_rate": 8, "block_config": [1, 1, 1, 1], "num_init_features": 16}},
+                 "kwargs": {"growth_rate": 8, "block_config": [1, 1, 1, 1]}},
     "ResNet": {"model": "resnet18", "pretrained": False, "lr": 1e-3, "kwargs": {"layers": [1, 1, 1, 1]}},
     "Swin": {"model": "swin_tiny_patch4_window7_224", "pretrained": False, "lr": 1e-3,
              "kwargs": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 2}},
