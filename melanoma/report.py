@@ -34,7 +34,7 @@ class ReportError(RuntimeError):
 def _load(evaluation: Path, arch: str, dataset: str) -> dict[str, Any]:
     path = evaluation / arch / f"{arch}_{dataset}" / "metrics.json"
     if not path.is_file():
-        raise ReportError(f"{path} is missing; run `dvc repro evaluate@{arch}-{dataset}`")
+        raise ReportError(f"{path} is missing; run `dvc repro evaluate@{arch}`")
     return json.loads(path.read_text())
 
 

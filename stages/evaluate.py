@@ -1,25 +1,36 @@
-"""DVC stage `evaluate@{arch}-{dataset}`: a trained cell + its dataset's val/test packs -> results/evaluation/{arch}/{arch}_{dataset}/."""
+"""DVC stage `evaluate@{arch}`: every trained cell of one arch + its dataset's val/test packs ->
+results/evaluation/{arch}/{arch}_{dataset}/ for each dataset in classifiers.datasets.
+
+One process per arch rather than per cell: a cell's evaluation is about a second of work on the demo, and
+each process first spends ~6 s importing torch and timm.
+"""
 import sys
 
 from melanoma.cli import run_stage
-from melanoma.params import ARCHS, DATASET_NAMES, ParamsError, load_params
-from melanoma.paths import DATASETS, classifier_dir, evaluation_dir
+from melanoma.params import ARCHS, ParamsError, load_params
+from melanoma.paths import DATASETS, EVALUATION, classifier_dir
 
 
 def main() -> str:
-    if len(sys.argv) != 3 or sys.argv[1] not in ARCHS or sys.argv[2] not in DATASET_NAMES:
-        raise ParamsError(f"usage: evaluate.py ARCH DATASET with ARCH in {', '.join(ARCHS)} and "
-                          f"DATASET in {', '.join(DATASET_NAMES)} (got {' '.join(sys.argv[1:])})")
+    if len(sys.argv) != 2 or sys.argv[1] not in ARCHS:
+        raise ParamsError(f"usage: evaluate.py ARCH with ARCH in {', '.join(ARCHS)} (got {' '.join(sys.argv[1:])})")
     from melanoma.evaluate import evaluate_cell
+    from melanoma.io import atomic_dir
 
-    arch, dataset = sys.argv[1:]
-    out = evaluation_dir(arch, dataset)
-    r = evaluate_cell(arch, dataset, load_params(), classifier_dir(arch, dataset), DATASETS / dataset, out)
-    t = r["test"]
-    ci = t["ci95"]
-    return (f"evaluate: {out.name}: test AUROC {t['auroc']:.3f} [{ci['auroc'][0]:.3f}, {ci['auroc'][1]:.3f}], "
-            f"sensitivity {t['sensitivity']:.3f}, specificity {t['specificity']:.3f} at threshold "
-            f"{r['threshold']:.3f} ({r['threshold_rule']}, from val) -> {out}")
+    arch = sys.argv[1]
+    params = load_params()
+    lines = []
+    with atomic_dir(EVALUATION / arch) as tmp:  # all of the arch's cells, or none
+        for dataset in params["classifiers"]["datasets"]:
+            out = tmp / f"{arch}_{dataset}"
+            r = evaluate_cell(arch, dataset, params, classifier_dir(arch, dataset), DATASETS / dataset, out)
+            t = r["test"]
+            ci = t["ci95"]
+            lines.append(f"evaluate: {out.name}: test AUROC {t['auroc']:.3f} [{ci['auroc'][0]:.3f}, "
+                         f"{ci['auroc'][1]:.3f}], sensitivity {t['sensitivity']:.3f}, specificity "
+                         f"{t['specificity']:.3f} at threshold {r['threshold']:.3f} ({r['threshold_rule']}, from val)")
+            print(lines[-1], flush=True)
+    return f"evaluate: {arch}: {len(lines)} cells -> {EVALUATION / arch}/"
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ so that the noise schedule is the one the UNet learned.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from melanoma.params import SAMPLERS
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -34,6 +35,10 @@ def unet_config(image_size: int, block_out_channels: list[int], layers_per_block
 
 
 def build_unet(config: dict[str, Any], pretrained: str = "") -> UNet2DModel:
+    # diffusers is imported where it is used: importing it costs ~4 s, and modules that only need this
+    # package's data helpers (the upscaler, synthesis of DCGAN images) should not pay for it
+    from diffusers import UNet2DModel
+
     if not pretrained:
         return UNet2DModel(**config)
     try:
@@ -52,6 +57,8 @@ def build_unet(config: dict[str, Any], pretrained: str = "") -> UNet2DModel:
 
 def train_scheduler(num_train_timesteps: int, beta_schedule: str, clip_range: float = 1.0) -> DDPMScheduler:
     """`clip_range` bounds predicted clean images: the largest |value| a standardised real pixel can take."""
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                          prediction_type="epsilon", clip_sample=True, clip_sample_range=clip_range)
 
@@ -83,6 +90,8 @@ def standardisation(x: torch.Tensor) -> tuple[list[float], list[float], float]:
 
 
 def sampling_scheduler(train: DDPMScheduler, sampler: str):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
     if sampler == "ddpm":
         return DDPMScheduler.from_config(train.config)
     if sampler == "ddim":
