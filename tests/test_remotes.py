@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import re
 import subprocess
 from pathlib import Path
@@ -56,3 +57,21 @@ def test_gdrive_remote_is_configured_without_secrets():
     # where a user puts their own client secret or key path: ignored by git
     ignored = subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=ROOT)
     assert ignored.returncode == 0
+
+
+def test_git_tracks_no_stage_output_but_the_uncached_metrics():
+    """Stage outputs belong to DVC: one that git also tracks makes `dvc repro` fail ("already tracked by SCM")
+    on a fresh clone. Only the `cache: false` metrics files are git's to carry."""
+    import yaml
+
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    uncached = {next(iter(m)) for st in pipeline.values() for m in st.get("metrics", st.get("do", {}).get("metrics", []))
+                if isinstance(m, dict) and not next(iter(m.values())).get("cache", True)}
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    outs = sorted({o["path"] for st in lock.values() for o in st.get("outs", [])})
+    tracked = subprocess.run(["git", "ls-files", "--", *outs], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    patterns = [re.sub(r"\$\{[^}]+\}", "*", m) for m in uncached]  # matrix/foreach paths are templates
+    assert len(outs) > 50 and "results/metrics.json" in patterns
+    stray = [f for f in tracked if not any(fnmatch.fnmatchcase(f, pat) for pat in patterns)]
+    assert not stray, f"git tracks DVC outputs: {stray}; `git rm --cached` them"
