@@ -1,8 +1,7 @@
 """GradCAM (Selvaraju et al., 2017) for every classifier family, on real test images with their *true* labels.
 
 Computed here in a few lines of torch rather than through pytorch-grad-cam: the library pulled scikit-learn,
-SciPy and OpenCV into every `evaluate` process (about 3 s of imports per cell, 30 cells), for a channel-weighted
-sum. tests/test_gradcam.py checks these maps against pytorch-grad-cam's GradCAM on every family.
+SciPy and OpenCV into every `evaluate` process (about 3 s of imports), for a channel-weighted sum. tests/test_gradcam.py checks these maps against pytorch-grad-cam's GradCAM on every family.
 
 Each family names the layer whose activations are explained and, for token-based models, how to fold tokens
 back into a (B, C, H, W) map: ViT/BioViT drop the class token and reshape the patch grid; timm's Swin blocks

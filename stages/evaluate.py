@@ -19,19 +19,17 @@ def main() -> str:
 
     arch = sys.argv[1]
     params = load_params()
-    lines = []
+    datasets = params["classifiers"]["datasets"]
     with atomic_dir(EVALUATION / arch) as tmp:  # all of the arch's cells, or none
-        for dataset in params["classifiers"]["datasets"]:
+        for dataset in datasets:
             out = tmp / f"{arch}_{dataset}"
             r = evaluate_cell(arch, dataset, params, classifier_dir(arch, dataset), DATASETS / dataset, out)
             t = r["test"]
             ci = t["ci95"]
-            lines.append(f"evaluate: {out.name}: test AUROC {t['auroc']:.3f} [{ci['auroc'][0]:.3f}, "
-                         f"{ci['auroc'][1]:.3f}], sensitivity {t['sensitivity']:.3f}, specificity "
-                         f"{t['specificity']:.3f} at threshold {r['threshold']:.3f} ({r['threshold_rule']}, from val)")
-            print(lines[-1], flush=True)
-    return f"evaluate: {arch}: {len(lines)} cells -> {EVALUATION / arch}/"
-
+            print(f"evaluate: {out.name}: test AUROC {t['auroc']:.3f} [{ci['auroc'][0]:.3f}, {ci['auroc'][1]:.3f}], "
+                  f"sensitivity {t['sensitivity']:.3f}, specificity {t['specificity']:.3f} at threshold "
+                  f"{r['threshold']:.3f} ({r['threshold_rule']}, from val)", flush=True)
+    return f"evaluate: {arch}: {len(datasets)} cells -> {EVALUATION / arch}/"
 
 if __name__ == "__main__":
     from melanoma.classifiers import WeightsMismatch
