@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,26 @@ def copy_of(built: tuple[Path, str], dst: Path) -> Path:
     return dst
 
 
+def reseed_then_retrain_one_arch(repo: Path) -> dict[str, str]:
+    """A new demo seed, then one arch's params, then a smaller grid, on one built repo: each `dvc repro`'s output."""
+    set_params(repo, data__demo__seed=1)  # new data: every stage reruns
+    runs = {"seed": sh(repo, "dvc", "repro").stdout}
+    set_params(repo, classifiers__models__ResNet__lr=0.003)  # one arch's params: only that arch's cells
+    runs["ResNet lr"] = sh(repo, "dvc", "repro").stdout
+    set_params(repo, classifiers__archs=["ViT"])  # the grid shrinks with the list in params
+    runs["archs"] = sh(repo, "dvc", "repro").stdout
+    return runs
+
+
+@pytest.fixture(scope="module")
+def reseeded(built, tmp_path_factory):
+    """A copy of `built` taken through reseed_then_retrain_one_arch in a thread, beside the tests that follow (the
+    first test starts it, the last checks it): like the twin, a third full run costs little wall time that way."""
+    repo = copy_of(built, tmp_path_factory.mktemp("reseeded") / "repo")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield repo, pool.submit(reseed_then_retrain_one_arch, repo)
+
+
 def ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
@@ -105,6 +126,7 @@ def lock_outs(repo: Path) -> dict[str, str]:
     return {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])}
 
 
+@pytest.mark.usefixtures("reseeded")  # started now, to run beside every test of this module
 def test_repro_builds_outputs_then_has_nothing_to_do(built, tmp_path):
     repo, first = built
     stages = set(sh(repo, "dvc", "stage", "list", "--name-only").stdout.split())
@@ -142,37 +164,26 @@ def test_repro_builds_outputs_then_has_nothing_to_do(built, tmp_path):
 
 def test_param_changes_rerun_only_what_depends_on_them(built, tmp_path):
     repo = copy_of(built, tmp_path / "repo")
-    set_params(repo, split__seed=7)
-    out = sh(repo, "dvc", "repro", "split").stdout
-    assert "Running stage 'split'" in out and "Running stage 'fetch'" not in out
-    set_params(repo, data__demo__seed=1)  # new data: every stage reruns
-    out = sh(repo, "dvc", "repro").stdout
-    assert ran(out) == set(sh(repo, "dvc", "stage", "list", "--name-only").stdout.split())
-    # evaluate@<arch> reads data/datasets as a whole, so a rebuilt dataset outside this tiny grid (DDPM*, *_Upscaled)
+    tiny = (repo / "params.yaml").read_text()
+    # which stages a param reaches is what dvc.yaml declares: `dvc status` lists the stages whose own deps changed
+    set_params(repo, generators__ddpm__lr=0.002)  # one generator family's params: only its training
+    assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {"train_generator@ddpm-benign",
+                                                                          "train_generator@ddpm-malignant"}
+    (repo / "params.yaml").write_text(tiny)
+    # evaluate@<arch> reads data/datasets as a whole, so a rebuilt dataset outside this tiny grid (*_Upscaled)
     # reruns it too, to the same results: the grid's cells are not retrained and their evaluation does not change
     evaluated = {p: h for p, h in lock_outs(repo).items() if p.startswith("results/evaluation/")}
-    set_params(repo, generators__ddpm__lr=0.002)  # one family's params: only its training and synthesis
-    out = sh(repo, "dvc", "repro").stdout
-    assert ran(out) == {"train_generator@ddpm-benign", "train_generator@ddpm-malignant", "synthesize@ddpm",
-                        "upscale@ddpm", "build_dataset@DDPM", "build_dataset@DDPM_Upscaled", "evaluate@ResNet",
-                        "evaluate@ViT", "export", "report"}
     set_params(repo, upscale__method="bicubic")  # the upscaler stays; only the upscaled sets are remade
-    assert "upscale@dcgan" in sh(repo, "dvc", "status").stdout
+    assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {"upscale@dcgan", "upscale@ddpm"}
     out = sh(repo, "dvc", "repro").stdout
     assert ran(out) == {"upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled",
                         "evaluate@ResNet", "evaluate@ViT", "export", "report"}
     assert {p: h for p, h in lock_outs(repo).items() if p.startswith("results/evaluation/")} == evaluated
-    set_params(repo, classifiers__models__ResNet__lr=0.003)  # one arch's params: only that arch's cells
-    out = sh(repo, "dvc", "repro").stdout
-    assert ran(out) == {"train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN", "evaluate@ResNet",
-                        "export", "report"}
-    # evaluation params (no retraining): test_experiments_show_and_metrics_diff, through `dvc exp run -S`
-    set_params(repo, classifiers__archs=["ViT"])  # the grid shrinks with the list in params: only the report reruns
-    cells = sh(repo, "dvc", "stage", "list").stdout
-    assert "train_classifier@ViT-Original" in cells and "train_classifier@ResNet" not in cells
-    out = sh(repo, "dvc", "repro").stdout
-    assert ran(out) == {"export", "report"}
-    assert set(json.loads((repo / "results/metrics.json").read_text())) == {"ViT_Original", "ViT_DCGAN"}
+    set_params(repo, split__seed=7)
+    out = sh(repo, "dvc", "repro", "split").stdout
+    assert ran(out) == {"split"}
+    # evaluation params (no retraining): test_experiments_show_and_metrics_diff, through `dvc exp run -S`;
+    # a new demo seed and one arch's params: test_a_new_seed_reruns_everything_one_arch_only_its_cells
 
 
 def test_experiments_show_and_metrics_diff(built, tmp_path):
@@ -290,3 +301,17 @@ def test_fetch_local_shared_sample_through_dvc(repo, isic_sample, layout, expect
     rows = read_csv(repo / "data/raw/manifest.csv")
     assert Counter(r["label"] for r in rows) == expected
     assert read_csv(repo / "data/raw/rejected.csv") == []
+
+
+def test_a_new_seed_reruns_everything_one_arch_only_its_cells(built, reseeded):
+    repo, runs = reseeded
+    runs = runs.result()
+    assert ran(runs["seed"]) == ran(built[1])  # every stage
+    a, b = lock_outs(built[0]), lock_outs(repo)
+    assert [p for p in a if p.startswith("data/") and a[p] == b[p]] == []  # and every data output is new
+    assert ran(runs["ResNet lr"]) == {"train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN",
+                                      "evaluate@ResNet", "export", "report"}
+    cells = sh(repo, "dvc", "stage", "list").stdout
+    assert "train_classifier@ViT-Original" in cells and "train_classifier@ResNet" not in cells
+    assert ran(runs["archs"]) == {"export", "report"}
+    assert set(json.loads((repo / "results/metrics.json").read_text())) == {"ViT_Original", "ViT_DCGAN"}
