@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +98,6 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
     u, size = params["upscale"], params["generators"]["image_size"]
     cfg, factor = u["sr"], u["factor"]
     hr_size = size * factor
-    t0 = time.perf_counter()
     torch.manual_seed(u["seed"])
     train_hr = _as_unit(_real(splits, raw, "train", hr_size))
     model = ESPCN(factor, cfg["channels"])
@@ -127,8 +125,7 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
         save_file(model.state_dict(), str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps({
             "architecture": "melanoma.upscale.ESPCN", "kwargs": {"factor": factor, "channels": cfg["channels"]},
-            "trained_on": "real train images, input = antialiased bicubic downscale", "params": u,
-            "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
+            "trained_on": "real train images, input = antialiased bicubic downscale", "params": u}, indent=2) + "\n")
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(m, indent=2) + "\n")
     if not m["beats_bicubic"]:

@@ -340,8 +340,7 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
               "best_epoch": best["epoch"], "val_auroc": best["auroc"], "val_loss": best.get("loss"),
               "epochs_run": len(history), "stopped_early": len(history) < tp["epochs"],
               "resumed_after_epoch": resumed, "history": history, "device": str(d.device), "processes": d.world,
-              "seconds_this_run": round(time.perf_counter() - t0, 1),
-              "versions": {"torch": torch.__version__}}
+              "versions": {"torch": torch.__version__}}  # no wall-clock time: the same run gives the same bytes
     if d.main:
         import timm
 
@@ -352,7 +351,7 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
             torch.save(model.state_dict(), tmp / "model_final.pth")
             shutil.copytree(ckpt_dir / "live", tmp / "live")
             (tmp / "model_config.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return {**result, "seconds_this_run": round(time.perf_counter() - t0, 1)}
 
 
 def load_classifier(folder: Path, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:

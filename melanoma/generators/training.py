@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -217,7 +216,6 @@ def fit(trainer: Trainer, data: torch.Tensor, *, steps: int, batch_size: int, se
             ckpt_dir.mkdir(parents=True)
     live = Live(str(ckpt_dir / "live"), dvcyaml=False, save_dvc_exp=False, resume=resumed, report=None)
     last: dict[str, float] = {}
-    t0 = time.perf_counter()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc=trainer.name, unit="step"):
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=batches)
         last = trainer.step(data[idx], step)
@@ -234,5 +232,4 @@ def fit(trainer: Trainer, data: torch.Tensor, *, steps: int, batch_size: int, se
             save_checkpoint(ckpt, {"config_hash": h, "step": step + 1, "trainer": trainer.state_dict(),
                                    "batches": batches.get_state()})
     live.end()
-    return {"steps": steps, "resumed_from": start if resumed else None, "final": last,
-            "seconds_this_run": round(time.perf_counter() - t0, 1)}
+    return {"steps": steps, "resumed_from": start if resumed else None, "final": last}
