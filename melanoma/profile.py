@@ -4,6 +4,9 @@ params.yaml as committed is the CPU demo; `melanoma profile study` switches it t
 profile is merged along the schema: sections merge key by key, leaves (including `kwargs` mappings and lists)
 are replaced whole, so a study model never inherits a demo model's cut-down kwargs. params.yaml is rewritten
 with ruamel.yaml (DVC's own YAML library), which keeps its comments, and validated before it is written.
+A comment beside a value the profile changes described the old value, so it is replaced by the profile's own
+comment for that key, or `# profile: <name>`; the first line of params.yaml's header, which names the profile in
+effect, is rewritten the same way. Comments beside values the profile leaves alone stay.
 """
 from __future__ import annotations
 
@@ -18,16 +21,22 @@ from melanoma.params import SCHEMA, ParamsError, validate
 PROFILES = Path("profiles")
 
 
-def _merge(base: Any, over: dict[str, Any], schema: dict[str, Any], where: str) -> None:
+def _merge(base: Any, over: Any, schema: dict[str, Any], where: str, name: str) -> None:
     for key, value in over.items():
         if key not in schema:
             raise ParamsError(f"profile key {where}{key} is not a params key; allowed here: {', '.join(sorted(schema))}")
         if isinstance(schema[key], dict):
             if not isinstance(value, dict):
                 raise ParamsError(f"profile key {where}{key} is a section; give it as a mapping")
-            _merge(base[key], value, schema[key], f"{where}{key}.")
-        else:
+            _merge(base[key], value, schema[key], f"{where}{key}.", name)
+        elif base.get(key) != value:
             base[key] = value
+            old = base.ca.items.pop(key, None)
+            theirs = over.ca.items.get(key) if hasattr(over, "ca") else None
+            if theirs and theirs[2] is not None:
+                base.ca.items[key] = theirs
+            else:  # in params.yaml's comment column (29) unless the old comment sat elsewhere
+                base.yaml_add_eol_comment(f"profile: {name}", key, column=old[2].column if old and old[2] else 29)
 
 
 def apply_profile(name: str, params: Path = Path("params.yaml"), profiles: Path = PROFILES) -> list[str]:
@@ -44,7 +53,11 @@ def apply_profile(name: str, params: Path = Path("params.yaml"), profiles: Path 
     over = rt.load(source.read_text()) or {}  # round-trip types keep how numbers are written (0.00005, not 5e-05)
     doc = rt.load(params.read_text())
     before = yaml.safe_load(params.read_text())
-    _merge(doc, over, SCHEMA, "")
+    _merge(doc, over, SCHEMA, "", name)
+    header = (doc.ca.comment[1] if doc.ca.comment else None) or []
+    rest = "".join(t.value for t in header[1:])
+    doc.yaml_set_start_comment(f"Profile '{name}' ({source}) applied: the values it changed carry its comments "
+                               f"or `# profile: {name}`.\n" + "\n".join(line.lstrip("# ") for line in rest.splitlines()))
     buf = io.StringIO()
     rt.dump(doc, buf)
     after = yaml.safe_load(buf.getvalue())

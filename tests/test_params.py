@@ -83,7 +83,13 @@ def test_study_profile_switches_params_and_keeps_comments(tmp_path):
     assert p["classifiers"]["models"]["MedViT"]["pretrained"] is False
     assert "classifiers.models.Swin.kwargs" in changed and "split.seed" not in changed
     assert p["split"] == load_params(ROOT / "params.yaml")["split"]  # what the profile does not name stays
-    assert "# demo | local | isic_csv | gdrive" in params.read_text()  # comments survive
+    text = params.read_text()
+    assert "# 16x16 grayscale thumbnails correlating at least this much are one group" in text  # comments survive,
+    assert "# demo: half the time of 16" not in text  # but not beside a value the profile changed: that gets
+    assert re.search(r"\n  source: gdrive +# the original study's ISIC folder", text)  # the profile's comment,
+    assert re.search(r"\n  image_size: 224 +# profile: study\n", text)  # or the profile's name
+    assert text.startswith("# Profile 'study' (") and "The embedded demo profile" not in text
+    assert apply_profile("study", params, ROOT / "profiles") == [] and params.read_text() == text  # idempotent
 
 
 def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
