@@ -21,7 +21,9 @@ from melanoma.io import read_csv, write_csv
 from melanoma.metrics import auroc
 
 CI_METRICS = ("auroc", "balanced_accuracy", "sensitivity", "specificity")
-COLUMNS = ["arch", "dataset", "model", "threshold", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy",
+HELD_OUT = ("test", "external_test")  # what evaluate scores besides val; external_test where the source has one
+DVC_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity")
+COLUMNS = ["arch", "dataset", "split", "model", "threshold", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy",
            "balanced_accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "sensitivity",
            "sensitivity_ci_low", "sensitivity_ci_high", "specificity", "specificity_ci_low", "specificity_ci_high",
            "precision", "f1", "mcc", "brier", "ece", "tp", "fn", "fp", "tn"]
@@ -38,8 +40,8 @@ def _load(evaluation: Path, arch: str, dataset: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _row(arch: str, dataset: str, model: str, m: dict[str, Any]) -> dict[str, Any]:
-    row = {"arch": arch, "dataset": dataset, "model": model, **{k: m[k] for k in COLUMNS if k in m},
+def _row(arch: str, dataset: str, split: str, model: str, m: dict[str, Any]) -> dict[str, Any]:
+    row = {"arch": arch, "dataset": dataset, "split": split, "model": model, **{k: m[k] for k in COLUMNS if k in m},
            **m["confusion"]}
     for k in CI_METRICS:
         lo, hi = m.get("ci95", {}).get(k, (None, None))
@@ -47,8 +49,9 @@ def _row(arch: str, dataset: str, model: str, m: dict[str, Any]) -> dict[str, An
     return row
 
 
-def _test_predictions(evaluation: Path, arch: str, dataset: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    rows = read_csv(evaluation / arch / f"{arch}_{dataset}" / "predictions_test.csv")
+def _predictions(evaluation: Path, arch: str, dataset: str,
+                 split: str = "test") -> tuple[list[str], np.ndarray, np.ndarray]:
+    rows = read_csv(evaluation / arch / f"{arch}_{dataset}" / f"predictions_{split}.csv")
     return ([r["id"] for r in rows], np.array([r["label"] == "malignant" for r in rows], dtype=int),
             np.array([float(r["p_malignant"]) for r in rows]))
 
@@ -59,11 +62,11 @@ def comparisons(evaluation: Path, archs: list[str], datasets: list[str], n: int,
     if "Original" not in datasets:
         return out
     for arch in archs:
-        ids, y, base = _test_predictions(evaluation, arch, "Original")
+        ids, y, base = _predictions(evaluation, arch, "Original")
         for d in datasets:
             if d == "Original":
                 continue
-            ids_d, y_d, p = _test_predictions(evaluation, arch, d)
+            ids_d, y_d, p = _predictions(evaluation, arch, d)
             if ids_d != ids:
                 raise ReportError(f"test predictions of {arch}_{d} and {arch}_Original are not on the same images; "
                                   "rerun build_dataset and evaluate")
@@ -80,11 +83,11 @@ def comparisons(evaluation: Path, archs: list[str], datasets: list[str], n: int,
     return out
 
 
-def baselines(y: np.ndarray, prevalence: float) -> list[dict[str, Any]]:
-    """Trivial rules on the same test images: everything malignant, and a constant P = train prevalence."""
-    return [_row("baseline", "all-malignant", "P(malignant) = 1 for every image",
+def baselines(y: np.ndarray, prevalence: float, split: str = "test") -> list[dict[str, Any]]:
+    """Trivial rules on the same held-out images: everything malignant, and a constant P = train prevalence."""
+    return [_row("baseline", "all-malignant", split, "P(malignant) = 1 for every image",
                  point_metrics(y, np.ones(len(y)), 0.5)),
-            _row("baseline", "prevalence", f"P(malignant) = {prevalence:.3f} (train prevalence), threshold 0.5",
+            _row("baseline", "prevalence", split, f"P(malignant) = {prevalence:.3f} (train prevalence), threshold 0.5",
                  point_metrics(y, np.full(len(y), prevalence), 0.5))]
 
 
@@ -187,26 +190,26 @@ document.images.length;});</script>"""
 
 def write_html(path: Path, ctx: dict[str, Any]) -> None:
     grid = ctx["grid"]
-    display = [{"arch": r["arch"], "dataset": r["dataset"], "model": r["model"],
+    display = [{"arch": r["arch"], "dataset": r["dataset"], "split": r["split"], "model": r["model"],
                 **{k: _ci(r, k) for k in CI_METRICS}, "auprc": r["auprc"], "f1": r["f1"], "mcc": r["mcc"],
                 "brier": r["brier"], "ece": r["ece"], "threshold": r["threshold"]} for r in grid]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>melanoma-synth report</title>"
              f"<style>{STYLE}</style>{CHECK}</head><body>",
              "<h1>Does synthetic augmentation help melanoma classifiers?</h1>",
-             f"<p class='note'>{html.escape(ctx['profile'])}. Metrics on the real <b>test</b> split; the decision "
-             "threshold was chosen on val and applied unchanged; [95 % stratified bootstrap CI]. Research use only, "
+             f"<p class='note'>{html.escape(ctx['profile'])}. Metrics on the real <b>test</b> split (and, where the source has "
+             "one, the <b>external test</b> set: rows with split external_test); the decision threshold was chosen on val and applied unchanged; [95 % stratified bootstrap CI]. Research use only, "
              "not a medical device.</p>",
              "<h2>Data and split</h2>", _table(ctx["split_rows"], ["split", "benign", "malignant"], "split"),
              f"<p class='note'>{html.escape(ctx['split_note'])}</p>",
              "<h2>The grid</h2>",
-             _table(display, ["arch", "dataset", "model", "auroc", "balanced_accuracy", "sensitivity", "specificity",
+             _table(display, ["arch", "dataset", "split", "model", "auroc", "balanced_accuracy", "sensitivity", "specificity",
                               "auprc", "f1", "mcc", "brier", "ece", "threshold"], "grid"),
              f"<img alt='AUROC heatmap' src='{_png_uri(ctx['heatmap'])}'>",
              "<h2>Augmented vs Original (same arch, same test images)</h2>",
              _table(ctx["comparisons"], ["arch", "dataset", "auroc", "auroc_original", "difference", "ci_low",
                                          "ci_high", "p_value", "verdict"], "comparisons"),
              "<h2>Trivial baselines</h2>",
-             _table(ctx["baselines"], ["dataset", "model", "auroc", "balanced_accuracy", "sensitivity",
+             _table(ctx["baselines"], ["dataset", "split", "model", "auroc", "balanced_accuracy", "sensitivity",
                                        "specificity", "brier"], "baselines"),
              "<h2>ROC curves per architecture</h2>",
              "".join(f"<img alt='ROC {html.escape(a)}' src='{_png_uri(b)}'>" for a, b in ctx["rocs"].items()),
@@ -232,22 +235,31 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
     archs, datasets = params["classifiers"]["archs"], params["classifiers"]["datasets"]
     ep = params["evaluate"]
     cells = {(a, d): _load(evaluation, a, d) for a in archs for d in datasets}
-    grid = [_row(a, d, m["model"], {**m["test"], "threshold": m["threshold"]}) for (a, d), m in cells.items()]
-    _, y, _ = _test_predictions(evaluation, archs[0], datasets[0])
+    held_out = [s for s in HELD_OUT if s in cells[archs[0], datasets[0]]]  # every cell has the same splits
+    grid = [_row(a, d, s, m["model"], {**m[s], "threshold": m["threshold"]}) for (a, d), m in cells.items()
+            for s in held_out]
     split_counts = json.loads((splits / "split_report.json").read_text())["counts"]
     train = split_counts["train"]
-    base = baselines(y, train["malignant"] / (train["benign"] + train["malignant"]))
+    prevalence = train["malignant"] / (train["benign"] + train["malignant"])
+    base = []
+    for s in held_out:  # the trivial rules, on the same images as the cells
+        base += baselines(_predictions(evaluation, archs[0], datasets[0], s)[1], prevalence, s)
     comps = comparisons(evaluation, archs, datasets, ep["bootstrap"], ep["seed"])
     report_dir = results / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     write_csv(results / "grid.csv", grid + base, COLUMNS)
     write_csv(report_dir / "comparisons.csv", comps, ["arch", "dataset", "auroc", "auroc_original", "difference",
                                                       "ci_low", "ci_high", "p_value", "verdict"])
-    metrics = {f"{r['arch']}_{r['dataset']}": {k: round(r[k], 6) for k in ("auroc", "auprc", "balanced_accuracy",
-                                                                         "sensitivity", "specificity")}
-               for r in grid}
+    metrics: dict[str, dict[str, Any]] = {}  # the test metrics per cell; the external test set's nested beside them
+    for r in grid:
+        values = {k: round(r[k], 6) for k in DVC_METRICS}
+        cell = metrics.setdefault(f"{r['arch']}_{r['dataset']}", {})
+        if r["split"] == "test":
+            cell.update(values)
+        else:
+            cell[r["split"]] = values
     (results / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    heatmap(grid, archs, datasets, report_dir / "auroc_heatmap.png")
+    heatmap([r for r in grid if r["split"] == "test"], archs, datasets, report_dir / "auroc_heatmap.png")
     for a in archs:
         roc_figure(evaluation, a, datasets, report_dir / f"roc_{a}.png")
 
@@ -282,4 +294,4 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
                          f"of a lesion kept in one split); classifier input {stats['image_size']} px.",
            "profile": f"Data source: {params['data']['source']}; {len(archs)} architectures x {len(datasets)} datasets"}
     write_html(results / "report.html", ctx)
-    return {"cells": len(grid), "comparisons": comps}
+    return {"cells": len(cells), "comparisons": comps}

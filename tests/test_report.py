@@ -21,7 +21,7 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     p = tiny_params(**{"classifiers.archs": ARCHS, "classifiers.datasets": DATASETS})
     for i, d in enumerate(DATASETS):  # same val/test images in both, different training images
-        make_pack(root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0)
+        make_pack(root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0, n_external=(5, 4))
     for a in ARCHS:
         for d in DATASETS:
             train_classifier(a, d, p, root / "data/datasets" / d, root / f"models/{a}/{a}_{d}",
@@ -43,6 +43,8 @@ def test_evaluate_writes_predictions_metrics_and_gradcam(project):
     m = json.loads((cell / "metrics.json").read_text())
     assert m["threshold_rule"] == "youden" and 0 <= m["threshold"] <= 1
     assert m["test"]["n"] == 16 and m["test"]["n_malignant"] == 6 and m["val"]["n"] == 16
+    assert m["external_test"]["n"] == 9 and m["external_test"]["n_malignant"] == 4  # scored at val's threshold too
+    assert (cell / "predictions_external_test.csv").is_file() and (cell / "roc_external_test.csv").is_file()
     lo, hi = m["test"]["ci95"]["auroc"]
     assert lo <= m["test"]["auroc"] <= hi
     with open(cell / "predictions_test.csv") as f:
@@ -65,14 +67,21 @@ def test_evaluate_writes_predictions_metrics_and_gradcam(project):
 def test_grid_metrics_and_comparisons(project):
     with open(project / "results/grid.csv") as f:
         grid = list(csv.DictReader(f))
-    cells = [(r["arch"], r["dataset"]) for r in grid if r["arch"] != "baseline"]
-    assert cells == [(a, d) for a in ARCHS for d in DATASETS]
-    base = {r["dataset"]: r for r in grid if r["arch"] == "baseline"}
-    assert float(base["all-malignant"]["sensitivity"]) == 1.0 and float(base["all-malignant"]["specificity"]) == 0
-    assert float(base["prevalence"]["auroc"]) == 0.5
+    cells = [(r["arch"], r["dataset"], r["split"]) for r in grid if r["arch"] != "baseline"]
+    assert cells == [(a, d, s) for a in ARCHS for d in DATASETS for s in ("test", "external_test")]
+    base = {(r["dataset"], r["split"]): r for r in grid if r["arch"] == "baseline"}
+    for s, n in (("test", 16), ("external_test", 9)):  # each on its own images
+        assert float(base["all-malignant", s]["sensitivity"]) == 1.0
+        assert float(base["all-malignant", s]["specificity"]) == 0 and float(base["prevalence", s]["auroc"]) == 0.5
+        assert sum(int(base["prevalence", s][k]) for k in ("tp", "fn", "fp", "tn")) == n
     metrics = json.loads((project / "results/metrics.json").read_text())
     assert set(metrics) == {f"{a}_{d}" for a in ARCHS for d in DATASETS}
-    assert set(metrics["ResNet_Original"]) == {"auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity"}
+    five = {"auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity"}
+    assert set(metrics["ResNet_Original"]) == five | {"external_test"}  # test's, the external set's nested
+    assert set(metrics["ResNet_Original"]["external_test"]) == five
+    cell = json.loads((project / "results/evaluation/ResNet/ResNet_Original/metrics.json").read_text())
+    assert metrics["ResNet_Original"]["external_test"]["auroc"] == round(cell["external_test"]["auroc"], 6)
+    assert metrics["ResNet_Original"]["auroc"] == round(cell["test"]["auroc"], 6)
     with open(project / "results/report/comparisons.csv") as f:
         comps = list(csv.DictReader(f))
     assert [(c["arch"], c["dataset"]) for c in comps] == [("ResNet", "DCGAN"), ("ViT", "DCGAN")]
@@ -85,6 +94,7 @@ def test_grid_metrics_and_comparisons(project):
 def test_report_page_is_self_contained(project):
     page = (project / "results/report.html").read_text()
     assert 'id="grid"' in page and page.count("<tr>") >= 4 + 2
+    assert page.count("<td>external_test</td>") == 4 + 2  # every cell and both baselines on the external set
     assert "src='data:image/png;base64," in page and "src='http" not in page and 'src="http' not in page
 
 

@@ -91,13 +91,14 @@ def with_dcgan_synthetic(folder: Path, params: dict) -> Path:
 
 
 def make_pack(folder: Path, n_train: tuple[int, int] = (24, 12), n_val: tuple[int, int] = (8, 8), size: int = 16,
-              seed: int = 0, n_test: tuple[int, int] = (10, 6)) -> Path:
+              seed: int = 0, n_test: tuple[int, int] = (10, 6), n_external: tuple[int, int] = (0, 0)) -> Path:
     """A dataset folder in build_dataset's layout whose classes a small network can tell apart after a few steps:
-    malignant images carry a red blob at a random place on brown noise."""
+    malignant images carry a red blob at a random place on brown noise. An external test part if n_external."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for part, (nb, nm) in (("train", n_train), ("val", n_val), ("test", n_test)):
+    parts = [("train", n_train), ("val", n_val), ("test", n_test)] + [("external_test", n_external)] * any(n_external)
+    for part, (nb, nm) in parts:
         labels = ["benign"] * nb + ["malignant"] * nm
         pack = rng.integers(60, 140, (len(labels), size, size, 3)).astype(np.uint8)
         pack[..., 0] = np.clip(pack[..., 0].astype(int) + 30, 0, 255)
