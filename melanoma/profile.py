@@ -55,9 +55,9 @@ def apply_profile(name: str, params: Path = Path("params.yaml"), profiles: Path 
     before = yaml.safe_load(params.read_text())
     _merge(doc, over, SCHEMA, "", name)
     header = (doc.ca.comment[1] if doc.ca.comment else None) or []
-    rest = "".join(t.value for t in header[1:])
-    doc.yaml_set_start_comment(f"Profile '{name}' ({source}) applied: the values it changed carry its comments "
-                               f"or `# profile: {name}`.\n" + "\n".join(line.lstrip("# ") for line in rest.splitlines()))
+    rest = [line.lstrip("# ") for t in header[1:] for line in t.value.splitlines()]
+    doc.yaml_set_start_comment("\n".join([f"Profile '{name}' ({source}) applied: the values it changed carry its "
+                                          f"comments or `# profile: {name}`.", *rest]))
     buf = io.StringIO()
     rt.dump(doc, buf)
     after = yaml.safe_load(buf.getvalue())

@@ -23,8 +23,8 @@ from melanoma.metrics import auroc
 CI_METRICS = ("auroc", "balanced_accuracy", "sensitivity", "specificity")
 HELD_OUT = ("test", "external_test")  # what evaluate scores besides val; external_test where the source has one
 DVC_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity")
-COLUMNS = ["arch", "dataset", "split", "model", "threshold", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy",
-           "balanced_accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "sensitivity",
+COLUMNS = ["arch", "dataset", "split", "model", "threshold", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc",
+           "accuracy", "balanced_accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "sensitivity",
            "sensitivity_ci_low", "sensitivity_ci_high", "specificity", "specificity_ci_low", "specificity_ci_high",
            "precision", "f1", "mcc", "brier", "ece", "tp", "fn", "fp", "tn"]
 
@@ -196,14 +196,15 @@ def write_html(path: Path, ctx: dict[str, Any]) -> None:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>melanoma-synth report</title>"
              f"<style>{STYLE}</style>{CHECK}</head><body>",
              "<h1>Does synthetic augmentation help melanoma classifiers?</h1>",
-             f"<p class='note'>{html.escape(ctx['profile'])}. Metrics on the real <b>test</b> split (and, where the source has "
-             "one, the <b>external test</b> set: rows with split external_test); the decision threshold was chosen on val and applied unchanged; [95 % stratified bootstrap CI]. Research use only, "
-             "not a medical device.</p>",
+             f"<p class='note'>{html.escape(ctx['profile'])}. Metrics on the real <b>test</b> split (and, where the "
+             "source has one, the <b>external test</b> set: rows with split external_test); the decision threshold "
+             "was chosen on val and applied unchanged; [95 % stratified bootstrap CI]. Research use only, not a "
+             "medical device.</p>",
              "<h2>Data and split</h2>", _table(ctx["split_rows"], ["split", "benign", "malignant"], "split"),
              f"<p class='note'>{html.escape(ctx['split_note'])}</p>",
              "<h2>The grid</h2>",
-             _table(display, ["arch", "dataset", "split", "model", "auroc", "balanced_accuracy", "sensitivity", "specificity",
-                              "auprc", "f1", "mcc", "brier", "ece", "threshold"], "grid"),
+             _table(display, ["arch", "dataset", "split", "model", "auroc", "balanced_accuracy", "sensitivity",
+                              "specificity", "auprc", "f1", "mcc", "brier", "ece", "threshold"], "grid"),
              f"<img alt='AUROC heatmap' src='{_png_uri(ctx['heatmap'])}'>",
              "<h2>Augmented vs Original (same arch, same test images)</h2>",
              _table(ctx["comparisons"], ["arch", "dataset", "auroc", "auroc_original", "difference", "ci_low",
