@@ -262,6 +262,8 @@ def test_a_killed_stage_never_leaves_a_partial_output(built, tmp_path):
         assert not leftover.exists() or "up to date" in sh(repo, "dvc", "status", stage).stdout
         again = sh(repo, "dvc", "repro").stdout
         assert f"Running stage '{stage}'" in again or "is cached" in again
+        assert ran(again) <= {stage}  # the hidden temp folder is .dvcignored: the evaluations reading
+        # data/datasets as a whole do not rerun because of it
         assert lock_outs(repo) == committed  # the rerun completes, to the same bytes
         assert "up to date" in sh(repo, "dvc", "status").stdout
         # the killed run's hidden temp folder (never an output) goes the next time the stage itself runs; a
