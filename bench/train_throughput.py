@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from melanoma.classifiers import build_model
-from melanoma.classifiers.train import epoch_batches, augment_params, train_step
+from melanoma.classifiers.train import augment_params, epoch_batches, train_step
+from melanoma.engine import adamw, runtime
 from melanoma.datasets import load_split
 from melanoma.params import load_params
 
@@ -62,17 +63,15 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = device.type == "cuda"
+    rt = runtime()
+    device, cuda = rt.device, rt.device.type == "cuda"
     aug_cfg = load_params()["classifiers"]["train"]["augment"]
     torch.manual_seed(0)
     spec = {"model": a.model, "pretrained": False, "lr": 1e-4, "kwargs": json.loads(a.kwargs)}
     built = build_model(a.arch, spec, 2, a.size)
-    model = built.model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = rt.prepare(built.model)
     net = torch.compile(model) if a.compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model, 1e-4, 0.05)
     norm = built.info["normalisation"]
     mean = torch.tensor(norm["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(norm["std"], device=device).view(1, 3, 1, 1)
@@ -89,7 +88,7 @@ def main() -> None:
         t0 = time.perf_counter()
         while done < n:
             for idx in epoch_batches(ys, a.batch, "weighted_loss", gen):
-                train_step(net, opt, X, Y, idx, augment_params(a.batch, aug_cfg, gen), class_w, mean, std, amp=cuda)
+                train_step(net, opt, X, Y, idx, augment_params(a.batch, aug_cfg, gen), class_w, mean, std, rt)
                 done += 1
                 if done == n:
                     break
@@ -105,7 +104,7 @@ def main() -> None:
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(n):
-            with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+            with rt.autocast():
                 loss = F.cross_entropy(net(xb).float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

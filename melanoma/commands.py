@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from melanoma.errors import MelanomaError
 from melanoma.params import ParamsError
 
 
@@ -111,17 +112,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from melanoma.classifiers import PretrainedWeightsUnavailable, WeightsMismatch
-    from melanoma.hub import HubError
-    from melanoma.package import PackageError
-    from melanoma.training import CheckpointError
-
     try:
         return args.run(args)
     except BrokenPipeError:  # `melanoma predict ... | head`: the reader left; not an error of ours
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (ParamsError, HubError, PackageError, CheckpointError, WeightsMismatch, PretrainedWeightsUnavailable) as e:
+    except MelanomaError as e:
         print(f"melanoma {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -16,17 +16,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from melanoma.errors import MelanomaError
 from melanoma.images import md5_bytes
 from melanoma.io import atomic_dir, read_csv, write_csv
-from melanoma.params import LABELS
+from melanoma.params import DATASETS, LABELS
 from melanoma.split import near_duplicate_pairs
 
-DATASETS = {"Original": None, "DCGAN": "dcgan", "DCGAN_Upscaled": "dcgan_upscaled", "DDPM": "ddpm",
-            "DDPM_Upscaled": "ddpm_upscaled"}
 EVAL_SPLITS = ("val", "test", "external_test")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(MelanomaError):
     """The inputs of a dataset are missing, unreadable or inconsistent with params."""
 
 

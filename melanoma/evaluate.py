@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from melanoma.classifiers.train import load_classifier, probabilities
+from melanoma.classifiers.inference import load_classifier, probabilities
 from melanoma.datasets import DatasetError, load_split
-from melanoma.evaluation import (bootstrap_ci, calibration, choose_threshold, point_metrics, pr_points,
+from melanoma.metrics import (bootstrap_ci, calibration, choose_threshold, point_metrics, pr_points,
                                  roc_points)
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS

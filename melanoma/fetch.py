@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from melanoma import demo
+from melanoma.errors import MelanomaError
 from melanoma.images import ImageRejected, Normalised, encode_png, md5_bytes, normalise
 from melanoma.io import atomic_dir, write_csv
 from melanoma.paths import THUMBNAILS
@@ -38,7 +39,7 @@ MANIFEST_COLUMNS = ["id", "path", "label", "md5", "orig_width", "orig_height", "
 SUBSETS = ("main", "external_test")
 
 
-class FetchError(RuntimeError):
+class FetchError(MelanomaError):
     """The source cannot be read as asked; the message says what to change."""
 
 

@@ -3,9 +3,9 @@
 Computed here in a few lines of torch rather than through pytorch-grad-cam: the library pulled scikit-learn,
 SciPy and OpenCV into every `evaluate` process (about 3 s of imports), for a channel-weighted sum. tests/test_gradcam.py checks these maps against pytorch-grad-cam's GradCAM on every family.
 
-Each family names the layer whose activations are explained and, for token-based models, how to fold tokens
-back into a (B, C, H, W) map: ViT/BioViT drop the class token and reshape the patch grid; timm's Swin blocks
-already return (B, H, W, C). The map is as coarse as that layer: at the demo's 32 px that is 4 x 4 for the
+The classifier registry (`melanoma.classifiers.FAMILIES`) names each family's layer whose activations are
+explained and, for token-based models, how to fold tokens back into a (B, C, H, W) map: ViT/BioViT drop the
+class token and reshape the patch grid; timm's Swin blocks already return (B, H, W, C). The map is as coarse as that layer: at the demo's 32 px that is 4 x 4 for the
 ViTs, 1 x 1 to 2 x 2 for Swin, MedViT and the CNNs' last stage, so demo overlays are blocky by construction.
 """
 from __future__ import annotations
@@ -17,34 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _vit_tokens(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    prefix = getattr(model, "num_prefix_tokens", 1)
-    gh, gw = model.patch_embed.grid_size
-
-    def fold(t: torch.Tensor) -> torch.Tensor:
-        return t[:, prefix:, :].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
-
-    return fold
-
-
-def _nhwc(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(0, 3, 1, 2)
-
-
-def target(arch: str, model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
-    """The layer GradCAM explains for this family, and the reshape that makes its output (B, C, H, W)."""
-    if arch == "ResNet":
-        return model.layer4[-1], None
-    if arch == "DenseNet":
-        return model.features.norm5, None
-    if arch in ("ViT", "BioViT"):
-        return model.blocks[-1].norm1, _vit_tokens(model)
-    if arch == "Swin":
-        return model.layers[-1].blocks[-1].norm1, _nhwc
-    if arch == "MedViT":
-        return model.gradcam_layer, None
-    raise ValueError(f"no GradCAM target for arch {arch!r}")
+from melanoma.classifiers import family
 
 
 def _minmax(cam: torch.Tensor) -> torch.Tensor:
@@ -60,7 +33,7 @@ def cams(arch: str, model: nn.Module, x: torch.Tensor, classes: list[int]) -> np
     The layer's activations A, weighted per channel by the spatial mean of d(logit of the class)/dA, summed over
     channels, ReLU, scaled to [0, 1] per image, upsampled bilinearly to the input size and scaled again.
     """
-    layer, reshape = target(arch, model)
+    layer, reshape = family(arch).gradcam(model)
     fold = reshape or (lambda t: t)
     seen: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))

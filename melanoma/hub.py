@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from melanoma.classifiers import family
+from melanoma.errors import MelanomaError
 from melanoma.io import atomic_dir
 from melanoma.package import CONFIG, ONNX, TIMM_CONFIG, WEIGHTS, PackageError, load
 
@@ -27,7 +29,7 @@ PACKAGE_FILES = (WEIGHTS, ONNX, TIMM_CONFIG, CONFIG)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
-class HubError(RuntimeError):
+class HubError(MelanomaError):
     """A publish/download problem, in one line with the fix."""
 
 
@@ -50,7 +52,7 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
     ci = test["ci95"]
     boot = cfg["evaluation"]["bootstrap"]
     demo = cfg["data"]["source"] == "demo"
-    timm_family = cfg["arch"] != "MedViT"
+    timm_family = family(cfg["arch"]).timm_loadable
     source = ("the embedded synthetic demo data (procedurally drawn lesions)" if demo
               else f"ISIC dermoscopy images (source: {cfg['data']['source']})")
     tags = ["image-classification", "melanoma", "dermoscopy", "medical-imaging", "synthetic-data-augmentation",
@@ -63,7 +65,7 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
     loading = (f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:{rid}\", pretrained=True).eval()\n```\n\n"
                "timm's config carries this model's normalisation and input size (`timm.data.resolve_data_config`)."
                if timm_family else
-               "MedViT is not a timm model: use the ONNX file, or this project (`melanoma download`, then "
+               f"{cfg['arch']} is not a timm model: use the ONNX file, or this project (`melanoma download`, then "
                "`melanoma.package.load(folder)` rebuilds it from model_config.json and loads the weights strictly).")
     meta = {"license": "cc-by-nc-4.0", "library_name": "timm" if timm_family else "pytorch",
             "pipeline_tag": "image-classification", "tags": tags,

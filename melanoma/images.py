@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from melanoma.errors import MelanomaError
+
 Image.MAX_IMAGE_PIXELS = 300_000_000  # refuse decompression bombs, accept real 100+ MP scans
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
-class ImageRejected(Exception):
+class ImageRejected(MelanomaError):
     """The file is not a usable image; the message is the reason written to rejected.csv."""
 
 
@@ -124,3 +126,13 @@ def load_rgb(path: Path) -> np.ndarray:
     """Read an image that `normalise` wrote (already upright RGB) as an HxWx3 uint8 array."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def grid(images: np.ndarray, cols: int = 8) -> Image.Image:
+    """A contact sheet: uint8 (N, H, W, C) images in rows of `cols`, white where the last row is short."""
+    n, h, w, c = images.shape
+    rows = -(-n // cols)
+    canvas = np.full((rows * h, cols * w, c), 255, np.uint8)
+    for i, im in enumerate(images):
+        canvas[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
+    return Image.fromarray(canvas)

@@ -1,13 +1,24 @@
-"""Classification metrics in plain numpy (no scikit-learn import: it costs each of the 30 training processes ~1 s).
+"""Classification metrics for one grid cell: threshold chosen on val, applied unchanged to test, bootstrap CIs.
 
-Definitions follow the usual conventions (and give the same numbers as scikit-learn, which the tests check).
+Conventions (stated once, used everywhere): the positive class is malignant; a prediction is malignant when
+P(malignant) >= threshold; sensitivity = recall of malignant, specificity = recall of benign. Curves and AUROC
+treat tied scores the standard way (ties counted half). All of it is plain numpy (no scikit-learn import: it
+costs each of the 30 training processes ~1 s), checked against scikit-learn and against the ISIC Challenge's
+own scoring package in the tests.
 """
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
+from melanoma.errors import MelanomaError
 
-class MetricError(ValueError):
+BOOTSTRAP_METRICS = ("auroc", "balanced_accuracy", "sensitivity", "specificity")
+
+
+class MetricError(MelanomaError, ValueError):
     """A metric is undefined for these labels (e.g. AUROC with one class only)."""
 
 
@@ -27,3 +38,148 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     average_rank = ends - (counts - 1) / 2  # 1-based rank of each distinct score, ties averaged
     ranks = average_rank[inverse]
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _check(labels: np.ndarray, probs: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.shape != p.shape or y.ndim != 1:
+        raise MetricError(f"{where}: {len(y)} labels but {len(p)} probabilities")
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise MetricError(f"{where}: probabilities must be finite and in [0, 1]")
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        only = "malignant" if n_pos else "benign"
+        raise MetricError(f"{where} has only {only} images ({len(y)}): sensitivity, specificity and AUROC need both "
+                          "classes; check the split (split.val_fraction / split.test_fraction) and the data")
+    return y, p
+
+
+def roc_points(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC curve at every distinct score (thresholds descending, starting above the top score)."""
+    y, p = np.asarray(labels).astype(bool), np.asarray(probs, dtype=np.float64)
+    thr = np.unique(p)[::-1]
+    pos, neg = y.sum(), (~y).sum()
+    tp = np.array([(p[y] >= t).sum() for t in thr])
+    fp = np.array([(p[~y] >= t).sum() for t in thr])
+    return {"threshold": np.r_[np.inf, thr], "fpr": np.r_[0, fp / neg], "tpr": np.r_[0, tp / pos]}
+
+
+def pr_points(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision-recall curve at every distinct score (recall increasing)."""
+    y, p = np.asarray(labels).astype(bool), np.asarray(probs, dtype=np.float64)
+    thr = np.unique(p)[::-1]
+    tp = np.array([(p[y] >= t).sum() for t in thr])
+    fp = np.array([(p[~y] >= t).sum() for t in thr])
+    return {"threshold": thr, "recall": tp / y.sum(), "precision": tp / (tp + fp)}
+
+
+def average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
+    """AP = sum over thresholds of (R_n - R_(n-1)) * P_n (step-wise, no interpolation; scikit-learn's definition)."""
+    c = pr_points(labels, probs)
+    recall = np.r_[0.0, c["recall"]]
+    return float(np.sum(np.diff(recall) * c["precision"]))
+
+
+def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, int]:
+    y, pred = np.asarray(labels).astype(bool), np.asarray(probs) >= threshold
+    return {"tp": int((y & pred).sum()), "fn": int((y & ~pred).sum()), "fp": int((~y & pred).sum()),
+            "tn": int((~y & ~pred).sum())}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def at_threshold(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Every threshold-dependent metric, from the confusion counts (0 where a ratio has no denominator)."""
+    c = confusion(labels, probs, threshold)
+    tp, fn, fp, tn = c["tp"], c["fn"], c["fp"], c["tn"]
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    prec = _ratio(tp, tp + fp)
+    denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return {"accuracy": (tp + tn) / (tp + tn + fp + fn), "balanced_accuracy": (sens + spec) / 2,
+            "sensitivity": sens, "specificity": spec, "precision": prec,
+            "f1": _ratio(2 * prec * sens, prec + sens), "mcc": _ratio(tp * tn - fp * fn, denom), "confusion": c}
+
+
+def brier(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(np.mean((np.asarray(probs, dtype=np.float64) - np.asarray(labels)) ** 2))
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
+    """Equal-width bins of P(malignant): mean predicted probability vs observed malignant fraction, and counts."""
+    y, p = np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    mean_p = np.bincount(idx, weights=p, minlength=bins) / np.maximum(count, 1)
+    frac = np.bincount(idx, weights=y, minlength=bins) / np.maximum(count, 1)
+    return {"bin": np.arange(bins), "mean_predicted": mean_p, "fraction_malignant": frac, "count": count}
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """ECE: the count-weighted mean |observed malignant fraction - mean P(malignant)| over equal-width bins."""
+    c = calibration(labels, probs, bins)
+    return float(np.sum(c["count"] * np.abs(c["fraction_malignant"] - c["mean_predicted"])) / c["count"].sum())
+
+
+def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: float) -> float:
+    """The decision threshold, from val only: Youden's J (max sensitivity + specificity - 1), or the highest
+    threshold whose sensitivity reaches `target`. Ties in J go to the higher threshold (fewer false alarms)."""
+    y, p = _check(labels, probs, "val")
+    c = roc_points(y, p)
+    thr, fpr, tpr = c["threshold"][1:], c["fpr"][1:], c["tpr"][1:]
+    if rule == "youden":
+        return float(thr[int(np.argmax(tpr - fpr))])
+    if rule == "sensitivity":
+        return float(thr[int(np.argmax(tpr >= target - 1e-12))])
+    raise MetricError(f"unknown threshold rule {rule!r}; use youden or sensitivity")
+
+
+def point_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, where: str = "test") -> dict[str, Any]:
+    y, p = _check(labels, probs, where)
+    return {"n": int(len(y)), "n_malignant": int(y.sum()), "threshold": float(threshold), "auroc": auroc(y, p),
+            "auprc": average_precision(y, p), **at_threshold(y, p, threshold), "brier": brier(y, p),
+            "ece": expected_calibration_error(y, p)}
+
+
+def _stratified(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    return np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+
+
+def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, threshold: float, n: int, seed: int,
+                 level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile CIs for AUROC, balanced accuracy, sensitivity and specificity at a fixed threshold.
+
+    Resampling is stratified (malignant and benign images resampled separately, keeping the class counts), so
+    every resample has both classes and the CI reflects sampling of images, not of prevalence.
+    """
+    y, p = _check(labels, probs, "test")
+    rng = np.random.default_rng(seed)
+    draws = {k: np.empty(n) for k in BOOTSTRAP_METRICS}
+    for i in range(n):
+        idx = _stratified(y, rng)
+        m = at_threshold(y[idx], p[idx], threshold)
+        draws["auroc"][i] = auroc(y[idx], p[idx])
+        for k in BOOTSTRAP_METRICS[1:]:
+            draws[k][i] = m[k]
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}
+
+
+def paired_auroc_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n: int, seed: int,
+                            level: float = 0.95) -> dict[str, float]:
+    """AUROC(a) - AUROC(b) on the same images, with a paired stratified bootstrap CI and a two-sided p-value
+    (twice the smaller share of resampled differences on either side of 0)."""
+    y, pa = _check(labels, probs_a, "test")
+    _, pb = _check(labels, probs_b, "test")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n)
+    for i in range(n):
+        idx = _stratified(y, rng)
+        diffs[i] = auroc(y[idx], pa[idx]) - auroc(y[idx], pb[idx])
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    return {"difference": auroc(y, pa) - auroc(y, pb), "ci_low": float(np.percentile(diffs, lo)),
+            "ci_high": float(np.percentile(diffs, hi)), "p_value": float(p)}

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from melanoma.classifiers import build_model, load_strict
+from melanoma.classifiers import build_model, family, load_strict
 from melanoma.datasets import resize
+from melanoma.errors import MelanomaError
 from melanoma.images import normalise
 
 WEIGHTS, ONNX, TIMM_CONFIG, CONFIG = "model.safetensors", "model.onnx", "config.json", "model_config.json"
@@ -31,7 +32,7 @@ PIXELS, LOGITS, PROBABILITY = "pixels", "logits", "p_malignant"
 PARITY_TOLERANCE = 1e-4  # max |P_onnx - P_torch| over the cell's real val images
 
 
-class PackageError(RuntimeError):
+class PackageError(MelanomaError):
     """A package folder is missing, incomplete, or its ONNX graph disagrees with PyTorch."""
 
 
@@ -99,8 +100,8 @@ def write_onnx(model: Served, input_size: int, path: Path, opset: int) -> None:
 
 def timm_config(model: nn.Module, cfg: dict[str, Any]) -> dict[str, Any] | None:
     """timm's own Hub config for this model, describing our weights (not the ImageNet tag it was built from)."""
-    if cfg["arch"] == "MedViT":
-        return None  # not a timm model: load it with melanoma.package.load
+    if not family(cfg["arch"]).timm_loadable:
+        return None  # timm alone cannot rebuild it: load it with melanoma.package.load
     import tempfile
 
     from timm.models._hub import save_config_for_hf
@@ -172,7 +173,7 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
             raise PackageError(f"{folder / WEIGHTS} is not a readable safetensors file ({e}); download it again") from None
         load_strict(built.model, state, str(folder / WEIGHTS))
     elif (folder / "model_best.pth").is_file():
-        from melanoma.training import load_checkpoint
+        from melanoma.engine import load_checkpoint
 
         load_strict(built.model, load_checkpoint(folder / "model_best.pth"), str(folder / "model_best.pth"))
     else:
@@ -187,7 +188,7 @@ def export_cell(model_dir: Path, eval_dir: Path, data_dir: Path, out: Path, opse
     The threshold and metrics come from the cell's evaluation (chosen on val, measured on test), so a package
     always decides as the report says it does. `data` (source, preprocessing) is recorded for the model card.
     """
-    from melanoma.classifiers.train import load_classifier
+    from melanoma.classifiers.inference import load_classifier
     from melanoma.datasets import load_split
 
     metrics_file = eval_dir / "metrics.json"

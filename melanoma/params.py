@@ -13,14 +13,20 @@ from typing import Any
 
 import yaml
 
+from melanoma.errors import MelanomaError
+
 LABELS = ("benign", "malignant")
 SOURCES = ("demo", "local", "isic_csv", "gdrive")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+GENERATORS = ("dcgan", "ddpm")  # generator families, each trained once per label
 ARCHS = ("BioViT", "DenseNet", "ResNet", "Swin", "ViT", "MedViT")  # classifier families (the grid's rows)
-DATASET_NAMES = ("Original", "DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled")  # the grid's columns
+# the grid's columns -> the synthetic folder (data/synthetic/<name>) each adds to train; None: real images only
+DATASETS = {"Original": None, "DCGAN": "dcgan", "DCGAN_Upscaled": "dcgan_upscaled", "DDPM": "ddpm",
+            "DDPM_Upscaled": "ddpm_upscaled"}
+DATASET_NAMES = tuple(DATASETS)
 
 
-class ParamsError(ValueError):
+class ParamsError(MelanomaError, ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
 

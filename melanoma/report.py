@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from melanoma.evaluation import paired_auroc_difference, point_metrics
+from melanoma.errors import MelanomaError
+from melanoma.metrics import paired_auroc_difference, point_metrics
 from melanoma.io import read_csv, write_csv
 from melanoma.metrics import auroc
 
@@ -29,7 +30,7 @@ COLUMNS = ["arch", "dataset", "split", "model", "threshold", "auroc", "auroc_ci_
            "precision", "f1", "mcc", "brier", "ece", "tp", "fn", "fp", "tn"]
 
 
-class ReportError(RuntimeError):
+class ReportError(MelanomaError):
     """An input of the report is missing (names the stage to run)."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from melanoma.errors import MelanomaError
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS
 from melanoma.paths import THUMBNAILS
@@ -23,7 +24,7 @@ from melanoma.paths import THUMBNAILS
 SPLITS = ("train", "val", "test")
 
 
-class SplitError(RuntimeError):
+class SplitError(MelanomaError):
     """The data cannot be split as asked; the message says why and what to change."""
 
 

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 
 from melanoma.datasets import balanced_counts
+from melanoma.errors import MelanomaError
 from melanoma.generators import load_generator, load_train_images
 from melanoma.generators.quality import pairs_sheet, quality
-from melanoma.generators.training import grid
-from melanoma.images import md5_bytes
+from melanoma.images import grid, md5_bytes
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS
 
 
-class SynthesisError(RuntimeError):
+class SynthesisError(MelanomaError):
     """A generator does not fit the current params."""
 
 
@@ -62,7 +62,3 @@ def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, genera
     report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
 
-
-def load_synthetic(folder: Path, label: str) -> np.ndarray:
-    """The shard of one class: uint8 (N, S, S, 3)."""
-    return np.load(folder / f"{label}.npy")

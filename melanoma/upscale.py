@@ -9,7 +9,9 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from melanoma.errors import MelanomaError
+from melanoma.engine import Plan, Runtime, fit, runtime
 from melanoma.generators import load_train_images
-from melanoma.generators.training import grid
-from melanoma.images import md5_bytes
+from melanoma.images import grid, md5_bytes
 from melanoma.io import atomic_dir, write_csv
 from melanoma.params import LABELS
 
 
-class UpscaleError(RuntimeError):
+class UpscaleError(MelanomaError):
     """The upscaler cannot run as configured; the message says what to change."""
 
 
@@ -92,26 +95,63 @@ def _real(splits: Path, raw: Path, split: str, size: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
+class SRTask:
+    """The SR model's step as an engine Task: a random batch of real train crops (with random flips), its
+    antialiased bicubic downscale as input, L1 loss against the original. Random draws come from a CPU
+    generator seeded by upscale.seed."""
+
+    def __init__(self, cfg: dict[str, Any], factor: int, train_hr: torch.Tensor, seed: int, rt: Runtime) -> None:
+        self.cfg, self.factor, self.rt, self.name = cfg, factor, rt, "upscaler"
+        self.advice = "lower upscale.sr.lr"
+        torch.manual_seed(seed)
+        self.model = rt.prepare(ESPCN(factor, cfg["channels"]))
+        self.opt = torch.optim.Adam(self.model.parameters(), cfg["lr"])
+        self.data = train_hr.to(rt.device)
+        self.g = torch.Generator().manual_seed(seed)
+
+    def step(self, step: int) -> dict[str, torch.Tensor]:
+        n = self.cfg["batch_size"]
+        hr = self.data[torch.randint(0, len(self.data), (n,), generator=self.g).to(self.rt.device)]
+        hr = torch.where((torch.rand(n, 1, 1, 1, generator=self.g) < 0.5).to(hr.device), hr.flip(3), hr)
+        with self.rt.autocast():
+            sr = self.model(downscale(hr, self.factor))
+        loss = F.l1_loss(sr.float(), hr)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "g": self.g.get_state()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        self.g.set_state(s["g"])
+
+
+SR_PERIOD = 50  # steps between reads of the loss (NaN check, dvclive) and between checkpoints
+CODE = [Path(__file__), Path(__file__).parent / "engine.py"]
+
+
 def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, metrics_path: Path,
-                   log=print) -> dict[str, Any]:
-    """Train the SR model on real train images, score it against bicubic on real val images."""
+                   ckpt_dir: Path, rt: Runtime | None = None, log=print) -> dict[str, Any]:
+    """Train the SR model on real train images, score it against bicubic on real val images.
+
+    Writes `out` (model.safetensors, config.json) atomically and `metrics_path` (PSNR/SSIM of SR and bicubic).
+    Raises Diverged (NaN loss), CheckpointError.
+    """
+    rt = rt or runtime()
     u, size = params["upscale"], params["generators"]["image_size"]
     cfg, factor = u["sr"], u["factor"]
     hr_size = size * factor
-    torch.manual_seed(u["seed"])
     train_hr = _as_unit(_real(splits, raw, "train", hr_size))
-    model = ESPCN(factor, cfg["channels"])
-    opt = torch.optim.Adam(model.parameters(), cfg["lr"])
-    g = torch.Generator().manual_seed(u["seed"])
-    for step in range(cfg["steps"]):
-        hr = train_hr[torch.randint(0, len(train_hr), (cfg["batch_size"],), generator=g)]
-        hr = torch.where(torch.rand(len(hr), 1, 1, 1, generator=g) < 0.5, hr.flip(3), hr)
-        loss = F.l1_loss(model(downscale(hr, factor)), hr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if not torch.isfinite(loss):
-            raise UpscaleError(f"SR training diverged at step {step} (loss {loss.item()}); lower upscale.sr.lr")
+    task = SRTask(cfg, factor, train_hr, u["seed"], rt)
+    config = {"upscale": {k: v for k, v in u.items() if k != "method"}, "image_size": size,
+              "data": hashlib.sha256(train_hr.numpy().tobytes()).hexdigest()[:16]}
+    fit(task, Plan(steps=cfg["steps"], seed=u["seed"], period=SR_PERIOD, config=config, code=CODE, folder=ckpt_dir,
+                   checkpoint_every=SR_PERIOD, keep=1), rt, log=log)
+    model = task.model.cpu()
     model.eval()
     val_hr = _as_unit(_real(splits, raw, "val", hr_size))
     with torch.no_grad():
@@ -126,6 +166,7 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
         (tmp / "config.json").write_text(json.dumps({
             "architecture": "melanoma.upscale.ESPCN", "kwargs": {"factor": factor, "channels": cfg["channels"]},
             "trained_on": "real train images, input = antialiased bicubic downscale", "params": u}, indent=2) + "\n")
+        shutil.copytree(ckpt_dir / "live", tmp / "curves")
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(m, indent=2) + "\n")
     if not m["beats_bicubic"]:

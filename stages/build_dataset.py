@@ -1,10 +1,10 @@
 """DVC stage `build_dataset@{Dataset}`: splits + synthetic shards -> data/datasets/{Dataset}/ (packs, manifest, stats)."""
 import sys
 
-from melanoma.cli import run_stage
-from melanoma.datasets import DatasetError, build_dataset
+from melanoma.datasets import build_dataset
 from melanoma.params import load_params
 from melanoma.paths import DATASETS, RAW, SPLITS, SYNTHETIC
+from melanoma.stage import run_stage
 
 
 def main() -> str:
@@ -15,4 +15,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    run_stage("build_dataset", main, (DatasetError,))
+    run_stage("build_dataset", main)

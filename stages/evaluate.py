@@ -6,9 +6,9 @@ each process first spends ~6 s importing torch and timm.
 """
 import sys
 
-from melanoma.cli import run_stage
 from melanoma.params import ARCHS, ParamsError, load_params
 from melanoma.paths import DATASETS, EVALUATION, classifier_dir
+from melanoma.stage import run_stage
 
 
 def main() -> str:
@@ -32,9 +32,4 @@ def main() -> str:
     return f"evaluate: {arch}: {len(datasets)} cells -> {EVALUATION / arch}/"
 
 if __name__ == "__main__":
-    from melanoma.classifiers import WeightsMismatch
-    from melanoma.datasets import DatasetError
-    from melanoma.metrics import MetricError
-    from melanoma.training import CheckpointError
-
-    run_stage("evaluate", main, (DatasetError, MetricError, CheckpointError, WeightsMismatch))
+    run_stage("evaluate", main)

@@ -1,8 +1,8 @@
 """DVC stage `export`: every trained and evaluated cell -> models/export/<Arch>/<Arch>_<Dataset>/ (safetensors,
 ONNX checked against PyTorch, timm config, model_config.json with the threshold and the evaluation)."""
-from melanoma.cli import run_stage
 from melanoma.params import load_params
 from melanoma.paths import EXPORT
+from melanoma.stage import run_stage
 
 
 def main() -> str:
@@ -14,9 +14,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    from melanoma.classifiers import WeightsMismatch
-    from melanoma.datasets import DatasetError
-    from melanoma.package import PackageError
-    from melanoma.training import CheckpointError
-
-    run_stage("export", main, (PackageError, DatasetError, CheckpointError, WeightsMismatch))
+    run_stage("export", main)

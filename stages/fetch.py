@@ -1,8 +1,8 @@
 """DVC stage `fetch`: params `data.*` -> data/raw/ (images, manifest.csv, rejected.csv)."""
-from melanoma.cli import run_stage
-from melanoma.fetch import FetchError, collect, write_raw
+from melanoma.fetch import collect, write_raw
 from melanoma.params import load_params
 from melanoma.paths import RAW
+from melanoma.stage import run_stage
 
 
 def main() -> str:
@@ -12,4 +12,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    run_stage("fetch", main, (FetchError,))
+    run_stage("fetch", main)

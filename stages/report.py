@@ -1,7 +1,7 @@
 """DVC stage `report`: every evaluated cell -> results/grid.csv, results/metrics.json, results/report/, results/report.html."""
-from melanoma.cli import run_stage
 from melanoma.params import load_params
 from melanoma.paths import DATASETS, EVALUATION, REPORT, SPLITS, SYNTHETIC
+from melanoma.stage import run_stage
 
 
 def main() -> str:
@@ -14,7 +14,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    from melanoma.metrics import MetricError
-    from melanoma.report import ReportError
-
-    run_stage("report", main, (ReportError, MetricError))
+    run_stage("report", main)

@@ -1,8 +1,8 @@
 """DVC stage `split`: data/raw/manifest.csv -> data/splits/{train,val,test}.csv + split_report.json."""
-from melanoma.cli import run_stage
 from melanoma.params import load_params
 from melanoma.paths import RAW, SPLITS
-from melanoma.split import SplitError, split, summary_line
+from melanoma.split import split, summary_line
+from melanoma.stage import run_stage
 
 
 def main() -> str:
@@ -13,4 +13,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    run_stage("split", main, (SplitError,))
+    run_stage("split", main)

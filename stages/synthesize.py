@@ -1,11 +1,10 @@
 """DVC stage `synthesize@{gen}`: both class generators -> data/synthetic/{gen}/ + results/generators/{gen}/."""
 import sys
 
-from melanoma.cli import run_stage
-from melanoma.generators import NonFiniteSamples
 from melanoma.params import load_params
 from melanoma.paths import GENERATOR_RESULTS, GENERATORS, RAW, SPLITS, SYNTHETIC
-from melanoma.synthesize import SynthesisError, synthesize
+from melanoma.stage import run_stage
+from melanoma.synthesize import synthesize
 
 
 def main() -> str:
@@ -16,4 +15,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    run_stage("synthesize", main, (SynthesisError, NonFiniteSamples, FileNotFoundError))
+    run_stage("synthesize", main)

@@ -6,9 +6,9 @@ dvc.yaml's command never names a process count or a GPU.
 import os
 import sys
 
-from melanoma.cli import run_stage
 from melanoma.params import ARCHS, DATASET_NAMES, ParamsError, load_params
 from melanoma.paths import CHECKPOINTS, DATASETS, classifier_dir
+from melanoma.stage import run_stage
 
 
 def main() -> str:
@@ -21,13 +21,14 @@ def main() -> str:
     if n > 1 and "WORLD_SIZE" not in os.environ:
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc_per_node={n}", *sys.argv])
-    from melanoma.classifiers.train import init_dist, train_classifier
+    from melanoma.classifiers.train import train_classifier
+    from melanoma.engine import runtime
 
-    d = init_dist()
+    rt = runtime(bf16=params["classifiers"]["train"]["bf16"])
     out = classifier_dir(arch, dataset)
     r = train_classifier(arch, dataset, params, DATASETS / dataset, out,
-                         CHECKPOINTS / "classifiers" / out.name, d, log=print if d.main else lambda s: None)
-    if not d.main:
+                         CHECKPOINTS / "classifiers" / out.name, rt, log=print if rt.main else lambda s: None)
+    if not rt.main:
         raise SystemExit(0)
     return (f"train_classifier: {out.name}: {r['model']} ({r['parameters'] / 1e6:.1f} M params) best val AUROC "
             f"{r['val_auroc']:.4f} at epoch {r['best_epoch']}/{r['epochs_run']} on {r['n_train']} train images, "
@@ -35,10 +36,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    from melanoma.classifiers import PretrainedWeightsUnavailable, WeightsMismatch
-    from melanoma.classifiers.train import ClassifierDiverged
-    from melanoma.datasets import DatasetError
-    from melanoma.training import CheckpointError
-
-    run_stage("train_classifier", main, (DatasetError, ClassifierDiverged, CheckpointError,
-                                         PretrainedWeightsUnavailable, WeightsMismatch))
+    run_stage("train_classifier", main)

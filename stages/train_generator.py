@@ -1,13 +1,10 @@
 """DVC stage `train_generator@{gen}-{class}`: train split images of one class -> models/generators/{gen}/{gen}_{class}/."""
 import sys
 
-from melanoma.cli import run_stage
-from melanoma.generators import GeneratorDataError, train_generator
-from melanoma.generators.ddpm import PretrainedUnavailable
-from melanoma.generators.training import GeneratorDiverged
-from melanoma.training import CheckpointError
+from melanoma.generators import train_generator
 from melanoma.params import load_params
 from melanoma.paths import CHECKPOINTS, RAW, SPLITS, generator_dir
+from melanoma.stage import run_stage
 
 
 def main() -> str:
@@ -20,4 +17,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    run_stage("train_generator", main, (GeneratorDataError, GeneratorDiverged, CheckpointError, PretrainedUnavailable))
+    run_stage("train_generator", main)

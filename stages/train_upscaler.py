@@ -1,16 +1,17 @@
 """DVC stage `train_upscaler`: real train images -> models/upscaler/ + results/upscaler/metrics.json (PSNR/SSIM on val)."""
-from melanoma.cli import run_stage
 from melanoma.params import load_params
-from melanoma.paths import RAW, SPLITS, UPSCALER, UPSCALER_RESULTS
-from melanoma.upscale import UpscaleError, train_upscaler
+from melanoma.paths import CHECKPOINTS, RAW, SPLITS, UPSCALER, UPSCALER_RESULTS
+from melanoma.stage import run_stage
+from melanoma.upscale import train_upscaler
 
 
 def main() -> str:
-    m = train_upscaler(load_params(), SPLITS, RAW, UPSCALER, UPSCALER_RESULTS / "metrics.json")
+    m = train_upscaler(load_params(), SPLITS, RAW, UPSCALER, UPSCALER_RESULTS / "metrics.json",
+                       CHECKPOINTS / "upscaler")
     return (f"train_upscaler: {m['from_px']}->{m['to_px']} px on real val images: PSNR {m['psnr_sr']:.2f} dB "
             f"(bicubic {m['psnr_bicubic']:.2f}), SSIM {m['ssim_sr']:.4f} (bicubic {m['ssim_bicubic']:.4f}); "
             f"{'beats' if m['beats_bicubic'] else 'does NOT beat'} bicubic -> {UPSCALER}")
 
 
 if __name__ == "__main__":
-    run_stage("train_upscaler", main, (UpscaleError,))
+    run_stage("train_upscaler", main)

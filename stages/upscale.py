@@ -1,10 +1,10 @@
 """DVC stage `upscale@{gen}`: data/synthetic/{gen}/ -> data/synthetic/{gen}_upscaled/ by params `upscale.method`."""
 import sys
 
-from melanoma.cli import run_stage
 from melanoma.params import load_params
 from melanoma.paths import SYNTHETIC, UPSCALER, UPSCALER_RESULTS
-from melanoma.upscale import UpscaleError, upscale
+from melanoma.stage import run_stage
+from melanoma.upscale import upscale
 
 
 def main() -> str:
@@ -16,4 +16,4 @@ def main() -> str:
 
 
 if __name__ == "__main__":
-    run_stage("upscale", main, (UpscaleError,))
+    run_stage("upscale", main)

@@ -13,12 +13,13 @@ import pytest
 import torch
 import yaml
 
-from melanoma.classifiers import (ARCHS, BIOMEDCLIP, PretrainedWeightsUnavailable, WeightsMismatch,
+from melanoma.classifiers import (BIOMEDCLIP, FAMILIES, WeightsMismatch,
                                   biomedclip_to_timm, build_model, load_strict)
-from melanoma.classifiers.train import augment, augment_params, load_classifier, train_classifier
-from melanoma.params import ARCHS as PARAM_ARCHS
-from melanoma.params import DATASET_NAMES, ParamsError, load_params
-from melanoma.training import load_checkpoint
+from melanoma.classifiers.inference import load_classifier
+from melanoma.classifiers.train import augment, augment_params, train_classifier
+from melanoma.engine import Diverged, Runtime, load_checkpoint
+from melanoma.errors import PretrainedUnavailable
+from melanoma.params import ARCHS, ParamsError, load_params
 from tests.conftest import ROOT
 from tests.tiny import TINY_MODELS, make_pack, tiny_params
 
@@ -27,11 +28,21 @@ FULL = {"BioViT": "vit_base_patch16_224", "DenseNet": "densenet121", "ResNet": "
         "Swin": "swin_base_patch4_window7_224", "ViT": "vit_base_patch16_224", "MedViT": "medvit_small"}
 
 
-def test_registry_names_match_params_and_datasets():
-    from melanoma.datasets import DATASETS
+def test_every_named_arch_has_a_registry_entry():
+    assert set(FAMILIES) == set(ARCHS) == set(FULL)
 
-    assert ARCHS == PARAM_ARCHS and set(FULL) == set(ARCHS)
-    assert tuple(DATASETS) == DATASET_NAMES
+
+def test_medvit_is_a_timm_model_and_its_input_constraint_is_the_registrys():
+    import timm
+
+    import melanoma.classifiers.medvit  # noqa: F401  registers medvit_* with timm
+    assert type(timm.create_model("medvit_tiny", num_classes=2)).__name__ == "MedViT"
+    spec = {"model": "medvit_tiny", "pretrained": False, "lr": 1e-3, "kwargs": {}}
+    with pytest.raises(ParamsError, match=r"MedViT \(medvit_tiny\) needs an input size that is a multiple of 32, "
+                                          r"got 100; change datasets.image_size"):
+        build_model("MedViT", spec, 2, 100)
+    with pytest.raises(ParamsError, match="unknown arch 'AlexNet'"):
+        build_model("AlexNet", spec, 2, 64)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -128,12 +139,12 @@ def test_pretrained_offline_is_one_clear_error(tmp_path, arch, name):
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert p.returncode != 0
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("melanoma.classifiers.PretrainedWeightsUnavailable: pretrained weights")
+    assert last.startswith("melanoma.errors.PretrainedUnavailable: pretrained weights")
     assert name in last and "HF_HUB_OFFLINE=1" in last and "pretrained: false" in last
 
 
 def test_medvit_pretrained_is_refused_clearly():
-    with pytest.raises(PretrainedWeightsUnavailable, match="MedViT.pretrained: false"):
+    with pytest.raises(PretrainedUnavailable, match="MedViT.pretrained: false"):
         build_model("MedViT", {"model": "medvit_tiny", "pretrained": True, "lr": 1e-3, "kwargs": {}}, 2, 64)
 
 
@@ -212,12 +223,10 @@ def test_val_auroc_drives_selection_and_early_stopping(tmp_path):
 
 
 def test_batch_must_split_evenly_over_processes(tmp_path):
-    from melanoma.classifiers.train import Dist
-
     data = make_pack(tmp_path / "data")
     p = _params(**{"classifiers.train.batch_size": 9})
     with pytest.raises(ParamsError, match=r"batch_size \(9\) must be divisible by classifiers.train.processes \(2\)"):
-        train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", Dist(0, 2))
+        train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", Runtime(rank=0, world=2))
 
 
 def _stage_project(tmp_path: Path, **over) -> Path:
@@ -343,8 +352,9 @@ def test_checkpoint_payload_is_weights_only(tmp_path):
     train_classifier("ResNet", "Original", _params(**{"classifiers.train.epochs": 1}), data, tmp_path / "o",
                      tmp_path / "c", log=lambda s: None)
     state = load_checkpoint(tmp_path / "c" / "checkpoint_epoch_1.pth")
-    assert state["epoch"] == 1 and set(state) >= {"config_hash", "model", "optimizer", "history", "best"}
-    assert np.isfinite(state["best"]["auroc"])
+    assert state["epoch"] == 1 and set(state) >= {"config_hash", "step", "task"}
+    assert set(state["task"]) == {"model", "optimizer", "history", "best", "best_model"}
+    assert np.isfinite(state["task"]["best"]["auroc"])
 
 
 def test_checkpoints_of_other_code_are_not_resumed(tmp_path, monkeypatch):
@@ -367,8 +377,6 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, monkeypatch):
 
 def test_a_non_finite_loss_stops_training_before_the_epoch_is_saved(tmp_path, monkeypatch):
     import melanoma.classifiers.train as loop
-    from melanoma.classifiers.train import ClassifierDiverged
-
     real = loop.train_step
     calls = []
 
@@ -379,7 +387,7 @@ def test_a_non_finite_loss_stops_training_before_the_epoch_is_saved(tmp_path, mo
 
     monkeypatch.setattr(loop, "train_step", nan_in_second_epoch)
     data = make_pack(tmp_path / "data")
-    with pytest.raises(ClassifierDiverged, match="ResNet_Original: the training loss became nan in epoch 2; lower "
+    with pytest.raises(Diverged, match="ResNet_Original: train_loss became nan in epoch 2; lower "
                                                  "classifiers.models.ResNet.lr"):
         train_classifier("ResNet", "Original", _params(), data, tmp_path / "o", tmp_path / "c", log=lambda s: None)
     assert sorted(p.name for p in (tmp_path / "c").glob("checkpoint_epoch_*.pth")) == ["checkpoint_epoch_1.pth"]

@@ -164,7 +164,7 @@ def test_walker_follows_lazy_imports_and_a_dropped_dep_is_reported() -> None:
     melanoma/evaluate.py, and taking that dep out of an in-memory dvc.yaml makes the coverage check name it."""
     reached = reached_files("stages/evaluate.py")
     assert {"melanoma/__init__.py", "melanoma/evaluate.py", "melanoma/gradcam.py",
-            "melanoma/classifiers/train.py", "melanoma/classifiers/medvit.py"} <= reached
+            "melanoma/classifiers/inference.py", "melanoma/classifiers/medvit.py"} <= reached
     assert not any(f.startswith(("melanoma/generators/", "melanoma/report.py")) for f in reached)
     stage = copy.deepcopy(STAGES["evaluate"])
     assert missing_deps(stage) == []

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, matthews_corrcoef, roc_auc_score
 
-from melanoma.evaluation import (at_threshold, average_precision, bootstrap_ci, brier, choose_threshold,
+from melanoma.metrics import (at_threshold, average_precision, bootstrap_ci, brier, choose_threshold,
                                  expected_calibration_error, paired_auroc_difference, point_metrics, roc_points)
 from melanoma.metrics import MetricError
 

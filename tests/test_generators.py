@@ -15,8 +15,7 @@ from melanoma.generators import GeneratorDataError, NonFiniteSamples, load_gener
 from melanoma.generators import dcgan
 from melanoma.generators.quality import (c2st_auc, frechet_distance, kernel_inception_distance, nearest_ratio,
                                          quality)
-from melanoma.generators.training import DCGANTrainer, GeneratorDiverged, fit
-from melanoma.training import CheckpointError, load_checkpoint, save_checkpoint
+from melanoma.engine import CheckpointError, Diverged, Plan, Runtime, fit, load_checkpoint, save_checkpoint
 from melanoma.io import read_csv
 from melanoma.params import ParamsError, validate
 from melanoma.synthesize import synthesize
@@ -124,14 +123,18 @@ def test_no_images_of_a_class_is_a_clear_error(project, tmp_path):
         train(tmp_path, "dcgan", "malignant", tiny_params())
 
 
-def test_nan_divergence_stops_with_a_message(tmp_path):
-    p = tiny_params()["generators"]
-    trainer = DCGANTrainer(p["dcgan"], 16, 0)
+def _dcgan(cfg: dict) -> dcgan.DCGANTask:
+    return dcgan.DCGANTask({**cfg, "batch_size": 4}, torch.rand(8, 3, 16, 16) * 2 - 1, 16, 0, Runtime())
+
+
+def test_nan_divergence_stops_with_a_message_before_a_checkpoint(tmp_path):
+    task = _dcgan(tiny_params()["generators"]["dcgan"])
     with torch.no_grad():
-        next(trainer.G.parameters()).fill_(float("nan"))
-    with pytest.raises(GeneratorDiverged, match=r"dcgan diverged at step 0: .*lower the learning rate"):
-        fit(trainer, torch.rand(8, 3, 16, 16) * 2 - 1, steps=3, batch_size=4, seed=0, config={"a": 1},
-            ckpt_dir=tmp_path / "ck", checkpoint_every=1, log=lambda *_: None)
+        next(task.G.parameters()).fill_(float("nan"))
+    with pytest.raises(Diverged, match=r"dcgan: loss_d became nan.* by step 2; lower generators.dcgan.lr"):
+        fit(task, Plan(steps=3, seed=0, period=2, config={"a": 1}, folder=tmp_path / "ck", checkpoint_every=1),
+            log=lambda *_: None)
+    assert not list((tmp_path / "ck").glob("checkpoint_*"))  # the NaN period was never saved
 
 
 def test_nan_generator_never_reaches_a_dataset(project, tmp_path):
@@ -150,7 +153,7 @@ def test_unknown_sampler_is_a_schema_error():
 
 
 def test_corrupt_checkpoint_and_failed_write(tmp_path, monkeypatch):
-    bad = tmp_path / "last.pt"
+    bad = tmp_path / "checkpoint_step_100.pth"
     bad.write_bytes(b"\x80\x04garbage")
     with pytest.raises(CheckpointError, match=re.escape(str(bad))):
         load_checkpoint(bad)
@@ -167,28 +170,27 @@ def test_corrupt_checkpoint_and_failed_write(tmp_path, monkeypatch):
     assert load_checkpoint(good)["step"] == 1
 
 
-def _ckpt_step(path: Path) -> int:
-    return int(torch.load(path, weights_only=True)["step"]) if path.exists() else 0
-
-
 def test_killed_training_resumes_from_checkpoint_and_matches(tmp_path):
     """SIGKILL mid-training; the rerun continues from the saved step and ends with the same weights."""
     p = tiny_params(**{"generators.dcgan.steps": 300, "generators.checkpoint_every": 20})
     a, b = make_project(tmp_path / "a", p), make_project(tmp_path / "b", p)
     cmd = [sys.executable, str(ROOT / "stages/train_generator.py"), "dcgan", "benign"]
     proc = subprocess.Popen(cmd, cwd=a, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt = a / "models/.checkpoints/dcgan_benign/last.pt"
+    ck = a / "models/.checkpoints/dcgan_benign"
+
+    def saved_step() -> int:  # keep: 1, so at most one file (briefly none while it rotates)
+        return max((int(f.stem.rsplit("_", 1)[1]) for f in ck.glob("checkpoint_step_*.pth")), default=0)
     deadline = time.time() + 120
-    while _ckpt_step(ckpt) < 40 and time.time() < deadline and proc.poll() is None:
+    while saved_step() < 40 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = _ckpt_step(ckpt)
+    saved = saved_step()
     assert 0 < saved < 300, "the kill came too late to test resuming"
     assert not (a / "models/generators/dcgan/dcgan_benign").exists()  # nothing half-written
     rerun = run_stage(a, "train_generator.py", "dcgan", "benign")
     assert "resuming from checkpoint" in rerun.stdout + rerun.stderr
-    assert f"at step {saved}" in rerun.stdout + rerun.stderr
+    assert f"after step {saved}" in rerun.stdout + rerun.stderr
     cfg = json.loads((a / "models/generators/dcgan/dcgan_benign/config.json").read_text())
     assert cfg["training"]["resumed_from"] == saved
     run_stage(b, "train_generator.py", "dcgan", "benign")  # uninterrupted, same seed
@@ -202,11 +204,11 @@ def test_config_change_starts_fresh(tmp_path):
     folder = make_project(tmp_path, p)
     ck = folder / "models/.checkpoints/dcgan_malignant"
     ck.mkdir(parents=True)
-    save_checkpoint(ck / "last.pt", {"config_hash": "0123456789abcdef", "step": 4})
+    save_checkpoint(ck / "checkpoint_step_4.pth", {"config_hash": "0123456789abcdef", "step": 4})
     logs = []
     out = folder / "models/generators/dcgan/dcgan_malignant"
     r = train_generator("dcgan", "malignant", p, folder / "data/splits", folder / "data/raw", out, ck, log=logs.append)
-    assert any("is for another config" in line and "starting fresh" in line for line in logs)
+    assert any("are for another config" in line and "starting over" in line for line in logs)
     assert r["training"]["resumed_from"] is None
 
 
@@ -283,7 +285,7 @@ def test_readme_snippet_runs(project, monkeypatch):
 
 def test_discriminator_winning_outright_stops_training(tmp_path):
     cfg = {**tiny_params()["generators"]["dcgan"], "divergence_steps": 3, "label_smoothing": 0.0}
-    trainer = DCGANTrainer(cfg, 16, 0)
+    task = _dcgan(cfg)
     calls = iter(range(10**6))
 
     class Overconfident(torch.nn.Module):  # sure of every real image (call 0 of a step), sure every fake is fake
@@ -295,13 +297,14 @@ def test_discriminator_winning_outright_stops_training(tmp_path):
             sign = 1.0 if next(calls) % 3 == 0 else -1.0
             return x.mean(dim=(1, 2, 3)) * 0 + self.w + 30.0 * sign
 
-    trainer.D = Overconfident()
-    with pytest.raises(GeneratorDiverged, match=r"won outright for 3 steps"):
-        fit(trainer, torch.rand(8, 3, 16, 16) * 2 - 1, steps=10, batch_size=4, seed=0, config={"a": 2},
-            ckpt_dir=tmp_path / "ck", checkpoint_every=100, log=lambda *_: None)
+    task.D = Overconfident()
+    with pytest.raises(Diverged, match=r"won outright for 5 steps in a row by step 5"):
+        fit(task, Plan(steps=10, seed=0, period=5, config={"a": 2}, folder=tmp_path / "ck", checkpoint_every=100),
+            log=lambda *_: None)
 
 
 def test_missing_pretrained_unet_is_an_error_not_a_silent_fallback(tmp_path):
-    from melanoma.generators.ddpm import PretrainedUnavailable, build_unet, unet_config
+    from melanoma.errors import PretrainedUnavailable
+    from melanoma.generators.ddpm import build_unet, unet_config
     with pytest.raises(PretrainedUnavailable, match=r"generators.ddpm.pretrained: cannot load .*pretrained: ''"):
         build_unet(unet_config(16, [8, 16], 1, False), pretrained=str(tmp_path / "no-such-unet"))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from melanoma import gradcam
-from melanoma.classifiers import ARCHS, build_model
+from melanoma.classifiers import build_model, family
+from melanoma.params import ARCHS
 from tests.tiny import TINY_MODELS
 
 
@@ -14,7 +15,7 @@ def reference(arch: str, model: torch.nn.Module, x: torch.Tensor, classes: list[
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    layer, reshape = gradcam.target(arch, model)
+    layer, reshape = family(arch).gradcam(model)
     with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
 

@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from melanoma.classifiers.medvit import CONFIGS, LTB, EfficientSelfAttention, MedViT, medvit
+from melanoma.errors import PretrainedUnavailable
 
 # Parameter counts of the official code (github.com/Omid-Nejati/MedViT, MedViT.py at commit 7f261f99), measured
 # by building its MedViT_small / _base / _large with num_classes=1000. The authors map these to the paper's
@@ -29,17 +30,17 @@ def n_params(module: torch.nn.Module) -> int:
 @pytest.fixture(scope="module")
 def tiny() -> MedViT:
     torch.manual_seed(0)
-    return medvit("medvit_tiny", num_classes=2, img_size=64)
+    return medvit("medvit_tiny", num_classes=2)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_parameter_counts_match_reference_code(name):
-    model = medvit(name, num_classes=1000, img_size=224)
+    model = medvit(name, num_classes=1000)
     assert n_params(model) == REFERENCE_PARAMS[name]
 
 
 def test_medvit_t_matches_published_size():
-    model = medvit("medvit_tiny", num_classes=1000, img_size=224).eval()
+    model = medvit("medvit_tiny", num_classes=1000).eval()
     backbone = n_params(model) - n_params(model.head)
     assert backbone / 1e6 == pytest.approx(PAPER_MEDVIT_T_PARAMS_M, rel=PAPER_TOLERANCE)
     counter = FlopCounterMode(display=False)  # counts 2 FLOPs per multiply-add, the convention of the table
@@ -61,7 +62,7 @@ def expected_layout(depths):
                                           ("medvit_large", (3, 4, 30, 3))])
 def test_stage_layout(name, depths):
     assert tuple(CONFIGS[name]["depths"]) == depths
-    model = medvit(name, num_classes=2, img_size=64)
+    model = medvit(name, num_classes=2)
     layout = [[(block.kind, block.out_channels) for block in stage] for stage in model.stages]
     assert [len(stage) for stage in layout] == list(depths)
     assert layout == expected_layout(depths)
@@ -128,12 +129,10 @@ def test_gradcam_layer_gives_the_last_feature_map(tiny):
 
 
 def test_pretrained_and_bad_arguments_raise_clearly():
-    with pytest.raises(ValueError, match="no pretrained MedViT weights.*pretrained: false"):
-        medvit("medvit_tiny", num_classes=2, img_size=64, pretrained=True)
+    with pytest.raises(PretrainedUnavailable, match="no pretrained weights for medvit_tiny.*pretrained: false"):
+        medvit("medvit_tiny", num_classes=2, pretrained=True)
     with pytest.raises(ValueError, match="unknown MedViT variant"):
-        medvit("medvit_huge", num_classes=2, img_size=64)
-    with pytest.raises(ValueError, match="multiple of 32"):
-        medvit("medvit_tiny", num_classes=2, img_size=100)
+        medvit("medvit_huge", num_classes=2)
     with pytest.raises(ValueError, match="multiple of 5"):
         MedViT(depths=(3, 4, 7, 3))
 

@@ -17,7 +17,7 @@ def project(tmp_path_factory):
     folder = with_dcgan_synthetic(make_project(tmp_path_factory.mktemp("up"), p), p)
     logs = []
     train_upscaler(p, folder / "data/splits", folder / "data/raw", folder / "models/upscaler",
-                   folder / "results/upscaler/metrics.json", log=logs.append)
+                   folder / "results/upscaler/metrics.json", folder / "models/.checkpoints/upscaler", log=logs.append)
     folder.joinpath("upscaler_log.txt").write_text("\n".join(logs))
     return folder
 

@@ -16,6 +16,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from melanoma.errors import MelanomaError, PretrainedUnavailable
+from melanoma.params import ARCHS, ParamsError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -23,11 +26,7 @@ BIOMEDCLIP_FILE = "open_clip_pytorch_model.bin"
 BIOMEDCLIP_TRUNK = "visual.trunk."
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
-    """`pretrained: true` but the weights cannot be downloaded or found in the local cache."""
-
-
-class WeightsMismatch(ValueError):
+class WeightsMismatch(MelanomaError, ValueError):
     """A state dict does not fit the model it is loaded into (names the missing/unexpected/misshapen keys)."""
 
 
@@ -39,8 +38,8 @@ class Built:
     info: dict[str, Any]
 
 
-def _unavailable(weights: str, e: Exception) -> PretrainedWeightsUnavailable:
-    return PretrainedWeightsUnavailable(
+def _unavailable(weights: str, e: Exception) -> PretrainedUnavailable:
+    return PretrainedUnavailable(
         f"pretrained weights {weights} are not available ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
         "Options: download them once with network access (they go to the Hugging Face cache, HF_HOME), copy a "
         "pre-filled cache to this machine and set HF_HUB_OFFLINE=1, or set pretrained: false for this arch")
@@ -55,16 +54,14 @@ def _download_errors() -> tuple[type[Exception], ...]:
 def _timm(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
+    import melanoma.classifiers.medvit  # noqa: F401  registers medvit_* with timm
+
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except _download_errors() as e:
         if not pretrained:
             raise
         raise _unavailable(f"timm/{name}", e) from None
-
-
-def _cnn(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
-    return _timm(name, num_classes, img_size, pretrained, kwargs)  # convolutional: any input size
 
 
 def _vit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -78,17 +75,6 @@ def _swin(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: 
     return _timm(name, num_classes, img_size, pretrained, kw)
 
 
-def _medvit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
-    from melanoma.classifiers.medvit import medvit
-
-    if pretrained:
-        raise PretrainedWeightsUnavailable(
-            f"no pretrained weights for {name}: the MedViT authors' checkpoints are not published in a form this "
-            "project can load safely (safetensors or a weights-only state dict on the Hub); set "
-            "classifiers.models.MedViT.pretrained: false")
-    return medvit(name, num_classes=num_classes, img_size=img_size, pretrained=pretrained, **kwargs)
-
-
 def _biovit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     model = _vit(name, num_classes, img_size, False, kwargs)
     if pretrained:
@@ -96,34 +82,93 @@ def _biovit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs
     return model
 
 
+# ---------------------------------------------------------------- GradCAM targets (Selvaraju et al., 2017)
+
+Fold = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _vit_target(model: nn.Module) -> tuple[nn.Module, Fold | None]:
+    """The last block's first norm; drop the prefix (class) tokens and fold the patch grid to (B, C, H, W)."""
+    prefix = getattr(model, "num_prefix_tokens", 1)
+    gh, gw = model.patch_embed.grid_size
+
+    def fold(t: torch.Tensor) -> torch.Tensor:
+        return t[:, prefix:, :].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
+
+    return model.blocks[-1].norm1, fold
+
+
+def _swin_target(model: nn.Module) -> tuple[nn.Module, Fold | None]:
+    """The last block's first norm; timm's Swin blocks are (B, H, W, C)."""
+    return model.layers[-1].blocks[-1].norm1, lambda t: t.permute(0, 3, 1, 2)
+
+
 @dataclass(frozen=True)
 class Family:
+    """Everything the project knows about one classifier family; nothing outside this registry branches on an
+    arch name.
+
+    build(name, num_classes, img_size, pretrained, kwargs) -> model; mean/std: the input normalisation (a
+    timm pretrained tag's own mean/std win when `tag_normalisation`); weights: where pretrained weights come
+    from, in words; no_pretrained: why there are none ('' when there are); size_multiple: the input side must be
+    a multiple of this; gradcam(model) -> (layer to explain, fold of its output to (B, C, H, W) or None);
+    timm_loadable: `timm.create_model` alone rebuilds it from the published timm config (Hub packages).
+    """
+
     build: Callable[[str, int, int, bool, dict[str, Any]], nn.Module]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    weights: str  # where pretrained weights come from, in words
+    weights: str
+    gradcam: Callable[[nn.Module], tuple[nn.Module, Fold | None]]
+    no_pretrained: str = ""
+    size_multiple: int = 1
+    tag_normalisation: bool = True
+    timm_loadable: bool = True
 
 
+TIMM_TAG = "timm's default pretrained tag"
 FAMILIES: dict[str, Family] = {
-    "BioViT": Family(_biovit, CLIP_MEAN, CLIP_STD, f"BiomedCLIP vision trunk ({BIOMEDCLIP})"),
-    "DenseNet": Family(_cnn, IMAGENET_MEAN, IMAGENET_STD, "timm's default pretrained tag"),
-    "ResNet": Family(_cnn, IMAGENET_MEAN, IMAGENET_STD, "timm's default pretrained tag"),
-    "Swin": Family(_swin, IMAGENET_MEAN, IMAGENET_STD, "timm's default pretrained tag"),
-    "ViT": Family(_vit, IMAGENET_MEAN, IMAGENET_STD, "timm's default pretrained tag"),
-    "MedViT": Family(_medvit, IMAGENET_MEAN, IMAGENET_STD, "none published in a loadable format"),
+    "BioViT": Family(_biovit, CLIP_MEAN, CLIP_STD, f"BiomedCLIP vision trunk ({BIOMEDCLIP})", _vit_target,
+                     tag_normalisation=False),
+    "DenseNet": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, lambda m: (m.features.norm5, None)),
+    "ResNet": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, lambda m: (m.layer4[-1], None)),
+    "Swin": Family(_swin, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, _swin_target),
+    "ViT": Family(_vit, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, _vit_target),
+    "MedViT": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, "none", lambda m: (m.gradcam_layer, None),
+                     no_pretrained="the MedViT authors' checkpoints are not published in a form this project can "
+                                   "load safely (safetensors or a weights-only state dict on the Hub)",
+                     size_multiple=32, timm_loadable=False),
 }
-ARCHS = tuple(FAMILIES)
+
+
+def family(arch: str) -> Family:
+    """The registry entry of a family name (one of melanoma.params.ARCHS); ParamsError for any other name."""
+    if arch not in FAMILIES:
+        raise ParamsError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    return FAMILIES[arch]
+
+
+def _check_input(arch: str, fam: Family, spec: dict[str, Any], img_size: int) -> None:
+    if spec["pretrained"] and fam.no_pretrained:
+        raise PretrainedUnavailable(f"no pretrained weights for {spec['model']}: {fam.no_pretrained}; set "
+                                    f"classifiers.models.{arch}.pretrained: false")
+    if img_size <= 0 or img_size % fam.size_multiple:
+        raise ParamsError(f"{arch} ({spec['model']}) needs an input size that is a multiple of "
+                          f"{fam.size_multiple}, got {img_size}; change datasets.image_size")
 
 
 def build_model(arch: str, spec: dict[str, Any], num_classes: int, img_size: int) -> Built:
-    """Build `spec["model"]` of family `arch`; `spec` is params' classifiers.models.<arch>."""
-    if arch not in FAMILIES:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    fam = FAMILIES[arch]
+    """Build `spec["model"]` of family `arch` for img_size x img_size RGB inputs and `num_classes` logits.
+
+    `spec` is params' classifiers.models.<arch> ({model, pretrained, kwargs, lr}). Raises ParamsError (unknown
+    arch, input size the family cannot take), PretrainedUnavailable, WeightsMismatch.
+    """
+    fam = family(arch)
+    _check_input(arch, fam, spec, img_size)
     model = fam.build(spec["model"], num_classes, img_size, spec["pretrained"], dict(spec["kwargs"]))
     mean, std = fam.mean, fam.std
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    if arch != "BioViT" and spec["pretrained"] and "mean" in cfg:
+    if fam.tag_normalisation and spec["pretrained"] and "mean" in cfg:
         mean, std = tuple(cfg["mean"]), tuple(cfg["std"])  # the normalisation the weights were trained with
     info = {"arch": arch, "model": spec["model"], "constructor": f"{fam.build.__name__.lstrip('_')}:{spec['model']}",
             "kwargs": dict(spec["kwargs"]), "pretrained": spec["pretrained"],

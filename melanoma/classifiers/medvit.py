@@ -51,15 +51,21 @@ Left out or changed, on purpose:
     depth applies to the attention/MHCA branches only (in an LTB split 75/25 between its two branches), as there.
 
 No pretrained weights: the authors' ImageNet checkpoints sit on Google Drive/Dropbox in their own format and there
-are none on the Hugging Face Hub, so `medvit(..., pretrained=True)` refuses. Everything here is plain conv / BN /
+are none on the Hugging Face Hub, so `medvit(..., pretrained=True)` refuses. The variants are registered
+with timm (`timm.create_model("medvit_small", num_classes=2)`) once this module is imported. Everything here is plain conv / BN /
 linear / matmul + softmax with no branching on tensor values, so the model exports to ONNX (checked in the tests
 with the TorchScript exporter at a fixed input size; the E-MHSA pooling window is then a constant of that size).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from timm.models import register_model
 from torch import nn
 from torch.nn import functional as F
+
+from melanoma.errors import PretrainedUnavailable
 
 NORM_EPS = 1e-5
 HEAD_DIM = 32  # channels per attention head, in MHCA (conv groups) and E-MHSA alike
@@ -360,16 +366,39 @@ class MedViT(nn.Module):
         return self.head(self.forward_features(x).mean(dim=(2, 3)))
 
 
-def medvit(name: str, num_classes: int, img_size: int, pretrained: bool = False, **overrides) -> MedViT:
+def medvit(name: str, num_classes: int = 1000, pretrained: bool = False, **overrides: Any) -> MedViT:
     """Build a MedViT variant by name (see CONFIGS); `overrides` replace config/constructor arguments.
 
-    `img_size` only has to be a multiple of 32: the network itself works at any such size."""
+    Inputs must be RGB with sides a multiple of 32 (the registry checks the configured size). Raises
+    PretrainedUnavailable for pretrained=True: no weights are published in a loadable (safetensors or
+    weights-only) form, and a random initialisation must never pass for pretrained weights.
+    """
     if name not in CONFIGS:
         raise ValueError(f"unknown MedViT variant {name!r}; choose one of {sorted(CONFIGS)}")
     if pretrained:
-        raise ValueError(
-            f"no pretrained MedViT weights are bundled or downloadable here (the authors publish none on the "
-            f"Hugging Face Hub in timm format); train {name} from scratch with `pretrained: false`")
-    if img_size <= 0 or img_size % 32:
-        raise ValueError(f"MedViT needs an image size that is a multiple of 32 (total stride 32), got {img_size}")
+        raise PretrainedUnavailable(
+            f"no pretrained weights for {name}: the MedViT authors' checkpoints are not published in a form this "
+            "project can load safely (safetensors or a weights-only state dict on the Hub); set "
+            "classifiers.models.MedViT.pretrained: false")
+    for timm_arg in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # what timm.create_model adds
+        overrides.pop(timm_arg, None)
     return MedViT(**{**CONFIGS[name], "num_classes": num_classes, **overrides})
+
+
+# timm entrypoints, so that `timm.create_model("medvit_small", num_classes=2)` builds it like any timm model
+@register_model
+def medvit_tiny(pretrained: bool = False, **kwargs: Any) -> MedViT:
+    """MedViT-T (Manzari et al., 2023): depths (3, 4, 10, 3), ~31 M parameters at 1000 classes."""
+    return medvit("medvit_tiny", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def medvit_small(pretrained: bool = False, **kwargs: Any) -> MedViT:
+    """MedViT-S (Manzari et al., 2023): depths (3, 4, 20, 3), the study's member."""
+    return medvit("medvit_small", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def medvit_large(pretrained: bool = False, **kwargs: Any) -> MedViT:
+    """MedViT-L (Manzari et al., 2023): depths (3, 4, 30, 3)."""
+    return medvit("medvit_large", pretrained=pretrained, **kwargs)

@@ -11,12 +11,12 @@ folder that survives DVC deleting the stage outputs, so `dvc repro` after a kill
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,66 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from melanoma.classifiers import build_model
+from melanoma.classifiers import Built, build_model
+from melanoma.classifiers.inference import probabilities, standardise
 from melanoma.datasets import DatasetError, load_split
+from melanoma.engine import Plan, Runtime, adamw, cosine_schedule, files_md5, fit
 from melanoma.io import atomic_dir
 from melanoma.metrics import MetricError, auroc
 from melanoma.params import LABELS, ParamsError
-from melanoma.training import config_hash, cosine_with_floor, files_md5, load_checkpoint, save_checkpoint
-
-
-class ClassifierDiverged(RuntimeError):
-    """The training loss became NaN/Inf; the message says what to change."""
-
-
-# ---------------------------------------------------------------- distributed context
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 when run plainly)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_dist() -> Dist:
-    """Join the torchrun process group when launched by torchrun (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if world == 1:
-        return Dist(0, 1, device)
-    import torch.distributed as dist
-
-    if cuda:
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(dist.get_rank(), world, device)
-
-
-def _barrier(d: Dist) -> None:
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _gather(d: Dist, x: torch.Tensor) -> list[torch.Tensor]:
-    if d.world == 1:
-        return [x]
-    import torch.distributed as dist
-
-    parts = [None] * d.world
-    dist.all_gather_object(parts, x.cpu())
-    return parts
-
 
 # ---------------------------------------------------------------- augmentation
 
@@ -118,11 +65,6 @@ def augment(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     return (x * p["bright"].to(dev, x.dtype).view(-1, 1, 1, 1)).clamp(0, 1)
 
 
-def normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x_uint8.float() / 255 - mean) / std
-
-
-# ---------------------------------------------------------------- metrics
 
 def _val_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     try:
@@ -132,59 +74,35 @@ def _val_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
                            "malignant images in val (check split.val_fraction and the data)") from None
 
 
-@torch.no_grad()
-def probabilities(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch: int,
-                  d: Dist = Dist(), amp: bool = False) -> torch.Tensor:
-    """P(malignant) for uint8 (N, 3, H, W) images on the model's device; sharded over ranks, gathered on all."""
-    model.eval()
-    idx = torch.arange(d.rank, images.shape[0], d.world)
-    out = []
-    for i in range(0, len(idx), batch):
-        xb = normalise(images[idx[i:i + batch].to(images.device)], mean, std)
-        with torch.autocast("cuda", torch.bfloat16, enabled=amp):
-            out.append(torch.softmax(model(xb).float(), 1)[:, 1])
-    mine = torch.cat(out) if out else torch.empty(0, device=images.device)
-    probs = torch.empty(images.shape[0])
-    for r, part in enumerate(_gather(d, mine)):
-        probs[torch.arange(r, images.shape[0], d.world)] = part.cpu()
-    return probs
-
-
-# ---------------------------------------------------------------- the loop
-
 def train_step(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor,
                aug: dict[str, torch.Tensor], class_w: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-               d: Dist = Dist(), amp: bool = False) -> torch.Tensor:
+               rt: Runtime = Runtime()) -> torch.Tensor:
     """One optimisation step on this rank's share of the global batch `idx` of the device-resident uint8 pack X.
 
     The loss is this rank's weighted sum over the *global* batch's weight sum, times the world size: DDP's mean
-    of the gradients then equals the single-process weighted mean over the whole global batch.
+    of the gradients then equals the single-process weighted mean over the whole global batch. Returns the
+    0-dim loss on the device (no host sync).
     """
-    local = len(idx) // d.world
-    mine = slice(d.rank * local, (d.rank + 1) * local)
+    local = len(idx) // rt.world
+    mine = slice(rt.rank * local, (rt.rank + 1) * local)
     idx_local = idx[mine].to(X.device)
     xb = (augment(X[idx_local].float() / 255, {k: v[mine] for k, v in aug.items()}) - mean) / std
     if X.device.type == "cuda":
         xb = xb.contiguous(memory_format=torch.channels_last)
     yb = Y[idx_local]
-    with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+    with rt.autocast():
         logits = net(xb)
     loss = (class_w[yb] * F.cross_entropy(logits.float(), yb, reduction="none")).sum()
-    loss = loss / class_w[Y[idx.to(X.device)]].sum() * d.world
+    loss = loss / class_w[Y[idx.to(X.device)]].sum() * rt.world
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss.detach()  # not .item(): a host sync per step would stall a GPU; the loop checks once per epoch
-
+    return loss.detach()
 
 
 # the code that shapes a trained model: a checkpoint made by other code is not resumed (DVC reruns the stage when
 # this code changes; resuming a checkpoint of the old code would silently keep the old result)
-CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / m for m in ("training.py", "metrics.py")]
-
-
-def _epoch_gen(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / m for m in ("engine.py", "metrics.py")]
 
 
 def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Generator) -> list[torch.Tensor]:
@@ -198,169 +116,160 @@ def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Gen
     return [order[i:i + batch] for i in range(0, n - batch + 1, batch)]
 
 
-def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: Path, out: Path, ckpt_dir: Path,
-                     d: Dist = Dist(), log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one grid cell and write model_best.pth, model_final.pth, model_config.json and live/ to `out`."""
-    t0 = time.perf_counter()
-    tp, spec = params["classifiers"]["train"], params["classifiers"]["models"][arch]
+class ClassifierTask:
+    """One grid cell as an engine Task: an epoch is a period; validation (val AUROC) ends each epoch.
+
+    Batches and augmentation come from a CPU generator seeded by (seed, epoch) and drawn for the global batch,
+    so a resumed run and a run on N processes see exactly the draws of an uninterrupted single-process run.
+    The best epoch's weights (by val AUROC) are part of the state, so a resumed run keeps them.
+    """
+
+    def __init__(self, name: str, built: Built, tp: dict[str, Any], lr: float, train: tuple[np.ndarray, np.ndarray],
+                 val: tuple[np.ndarray, np.ndarray], rt: Runtime, log: Callable[[str], None] = print) -> None:
+        self.name, self.tp, self.rt, self.lr, self.log = name, tp, rt, lr, log
+        self.advice = f"lower classifiers.models.{built.info['arch']}.lr (now {lr}) or change the seed"
+        self.model = rt.prepare(built.model)
+        if rt.world > 1 and rt.device.type == "cuda":  # batch statistics over the global batch
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        norm = built.info["normalisation"]
+        self.mean = torch.tensor(norm["mean"], device=rt.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm["std"], device=rt.device).view(1, 3, 1, 1)
+        (xs, self.ys), (xv, self.yv) = train, val
+        self.X = torch.from_numpy(xs).permute(0, 3, 1, 2).contiguous().to(rt.device)  # the whole pack, uint8
+        self.XV = torch.from_numpy(xv).permute(0, 3, 1, 2).contiguous().to(rt.device)
+        self.Y = torch.from_numpy(self.ys).to(rt.device)
+        counts = np.bincount(self.ys, minlength=2)
+        self.class_w = torch.tensor(len(self.ys) / (2 * np.maximum(counts, 1)) if tp["imbalance"] == "weighted_loss"
+                                    else np.ones(2), dtype=torch.float32, device=rt.device)
+        self.batch = min(tp["batch_size"], len(self.ys))
+        self.steps_per_epoch = len(self.ys) // self.batch
+        self.net = self._wrap(self.model)
+        self.opt = adamw(self.model, lr, tp["weight_decay"])
+        warmup = round(tp["warmup_epochs"] * self.steps_per_epoch)
+        self.sched = cosine_schedule(self.opt, tp["epochs"] * self.steps_per_epoch, warmup, tp["lr_floor"])
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"auroc": -1.0, "epoch": -1}
+        self.best_state: dict[str, torch.Tensor] = {}
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        net = model
+        if self.rt.world > 1:
+            cuda = self.rt.device.type == "cuda"
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[self.rt.device.index] if cuda else None)
+        return torch.compile(net) if self.tp["compile"] else net
+
+    @property
+    def stop(self) -> bool:
+        """Early stopping: `patience` epochs without a better val AUROC."""
+        return bool(self.history) and self.history[-1]["epoch"] - self.best["epoch"] >= self.tp["patience"]
+
+    def step(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if i == 0:
+            self.gen = torch.Generator().manual_seed(self.tp["seed"] * 100_003 + epoch)
+            self.batches = epoch_batches(self.ys, self.batch, self.tp["imbalance"], self.gen)
+        self.net.train()  # validation (end_period) leaves the model in eval mode
+        self.sched.step_update(step)
+        aug = augment_params(self.batch, self.tp["augment"], self.gen)
+        loss = train_step(self.net, self.opt, self.X, self.Y, self.batches[i], aug, self.class_w, self.mean,
+                          self.std, self.rt)
+        return {"train_loss": loss}
+
+    def end_period(self, step: int, means: dict[str, float]) -> dict[str, float]:
+        """Validate on val: AUROC and loss; keep the best epoch's weights."""
+        pv = probabilities(self.model, self.XV, self.mean, self.std, self.tp["eval_batch_size"], self.rt)
+        val_auroc = _val_auroc(self.yv, pv.numpy())
+        val_loss = float(F.binary_cross_entropy(pv.clamp(1e-7, 1 - 1e-7), torch.from_numpy(self.yv).float()))
+        epoch = (step + 1) // self.steps_per_epoch
+        row = {"epoch": epoch, "train_loss": means["train_loss"], "val_loss": val_loss, "val_auroc": val_auroc,
+               "lr": self.opt.param_groups[0]["lr"]}
+        self.history.append(row)
+        improved = val_auroc > self.best["auroc"]
+        if improved:
+            self.best = {"auroc": val_auroc, "loss": val_loss, "epoch": epoch}
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.log(f"{self.name} epoch {epoch}/{self.tp['epochs']}: loss {means['train_loss']:.4f} val loss "
+                 f"{val_loss:.4f} val AUROC {val_auroc:.4f}" + (" *" if improved else ""))
+        return {k: row[k] for k in ("val_loss", "val_auroc", "lr")}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "history": self.history,
+                "best": self.best, "best_model": self.best_state}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.history, self.best, self.best_state = list(s["history"]), dict(s["best"]), s["best_model"]
+
+
+def _load_data(data_dir: Path, dataset: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     try:
-        xs, ys = load_split(data_dir, "train")
-        xv, yv = load_split(data_dir, "val")
+        return load_split(data_dir, "train"), load_split(data_dir, "val")
     except OSError as e:
         raise DatasetError(f"cannot read dataset {data_dir}: {e}; run `dvc repro build_dataset@{dataset}`") from None
+
+
+def _threads(tp: dict[str, Any], rt: Runtime) -> None:
     if tp["threads"]:
         torch.set_num_threads(tp["threads"])
-    elif d.world > 1 and d.device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.world))
-    batch = min(tp["batch_size"], len(ys))
-    if batch % d.world:
-        raise ParamsError(f"classifiers.train.batch_size ({batch}) must be divisible by classifiers.train.processes "
-                         f"({d.world}): every process takes an equal share of each global batch")
-    size = xs.shape[1]
-    torch.manual_seed(tp["seed"])  # the same initial weights on every rank and every rerun
-    built = build_model(arch, spec, len(LABELS), size)
-    model = built.model.to(d.device)
-    cuda = d.device.type == "cuda"
-    amp = cuda and tp["bf16"]
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        if d.world > 1:  # batch statistics over the global batch, as in a single-process run
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    norm = built.info["normalisation"]
-    mean = torch.tensor(norm["mean"], device=d.device).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"], device=d.device).view(1, 3, 1, 1)
-    # the whole pack on the device, uint8, channels first
-    X = torch.from_numpy(xs).permute(0, 3, 1, 2).contiguous().to(d.device)
-    XV = torch.from_numpy(xv).permute(0, 3, 1, 2).contiguous().to(d.device)
-    Y = torch.from_numpy(ys).to(d.device)
-    counts = np.bincount(ys, minlength=2)
-    class_w = torch.tensor(len(ys) / (2 * np.maximum(counts, 1)) if tp["imbalance"] == "weighted_loss"
-                           else np.ones(2), dtype=torch.float32, device=d.device)
+    elif rt.world > 1 and rt.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // rt.world))
 
+
+def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: Path, out: Path, ckpt_dir: Path,
+                     rt: Runtime = Runtime(), log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train one grid cell and write model_best.pth, model_final.pth, model_config.json and live/ to `out`.
+
+    Raises DatasetError (unreadable pack, one-class val), ParamsError (batch not divisible by processes),
+    Diverged (NaN/Inf loss; nothing of that epoch is saved), CheckpointError, PretrainedUnavailable.
+    """
+    t0 = time.perf_counter()
+    tp, spec = params["classifiers"]["train"], params["classifiers"]["models"][arch]
+    train, val = _load_data(data_dir, dataset)
+    _threads(tp, rt)
+    if min(tp["batch_size"], len(train[1])) % rt.world:
+        raise ParamsError(f"classifiers.train.batch_size ({min(tp['batch_size'], len(train[1]))}) must be divisible "
+                          f"by classifiers.train.processes ({rt.world}): every process takes an equal share of each "
+                          "global batch")
+    torch.manual_seed(tp["seed"])  # the same initial weights on every rank and every rerun
+    built = build_model(arch, spec, len(LABELS), train[0].shape[1])
+    task = ClassifierTask(f"{arch}_{dataset}", built, tp, spec["lr"], train, val, rt,
+                          log=lambda line: log(f"train_classifier: {line}") if rt.main else None)
     config = {"arch": arch, "dataset": dataset, "spec": spec, "train": {k: v for k, v in tp.items() if k != "threads"},
               "data_hash": files_md5([data_dir / "train.npy", data_dir / "val.npy", data_dir / "manifest.csv"]),
-              "code_hash": files_md5(CODE), "world": d.world}
-    h = config_hash(config)
-    net: nn.Module = model
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[d.device.index] if cuda else None)
-    if tp["compile"]:
-        net = torch.compile(net)
-    lr = spec["lr"]
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tp["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    steps_per_epoch = len(ys) // batch
-    total = tp["epochs"] * steps_per_epoch
-    warmup = round(tp["warmup_epochs"] * steps_per_epoch)
-
-    start, history, best, resumed = 0, [], {"auroc": -1.0, "epoch": -1}, None
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(ckpt_dir.glob("checkpoint_epoch_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    if found:
-        state = load_checkpoint(found[-1])
-        if state.get("config_hash") == h:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
-            resumed = start
-            log(f"train_classifier: {arch}_{dataset}: resuming from checkpoint {found[-1]} after epoch {start}")
-        else:
-            log(f"train_classifier: {arch}_{dataset}: checkpoints in {ckpt_dir} are for another config; starting over")
-    _barrier(d)  # every rank has read the checkpoint before rank 0 may clear the folder
-    if resumed is None and d.main:
-        shutil.rmtree(ckpt_dir)
-        ckpt_dir.mkdir(parents=True)
-
-    live = None
-    if d.main:
-        from dvclive import Live
-
-        live = Live(str(ckpt_dir / "live"), dvcyaml=False, save_dvc_exp=False, resume=resumed is not None,
-                    report=None)
-    stale = history[-1]["epoch"] - best["epoch"] if history else 0  # epochs since val AUROC last improved
-    epoch = start
-    for epoch in range(start, tp["epochs"]):
-        if stale >= tp["patience"]:
-            break
-        gen = _epoch_gen(tp["seed"], epoch)
-        torch.manual_seed(tp["seed"] * 100_003 + epoch)  # dropout / drop-path
-        net.train()
-        loss_sum, seen = torch.zeros((), device=d.device), 0
-        for i, idx in enumerate(epoch_batches(ys, batch, tp["imbalance"], gen)):
-            step = epoch * steps_per_epoch + i
-            for g in opt.param_groups:
-                g["lr"] = lr * cosine_with_floor(step, total, warmup, tp["lr_floor"])
-            p = augment_params(batch, tp["augment"], gen)
-            loss = train_step(net, opt, X, Y, idx, p, class_w, mean, std, d, amp)
-            loss_sum += loss / d.world * len(idx)
-            seen += len(idx)
-        train_loss = loss_sum.cpu()
-        if d.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(train_loss)
-        if not torch.isfinite(train_loss):  # checked before anything of this epoch is saved
-            raise ClassifierDiverged(f"{arch}_{dataset}: the training loss became {train_loss.item()} in epoch "
-                                     f"{epoch + 1}; lower classifiers.models.{arch}.lr (now {lr}) or change the seed")
-        pv = probabilities(model, XV, mean, std, tp["eval_batch_size"], d, amp)
-        val_auroc = _val_auroc(yv, pv.numpy())
-        val_loss = float(F.binary_cross_entropy(pv.clamp(1e-7, 1 - 1e-7), torch.from_numpy(yv).float()))
-        row = {"epoch": epoch + 1, "train_loss": float(train_loss) / max(seen, 1), "val_loss": val_loss,
-               "val_auroc": val_auroc, "lr": opt.param_groups[0]["lr"]}
-        history.append(row)
-        improved = val_auroc > best["auroc"]
-        if improved:
-            best = {"auroc": val_auroc, "loss": val_loss, "epoch": epoch + 1}
-            stale = 0
-        else:
-            stale += 1
-        if d.main:
-            if improved:
-                save_checkpoint(ckpt_dir / "best.pth", model.state_dict())
-            save_checkpoint(ckpt_dir / f"checkpoint_epoch_{epoch + 1}.pth",
-                            {"config_hash": h, "epoch": epoch + 1, "model": model.state_dict(),
-                             "optimizer": opt.state_dict(), "history": history, "best": best})
-            for old in sorted(ckpt_dir.glob("checkpoint_epoch_*.pth"),
-                              key=lambda p: int(p.stem.rsplit("_", 1)[1]))[:-tp["keep_checkpoints"]]:
-                old.unlink()
-            live.step = epoch + 1
-            for k in ("train_loss", "val_loss", "val_auroc", "lr"):
-                live.log_metric(k, row[k])
-            live.next_step()
-            log(f"train_classifier: {arch}_{dataset} epoch {epoch + 1}/{tp['epochs']}: loss {row['train_loss']:.4f} "
-                f"val loss {val_loss:.4f} val AUROC {val_auroc:.4f}" + (" *" if improved else ""))
-    _barrier(d)
-    result = {**built.info, "classes": list(LABELS), "positive_class": LABELS[1], "dataset": dataset,
-              "seed": tp["seed"], "params": {"train": tp, "model": spec}, "data_hash": config["data_hash"],
-              "config_hash": h, "n_train": int(len(ys)), "n_val": int(len(yv)),
-              "train_counts": {c: int(n) for c, n in zip(LABELS, counts)},
-              "best_epoch": best["epoch"], "val_auroc": best["auroc"], "val_loss": best.get("loss"),
-              "epochs_run": len(history), "stopped_early": len(history) < tp["epochs"],
-              "resumed_after_epoch": resumed, "history": history, "device": str(d.device), "processes": d.world,
-              "versions": {"torch": torch.__version__}}  # no wall-clock time: the same run gives the same bytes
-    if d.main:
-        import timm
-
-        result["versions"]["timm"] = timm.__version__
-        live.end()
-        with atomic_dir(out) as tmp:
-            shutil.copy2(ckpt_dir / "best.pth", tmp / "model_best.pth")
-            torch.save(model.state_dict(), tmp / "model_final.pth")
-            shutil.copytree(ckpt_dir / "live", tmp / "live")
-            (tmp / "model_config.json").write_text(json.dumps(result, indent=2) + "\n")
-    return {**result, "seconds_this_run": round(time.perf_counter() - t0, 1)}
+              "world": rt.world}
+    spe = task.steps_per_epoch
+    plan = Plan(steps=tp["epochs"] * spe, seed=tp["seed"], period=spe, config=config, code=CODE, folder=ckpt_dir,
+                checkpoint_every=spe, unit="epoch", keep=tp["keep_checkpoints"])
+    fitted = fit(task, plan, rt, log=task.log)
+    record = _record(built, task, config, fitted.config_hash, fitted.resumed_from, rt)
+    if rt.main:
+        _write_cell(out, task, record, ckpt_dir)
+    return {**record, "seconds_this_run": round(time.perf_counter() - t0, 1)}
 
 
-def load_classifier(folder: Path, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained cell from its model_config.json and load model_<which>.pth with strict=True."""
-    from melanoma.classifiers import load_strict
+def _record(built: Built, task: ClassifierTask, config: dict[str, Any], h: str, resumed_from: int | None,
+            rt: Runtime) -> dict[str, Any]:
+    """model_config.json: what was built, on what data, how it trained (no wall-clock time: same run, same bytes)."""
+    import timm
 
-    cfg = json.loads((folder / "model_config.json").read_text())
-    spec = {"model": cfg["model"], "pretrained": False, "kwargs": cfg["kwargs"], "lr": 0.0}
-    built = build_model(cfg["arch"], spec, cfg["num_classes"], cfg["input_size"])
-    path = folder / f"model_{which}.pth"
-    load_strict(built.model, load_checkpoint(path), str(path))
-    return built.model.eval(), cfg
+    tp, ys = task.tp, task.ys
+    counts = np.bincount(ys, minlength=2)
+    return {**built.info, "classes": list(LABELS), "positive_class": LABELS[1], "dataset": config["dataset"],
+            "seed": tp["seed"], "params": {"train": tp, "model": config["spec"]}, "data_hash": config["data_hash"],
+            "config_hash": h, "n_train": int(len(ys)), "n_val": int(len(task.yv)),
+            "train_counts": {c: int(n) for c, n in zip(LABELS, counts)},
+            "best_epoch": task.best["epoch"], "val_auroc": task.best["auroc"], "val_loss": task.best.get("loss"),
+            "epochs_run": len(task.history), "stopped_early": len(task.history) < tp["epochs"],
+            "resumed_after_epoch": None if resumed_from is None else resumed_from // task.steps_per_epoch,
+            "history": task.history, "device": str(rt.device), "processes": rt.world,
+            "precision": "float32" if rt.amp is None else f"{rt.amp} autocast".replace("torch.", ""),
+            "versions": {"torch": torch.__version__, "timm": timm.__version__}}
+
+
+def _write_cell(out: Path, task: ClassifierTask, record: dict[str, Any], ckpt_dir: Path) -> None:
+    with atomic_dir(out) as tmp:
+        torch.save(task.best_state, tmp / "model_best.pth")
+        torch.save(task.model.state_dict(), tmp / "model_final.pth")
+        shutil.copytree(ckpt_dir / "live", tmp / "live")
+        (tmp / "model_config.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -19,19 +19,25 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from melanoma.engine import Plan, Runtime, fit, runtime
+from melanoma.errors import MelanomaError
 from melanoma.generators import dcgan, ddpm
-from melanoma.generators.training import TRAINERS, fit, grid, to_uint8
+from melanoma.images import grid
 from melanoma.io import atomic_dir, read_csv
-from melanoma.params import LABELS
+from melanoma.params import GENERATORS, LABELS
 
-GENERATORS = ("dcgan", "ddpm")
+TASKS = {"dcgan": dcgan.DCGANTask, "ddpm": ddpm.DDPMTask}
+LOG_EVERY = 25  # steps between reads of the training scalars (NaN check, dvclive curves)
+# the code that shapes a trained generator: a checkpoint made by other code is not resumed (DVC reruns the stage
+# when this code changes; resuming the old code's checkpoint would silently keep most of the old result)
+CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "engine.py"]
 
 
-class NonFiniteSamples(RuntimeError):
+class NonFiniteSamples(MelanomaError):
     """A generator produced NaN/Inf pixels: it diverged, and its images must not reach any dataset."""
 
 
-class GeneratorDataError(RuntimeError):
+class GeneratorDataError(MelanomaError):
     """The training images for a generator are missing or empty."""
 
 
@@ -53,33 +59,47 @@ def load_train_images(splits: Path, raw: Path, label: str, size: int, split: str
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S) in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] (any device) -> uint8 (N, H, W, 3) on the CPU."""
+    return ((x.float().cpu().clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def train_generator(gen: str, label: str, params: dict[str, Any], splits: Path, raw: Path, out: Path,
-                    ckpt_dir: Path, log=print) -> dict[str, Any]:
-    """Train one generator and write its folder: weights, config.json, samples.png, curves (dvclive)."""
+                    ckpt_dir: Path, rt: Runtime | None = None, log=print) -> dict[str, Any]:
+    """Train one generator on the train-split images of `label` and write its folder: weights, config.json,
+    samples.png, curves (dvclive). Resumes from `ckpt_dir` when its checkpoint matches.
+
+    Raises GeneratorDataError (no images of the class), Diverged, CheckpointError, PretrainedUnavailable.
+    """
     if gen not in GENERATORS or label not in LABELS:
         raise ValueError(f"unknown generator/class {gen}/{label}; expected {GENERATORS} x {LABELS}")
+    rt = rt or runtime()
     p = params["generators"]
     cfg, size, seed = p[gen], p["image_size"], p["seed"]
     images, data_hash = load_train_images(splits, raw, label, size)
     torch.set_num_threads(p["threads"] or torch.get_num_threads())
     x = to_tensor(images)
     mean, std, clip = ddpm.standardisation(x) if gen == "ddpm" else ([0.0] * 3, [1.0] * 3, 1.0)
-    trainer = TRAINERS[gen](cfg, size, seed, clip)
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    task = TASKS[gen](cfg, x, size, seed, rt, clip)
     config = {"generator": gen, "class": label, "image_size": size, "seed": seed, "params": cfg,
               "data_hash": data_hash, "n_train_images": len(images),
               "normalisation": {"mean": mean, "std": std, "note": "model space = (pixel / 127.5 - 1 - mean) / std"}}
     t0 = time.perf_counter()
-    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    run = fit(trainer, x, steps=cfg["steps"], batch_size=cfg["batch_size"], seed=seed,
-              config=config, ckpt_dir=ckpt_dir, checkpoint_every=p["checkpoint_every"], log=log)
+    plan = Plan(steps=cfg["steps"], seed=seed, period=LOG_EVERY, config=config, code=CODE, folder=ckpt_dir,
+                checkpoint_every=p["checkpoint_every"], unit="step", keep=1)
+    fitted = fit(task, plan, rt, log=log)
+    run = {"steps": cfg["steps"], "resumed_from": fitted.resumed_from, "final": fitted.last,
+           "device": str(rt.device), "precision": "float32" if rt.amp is None else "bfloat16 autocast"}
     record = {**config, "architecture": _architecture(gen, cfg, size), "training": run}  # no wall-clock time: the
     # same run gives the same bytes, so DVC sees an unchanged output
     with atomic_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-        trainer.save(tmp)
+        task.save(tmp)
         grid(load_generator(tmp).sample(64, seed=seed)).save(tmp / "samples.png")  # through the public loader
         shutil.copytree(ckpt_dir / "live", tmp / "curves")
     return {**record, "seconds": round(time.perf_counter() - t0, 1)}

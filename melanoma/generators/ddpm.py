@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
+from melanoma.engine import Runtime, adamw, cosine_schedule, ema
+from melanoma.errors import PretrainedUnavailable
 from melanoma.params import SAMPLERS
 
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler, UNet2DModel
-
-
-class PretrainedUnavailable(RuntimeError):
-    """A pretrained UNet was asked for and could not be loaded: never silently train from scratch instead."""
 
 
 def unet_config(image_size: int, block_out_channels: list[int], layers_per_block: int, attention: bool) -> dict[str, Any]:
@@ -122,3 +122,63 @@ def sample(unet: UNet2DModel, train: DDPMScheduler, sampler: str, steps: int, n:
             x = sched.step(eps, t, x, **kw).prev_sample
         out.append(x.cpu())
     return torch.cat(out)
+
+
+class DDPMTask:
+    """The diffusion step as an engine Task: noise a batch at random timesteps, regress the noise (min-SNR
+    weighted MSE), clip the gradient norm, update the EMA (timm ModelEmaV3) that samples come from.
+
+    `data`: standardised training images, float (N, 3, S, S), moved to the runtime's device. Batch indices,
+    flips, noise and timesteps come from CPU generators seeded by `seed` (the same draws on any device).
+    """
+
+    def __init__(self, cfg: dict[str, Any], data: torch.Tensor, image_size: int, seed: int, rt: Runtime,
+                 clip_range: float = 1.0) -> None:
+        torch.manual_seed(seed)
+        self.cfg, self.rt, self.name = cfg, rt, "ddpm"
+        self.advice = "lower generators.ddpm.lr or change generators.seed"
+        self.data = data.to(rt.device)
+        config = unet_config(image_size, cfg["block_out_channels"], cfg["layers_per_block"], cfg["attention"])
+        self.unet = rt.prepare(build_unet(config, cfg["pretrained"]))
+        self.scheduler = train_scheduler(cfg["num_train_timesteps"], cfg["beta_schedule"], clip_range)
+        self.weights = min_snr_weights(self.scheduler, cfg["min_snr_gamma"]).to(rt.device)
+        self.opt = adamw(self.unet, cfg["lr"], cfg["weight_decay"])
+        self.sched = cosine_schedule(self.opt, cfg["steps"], cfg["warmup_steps"], cfg["lr_floor"])
+        self.ema = ema(self.unet, cfg["ema_decay"])
+        self.batches = torch.Generator().manual_seed(seed)
+        self.rng = torch.Generator().manual_seed(seed + 1)
+
+    def step(self, step: int) -> dict[str, torch.Tensor]:
+        self.sched.step_update(step)
+        self.unet.train()
+        dev, n = self.rt.device, self.cfg["batch_size"]
+        x = self.data[torch.randint(0, len(self.data), (n,), generator=self.batches).to(dev)]
+        x = torch.where((torch.rand(n, 1, 1, 1, generator=self.rng) < 0.5).to(dev), x.flip(3), x)
+        noise = torch.randn(x.shape, generator=self.rng).to(dev)
+        t = torch.randint(0, self.cfg["num_train_timesteps"], (n,), generator=self.rng).to(dev)
+        with self.rt.autocast():
+            pred = self.unet(self.scheduler.add_noise(x, noise, t), t).sample
+        per_image = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per_image * self.weights[t]).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.unet.parameters(), self.cfg["grad_clip"])
+        self.opt.step()
+        self.ema.update(self.unet)
+        return {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"unet": self.unet.state_dict(), "ema": self.ema.module.state_dict(), "opt": self.opt.state_dict(),
+                "rng": self.rng.get_state(), "batches": self.batches.get_state()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.unet.load_state_dict(s["unet"])
+        self.ema.module.load_state_dict(s["ema"])
+        self.opt.load_state_dict(s["opt"])
+        self.rng.set_state(s["rng"])
+        self.batches.set_state(s["batches"])
+
+    def save(self, folder: Path) -> None:
+        """The EMA UNet (safetensors) -> folder/unet/, the training noise schedule -> folder/scheduler/."""
+        self.ema.module.save_pretrained(folder / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(folder / "scheduler")

@@ -23,6 +23,8 @@ from scipy import linalg
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from melanoma.engine import Plan, Runtime, fit
+
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"
 
@@ -66,8 +68,50 @@ class _C2STNet(nn.Module):
         return self.net(x).squeeze(1)
 
 
-def c2st_auc(real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20) -> dict[str, Any]:
-    """Classifier two-sample test on equal numbers of real and synthetic images, half for training."""
+class C2STTask:
+    """The critic's step as an engine Task: epochs of shuffled mini-batches (32) of the training halves, BCE on
+    real (0) vs synthetic (1). The shuffles come from a CPU generator seeded by `seed`."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, train_idx: np.ndarray, seed: int, rt: Runtime) -> None:
+        self.rt, self.name, self.advice = rt, "c2st", "the C2ST critic diverged; change synthesize.seed"
+        torch.manual_seed(seed)
+        self.net = rt.prepare(_C2STNet())
+        self.opt = torch.optim.Adam(self.net.parameters(), 1e-3)
+        self.x, self.y = x.to(rt.device), y.to(rt.device)
+        self.train_idx = torch.from_numpy(train_idx)
+        self.g = torch.Generator().manual_seed(seed)
+        self.per_epoch = -(-len(train_idx) // C2ST_BATCH)
+
+    def step(self, step: int) -> dict[str, torch.Tensor]:
+        i = step % self.per_epoch
+        if i == 0:
+            self.order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.g)].split(C2ST_BATCH)
+        b = self.order[i].to(self.rt.device)
+        with self.rt.autocast():
+            logits = self.net(self.x[b])
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), self.y[b])
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "g": self.g.get_state()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.net.load_state_dict(s["net"])
+        self.opt.load_state_dict(s["opt"])
+        self.g.set_state(s["g"])
+
+
+C2ST_BATCH = 32
+
+
+def c2st_auc(real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20,
+             rt: Runtime = Runtime()) -> dict[str, Any]:
+    """Classifier two-sample test (Lopez-Paz & Oquab, 2017) on equal numbers n of real and synthetic uint8
+    (N, H, W, 3) images: a small CNN trains on half of each for `epochs` epochs and is scored by AUROC on the
+    other halves. Returns {"c2st_auc": float in [0, 1], "c2st_n_per_class": n}; ValueError if n < 8."""
     n = min(len(real), len(fake))
     if n < 8:
         raise ValueError(f"C2ST needs at least 8 images of each kind, got {len(real)} real and {len(fake)} synthetic")
@@ -78,19 +122,10 @@ def c2st_auc(real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20) ->
     half = n // 2
     train_idx = np.concatenate([np.arange(half), n + np.arange(half)])
     test_idx = np.concatenate([np.arange(half, n), n + np.arange(half, n)])
-    torch.manual_seed(seed)
-    net = _C2STNet()
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=g)]
-        for b in perm.split(32):
-            loss = nn.functional.binary_cross_entropy_with_logits(net(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        scores = net(x[torch.from_numpy(test_idx)]).numpy()
+    task = C2STTask(x, y, train_idx, seed, rt)
+    fit(task, Plan(steps=epochs * task.per_epoch, seed=seed, period=task.per_epoch), rt, log=lambda _: None)
+    with torch.no_grad(), rt.autocast():
+        scores = task.net.eval()(task.x[torch.from_numpy(test_idx).to(rt.device)]).float().cpu().numpy()
     return {"c2st_auc": float(roc_auc_score(y[test_idx].numpy(), scores)), "c2st_n_per_class": n}
 
 

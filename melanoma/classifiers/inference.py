@@ -1,0 +1,58 @@
+"""Running a trained classifier: rebuild it from its folder, and P(malignant) for a batch of uint8 images.
+
+Used by validation during training, by `evaluate`, by `export` (the PyTorch side of the ONNX check) and by
+`melanoma predict`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from melanoma.classifiers import build_model, load_strict
+from melanoma.engine import Runtime, load_checkpoint
+
+
+def standardise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) pixels -> float32 (x / 255 - mean) / std; mean/std broadcast as (1, 3, 1, 1)."""
+    return (x_uint8.float() / 255 - mean) / std
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch: int,
+                  rt: Runtime = Runtime()) -> torch.Tensor:
+    """P(malignant), float32 (N,) on the CPU, for uint8 (N, 3, H, W) images already on the model's device.
+
+    Under torchrun each rank scores every world-th image and the parts are gathered, so all ranks return the
+    whole vector. Runs under the runtime's autocast (bf16 on CUDA); the softmax is taken in float32.
+    """
+    model.eval()
+    idx = torch.arange(rt.rank, images.shape[0], rt.world)
+    out = []
+    for i in range(0, len(idx), batch):
+        xb = standardise(images[idx[i:i + batch].to(images.device)], mean, std)
+        with rt.autocast():
+            logits = model(xb)
+        out.append(torch.softmax(logits.float(), 1)[:, 1])
+    mine = torch.cat(out) if out else torch.empty(0, device=images.device)
+    probs = torch.empty(images.shape[0])
+    for r, part in enumerate(rt.gather(mine)):
+        probs[torch.arange(r, images.shape[0], rt.world)] = part.cpu()
+    return probs
+
+
+def load_classifier(folder: Path, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained cell from its model_config.json and load model_<which>.pth (weights_only, strict).
+
+    Returns (model in eval mode on the CPU, the config dict). Raises CheckpointError for an unreadable
+    weights file and WeightsMismatch when the weights do not fit the recorded architecture.
+    """
+    cfg = json.loads((folder / "model_config.json").read_text())
+    spec = {"model": cfg["model"], "pretrained": False, "kwargs": cfg["kwargs"], "lr": 0.0}
+    built = build_model(cfg["arch"], spec, cfg["num_classes"], cfg["input_size"])
+    path = folder / f"model_{which}.pth"
+    load_strict(built.model, load_checkpoint(path), str(path))
+    return built.model.eval(), cfg

@@ -1,0 +1,334 @@
+"""The one training engine under every loop that trains something: classifier cells, DCGAN, DDPM, the SR
+upscaler and the C2ST critic.
+
+A model family is a `Task`: it owns its networks, optimisers, EMA copy and random generators, and takes one
+step. `fit` owns everything around the step, the same way for every family:
+
+- device and precision, chosen once (`Runtime`): CUDA when available (NCCL under torchrun), else the CPU;
+  bf16 autocast where the device supports it; channels_last for conv nets on CUDA;
+- per-step scalars stay on the device and are summed there; the host reads them once per `period` steps
+  (one epoch for classifiers), checks them for NaN/Inf and logs their means with dvclive, so a GPU never
+  waits on a per-step `.item()`;
+- the global torch RNG is reseeded at the start of every period from (seed, period), so dropout and drop-path
+  draw the same numbers in an uninterrupted and in a resumed run;
+- resumable checkpoints: `checkpoint_<unit>_<n>.pth`, written atomically, the last `keep` kept, each carrying
+  the hash of the run's config and of the code that shapes the result. A rerun resumes from the newest one
+  whose hash matches and starts over (with a log line) when it does not.
+
+Library pieces rather than hand-written ones: timm's `CosineLRScheduler` (warmup + cosine to a floor),
+`create_optimizer_v2` (weight-decay groups that skip norms, biases and each model's `no_weight_decay()`),
+and `ModelEmaV3` (foreach EMA of the weights, buffers copied).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Protocol
+
+import torch
+from torch import nn
+
+from melanoma.errors import MelanomaError
+
+
+
+class CheckpointError(MelanomaError):
+    """A checkpoint cannot be read or written; the message names the file and what to do."""
+
+
+class Diverged(MelanomaError):
+    """Training produced NaN/Inf (or a task's own divergence test failed); the message says what to change."""
+
+
+# ---------------------------------------------------------------- device and precision
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a process trains: its device, its rank in a torchrun job, and the autocast dtype.
+
+    `amp` is the autocast dtype (torch.bfloat16) or None for float32. Tests build
+    `Runtime(amp=torch.bfloat16)` on the CPU to exercise the bf16 code path that CUDA would take.
+    """
+
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world: int = 1
+    amp: torch.dtype | None = None
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes outputs and logs (rank 0)."""
+        return self.rank == 0
+
+    def autocast(self) -> ContextManager[Any]:
+        """`torch.autocast` on this device with `amp`, or a no-op context when training in float32."""
+        if self.amp is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def prepare(self, model: nn.Module, conv: bool = True) -> nn.Module:
+        """Move a model to the device; conv nets go channels_last on CUDA (faster cuDNN kernels)."""
+        model = model.to(self.device)
+        if conv and self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in a single process)."""
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def gather(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's `x`, on the CPU, in rank order (all ranks get the list)."""
+        if self.world == 1:
+            return [x]
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, x.cpu())
+        return parts
+
+
+def runtime(bf16: bool = True) -> Runtime:
+    """The Runtime of this process: joins the torchrun group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU).
+
+    bf16 autocast is used only on CUDA devices that support it (Ampere and newer) and when `bf16` is true;
+    on the CPU training stays float32, which is faster there and keeps CPU results exact.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if cuda else torch.device("cpu")
+    amp = torch.bfloat16 if cuda and bf16 and torch.cuda.is_bf16_supported() else None
+    if world == 1:
+        return Runtime(device, 0, 1, amp)
+    if cuda:
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return Runtime(device, torch.distributed.get_rank(), world, amp)
+
+
+# ---------------------------------------------------------------- library pieces, configured once
+
+def cosine_schedule(opt: torch.optim.Optimizer, total: int, warmup: int, floor: float) -> Any:
+    """timm's CosineLRScheduler over optimiser *steps*: linear warmup from lr/warmup to each group's lr over
+    `warmup` steps, then cosine down to `floor` x lr (never to zero, so late steps still learn).
+    Call `.step_update(step)` before each optimiser step."""
+    from timm.scheduler import CosineLRScheduler
+
+    lr = opt.param_groups[0]["lr"]
+    return CosineLRScheduler(opt, t_initial=max(1, total - warmup), lr_min=lr * floor, warmup_t=warmup,
+                             warmup_lr_init=lr / max(1, warmup), warmup_prefix=True, t_in_epochs=False)
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with timm's weight-decay groups: no decay on norms, biases and `model.no_weight_decay()`."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
+
+
+def ema(model: nn.Module, decay: float) -> nn.Module:
+    """timm's ModelEmaV3: `.update(model)` lerps the weights by 1 - decay and copies buffers (BatchNorm
+    statistics); the averaged network is `.module`."""
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay, exclude_buffers=True)
+
+
+# ---------------------------------------------------------------- hashes and checkpoint files
+
+def config_hash(config: dict[str, Any]) -> str:
+    """16 hex chars of sha256 over the JSON of `config` (keys sorted)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def files_md5(paths: list[Path]) -> str:
+    """One md5 over the bytes of several files, read in chunks (a dataset pack can be a gigabyte)."""
+    h = hashlib.md5()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temp name and rename: a kill or a full disk mid-write leaves the previous checkpoint intact.
+
+    Raises CheckpointError (naming `path`) when the file cannot be written.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save's writer reports open/write failures as RuntimeError
+        if tmp.is_file():
+            tmp.unlink()
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][-160:]
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; the previous one is kept. "
+                              "Free disk space or fix permissions, then rerun to resume") from None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load with weights_only=True onto the CPU; CheckpointError (naming `path`) if that fails."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file (UnpicklingError, RuntimeError, EOFError)
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a weights-only checkpoint "
+                              f"({type(e).__name__}); delete it to start over") from None
+
+
+# ---------------------------------------------------------------- the loop
+
+class Task(Protocol):
+    """One model family's training step and state. `step` returns 0-dim tensors on the device (not synced).
+
+    Optional hooks: `end_period(step, means) -> dict | None` runs after every period (validation, a
+    family's own divergence test; may raise Diverged); a `stop` attribute that turns true ends training early
+    (early stopping); `advice` is the sentence a divergence message ends with.
+    """
+
+    name: str
+
+    def step(self, step: int) -> dict[str, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Plan:
+    """How long to train and where checkpoints go.
+
+    steps: optimiser steps in all; period: steps between host reads of the scalars (logging, NaN check,
+    end_period); checkpoint_every: steps between checkpoints (rounded up to a period end; 0: none);
+    folder: the checkpoint folder (None: no checkpoints, no dvclive log); unit: "epoch" numbers checkpoints
+    and log steps by completed periods, "step" by completed steps; keep: checkpoints kept.
+    """
+
+    steps: int
+    seed: int
+    period: int
+    config: dict[str, Any] = field(default_factory=dict)
+    code: list[Path] = field(default_factory=list)
+    folder: Path | None = None
+    checkpoint_every: int = 0
+    unit: str = "step"
+    keep: int = 2
+
+
+@dataclass
+class Fitted:
+    """What `fit` reports: the step it resumed from (None: fresh), the last period's means, the config hash."""
+
+    resumed_from: int | None
+    last: dict[str, float]
+    config_hash: str
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("checkpoint_*_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+
+
+def _resume(task: Task, plan: Plan, h: str, rt: Runtime,
+            log: Callable[[str], None]) -> tuple[int | None, dict[str, float]]:
+    """Load the newest matching checkpoint into `task`; (its step, its last means), or (None, {}) when fresh."""
+    assert plan.folder is not None
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    found = _checkpoints(plan.folder)
+    start, last = None, {}
+    if found:
+        state = load_checkpoint(found[-1])
+        if state.get("config_hash") == h:
+            task.load_state_dict(state["task"])
+            start, last = int(state["step"]), dict(state["last"])
+            log(f"{task.name}: resuming from checkpoint {found[-1]} after {plan.unit} {_count(plan, start)}")
+        else:
+            log(f"{task.name}: checkpoints in {plan.folder} are for another config; starting over")
+    rt.barrier()  # every rank has read the checkpoint before rank 0 may clear the folder
+    if start is None and rt.main:
+        shutil.rmtree(plan.folder)
+        plan.folder.mkdir(parents=True)
+    return start, last
+
+
+def _count(plan: Plan, step: int) -> int:
+    return step // plan.period if plan.unit == "epoch" else step
+
+
+def _save(task: Task, plan: Plan, h: str, step: int, last: dict[str, float]) -> None:
+    assert plan.folder is not None
+    n = _count(plan, step)
+    save_checkpoint(plan.folder / f"checkpoint_{plan.unit}_{n}.pth",
+                    {"config_hash": h, "step": step, plan.unit: n, "last": last, "task": task.state_dict()})
+    for old in _checkpoints(plan.folder)[:-plan.keep]:
+        old.unlink()
+
+
+def _read(sums: dict[str, torch.Tensor], n: int, rt: Runtime) -> dict[str, float]:
+    """Means over the period's steps (and over ranks): the one host synchronisation per period."""
+    if not sums:
+        return {}
+    v = torch.stack([s.float() for s in sums.values()]) / max(n, 1)
+    if rt.world > 1:
+        torch.distributed.all_reduce(v)
+        v = v / rt.world
+    return dict(zip(sums, v.cpu().tolist()))
+
+
+def fit(task: Task, plan: Plan, rt: Runtime = Runtime(), log: Callable[[str], None] = print) -> Fitted:
+    """Run `plan.steps` steps of `task`, resuming from `plan.folder` when a checkpoint matches.
+
+    Raises Diverged when a period's mean scalar is NaN/Inf (before anything of that period is saved) or when
+    the task's end_period says so; CheckpointError for an unreadable/unwritable checkpoint.
+    """
+    h = config_hash({**plan.config, "code": files_md5(plan.code)})
+    start, last = _resume(task, plan, h, rt, log) if plan.folder is not None else (None, {})
+    live = None
+    if plan.folder is not None and rt.main:
+        from dvclive import Live
+
+        live = Live(str(plan.folder / "live"), dvcyaml=False, save_dvc_exp=False, resume=start is not None,
+                    report=None)
+    sums: dict[str, torch.Tensor] = {}
+    since_ckpt, n = 0, 0
+    for step in range(start or 0, plan.steps):
+        if step % plan.period == 0:
+            if getattr(task, "stop", False):
+                break
+            torch.manual_seed(plan.seed * 100_003 + step // plan.period)  # dropout, drop-path
+        for k, v in task.step(step).items():
+            sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
+        n, since_ckpt = n + 1, since_ckpt + 1
+        if (step + 1) % plan.period and step + 1 < plan.steps:
+            continue
+        last = _end_period(task, step, _read(sums, n, rt), live, plan)
+        sums, n = {}, 0
+        if plan.folder is not None and plan.checkpoint_every and rt.main and (
+                since_ckpt >= plan.checkpoint_every or step + 1 == plan.steps or getattr(task, "stop", False)):
+            _save(task, plan, h, step + 1, last)
+            since_ckpt = 0
+    rt.barrier()
+    if live is not None:
+        live.end()
+    return Fitted(start, last, h)
+
+
+def _end_period(task: Task, step: int, means: dict[str, float], live: Any, plan: Plan) -> dict[str, float]:
+    bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+    if bad:
+        where = f"in epoch {_count(plan, step) + 1}" if plan.unit == "epoch" else f"by step {step + 1}"
+        raise Diverged(f"{task.name}: {', '.join(f'{k} became {v}' for k, v in bad.items())} {where}; "
+                       + getattr(task, "advice", "lower the learning rate or change the seed"))
+    hook = getattr(task, "end_period", None)
+    row = {**means, **((hook(step, means) if hook else None) or {})}
+    if live is not None:
+        live.step = _count(plan, step + 1)
+        for k, v in row.items():
+            live.log_metric(k, v)
+        live.next_step()
+    return row

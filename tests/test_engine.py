@@ -1,0 +1,160 @@
+"""The one training engine: resume to identical weights, config change starts over, corrupt checkpoint, NaN stop,
+no per-step host reads, and every engine user under bf16 autocast on the CPU (the dtype path CUDA takes)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from melanoma.classifiers import build_model
+from melanoma.classifiers.train import ClassifierTask
+from melanoma.datasets import load_split
+from melanoma.engine import CheckpointError, Diverged, Plan, Runtime, fit, load_checkpoint
+from melanoma.generators.dcgan import DCGANTask
+from melanoma.generators.ddpm import DDPMTask
+from melanoma.generators.quality import C2STTask
+from melanoma.upscale import SRTask
+from tests.tiny import TINY_MODELS, make_pack, tiny_params
+
+BF16 = Runtime(amp=torch.bfloat16)
+
+
+class Linear:
+    """A minimal Task: least squares on fixed data, with a CPU generator for the batches."""
+
+    name, advice = "linear", "lower the test's lr"
+
+    def __init__(self, lr: float = 0.1) -> None:
+        torch.manual_seed(0)
+        self.w = torch.nn.Linear(4, 1)
+        self.opt = torch.optim.SGD(self.w.parameters(), lr)
+        self.x, self.g = torch.randn(64, 4), torch.Generator().manual_seed(1)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+    def step(self, step: int) -> dict[str, torch.Tensor]:
+        i = torch.randint(0, 64, (8,), generator=self.g)
+        loss = ((self.w(self.x[i])[:, 0] - self.y[i]) ** 2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"w": self.w.state_dict(), "opt": self.opt.state_dict(), "g": self.g.get_state()}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.w.load_state_dict(s["w"])
+        self.opt.load_state_dict(s["opt"])
+        self.g.set_state(s["g"])
+
+
+def _plan(folder: Path, steps: int = 12, **kw: Any) -> Plan:
+    return Plan(steps=steps, seed=0, period=3, config={"lr": 0.1, **kw}, folder=folder, checkpoint_every=3, keep=2)
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    full = Linear()
+    fit(full, _plan(tmp_path / "a"), log=lambda _: None)
+    part = Linear()
+    fit(part, _plan(tmp_path / "b", steps=12), log=lambda _: None)
+    (tmp_path / "b" / "checkpoint_step_12.pth").unlink()  # as if killed during the last period
+    assert [f.name for f in (tmp_path / "b").glob("checkpoint_step_*.pth")] == ["checkpoint_step_9.pth"]
+    logs: list[str] = []
+    resumed = Linear()
+    r = fit(resumed, _plan(tmp_path / "b"), log=logs.append)
+    assert r.resumed_from == 9 and logs == [f"linear: resuming from checkpoint {tmp_path / 'b'}/checkpoint_step_9.pth "
+                                            "after step 9"]
+    assert torch.equal(resumed.w.weight, full.w.weight) and torch.equal(resumed.w.bias, full.w.bias)
+    assert sorted(f.name for f in (tmp_path / "b").glob("checkpoint_*")) == ["checkpoint_step_12.pth",
+                                                                              "checkpoint_step_9.pth"]  # keep: 2
+
+
+def test_another_config_starts_over_and_a_corrupt_checkpoint_is_one_error(tmp_path):
+    fit(Linear(), _plan(tmp_path), log=lambda _: None)
+    logs: list[str] = []
+    r = fit(Linear(), _plan(tmp_path, batch=16), log=logs.append)
+    assert r.resumed_from is None and "are for another config" in logs[0] and "starting over" in logs[0]
+    (tmp_path / "checkpoint_step_12.pth").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError, match=r"checkpoint_step_12.pth is corrupt .*delete it to start over"):
+        fit(Linear(), _plan(tmp_path, batch=16), log=lambda _: None)
+
+
+def test_code_change_starts_over(tmp_path):
+    code = tmp_path / "code.py"
+    code.write_text("v1")
+    fit(Linear(), Plan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_every=3),
+        log=lambda _: None)
+    code.write_text("v2")
+    r = fit(Linear(), Plan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_every=3),
+            log=lambda _: None)
+    assert r.resumed_from is None
+
+
+def test_nan_stops_before_the_period_is_saved_and_scalars_are_read_once_per_period(tmp_path, monkeypatch):
+    reads = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or real_tolist(t))
+    task = Linear(lr=10.0)  # diverges within a few steps
+    with pytest.raises(Diverged, match=r"linear: loss became (nan|inf) by step \d+; lower the test's lr"):
+        fit(task, Plan(steps=300, seed=0, period=5, folder=tmp_path, checkpoint_every=5), log=lambda _: None)
+    saved = [load_checkpoint(f)["last"]["loss"] for f in tmp_path.glob("checkpoint_*.pth")]
+    assert saved and all(np.isfinite(saved))  # checkpoints exist, and none holds the diverged period
+    last_step = max(load_checkpoint(f)["step"] for f in tmp_path.glob("checkpoint_*.pth"))
+    assert len(reads) == last_step // 5 + 1  # one host read per period of 5 steps (the last one found the NaN)
+
+
+# ---------------------------------------------------------------- every engine user under bf16 autocast
+
+def _params(w: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in w.parameters()]
+
+
+def _trained(before: list[torch.Tensor], model: torch.nn.Module) -> None:
+    after = list(model.parameters())
+    assert all(p.dtype == torch.float32 for p in after)  # autocast computes in bf16, the weights stay float32
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def _run(task: Any, steps: int = 2, period: int = 1) -> dict[str, float]:
+    return fit(task, Plan(steps=steps, seed=0, period=period), BF16, log=lambda _: None).last
+
+
+@pytest.mark.parametrize("arch", ["ResNet", "ViT", "Swin", "MedViT"])
+def test_classifier_task_trains_under_bf16_autocast(tmp_path, arch):
+    size = 32 if arch == "MedViT" else 16
+    data = make_pack(tmp_path, size=size)
+    tp = tiny_params()["classifiers"]["train"]
+    built = build_model(arch, TINY_MODELS[arch], 2, size)
+    task = ClassifierTask(arch, built, tp, 1e-3, load_split(data, "train"), load_split(data, "val"), BF16,
+                          log=lambda _: None)
+    before = _params(task.model)
+    last = _run(task, steps=2 * task.steps_per_epoch, period=task.steps_per_epoch)  # validates under autocast too
+    assert np.isfinite(last["train_loss"]) and 0 <= last["val_auroc"] <= 1
+    _trained(before, task.model)
+
+
+def test_generator_tasks_train_under_bf16_autocast():
+    g = tiny_params()["generators"]
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    for task in (DCGANTask(g["dcgan"], x, 16, 0, BF16), DDPMTask(g["ddpm"], x, 16, 0, BF16)):
+        model = task.G if isinstance(task, DCGANTask) else task.unet
+        before = _params(model)
+        assert all(np.isfinite(v) for v in _run(task).values())
+        _trained(before, model)
+        assert all(p.dtype == torch.float32 for p in task.ema.module.parameters())
+
+
+def test_upscaler_and_c2st_tasks_train_under_bf16_autocast():
+    sr = SRTask({"channels": 8, "lr": 1e-3, "batch_size": 4}, 2, torch.rand(8, 3, 16, 16), 0, BF16)
+    before = _params(sr.model)
+    assert np.isfinite(_run(sr)["loss"])
+    _trained(before, sr.model)
+    x, y = torch.rand(16, 3, 16, 16) * 2 - 1, torch.cat([torch.zeros(8), torch.ones(8)])
+    critic = C2STTask(x, y, np.arange(16), 0, BF16)
+    before = _params(critic.net)
+    assert np.isfinite(_run(critic)["loss"])
+    _trained(before, critic.net)
