@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from melanoma.classifiers import build_model
 from melanoma.classifiers.train import augment_params, epoch_batches, train_step
 from melanoma.engine import adamw, runtime
-from melanoma.datasets import load_split
+from melanoma.data.datasets import load_split
 from melanoma.params import load_params
 
 

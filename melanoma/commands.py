@@ -26,8 +26,8 @@ def _cells(args: argparse.Namespace, params: dict) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from melanoma.hub import resolve
-    from melanoma.predict import as_json, as_table, expand, predict
+    from melanoma.serving.hub import resolve
+    from melanoma.serving.predict import as_json, as_table, expand, predict
 
     files = expand(args.images)
     if not files:
@@ -42,7 +42,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from melanoma.hub import publish
+    from melanoma.serving.hub import publish
     from melanoma.params import load_params
     from melanoma.paths import EXPORT
 
@@ -58,7 +58,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from melanoma.hub import download
+    from melanoma.serving.hub import download
     from melanoma.params import load_params
 
     params = load_params()

@@ -1,7 +1,7 @@
 """DVC stage `build_dataset@{Dataset}`: splits + synthetic shards -> data/datasets/{Dataset}/ (packs, manifest, stats)."""
 import sys
 
-from melanoma.datasets import build_dataset
+from melanoma.data.datasets import build_dataset
 from melanoma.params import load_params
 from melanoma.paths import DATASETS, RAW, SPLITS, SYNTHETIC
 from melanoma.stage import run_stage

@@ -14,7 +14,7 @@ from melanoma.stage import run_stage
 def main() -> str:
     if len(sys.argv) != 2 or sys.argv[1] not in ARCHS:
         raise ParamsError(f"usage: evaluate.py ARCH with ARCH in {', '.join(ARCHS)} (got {' '.join(sys.argv[1:])})")
-    from melanoma.evaluate import evaluate_cell
+    from melanoma.evaluation.evaluate import evaluate_cell
     from melanoma.io import atomic_dir
 
     arch = sys.argv[1]

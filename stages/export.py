@@ -6,7 +6,7 @@ from melanoma.stage import run_stage
 
 
 def main() -> str:
-    from melanoma.package import export_all
+    from melanoma.serving.package import export_all
 
     worst = export_all(load_params(), EXPORT)
     return (f"export: {len(worst)} cells -> {EXPORT}/; ONNX vs PyTorch on the real val images: max "

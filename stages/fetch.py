@@ -1,5 +1,5 @@
 """DVC stage `fetch`: params `data.*` -> data/raw/ (images, manifest.csv, rejected.csv)."""
-from melanoma.fetch import collect, write_raw
+from melanoma.data.fetch import collect, write_raw
 from melanoma.params import load_params
 from melanoma.paths import RAW
 from melanoma.stage import run_stage

@@ -5,7 +5,7 @@ from melanoma.stage import run_stage
 
 
 def main() -> str:
-    from melanoma.report import build_report
+    from melanoma.evaluation.report import build_report
 
     r = build_report(load_params(), EVALUATION, REPORT, SYNTHETIC, DATASETS, SPLITS)
     better = sum(c["verdict"].startswith("improvement") for c in r["comparisons"])

@@ -1,7 +1,7 @@
 """DVC stage `split`: data/raw/manifest.csv -> data/splits/{train,val,test}.csv + split_report.json."""
+from melanoma.data.split import split, summary_line
 from melanoma.params import load_params
 from melanoma.paths import RAW, SPLITS
-from melanoma.split import split, summary_line
 from melanoma.stage import run_stage
 
 

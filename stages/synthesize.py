@@ -1,10 +1,10 @@
 """DVC stage `synthesize@{gen}`: both class generators -> data/synthetic/{gen}/ + results/generators/{gen}/."""
 import sys
 
+from melanoma.generators.synthesize import synthesize
 from melanoma.params import load_params
 from melanoma.paths import GENERATOR_RESULTS, GENERATORS, RAW, SPLITS, SYNTHETIC
 from melanoma.stage import run_stage
-from melanoma.synthesize import synthesize
 
 
 def main() -> str:

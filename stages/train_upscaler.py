@@ -1,8 +1,8 @@
 """DVC stage `train_upscaler`: real train images -> models/upscaler/ + results/upscaler/metrics.json (PSNR/SSIM on val)."""
+from melanoma.generators.upscale import train_upscaler
 from melanoma.params import load_params
 from melanoma.paths import CHECKPOINTS, RAW, SPLITS, UPSCALER, UPSCALER_RESULTS
 from melanoma.stage import run_stage
-from melanoma.upscale import train_upscaler
 
 
 def main() -> str:

@@ -1,10 +1,10 @@
 """DVC stage `upscale@{gen}`: data/synthetic/{gen}/ -> data/synthetic/{gen}_upscaled/ by params `upscale.method`."""
 import sys
 
+from melanoma.generators.upscale import upscale
 from melanoma.params import load_params
 from melanoma.paths import SYNTHETIC, UPSCALER, UPSCALER_RESULTS
 from melanoma.stage import run_stage
-from melanoma.upscale import upscale
 
 
 def main() -> str:

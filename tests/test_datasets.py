@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from melanoma.datasets import DatasetError, LeakageError, build_dataset, load_split, resize
+from melanoma.data.datasets import DatasetError, LeakageError, build_dataset, load_split, resize
+from melanoma.generators.upscale import upscale
 from melanoma.io import read_csv
-from melanoma.upscale import upscale
 from tests.tiny import make_project, tiny_params, with_dcgan_synthetic
 
 P = tiny_params(**{"upscale.method": "bicubic", "datasets.image_size": 24})

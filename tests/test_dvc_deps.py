@@ -160,22 +160,22 @@ def test_every_code_dep_is_needed(name: str) -> None:
 
 
 def test_walker_follows_lazy_imports_and_a_dropped_dep_is_reported() -> None:
-    """Not vacuous: evaluate reaches gradcam only through a lazy `from melanoma import gradcam` in a function of
-    melanoma/evaluate.py, and taking that dep out of an in-memory dvc.yaml makes the coverage check name it."""
+    """Not vacuous: evaluate reaches gradcam only through a lazy `from melanoma.evaluation import gradcam` in a function of
+    melanoma/evaluation/evaluate.py, and taking that dep out of an in-memory dvc.yaml makes the coverage check name it."""
     reached = reached_files("stages/evaluate.py")
-    assert {"melanoma/__init__.py", "melanoma/evaluate.py", "melanoma/gradcam.py",
+    assert {"melanoma/__init__.py", "melanoma/evaluation/evaluate.py", "melanoma/evaluation/gradcam.py",
             "melanoma/classifiers/inference.py", "melanoma/classifiers/medvit.py"} <= reached
-    assert not any(f.startswith(("melanoma/generators/", "melanoma/report.py")) for f in reached)
+    assert not any(f.startswith(("melanoma/generators/", "melanoma/evaluation/report.py")) for f in reached)
     stage = copy.deepcopy(STAGES["evaluate"])
     assert missing_deps(stage) == []
-    stage["deps"].remove("melanoma/gradcam.py")
-    assert missing_deps(stage) == ["melanoma/gradcam.py"]
+    stage["deps"].remove("melanoma/evaluation/gradcam.py")
+    assert missing_deps(stage) == ["melanoma/evaluation/gradcam.py"]
 
 
 def test_walker_skips_type_checking_imports(tmp_path: Path) -> None:
     """Imports under `if TYPE_CHECKING:` never run; lazy ones and the `else:` branch do."""
     script = tmp_path / "script.py"
-    script.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from melanoma import gradcam\n"
+    script.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from melanoma.evaluation import gradcam\n"
                       "else:\n    import melanoma.generators.dcgan\n\ndef f():\n    from melanoma import io\n")
     found = {f.relative_to(ROOT).as_posix() for f in imported_files(script)}
     assert found == {"melanoma/__init__.py", "melanoma/io.py", "melanoma/generators/__init__.py",

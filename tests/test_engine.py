@@ -11,12 +11,12 @@ import torch
 
 from melanoma.classifiers import build_model
 from melanoma.classifiers.train import ClassifierTask
-from melanoma.datasets import load_split
+from melanoma.data.datasets import load_split
 from melanoma.engine import CheckpointError, Diverged, Plan, Runtime, fit, load_checkpoint
 from melanoma.generators.dcgan import DCGANTask
 from melanoma.generators.ddpm import DDPMTask
 from melanoma.generators.quality import C2STTask
-from melanoma.upscale import SRTask
+from melanoma.generators.upscale import SRTask
 from tests.tiny import TINY_MODELS, make_pack, tiny_params
 
 BF16 = Runtime(amp=torch.bfloat16)
@@ -158,3 +158,13 @@ def test_upscaler_and_c2st_tasks_train_under_bf16_autocast():
     before = _params(critic.net)
     assert np.isfinite(_run(critic)["loss"])
     _trained(before, critic.net)
+
+
+def test_every_code_hash_list_names_existing_files():
+    """A moved module would otherwise fail every training run with FileNotFoundError."""
+    from melanoma.classifiers.train import CODE as classifier_code
+    from melanoma.generators import CODE as generator_code
+    from melanoma.generators.upscale import CODE as upscaler_code
+
+    for code in (classifier_code, generator_code, upscaler_code):
+        assert code and all(p.is_file() for p in code) and any(p.name == "engine.py" for p in code)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, matthews_corrcoef, roc_auc_score
 
-from melanoma.metrics import (at_threshold, average_precision, bootstrap_ci, brier, choose_threshold,
+from melanoma.evaluation.metrics import (at_threshold, average_precision, bootstrap_ci, brier, choose_threshold,
                                  expected_calibration_error, paired_auroc_difference, point_metrics, roc_points)
-from melanoma.metrics import MetricError
+from melanoma.evaluation.metrics import MetricError
 
 Y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
 P = np.array([0.9, 0.6, 0.3, 0.7, 0.2, 0.2, 0.1, 0.05])

@@ -1,4 +1,4 @@
-"""The fetch stage's sources and failure modes (melanoma.fetch)."""
+"""The fetch stage's sources and failure modes (melanoma.data.fetch)."""
 import csv
 import io
 import shutil
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma import fetch
-from melanoma.fetch import FetchError, collect, from_demo, from_folder, from_gdrive, safe_extract, write_raw
+from melanoma.data import fetch
+from melanoma.data.fetch import FetchError, collect, from_demo, from_folder, from_gdrive, safe_extract, write_raw
 from melanoma.io import read_csv
 from melanoma.params import load_params
 from tests.conftest import ROOT, jpeg_bytes, lesion_image, make_class_folders
@@ -55,7 +55,7 @@ def test_demo_is_byte_identical_per_seed_and_differs_across_seeds(tmp_path):
 
 def test_demo_malignant_lesions_are_larger_on_average():
     """The ABCD rule's D: malignant lesions cover more of the field than benign ones (over 60 images)."""
-    from melanoma import demo
+    from melanoma.data import demo
     area = {"benign": [], "malignant": []}
     for s in demo.plan(0, 30, 30, 64):
         lum = demo.render(s)[0].astype(float).mean(axis=2)

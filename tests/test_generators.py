@@ -16,9 +16,9 @@ from melanoma.generators import dcgan
 from melanoma.generators.quality import (c2st_auc, frechet_distance, kernel_inception_distance, nearest_ratio,
                                          quality)
 from melanoma.engine import CheckpointError, Diverged, Plan, Runtime, fit, load_checkpoint, save_checkpoint
+from melanoma.generators.synthesize import synthesize
 from melanoma.io import read_csv
 from melanoma.params import ParamsError, validate
-from melanoma.synthesize import synthesize
 from tests.conftest import ROOT
 from tests.tiny import make_project, run_stage, tiny_params
 

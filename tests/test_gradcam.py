@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma import gradcam
 from melanoma.classifiers import build_model, family
+from melanoma.evaluation import gradcam
 from melanoma.params import ARCHS
 from tests.tiny import TINY_MODELS
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma.images import ImageRejected, load_rgb, normalise
+from melanoma.data.images import ImageRejected, decode_image
 from tests.conftest import jpeg_bytes, lesion_image
 
 
@@ -29,7 +29,7 @@ def decoded(norm) -> Image.Image:
 
 def test_upright_rgb_jpeg_keeps_its_bytes(tmp_path):
     data = jpeg_bytes(lesion_image(1))
-    n = normalise(write(tmp_path, "a.jpg", data), max_side=1024)
+    n = decode_image(write(tmp_path, "a.jpg", data), max_side=1024)
     assert n.data == data and n.suffix == ".jpg"
     assert (n.width, n.height) == (64, 48)
     assert n.thumb.shape == (16, 16) and n.thumb.dtype == np.uint8
@@ -39,7 +39,7 @@ def test_upright_rgb_jpeg_keeps_its_bytes(tmp_path):
 def test_modes_become_rgb(tmp_path, mode):
     im = lesion_image(2).convert(mode)
     fmt = "JPEG" if mode in ("CMYK", "L") else "PNG"
-    n = normalise(write(tmp_path, f"x.{fmt.lower()}", save(im, fmt)), max_side=1024)
+    n = decode_image(write(tmp_path, f"x.{fmt.lower()}", save(im, fmt)), max_side=1024)
     out = decoded(n)
     assert out.mode == "RGB" and out.size == (64, 48)
     assert n.suffix == ".png"  # converted pixels are stored losslessly
@@ -47,7 +47,7 @@ def test_modes_become_rgb(tmp_path, mode):
 
 def test_rgba_transparency_composited_on_white(tmp_path):
     im = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
-    n = normalise(write(tmp_path, "t.png", save(im, "PNG")), 1024)
+    n = decode_image(write(tmp_path, "t.png", save(im, "PNG")), 1024)
     assert np.asarray(decoded(n)).min() == 255
 
 
@@ -55,7 +55,7 @@ def test_sixteen_bit_png_scaled_to_eight_bits(tmp_path):
     a = np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)
     im = Image.fromarray(a)
     assert im.mode.startswith("I")
-    n = normalise(write(tmp_path, "deep.png", save(im, "PNG")), 1024)
+    n = decode_image(write(tmp_path, "deep.png", save(im, "PNG")), 1024)
     px = np.asarray(decoded(n))
     assert px.dtype == np.uint8 and px.shape == (30, 40, 3)
     assert px.max() == 255 and px.min() == 0  # the full range survives, not clipped to white
@@ -63,7 +63,7 @@ def test_sixteen_bit_png_scaled_to_eight_bits(tmp_path):
 
 def test_huge_image_downscaled(tmp_path):
     im = Image.new("RGB", (6000, 4000), (120, 80, 60))
-    n = normalise(write(tmp_path, "big.jpg", jpeg_bytes(im, quality=50)), max_side=1024)
+    n = decode_image(write(tmp_path, "big.jpg", jpeg_bytes(im, quality=50)), max_side=1024)
     assert (n.orig_width, n.orig_height) == (6000, 4000)
     assert (n.width, n.height) == (1024, 683)
     assert decoded(n).size == (1024, 683)
@@ -73,7 +73,7 @@ def test_exif_orientation_applied(tmp_path):
     im = lesion_image(3, size=(40, 20))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    n = normalise(write(tmp_path, "rot.jpg", jpeg_bytes(im, exif=exif)), 1024)
+    n = decode_image(write(tmp_path, "rot.jpg", jpeg_bytes(im, exif=exif)), 1024)
     assert (n.width, n.height) == (20, 40)
     assert n.suffix == ".png"  # re-encoded upright; the original bytes would display sideways elsewhere
 
@@ -85,17 +85,18 @@ def test_exif_orientation_applied(tmp_path):
 ])
 def test_unusable_files_rejected_with_reason(tmp_path, name, data, reason):
     with pytest.raises(ImageRejected, match=reason):
-        normalise(write(tmp_path, name, data), 1024)
+        decode_image(write(tmp_path, name, data), 1024)
 
 
 def test_truncated_jpeg_rejected(tmp_path):
     data = jpeg_bytes(lesion_image(4, size=(256, 256)), quality=95)
     with pytest.raises(ImageRejected, match="truncated or corrupt image"):
-        normalise(write(tmp_path, "cut.jpg", data[: len(data) // 2]), 1024)
+        decode_image(write(tmp_path, "cut.jpg", data[: len(data) // 2]), 1024)
 
 
-def test_load_rgb_roundtrip(tmp_path):
+def test_stored_bytes_decode_to_the_same_pixels(tmp_path):
     im = lesion_image(5)
-    n = normalise(write(tmp_path, "x.png", save(im.convert("RGBA"), "PNG")), 1024)
+    n = decode_image(write(tmp_path, "x.png", save(im.convert("RGBA"), "PNG")), 1024)
     out = write(tmp_path, "out.png", n.data)
-    assert np.array_equal(load_rgb(out), np.asarray(im))
+    with Image.open(out) as stored:
+        assert stored.mode == "RGB" and np.array_equal(np.asarray(stored), np.asarray(im))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from melanoma.metrics import MetricError, auroc
+from melanoma.evaluation.metrics import MetricError, auroc
 
 
 def test_auroc_hand_computed_cases():

@@ -17,9 +17,9 @@ from PIL import Image
 from melanoma.classifiers import build_model
 from melanoma.classifiers.train import train_classifier
 from melanoma.commands import main as cli
-from melanoma.evaluate import evaluate_cell
-from melanoma.hub import HubError, model_card, repo_id
-from melanoma.package import (PARITY_TOLERANCE, Served, export_cell, load, onnx_probabilities, prepare,
+from melanoma.evaluation.evaluate import evaluate_cell
+from melanoma.serving.hub import HubError, model_card, repo_id
+from melanoma.serving.package import (PARITY_TOLERANCE, Served, export_cell, load, onnx_probabilities, prepare,
                               torch_probabilities, write_onnx)
 from melanoma.params import load_params
 from tests.conftest import ROOT
@@ -199,7 +199,7 @@ def test_publish_dry_run_then_download_from_the_cache_round_trip(project, isic_s
         pa, pb, pc = ([x["p_malignant"] for x in json.loads(o.stdout)["predictions"]] for o in (a, b, c))
         assert pa == pb == pc and len(pa) == 5
     # timm reads the Hub repo itself (config.json + model.safetensors) from the cache
-    code = ("import timm, torch; from melanoma.package import load\n"
+    code = ("import timm, torch; from melanoma.serving.package import load\n"
             "m = timm.create_model('hf-hub:someone/melanoma-ResNet_Original', pretrained=True).eval()\n"
             "o, _ = load('models/export/ResNet/ResNet_Original')\n"
             "x = torch.rand(3, 3, 32, 32)\n"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from melanoma.classifiers.train import train_classifier
-from melanoma.evaluate import evaluate_cell
-from melanoma.report import build_report
+from melanoma.evaluation.evaluate import evaluate_cell
+from melanoma.evaluation.report import build_report
 from tests.tiny import make_pack, tiny_params
 
 ARCHS, DATASETS = ["ResNet", "ViT"], ["Original", "DCGAN"]

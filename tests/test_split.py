@@ -1,4 +1,4 @@
-"""Grouped, stratified, seeded splitting (melanoma.split)."""
+"""Grouped, stratified, seeded splitting (melanoma.data.split)."""
 import json
 from collections import Counter
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma.fetch import from_demo, from_folder, write_raw
+from melanoma.data.fetch import from_demo, from_folder, write_raw
+from melanoma.data.split import SplitError, assign, near_duplicate_pairs, split
 from melanoma.io import read_csv
-from melanoma.split import SplitError, assign, near_duplicate_pairs, split
 from tests.conftest import make_class_folders
 
 DEMO = {"seed": 1, "n_benign": 60, "n_malignant": 30, "image_size": 48, "label_noise": 0.0, "repeat_fraction": 0.15}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.upscale import (ESPCN, UpscaleError, bicubic, downscale, load_upscaler, psnr, ssim, train_upscaler,
+from melanoma.generators.upscale import (ESPCN, UpscaleError, bicubic, downscale, load_upscaler, psnr, ssim, train_upscaler,
                               upscale, upscale_images)
 from tests.tiny import make_project, tiny_params, with_dcgan_synthetic
 

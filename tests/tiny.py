@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from melanoma.fetch import from_demo, write_raw
+from melanoma.data.fetch import from_demo, write_raw
+from melanoma.data.split import split
 from melanoma.io import write_csv
 from melanoma.params import validate
-from melanoma.split import split
 from tests.conftest import ROOT
 
 
@@ -79,7 +79,7 @@ def run_stage(folder: Path, script: str, *args: str, check: bool = True, **popen
 def with_dcgan_synthetic(folder: Path, params: dict) -> Path:
     """Train both tiny DCGANs in `folder` and synthesize their images (data/synthetic/dcgan)."""
     from melanoma.generators import train_generator
-    from melanoma.synthesize import synthesize
+    from melanoma.generators.synthesize import synthesize
 
     for label in ("benign", "malignant"):
         out = folder / f"models/generators/dcgan/dcgan_{label}"

@@ -27,10 +27,10 @@ from torch import nn
 
 from melanoma.classifiers import Built, build_model
 from melanoma.classifiers.inference import probabilities, standardise
-from melanoma.datasets import DatasetError, load_split
+from melanoma.data.datasets import DatasetError, load_split
 from melanoma.engine import Plan, Runtime, adamw, cosine_schedule, files_md5, fit
+from melanoma.evaluation.metrics import MetricError, auroc
 from melanoma.io import atomic_dir
-from melanoma.metrics import MetricError, auroc
 from melanoma.params import LABELS, ParamsError
 
 # ---------------------------------------------------------------- augmentation
@@ -102,7 +102,8 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: t
 
 # the code that shapes a trained model: a checkpoint made by other code is not resumed (DVC reruns the stage when
 # this code changes; resuming a checkpoint of the old code would silently keep the old result)
-CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / m for m in ("engine.py", "metrics.py")]
+CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / m
+                                                     for m in ("engine.py", "evaluation/metrics.py")]
 
 
 def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Generator) -> list[torch.Tensor]:

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from melanoma.data.images import grid
 from melanoma.engine import Plan, Runtime, fit, runtime
 from melanoma.errors import MelanomaError
 from melanoma.generators import dcgan, ddpm
-from melanoma.images import grid
 from melanoma.io import atomic_dir, read_csv
 from melanoma.params import GENERATORS, LABELS
 
@@ -30,7 +30,8 @@ TASKS = {"dcgan": dcgan.DCGANTask, "ddpm": ddpm.DDPMTask}
 LOG_EVERY = 25  # steps between reads of the training scalars (NaN check, dvclive curves)
 # the code that shapes a trained generator: a checkpoint made by other code is not resumed (DVC reruns the stage
 # when this code changes; resuming the old code's checkpoint would silently keep most of the old result)
-CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / "engine.py"]
+CODE = [Path(__file__).parent / f for f in ("__init__.py", "dcgan.py", "ddpm.py")] + [Path(__file__).parents[1] /
+                                                                                  "engine.py"]
 
 
 class NonFiniteSamples(MelanomaError):

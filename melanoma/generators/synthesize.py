@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from melanoma.datasets import balanced_counts
+from melanoma.data.datasets import balanced_counts
+from melanoma.data.images import grid, md5_bytes
 from melanoma.errors import MelanomaError
 from melanoma.generators import load_generator, load_train_images
 from melanoma.generators.quality import pairs_sheet, quality
-from melanoma.images import grid, md5_bytes
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS
 

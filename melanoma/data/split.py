@@ -121,9 +121,42 @@ def load_thumbnails(raw: Path, n_rows: int) -> np.ndarray:
     return thumbs
 
 
+def _main_groups(rows: list[dict[str, str]], members: dict[int, list[int]]) -> tuple[dict[int, list[int]], list[int]]:
+    """Groups of main-subset images, and the main images dropped because an external-test image shares their group
+    (they would leak the external test set into training)."""
+    dropped, main_groups = [], {}
+    for g, idx in members.items():
+        main = [i for i in idx if rows[i]["subset"] == "main"]
+        if len(main) < len(idx):
+            dropped += main
+        elif main:
+            main_groups[g] = main
+    return main_groups, dropped
+
+
+def _group_label(rows: list[dict[str, str]], idx: list[int]) -> str:
+    """A group's label for stratification: its majority label, malignant on a tie."""
+    votes = Counter(rows[i]["label"] for i in idx)
+    return max(LABELS, key=lambda c: (votes[c], c == "malignant"))
+
+
+def _check_counts(counts: dict[str, dict[str, int]], fractions: dict[str, float], n_groups: int) -> None:
+    for s in SPLITS:
+        for c in LABELS:
+            if fractions[s] > 0 and counts[s][c] == 0:
+                raise SplitError(
+                    f"split '{s}' would have no {c} images ({sum(counts[x][c] for x in SPLITS)} {c} images in "
+                    f"{n_groups} groups); add data or change split.{s}_fraction")
+
+
 def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: float,
           near_duplicate_corr: float) -> dict[str, Any]:
-    """Write {train,val,test}.csv (+ external_test.csv) and split_report.json; return the report."""
+    """Write {train,val,test}.csv (+ external_test.csv) and split_report.json; return the report.
+
+    Stratified by label, grouped so that exact/near duplicates (thumbnail correlation >= near_duplicate_corr)
+    and photographs of one lesion stay in one split. Raises SplitError for an empty manifest, fractions that
+    leave nothing to train on, or a split that would miss a class.
+    """
     t0 = time.perf_counter()
     if val_fraction + test_fraction >= 1:
         raise SplitError("split.val_fraction + split.test_fraction must leave images for training (< 1)")
@@ -134,38 +167,17 @@ def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: f
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(grouping.group_of):
         members[g].append(i)
-
-    # a main image grouped with an external-test image would leak into training: drop it
-    dropped = []
-    main_groups: dict[int, list[int]] = {}
-    for g, idx in members.items():
-        main = [i for i in idx if rows[i]["subset"] == "main"]
-        if len(main) < len(idx):
-            dropped += main
-        elif main:
-            main_groups[g] = main
-    group_label = {}
-    for g, idx in main_groups.items():
-        votes = Counter(rows[i]["label"] for i in idx)
-        group_label[g] = max(LABELS, key=lambda c: (votes[c], c == "malignant"))
+    main_groups, dropped = _main_groups(rows, members)
     fractions = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-    where = assign(main_groups, group_label, fractions, seed)
-
-    columns = list(rows[0].keys()) + ["group"]
+    where = assign(main_groups, {g: _group_label(rows, idx) for g, idx in main_groups.items()}, fractions, seed)
     tables: dict[str, list[dict[str, str]]] = {s: [] for s in SPLITS}
     for g, idx in main_groups.items():
         for i in idx:
             tables[where[g]].append({**rows[i], "group": rows[min(members[g])]["id"]})
     external = [{**rows[i], "group": rows[min(members[grouping.group_of[i]])]["id"]}
                 for i in range(len(rows)) if rows[i]["subset"] == "external_test"]
-
     counts = {s: {c: sum(r["label"] == c for r in t) for c in LABELS} for s, t in tables.items()}
-    for s in SPLITS:
-        for c in LABELS:
-            if fractions[s] > 0 and counts[s][c] == 0:
-                raise SplitError(
-                    f"split '{s}' would have no {c} images ({sum(counts[x][c] for x in SPLITS)} {c} images in "
-                    f"{len(main_groups)} groups); add data or change split.{s}_fraction")
+    _check_counts(counts, fractions, len(main_groups))
     report = {
         "seed": seed, "fractions": fractions, "near_duplicate_corr": near_duplicate_corr,
         "counts": counts,
@@ -179,14 +191,19 @@ def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: f
         "lesion_links": grouping.lesion_links,
         "dropped_overlapping_external_test": sorted(rows[i]["id"] for i in dropped),
     }
+    _write_split(out, tables, external, list(rows[0].keys()) + ["group"], report)
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def _write_split(out: Path, tables: dict[str, list[dict[str, str]]], external: list[dict[str, str]],
+                 columns: list[str], report: dict[str, Any]) -> None:
     with atomic_dir(out) as tmp:
         for s, t in tables.items():
             write_csv(tmp / f"{s}.csv", sorted(t, key=lambda r: r["id"]), columns)
         if external:
             write_csv(tmp / "external_test.csv", sorted(external, key=lambda r: r["id"]), columns)
         (tmp / "split_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    report["seconds"] = time.perf_counter() - t0
-    return report
 
 
 def summary_line(report: dict[str, Any], out: Path) -> str:

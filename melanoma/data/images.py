@@ -26,7 +26,7 @@ class ImageRejected(MelanomaError):
 
 
 @dataclass(frozen=True)
-class Normalised:
+class Decoded:
     """An image ready to write: the bytes to store, their suffix, and what it was before."""
 
     data: bytes
@@ -69,7 +69,7 @@ def thumbnail(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("L").resize((THUMB, THUMB), Image.BOX), dtype=np.uint8)
 
 
-def normalise(path: Path, max_side: int) -> Normalised:
+def decode_image(path: Path, max_side: int) -> Decoded:
     """Decode `path` fully; return upright 8-bit RGB bytes no larger than `max_side`, or raise ImageRejected.
 
     An image that is already an upright RGB JPEG within bounds keeps its original bytes (no second lossy
@@ -107,25 +107,20 @@ def normalise(path: Path, max_side: int) -> Normalised:
         buf = io.BytesIO()
         rgb.save(buf, format="PNG")
         data, suffix = buf.getvalue(), ".png"
-    return Normalised(data, suffix, orig_w, orig_h, rgb.width, rgb.height, thumbnail(rgb))
+    return Decoded(data, suffix, orig_w, orig_h, rgb.width, rgb.height, thumbnail(rgb))
 
 
-def encode_png(pixels: np.ndarray) -> Normalised:
+def encode_png(pixels: np.ndarray) -> Decoded:
     """Store generated HxWx3 uint8 pixels losslessly."""
     im = Image.fromarray(pixels)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    return Normalised(buf.getvalue(), ".png", im.width, im.height, im.width, im.height, thumbnail(im))
+    return Decoded(buf.getvalue(), ".png", im.width, im.height, im.width, im.height, thumbnail(im))
 
 
 def md5_bytes(data: bytes) -> str:
+    """Hex md5 of raw bytes (the manifests' image fingerprint)."""
     return hashlib.md5(data).hexdigest()
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """Read an image that `normalise` wrote (already upright RGB) as an HxWx3 uint8 array."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def grid(images: np.ndarray, cols: int = 8) -> Image.Image:

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from melanoma.classifiers import build_model, family, load_strict
-from melanoma.datasets import resize
+from melanoma.data.datasets import resize
+from melanoma.data.images import decode_image
 from melanoma.errors import MelanomaError
-from melanoma.images import normalise
 
 WEIGHTS, ONNX, TIMM_CONFIG, CONFIG = "model.safetensors", "model.onnx", "config.json", "model_config.json"
 PIXELS, LOGITS, PROBABILITY = "pixels", "logits", "p_malignant"
@@ -68,7 +68,7 @@ def prepare(path: Path, input_size: int, max_side: int) -> np.ndarray:
     """
     from PIL import Image
 
-    stored = normalise(path, max_side)
+    stored = decode_image(path, max_side)
     with Image.open(io.BytesIO(stored.data)) as im:
         return resize(np.asarray(im.convert("RGB")), input_size)
 
@@ -101,7 +101,7 @@ def write_onnx(model: Served, input_size: int, path: Path, opset: int) -> None:
 def timm_config(model: nn.Module, cfg: dict[str, Any]) -> dict[str, Any] | None:
     """timm's own Hub config for this model, describing our weights (not the ImageNet tag it was built from)."""
     if not family(cfg["arch"]).timm_loadable:
-        return None  # timm alone cannot rebuild it: load it with melanoma.package.load
+        return None  # timm alone cannot rebuild it: load it with melanoma.serving.package.load
     import tempfile
 
     from timm.models._hub import save_config_for_hf
@@ -189,7 +189,7 @@ def export_cell(model_dir: Path, eval_dir: Path, data_dir: Path, out: Path, opse
     always decides as the report says it does. `data` (source, preprocessing) is recorded for the model card.
     """
     from melanoma.classifiers.inference import load_classifier
-    from melanoma.datasets import load_split
+    from melanoma.data.datasets import load_split
 
     metrics_file = eval_dir / "metrics.json"
     if not metrics_file.is_file():

@@ -22,7 +22,7 @@ import yaml
 from melanoma.classifiers import family
 from melanoma.errors import MelanomaError
 from melanoma.io import atomic_dir
-from melanoma.package import CONFIG, ONNX, TIMM_CONFIG, WEIGHTS, PackageError, load
+from melanoma.serving.package import CONFIG, ONNX, TIMM_CONFIG, WEIGHTS, PackageError, load
 
 CARD = "README.md"
 PACKAGE_FILES = (WEIGHTS, ONNX, TIMM_CONFIG, CONFIG)
@@ -45,32 +45,21 @@ def repo_id(template: str, cell: str) -> str:
     return rid
 
 
-def model_card(cfg: dict[str, Any], rid: str) -> str:
-    """README.md with YAML metadata: what the model is, how good (with CIs), how it was made, what not to do."""
-    cell = f"{cfg['arch']}_{cfg['dataset']}"
-    test = cfg["evaluation"]["test"]
-    ci = test["ci95"]
-    boot = cfg["evaluation"]["bootstrap"]
-    demo = cfg["data"]["source"] == "demo"
-    timm_family = family(cfg["arch"]).timm_loadable
-    source = ("the embedded synthetic demo data (procedurally drawn lesions)" if demo
-              else f"ISIC dermoscopy images (source: {cfg['data']['source']})")
+def _source(cfg: dict[str, Any]) -> str:
+    if cfg["data"]["source"] == "demo":
+        return "the embedded synthetic demo data (procedurally drawn lesions)"
+    return f"ISIC dermoscopy images (source: {cfg['data']['source']})"
+
+
+def _card_meta(cfg: dict[str, Any], timm_family: bool) -> dict[str, Any]:
+    """The card's YAML header: licence, library, tags and a model-index with the test metrics."""
+    test, demo = cfg["evaluation"]["test"], cfg["data"]["source"] == "demo"
     tags = ["image-classification", "melanoma", "dermoscopy", "medical-imaging", "synthetic-data-augmentation",
             "onnx", "safetensors"] + (["timm"] if timm_family else [])
-    counts = cfg["data"]["split"]["counts"]
-    rows = [("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
-            ("balanced accuracy", "balanced_accuracy")]
-    table = "\n".join(f"| {name} | {test[k]:.3f} | {ci[k][0]:.3f} – {ci[k][1]:.3f} |" if k in ci
-                      else f"| {name} | {test[k]:.3f} | |" for name, k in rows)
-    loading = (f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:{rid}\", pretrained=True).eval()\n```\n\n"
-               "timm's config carries this model's normalisation and input size (`timm.data.resolve_data_config`)."
-               if timm_family else
-               f"{cfg['arch']} is not a timm model: use the ONNX file, or this project (`melanoma download`, then "
-               "`melanoma.package.load(folder)` rebuilds it from model_config.json and loads the weights strictly).")
-    meta = {"license": "cc-by-nc-4.0", "library_name": "timm" if timm_family else "pytorch",
+    return {"license": "cc-by-nc-4.0", "library_name": "timm" if timm_family else "pytorch",
             "pipeline_tag": "image-classification", "tags": tags,
             **({} if demo else {"datasets": ["ISIC archive (https://www.isic-archive.com)"]}),
-            "model-index": [{"name": cell, "results": [{
+            "model-index": [{"name": f"{cfg['arch']}_{cfg['dataset']}", "results": [{
                 "task": {"type": "image-classification"},
                 "dataset": {"name": f"{'melanoma-synth demo data' if demo else 'ISIC'} (held-out real test split, "
                                     f"{test['n']} images)", "type": "image-classification"},
@@ -79,18 +68,19 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
                                             ("sensitivity", "recall", "test sensitivity"),
                                             ("specificity", "specificity", "test specificity"),
                                             ("balanced_accuracy", "balanced_accuracy", "test balanced accuracy"))]}]}]}
-    lines = [
-        "---",
-        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
-        "---",
-        "",
-        f"# {cell}: melanoma vs benign ({cfg['arch']} family, trained on the {cfg['dataset']} dataset)",
+
+
+def _card_intro(cfg: dict[str, Any]) -> list[str]:
+    demo = cfg["data"]["source"] == "demo"
+    return [
+        f"# {cfg['arch']}_{cfg['dataset']}: melanoma vs benign ({cfg['arch']} family, trained on the "
+        f"{cfg['dataset']} dataset)",
         "",
         "**Research use only. This is not a medical device** and must not be used to diagnose, screen for or "
         "rule out melanoma, or to make any decision about a person's care.",
         "",
-        *(["**Demo model.** It was trained on " + source + ", not on real dermoscopy images; it exists to test "
-           "the pipeline end to end and says nothing about real lesions.", ""] if demo else []),
+        *(["**Demo model.** It was trained on " + _source(cfg) + ", not on real dermoscopy images; it exists to "
+           "test the pipeline end to end and says nothing about real lesions.", ""] if demo else []),
         f"One cell of the melanoma-synth study grid: does adding DCGAN- or DDPM-generated "
         f"lesion images to a small real training set help classifiers? Built as `{cfg['model']}` "
         f"({cfg['parameters']:,} parameters){' with ' + json.dumps(cfg['kwargs']) if cfg['kwargs'] else ''}, "
@@ -103,6 +93,16 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
         "grid and their confidence intervals. Out of scope: any clinical or consumer use, any decision about a "
         "person, and use on images unlike the training data (non-dermoscopic photos, other body sites or devices).",
         "",
+    ]
+
+
+def _card_evaluation(cfg: dict[str, Any]) -> list[str]:
+    test, boot = cfg["evaluation"]["test"], cfg["evaluation"]["bootstrap"]
+    ci = test["ci95"]
+    rows = [("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+            ("balanced accuracy", "balanced_accuracy")]
+    c = test["confusion"]
+    return [
         "## Evaluation (real held-out test images)",
         "",
         f"Decision: `{cfg['decision']}`, threshold **{cfg['threshold']:.4f}**. 95 % intervals: stratified "
@@ -110,16 +110,22 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
         "",
         "| metric | value | 95 % CI |",
         "| --- | --- | --- |",
-        table,
+        *(f"| {name} | {test[k]:.3f} | {ci[k][0]:.3f} – {ci[k][1]:.3f} |" if k in ci
+          else f"| {name} | {test[k]:.3f} | |" for name, k in rows),
         "",
         f"Test: {test['n']} images, {test['n_malignant']} malignant. Confusion at the threshold: "
-        f"TP {test['confusion']['tp']}, FN {test['confusion']['fn']}, FP {test['confusion']['fp']}, "
-        f"TN {test['confusion']['tn']}. Val AUROC (used to select the epoch and set the threshold): "
-        f"{cfg['evaluation']['val']['auroc']:.3f}.",
+        f"TP {c['tp']}, FN {c['fn']}, FP {c['fp']}, TN {c['tn']}. Val AUROC (used to select the epoch and set "
+        f"the threshold): {cfg['evaluation']['val']['auroc']:.3f}.",
         "",
+    ]
+
+
+def _card_training(cfg: dict[str, Any]) -> list[str]:
+    counts, tp, pre = cfg["data"]["split"]["counts"], cfg["params"]["train"], cfg["preprocessing"]
+    return [
         "## Training data and split",
         "",
-        f"Data: {source}. Split (seed {cfg['data']['split']['seed']}): "
+        f"Data: {_source(cfg)}. Split (seed {cfg['data']['split']['seed']}): "
         + ", ".join(f"{s} {c['benign']} benign / {c['malignant']} malignant" for s, c in counts.items())
         + f"; {cfg['data']['split_rule']}.",
         f"This cell's training set ({cfg['dataset']}): "
@@ -128,19 +134,31 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
         "## How it was trained",
         "",
         f"Seed {cfg['seed']}; {cfg['epochs_run']} epoch(s) run, best epoch {cfg['best_epoch']} by val AUROC; "
-        f"AdamW, lr {cfg['params']['model']['lr']}, weight decay {cfg['params']['train']['weight_decay']}, "
-        f"batch {cfg['params']['train']['batch_size']}, class imbalance: {cfg['params']['train']['imbalance']}, "
-        f"batched flips/rotations/scale/colour augmentation. Preprocessing: {cfg['preprocessing']['decode']}, "
-        f"longest side capped at {cfg['preprocessing']['max_side']} px, then {cfg['preprocessing']['resize']}; "
+        f"AdamW, lr {cfg['params']['model']['lr']}, weight decay {tp['weight_decay']}, "
+        f"batch {tp['batch_size']}, class imbalance: {tp['imbalance']}, "
+        f"batched flips/rotations/scale/colour augmentation. Preprocessing: {pre['decode']}, "
+        f"longest side capped at {pre['max_side']} px, then {pre['resize']}; "
         f"normalisation mean {cfg['normalisation']['mean']}, std {cfg['normalisation']['std']}.",
         "",
+    ]
+
+
+def _card_files(cfg: dict[str, Any], rid: str, timm_family: bool) -> list[str]:
+    onnx = cfg["onnx"]
+    loading = (f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:{rid}\", pretrained=True).eval()\n```\n\n"
+               "timm's config carries this model's normalisation and input size (`timm.data.resolve_data_config`)."
+               if timm_family else
+               f"{cfg['arch']} is not a timm model: use the ONNX file, or this project (`melanoma download`, then "
+               "`melanoma.serving.package.load(folder)` rebuilds it from model_config.json and loads the weights "
+               "strictly).")
+    return [
         "## Files and loading",
         "",
         f"- `{WEIGHTS}`: the weights (no pickles anywhere in this repo).",
-        f"- `{ONNX}`: opset {cfg['onnx']['opset']}; input `{cfg['onnx']['input']}`; outputs "
-        + ", ".join(f"`{o}`" for o in cfg["onnx"]["outputs"])
-        + f". Normalisation is inside the graph. Checked against PyTorch on {cfg['onnx']['parity']['images']} real "
-          f"val images: max |difference| in P(malignant) {cfg['onnx']['parity']['max_abs_diff']:.1e}.",
+        f"- `{ONNX}`: opset {onnx['opset']}; input `{onnx['input']}`; outputs "
+        + ", ".join(f"`{o}`" for o in onnx["outputs"])
+        + f". Normalisation is inside the graph. Checked against PyTorch on {onnx['parity']['images']} real "
+          f"val images: max |difference| in P(malignant) {onnx['parity']['max_abs_diff']:.1e}.",
         f"- `{CONFIG}`: everything above, machine-readable (architecture, kwargs, threshold, metrics, history).",
         *([f"- `{TIMM_CONFIG}`: timm's config."] if timm_family else []),
         "",
@@ -149,17 +167,32 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
         f"With the project installed: `melanoma predict lesion.jpg --model {rid}` prints P(malignant) and the "
         "decision at the stored threshold (`--gradcam DIR` adds a GradCAM overlay).",
         "",
-        "## Limitations",
-        "",
-        "- Trained and tested on one small collection: performance on other cameras, populations, skin types and "
-        "clinics is unknown, and dermoscopy datasets under-represent darker skin.",
-        "- The threshold was chosen on a small validation split; its sensitivity/specificity trade-off is "
-        "uncertain (see the intervals).",
-        "- Synthetic training images can carry generator artefacts the classifier may learn.",
-        "- Binary (melanoma vs benign lesions); other malignancies (BCC, SCC) were not part of the task.",
-        "",
     ]
-    return "\n".join(lines)
+
+
+LIMITATIONS = [
+    "## Limitations",
+    "",
+    "- Trained and tested on one small collection: performance on other cameras, populations, skin types and "
+    "clinics is unknown, and dermoscopy datasets under-represent darker skin.",
+    "- The threshold was chosen on a small validation split; its sensitivity/specificity trade-off is "
+    "uncertain (see the intervals).",
+    "- Synthetic training images can carry generator artefacts the classifier may learn.",
+    "- Binary (melanoma vs benign lesions); other malignancies (BCC, SCC) were not part of the task.",
+    "",
+]
+
+
+def model_card(cfg: dict[str, Any], rid: str) -> str:
+    """README.md with YAML metadata: what the model is, how good (with CIs), how it was made, what not to do.
+
+    `cfg` is a package's model_config.json (with threshold, evaluation, data and onnx records); `rid` the Hub
+    repo id the loading snippet names. Follows the Hugging Face model-card layout (huggingface_hub ModelCard).
+    """
+    timm_family = family(cfg["arch"]).timm_loadable
+    meta = yaml.safe_dump(_card_meta(cfg, timm_family), sort_keys=False, allow_unicode=True).rstrip()
+    return "\n".join(["---", meta, "---", "", *_card_intro(cfg), *_card_evaluation(cfg), *_card_training(cfg),
+                      *_card_files(cfg, rid, timm_family), *LIMITATIONS])
 
 
 def assemble(package: Path, rid: str, out: Path) -> Path:

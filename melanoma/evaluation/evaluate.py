@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from melanoma.classifiers.inference import load_classifier, probabilities
-from melanoma.datasets import DatasetError, load_split
-from melanoma.metrics import (bootstrap_ci, calibration, choose_threshold, point_metrics, pr_points,
+from melanoma.data.datasets import DatasetError, load_split
+from melanoma.evaluation.metrics import (bootstrap_ci, calibration, choose_threshold, point_metrics, pr_points,
                                  roc_points)
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import LABELS
@@ -78,12 +78,66 @@ def classification_report(m: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Path, data_dir: Path,
-                  out: Path) -> dict[str, Any]:
+def _curves(tmp: Path, s: str, y: np.ndarray, p: np.ndarray, bins: int) -> None:
+    """ROC, precision-recall and calibration CSVs of one held-out split (what dvc.yaml's plots render)."""
+    roc, pr = roc_points(y, p), pr_points(y, p)
+    write_csv(tmp / f"roc_{s}.csv", [{"fpr": f, "tpr": t} for f, t in zip(roc["fpr"], roc["tpr"])], ["fpr", "tpr"])
+    write_csv(tmp / f"pr_{s}.csv", [{"recall": r, "precision": q} for r, q in zip(pr["recall"], pr["precision"])],
+              ["recall", "precision"])
+    cal = calibration(y, p, bins)
+    write_csv(tmp / f"calibration_{s}.csv",
+              [{"mean_predicted": a, "fraction_malignant": b, "count": int(n)}
+               for a, b, n in zip(cal["mean_predicted"], cal["fraction_malignant"], cal["count"]) if n],
+              ["mean_predicted", "fraction_malignant", "count"])
+
+
+def _split_outputs(tmp: Path, cell: str, s: str, ids: list[str], y: np.ndarray, p: np.ndarray, thr: float,
+                   ep: dict[str, Any], where: str) -> dict[str, Any]:
+    """Predictions and metrics of one split; for held-out splits also CIs, curves, confusion matrix, report."""
+    write_csv(tmp / f"predictions_{s}.csv",
+              [{"id": i, "label": LABELS[int(t)], "p_malignant": f"{q:.8f}", "predicted": LABELS[int(q >= thr)]}
+               for i, t, q in zip(ids, y, p)], ["id", "label", "p_malignant", "predicted"])
+    m = point_metrics(y, p, thr, where=where)
+    if s != "val":
+        m["ci95"] = bootstrap_ci(y, p, thr, ep["bootstrap"], ep["seed"])
+        _curves(tmp, s, y, p, ep["calibration_bins"])
+        _confusion_png(m["confusion"], f"{cell} {s} (thr {thr:.3f})", tmp / f"confusion_{s}.png")
+        (tmp / f"classification_report_{s}.txt").write_text(classification_report(m))
+    return m
+
+
+def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray,
+                      y: np.ndarray, p: np.ndarray, thr: float, ids: list[str], ep: dict[str, Any]) -> None:
+    """GradCAM on a seeded choice of real test images per outcome (TP, FN, FP, TN), for their true label."""
     from PIL import Image
 
-    from melanoma import gradcam
+    from melanoma.evaluation import gradcam
 
+    chosen = gradcam.pick(y, (p >= thr).astype(int), ep["gradcam_per_group"], ep["seed"])
+    folder.mkdir()
+    rows = []
+    idx = [i for g in chosen.values() for i in g]
+    if idx:
+        norm = cfg["normalisation"]
+        xt = torch.from_numpy(x[idx]).permute(0, 3, 1, 2).float() / 255
+        xt = (xt - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+        heat = iter(gradcam.cams(arch, model, xt, [int(y[i]) for i in idx]))
+        for group, members in chosen.items():
+            for i in members:
+                name = f"{group}_{ids[i]}.png"
+                Image.fromarray(gradcam.overlay(x[i], next(heat))).save(folder / name)
+                rows.append({"file": name, "group": group, "id": ids[i], "label": LABELS[int(y[i])],
+                             "p_malignant": f"{p[i]:.6f}"})
+    write_csv(folder / "index.csv", rows, ["file", "group", "id", "label", "p_malignant"])
+
+
+def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Path, data_dir: Path,
+                  out: Path) -> dict[str, Any]:
+    """Evaluate one trained cell on val (threshold), test and external test; write everything to `out`.
+
+    Outputs: predictions_<split>.csv, metrics.json (point metrics, bootstrap 95 % CIs), ROC/PR/calibration CSVs,
+    confusion PNGs, classification reports, gradcam/. Raises DatasetError (no trained model), MetricError.
+    """
     ep = params["evaluate"]
     if not (model_dir / "model_config.json").is_file():
         raise DatasetError(f"no trained model in {model_dir}; run `dvc repro train_classifier@{arch}-{dataset}`")
@@ -94,8 +148,7 @@ def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Pa
         if (data_dir / f"{s}.npy").is_file():
             splits[s] = load_split(data_dir, s)
     probs = {s: _predict(model, cfg, x, batch) for s, (x, _) in splits.items()}
-    yv = splits["val"][1]
-    thr = choose_threshold(yv, probs["val"], ep["threshold"], ep["target_sensitivity"])
+    thr = choose_threshold(splits["val"][1], probs["val"], ep["threshold"], ep["target_sensitivity"])
     built = cfg["model"] + (" " + json.dumps(cfg["kwargs"], separators=(",", ":")) if cfg["kwargs"] else "")
     result: dict[str, Any] = {"arch": arch, "dataset": dataset, "model": built, "parameters": cfg["parameters"],
                               "threshold_rule": ep["threshold"] + (f" {ep['target_sensitivity']}"
@@ -103,50 +156,10 @@ def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Pa
                               "threshold": thr, "bootstrap": {"resamples": ep["bootstrap"], "seed": ep["seed"],
                                                               "level": 0.95, "stratified": True}}
     with atomic_dir(out) as tmp:
-        for s, (images, y) in splits.items():
-            p = probs[s]
-            ids = _ids(data_dir, s)
-            write_csv(tmp / f"predictions_{s}.csv",
-                      [{"id": i, "label": LABELS[int(t)], "p_malignant": f"{q:.8f}",
-                        "predicted": LABELS[int(q >= thr)]} for i, t, q in zip(ids, y, p)],
-                      ["id", "label", "p_malignant", "predicted"])
-            m = point_metrics(y, p, thr, where=f"{s} ({data_dir})")
-            if s != "val":
-                m["ci95"] = bootstrap_ci(y, p, thr, ep["bootstrap"], ep["seed"])
-                roc, pr = roc_points(y, p), pr_points(y, p)
-                write_csv(tmp / f"roc_{s}.csv", [{"fpr": f, "tpr": t} for f, t in zip(roc["fpr"], roc["tpr"])],
-                          ["fpr", "tpr"])
-                write_csv(tmp / f"pr_{s}.csv", [{"recall": r, "precision": q}
-                                                for r, q in zip(pr["recall"], pr["precision"])], ["recall", "precision"])
-                cal = calibration(y, p, ep["calibration_bins"])
-                write_csv(tmp / f"calibration_{s}.csv",
-                          [{"mean_predicted": a, "fraction_malignant": b, "count": int(n)}
-                           for a, b, n in zip(cal["mean_predicted"], cal["fraction_malignant"], cal["count"]) if n],
-                          ["mean_predicted", "fraction_malignant", "count"])
-                _confusion_png(m["confusion"], f"{arch}_{dataset} {s} (thr {thr:.3f})", tmp / f"confusion_{s}.png")
-                (tmp / f"classification_report_{s}.txt").write_text(classification_report(m))
-            result[s] = m
-        # GradCAM on real test images, explained for their true label
+        for s, (_, y) in splits.items():
+            result[s] = _split_outputs(tmp, f"{arch}_{dataset}", s, _ids(data_dir, s), y, probs[s], thr, ep,
+                                       where=f"{s} ({data_dir})")
         x, y = splits["test"]
-        pred = (probs["test"] >= thr).astype(int)
-        chosen = gradcam.pick(y, pred, ep["gradcam_per_group"], ep["seed"])
-        (tmp / "gradcam").mkdir()
-        rows = []
-        idx = [i for g in chosen.values() for i in g]
-        if idx:
-            norm = cfg["normalisation"]
-            xt = torch.from_numpy(x[idx]).permute(0, 3, 1, 2).float() / 255
-            xt = (xt - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
-            heat = gradcam.cams(arch, model, xt, [int(y[i]) for i in idx])
-            ids = _ids(data_dir, "test")
-            k = 0
-            for group, members in chosen.items():
-                for i in members:
-                    name = f"{group}_{ids[i]}.png"
-                    Image.fromarray(gradcam.overlay(x[i], heat[k])).save(tmp / "gradcam" / name)
-                    rows.append({"file": name, "group": group, "id": ids[i], "label": LABELS[int(y[i])],
-                                 "p_malignant": f"{probs['test'][i]:.6f}"})
-                    k += 1
-        write_csv(tmp / "gradcam" / "index.csv", rows, ["file", "group", "id", "label", "p_malignant"])
+        _gradcam_overlays(tmp / "gradcam", arch, model, cfg, x, y, probs["test"], thr, _ids(data_dir, "test"), ep)
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

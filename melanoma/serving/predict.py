@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from melanoma.images import IMAGE_SUFFIXES, ImageRejected
-from melanoma.package import PackageError, load, pixels, prepare, served, torch_probabilities
+from melanoma.data.images import IMAGE_SUFFIXES, ImageRejected
+from melanoma.serving.package import PackageError, load, pixels, prepare, served, torch_probabilities
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
     """One overlay per scored image, explaining the malignant class (what made it look malignant)."""
     from PIL import Image
 
-    from melanoma import gradcam
+    from melanoma.evaluation import gradcam
 
     out.mkdir(parents=True, exist_ok=True)
     net = served(model, cfg)

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from melanoma.data.images import md5_bytes
+from melanoma.data.split import near_duplicate_pairs
 from melanoma.errors import MelanomaError
-from melanoma.images import md5_bytes
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import DATASETS, LABELS
-from melanoma.split import near_duplicate_pairs
 
 EVAL_SPLITS = ("val", "test", "external_test")
 

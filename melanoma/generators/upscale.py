@@ -22,10 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from melanoma.errors import MelanomaError
+from melanoma.data.images import grid, md5_bytes
 from melanoma.engine import Plan, Runtime, fit, runtime
+from melanoma.errors import MelanomaError
 from melanoma.generators import load_train_images
-from melanoma.images import grid, md5_bytes
 from melanoma.io import atomic_dir, write_csv
 from melanoma.params import LABELS
 
@@ -131,7 +131,7 @@ class SRTask:
 
 
 SR_PERIOD = 50  # steps between reads of the loss (NaN check, dvclive) and between checkpoints
-CODE = [Path(__file__), Path(__file__).parent / "engine.py"]
+CODE = [Path(__file__), Path(__file__).parents[1] / "engine.py"]
 
 
 def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, metrics_path: Path,
@@ -164,7 +164,7 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
     with atomic_dir(out) as tmp:
         save_file(model.state_dict(), str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps({
-            "architecture": "melanoma.upscale.ESPCN", "kwargs": {"factor": factor, "channels": cfg["channels"]},
+            "architecture": "melanoma.generators.upscale.ESPCN", "kwargs": {"factor": factor, "channels": cfg["channels"]},
             "trained_on": "real train images, input = antialiased bicubic downscale", "params": u}, indent=2) + "\n")
         shutil.copytree(ckpt_dir / "live", tmp / "curves")
     metrics_path.parent.mkdir(parents=True, exist_ok=True)

@@ -93,9 +93,9 @@ def _sample_lesion(rng: np.random.Generator, malignant: bool) -> dict:
     }
 
 
-def _render(lesion: dict, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Draw one view of a lesion: the view (pose, skin, hair, light) comes from `rng`."""
-    # view: rotation, flip, zoom and offset map image coordinates into the lesion frame
+def _view(rng: np.random.Generator, size: int) -> tuple[np.ndarray, ...]:
+    """Image grid (xx, yy in [-2, 2]) and its lesion-frame coordinates (lx, ly, r, phi) for a random rotation,
+    flip, zoom and offset."""
     theta0 = rng.uniform(0, 2 * np.pi)
     zoom = rng.uniform(0.85, 1.15)
     off = rng.normal(0, 0.12, 2)
@@ -106,26 +106,29 @@ def _render(lesion: dict, rng: np.random.Generator, size: int) -> np.ndarray:
     ly = (s_ * (xx - off[0]) + c * (yy - off[1])) / zoom
     if rng.random() < 0.5:
         lx = -lx
-    r = np.hypot(lx, ly)
-    phi = np.arctan2(ly, lx)
+    return xx, yy, lx, ly, np.hypot(lx, ly), np.arctan2(ly, lx)
 
-    # skin: a tone, low-frequency mottling, fine grain
+
+def _skin(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """A skin tone with low-frequency mottling and fine grain, (H, W, 3) floats around [0, 1]."""
     tone = rng.uniform(0, 1)
     skin_rgb = (1 - tone) * np.array([0.93, 0.78, 0.70]) + tone * np.array([0.72, 0.52, 0.40])
     mottle = _noise(_waves(rng, 12, 0.8, 3.0), xx, yy)
-    grain = rng.normal(0, 1, (size, size))
+    grain = rng.normal(0, 1, xx.shape)
     img = skin_rgb[None, None, :] * (1 + 0.05 * mottle[..., None] + 0.015 * grain[..., None])
-    img = img * (1 + 0.03 * _noise(_waves(rng, 6, 4, 10), xx, yy))[..., None]
+    return img * (1 + 0.03 * _noise(_waves(rng, 6, 4, 10), xx, yy))[..., None]
 
-    # lesion mask: radius modulated by harmonics (asymmetry) and notches (irregular border)
+
+def _lesion(lesion: dict, img: np.ndarray, lx: np.ndarray, ly: np.ndarray, r: np.ndarray,
+            phi: np.ndarray) -> np.ndarray:
+    """Paint the lesion: a mask whose radius carries harmonics (asymmetry) and notches (irregular border), a
+    brown base darker at the centre, extra colours in noise-defined patches, an optional pigment network."""
     amp, ph = lesion["harm_amp"], lesion["harm_phase"]
     rad = np.full_like(r, lesion["radius"])
     for k in range(1, len(amp)):
         rad = rad * (1 + amp[k] * np.cos(k * phi + ph[k]))
     rad = rad * (1 + lesion["notch"] * np.cos(lesion["notch_k"] * phi + ph[0]))
     mask = 1 / (1 + np.exp(-(rad - r) / max(lesion["edge"], 1e-3)))
-
-    # lesion colour: base brown, darker centre, extra colours in noise-defined patches
     cols = lesion["colours"]
     lesion_rgb = np.broadcast_to(cols[0], img.shape).copy()
     lesion_rgb *= (0.8 + 0.2 * np.clip(r / lesion["radius"], 0, 1))[..., None]
@@ -138,10 +141,12 @@ def _render(lesion: dict, rng: np.random.Generator, size: int) -> np.ndarray:
         net = (np.sin(f * lx) * np.sin(f * ly)) ** 2
         lesion_rgb *= (1 - lesion["network"] * net)[..., None]
     alpha = mask * lesion["darkness"]
-    img = img * (1 - alpha[..., None]) + lesion_rgb * alpha[..., None]
+    return img * (1 - alpha[..., None]) + lesion_rgb * alpha[..., None]
 
-    # dots/globules and radial streaks near the border
-    structures = np.zeros_like(r)
+
+def _structures(lesion: dict, img: np.ndarray, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
+    """Dots/globules and radial streaks near the border, darkening the image."""
+    structures = np.zeros_like(lx)
     for (dx, dy), ds in zip(lesion["dots"], lesion["dot_size"]):
         structures = np.maximum(structures, np.exp(-((lx - dx) ** 2 + (ly - dy) ** 2) / (2 * ds**2)))
     for a in lesion["streak_angles"][: lesion["streaks"]]:
@@ -149,17 +154,26 @@ def _render(lesion: dict, rng: np.random.Generator, size: int) -> np.ndarray:
         across = -lx * np.sin(a) + ly * np.cos(a)
         band = np.exp(-(across**2) / (2 * 0.02**2)) * np.exp(-((along - lesion["radius"]) ** 2) / (2 * 0.18**2))
         structures = np.maximum(structures, band)
-    img = img * (1 - 0.8 * structures[..., None]) + _DARK * 0.8 * structures[..., None]
+    return img * (1 - 0.8 * structures[..., None]) + _DARK * 0.8 * structures[..., None]
 
-    img = _add_hair(img, rng, size)
 
-    # vignetting, a colour cast, sometimes the dermoscope's dark circular rim
+def _optics(img: np.ndarray, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Vignetting, a colour cast, sometimes the dermoscope's dark circular rim."""
     rr = np.hypot(xx, yy) / 2.0
     img = img * (1 - rng.uniform(0.05, 0.25) * rr**2 / 2)[..., None]
     img = img * rng.uniform(0.92, 1.06, 3)
     if rng.random() < 0.25:
         rim = 1 / (1 + np.exp(-(rr - rng.uniform(0.95, 1.15)) * 40))
         img = img * (1 - 0.9 * rim[..., None])
+    return img
+
+
+def _render(lesion: dict, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Draw one view of a lesion as uint8 (size, size, 3): the view (pose, skin, hair, light) comes from `rng`."""
+    xx, yy, lx, ly, r, phi = _view(rng, size)
+    img = _skin(rng, xx, yy)
+    img = _structures(lesion, _lesion(lesion, img, lx, ly, r, phi), lx, ly)
+    img = _optics(_add_hair(img, rng, size), rng, xx, yy)
     out = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
     return np.asarray(out.filter(ImageFilter.GaussianBlur(radius=size / 256)))
 

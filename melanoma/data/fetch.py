@@ -1,7 +1,7 @@
 """The `fetch` stage: turn a data source into `data/raw/` (images + manifest.csv + rejected.csv).
 
 Sources (params `data.source`):
-  demo      the procedural simulator (melanoma.demo): needs nothing from outside;
+  demo      the procedural simulator (melanoma.data.demo): needs nothing from outside;
   local     a folder: class subfolders (benign/, malignant/, or names mapped by data.label_map), optionally under
             train/ and test/ parents (test/ becomes the external test set), or images plus one CSV
             (ISIC-archive metadata.csv or an ISIC 2016 ground-truth CSV);
@@ -27,12 +27,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from melanoma import demo
+from melanoma.data import demo
+from melanoma.data.images import ImageRejected, Decoded, encode_png, md5_bytes, decode_image
 from melanoma.errors import MelanomaError
-from melanoma.images import ImageRejected, Normalised, encode_png, md5_bytes, normalise
 from melanoma.io import atomic_dir, write_csv
-from melanoma.paths import THUMBNAILS
 from melanoma.params import LABELS
+from melanoma.paths import THUMBNAILS
 
 MANIFEST_COLUMNS = ["id", "path", "label", "md5", "orig_width", "orig_height", "width", "height",
                     "source", "subset", "lesion_id", "origin"]
@@ -340,12 +340,12 @@ def collect(data: dict[str, Any]) -> Offer:
 
 # ---------------------------------------------------------------- writing data/raw
 
-def _materialise(job: tuple[Candidate, int]) -> Normalised | str:
+def _materialise(job: tuple[Candidate, int]) -> Decoded | str:
     cand, max_side = job
     if cand.spec is not None:
         return encode_png(demo.render(cand.spec)[0])
     try:
-        return normalise(cand.file, max_side)
+        return decode_image(cand.file, max_side)
     except ImageRejected as e:
         return str(e)
 

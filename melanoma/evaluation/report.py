@@ -12,14 +12,14 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from melanoma.errors import MelanomaError
-from melanoma.metrics import paired_auroc_difference, point_metrics
+from melanoma.evaluation.metrics import auroc, paired_auroc_difference, point_metrics
 from melanoma.io import read_csv, write_csv
-from melanoma.metrics import auroc
+from melanoma.params import GENERATORS
 
 CI_METRICS = ("auroc", "balanced_accuracy", "sensitivity", "specificity")
 HELD_OUT = ("test", "external_test")  # what evaluate scores besides val; external_test where the source has one
@@ -231,17 +231,61 @@ def write_html(path: Path, ctx: dict[str, Any]) -> None:
     path.write_text("\n".join(parts))
 
 
+def _metrics_json(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The test metrics per cell for `dvc metrics`; the external test set's nested beside them."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for r in grid:
+        values = {k: round(r[k], 6) for k in DVC_METRICS}
+        cell = metrics.setdefault(f"{r['arch']}_{r['dataset']}", {})
+        if r["split"] == "test":
+            cell.update(values)
+        else:
+            cell[r["split"]] = values
+    return metrics
+
+
+def _generator_section(results: Path, synthetic: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Each generator's quality row, and contact sheets (data URIs) of every non-empty synthetic shard."""
+    rows, samples = [], {}
+    for gen in GENERATORS:
+        q = results / "generators" / gen / "quality.json"
+        if q.is_file():
+            for label, m in json.loads(q.read_text()).items():
+                rows.append({"generator": gen, "class": label, "c2st_auroc": m["c2st_auc"],
+                             "memorised_fraction": m["memorised_fraction"],
+                             "diversity_ratio": m["diversity_ratio"], "fid": m["fid"]})
+        for variant in (gen, f"{gen}_upscaled"):
+            for label in ("malignant", "benign"):
+                shard = synthetic / variant / f"{label}.npy"
+                if shard.is_file() and np.load(shard, mmap_mode="r").shape[0]:
+                    samples[f"{variant} {label} (first 16 synthetic images)"] = _array_uri(sample_sheet(shard))
+    return rows, samples
+
+
+def _gradcam_section(evaluation: Path, cells: Iterable[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """Per cell: (caption, PNG data URI) of each GradCAM overlay evaluate wrote."""
+    out = {}
+    for (a, d) in cells:
+        folder = evaluation / a / f"{a}_{d}" / "gradcam"
+        out[f"{a}_{d}"] = [(f"{r['group']} {r['id']} P={r['p_malignant']}", _png_uri((folder / r["file"]).read_bytes()))
+                           for r in read_csv(folder / "index.csv")]
+    return out
+
+
 def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthetic: Path, datasets_dir: Path,
                  splits: Path) -> dict[str, Any]:
-    """Write grid.csv, metrics.json, report/ and report.html under `results`."""
+    """Write grid.csv, metrics.json, report/ and report.html under `results`; returns {cells, comparisons}.
+
+    Raises ReportError (a cell's evaluation missing) or MetricError.
+    """
     archs, datasets = params["classifiers"]["archs"], params["classifiers"]["datasets"]
     ep = params["evaluate"]
     cells = {(a, d): _load(evaluation, a, d) for a in archs for d in datasets}
     held_out = [s for s in HELD_OUT if s in cells[archs[0], datasets[0]]]  # every cell has the same splits
     grid = [_row(a, d, s, m["model"], {**m[s], "threshold": m["threshold"]}) for (a, d), m in cells.items()
             for s in held_out]
-    split_counts = json.loads((splits / "split_report.json").read_text())["counts"]
-    train = split_counts["train"]
+    sr = json.loads((splits / "split_report.json").read_text())
+    train = sr["counts"]["train"]
     prevalence = train["malignant"] / (train["benign"] + train["malignant"])
     base = []
     for s in held_out:  # the trivial rules, on the same images as the cells
@@ -252,46 +296,19 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
     write_csv(results / "grid.csv", grid + base, COLUMNS)
     write_csv(report_dir / "comparisons.csv", comps, ["arch", "dataset", "auroc", "auroc_original", "difference",
                                                       "ci_low", "ci_high", "p_value", "verdict"])
-    metrics: dict[str, dict[str, Any]] = {}  # the test metrics per cell; the external test set's nested beside them
-    for r in grid:
-        values = {k: round(r[k], 6) for k in DVC_METRICS}
-        cell = metrics.setdefault(f"{r['arch']}_{r['dataset']}", {})
-        if r["split"] == "test":
-            cell.update(values)
-        else:
-            cell[r["split"]] = values
-    (results / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (results / "metrics.json").write_text(json.dumps(_metrics_json(grid), indent=2) + "\n")
     heatmap([r for r in grid if r["split"] == "test"], archs, datasets, report_dir / "auroc_heatmap.png")
     for a in archs:
         roc_figure(evaluation, a, datasets, report_dir / f"roc_{a}.png")
-
-    generator_rows, samples = [], {}
-    for gen in ("dcgan", "ddpm"):
-        q = results / "generators" / gen / "quality.json"
-        if q.is_file():
-            for label, m in json.loads(q.read_text()).items():
-                generator_rows.append({"generator": gen, "class": label, "c2st_auroc": m["c2st_auc"],
-                                       "memorised_fraction": m["memorised_fraction"],
-                                       "diversity_ratio": m["diversity_ratio"], "fid": m["fid"]})
-        for variant in (gen, f"{gen}_upscaled"):
-            for label in ("malignant", "benign"):
-                shard = synthetic / variant / f"{label}.npy"
-                if shard.is_file() and np.load(shard, mmap_mode="r").shape[0]:
-                    samples[f"{variant} {label} (first 16 synthetic images)"] = _array_uri(sample_sheet(shard))
+    generator_rows, samples = _generator_section(results, synthetic)
     up = results / "upscaler" / "metrics.json"
-    gradcam = {}
-    for (a, d) in cells:
-        folder = evaluation / a / f"{a}_{d}" / "gradcam"
-        gradcam[f"{a}_{d}"] = [(f"{r['group']} {r['id']} P={r['p_malignant']}", _png_uri((folder / r["file"]).read_bytes()))
-                               for r in read_csv(folder / "index.csv")]
-    split_rows = [{"split": s, **c} for s, c in split_counts.items()]
-    sr = json.loads((splits / "split_report.json").read_text())
     stats = json.loads((datasets_dir / datasets[0] / "stats.json").read_text())
     ctx = {"grid": grid, "baselines": base, "comparisons": comps, "generator_rows": generator_rows,
-           "samples": samples, "upscaler": json.loads(up.read_text()) if up.is_file() else None, "gradcam": gradcam,
+           "samples": samples, "upscaler": json.loads(up.read_text()) if up.is_file() else None,
+           "gradcam": _gradcam_section(evaluation, cells),
            "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),
            "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
-           "split_rows": split_rows,
+           "split_rows": [{"split": s, **c} for s, c in sr["counts"].items()],
            "split_note": f"{sr['images']} images in {sr['groups']} lesion groups (near duplicates and repeat photographs "
                          f"of a lesion kept in one split); classifier input {stats['image_size']} px.",
            "profile": f"Data source: {params['data']['source']}; {len(archs)} architectures x {len(datasets)} datasets"}
