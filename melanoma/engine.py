@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -230,29 +231,99 @@ class Fitted:
     config_hash: str
 
 
+CHECKPOINT_NAME = re.compile(r"checkpoint_(epoch|step)_(\d+)\.pth")
+STATE_KEYS = {"config_hash", "step", "last", "task"}
+
+
 def _checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("checkpoint_*_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    """The engine's checkpoint files in `folder`, oldest first; any other file (a copy named `... (1).pth`, the
+    user's notes) is neither read nor deleted."""
+    found = [(int(m.group(2)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _versions() -> dict[str, str]:
+    """Library versions that shape a result: a checkpoint made under others is not resumed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__}
+    for name in ("timm", "diffusers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _folder_error(folder: Path, e: OSError) -> CheckpointError:
+    return CheckpointError(f"cannot use checkpoint folder {folder}: {e.strerror or e}; it must be a writable "
+                           "folder (fix its permissions or remove what is in its way), then rerun")
+
+
+def _open_folder(folder: Path) -> list[Path]:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _checkpoints(folder)
+    except OSError as e:
+        raise _folder_error(folder, e) from None
+
+
+def _clear(folder: Path) -> None:
+    """Remove this engine's checkpoints and training log from `folder`, nothing else."""
+    try:
+        for f in _checkpoints(folder):
+            f.unlink()
+        if (folder / "live").is_dir():
+            shutil.rmtree(folder / "live")
+    except OSError as e:
+        raise _folder_error(folder, e) from None
+
+
+def _restore(task: Task, path: Path, state: Any) -> tuple[int, dict[str, float]]:
+    """Load a checkpoint whose config hash matched into `task`; CheckpointError when it does not fit."""
+    if not STATE_KEYS <= set(state):
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(STATE_KEYS - set(state)))}: it was not "
+                              "written by this engine; delete it to start over")
+    try:
+        task.load_state_dict(state["task"])
+        return int(state["step"]), dict(state["last"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the {task.name} being trained "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it to start over") from None
+
+
+def _truncate_log(live: Path, count: int) -> None:
+    """Drop dvclive rows logged after the checkpoint being resumed (a kill between a log and a checkpoint
+    would otherwise repeat them in the curves)."""
+    for tsv in live.glob("plots/metrics/**/*.tsv"):
+        lines = tsv.read_text().splitlines()
+        step = lines[0].split("\t").index("step") if lines else 0
+        kept = lines[:1] + [ln for ln in lines[1:] if int(float(ln.split("\t")[step])) <= count]
+        tsv.write_text("\n".join(kept) + "\n")
 
 
 def _resume(task: Task, plan: Plan, h: str, rt: Runtime,
             log: Callable[[str], None]) -> tuple[int | None, dict[str, float]]:
     """Load the newest matching checkpoint into `task`; (its step, its last means), or (None, {}) when fresh."""
     assert plan.folder is not None
-    plan.folder.mkdir(parents=True, exist_ok=True)
-    found = _checkpoints(plan.folder)
+    found = _open_folder(plan.folder)
     start, last = None, {}
     if found:
         state = load_checkpoint(found[-1])
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {found[-1]} holds a {type(state).__name__}, not a training "
+                                  "checkpoint; delete it to start over")
         if state.get("config_hash") == h:
-            task.load_state_dict(state["task"])
-            start, last = int(state["step"]), dict(state["last"])
+            start, last = _restore(task, found[-1], state)
             log(f"{task.name}: resuming from checkpoint {found[-1]} after {plan.unit} {_count(plan, start)}")
         else:
             log(f"{task.name}: checkpoints in {plan.folder} are for another config; starting over")
     rt.barrier()  # every rank has read the checkpoint before rank 0 may clear the folder
-    if start is None and rt.main:
-        shutil.rmtree(plan.folder)
-        plan.folder.mkdir(parents=True)
+    if rt.main:
+        if start is None:
+            _clear(plan.folder)
+        elif (plan.folder / "live").is_dir():
+            _truncate_log(plan.folder / "live", _count(plan, start))
     return start, last
 
 
@@ -286,14 +357,9 @@ def fit(task: Task, plan: Plan, rt: Runtime = Runtime(), log: Callable[[str], No
     Raises Diverged when a period's mean scalar is NaN/Inf (before anything of that period is saved) or when
     the task's end_period says so; CheckpointError for an unreadable/unwritable checkpoint.
     """
-    h = config_hash({**plan.config, "code": files_md5(plan.code)})
+    h = config_hash({**plan.config, "code": files_md5(plan.code), "versions": _versions()})
     start, last = _resume(task, plan, h, rt, log) if plan.folder is not None else (None, {})
-    live = None
-    if plan.folder is not None and rt.main:
-        from dvclive import Live
-
-        live = Live(str(plan.folder / "live"), dvcyaml=False, save_dvc_exp=False, resume=start is not None,
-                    report=None)
+    live = _live(plan.folder, start is not None) if plan.folder is not None and rt.main else None
     sums: dict[str, torch.Tensor] = {}
     since_ckpt, n = 0, 0
     for step in range(start or 0, plan.steps):
@@ -316,6 +382,16 @@ def fit(task: Task, plan: Plan, rt: Runtime = Runtime(), log: Callable[[str], No
     if live is not None:
         live.end()
     return Fitted(start, last, h)
+
+
+def _live(folder: Path, resume: bool) -> Any:
+    """dvclive's logger in folder/live (curves per period), continuing the resumed run's curves."""
+    from dvclive import Live
+
+    try:
+        return Live(str(folder / "live"), dvcyaml=False, save_dvc_exp=False, resume=resume, report=None)
+    except OSError as e:
+        raise _folder_error(folder / "live", e) from None
 
 
 def _end_period(task: Task, step: int, means: dict[str, float], live: Any, plan: Plan) -> dict[str, float]:

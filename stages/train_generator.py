@@ -2,12 +2,15 @@
 import sys
 
 from melanoma.generators import train_generator
-from melanoma.params import load_params
+from melanoma.params import GENERATORS, LABELS, ParamsError, load_params
 from melanoma.paths import CHECKPOINTS, RAW, SPLITS, generator_dir
 from melanoma.stage import run_stage
 
 
 def main() -> str:
+    if len(sys.argv) != 3:
+        raise ParamsError(f"usage: train_generator.py GEN CLASS with GEN in {', '.join(GENERATORS)} and CLASS in "
+                          f"{', '.join(LABELS)} (got {' '.join(sys.argv[1:])})")
     gen, label = sys.argv[1], sys.argv[2]
     out = generator_dir(gen, label)
     r = train_generator(gen, label, load_params(), SPLITS, RAW, out, CHECKPOINTS / out.name)

@@ -392,3 +392,16 @@ def test_a_non_finite_loss_stops_training_before_the_epoch_is_saved(tmp_path, mo
         train_classifier("ResNet", "Original", _params(), data, tmp_path / "o", tmp_path / "c", log=lambda s: None)
     assert sorted(p.name for p in (tmp_path / "c").glob("checkpoint_epoch_*.pth")) == ["checkpoint_epoch_1.pth"]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("arch,spec,message", [
+    ("ResNet", {"model": "vit_tiny_patch16_224", "kwargs": {}}, r"as a ResNet-family network .*no attribute 'layer4'"),
+    ("ResNet", {"model": "resnet18", "kwargs": {"foo": 1}}, r"unexpected keyword argument 'foo'"),
+    ("ResNet", {"model": "resnet500", "kwargs": {}}, r"Unknown model \(resnet500\)"),
+    ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 64}}, r"for 32 px inputs"),
+    ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 64}}, r"kwargs sets img_size: the project sets"),
+])
+def test_a_member_the_family_cannot_build_is_one_params_error(arch, spec, message):
+    """Honest names: a ViT cannot sit in the ResNet row; a value timm rejects names the params key, not a traceback."""
+    with pytest.raises(ParamsError, match=f"classifiers.models.{arch}.*{message}"):
+        build_model(arch, {**spec, "pretrained": False, "lr": 1e-3}, 2, 32)

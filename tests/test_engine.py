@@ -168,3 +168,49 @@ def test_every_code_hash_list_names_existing_files():
 
     for code in (classifier_code, generator_code, upscaler_code):
         assert code and all(p.is_file() for p in code) and any(p.name == "engine.py" for p in code)
+
+
+# ---------------------------------------------------------------- hostile checkpoint folders
+
+def test_start_over_removes_only_the_engines_files_and_odd_names_are_left_alone(tmp_path):
+    fit(Linear(), _plan(tmp_path), log=lambda _: None)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "checkpoint_step_9 (1).pth").write_bytes(b"a file manager's copy")
+    (tmp_path / "checkpoint_step_abc.pth").write_bytes(b"?")
+    logs: list[str] = []
+    r = fit(Linear(), _plan(tmp_path, batch=1), log=logs.append)
+    assert r.resumed_from is None and "starting over" in logs[0]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "checkpoint_step_9 (1).pth").exists() and (tmp_path / "checkpoint_step_abc.pth").exists()
+    assert sorted(f.name for f in tmp_path.glob("checkpoint_step_*[0-9].pth")) == ["checkpoint_step_12.pth",
+                                                                                   "checkpoint_step_9.pth"]
+
+
+@pytest.mark.parametrize("payload,message", [
+    (torch.ones(3), "holds a Tensor, not a training checkpoint"),
+    ({"config_hash": None, "step": 3}, "lacks last, task: it was not written by this engine"),
+    ({"config_hash": None, "step": 3, "last": {}, "task": {"w": {}}}, "does not fit the linear being trained"),
+])
+def test_a_checkpoint_that_is_not_this_runs_is_one_error(tmp_path, payload, message):
+    fit(Linear(), _plan(tmp_path), log=lambda _: None)
+    if isinstance(payload, dict):  # the run's own hash, so that the engine tries to resume it
+        payload["config_hash"] = load_checkpoint(tmp_path / "checkpoint_step_12.pth")["config_hash"]
+    torch.save(payload, tmp_path / "checkpoint_step_15.pth")
+    with pytest.raises(CheckpointError, match=f"checkpoint_step_15.pth.*{message}.*delete it to start over"):
+        fit(Linear(), _plan(tmp_path), log=lambda _: None)
+    assert (tmp_path / "checkpoint_step_15.pth").exists()  # reported, never deleted behind the user's back
+
+
+def test_a_checkpoint_folder_that_is_a_file_is_one_error(tmp_path):
+    (tmp_path / "ck").write_text("not a folder")
+    with pytest.raises(CheckpointError, match=r"cannot use checkpoint folder .*ck: .*writable folder"):
+        fit(Linear(), _plan(tmp_path / "ck"), log=lambda _: None)
+
+
+def test_a_resumed_run_does_not_repeat_logged_periods(tmp_path):
+    """Killed after a period was logged but before its checkpoint: the curves must not hold that period twice."""
+    fit(Linear(), _plan(tmp_path), log=lambda _: None)
+    (tmp_path / "checkpoint_step_12.pth").unlink()
+    fit(Linear(), _plan(tmp_path), log=lambda _: None)
+    steps = [line.split("\t")[0] for line in (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()]
+    assert steps == ["step", "3", "6", "9", "12"]

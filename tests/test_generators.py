@@ -308,3 +308,17 @@ def test_missing_pretrained_unet_is_an_error_not_a_silent_fallback(tmp_path):
     from melanoma.generators.ddpm import build_unet, unet_config
     with pytest.raises(PretrainedUnavailable, match=r"generators.ddpm.pretrained: cannot load .*pretrained: ''"):
         build_unet(unet_config(16, [8, 16], 1, False), pretrained=str(tmp_path / "no-such-unet"))
+
+
+def test_unet_params_diffusers_cannot_run_are_params_errors(tmp_path, project):
+    from melanoma.errors import PretrainedUnavailable
+    from melanoma.generators.ddpm import build_unet, unet_config
+    with pytest.raises(ParamsError, match=r"generators.image_size \(18\) must be divisible by 2\^2 = 4"):
+        unet_config(18, [8, 16, 32], 1, False)
+    with pytest.raises(ParamsError, match=r"block_out_channels \[8, 12\]: each must be a positive multiple of .* 8"):
+        unet_config(16, [8, 12], 1, False)
+    with pytest.raises(ParamsError, match="power of two >= 16 for the DCGAN, got 24"):
+        dcgan.Generator(image_size=24)
+    trained = project / "models/generators/ddpm/ddpm_benign"  # a 16 px UNet with channels [8, 16]
+    with pytest.raises(PretrainedUnavailable, match=r"does not match the params: block_out_channels \[8, 16\] there"):
+        build_unet(unet_config(16, [8, 16, 32], 1, False), pretrained=str(trained))

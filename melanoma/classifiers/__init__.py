@@ -157,15 +157,42 @@ def _check_input(arch: str, fam: Family, spec: dict[str, Any], img_size: int) ->
                           f"{fam.size_multiple}, got {img_size}; change datasets.image_size")
 
 
+RESERVED_KWARGS = ("num_classes", "img_size", "in_chans", "pretrained")  # set by the project, not by kwargs
+BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AssertionError, AttributeError, IndexError, KeyError)
+
+
+def _construct(arch: str, fam: Family, spec: dict[str, Any], num_classes: int, img_size: int) -> nn.Module:
+    """fam.build, then one forward pass on a (1, 3, S, S) zero image and the family's GradCAM target: a params
+    value timm or the family cannot take is one ParamsError naming the key, not a traceback mid-training."""
+    where = f"classifiers.models.{arch}"
+    reserved = [k for k in spec["kwargs"] if k in RESERVED_KWARGS]
+    if reserved:
+        raise ParamsError(f"{where}.kwargs sets {', '.join(reserved)}: the project sets those (from the data, "
+                          "datasets.image_size and pretrained); remove them from kwargs")
+    try:
+        model = fam.build(spec["model"], num_classes, img_size, spec["pretrained"], dict(spec["kwargs"]))
+        fam.gradcam(model)  # a member of another family (e.g. a ViT in the ResNet row) has no such layer
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, img_size, img_size))
+    except MelanomaError:
+        raise
+    except BUILD_ERRORS as e:
+        raise ParamsError(f"{where}: cannot build {spec['model']!r} with kwargs {spec['kwargs']} as a {arch}-family "
+                          f"network for {img_size} px inputs ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                          f"fix {where}.model or {where}.kwargs") from None
+    return model.train()
+
+
 def build_model(arch: str, spec: dict[str, Any], num_classes: int, img_size: int) -> Built:
     """Build `spec["model"]` of family `arch` for img_size x img_size RGB inputs and `num_classes` logits.
 
     `spec` is params' classifiers.models.<arch> ({model, pretrained, kwargs, lr}). Raises ParamsError (unknown
-    arch, input size the family cannot take), PretrainedUnavailable, WeightsMismatch.
+    arch, input size the family cannot take, a model or kwargs timm rejects, a member of another family),
+    PretrainedUnavailable, WeightsMismatch.
     """
     fam = family(arch)
     _check_input(arch, fam, spec, img_size)
-    model = fam.build(spec["model"], num_classes, img_size, spec["pretrained"], dict(spec["kwargs"]))
+    model = _construct(arch, fam, spec, num_classes, img_size)
     mean, std = fam.mean, fam.std
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if fam.tag_normalisation and spec["pretrained"] and "mean" in cfg:

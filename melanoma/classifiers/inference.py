@@ -51,8 +51,14 @@ def load_classifier(folder: Path, which: str = "best") -> tuple[nn.Module, dict[
     weights file and WeightsMismatch when the weights do not fit the recorded architecture.
     """
     cfg = json.loads((folder / "model_config.json").read_text())
-    spec = {"model": cfg["model"], "pretrained": False, "kwargs": cfg["kwargs"], "lr": 0.0}
-    built = build_model(cfg["arch"], spec, cfg["num_classes"], cfg["input_size"])
+    model = rebuild(cfg)
     path = folder / f"model_{which}.pth"
-    load_strict(built.model, load_checkpoint(path), str(path))
-    return built.model.eval(), cfg
+    load_strict(model, load_checkpoint(path), str(path))
+    return model.eval(), cfg
+
+
+def rebuild(cfg: dict[str, Any]) -> nn.Module:
+    """The untrained network a model_config.json describes (arch, model, kwargs, num_classes, input_size),
+    built through the registry without pretrained weights: the caller loads the trained ones."""
+    spec = {"model": cfg["model"], "pretrained": False, "kwargs": cfg["kwargs"], "lr": 0.0}
+    return build_model(cfg["arch"], spec, cfg["num_classes"], cfg["input_size"]).model

@@ -24,7 +24,7 @@ from melanoma.engine import Plan, Runtime, fit, runtime
 from melanoma.errors import MelanomaError
 from melanoma.generators import dcgan, ddpm
 from melanoma.io import atomic_dir, read_csv
-from melanoma.params import GENERATORS, LABELS
+from melanoma.params import GENERATORS, LABELS, ParamsError
 
 TASKS = {"dcgan": dcgan.DCGANTask, "ddpm": ddpm.DDPMTask}
 LOG_EVERY = 25  # steps between reads of the training scalars (NaN check, dvclive curves)
@@ -48,7 +48,10 @@ def load_train_images(splits: Path, raw: Path, label: str, size: int, split: str
     Generators call it with the default split: only `train.csv` is opened, so val and test images cannot reach
     them. (The upscaler reads val too, but only to score itself.)
     """
-    rows = [r for r in read_csv(splits / f"{split}.csv") if r["label"] == label]
+    csv_path = splits / f"{split}.csv"
+    if not csv_path.is_file():
+        raise GeneratorDataError(f"{csv_path} not found; run `dvc repro split` first")
+    rows = [r for r in read_csv(csv_path) if r["label"] == label]
     if not rows:
         raise GeneratorDataError(f"{splits / f'{split}.csv'} has no {label} images; a {label} model needs some")
     out = np.empty((len(rows), size, size, 3), np.uint8)
@@ -77,7 +80,8 @@ def train_generator(gen: str, label: str, params: dict[str, Any], splits: Path, 
     Raises GeneratorDataError (no images of the class), Diverged, CheckpointError, PretrainedUnavailable.
     """
     if gen not in GENERATORS or label not in LABELS:
-        raise ValueError(f"unknown generator/class {gen}/{label}; expected {GENERATORS} x {LABELS}")
+        raise ParamsError(f"unknown generator/class {gen}/{label}; expected one of {', '.join(GENERATORS)} and one "
+                          f"of {', '.join(LABELS)}")
     rt = rt or runtime()
     p = params["generators"]
     cfg, size, seed = p[gen], p["image_size"], p["seed"]

@@ -16,12 +16,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from melanoma.engine import Diverged, Runtime, cosine_schedule, ema
+from melanoma.params import ParamsError
 
 
 def _doublings(image_size: int) -> int:
     n = math.log2(image_size / 4)
     if image_size < 16 or n != int(n):
-        raise ValueError(f"DCGAN image_size must be a power of two >= 16, got {image_size}")
+        raise ParamsError(f"generators.image_size must be a power of two >= 16 for the DCGAN, got {image_size}")
     return int(n)
 
 

@@ -9,20 +9,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from melanoma.engine import Runtime, adamw, cosine_schedule, ema
 from melanoma.errors import PretrainedUnavailable
-from melanoma.params import SAMPLERS
+from melanoma.params import SAMPLERS, ParamsError
 
 if TYPE_CHECKING:
     from diffusers import DDPMScheduler, UNet2DModel
 
 
 def unet_config(image_size: int, block_out_channels: list[int], layers_per_block: int, attention: bool) -> dict[str, Any]:
-    """UNet2DModel kwargs: one down/up block per channel entry, self-attention at the lowest resolution if asked."""
+    """UNet2DModel kwargs: one down/up block per channel entry, self-attention at the lowest resolution if asked.
+
+    Raises ParamsError when diffusers could not build or run it: each block but the last halves the image, so
+    image_size must divide by 2^(blocks - 1); GroupNorm needs every channel count divisible by its group count.
+    """
     n = len(block_out_channels)
+    groups = min(32, min(block_out_channels))
+    if image_size % 2 ** (n - 1):
+        raise ParamsError(f"generators.image_size ({image_size}) must be divisible by 2^{n - 1} = {2 ** (n - 1)}: "
+                          f"the UNet has {n} blocks (generators.ddpm.block_out_channels) and all but the last halve it")
+    if groups < 1 or any(c % groups for c in block_out_channels):
+        raise ParamsError(f"generators.ddpm.block_out_channels {list(block_out_channels)}: each must be a positive "
+                          f"multiple of the GroupNorm group count min(32, smallest) = {groups}")
     down = ["DownBlock2D"] * n
     up = ["UpBlock2D"] * n
     if attention:
@@ -30,7 +42,7 @@ def unet_config(image_size: int, block_out_channels: list[int], layers_per_block
     return {
         "sample_size": image_size, "in_channels": 3, "out_channels": 3, "layers_per_block": layers_per_block,
         "block_out_channels": list(block_out_channels), "down_block_types": down, "up_block_types": up,
-        "norm_num_groups": min(32, min(block_out_channels)),
+        "norm_num_groups": groups,
     }
 
 
@@ -49,9 +61,13 @@ def build_unet(config: dict[str, Any], pretrained: str = "") -> UNet2DModel:
             f"generators.ddpm.pretrained: cannot load a UNet2DModel from '{pretrained}' ({str(e).splitlines()[0]}); "
             "pre-fill the Hugging Face cache or give a local folder, or set generators.ddpm.pretrained: '' "
             "to train from scratch") from None
-    if unet.config.sample_size != config["sample_size"]:
-        raise PretrainedUnavailable(f"pretrained UNet '{pretrained}' is for {unet.config.sample_size}px images, "
-                                    f"generators.image_size is {config['sample_size']}")
+    differ = [k for k in ("sample_size", "block_out_channels", "layers_per_block", "down_block_types")
+              if list(np.atleast_1d(unet.config[k])) != list(np.atleast_1d(config[k]))]
+    if differ:
+        raise PretrainedUnavailable(
+            f"pretrained UNet '{pretrained}' does not match the params: " + "; ".join(
+                f"{k} {unet.config[k]} there, {config[k]} here" for k in differ)
+            + " (generators.image_size, generators.ddpm.block_out_channels / layers_per_block / attention)")
     return unet
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from melanoma.classifiers import build_model, family, load_strict
+from melanoma.classifiers import family, load_strict
+from melanoma.classifiers.inference import load_classifier, rebuild
 from melanoma.data.datasets import resize
 from melanoma.data.images import decode_image
 from melanoma.errors import MelanomaError
@@ -161,8 +162,7 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise PackageError(f"{folder} has no {CONFIG}: not a model folder (expected the export stage's "
                            "models/export/<Arch>/<Arch>_<Dataset>/, a downloaded Hub folder, or a training output)")
     cfg = json.loads((folder / CONFIG).read_text())
-    spec = {"model": cfg["model"], "pretrained": False, "kwargs": cfg["kwargs"], "lr": 0.0}
-    built = build_model(cfg["arch"], spec, cfg["num_classes"], cfg["input_size"])
+    model = rebuild(cfg)
     if (folder / WEIGHTS).is_file():
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -171,14 +171,14 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
             state = load_file(str(folder / WEIGHTS))
         except SafetensorError as e:
             raise PackageError(f"{folder / WEIGHTS} is not a readable safetensors file ({e}); download it again") from None
-        load_strict(built.model, state, str(folder / WEIGHTS))
+        load_strict(model, state, str(folder / WEIGHTS))
     elif (folder / "model_best.pth").is_file():
         from melanoma.engine import load_checkpoint
 
-        load_strict(built.model, load_checkpoint(folder / "model_best.pth"), str(folder / "model_best.pth"))
+        load_strict(model, load_checkpoint(folder / "model_best.pth"), str(folder / "model_best.pth"))
     else:
         raise PackageError(f"{folder} has {CONFIG} but no weights ({WEIGHTS} or model_best.pth)")
-    return built.model.eval(), cfg
+    return model.eval(), cfg
 
 
 def export_cell(model_dir: Path, eval_dir: Path, data_dir: Path, out: Path, opset: int,
@@ -188,7 +188,6 @@ def export_cell(model_dir: Path, eval_dir: Path, data_dir: Path, out: Path, opse
     The threshold and metrics come from the cell's evaluation (chosen on val, measured on test), so a package
     always decides as the report says it does. `data` (source, preprocessing) is recorded for the model card.
     """
-    from melanoma.classifiers.inference import load_classifier
     from melanoma.data.datasets import load_split
 
     metrics_file = eval_dir / "metrics.json"
