@@ -125,7 +125,9 @@ def _run(task: Any, steps: int = 2, period: int = 1) -> dict[str, float]:
 
 @pytest.mark.parametrize("arch", ["ResNet", "ViT", "Swin", "MedViT"])
 def test_classifier_task_trains_under_bf16_autocast(tmp_path, arch):
-    size = 32 if arch == "MedViT" else 16
+    # 32 px, not 16: at 16 px ResNet's last stage sees a 1x1 map, and oneDNN's bf16 convolution backward then
+    # returns Inf weight gradients on the CPU (measured with torch 2.14.1, 1 or 2 threads; fp32 is fine)
+    size = 32
     data = make_pack(tmp_path, size=size)
     tp = tiny_params()["classifiers"]["train"]
     built = build_model(arch, TINY_MODELS[arch], 2, size)
