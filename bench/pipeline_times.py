@@ -24,15 +24,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "DVC_NO_ANALYTICS": "1"}
+def env(clone: Path | None = None) -> dict[str, str]:
+    """The venv first on PATH and, for a clone, the clone's own `melanoma` package first on PYTHONPATH (the venv's
+    editable install points at this checkout, whose code may differ from the commit being timed)."""
+    out = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    if clone is not None:
+        out["PYTHONPATH"] = str(clone)
+    return out
 
 
 def timed_stages(cmd: list[str], cwd: Path) -> tuple[float, dict[str, float]]:
     """Run `cmd`, echoing its output; return the wall time and the seconds spent in each stage."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(cmd, cwd=cwd, env=env(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stages: dict[str, float] = {}
     current, since = None, t0
     for line in p.stdout:
@@ -55,7 +60,7 @@ def median_time(cmd: list[str], cwd: Path, runs: int = 3) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=cwd, env=env(), check=True, capture_output=True)
+        subprocess.run(cmd, cwd=cwd, env=env(cwd), check=True, capture_output=True)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -64,9 +69,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--share-cache", action="store_true", help="use this checkout's .dvc/cache")
     ap.add_argument("--workdir", type=Path, help="clone here instead of a temp folder (must not exist)")
+    ap.add_argument("--rev", default="HEAD", help="the commit to time (default HEAD)")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="pipeline-times-")) / "repo"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(work)], check=True)
+    subprocess.run(["git", "checkout", "-q", args.rev], cwd=work, check=True)
     if args.share_cache:
         subprocess.run(["dvc", "cache", "dir", "--local", str(ROOT / ".dvc/cache")], cwd=work, env=env(), check=True)
     print(f"fresh `dvc repro --force --no-run-cache` in {work} ({os.cpu_count()} CPUs)")
