@@ -2,7 +2,8 @@
 # The project's entry point on a fresh machine (needs Python 3.11 and git, nothing else):
 #   ./run.sh repro [dvc repro args]   create .venv, install the pinned requirements, run the pipeline
 #   ./run.sh test  [pytest args]      same setup, then the test suite
-#   ./run.sh study [dvc repro args]   same setup, switch params.yaml to the full-scale study, run it (GPU)
+#   ./run.sh study [dvc repro args]   same setup, switch params.yaml to the full-scale study, print its plan
+#                                     (images per dataset), run it (GPU); `./run.sh study --dry` plans only
 #   ./run.sh setup                    only the setup
 # The install is redone only when requirements*.txt, constraints.txt or pyproject.toml change.
 # requirements-test.txt (the ISIC Challenge scorer the tests cross-check against) is small and installed too.
@@ -31,7 +32,7 @@ cmd=${1:-}
 case "$cmd" in
   setup) setup ;;
   repro) setup; dvc repro "$@" ;;
-  study) setup; melanoma profile study; dvc repro "$@" ;;
+  study) setup; melanoma profile study; melanoma plan; dvc repro "$@" ;;
   test) setup; python -m pytest -q "$@" ;;
   *) echo "usage: ./run.sh setup|repro|study|test [args]" >&2; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-"""The `melanoma` console command: predict, publish, download, profile (installed by `pip install -e .`)."""
+"""The `melanoma` console command: predict, publish, download, profile, plan (installed by `pip install -e .`)."""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +78,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from melanoma.params import load_params
+    from melanoma.paths import SPLITS
+    from melanoma.plan import describe, plan
+
+    print(describe(plan(load_params(), SPLITS)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="melanoma", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -91,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="write a named profile (profiles/<name>.yaml) into params.yaml")
     p.add_argument("name", help="e.g. study: the full-scale study (ISIC, 224 px, full-size pretrained models)")
     p.set_defaults(run=cmd_profile)
+    p = sub.add_parser("plan", help="training images per dataset and synthetic images per class, before running")
+    p.set_defaults(run=cmd_plan)
     for name, text in (("publish", "assemble each cell's Hub folder (weights, ONNX, configs, model card) and upload it"),
                        ("download", "download cells from the Hub into models/classifiers/<Arch>/<Arch>_<Dataset>/")):
         q = sub.add_parser(name, help=text)

@@ -80,6 +80,12 @@ class Runtime:
             model = model.to(memory_format=torch.channels_last)
         return model
 
+    def generator(self, seed: int) -> torch.Generator:
+        """A random generator on this device, seeded: draws land where they are used, so a training step never
+        copies random numbers from the host (a host-to-device copy from pageable memory waits for the GPU).
+        On the CPU this is the plain CPU generator, so CPU runs draw exactly what they always drew."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
     def barrier(self) -> None:
         """Wait for every rank (no-op in a single process)."""
         if self.world > 1:
@@ -95,7 +101,9 @@ class Runtime:
 
 
 def runtime(bf16: bool = True) -> Runtime:
-    """The Runtime of this process: joins the torchrun group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU).
+    """The Runtime of this process: the one place a device is chosen. CUDA when present (under torchrun the
+    LOCAL_RANK-th GPU, joining the NCCL group; gloo on CPU), else the CPU. Every stage builds it once and passes
+    it down; nothing below picks a device of its own.
 
     bf16 autocast is used only on CUDA devices that support it (Ampere and newer) and when `bf16` is true;
     on the CPU training stays float32, which is faster there and keeps CPU results exact.
@@ -208,7 +216,8 @@ class Plan:
     steps: optimiser steps in all; period: steps between host reads of the scalars (logging, NaN check,
     end_period); checkpoint_every: steps between checkpoints (rounded up to a period end; 0: none);
     folder: the checkpoint folder (None: no checkpoints, no dvclive log); unit: "epoch" numbers checkpoints
-    and log steps by completed periods, "step" by completed steps; keep: checkpoints kept.
+    and log steps by completed periods, "step" by completed steps; keep: checkpoints kept (the newest; one is
+    enough to resume, and each is the size of the model and its optimiser state).
     """
 
     steps: int
@@ -219,7 +228,7 @@ class Plan:
     folder: Path | None = None
     checkpoint_every: int = 0
     unit: str = "step"
-    keep: int = 2
+    keep: int = 1
 
 
 @dataclass
@@ -264,6 +273,19 @@ def _open_folder(folder: Path) -> list[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         return _checkpoints(folder)
+    except OSError as e:
+        raise _folder_error(folder, e) from None
+
+
+def discard(folder: Path) -> None:
+    """After a successful run, once its outputs are written: remove this engine's checkpoints and training log
+    from `folder`, and the folder itself when nothing else is left in it (a user's own files stay)."""
+    if not folder.is_dir():
+        return
+    _clear(folder)
+    try:
+        if not any(folder.iterdir()):  # files the engine did not write stay, and so does their folder
+            folder.rmdir()
     except OSError as e:
         raise _folder_error(folder, e) from None
 
@@ -357,7 +379,8 @@ def fit(task: Task, plan: Plan, rt: Runtime = Runtime(), log: Callable[[str], No
     Raises Diverged when a period's mean scalar is NaN/Inf (before anything of that period is saved) or when
     the task's end_period says so; CheckpointError for an unreadable/unwritable checkpoint.
     """
-    h = config_hash({**plan.config, "code": files_md5(plan.code), "versions": _versions()})
+    h = config_hash({**plan.config, "code": files_md5(plan.code), "versions": _versions(),
+                     "device": rt.device.type})  # random streams differ per device type: never resume across
     start, last = _resume(task, plan, h, rt, log) if plan.folder is not None else (None, {})
     live = _live(plan.folder, start is not None) if plan.folder is not None and rt.main else None
     sums: dict[str, torch.Tensor] = {}

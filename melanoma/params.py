@@ -103,12 +103,11 @@ SCHEMA: dict[str, Any] = {
             "pretrained": Field(str),
             "sampler": Field(str, choices=SAMPLERS),
             "sampling_steps": Field(int, min=1, max=1000),
+            "processes": Field(int, min=1, max=1024),
         },
     },
     "synthesize": {
         "seed": Field(int, min=0),
-        "n_malignant": Field((int, str), choices=("balance",), min=0, max=1_000_000),
-        "n_benign": Field(int, min=0, max=1_000_000),
         "batch_size": Field(int, min=1, max=4096),
         "quality_samples": Field(int, min=8, max=100_000),
         "memorisation_ratio": Field(float, min=0.0, max=1.0),
@@ -127,8 +126,7 @@ SCHEMA: dict[str, Any] = {
     },
     "datasets": {
         "image_size": Field(int, min=16, max=1024),
-        "n_malignant": Field((int, str), choices=("balance",), min=0, max=1_000_000),
-        "n_benign": Field(int, min=0, max=1_000_000),
+        "per_class": Field((int, str), choices=("balance",), min=1, max=1_000_000),
     },
     "classifiers": {
         "archs": Field(list, item=str, choices=ARCHS),
@@ -151,7 +149,6 @@ SCHEMA: dict[str, Any] = {
                 "translate": Field(float, min=0.0, max=0.5),
                 "color_jitter": Field(float, min=0.0, max=0.9),
             },
-            "keep_checkpoints": Field(int, min=1, max=1000),
             "threads": Field(int, min=0, max=256),
             "processes": Field(int, min=1, max=1024),
             "compile": Field(bool),

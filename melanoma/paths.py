@@ -14,6 +14,7 @@ SYNTHETIC = Path("data/synthetic")
 GENERATOR_RESULTS = Path("results/generators")
 UPSCALER = Path("models/upscaler")
 UPSCALER_RESULTS = Path("results/upscaler")
+REAL = Path("data/real")  # every real image decoded once at the classifier size (decode stage)
 DATASETS = Path("data/datasets")
 CLASSIFIERS = Path("models/classifiers")
 

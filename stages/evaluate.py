@@ -14,16 +14,18 @@ from melanoma.stage import run_stage
 def main() -> str:
     if len(sys.argv) != 2 or sys.argv[1] not in ARCHS:
         raise ParamsError(f"usage: evaluate.py ARCH with ARCH in {', '.join(ARCHS)} (got {' '.join(sys.argv[1:])})")
+    from melanoma.engine import runtime
     from melanoma.evaluation.evaluate import evaluate_cell
     from melanoma.io import atomic_dir
 
     arch = sys.argv[1]
     params = load_params()
+    rt = runtime(bf16=False)  # float32: the probabilities the packages (and their ONNX graphs) reproduce
     datasets = params["classifiers"]["datasets"]
     with atomic_dir(EVALUATION / arch) as tmp:  # all of the arch's cells, or none
         for dataset in datasets:
             out = tmp / f"{arch}_{dataset}"
-            r = evaluate_cell(arch, dataset, params, classifier_dir(arch, dataset), DATASETS / dataset, out)
+            r = evaluate_cell(arch, dataset, params, classifier_dir(arch, dataset), DATASETS / dataset, out, rt)
             t = r["test"]
             ci = t["ci95"]
             print(f"evaluate: {out.name}: test AUROC {t['auroc']:.3f} [{ci['auroc'][0]:.3f}, {ci['auroc'][1]:.3f}], "

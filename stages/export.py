@@ -6,9 +6,10 @@ from melanoma.stage import run_stage
 
 
 def main() -> str:
+    from melanoma.engine import runtime
     from melanoma.serving.package import export_all
 
-    worst = export_all(load_params(), EXPORT)
+    worst = export_all(load_params(), EXPORT, runtime(bf16=False))
     return (f"export: {len(worst)} cells -> {EXPORT}/; ONNX vs PyTorch on the real val images: max "
             f"|dP| {max(worst.values()):.1e} ({max(worst, key=worst.get)})")
 

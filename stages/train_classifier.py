@@ -18,6 +18,9 @@ def main() -> str:
     arch, dataset = sys.argv[1:]
     params = load_params()
     n = params["classifiers"]["train"]["processes"]
+    if params["classifiers"]["train"]["batch_size"] % n:  # before torchrun starts: one line, not one per rank
+        raise ParamsError(f"classifiers.train.batch_size ({params['classifiers']['train']['batch_size']}) must be "
+                          f"divisible by classifiers.train.processes ({n})")
     if n > 1 and "WORLD_SIZE" not in os.environ:
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc_per_node={n}", *sys.argv])

@@ -1,22 +1,41 @@
-"""DVC stage `train_generator@{gen}-{class}`: train split images of one class -> models/generators/{gen}/{gen}_{class}/."""
+"""DVC stage `train_generator@{gen}-{class}`: train split images of one class -> models/generators/{gen}/{gen}_{class}/.
+
+With generators.ddpm.processes > 1 a DDPM stage relaunches itself under torchrun (one process per GPU), so
+dvc.yaml's command never names a process count or a device.
+"""
+import os
 import sys
 
-from melanoma.generators import train_generator
 from melanoma.params import GENERATORS, LABELS, ParamsError, load_params
 from melanoma.paths import CHECKPOINTS, RAW, SPLITS, generator_dir
 from melanoma.stage import run_stage
 
 
 def main() -> str:
-    if len(sys.argv) != 3:
+    if len(sys.argv) != 3 or sys.argv[1] not in GENERATORS or sys.argv[2] not in LABELS:
         raise ParamsError(f"usage: train_generator.py GEN CLASS with GEN in {', '.join(GENERATORS)} and CLASS in "
                           f"{', '.join(LABELS)} (got {' '.join(sys.argv[1:])})")
     gen, label = sys.argv[1], sys.argv[2]
+    params = load_params()
+    n = params["generators"]["ddpm"]["processes"] if gen == "ddpm" else 1
+    if params["generators"]["ddpm"]["batch_size"] % n:  # before torchrun starts: one line, not one per rank
+        raise ParamsError(f"generators.ddpm.batch_size ({params['generators']['ddpm']['batch_size']}) must be "
+                          f"divisible by generators.ddpm.processes ({n})")
+    if n > 1 and "WORLD_SIZE" not in os.environ:
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={n}", *sys.argv])
+    from melanoma.engine import runtime
+    from melanoma.generators import train_generator
+
+    rt = runtime()
     out = generator_dir(gen, label)
-    r = train_generator(gen, label, load_params(), SPLITS, RAW, out, CHECKPOINTS / out.name)
+    r = train_generator(gen, label, params, SPLITS, RAW, out, CHECKPOINTS / out.name, rt,
+                        log=print if rt.main else lambda s: None)
+    if not rt.main:
+        raise SystemExit(0)
     final = ", ".join(f"{k} {v:.3g}" for k, v in r["training"]["final"].items())
     return (f"train_generator: {gen}_{label}: {r['training']['steps']} steps on {r['n_train_images']} train images "
-            f"({final}) -> {out} [{r['seconds']:.0f} s]")
+            f"({final}), {rt.world} process(es) on {rt.device} -> {out} [{r['seconds']:.0f} s]")
 
 
 if __name__ == "__main__":

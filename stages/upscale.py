@@ -1,6 +1,7 @@
 """DVC stage `upscale@{gen}`: data/synthetic/{gen}/ -> data/synthetic/{gen}_upscaled/ by params `upscale.method`."""
 import sys
 
+from melanoma.engine import runtime
 from melanoma.generators.upscale import upscale
 from melanoma.params import load_params
 from melanoma.paths import SYNTHETIC, UPSCALER, UPSCALER_RESULTS
@@ -10,7 +11,8 @@ from melanoma.stage import run_stage
 def main() -> str:
     gen = sys.argv[1]
     out = SYNTHETIC / f"{gen}_upscaled"
-    r = upscale(gen, load_params(), SYNTHETIC / gen, UPSCALER, out, UPSCALER_RESULTS / f"{gen}_comparison.png")
+    r = upscale(gen, load_params(), SYNTHETIC / gen, UPSCALER, out, UPSCALER_RESULTS / f"{gen}_comparison.png",
+                runtime())
     n = ", ".join(f"{v} {k}" for k, v in r["counts"].items())
     return f"upscale: {gen}: {n} images x{r['factor']} by {r['method']} -> {out}"
 

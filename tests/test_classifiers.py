@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from melanoma.classifiers import (BIOMEDCLIP, FAMILIES, WeightsMismatch,
                                   biomedclip_to_timm, build_model, load_strict)
@@ -193,14 +194,13 @@ def test_training_writes_a_cell_whose_weights_load_weights_only(tmp_path):
     assert cfg["best_epoch"] == max(cfg["history"], key=lambda h: h["val_auroc"])["epoch"]
     assert cfg["model"] == "vit_tiny_patch16_224" and cfg["kwargs"] == TINY_MODELS["ViT"]["kwargs"]
     assert cfg["classes"] == ["benign", "malignant"] and len(cfg["data_hash"]) == 32
-    for f in ("model_best.pth", "model_final.pth"):
-        state = torch.load(out / f, weights_only=True)
-        assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert sorted(p.name for p in out.iterdir()) == ["live", "model.safetensors", "model_config.json"]
+    state = load_file(str(out / "model.safetensors"))
     model, _ = load_classifier(out)
-    assert sum(v.numel() for v in model.state_dict().values()) > 0
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert (out / "live/metrics.json").is_file()
-    ckpts = sorted(p.name for p in (tmp_path / "ck").glob("checkpoint_epoch_*.pth"))
-    assert ckpts == ["checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth"]  # keep_checkpoints: 2
+    assert not (tmp_path / "ck").exists()  # a finished cell leaves no checkpoint behind
 
 
 def test_same_seed_same_val_metrics_and_a_different_seed_differs(tmp_path):
@@ -269,14 +269,18 @@ def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
     for a, b in zip(cfg["history"], reference["history"]):
         assert a["epoch"] == b["epoch"] and abs(a["val_auroc"] - b["val_auroc"]) < 1e-6
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-6
-    final = torch.load(proj / "models/classifiers/ViT/ViT_Original/model_final.pth", weights_only=True)
-    ref_final = torch.load(ref / "models/classifiers/ViT/ViT_Original/model_final.pth", weights_only=True)
-    assert max((final[k] - ref_final[k]).abs().max().item() for k in final) < 1e-6
+    best = load_file(str(proj / "models/classifiers/ViT/ViT_Original/model.safetensors"))
+    ref_best = load_file(str(ref / "models/classifiers/ViT/ViT_Original/model.safetensors"))
+    assert max((best[k] - ref_best[k]).abs().max().item() for k in best) < 1e-6
+    assert not ck.exists()  # deleted once the resumed run finished
 
 
-def test_changed_config_starts_over_instead_of_resuming(tmp_path):
+def test_changed_config_starts_over_instead_of_resuming(tmp_path, monkeypatch):
     proj = _stage_project(tmp_path)
-    assert _stage(proj, "ResNet", "Original").wait() == 0
+    monkeypatch.chdir(proj)  # the checkpoints a run killed after its last epoch would leave (finished runs delete theirs)
+    monkeypatch.setattr("melanoma.classifiers.train.discard", lambda folder: None)
+    train_classifier("ResNet", "Original", _params(), proj / "data/datasets/Original", tmp_path / "o",
+                     proj / "models/.checkpoints/classifiers/ResNet_Original", log=lambda s: None)
     yaml_p = yaml.safe_load((proj / "params.yaml").read_text())
     yaml_p["classifiers"]["models"]["ResNet"]["lr"] = 0.002
     (proj / "params.yaml").write_text(yaml.safe_dump(yaml_p, sort_keys=False))
@@ -335,8 +339,9 @@ def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp
     assert cb["processes"] == 2
     for x, y in zip(ca["history"], cb["history"]):
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-4 and abs(x["val_auroc"] - y["val_auroc"]) < 1e-4
-    wa = torch.load(one / "models/classifiers/ViT/ViT_Original/model_final.pth", weights_only=True)
-    wb = torch.load(two / "models/classifiers/ViT/ViT_Original/model_final.pth", weights_only=True)
+    assert ca["best_epoch"] == cb["best_epoch"]
+    wa = load_file(str(one / "models/classifiers/ViT/ViT_Original/model.safetensors"))
+    wb = load_file(str(two / "models/classifiers/ViT/ViT_Original/model.safetensors"))
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
@@ -347,7 +352,8 @@ def test_stage_refuses_an_unknown_arch_in_one_line(tmp_path):
     assert p.returncode == 1 and "Traceback" not in out and "ARCH in BioViT, DenseNet, ResNet" in out
 
 
-def test_checkpoint_payload_is_weights_only(tmp_path):
+def test_checkpoint_payload_is_weights_only(tmp_path, monkeypatch):
+    monkeypatch.setattr("melanoma.classifiers.train.discard", lambda folder: None)  # keep it to look at
     data = make_pack(tmp_path / "data")
     train_classifier("ResNet", "Original", _params(**{"classifiers.train.epochs": 1}), data, tmp_path / "o",
                      tmp_path / "c", log=lambda s: None)
@@ -363,6 +369,7 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, monkeypatch):
     code = tmp_path / "loop.py"
     code.write_text("v1")
     monkeypatch.setattr("melanoma.classifiers.train.CODE", [code])
+    monkeypatch.setattr("melanoma.classifiers.train.discard", lambda folder: None)  # as if killed after the end
     data = make_pack(tmp_path / "data")
     p = _params(**{"classifiers.train.epochs": 1})
     logs: list[str] = []

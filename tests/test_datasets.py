@@ -1,11 +1,13 @@
-"""The five datasets: composition, identical val/test, leakage guard, packed cache, bad synthetic input."""
+"""The real images decoded once, and the five datasets: composition (per_class, both classes), identical val/test,
+leakage guard, packed cache, bad synthetic input."""
 import json
 
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from melanoma.data.datasets import DatasetError, LeakageError, build_dataset, load_split, resize
+from melanoma.data.datasets import (DatasetError, LeakageError, build_dataset, decode_real, load_split, resize,
+                                    synthetic_counts)
 from melanoma.generators.upscale import upscale
 from melanoma.io import read_csv
 from tests.tiny import make_project, tiny_params, with_dcgan_synthetic
@@ -25,28 +27,43 @@ def project(tmp_path_factory):
 
 
 def build(folder, name, params=P, synthetic=None):
-    return build_dataset(name, params, folder / "data/splits", folder / "data/raw", synthetic or folder / "data/synthetic",
-                         folder / "data/datasets" / name)
+    size = params["datasets"]["image_size"]
+    real = folder / f"data/real{size}"
+    if not real.is_dir():  # the decode stage, once per size
+        decode_real(folder / "data/splits", folder / "data/raw", size, real)
+    return build_dataset(name, params, real, synthetic or folder / "data/synthetic", folder / "data/datasets" / name)
+
+
+def test_synthetic_counts_fill_each_class_to_the_target():
+    assert synthetic_counts({"benign": 17, "malignant": 8}, 20) == {"benign": 3, "malignant": 12}
+    assert synthetic_counts({"benign": 30, "malignant": 8}, 20) == {"benign": 0, "malignant": 12}  # real kept
+    assert synthetic_counts({"benign": 17, "malignant": 8}, "balance") == {"benign": 0, "malignant": 9}
 
 
 def test_composition_matches_params(project):
     train = read_csv(project / "data/splits/train.csv")
-    short = sum(r["label"] == "benign" for r in train) - sum(r["label"] == "malignant" for r in train)
+    real = {c: sum(r["label"] == c for r in train) for c in ("benign", "malignant")}
+    target = P["datasets"]["per_class"]
+    assert all(0 < n < target for n in real.values())  # so both classes need synthetic images
     for name, origin, up in (("DCGAN", "dcgan", "no"), ("DCGAN_Upscaled", "dcgan", "yes")):
         stats = json.loads((project / f"data/datasets/{name}/stats.json").read_text())
-        assert stats["counts"]["train"][f"malignant/{origin}"] == short > 0
-        assert "benign/dcgan" not in stats["counts"]["train"]
+        assert stats["per_class"]["train"] == {"benign": target, "malignant": target}
+        for c in real:
+            assert stats["counts"]["train"][f"{c}/{origin}"] == target - real[c]
+            assert stats["counts"]["train"][f"{c}/real"] == real[c]
         rows = [r for r in read_csv(project / f"data/datasets/{name}/manifest.csv") if r["split"] == "train"]
         synth = [r for r in rows if r["origin"] == "dcgan"]
-        assert len(synth) == short and {r["upscaled"] for r in synth} == {up}
+        assert len(synth) == 2 * target - len(train) and {r["upscaled"] for r in synth} == {up}
         images, labels = load_split(project / f"data/datasets/{name}", "train")
-        assert images.shape == (len(train) + short, 24, 24, 3) and labels.sum() == stats["per_class"]["train"]["malignant"]
+        assert images.shape == (2 * target, 24, 24, 3) and labels.sum() == target
     original = json.loads((project / "data/datasets/Original/stats.json").read_text())
-    assert original["per_class"]["train"] == {"benign": short + sum(r["label"] == "malignant" for r in train),
-                                              "malignant": sum(r["label"] == "malignant" for r in train)}
+    assert original["per_class"]["train"] == real
 
 
 def test_val_and_test_identical_across_datasets(project):
+    for split in ("train", "val", "test"):
+        assert (project / f"data/datasets/Original/{split}.npy").read_bytes() == \
+            (project / f"data/real24/{split}.npy").read_bytes()  # decoded once, copied byte for byte
     for split in ("val", "test"):
         ref = (project / f"data/datasets/Original/{split}.npy").read_bytes()
         for name in ("DCGAN", "DCGAN_Upscaled"):
@@ -89,9 +106,19 @@ def test_unreadable_or_short_synthetic_set_is_a_clear_error(project, tmp_path):
     (tmp_path / "dcgan/benign.npy").write_bytes(b"")
     with pytest.raises(DatasetError, match=r"cannot read synthetic images .*benign.npy"):
         build(project, "DCGAN", synthetic=tmp_path)
-    np.save(tmp_path / "dcgan/benign.npy", np.zeros((0, 16, 16, 3), np.uint8))
+    np.save(tmp_path / "dcgan/benign.npy", np.zeros((50, 16, 16, 3), np.uint8))  # enough benign ones
     with pytest.raises(DatasetError, match=r"cannot read synthetic images .*malignant.npy"):
         build(project, "DCGAN", synthetic=tmp_path)
     np.save(tmp_path / "dcgan/malignant.npy", np.zeros((1, 16, 16, 3), np.uint8))
-    with pytest.raises(DatasetError, match=r"synthetic malignant images asked for .* has 1"):
+    with pytest.raises(DatasetError, match=r"synthetic malignant images needed \(datasets.per_class\) but .* has 1"):
         build(project, "DCGAN", synthetic=tmp_path)
+
+
+def test_plan_counts_what_build_dataset_builds(project):
+    from melanoma.plan import describe, plan
+
+    got = plan(P, project / "data/splits")
+    stats = json.loads((project / "data/datasets/DCGAN/stats.json").read_text())
+    assert {c: sum(got["datasets"]["DCGAN"][c]) for c in ("benign", "malignant")} == stats["per_class"]["train"]
+    assert got["datasets"]["Original"] == {c: (n, 0) for c, n in got["real"].items()}
+    assert f"DCGAN{' ' * 20}"[:16] + f"{2 * P['datasets']['per_class']:>14}" in describe(got)

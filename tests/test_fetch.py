@@ -82,7 +82,7 @@ def test_class_folders_with_odd_files(tmp_path, label_map):
     assert s.rejected == 2 and s.total == 46
     rows = {r["id"]: r for r in read_csv(tmp_path / "raw" / "manifest.csv")}
     assert rows["malignant__huge"]["orig_width"] == "6000" and rows["malignant__huge"]["width"] == "1024"
-    assert rows["benign__alpha"]["path"].endswith(".png")
+    assert rows["benign__alpha"]["path"].endswith(".jpg")  # converted (alpha over white), stored as JPEG
 
 
 def test_too_many_rejects_fails_and_writes_nothing(tmp_path, label_map):

@@ -130,7 +130,7 @@ def lock_outs(repo: Path) -> dict[str, str]:
 def test_repro_builds_outputs_then_has_nothing_to_do(built, tmp_path):
     repo, first = built
     stages = set(sh(repo, "dvc", "stage", "list", "--name-only").stdout.split())
-    assert ran(first) == stages and len(stages) == 24  # every stage of the tiny grid ran, once
+    assert ran(first) == stages and len(stages) == 25  # every stage of the tiny grid ran, once
     assert not [p for p in lock_outs(repo) if not (repo / p).exists()]  # every declared output exists
     for cell in ("ResNet/ResNet_Original", "ResNet/ResNet_DCGAN", "ViT/ViT_Original", "ViT/ViT_DCGAN"):
         cfg = json.loads((repo / "models/classifiers" / cell / "model_config.json").read_text())
@@ -234,7 +234,7 @@ def test_two_fresh_runs_give_identical_results(built, twin):
     a, b = lock_outs(built[0]), lock_outs(repo)
     # every output byte for byte: raw data, splits, synthetic images (plain and upscaled), datasets, generator,
     # upscaler and classifier folders, evaluations (GradCAM images included), packages (ONNX included), report
-    assert len(a) == 34 and len([p for p in a if p.startswith("data/")]) == 11
+    assert len(a) == 35 and len([p for p in a if p.startswith("data/")]) == 12
     assert a == b  # metrics.json included (a `cache: false` output, hashed in dvc.lock like the others)
 
 
@@ -280,11 +280,17 @@ def test_the_study_profile_is_one_command_and_a_valid_full_scale_dag(repo):
     # the inputs of stages whose inputs do not exist yet, and fails (treeverse/dvc#9021)
     dry = sh(repo, "dvc", "repro", "--dry", "--force").stdout
     stages = ran(dry)
-    assert len(stages) == 54 and {f"train_classifier@{a}-{d}" for a in ("BioViT", "Swin", "MedViT")
+    assert len(stages) == 55 and {f"train_classifier@{a}-{d}" for a in ("BioViT", "Swin", "MedViT")
                                   for d in ("Original", "DDPM_Upscaled")} <= stages
     assert not (repo / "data/raw").exists() and not (repo / "models/classifiers").exists()
     p = yaml.safe_load((repo / "params.yaml").read_text())
     assert p["datasets"]["image_size"] == 224 and p["classifiers"]["models"]["ResNet"]["model"] == "resnet50"
+    # the dry-run summary: like the original study, ~6,500 training images per augmented dataset, both classes
+    # synthesised (before `split` the real counts are unknown, so each class is "filled up to" the target)
+    plan = sh(repo, sys.executable, "-m", "melanoma.commands", "plan").stdout
+    for name in ("DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"):
+        assert re.search(rf"^{name} +6500\* ", plan, re.M), plan
+    assert "synthesize@dcgan, synthesize@ddpm: benign up to 3250, malignant up to 3250" in plan, plan
 
 
 @pytest.mark.parametrize("layout,expected", [("folder", {"benign": 150, "malignant": 150}),

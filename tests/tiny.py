@@ -40,6 +40,7 @@ def tiny_params(**overrides) -> dict:
     g["ddpm"].update(block_out_channels=[8, 16], steps=4, batch_size=4, warmup_steps=1, sampler="ddim",
                      sampling_steps=3)
     p["synthesize"].update(quality_samples=16, batch_size=16)
+    p["datasets"]["per_class"] = 20  # both classes get synthetic images (train holds ~17 benign, ~8 malignant)
     p["upscale"]["sr"].update(steps=5, batch_size=8, channels=8)
     c = p["classifiers"]
     c.update(archs=["ResNet", "ViT"], datasets=["Original", "DCGAN"])

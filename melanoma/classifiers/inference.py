@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from melanoma.classifiers import build_model, load_strict
-from melanoma.engine import Runtime, load_checkpoint
+from melanoma.engine import CheckpointError, Runtime
 
 
 def standardise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -44,16 +44,24 @@ def probabilities(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, st
     return probs
 
 
-def load_classifier(folder: Path, which: str = "best") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained cell from its model_config.json and load model_<which>.pth (weights_only, strict).
+def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained cell from its model_config.json and load model.safetensors (strict).
 
     Returns (model in eval mode on the CPU, the config dict). Raises CheckpointError for an unreadable
     weights file and WeightsMismatch when the weights do not fit the recorded architecture.
     """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     cfg = json.loads((folder / "model_config.json").read_text())
     model = rebuild(cfg)
-    path = folder / f"model_{which}.pth"
-    load_strict(model, load_checkpoint(path), str(path))
+    path = folder / "model.safetensors"
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path} is missing or not a readable safetensors file ({e}); rerun "
+                              "`dvc repro train_classifier` or `dvc pull` it") from None
+    load_strict(model, state, str(path))
     return model.eval(), cfg
 
 

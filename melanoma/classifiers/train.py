@@ -3,7 +3,7 @@
 The whole pack sits as uint8 on the training device (on a GPU too: the demo pack is a few MB, the study's
 ~7,000 images at 224 px about 1 GB), and augmentation runs batched on that device: one affine warp per batch
 (flip, 90-degree turns, a small rotation/scale/shift) and a colour jitter. Every random number comes from a
-CPU generator seeded by (seed, epoch) and is drawn for the *global* batch, so a resumed run, and a run on N
+generator on the training device seeded by (seed, epoch) and is drawn for the *global* batch, so a resumed run, and a run on N
 processes, see exactly the batches and augmentations of an uninterrupted single-process run.
 
 Model selection and early stopping use val AUROC (test is never read here). Checkpoints go to an untracked
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from melanoma.classifiers import Built, build_model
-from melanoma.classifiers.inference import probabilities, standardise
+from melanoma.classifiers.inference import probabilities
 from melanoma.data.datasets import DatasetError, load_split
-from melanoma.engine import Plan, Runtime, adamw, cosine_schedule, files_md5, fit
+from melanoma.engine import Plan, Runtime, adamw, cosine_schedule, discard, files_md5, fit
 from melanoma.evaluation.metrics import MetricError, auroc
 from melanoma.io import atomic_dir
 from melanoma.params import LABELS, ParamsError
@@ -37,10 +37,10 @@ from melanoma.params import LABELS, ParamsError
 
 def augment_params(n: int, cfg: dict[str, Any], gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-image augmentation draws for a batch of n (always the same draws, in the same order, for a seed)."""
-    u = torch.rand(n, 8, generator=gen)
+    u = torch.rand(n, 8, generator=gen, device=gen.device)
     return {
-        "flip": (u[:, 0] < 0.5) if cfg["hflip"] else torch.zeros(n, dtype=torch.bool),
-        "quarter": torch.floor(u[:, 1] * 4) if cfg["rot90"] else torch.zeros(n),
+        "flip": (u[:, 0] < 0.5) if cfg["hflip"] else torch.zeros(n, dtype=torch.bool, device=gen.device),
+        "quarter": torch.floor(u[:, 1] * 4) if cfg["rot90"] else torch.zeros(n, device=gen.device),
         "angle": (u[:, 2] * 2 - 1) * cfg["rotate_degrees"],
         "scale": 1 + (u[:, 3] * 2 - 1) * cfg["scale"],
         "shift": (u[:, 4:6] * 2 - 1) * cfg["translate"] * 2,  # fraction of the side; grid coords span 2
@@ -110,17 +110,17 @@ def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Gen
     """Global batches of indices for one epoch (drop_last: every step has the same global batch)."""
     n = len(labels)
     if imbalance == "balanced_sampling":
-        w = torch.tensor(1.0 / np.bincount(labels, minlength=2)[labels], dtype=torch.float64)
+        w = torch.tensor(1.0 / np.bincount(labels, minlength=2)[labels], dtype=torch.float64, device=gen.device)
         order = torch.multinomial(w, n, replacement=True, generator=gen)
     else:
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen, device=gen.device)
     return [order[i:i + batch] for i in range(0, n - batch + 1, batch)]
 
 
 class ClassifierTask:
     """One grid cell as an engine Task: an epoch is a period; validation (val AUROC) ends each epoch.
 
-    Batches and augmentation come from a CPU generator seeded by (seed, epoch) and drawn for the global batch,
+    Batches and augmentation come from a generator on the training device, seeded by (seed, epoch) and drawn for the global batch,
     so a resumed run and a run on N processes see exactly the draws of an uninterrupted single-process run.
     The best epoch's weights (by val AUROC) are part of the state, so a resumed run keeps them.
     """
@@ -167,7 +167,7 @@ class ClassifierTask:
     def step(self, step: int) -> dict[str, torch.Tensor]:
         epoch, i = divmod(step, self.steps_per_epoch)
         if i == 0:
-            self.gen = torch.Generator().manual_seed(self.tp["seed"] * 100_003 + epoch)
+            self.gen = self.rt.generator(self.tp["seed"] * 100_003 + epoch)
             self.batches = epoch_batches(self.ys, self.batch, self.tp["imbalance"], self.gen)
         self.net.train()  # validation (end_period) leaves the model in eval mode
         self.sched.step_update(step)
@@ -219,7 +219,8 @@ def _threads(tp: dict[str, Any], rt: Runtime) -> None:
 
 def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: Path, out: Path, ckpt_dir: Path,
                      rt: Runtime = Runtime(), log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one grid cell and write model_best.pth, model_final.pth, model_config.json and live/ to `out`.
+    """Train one grid cell and write model.safetensors (the best epoch on val AUROC), model_config.json and live/
+    to `out`, then delete its checkpoints (a killed run resumes from them; a finished one does not need them).
 
     Raises DatasetError (unreadable pack, one-class val), ParamsError (batch not divisible by processes),
     Diverged (NaN/Inf loss; nothing of that epoch is saved), CheckpointError, PretrainedUnavailable.
@@ -241,11 +242,12 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
               "world": rt.world}
     spe = task.steps_per_epoch
     plan = Plan(steps=tp["epochs"] * spe, seed=tp["seed"], period=spe, config=config, code=CODE, folder=ckpt_dir,
-                checkpoint_every=spe, unit="epoch", keep=tp["keep_checkpoints"])
+                checkpoint_every=spe, unit="epoch")
     fitted = fit(task, plan, rt, log=task.log)
     record = _record(built, task, config, fitted.config_hash, fitted.resumed_from, rt)
     if rt.main:
         _write_cell(out, task, record, ckpt_dir)
+        discard(ckpt_dir)
     return {**record, "seconds_this_run": round(time.perf_counter() - t0, 1)}
 
 
@@ -268,9 +270,15 @@ def _record(built: Built, task: ClassifierTask, config: dict[str, Any], h: str, 
             "versions": {"torch": torch.__version__, "timm": timm.__version__}}
 
 
+WEIGHTS = "model.safetensors"  # the export package's weights file has this name and, for the same cell, these bytes
+
+
 def _write_cell(out: Path, task: ClassifierTask, record: dict[str, Any], ckpt_dir: Path) -> None:
+    """The selected weights as safetensors (CPU, contiguous: byte-identical to the package `export` writes, so
+    the DVC cache stores them once), the record and the curves."""
+    from safetensors.torch import save_file
+
     with atomic_dir(out) as tmp:
-        torch.save(task.best_state, tmp / "model_best.pth")
-        torch.save(task.model.state_dict(), tmp / "model_final.pth")
+        save_file({k: v.detach().cpu().contiguous() for k, v in task.best_state.items()}, str(tmp / WEIGHTS))
         shutil.copytree(ckpt_dir / "live", tmp / "live")
         (tmp / "model_config.json").write_text(json.dumps(record, indent=2) + "\n")

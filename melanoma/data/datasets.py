@@ -1,10 +1,12 @@
-"""The `build_dataset` stage: the five datasets, decoded once into packed uint8 tensors at the classifier size.
+"""The `decode` and `build_dataset` stages: the five datasets as packed uint8 tensors at the classifier size.
 
-Original is the real train split; DCGAN, DCGAN_Upscaled, DDPM and DDPM_Upscaled add synthetic images to the
-*training* split only. Val, test (and external test) are the same real images, resized the same way, in all
-five. Every image, real or synthetic, goes through the same final resize, so resolution alone does not give a
-synthetic image away. Before writing, the stage asserts that no val/test image (exact or near duplicate)
-appears among the training images.
+`decode` decodes and resizes every real image once (data/real/: one pack per split + manifest.csv); the five
+`build_dataset` stages only copy those packs and add synthetic images. Original is the real train split; DCGAN,
+DCGAN_Upscaled, DDPM and DDPM_Upscaled fill each class of the *training* split up to `datasets.per_class`
+images with synthetic ones of that family. Val, test (and external test) are the same real packs, byte for
+byte, in all five (so the DVC cache stores them once). Every image, real or synthetic, goes through the same
+final resize, so resolution alone does not give a synthetic image away. Before writing, the stage asserts that
+no val/test image (exact or near duplicate) appears among the training images.
 """
 from __future__ import annotations
 
@@ -33,11 +35,18 @@ class LeakageError(DatasetError):
     """A val/test image (or a near duplicate of one) is among the training images."""
 
 
-def balanced_counts(labels: list[str], n_malignant: int | str, n_benign: int) -> dict[str, int]:
-    """Synthetic images per class; 'balance' = as many malignant as the real train labels are short of benign."""
-    if n_malignant == "balance":
-        n_malignant = max(0, labels.count("benign") - labels.count("malignant"))
-    return {"benign": n_benign, "malignant": int(n_malignant)}
+def synthetic_counts(real: dict[str, int], per_class: int | str) -> dict[str, int]:
+    """Synthetic training images per class for an augmented dataset: each class is filled up to `per_class`
+    images, real ones first ('balance': up to the larger real class). A class with more real images than the
+    target gets none (no real image is ever dropped). `real`: real train images per label; keys: LABELS."""
+    target = max(real.get(c, 0) for c in LABELS) if per_class == "balance" else int(per_class)
+    return {c: max(0, target - real.get(c, 0)) for c in LABELS}
+
+
+def real_train_counts(splits: Path) -> dict[str, int]:
+    """Real train images per label, from data/splits/train.csv."""
+    labels = [r["label"] for r in read_csv(splits / "train.csv")]
+    return {c: labels.count(c) for c in LABELS}
 
 
 def resize(im: np.ndarray, size: int) -> np.ndarray:
@@ -47,7 +56,10 @@ def resize(im: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS, reducing_gap=3.0))
 
 
-def _real(splits: Path, raw: Path, split: str, size: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+COLUMNS = ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"]
+
+
+def _decode_split(splits: Path, raw: Path, split: str, size: int) -> tuple[list[dict[str, Any]], np.ndarray]:
     rows = read_csv(splits / f"{split}.csv")
     pack = np.empty((len(rows), size, size, 3), np.uint8)
     for i, r in enumerate(rows):
@@ -56,6 +68,37 @@ def _real(splits: Path, raw: Path, split: str, size: int) -> tuple[list[dict[str
     out = [{"id": r["id"], "split": split, "label": r["label"], "origin": "real", "upscaled": "no",
             "path": (raw / r["path"]).as_posix(), "md5": md5_bytes(pack[i].tobytes())} for i, r in enumerate(rows)]
     return out, pack
+
+
+def decode_real(splits: Path, raw: Path, size: int, out: Path) -> dict[str, int]:
+    """The `decode` stage: every real image of every split decoded and resized once to `size` px, written to
+    `out` as `<split>.npy` (uint8 (N, size, size, 3)) + manifest.csv. Returns images per split."""
+    counts = {}
+    with atomic_dir(out) as tmp:
+        rows = []
+        for split in ("train",) + EVAL_SPLITS:
+            if (splits / f"{split}.csv").is_file():
+                r, pack = _decode_split(splits, raw, split, size)
+                np.save(tmp / f"{split}.npy", pack)
+                rows += [{**row, "index": i} for i, row in enumerate(r)]
+                counts[split] = len(r)
+        write_csv(tmp / "manifest.csv", rows, COLUMNS)
+    return counts
+
+
+def _real(real: Path, size: int) -> tuple[dict[str, list[dict[str, Any]]], dict[str, np.ndarray]]:
+    """The decoded real packs and their manifest rows per split; DatasetError when absent or of another size."""
+    if not (real / "manifest.csv").is_file():
+        raise DatasetError(f"{real}/manifest.csv not found; run `dvc repro decode` first")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in read_csv(real / "manifest.csv"):
+        rows.setdefault(r["split"], []).append({k: v for k, v in r.items() if k != "index"})
+    packs = {s: np.load(real / f"{s}.npy", allow_pickle=False) for s in rows}
+    for s, pack in packs.items():
+        if pack.shape[1:] != (size, size, 3) or len(pack) != len(rows[s]):
+            raise DatasetError(f"{real}/{s}.npy holds {pack.shape} but datasets.image_size is {size} and the "
+                               f"manifest lists {len(rows[s])}; rerun `dvc repro decode`")
+    return rows, packs
 
 
 def _synthetic(folder: Path, label: str, n: int, size: int, upscaled: bool) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -67,8 +110,8 @@ def _synthetic(folder: Path, label: str, n: int, size: int, upscaled: bool) -> t
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DatasetError(f"{shard} is not a uint8 (N, H, W, 3) image shard (got {images.dtype} {images.shape})")
     if n > len(images):
-        raise DatasetError(f"{n} synthetic {label} images asked for (datasets.n_{label}) but {shard} has "
-                           f"{len(images)}; raise synthesize.n_{label} or lower datasets.n_{label}")
+        raise DatasetError(f"{n} synthetic {label} images needed (datasets.per_class) but {shard} has "
+                           f"{len(images)}; rerun `dvc repro synthesize` (it samples what datasets.per_class needs)")
     pack = np.stack([resize(im, size) for im in images[:n]]) if n else np.empty((0, size, size, 3), np.uint8)
     origin = folder.name.removesuffix("_upscaled")
     out = [{"id": f"{folder.name}_{label}_{i:06d}", "split": "train", "label": label, "origin": origin,
@@ -95,18 +138,20 @@ def check_leakage(train: np.ndarray, train_rows: list[dict[str, Any]], held_out:
                                f"training image {train_rows[i]['id']} (thumbnail correlation >= {min_corr})")
 
 
-def build_dataset(name: str, params: dict[str, Any], splits: Path, raw: Path, synthetic: Path, out: Path) -> dict:
+def build_dataset(name: str, params: dict[str, Any], real: Path, synthetic: Path, out: Path) -> dict:
+    """One of the five datasets from the decoded real packs (`real`, the decode stage's folder) and, for the
+    augmented ones, the synthetic shards of its family under `synthetic`; writes `out` (packs, manifest.csv,
+    stats.json) and returns the stats. Raises DatasetError, LeakageError."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name}; expected one of {', '.join(DATASETS)}")
     d = params["datasets"]
     size = d["image_size"]
-    rows, packs = {}, {}
-    for split in ("train",) + EVAL_SPLITS:
-        if (splits / f"{split}.csv").is_file():
-            rows[split], packs[split] = _real(splits, raw, split, size)
+    rows, packs = _real(real, size)
+    if "train" not in rows or "val" not in rows:
+        raise DatasetError(f"{real} has no train or val images; rerun `dvc repro split decode`")
     source = DATASETS[name]
     if source:
-        want = balanced_counts([r["label"] for r in rows["train"]], d["n_malignant"], d["n_benign"])
+        want = synthetic_counts({c: sum(r["label"] == c for r in rows["train"]) for c in LABELS}, d["per_class"])
         for label in LABELS:
             r, p = _synthetic(synthetic / source, label, want[label], size, source.endswith("_upscaled"))
             rows["train"] += r
@@ -124,8 +169,7 @@ def build_dataset(name: str, params: dict[str, Any], splits: Path, raw: Path, sy
         for split, pack in packs.items():
             np.save(tmp / f"{split}.npy", pack)
         all_rows = [{**r, "index": i} for s in rows for i, r in enumerate(rows[s])]
-        write_csv(tmp / "manifest.csv", all_rows,
-                  ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
+        write_csv(tmp / "manifest.csv", all_rows, COLUMNS)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 

@@ -18,6 +18,13 @@ from melanoma.errors import MelanomaError
 
 Image.MAX_IMAGE_PIXELS = 300_000_000  # refuse decompression bombs, accept real 100+ MP scans
 
+# Converted images are stored as JPEG at this quality rather than PNG. Measured on six ISIC originals downscaled to
+# 1024 px: PNG 0.36-1.25 MB, JPEG q95 0.09-0.25 MB (about 5x smaller) at 38-50 dB PSNR against the PNG; the
+# classifiers see a further 4.6x Lanczos reduction to 224 px, which averages that error away. The study's ~7,000
+# images take ~1.4 GB instead of ~7 GB.
+JPEG_QUALITY = 95
+KEPT_AS_IS = {"JPEG": ".jpg", "PNG": ".png"}  # formats whose bytes are stored unchanged when no pixel changes
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
@@ -72,8 +79,9 @@ def thumbnail(im: Image.Image) -> np.ndarray:
 def decode_image(path: Path, max_side: int) -> Decoded:
     """Decode `path` fully; return upright 8-bit RGB bytes no larger than `max_side`, or raise ImageRejected.
 
-    An image that is already an upright RGB JPEG within bounds keeps its original bytes (no second lossy
-    encode); anything converted is stored as PNG.
+    An image that is already an upright RGB JPEG or PNG within bounds keeps its original bytes (no second lossy
+    encode, and a lossless PNG stays lossless); anything converted (downscaled, rotated, another format or mode)
+    is stored as JPEG at quality JPEG_QUALITY.
     """
     try:
         size = path.stat().st_size
@@ -101,12 +109,12 @@ def decode_image(path: Path, max_side: int) -> Decoded:
         scale = max_side / max(rgb.size)
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.LANCZOS)
         changed = True
-    if fmt == "JPEG" and im.mode == "RGB" and not changed:
-        data, suffix = raw, ".jpg"
+    if fmt in KEPT_AS_IS and im.mode == "RGB" and not changed:
+        data, suffix = raw, KEPT_AS_IS[fmt]
     else:
         buf = io.BytesIO()
-        rgb.save(buf, format="PNG")
-        data, suffix = buf.getvalue(), ".png"
+        rgb.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        data, suffix = buf.getvalue(), ".jpg"
     return Decoded(data, suffix, orig_w, orig_h, rgb.width, rgb.height, thumbnail(rgb))
 
 

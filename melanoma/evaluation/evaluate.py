@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from melanoma.classifiers.inference import load_classifier, probabilities
+from melanoma.classifiers.inference import load_classifier, probabilities, standardise
 from melanoma.data.datasets import DatasetError, load_split
+from melanoma.engine import Runtime
 from melanoma.evaluation.metrics import (bootstrap_ci, calibration, choose_threshold, point_metrics, pr_points,
                                  roc_points)
 from melanoma.io import atomic_dir, read_csv, write_csv
@@ -27,12 +28,18 @@ def _ids(data_dir: Path, split: str) -> list[str]:
     return [r["id"] for r in read_csv(data_dir / "manifest.csv") if r["split"] == split]
 
 
-def _predict(model: torch.nn.Module, cfg: dict[str, Any], images: np.ndarray, batch: int) -> np.ndarray:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+def _norm(cfg: dict[str, Any], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cell's normalisation mean and std as (1, 3, 1, 1) float32 tensors on the runtime's device."""
     norm = cfg["normalisation"]
-    mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"]).view(1, 3, 1, 1)
-    return probabilities(model, x, mean, std, batch).numpy().astype(np.float64)
+    return (torch.tensor(norm["mean"], device=rt.device).view(1, 3, 1, 1),
+            torch.tensor(norm["std"], device=rt.device).view(1, 3, 1, 1))
+
+
+def _predict(model: torch.nn.Module, cfg: dict[str, Any], images: np.ndarray, batch: int, rt: Runtime) -> np.ndarray:
+    """P(malignant) float64 (N,) for uint8 (N, H, W, 3) images, the pack moved to the device once."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(rt.device)
+    mean, std = _norm(cfg, rt)
+    return probabilities(model, x, mean, std, batch, rt).numpy().astype(np.float64)
 
 
 def _confusion_png(c: dict[str, int], title: str, path: Path) -> None:
@@ -107,8 +114,10 @@ def _split_outputs(tmp: Path, cell: str, s: str, ids: list[str], y: np.ndarray, 
 
 
 def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray,
-                      y: np.ndarray, p: np.ndarray, thr: float, ids: list[str], ep: dict[str, Any]) -> None:
-    """GradCAM on a seeded choice of real test images per outcome (TP, FN, FP, TN), for their true label."""
+                      y: np.ndarray, p: np.ndarray, thr: float, ids: list[str], ep: dict[str, Any],
+                      rt: Runtime) -> None:
+    """GradCAM on a seeded choice of real test images per outcome (TP, FN, FP, TN), for their true label,
+    computed on the runtime's device in float32."""
     from PIL import Image
 
     from melanoma.evaluation import gradcam
@@ -118,9 +127,8 @@ def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict
     rows = []
     idx = [i for g in chosen.values() for i in g]
     if idx:
-        norm = cfg["normalisation"]
-        xt = torch.from_numpy(x[idx]).permute(0, 3, 1, 2).float() / 255
-        xt = (xt - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+        mean, std = _norm(cfg, rt)
+        xt = standardise(torch.from_numpy(x[idx]).permute(0, 3, 1, 2).to(rt.device), mean, std)
         heat = iter(gradcam.cams(arch, model, xt, [int(y[i]) for i in idx]))
         for group, members in chosen.items():
             for i in members:
@@ -132,8 +140,9 @@ def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict
 
 
 def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Path, data_dir: Path,
-                  out: Path) -> dict[str, Any]:
+                  out: Path, rt: Runtime = Runtime()) -> dict[str, Any]:
     """Evaluate one trained cell on val (threshold), test and external test; write everything to `out`.
+    Inference and GradCAM run on `rt`'s device (under its autocast, if any); metrics on the host.
 
     Outputs: predictions_<split>.csv, metrics.json (point metrics, bootstrap 95 % CIs), ROC/PR/calibration CSVs,
     confusion PNGs, classification reports, gradcam/. Raises DatasetError (no trained model), MetricError.
@@ -142,12 +151,13 @@ def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Pa
     if not (model_dir / "model_config.json").is_file():
         raise DatasetError(f"no trained model in {model_dir}; run `dvc repro train_classifier@{arch}-{dataset}`")
     model, cfg = load_classifier(model_dir)
+    model = rt.prepare(model)
     batch = params["classifiers"]["train"]["eval_batch_size"]
     splits = {"val": load_split(data_dir, "val")}
     for s in EVAL_SPLITS:
         if (data_dir / f"{s}.npy").is_file():
             splits[s] = load_split(data_dir, s)
-    probs = {s: _predict(model, cfg, x, batch) for s, (x, _) in splits.items()}
+    probs = {s: _predict(model, cfg, x, batch, rt) for s, (x, _) in splits.items()}
     thr = choose_threshold(splits["val"][1], probs["val"], ep["threshold"], ep["target_sensitivity"])
     built = cfg["model"] + (" " + json.dumps(cfg["kwargs"], separators=(",", ":")) if cfg["kwargs"] else "")
     result: dict[str, Any] = {"arch": arch, "dataset": dataset, "model": built, "parameters": cfg["parameters"],
@@ -160,6 +170,7 @@ def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Pa
             result[s] = _split_outputs(tmp, f"{arch}_{dataset}", s, _ids(data_dir, s), y, probs[s], thr, ep,
                                        where=f"{s} ({data_dir})")
         x, y = splits["test"]
-        _gradcam_overlays(tmp / "gradcam", arch, model, cfg, x, y, probs["test"], thr, _ids(data_dir, "test"), ep)
+        _gradcam_overlays(tmp / "gradcam", arch, model, cfg, x, y, probs["test"], thr, _ids(data_dir, "test"), ep,
+                          rt)
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -10,8 +10,6 @@ ViTs, 1 x 1 to 2 x 2 for Swin, MedViT and the CNNs' last stage, so demo overlays
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,7 @@
 """Per-class image generators (DCGAN, DDPM): training on the train split only, and loading to sample.
 
     from melanoma.generators import load_generator
-    gen = load_generator("models/generators/ddpm/ddpm_malignant")
+    gen = load_generator("models/generators/ddpm/ddpm_malignant")   # rt=runtime() to sample on a GPU
     images = gen.sample(16, seed=0)          # uint8 array (16, S, S, 3)
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from melanoma.data.images import grid
-from melanoma.engine import Plan, Runtime, fit, runtime
+from melanoma.engine import Plan, Runtime, discard, fit, runtime
 from melanoma.errors import MelanomaError
 from melanoma.generators import dcgan, ddpm
 from melanoma.io import atomic_dir, read_csv
@@ -77,6 +77,8 @@ def train_generator(gen: str, label: str, params: dict[str, Any], splits: Path, 
     """Train one generator on the train-split images of `label` and write its folder: weights, config.json,
     samples.png, curves (dvclive). Resumes from `ckpt_dir` when its checkpoint matches.
 
+    Everything runs on `rt`'s device (default: `runtime()`); under torchrun (DDPM only) each rank takes an equal
+    share of every batch and rank 0 writes. Checkpoints are deleted once the folder is written.
     Raises GeneratorDataError (no images of the class), Diverged, CheckpointError, PretrainedUnavailable.
     """
     if gen not in GENERATORS or label not in LABELS:
@@ -91,22 +93,27 @@ def train_generator(gen: str, label: str, params: dict[str, Any], splits: Path, 
     mean, std, clip = ddpm.standardisation(x) if gen == "ddpm" else ([0.0] * 3, [1.0] * 3, 1.0)
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     task = TASKS[gen](cfg, x, size, seed, rt, clip)
+    if gen == "ddpm" and rt.world > 1:
+        task.distribute()
     config = {"generator": gen, "class": label, "image_size": size, "seed": seed, "params": cfg,
-              "data_hash": data_hash, "n_train_images": len(images),
+              "data_hash": data_hash, "n_train_images": len(images), "processes": rt.world,
               "normalisation": {"mean": mean, "std": std, "note": "model space = (pixel / 127.5 - 1 - mean) / std"}}
     t0 = time.perf_counter()
     plan = Plan(steps=cfg["steps"], seed=seed, period=LOG_EVERY, config=config, code=CODE, folder=ckpt_dir,
                 checkpoint_every=p["checkpoint_every"], unit="step", keep=1)
     fitted = fit(task, plan, rt, log=log)
     run = {"steps": cfg["steps"], "resumed_from": fitted.resumed_from, "final": fitted.last,
-           "device": str(rt.device), "precision": "float32" if rt.amp is None else "bfloat16 autocast"}
+           "device": str(rt.device), "processes": rt.world,
+           "precision": "float32" if rt.amp is None else "bfloat16 autocast"}
     record = {**config, "architecture": _architecture(gen, cfg, size), "training": run}  # no wall-clock time: the
     # same run gives the same bytes, so DVC sees an unchanged output
-    with atomic_dir(out) as tmp:
-        (tmp / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-        task.save(tmp)
-        grid(load_generator(tmp).sample(64, seed=seed)).save(tmp / "samples.png")  # through the public loader
-        shutil.copytree(ckpt_dir / "live", tmp / "curves")
+    if rt.main:
+        with atomic_dir(out) as tmp:
+            (tmp / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+            task.save(tmp)
+            grid(load_generator(tmp, rt).sample(64, seed=seed)).save(tmp / "samples.png")  # via the public loader
+            shutil.copytree(ckpt_dir / "live", tmp / "curves")
+        discard(ckpt_dir)
     return {**record, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -122,12 +129,14 @@ def _architecture(gen: str, cfg: dict[str, Any], size: int) -> dict[str, Any]:
 
 @dataclass
 class LoadedGenerator:
-    """A trained generator ready to sample: `sample(n, seed)` gives uint8 (n, S, S, 3), same seed same images."""
+    """A trained generator ready to sample on `rt`'s device: `sample(n, seed)` gives uint8 (n, S, S, 3) on the
+    host; the same seed gives the same images on the same device. Noise is drawn on the device."""
 
     kind: str
     label: str
     image_size: int
     model: torch.nn.Module
+    rt: Runtime
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     nz: int = 0
@@ -138,21 +147,24 @@ class LoadedGenerator:
     def sample(self, n: int, seed: int = 0, batch_size: int = 64) -> np.ndarray:
         if n == 0:
             return np.empty((0, self.image_size, self.image_size, 3), np.uint8)
-        g = torch.Generator().manual_seed(seed)
+        g, dev = self.rt.generator(seed), self.rt.device
         if self.kind == "dcgan":
-            with torch.no_grad():
-                x = torch.cat([self.model(torch.randn(min(batch_size, n - s), self.nz, generator=g))
+            with torch.no_grad(), self.rt.autocast():
+                x = torch.cat([self.model(torch.randn(min(batch_size, n - s), self.nz, generator=g, device=dev)).float()
                                for s in range(0, n, batch_size)])
         else:
-            x = ddpm.sample(self.model, self.scheduler, self.sampler, self.sampling_steps, n, g, batch_size)
+            x = ddpm.sample(self.model, self.scheduler, self.sampler, self.sampling_steps, n, g, batch_size, self.rt)
+        x = x.float().cpu()  # one copy to the host per call
         if not torch.isfinite(x).all():
             raise NonFiniteSamples(f"the {self.kind} {self.label} generator produced NaN/Inf pixels (it diverged); "
                                    "retrain it (lower its lr or change generators.seed)")
         return to_uint8(x * torch.tensor(self.std)[:, None, None] + torch.tensor(self.mean)[:, None, None])
 
 
-def load_generator(folder: str | Path, sampler: str | None = None, sampling_steps: int | None = None) -> LoadedGenerator:
-    """Rebuild a trained generator from its folder (config.json + safetensors weights), strict loading."""
+def load_generator(folder: str | Path, rt: Runtime = Runtime(), sampler: str | None = None,
+                   sampling_steps: int | None = None) -> LoadedGenerator:
+    """Rebuild a trained generator from its folder (config.json + safetensors weights, strict loading) on `rt`'s
+    device (default: the CPU). Raises FileNotFoundError naming the folder when it is not a generator folder."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
@@ -162,13 +174,14 @@ def load_generator(folder: str | Path, sampler: str | None = None, sampling_step
     if c["generator"] == "dcgan":
         model = dcgan.Generator(**c["architecture"]["kwargs"])
         model.load_state_dict(load_file(str(folder / "generator.safetensors")), strict=True)
-        return LoadedGenerator("dcgan", c["class"], c["image_size"], model.eval(), nz=c["params"]["nz"])
+        return LoadedGenerator("dcgan", c["class"], c["image_size"], rt.prepare(model).eval(), rt, nz=c["params"]["nz"])
     from diffusers import DDPMScheduler, UNet2DModel
 
     unet = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True, low_cpu_mem_usage=False).eval()
     sched = DDPMScheduler.from_pretrained(folder / "scheduler")
     norm = c["normalisation"]
-    return LoadedGenerator("ddpm", c["class"], c["image_size"], unet, tuple(norm["mean"]), tuple(norm["std"]),
+    return LoadedGenerator("ddpm", c["class"], c["image_size"], rt.prepare(unet), rt, tuple(norm["mean"]),
+                           tuple(norm["std"]),
                            scheduler=sched,
                            sampler=sampler or c["params"]["sampler"],
                            sampling_steps=sampling_steps or c["params"]["sampling_steps"])

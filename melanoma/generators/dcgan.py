@@ -76,7 +76,7 @@ def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> t
     dev = x.device
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device="cpu").to(dev)
+        return torch.rand(*shape, generator=generator, device=dev)
 
     x = x + (rand(n, 1, 1, 1) - 0.5)  # brightness
     mean = x.mean(dim=1, keepdim=True)
@@ -106,8 +106,8 @@ class DCGANTask:
     G, then the EMA of G (timm ModelEmaV3), which is what samples come from.
 
     `data`: the class's training images, float (N, 3, S, S) in [-1, 1], moved to the runtime's device. Every
-    random number (batch indices, z, DiffAugment) comes from CPU generators seeded by `seed`, so the CPU and a
-    GPU see the same draws and a resumed run continues the same stream.
+    random number (batch indices, z, DiffAugment) comes from generators on that device seeded by `seed`, so a
+    step never waits on a host copy and a resumed run continues the same stream.
     """
 
     def __init__(self, cfg: dict[str, Any], data: torch.Tensor, image_size: int, seed: int, rt: Runtime,
@@ -125,8 +125,7 @@ class DCGANTask:
         self.opt_d = torch.optim.Adam(self.D.parameters(), cfg["lr"], betas=betas)
         self.scheds = [cosine_schedule(o, cfg["steps"], 0, cfg["lr_floor"]) for o in (self.opt_g, self.opt_d)]
         self.ema = ema(self.G, cfg["ema_decay"])
-        self.batches = torch.Generator().manual_seed(seed)
-        self.rng = torch.Generator().manual_seed(seed + 1)
+        self.batches, self.rng = rt.generator(seed), rt.generator(seed + 1)
         self.loss = nn.BCEWithLogitsLoss()
         self.d_wins = torch.zeros((), dtype=torch.long, device=rt.device)  # consecutive steps D won outright
         self.longest = torch.zeros_like(self.d_wins)  # longest such run since the last end_period
@@ -140,8 +139,8 @@ class DCGANTask:
         self.G.train()
         self.D.train()
         dev, n = self.rt.device, self.cfg["batch_size"]
-        real = self.data[torch.randint(0, len(self.data), (n,), generator=self.batches).to(dev)]
-        z = torch.randn(n, self.cfg["nz"], generator=self.rng).to(dev)
+        real = self.data[torch.randint(0, len(self.data), (n,), generator=self.batches, device=dev)]
+        z = torch.randn(n, self.cfg["nz"], generator=self.rng, device=dev)
         with self.rt.autocast():
             fake = self.G(z)
             d_real, d_fake = self.D(self._augment(real)).float(), self.D(self._augment(fake.detach())).float()

@@ -120,23 +120,26 @@ def sampling_scheduler(train: DDPMScheduler, sampler: str):
 
 @torch.no_grad()
 def sample(unet: UNet2DModel, train: DDPMScheduler, sampler: str, steps: int, n: int,
-           generator: torch.Generator, batch_size: int = 64) -> torch.Tensor:
-    """n images as (n, 3, S, S) in the (standardised) space the UNet was trained in; `steps` is ignored by the
-    ancestral sampler, which takes them all."""
+           generator: torch.Generator, batch_size: int = 64, rt: Runtime = Runtime()) -> torch.Tensor:
+    """n images as float32 (n, 3, S, S) on `rt`'s device, in the (standardised) space the UNet was trained in.
+
+    `generator` must live on that device: the initial noise and the ancestral sampler's per-step noise are
+    drawn there, so no step waits on a host copy. The UNet runs under the runtime's autocast (bf16 on CUDA);
+    the solver updates stay float32. `steps` is ignored by the ancestral sampler, which takes them all."""
     unet.eval()
     size = unet.config.sample_size
-    device = next(unet.parameters()).device
     out = []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         sched = sampling_scheduler(train, sampler)
-        sched.set_timesteps(train.config.num_train_timesteps if sampler == "ddpm" else steps)
-        x = torch.randn((m, 3, size, size), generator=generator).to(device)
+        sched.set_timesteps(train.config.num_train_timesteps if sampler == "ddpm" else steps, device=rt.device)
+        x = torch.randn((m, 3, size, size), generator=generator, device=rt.device)
         for t in sched.timesteps:
-            eps = unet(x, t).sample
+            with rt.autocast():
+                eps = unet(x, t).sample.float()
             kw = {"generator": generator} if sampler == "ddpm" else {}
             x = sched.step(eps, t, x, **kw).prev_sample
-        out.append(x.cpu())
+        out.append(x)
     return torch.cat(out)
 
 
@@ -145,7 +148,7 @@ class DDPMTask:
     weighted MSE), clip the gradient norm, update the EMA (timm ModelEmaV3) that samples come from.
 
     `data`: standardised training images, float (N, 3, S, S), moved to the runtime's device. Batch indices,
-    flips, noise and timesteps come from CPU generators seeded by `seed` (the same draws on any device).
+    flips, noise and timesteps come from generators on that device seeded by `seed`.
     """
 
     def __init__(self, cfg: dict[str, Any], data: torch.Tensor, image_size: int, seed: int, rt: Runtime,
@@ -161,19 +164,22 @@ class DDPMTask:
         self.opt = adamw(self.unet, cfg["lr"], cfg["weight_decay"])
         self.sched = cosine_schedule(self.opt, cfg["steps"], cfg["warmup_steps"], cfg["lr_floor"])
         self.ema = ema(self.unet, cfg["ema_decay"])
-        self.batches = torch.Generator().manual_seed(seed)
-        self.rng = torch.Generator().manual_seed(seed + 1)
+        self.batches, self.rng = rt.generator(seed), rt.generator(seed + 1)
+        self.net: nn.Module = self.unet  # the UNet, or its DDP wrapper under torchrun (distribute)
 
     def step(self, step: int) -> dict[str, torch.Tensor]:
         self.sched.step_update(step)
         self.unet.train()
         dev, n = self.rt.device, self.cfg["batch_size"]
-        x = self.data[torch.randint(0, len(self.data), (n,), generator=self.batches).to(dev)]
-        x = torch.where((torch.rand(n, 1, 1, 1, generator=self.rng) < 0.5).to(dev), x.flip(3), x)
-        noise = torch.randn(x.shape, generator=self.rng).to(dev)
-        t = torch.randint(0, self.cfg["num_train_timesteps"], (n,), generator=self.rng).to(dev)
+        x = self.data[torch.randint(0, len(self.data), (n,), generator=self.batches, device=dev)]
+        x = torch.where(torch.rand(n, 1, 1, 1, generator=self.rng, device=dev) < 0.5, x.flip(3), x)
+        noise = torch.randn(x.shape, generator=self.rng, device=dev)
+        t = torch.randint(0, self.cfg["num_train_timesteps"], (n,), generator=self.rng, device=dev)
+        if self.rt.world > 1:  # this rank's slice of the global batch
+            mine = slice(self.rt.rank * n // self.rt.world, (self.rt.rank + 1) * n // self.rt.world)
+            x, noise, t = x[mine], noise[mine], t[mine]
         with self.rt.autocast():
-            pred = self.unet(self.scheduler.add_noise(x, noise, t), t).sample
+            pred = self.net(self.scheduler.add_noise(x, noise, t), t).sample
         per_image = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (per_image * self.weights[t]).mean()
         self.opt.zero_grad(set_to_none=True)
@@ -182,6 +188,16 @@ class DDPMTask:
         self.opt.step()
         self.ema.update(self.unet)
         return {"loss": loss.detach(), "grad_norm": grad_norm.detach()}
+
+    def distribute(self) -> None:
+        """Under torchrun: wrap the UNet in DistributedDataParallel; each rank then trains on its own equal slice
+        of every global batch (all ranks draw the same global batch from the same seeded generators), and
+        DDP's gradient average equals the single-process gradient of the whole batch."""
+        if self.cfg["batch_size"] % self.rt.world:
+            raise ParamsError(f"generators.ddpm.batch_size ({self.cfg['batch_size']}) must be divisible by "
+                              f"generators.ddpm.processes ({self.rt.world})")
+        cuda = self.rt.device.type == "cuda"
+        self.net = nn.parallel.DistributedDataParallel(self.unet, device_ids=[self.rt.device.index] if cuda else None)
 
     def state_dict(self) -> dict[str, Any]:
         return {"unet": self.unet.state_dict(), "ema": self.ema.module.state_dict(), "opt": self.opt.state_dict(),

@@ -70,7 +70,7 @@ class _C2STNet(nn.Module):
 
 class C2STTask:
     """The critic's step as an engine Task: epochs of shuffled mini-batches (32) of the training halves, BCE on
-    real (0) vs synthetic (1). The shuffles come from a CPU generator seeded by `seed`."""
+    real (0) vs synthetic (1). The shuffles come from a generator on the runtime's device seeded by `seed`."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, train_idx: np.ndarray, seed: int, rt: Runtime) -> None:
         self.rt, self.name, self.advice = rt, "c2st", "the C2ST critic diverged; change synthesize.seed"
@@ -78,15 +78,16 @@ class C2STTask:
         self.net = rt.prepare(_C2STNet())
         self.opt = torch.optim.Adam(self.net.parameters(), 1e-3)
         self.x, self.y = x.to(rt.device), y.to(rt.device)
-        self.train_idx = torch.from_numpy(train_idx)
-        self.g = torch.Generator().manual_seed(seed)
+        self.train_idx = torch.from_numpy(train_idx).to(rt.device)
+        self.g = rt.generator(seed)
         self.per_epoch = -(-len(train_idx) // C2ST_BATCH)
 
     def step(self, step: int) -> dict[str, torch.Tensor]:
         i = step % self.per_epoch
         if i == 0:
-            self.order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.g)].split(C2ST_BATCH)
-        b = self.order[i].to(self.rt.device)
+            perm = torch.randperm(len(self.train_idx), generator=self.g, device=self.rt.device)
+            self.order = self.train_idx[perm].split(C2ST_BATCH)
+        b = self.order[i]
         with self.rt.autocast():
             logits = self.net(self.x[b])
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), self.y[b])
@@ -155,17 +156,20 @@ def inception_weights(search: Path | None = None) -> tuple[Path | None, str]:
     return path, ""
 
 
-def inception_features(images: np.ndarray, weights: Path) -> np.ndarray:
+def inception_features(images: np.ndarray, weights: Path, rt: Runtime = Runtime()) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float64 (N, 2048) Inception-v3 pool features (torch-fidelity), on `rt`'s device
+    in float32 (FID is sensitive to feature precision: no autocast)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     # torch-fidelity reads the file with weights_only=False; inception_weights() has already proved it loads
     # with weights_only=True and carries the published checksum, so nothing but tensors is unpickled
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    net = net.to(rt.device)
     feats = []
     with torch.no_grad():
         for b in torch.from_numpy(images).permute(0, 3, 1, 2).split(32):
-            feats.append(net(b.contiguous())[0].double().numpy())
-    return np.concatenate(feats)
+            feats.append(net(b.contiguous().to(rt.device))[0].double())
+    return torch.cat(feats).cpu().numpy()
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -194,11 +198,13 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, s
 
 
 def quality(real: np.ndarray, fake: np.ndarray, seed: int, memorisation_ratio: float,
-            weights_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, str], list[tuple[int, int]]]:
-    """Numeric metrics (for `dvc metrics`), notes in words, and the (synthetic, real) pairs most like copies."""
+            weights_dir: Path | None = None, rt: Runtime = Runtime()
+            ) -> tuple[dict[str, Any], dict[str, str], list[tuple[int, int]]]:
+    """Numeric metrics (for `dvc metrics`), notes in words, and the (synthetic, real) pairs most like copies.
+    The C2ST critic and the Inception features run on `rt`'s device; the pixel-space metrics on the host."""
     out: dict[str, Any] = {"n_real": len(real), "n_synthetic": len(fake)}
     notes = dict(NOTES)
-    out.update(c2st_auc(real, fake, seed))
+    out.update(c2st_auc(real, fake, seed, rt=rt))
     fr, ff = pixel_features(real), pixel_features(fake)
     ratio, nearest = nearest_ratio(ff, fr)
     out["memorisation_threshold"] = memorisation_ratio
@@ -213,7 +219,7 @@ def quality(real: np.ndarray, fake: np.ndarray, seed: int, memorisation_ratio: f
         out.update({"fid": None, "kid": None})
         notes["fid_unavailable"] = why
     else:
-        ia, ib = inception_features(real, weights), inception_features(fake, weights)
+        ia, ib = inception_features(real, weights, rt), inception_features(fake, weights, rt)
         out.update({"fid": frechet_distance(ia, ib), "kid": kernel_inception_distance(ia, ib, seed=seed)})
         notes["fid"] = (f"Inception-v3 (torch-fidelity) on {len(real)} real vs {len(fake)} synthetic images upsampled "
                         "from the generator resolution: compare only within this study")

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from melanoma.data.datasets import balanced_counts
+from melanoma.data.datasets import real_train_counts, synthetic_counts
 from melanoma.data.images import grid, md5_bytes
+from melanoma.engine import Runtime
 from melanoma.errors import MelanomaError
 from melanoma.generators import load_generator, load_train_images
 from melanoma.generators.quality import pairs_sheet, quality
-from melanoma.io import atomic_dir, read_csv, write_csv
+from melanoma.io import atomic_dir, write_csv
 from melanoma.params import LABELS
 
 
@@ -27,17 +28,19 @@ class SynthesisError(MelanomaError):
 
 
 def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, generators: Path, data_out: Path,
-               results_out: Path, log=print) -> dict[str, Any]:
-    """Sample both class generators of family `gen` (found under `generators`), store shards, measure quality."""
+               results_out: Path, rt: Runtime = Runtime(), log=print) -> dict[str, Any]:
+    """Sample both class generators of family `gen` (found under `generators`) on `rt`'s device, as many images
+    per class as the augmented datasets need to reach `datasets.per_class`; store shards, measure quality (the
+    C2ST critic trains on the same device). Raises SynthesisError, NonFiniteSamples, FileNotFoundError."""
     p = params["synthesize"]
     size = params["generators"]["image_size"]
-    want = balanced_counts([r["label"] for r in read_csv(splits / "train.csv")], p["n_malignant"], p["n_benign"])
+    want = synthetic_counts(real_train_counts(splits), params["datasets"]["per_class"])
     rows, report, notes = [], {}, {}
     t0 = time.perf_counter()
     with atomic_dir(data_out) as data_tmp, atomic_dir(results_out / "details") as details_tmp:
         for label in LABELS:
             folder = generators / gen / f"{gen}_{label}"
-            g = load_generator(folder)
+            g = load_generator(folder, rt)
             if g.image_size != size:
                 raise SynthesisError(f"{folder} makes {g.image_size}px images but "
                                      f"generators.image_size is {size}; rerun train_generator")
@@ -50,7 +53,7 @@ def synthesize(gen: str, params: dict[str, Any], splits: Path, raw: Path, genera
             n_eval = min(p["quality_samples"], len(real))
             extra = g.sample(max(0, n_eval - len(images)), seed=p["seed"] + 1, batch_size=p["batch_size"])
             fake = np.concatenate([images[:n_eval], extra])
-            metrics, notes[label], worst = quality(real, fake, p["seed"], p["memorisation_ratio"])
+            metrics, notes[label], worst = quality(real, fake, p["seed"], p["memorisation_ratio"], rt=rt)
             report[label] = {"generated": len(images), **metrics}
             grid(fake[:64]).save(details_tmp / f"{gen}_{label}_samples.png")
             pairs_sheet(fake, real, worst).save(details_tmp / f"{gen}_{label}_nearest_real.png")

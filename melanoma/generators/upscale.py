@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from melanoma.data.images import grid, md5_bytes
-from melanoma.engine import Plan, Runtime, fit, runtime
+from melanoma.engine import Plan, Runtime, discard, fit, runtime
 from melanoma.errors import MelanomaError
 from melanoma.generators import load_train_images
 from melanoma.io import atomic_dir, write_csv
@@ -66,7 +66,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean SSIM (Wang et al., 2004: 11x11 Gaussian window, sigma 1.5, per channel) of images in [0, 1]."""
-    k = torch.exp(-((torch.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    k = torch.exp(-((torch.arange(11, device=a.device) - 5.0) ** 2) / (2 * 1.5**2))
     k = (k / k.sum())[:, None] * (k / k.sum())[None, :]
     w = k.expand(3, 1, 11, 11).to(a.dtype)
 
@@ -86,7 +86,7 @@ def _as_unit(images: np.ndarray) -> torch.Tensor:
 
 
 def _as_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return (x.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _real(splits: Path, raw: Path, split: str, size: int) -> np.ndarray:
@@ -97,8 +97,8 @@ def _real(splits: Path, raw: Path, split: str, size: int) -> np.ndarray:
 
 class SRTask:
     """The SR model's step as an engine Task: a random batch of real train crops (with random flips), its
-    antialiased bicubic downscale as input, L1 loss against the original. Random draws come from a CPU
-    generator seeded by upscale.seed."""
+    antialiased bicubic downscale as input, L1 loss against the original. Random draws come from a generator on
+    the runtime's device seeded by upscale.seed."""
 
     def __init__(self, cfg: dict[str, Any], factor: int, train_hr: torch.Tensor, seed: int, rt: Runtime) -> None:
         self.cfg, self.factor, self.rt, self.name = cfg, factor, rt, "upscaler"
@@ -107,12 +107,12 @@ class SRTask:
         self.model = rt.prepare(ESPCN(factor, cfg["channels"]))
         self.opt = torch.optim.Adam(self.model.parameters(), cfg["lr"])
         self.data = train_hr.to(rt.device)
-        self.g = torch.Generator().manual_seed(seed)
+        self.g = rt.generator(seed)
 
     def step(self, step: int) -> dict[str, torch.Tensor]:
-        n = self.cfg["batch_size"]
-        hr = self.data[torch.randint(0, len(self.data), (n,), generator=self.g).to(self.rt.device)]
-        hr = torch.where((torch.rand(n, 1, 1, 1, generator=self.g) < 0.5).to(hr.device), hr.flip(3), hr)
+        n, dev = self.cfg["batch_size"], self.rt.device
+        hr = self.data[torch.randint(0, len(self.data), (n,), generator=self.g, device=dev)]
+        hr = torch.where(torch.rand(n, 1, 1, 1, generator=self.g, device=dev) < 0.5, hr.flip(3), hr)
         with self.rt.autocast():
             sr = self.model(downscale(hr, self.factor))
         loss = F.l1_loss(sr.float(), hr)
@@ -138,8 +138,9 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
                    ckpt_dir: Path, rt: Runtime | None = None, log=print) -> dict[str, Any]:
     """Train the SR model on real train images, score it against bicubic on real val images.
 
-    Writes `out` (model.safetensors, config.json) atomically and `metrics_path` (PSNR/SSIM of SR and bicubic).
-    Raises Diverged (NaN loss), CheckpointError.
+    Writes `out` (model.safetensors, config.json) atomically and `metrics_path` (PSNR/SSIM of SR and bicubic),
+    then deletes the checkpoints. Training and scoring run on `rt`'s device (default: `runtime()`), scoring in
+    float32. Raises Diverged (NaN loss), CheckpointError.
     """
     rt = rt or runtime()
     u, size = params["upscale"], params["generators"]["image_size"]
@@ -151,9 +152,8 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
               "data": hashlib.sha256(train_hr.numpy().tobytes()).hexdigest()[:16]}
     fit(task, Plan(steps=cfg["steps"], seed=u["seed"], period=SR_PERIOD, config=config, code=CODE, folder=ckpt_dir,
                    checkpoint_every=SR_PERIOD, keep=1), rt, log=log)
-    model = task.model.cpu()
-    model.eval()
-    val_hr = _as_unit(_real(splits, raw, "val", hr_size))
+    model = task.model.eval()
+    val_hr = _as_unit(_real(splits, raw, "val", hr_size)).to(rt.device)
     with torch.no_grad():
         lr = downscale(val_hr, factor)
         sr, bic = model(lr), bicubic(lr, factor)
@@ -162,13 +162,14 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
          "ssim_sr": ssim(sr, val_hr), "ssim_bicubic": ssim(bic, val_hr)}
     m["beats_bicubic"] = bool(m["psnr_sr"] > m["psnr_bicubic"] and m["ssim_sr"] > m["ssim_bicubic"])
     with atomic_dir(out) as tmp:
-        save_file(model.state_dict(), str(tmp / "model.safetensors"))
+        save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps({
             "architecture": "melanoma.generators.upscale.ESPCN", "kwargs": {"factor": factor, "channels": cfg["channels"]},
             "trained_on": "real train images, input = antialiased bicubic downscale", "params": u}, indent=2) + "\n")
         shutil.copytree(ckpt_dir / "live", tmp / "curves")
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(m, indent=2) + "\n")
+    discard(ckpt_dir)
     if not m["beats_bicubic"]:
         log(f"train_upscaler: WARNING: the SR model does NOT beat bicubic on real val images "
             f"(PSNR {m['psnr_sr']:.2f} vs {m['psnr_bicubic']:.2f} dB, SSIM {m['ssim_sr']:.4f} vs "
@@ -176,11 +177,12 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
     return m
 
 
-def load_upscaler(folder: Path) -> ESPCN:
+def load_upscaler(folder: Path, rt: Runtime = Runtime()) -> ESPCN:
+    """The trained SR model from its folder (strict safetensors load), on `rt`'s device, in eval mode."""
     c = json.loads((folder / "config.json").read_text())
     model = ESPCN(**c["kwargs"])
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    return model.eval()
+    return rt.prepare(model).eval()
 
 
 def _hub_upscale(images: np.ndarray, model_id: str, factor: int) -> np.ndarray:
@@ -202,9 +204,13 @@ def _hub_upscale(images: np.ndarray, model_id: str, factor: int) -> np.ndarray:
     return np.stack(out)
 
 
+UPSCALE_BATCH = 256  # images per forward pass of the SR model (bounds device memory at study size)
+
+
 def upscale_images(images: np.ndarray, method: str, factor: int, model: ESPCN | None = None,
-                   hub_model: str = "") -> np.ndarray:
-    """uint8 (N, s, s, 3) -> uint8 (N, s*f, s*f, 3) by the chosen method."""
+                   hub_model: str = "", rt: Runtime = Runtime()) -> np.ndarray:
+    """uint8 (N, s, s, 3) -> uint8 (N, s*f, s*f, 3) by the chosen method; bicubic and sr run on `rt`'s device
+    in float32, in batches of UPSCALE_BATCH."""
     if len(images) == 0:
         return np.empty((0, images.shape[1] * factor, images.shape[2] * factor, 3), np.uint8)
     if method == "lanczos":
@@ -212,24 +218,28 @@ def upscale_images(images: np.ndarray, method: str, factor: int, model: ESPCN | 
                                                                Image.LANCZOS)) for im in images])
     if method == "hub":
         return _hub_upscale(images, hub_model, factor)
+    out = []
     with torch.no_grad():
-        x = _as_unit(images)
-        return _as_uint8(model(x) if method == "sr" else bicubic(x, factor))
+        for i in range(0, len(images), UPSCALE_BATCH):
+            x = _as_unit(images[i:i + UPSCALE_BATCH]).to(rt.device)
+            out.append(_as_uint8(model(x) if method == "sr" else bicubic(x, factor)))
+    return np.concatenate(out)
 
 
 def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, out: Path, sheet: Path,
-            log=print) -> dict[str, Any]:
-    """data/synthetic/<gen>/ -> data/synthetic/<gen>_upscaled/ (same ids, larger images) + a comparison sheet."""
+            rt: Runtime = Runtime(), log=print) -> dict[str, Any]:
+    """data/synthetic/<gen>/ -> data/synthetic/<gen>_upscaled/ (same ids, larger images) + a comparison sheet;
+    the SR model (or bicubic) runs on `rt`'s device."""
     u = params["upscale"]
     method, factor = u["method"], u["factor"]
-    model = load_upscaler(upscaler) if method == "sr" else None
+    model = load_upscaler(upscaler, rt) if method == "sr" else None
     rows = []
     counts = {}
     sheet_rows = []
     with atomic_dir(out) as tmp:
         for label in LABELS:
             src = np.load(synthetic / f"{label}.npy")
-            up = upscale_images(src, method, factor, model, u["hub"]["model"])
+            up = upscale_images(src, method, factor, model, u["hub"]["model"], rt)
             np.save(tmp / f"{label}.npy", up)
             counts[label] = len(up)
             for i, im in enumerate(up):
@@ -239,7 +249,7 @@ def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, o
             if len(src):
                 k = min(8, len(src))
                 nearest = np.repeat(np.repeat(src[:k], factor, 1), factor, 2)  # rows: as generated, bicubic, method
-                side = [nearest, upscale_images(src[:k], "bicubic", factor), up[:k]]
+                side = [nearest, upscale_images(src[:k], "bicubic", factor, rt=rt), up[:k]]
                 sheet_rows.append(np.concatenate(side, axis=0))
         write_csv(tmp / "manifest.csv", rows, list(rows[0]) if rows else ["id"])
     if sheet_rows:

@@ -155,7 +155,8 @@ def _card_files(cfg: dict[str, Any], rid: str, timm_family: bool) -> list[str]:
         "## Files and loading",
         "",
         f"- `{WEIGHTS}`: the weights (no pickles anywhere in this repo).",
-        f"- `{ONNX}`: opset {onnx['opset']}; input `{onnx['input']}`; outputs "
+        f"- `{ONNX}`: opset {onnx['opset']}; its weights are external data read from `{WEIGHTS}` (keep the two "
+        f"files in one folder); input `{onnx['input']}`; outputs "
         + ", ".join(f"`{o}`" for o in onnx["outputs"])
         + f". Normalisation is inside the graph. Checked against PyTorch on {onnx['parity']['images']} real "
           f"val images: max |difference| in P(malignant) {onnx['parity']['max_abs_diff']:.1e}.",

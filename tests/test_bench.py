@@ -1,0 +1,39 @@
+"""The benchmark scripts run (so they cannot rot): the GPU check on the CPU at tiny sizes, the study estimate."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from melanoma.params import ARCHS, SAMPLERS
+from tests.conftest import ROOT
+
+
+def test_gpu_check_runs_every_part_on_the_cpu_at_tiny_sizes(tmp_path):
+    out = tmp_path / "gpu_check.jsonl"
+    p = subprocess.run([sys.executable, str(ROOT / "bench/gpu_check.py"), "--device", "cpu", "--tiny", "--out",
+                        str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    records = {r["part"]: r for r in map(json.loads, out.read_text().splitlines())}
+    expected = ({"env", "dcgan", "ddpm", "sr", "c2st", "evaluate", "ddp"} | {f"classifier@{a}" for a in ARCHS}
+                | {f"sample@{s}" for s in SAMPLERS})
+    assert set(records) == expected
+    for name, r in records.items():
+        if name != "env":
+            assert r["device_ok"] is True, r
+    for a in ARCHS:
+        r = records[f"classifier@{a}"]
+        assert r["real_img_s"] > 0 and r["pure_img_s"] > 0 and r["real_over_pure"] > 0
+    assert records["ddp"]["processes"] == 2 and records["ddp"]["ranks_identical"] is True
+    assert records["ddp"]["backend"] == "gloo"
+    assert all(records[f"sample@{s}"]["img_s"] > 0 for s in SAMPLERS)
+
+
+def test_study_estimate_prints_its_arithmetic(tmp_path):
+    if not (ROOT.parent / "shared/reference").is_dir():
+        pytest.skip("../shared/reference (the measured H200 figures) is not beside this checkout")
+    p = subprocess.run([sys.executable, str(ROOT / "bench/study_estimate.py"), "--json", str(tmp_path / "e.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "100,000 steps x 32 img" in p.stdout and "6,500" in p.stdout
+    assert json.loads((tmp_path / "e.json").read_text())
