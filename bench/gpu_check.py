@@ -323,15 +323,23 @@ def ddp_worker(a: argparse.Namespace) -> None:
     torch.distributed.destroy_process_group()
 
 
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {n})")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cuda (default: the first GPU) or cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU CI run)")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per part")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning, allocator)")
-    ap.add_argument("--sample-batch", type=int, default=256, help="images per sampler (ddpm: a quarter)")
-    ap.add_argument("--archs", nargs="*", default=list(ARCHS))
-    ap.add_argument("--out", type=Path, default=Path("gpu_check.jsonl"))
+    ap.add_argument("--steps", type=positive, default=20, help="timed steps per part")
+    ap.add_argument("--warmup", type=positive, default=3, help="untimed steps first (cuDNN autotuning, allocator)")
+    ap.add_argument("--sample-batch", type=positive, default=256, help="images per sampler (ddpm: a quarter)")
+    ap.add_argument("--archs", nargs="*", default=list(ARCHS), choices=ARCHS)
+    ap.add_argument("--out", type=Path, default=Path("gpu_check.jsonl"),
+                    help="the JSON lines; written as <out>.partial while running, renamed when every part passed")
     ap.add_argument("--reference", type=Path, default=ROOT.parent / "shared/reference")
     ap.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -348,8 +356,10 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     p, refs, keep = study_params(a.tiny), reference(a.reference), {}
     records: list[dict[str, Any]] = []
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w") as fh:
+    partial = a.out.with_name(a.out.name + ".partial")
+    if not a.out.parent.is_dir():
+        raise SystemExit(f"gpu_check: the folder of --out ({a.out.parent}) does not exist")
+    with open(partial, "w") as fh:  # a failed run leaves its lines here and an earlier --out file untouched
         def emit(record: dict[str, Any]) -> None:
             records.append(record)
             line = json.dumps(record)
@@ -370,6 +380,7 @@ def main() -> None:
         emit(part("c2st", rt, lambda: c2st(p, rt, a)))
         emit(part("evaluate", rt, lambda: evaluate(p, rt, a)))
         emit(ddp(a))
+    os.replace(partial, a.out)
     print(f"gpu_check: {len(records)} records -> {a.out}", file=sys.stderr)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import sys
@@ -62,12 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", type=Path, default=ROOT.parent / "shared" / "reference",
                     help="folder of the H200 reference .jsonl files (default: <repo>/../shared/reference)")
-    ap.add_argument("--real-train-benign", type=int, default=730)
-    ap.add_argument("--real-train-malignant", type=int, default=370)
-    ap.add_argument("--real-val", type=int, default=165)
-    ap.add_argument("--real-test", type=int, default=165)
-    ap.add_argument("--external-test", type=int, default=659)
-    ap.add_argument("--weight-files-per-cell", type=int, default=1,
+    ap.add_argument("--real-train-benign", type=count, default=730)
+    ap.add_argument("--real-train-malignant", type=count, default=370)
+    ap.add_argument("--real-val", type=count, default=165)
+    ap.add_argument("--real-test", type=count, default=165)
+    ap.add_argument("--external-test", type=count, default=659)
+    ap.add_argument("--weight-files-per-cell", type=count, default=1,
                     help="fp32 weight files each classifier cell keeps in models/classifiers (default 1)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     return ap.parse_args(argv)
@@ -89,6 +90,14 @@ class Reference:
     records: list[dict[str, Any]]
     files: list[str]
     skipped: list[str] = field(default_factory=list)
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {n})")
+    return n
 
 
 def load_reference(folder: Path) -> Reference:
@@ -130,11 +139,13 @@ def find(ref: Reference, kind: str, **want: Any) -> dict[str, Any] | None:
 
 
 def num(rec: dict[str, Any] | None, key: str) -> float | None:
-    """A record's numeric field, or None when the record or a usable number is missing."""
+    """A record's numeric field, or None when the record or a usable number (finite, above zero: every field read
+    here is a rate, a size or a duration) is missing."""
     try:
-        return float(rec[key]) if rec is not None else None
+        value = float(rec[key]) if rec is not None else None
     except (KeyError, TypeError, ValueError):
         return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def cite(ref: Reference, rec: dict[str, Any], what: str) -> str:
@@ -689,6 +700,8 @@ def main(argv: list[str] | None = None) -> None:
     covered, stand, missing = print_summary(est)
     items, total = disk_estimate(p, ref, sizes, a.weight_files_per_cell)
     if a.json:
+        if not a.json.parent.is_dir():
+            raise SystemExit(f"study_estimate: the folder of --json ({a.json.parent}) does not exist")
         write_json(a.json, a, p, est, covered, stand, missing, items, total)
         print(f"wrote {a.json}")
 

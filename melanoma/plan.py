@@ -5,10 +5,11 @@ class, from params.yaml and, once `split` has run, the real train counts in data
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
-from melanoma.data.datasets import real_train_counts, synthetic_counts
+from melanoma.data.datasets import DatasetError, real_train_counts, synthetic_counts
 from melanoma.params import DATASETS, LABELS
 
 
@@ -16,7 +17,7 @@ def plan(params: dict[str, Any], splits: Path) -> dict[str, Any]:
     """{"per_class", "real" (per label, None before `split`), "datasets": {name: {label: (real, synthetic)} or
     None where unknown}, "synthesize": {label: count or None}}. Counts are numbers of training images."""
     per_class = params["datasets"]["per_class"]
-    real = real_train_counts(splits) if (splits / "train.csv").is_file() else None
+    real = _real_counts(splits / "train.csv") if (splits / "train.csv").is_file() else None
     if real is not None:
         fill = synthetic_counts(real, per_class)
     elif per_class != "balance":  # before split: each class is filled to per_class (if it has fewer real images)
@@ -32,6 +33,14 @@ def plan(params: dict[str, Any], splits: Path) -> dict[str, Any]:
         else:
             out["datasets"][name] = {c: ((real or {}).get(c), fill[c]) for c in LABELS}
     return out
+
+
+def _real_counts(path: Path) -> dict[str, int]:
+    """Real train images per label from the split stage's train.csv; DatasetError when it is unreadable."""
+    try:
+        return real_train_counts(path.parent)
+    except (OSError, KeyError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"cannot read the labels in {path} ({type(e).__name__}: {e}); rerun `dvc repro split`") from None
 
 
 def describe(p: dict[str, Any]) -> str:

@@ -3,9 +3,9 @@
 With classifiers.train.processes > 1 the script relaunches itself under torchrun (one process per rank), so
 dvc.yaml's command never names a process count or a GPU.
 """
-import os
 import sys
 
+from melanoma.launch import under_torchrun
 from melanoma.params import ARCHS, DATASET_NAMES, ParamsError, load_params
 from melanoma.paths import CHECKPOINTS, DATASETS, classifier_dir
 from melanoma.stage import run_stage
@@ -17,13 +17,8 @@ def main() -> str:
                           f"DATASET in {', '.join(DATASET_NAMES)} (got {' '.join(sys.argv[1:])})")
     arch, dataset = sys.argv[1:]
     params = load_params()
-    n = params["classifiers"]["train"]["processes"]
-    if params["classifiers"]["train"]["batch_size"] % n:  # before torchrun starts: one line, not one per rank
-        raise ParamsError(f"classifiers.train.batch_size ({params['classifiers']['train']['batch_size']}) must be "
-                          f"divisible by classifiers.train.processes ({n})")
-    if n > 1 and "WORLD_SIZE" not in os.environ:
-        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc_per_node={n}", *sys.argv])
+    tp = params["classifiers"]["train"]
+    under_torchrun(tp["processes"], tp["batch_size"], "classifiers.train")
     from melanoma.classifiers.train import train_classifier
     from melanoma.engine import runtime
 

@@ -3,9 +3,9 @@
 With generators.ddpm.processes > 1 a DDPM stage relaunches itself under torchrun (one process per GPU), so
 dvc.yaml's command never names a process count or a device.
 """
-import os
 import sys
 
+from melanoma.launch import under_torchrun
 from melanoma.params import GENERATORS, LABELS, ParamsError, load_params
 from melanoma.paths import CHECKPOINTS, RAW, SPLITS, generator_dir
 from melanoma.stage import run_stage
@@ -17,13 +17,9 @@ def main() -> str:
                           f"{', '.join(LABELS)} (got {' '.join(sys.argv[1:])})")
     gen, label = sys.argv[1], sys.argv[2]
     params = load_params()
-    n = params["generators"]["ddpm"]["processes"] if gen == "ddpm" else 1
-    if params["generators"]["ddpm"]["batch_size"] % n:  # before torchrun starts: one line, not one per rank
-        raise ParamsError(f"generators.ddpm.batch_size ({params['generators']['ddpm']['batch_size']}) must be "
-                          f"divisible by generators.ddpm.processes ({n})")
-    if n > 1 and "WORLD_SIZE" not in os.environ:
-        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc_per_node={n}", *sys.argv])
+    if gen == "ddpm":
+        d = params["generators"]["ddpm"]
+        under_torchrun(d["processes"], d["batch_size"], "generators.ddpm")
     from melanoma.engine import runtime
     from melanoma.generators import train_generator
 

@@ -404,6 +404,8 @@ def test_a_non_finite_loss_stops_training_before_the_epoch_is_saved(tmp_path, mo
 @pytest.mark.parametrize("arch,spec,message", [
     ("ResNet", {"model": "vit_tiny_patch16_224", "kwargs": {}}, r"as a ResNet-family network .*no attribute 'layer4'"),
     ("ResNet", {"model": "resnet18", "kwargs": {"foo": 1}}, r"unexpected keyword argument 'foo'"),
+    ("ResNet", {"model": "resnet18", "kwargs": {"checkpoint_path": "/etc/passwd"}},
+     r"kwargs sets checkpoint_path: weights are loaded only through `pretrained`"),
     ("ResNet", {"model": "resnet500", "kwargs": {}}, r"Unknown model \(resnet500\)"),
     ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 64}}, r"for 32 px inputs"),
     ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 64}}, r"kwargs sets img_size: the project sets"),

@@ -122,3 +122,60 @@ def test_plan_counts_what_build_dataset_builds(project):
     assert {c: sum(got["datasets"]["DCGAN"][c]) for c in ("benign", "malignant")} == stats["per_class"]["train"]
     assert got["datasets"]["Original"] == {c: (n, 0) for c, n in got["real"].items()}
     assert f"DCGAN{' ' * 20}"[:16] + f"{2 * P['datasets']['per_class']:>14}" in describe(got)
+
+
+@pytest.mark.parametrize("damage", ["no splits", "empty test", "vanished image"])
+def test_decode_refuses_missing_or_empty_splits_before_writing(project, tmp_path, damage):
+    import shutil
+
+    splits = tmp_path / "splits"
+    shutil.copytree(project / "data/splits", splits)
+    raw = project / "data/raw"
+    if damage == "no splits":
+        shutil.rmtree(splits)
+        expected = r"splits/train.csv not found; run `dvc repro split` first"
+    elif damage == "empty test":
+        (splits / "test.csv").write_text((splits / "test.csv").read_text().splitlines()[0] + "\n")
+        expected = r"test.csv lists no images: the pipeline needs split.test_fraction"
+    else:
+        shutil.copytree(raw, tmp_path / "raw")
+        raw = tmp_path / "raw"
+        (raw / read_csv(splits / "val.csv")[0]["path"]).write_bytes(b"not an image any more")
+        expected = r"cannot be decoded .*rerun `dvc repro fetch split`"
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real/keep.txt").write_text("previous output")
+    with pytest.raises(DatasetError, match=expected):
+        decode_real(splits, raw, 24, tmp_path / "real")
+    assert (tmp_path / "real/keep.txt").read_text() == "previous output"  # nothing replaced
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("truncated", r"cannot read .*train.npy"),
+    ("pickle", r"cannot read .*train.npy"),
+    ("float", r"is not a uint8 \(N, S, S, 3\) image pack \(got float64"),
+    ("manifest", r"is not a pack manifest"),
+])
+def test_damaged_packs_are_one_error_never_unpickled(project, tmp_path, damage, expected):
+    import shutil
+
+    folder = tmp_path / "DCGAN"
+    shutil.copytree(project / "data/datasets/DCGAN", folder)
+    pack = folder / "train.npy"
+    if damage == "truncated":
+        pack.write_bytes(pack.read_bytes()[:200])
+    elif damage == "pickle":
+        np.save(pack, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif damage == "float":
+        np.save(pack, np.load(pack).astype(np.float64))
+    else:
+        (folder / "manifest.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DatasetError, match=expected):
+        load_split(folder, "train")
+
+
+def test_plan_with_an_unreadable_train_csv_is_one_error(tmp_path):
+    from melanoma.plan import plan
+
+    (tmp_path / "train.csv").write_text("id,path\nx,y\n")  # no label column
+    with pytest.raises(DatasetError, match=r"cannot read the labels in .*train.csv .*rerun `dvc repro split`"):
+        plan(P, tmp_path)

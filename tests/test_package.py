@@ -19,8 +19,8 @@ from melanoma.classifiers.train import train_classifier
 from melanoma.commands import main as cli
 from melanoma.evaluation.evaluate import evaluate_cell
 from melanoma.serving.hub import HubError, model_card, repo_id
-from melanoma.serving.package import (PARITY_TOLERANCE, Served, export_cell, load, onnx_probabilities, prepare,
-                              torch_probabilities, write_onnx)
+from melanoma.serving.package import (PARITY_TOLERANCE, PackageError, Served, export_cell, load, onnx_probabilities,
+                                      prepare, torch_probabilities, write_onnx)
 from melanoma.params import load_params
 from tests.conftest import ROOT
 from tests.tiny import make_pack, tiny_params
@@ -324,3 +324,17 @@ def test_the_console_command_is_installed():
     exe = Path(sys.executable).parent / "melanoma"  # pyproject's [project.scripts], made by `pip install -e .`
     r = subprocess.run([str(exe), "predict", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--model" in r.stdout and "--gradcam" in r.stdout
+
+
+def test_a_rewritten_weights_file_is_refused(cells, tmp_path):
+    """The ONNX graph reads its weights at offsets of model.safetensors: the same tensors saved again (other
+    offsets) would make it compute garbage, so load refuses any file but the exported one."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    pkg = shutil.copytree(cells["ResNet"], tmp_path / "pkg")
+    state = load_file(str(pkg / "model.safetensors"))
+    save_file(state, str(pkg / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(PackageError, match=r"is not the file this package was exported with"):
+        load(pkg)

@@ -158,6 +158,8 @@ def _check_input(arch: str, fam: Family, spec: dict[str, Any], img_size: int) ->
 
 
 RESERVED_KWARGS = ("num_classes", "img_size", "in_chans", "pretrained")  # set by the project, not by kwargs
+# timm kwargs that would load weights from elsewhere: never from params or a package's model_config.json
+LOADING_KWARGS = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "cache_dir")
 BUILD_ERRORS = (TypeError, ValueError, RuntimeError, AssertionError, AttributeError, IndexError, KeyError)
 
 
@@ -169,6 +171,10 @@ def _construct(arch: str, fam: Family, spec: dict[str, Any], num_classes: int, i
     if reserved:
         raise ParamsError(f"{where}.kwargs sets {', '.join(reserved)}: the project sets those (from the data, "
                           "datasets.image_size and pretrained); remove them from kwargs")
+    loading = [k for k in spec["kwargs"] if k in LOADING_KWARGS]
+    if loading:
+        raise ParamsError(f"{where}.kwargs sets {', '.join(loading)}: weights are loaded only through "
+                          "`pretrained` (or a cell's own model.safetensors); remove them from kwargs")
     try:
         model = fam.build(spec["model"], num_classes, img_size, spec["pretrained"], dict(spec["kwargs"]))
         fam.gradcam(model)  # a member of another family (e.g. a ViT in the ResNet row) has no such layer

@@ -10,6 +10,7 @@ no val/test image (exact or near duplicate) appears among the training images.
 """
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -63,16 +64,33 @@ def _decode_split(splits: Path, raw: Path, split: str, size: int) -> tuple[list[
     rows = read_csv(splits / f"{split}.csv")
     pack = np.empty((len(rows), size, size, 3), np.uint8)
     for i, r in enumerate(rows):
-        with Image.open(raw / r["path"]) as im:
-            pack[i] = resize(np.asarray(im.convert("RGB")), size)
+        try:
+            with Image.open(raw / r["path"]) as im:
+                pack[i] = resize(np.asarray(im.convert("RGB")), size)
+        except (OSError, ValueError, SyntaxError) as e:  # fetch decoded it once: it changed since
+            raise DatasetError(f"{raw / r['path']} (listed in {splits / split}.csv) cannot be decoded ({e}); "
+                               "rerun `dvc repro fetch split`") from None
     out = [{"id": r["id"], "split": split, "label": r["label"], "origin": "real", "upscaled": "no",
             "path": (raw / r["path"]).as_posix(), "md5": md5_bytes(pack[i].tobytes())} for i, r in enumerate(rows)]
     return out, pack
 
 
+NEEDED = {"train": "the training set", "val": "split.val_fraction (the threshold and model selection)",
+          "test": "split.test_fraction (the evaluation)"}
+
+
 def decode_real(splits: Path, raw: Path, size: int, out: Path) -> dict[str, int]:
     """The `decode` stage: every real image of every split decoded and resized once to `size` px, written to
-    `out` as `<split>.npy` (uint8 (N, size, size, 3)) + manifest.csv. Returns images per split."""
+    `out` as `<split>.npy` (uint8 (N, size, size, 3)) + manifest.csv. Returns images per split.
+
+    Raises DatasetError, before writing anything, when train, val or test is missing or empty (the split stage
+    has not run, or a fraction of 0 left nothing for the evaluation) or a listed image cannot be decoded."""
+    for split, why in NEEDED.items():
+        if not (splits / f"{split}.csv").is_file():
+            raise DatasetError(f"{splits / split}.csv not found; run `dvc repro split` first")
+        if not read_csv(splits / f"{split}.csv"):
+            raise DatasetError(f"{splits / split}.csv lists no images: the pipeline needs {why}; raise the "
+                               "fraction or add images, then rerun `dvc repro split`")
     counts = {}
     with atomic_dir(out) as tmp:
         rows = []
@@ -91,9 +109,9 @@ def _real(real: Path, size: int) -> tuple[dict[str, list[dict[str, Any]]], dict[
     if not (real / "manifest.csv").is_file():
         raise DatasetError(f"{real}/manifest.csv not found; run `dvc repro decode` first")
     rows: dict[str, list[dict[str, Any]]] = {}
-    for r in read_csv(real / "manifest.csv"):
+    for r in manifest(real / "manifest.csv"):
         rows.setdefault(r["split"], []).append({k: v for k, v in r.items() if k != "index"})
-    packs = {s: np.load(real / f"{s}.npy", allow_pickle=False) for s in rows}
+    packs = {s: load_pack(real / f"{s}.npy") for s in rows}
     for s, pack in packs.items():
         if pack.shape[1:] != (size, size, 3) or len(pack) != len(rows[s]):
             raise DatasetError(f"{real}/{s}.npy holds {pack.shape} but datasets.image_size is {size} and the "
@@ -174,10 +192,39 @@ def build_dataset(name: str, params: dict[str, Any], real: Path, synthetic: Path
     return stats
 
 
+def manifest(path: Path) -> list[dict[str, str]]:
+    """The rows of a pack folder's manifest.csv; DatasetError when it is unreadable, lacks the columns, or names a
+    split other than train/val/test/external_test."""
+    try:
+        rows = read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"cannot read {path} ({type(e).__name__}); rerun `dvc repro decode build_dataset`") from None
+    bad = [r for r in rows if None in r or not {"split", "label"} <= set(r) or r["split"] not in ("train",) + EVAL_SPLITS
+           or r["label"] not in LABELS]
+    if bad:
+        raise DatasetError(f"{path} is not a pack manifest (a row with split {bad[0].get('split')!r}, label "
+                           f"{bad[0].get('label')!r}); rerun `dvc repro decode build_dataset`")
+    return rows
+
+
+def load_pack(path: Path) -> np.ndarray:
+    """A uint8 (N, S, S, 3) image pack written by `decode` or `build_dataset`; DatasetError (naming the file and
+    the stage to rerun) when it is missing, damaged, pickled or not such a pack. Never unpickles."""
+    try:
+        pack = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"cannot read {path} ({str(e).splitlines()[0][:120] or type(e).__name__}); rerun the "
+                           "stage that writes it (`dvc repro decode build_dataset`)") from None
+    if pack.ndim != 4 or pack.shape[-1] != 3 or pack.dtype != np.uint8:
+        raise DatasetError(f"{path} is not a uint8 (N, S, S, 3) image pack (got {pack.dtype} {pack.shape}); rerun "
+                           "`dvc repro decode build_dataset`")
+    return pack
+
+
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A dataset split as (uint8 images (N, S, S, 3), int64 labels with 1 = malignant), straight from the pack."""
-    images = np.load(folder / f"{split}.npy")
-    labels = np.array([r["label"] == "malignant" for r in read_csv(folder / "manifest.csv") if r["split"] == split],
+    images = load_pack(folder / f"{split}.npy")
+    labels = np.array([r["label"] == "malignant" for r in manifest(folder / "manifest.csv") if r["split"] == split],
                       dtype=np.int64)
     if len(labels) != len(images):
         raise DatasetError(f"{folder}: {split}.npy has {len(images)} images but manifest.csv lists {len(labels)}")
