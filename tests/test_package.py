@@ -128,6 +128,12 @@ def test_corrupt_weights_are_one_clear_error(cells, tmp_path, capsys):
     (pkg / "model.safetensors").write_bytes(b"not safetensors")
     assert cli(["predict", str(ROOT / "README.md"), "--model", str(pkg)]) == 2
     err = capsys.readouterr().err
+    assert "model.safetensors is not the file this package was exported with" in err and "Traceback" not in err
+    cfg = json.loads((pkg / "model_config.json").read_text())
+    del cfg["weights_sha256"]  # a training folder's config has no hash: the file itself is then checked
+    (pkg / "model_config.json").write_text(json.dumps(cfg))
+    assert cli(["predict", str(ROOT / "README.md"), "--model", str(pkg)]) == 2
+    err = capsys.readouterr().err
     assert "model.safetensors is not a readable safetensors file" in err and "Traceback" not in err
 
 
