@@ -27,16 +27,12 @@ setup() {
   export PATH="$PWD/$VENV/bin:$PATH"
 }
 
-# `dvc repro` leaves each new output in the workspace beside its copy in the cache; relinking replaces the
-# workspace copy by a link to the cache (cache.type in .dvc/config), so every output is stored once
-relink() { dvc checkout --relink --quiet; }
-
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
-  repro) setup; dvc repro "$@"; relink ;;
-  study) setup; melanoma profile study; melanoma plan; dvc repro "$@"; relink ;;
+  repro) setup; dvc repro "$@" ;;
+  study) setup; melanoma profile study; melanoma plan; dvc repro "$@" ;;
   test) setup; python -m pytest -q "$@" ;;
   *) echo "usage: ./run.sh setup|repro|study|test [args]" >&2; exit 2 ;;
 esac
