@@ -344,3 +344,25 @@ def test_a_rewritten_weights_file_is_refused(cells, tmp_path):
     save_file(state, str(pkg / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(PackageError, match=r"is not the file this package was exported with"):
         load(pkg)
+
+
+def test_nan_weights_are_an_error_not_a_benign_decision(cells, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import lesion_image
+
+    pkg = shutil.copytree(cells["ResNet"], tmp_path / "pkg")
+    state = load_file(str(pkg / "model.safetensors"))
+    state = {k: v.fill_(float("nan")) if k.startswith("fc.") else v for k, v in state.items()}
+    save_file(state, str(pkg / "model.safetensors"))
+    cfg = json.loads((pkg / "model_config.json").read_text())
+    cfg["weights_sha256"] = hashlib.sha256((pkg / "model.safetensors").read_bytes()).hexdigest()
+    (pkg / "model_config.json").write_text(json.dumps(cfg))
+    image = tmp_path / "lesion.png"
+    lesion_image(1).save(image)
+    assert cli(["predict", str(image), "--model", str(pkg)]) == 2
+    err = capsys.readouterr().err
+    assert "produced NaN/Inf probabilities" in err and "Traceback" not in err

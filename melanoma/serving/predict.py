@@ -56,6 +56,9 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None) ->
     if images:
         x = np.stack(images)
         probs = torch_probabilities(served(model, cfg), x)
+        if not np.isfinite(probs).all():  # NaN compares false with the threshold: it would read as "benign"
+            raise PackageError(f"the model in {folder} produced NaN/Inf probabilities: its weights are damaged "
+                               "or diverged; export or download it again")
         thr = cfg["threshold"]
         for r, p in zip(ok, probs):
             r.p_malignant = float(p)
