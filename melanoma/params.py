@@ -7,6 +7,7 @@ path and what is allowed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,11 @@ import yaml
 from melanoma.errors import MelanomaError
 
 LABELS = ("benign", "malignant")
+PLACEHOLDER_IDS = {"", "nan", "none", "null", "na", "n/a", "-", "?", "unknown"}  # what tables write for "no id"
 SOURCES = ("demo", "local", "isic_csv", "gdrive")
+# data.format: how a local or downloaded folder is read (melanoma.data.releases)
+FORMATS = ("auto", "folders", "isic2016", "isic2017", "isic2018", "isic2019", "isic2020", "ham10000", "ph2",
+           "isic_archive")
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 GENERATORS = ("dcgan", "ddpm")  # generator families, each trained once per label
 ARCHS = ("BioViT", "DenseNet", "ResNet", "Swin", "ViT", "MedViT")  # classifier families (the grid's rows)
@@ -53,6 +58,7 @@ SCHEMA: dict[str, Any] = {
         "max_side": Field(int, min=64, max=20000),
         "max_reject_fraction": Field(float, min=0.0, max=1.0),
         "label_map": Field(dict, values=LABELS + ("reject",)),
+        "format": Field(str, choices=FORMATS),
         "demo": {
             "seed": Field(int, min=0),
             "n_benign": Field(int, min=1, max=1_000_000),
@@ -173,8 +179,9 @@ SCHEMA: dict[str, Any] = {
     "publish": {"repo": Field(str), "private": Field(bool)},
     "split": {
         "seed": Field(int, min=0),
-        "val_fraction": Field(float, min=0.0, max=0.5),
-        "test_fraction": Field(float, min=0.0, max=0.5),
+        "val_fraction": Field(float, min=0.01, max=0.5),  # val picks the threshold and the best epoch
+        "test_fraction": Field(float, min=0.01, max=0.5),  # every cell is scored on test
+        "conflicting_labels": Field(str, choices=("drop", "fail")),
         "near_duplicate_corr": Field(float, min=0.5, max=1.0),
     },
 }
@@ -214,6 +221,8 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
     if f.choices and f.item is None and isinstance(value, str) and value not in f.choices:
         raise ParamsError(f"{path} must be one of {', '.join(map(str, f.choices))} (got {value!r})")
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if numeric and not math.isfinite(value):
+        raise ParamsError(f"{path} is {value!r}; it must be {_describe(f)}")
     if numeric and (f.min is not None and value < f.min or f.max is not None and value > f.max):
         raise ParamsError(f"{path} is {value!r}; it must be {_describe(f)}")
     if f.item is not None:
@@ -225,8 +234,9 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
         if f.choices and len(set(value)) != len(value):
             raise ParamsError(f"{path} lists an item twice: {value!r}")
     if f.values:
+        value = {str(k): v for k, v in value.items()}  # YAML reads folder names like 4 as integers
         for k, v in value.items():
-            if not isinstance(k, str) or v not in f.values:
+            if v not in f.values:
                 raise ParamsError(
                     f"{path}.{k} is {v!r}; each value must be one of {', '.join(f.values)}"
                 )

@@ -4,6 +4,7 @@ from pathlib import Path
 RAW = Path("data/raw")
 SPLITS = Path("data/splits")
 THUMBNAILS = "thumbnails.npy"  # in RAW: 16x16 grayscale thumbnail of each manifest row, in manifest order
+CARD = "dataset_card.json"  # in RAW: what fetch read (format, label mapping, rejects, skips, metadata)
 GENERATORS = Path("models/generators")
 CHECKPOINTS = Path("models/.checkpoints")  # untracked: survives a killed stage so the rerun can resume
 

@@ -8,7 +8,7 @@ from melanoma.stage import run_stage
 def main() -> str:
     p = load_params()["split"]
     report = split(RAW, SPLITS, p["seed"], p["val_fraction"], p["test_fraction"],
-                   p["near_duplicate_corr"])
+                   p["near_duplicate_corr"], p["conflicting_labels"])
     return summary_line(report, SPLITS)
 
 

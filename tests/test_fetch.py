@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from melanoma.data import fetch
-from melanoma.data.fetch import FetchError, collect, from_demo, from_folder, from_gdrive, safe_extract, write_raw
+from melanoma.data.fetch import FetchError, collect, from_demo, from_gdrive, safe_extract, write_raw
+from melanoma.data.releases import read_folder
 from melanoma.io import read_csv
 from melanoma.params import load_params
 from tests.conftest import ROOT, jpeg_bytes, lesion_image, make_class_folders
@@ -74,12 +75,15 @@ def test_class_folders_with_odd_files(tmp_path, label_map):
     lesion_image(7).convert("RGBA").save(root / "benign" / "alpha.png")
     lesion_image(8).convert("CMYK").save(root / "malignant" / "cmyk.jpg")
     Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).save(root / "benign" / "deep.png")
-    Image.new("RGB", (6000, 4000), (90, 60, 40)).save(root / "malignant" / "huge.jpg", quality=40)
-    s = run(from_folder(root, label_map), tmp_path / "raw", max_reject=0.1)
+    lesion_image(9, (6000, 4000)).save(root / "malignant" / "huge.jpg", quality=40)
+    s = run(read_folder(root, label_map), tmp_path / "raw", max_reject=0.1)
     assert labels(tmp_path / "raw") == {("main", "benign"): 22, ("main", "malignant"): 22}
     rejected = {r["file"]: r["reason"] for r in read_csv(tmp_path / "raw" / "rejected.csv")}
-    assert set(rejected) == {"benign/notes.txt", "malignant/empty.jpg"}
-    assert s.rejected == 2 and s.total == 46
+    assert set(rejected) == {"malignant/empty.jpg"}
+    skipped = {r["file"]: r["reason"] for r in read_csv(tmp_path / "raw" / "skipped.csv")}
+    assert skipped == {"benign/notes.txt": "documentation, code or data file (.txt)",
+                       "benign/.DS_Store": "hidden file or folder"}  # counted, listed, not held against the data
+    assert s.rejected == 1 and s.total == 45 and s.skipped == 2
     rows = {r["id"]: r for r in read_csv(tmp_path / "raw" / "manifest.csv")}
     assert rows["malignant__huge"]["orig_width"] == "6000" and rows["malignant__huge"]["width"] == "1024"
     assert rows["benign__alpha"]["path"].endswith(".jpg")  # converted (alpha over white), stored as JPEG
@@ -90,7 +94,7 @@ def test_too_many_rejects_fails_and_writes_nothing(tmp_path, label_map):
     for i in range(2):
         (root / "benign" / f"bad{i}.jpg").write_bytes(b"\xff\xd8garbage")
     with pytest.raises(FetchError, match=r"2 of 8 files rejected \(25.0% > data.max_reject_fraction=0.05\)"):
-        run(from_folder(root, label_map), tmp_path / "raw")
+        run(read_folder(root, label_map), tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
     assert not list(tmp_path.glob(".raw*"))  # no temp folder left behind
 
@@ -99,16 +103,16 @@ def test_empty_or_missing_class_is_a_clear_error(tmp_path, label_map):
     root = make_class_folders(tmp_path / "src", 2, 2)
     shutil.rmtree(root / "malignant")
     (root / "malignant").mkdir()
-    with pytest.raises(FetchError, match=r"class folder .*malignant is empty"):
-        from_folder(root, label_map)
+    with pytest.raises(FetchError, match=r"class folder .*malignant holds no image"):
+        read_folder(root, label_map)
     shutil.rmtree(root / "malignant")
     with pytest.raises(FetchError, match="no malignant images"):
-        from_folder(root, label_map)
+        read_folder(root, label_map)
     (root / "unsure").mkdir()
     with pytest.raises(FetchError, match="unsure: folder name is not a class"):
-        from_folder(root, label_map)
+        read_folder(root, label_map)
     with pytest.raises(FetchError, match="does not exist"):
-        from_folder(tmp_path / "nowhere", label_map)
+        read_folder(tmp_path / "nowhere", label_map)
 
 
 def test_folder_names_mapped_through_label_map(tmp_path, label_map):
@@ -116,14 +120,14 @@ def test_folder_names_mapped_through_label_map(tmp_path, label_map):
     for name, seed in (("nevus", 0), ("melanoma", 10), ("seborrheic_keratosis", 20)):
         (root / name).mkdir(parents=True)
         lesion_image(seed).save(root / name / "a.jpg")
-    offer = from_folder(root, label_map)
+    offer = read_folder(root, label_map)
     assert Counter(c.label for c in offer.candidates) == {"benign": 2, "malignant": 1}
 
 
 def test_train_test_parents_make_external_test(tmp_path, label_map):
     make_class_folders(tmp_path / "src" / "train", 4, 3, seed=0)
     make_class_folders(tmp_path / "src" / "test", 2, 2, seed=500)
-    run(from_folder(tmp_path / "src", label_map), tmp_path / "raw")
+    run(read_folder(tmp_path / "src", label_map), tmp_path / "raw")
     assert labels(tmp_path / "raw") == {("main", "benign"): 4, ("main", "malignant"): 3,
                                         ("external_test", "benign"): 2, ("external_test", "malignant"): 2}
     rows = read_csv(tmp_path / "raw" / "manifest.csv")
@@ -131,14 +135,14 @@ def test_train_test_parents_make_external_test(tmp_path, label_map):
 
 
 def test_shared_folder_layout(tmp_path, isic_sample, label_map):
-    run(from_folder(isic_sample / "folder", label_map), tmp_path / "raw")
+    run(read_folder(isic_sample / "folder", label_map), tmp_path / "raw")
     assert labels(tmp_path / "raw") == {("main", "benign"): 150, ("main", "malignant"): 150}
     ids = [r["id"] for r in read_csv(tmp_path / "raw" / "manifest.csv")]
     assert "benign__train_1129" in ids and "malignant__train_1129" in ids  # same file name, two images
 
 
 def test_shared_archive_metadata(tmp_path, isic_sample, label_map):
-    run(from_folder(isic_sample / "archive", label_map), tmp_path / "raw")
+    run(read_folder(isic_sample / "archive", label_map), tmp_path / "raw")
     with open(isic_sample / "archive" / "metadata.csv") as fh:
         expected = Counter(("main", label_map[r["diagnosis"]]) for r in csv.DictReader(fh))
     assert labels(tmp_path / "raw") == expected
@@ -164,7 +168,7 @@ def test_unknown_diagnosis_is_a_counted_reject(tmp_path, label_map):
         ("ISIC_1", "benign", "nevus"), ("ISIC_2", "malignant", "melanoma"),
         ("ISIC_3", "benign", "dermatofibroma"), ("ISIC_4", "benign", "melanoma"), ("ISIC_5", "", "")])
     lesion_image(99).save(root / "images" / "ISIC_9.jpg")  # not in the CSV
-    s = run(from_folder(root, label_map), tmp_path / "raw", max_reject=0.9)
+    s = run(read_folder(root, label_map), tmp_path / "raw", max_reject=0.9)
     rejected = {r["file"]: r["reason"] for r in read_csv(tmp_path / "raw" / "rejected.csv")}
     assert "unknown diagnosis 'dermatofibroma'" in rejected["images/ISIC_3.jpg"]
     assert "conflicting labels" in rejected["images/ISIC_4.jpg"]
@@ -190,13 +194,13 @@ def test_isic2016_ground_truth_both_value_styles(tmp_path, label_map):
     assert [(c.id, c.label) for c in offer.candidates] == [
         ("ISIC_0000000", "benign"), ("ISIC_0000001", "malignant"),
         ("ISIC_0000002", "benign"), ("ISIC_0000003", "malignant")]
-    assert from_folder(root, label_map).candidates[3].label == "malignant"  # auto-detected as local too
+    assert read_folder(root, label_map).candidates[3].label == "malignant"  # auto-detected as local too
 
 
 def test_not_a_label_csv(tmp_path, label_map):
     (tmp_path / "labels.csv").write_text("name,value\na,b\n")
-    with pytest.raises(FetchError, match="not an ISIC metadata CSV"):
-        from_folder(tmp_path, label_map)
+    with pytest.raises(FetchError, match="labels.csv: not a table this product reads"):
+        read_folder(tmp_path, label_map)
 
 
 # ------------------------------------------------------------------ gdrive
@@ -272,6 +276,20 @@ def test_gdrive_offline_and_refused_messages(tmp_path, label_map, monkeypatch):
 
     monkeypatch.setattr(gdown, "download_folder", refused)
     with pytest.raises(FetchError, match=r"^gdrive: Google Drive refused folder ID .*Failed to retrieve folder contents; "):
+        fetch.gdown_folder("ID", tmp_path)
+
+    def listing_refused(**kw):  # gdown's folder listing raises the base class itself
+        raise gdown.exceptions.DownloadError("Failed to download the following files:\nx.jpg")
+
+    monkeypatch.setattr(gdown, "download_folder", listing_refused)
+    with pytest.raises(FetchError, match=r"^gdrive: Google Drive refused folder ID .*Failed to download the following"):
+        fetch.gdown_folder("ID", tmp_path)
+
+    def timeout(**kw):
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+    monkeypatch.setattr(gdown, "download_folder", timeout)
+    with pytest.raises(FetchError, match=r"^gdrive: the download of folder ID broke off \(ReadTimeout\); run the stage"):
         fetch.gdown_folder("ID", tmp_path)
 
 

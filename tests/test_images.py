@@ -3,7 +3,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from melanoma.data.images import ImageRejected, decode_image
 from tests.conftest import jpeg_bytes, lesion_image
@@ -47,9 +47,24 @@ def test_modes_become_rgb(tmp_path, mode):
 
 
 def test_rgba_transparency_composited_on_white(tmp_path):
-    im = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
-    n = decode_image(write(tmp_path, "t.png", save(im, "PNG")), 1024)
-    assert np.asarray(decoded(n)).min() >= 250  # white, up to JPEG rounding
+    im = lesion_image(5, (64, 64)).convert("RGBA")
+    alpha = np.full((64, 64), 255, np.uint8)
+    alpha[:, :32] = 0  # the left half transparent
+    im.putalpha(Image.fromarray(alpha))
+    px = np.asarray(decoded(decode_image(write(tmp_path, "t.png", save(im, "PNG")), 1024))).astype(int)
+    assert px[:, :24].min() >= 245  # white, up to JPEG rounding
+    assert px[:, 40:].mean() < 200  # the opaque half keeps the lesion
+
+
+@pytest.mark.parametrize("kind", ["1-bit", "jpeg", "blurred", "blank"])
+def test_masks_and_blank_images_are_refused_by_content(tmp_path, kind):
+    a = np.zeros((600, 800), np.uint8)  # masks come at the photograph's size
+    a[150:450, 200:600] = 255
+    im = {"1-bit": Image.fromarray(a > 0), "jpeg": Image.fromarray(a), "blank": Image.new("RGB", (64, 64)),
+          "blurred": Image.fromarray(a).filter(ImageFilter.GaussianBlur(3))}[kind]
+    data = jpeg_bytes(im.convert("RGB"), quality=75) if kind == "jpeg" else save(im, "PNG")
+    with pytest.raises(ImageRejected, match="two-colour or blank image"):
+        decode_image(write(tmp_path, f"m_{kind}.png", data), 1024)
 
 
 def test_sixteen_bit_png_scaled_to_eight_bits(tmp_path):
@@ -63,7 +78,7 @@ def test_sixteen_bit_png_scaled_to_eight_bits(tmp_path):
 
 
 def test_huge_image_downscaled(tmp_path):
-    im = Image.new("RGB", (6000, 4000), (120, 80, 60))
+    im = lesion_image(4, (6000, 4000))
     n = decode_image(write(tmp_path, "big.jpg", jpeg_bytes(im, quality=50)), max_side=1024)
     assert (n.orig_width, n.orig_height) == (6000, 4000)
     assert (n.width, n.height) == (1024, 683)

@@ -31,7 +31,7 @@ def test_misspelt_choice_names_key_and_choices(tree):
     (("data", "demo", "n_benign"), "many", "data.demo.n_benign is 'many' (str); it must be an integer"),
     (("data", "demo", "n_benign"), 0, "data.demo.n_benign is 0; it must be an integer in [1, 1000000]"),
     (("data", "demo", "n_benign"), True, "data.demo.n_benign is True (bool)"),
-    (("split", "val_fraction"), 0.9, "split.val_fraction is 0.9; it must be a number in [0.0, 0.5]"),
+    (("split", "val_fraction"), 0.9, "split.val_fraction is 0.9; it must be a number in [0.01, 0.5]"),
     (("data", "max_side"), None, "data.max_side is null"),
     (("data", "label_map"), {"nevus": "harmless"}, "data.label_map.nevus is 'harmless'"),
 ])
@@ -84,7 +84,7 @@ def test_study_profile_switches_params_and_keeps_comments(tmp_path):
     assert "classifiers.models.Swin.kwargs" in changed and "split.seed" not in changed
     assert p["split"] == load_params(ROOT / "params.yaml")["split"]  # what the profile does not name stays
     text = params.read_text()
-    assert "# 16x16 grayscale thumbnails correlating at least this much are one group" in text  # comments survive,
+    assert "# 16x16 grayscale thumbnails correlating at least this much, in any of the 8" in text  # comments survive,
     assert "# demo: half the time of 16" not in text  # but not beside a value the profile changed: that gets
     assert re.search(r"\n  source: gdrive +# the original study's ISIC folder", text)  # the profile's comment,
     assert re.search(r"\n  image_size: 224 +# profile: study\n", text)  # or the profile's name

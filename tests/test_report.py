@@ -31,10 +31,20 @@ def project(tmp_path_factory) -> Path:
     (root / "data/splits").mkdir(parents=True)
     (root / "data/splits/split_report.json").write_text(json.dumps(
         {"counts": {"train": {"benign": 24, "malignant": 12}, "val": {"benign": 8, "malignant": 8},
-                    "test": {"benign": 10, "malignant": 6}}, "images": 68, "groups": 68}))
+                    "test": {"benign": 10, "malignant": 6}}, "images": 70, "groups": 68,
+         "grouping_keys": ["md5", "near_duplicate", "patient_id"], "merges": {"md5": 0, "patient_id": 1},
+         "conflicting_labels": {"policy": "drop", "groups": 1, "images_dropped": 2, "listing": []}}))
+    (root / "data/raw").mkdir(parents=True)
+    (root / "data/raw/dataset_card.json").write_text(json.dumps(
+        {"format": "isic2019", "label_mapping": [
+            {"diagnosis": "melanoma", "label": "malignant", "listed": 18, "stored": 18},
+            {"diagnosis": "basal_cell_carcinoma", "label": "reject", "listed": 3, "stored": 0}],
+         "rejected": {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 3},
+         "skipped": {"licence, attribution or readme file": 2},
+         "metadata": {"age": 70, "sex": 70, "site": 0, "lesion_id": 0, "patient_id": 70}}))
     (root / "data/datasets/Original/stats.json").write_text(json.dumps({"image_size": 16}))
     build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic", root / "data/datasets",
-                 root / "data/splits")
+                 root / "data/splits", root / "data/raw")
     return root
 
 
@@ -96,6 +106,14 @@ def test_report_page_is_self_contained(project):
     assert 'id="grid"' in page and page.count("<tr>") >= 4 + 2
     assert page.count("<td>external_test</td>") == 4 + 2  # every cell and both baselines on the external set
     assert "src='data:image/png;base64," in page and "src='http" not in page and 'src="http' not in page
+
+
+def test_report_says_what_data_went_in(project):
+    page = (project / "results/report.html").read_text()
+    assert "<h3>Source: isic2019</h3>" in page and 'id="label_mapping"' in page
+    assert "<td>basal_cell_carcinoma</td><td>reject</td><td>3</td><td>0</td>" in page
+    assert "excluded by data.label_map</td><td>3</td>" in page
+    assert "Grouping keys: md5, near_duplicate, patient_id" in page and "2 images in 1 images or lesions" in page
 
 
 def _chromium() -> str | None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma.data.fetch import from_demo, from_folder, write_raw
+from melanoma.data.fetch import from_demo, write_raw
+from melanoma.data.releases import read_folder
 from melanoma.data.split import SplitError, assign, near_duplicate_pairs, split
 from melanoma.io import read_csv
 from tests.conftest import make_class_folders
@@ -43,7 +44,7 @@ def test_stratified_counts_and_report(tmp_path):
 def test_same_lesion_never_spans_two_splits(tmp_path):
     raw = raw_from(from_demo(DEMO), tmp_path)
     rep = split(raw, tmp_path / "splits", 0, 0.2, 0.2, 0.993)
-    assert rep["lesion_links"] > 0
+    assert rep["merges"]["lesion_id"] > 0
     where = split_of(tables(tmp_path / "splits"))
     by_lesion = {}
     for r in read_csv(raw / "manifest.csv"):
@@ -57,13 +58,13 @@ def test_duplicate_pairs_land_in_the_same_split(tmp_path, label_map):
     (root / "benign" / "copy_of_0.jpg").write_bytes((root / "benign" / "img_0.jpg").read_bytes())
     im = Image.open(root / "malignant" / "img_3.jpg")
     im.resize((32, 24)).save(root / "malignant" / "small_3.jpg", quality=60)
-    raw = raw_from(from_folder(root, label_map), tmp_path)
+    raw = raw_from(read_folder(root, label_map), tmp_path)
     for seed in range(5):  # whatever the seed, pairs stay together
         rep = split(raw, tmp_path / f"s{seed}", seed, 0.3, 0.3, 0.993)
         where = split_of(tables(tmp_path / f"s{seed}"))
         assert where["benign__copy_of_0"] == where["benign__img_0"]
         assert where["malignant__small_3"] == where["malignant__img_3"]
-        assert rep["exact_duplicates"] == 1 and rep["near_duplicates"] == 1
+        assert rep["merges"]["md5"] == 1 and rep["merges"]["near_duplicate"] == 1
         assert rep["groups_merged"] == 2
 
 
@@ -91,7 +92,7 @@ def test_external_test_kept_apart_and_overlaps_dropped(tmp_path, label_map):
     make_class_folders(tmp_path / "src" / "test", 3, 3, seed=500)
     leak = tmp_path / "src" / "train" / "benign" / "leak.jpg"
     leak.write_bytes((tmp_path / "src" / "test" / "benign" / "img_1.jpg").read_bytes())
-    raw = raw_from(from_folder(tmp_path / "src", label_map), tmp_path)
+    raw = raw_from(read_folder(tmp_path / "src", label_map), tmp_path)
     rep = split(raw, tmp_path / "splits", 0, 0.2, 0.2, 0.993)
     ext = read_csv(tmp_path / "splits" / "external_test.csv")
     assert len(ext) == 6 and rep["external_test"] == {"benign": 3, "malignant": 3}
@@ -100,7 +101,7 @@ def test_external_test_kept_apart_and_overlaps_dropped(tmp_path, label_map):
 
 
 def test_too_few_images_for_a_split_is_a_clear_error(tmp_path, label_map):
-    raw = raw_from(from_folder(make_class_folders(tmp_path / "src", 5, 1), label_map), tmp_path)
+    raw = raw_from(read_folder(make_class_folders(tmp_path / "src", 5, 1), label_map), tmp_path)
     with pytest.raises(SplitError, match="split 'val' would have no malignant images"):
         split(raw, tmp_path / "splits", 0, 0.2, 0.2, 0.993)
     assert not (tmp_path / "splits").exists()

@@ -2,25 +2,28 @@
 
 Sources (params `data.source`):
   demo      the procedural simulator (melanoma.data.demo): needs nothing from outside;
-  local     a folder: class subfolders (benign/, malignant/, or names mapped by data.label_map), optionally under
-            train/ and test/ parents (test/ becomes the external test set), or images plus one CSV
-            (ISIC-archive metadata.csv or an ISIC 2016 ground-truth CSV);
-  isic_csv  the same CSV layouts with the images folder and the CSV named explicitly;
+  local     a folder as downloaded: class folders or a public release (ISIC 2016-2020, HAM10000, PH2, ISIC
+            Archive / isic-cli exports), read by melanoma.data.releases (`data.format`: auto or the release);
+  isic_csv  images plus one label table, both named explicitly;
   gdrive    the study's Google Drive folder, downloaded with gdown, archives unpacked safely, then read as `local`.
 
-Every file found is either written to data/raw or listed in rejected.csv with a reason; the stage fails when
-more than `data.max_reject_fraction` of them are rejected.
+Every file found is written to data/raw, listed in rejected.csv with a reason (unreadable, unlabelled, excluded
+diagnosis: the stage fails when more than `data.max_reject_fraction` of the files are rejected), or listed in
+skipped.csv (known non-lesion files: masks, licences, macOS metadata; never counted against that fraction).
+dataset_card.json says what was read: the format, the label mapping per diagnosis, rejects and skips by reason,
+and the metadata columns available.
 """
 from __future__ import annotations
 
-import csv
+import json
 import os
 import tarfile
 import time
 import zipfile
+import zlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -28,61 +31,16 @@ import numpy as np
 from tqdm import tqdm
 
 from melanoma.data import demo
-from melanoma.data.images import ImageRejected, Decoded, encode_png, md5_bytes, decode_image
-from melanoma.errors import MelanomaError
+from melanoma.data.images import IMAGE_SUFFIXES, ImageRejected, Decoded, encode_png, md5_bytes, decode_image
+from melanoma.data.releases import (PARENTS, UNPACKED, Candidate, FetchError, Offer, files_under, map_label,
+                                    read_csv_source, read_folder, top_reasons)
 from melanoma.io import atomic_dir, write_csv
 from melanoma.params import LABELS
-from melanoma.paths import THUMBNAILS
+from melanoma.paths import CARD, THUMBNAILS
 
-MANIFEST_COLUMNS = ["id", "path", "label", "md5", "orig_width", "orig_height", "width", "height",
-                    "source", "subset", "lesion_id", "origin"]
+MANIFEST_COLUMNS = ["id", "path", "label", "diagnosis", "md5", "orig_width", "orig_height", "width", "height",
+                    "source", "subset", "lesion_id", "patient_id", "origin"]
 SUBSETS = ("main", "external_test")
-
-
-class FetchError(MelanomaError):
-    """The source cannot be read as asked; the message says what to change."""
-
-
-@dataclass
-class Candidate:
-    """One image the source offers, before decoding."""
-
-    id: str
-    label: str
-    source: str
-    origin: str  # where it came from: a path relative to the source root, or the demo spec
-    file: Path | None = None
-    spec: demo.DemoSpec | None = None
-    subset: str = "main"
-    lesion_id: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Offer:
-    """What a source yields: candidates to decode, and files it already refused (with reasons)."""
-
-    candidates: list[Candidate] = field(default_factory=list)
-    rejects: list[tuple[str, str]] = field(default_factory=list)
-
-    def extend(self, other: "Offer") -> None:
-        self.candidates += other.candidates
-        self.rejects += other.rejects
-
-
-# ---------------------------------------------------------------- labels
-
-def map_label(value: str, label_map: dict[str, str]) -> tuple[str | None, str]:
-    """(label, "") or (None, reason). benign/malignant map to themselves; everything else goes via label_map."""
-    v = value.strip().lower().replace(" ", "_")
-    if v in LABELS:
-        return v, ""
-    target = {k.lower(): t for k, t in label_map.items()}.get(v)
-    if target == "reject":
-        return None, f"diagnosis '{v}' is excluded by data.label_map"
-    if target is None:
-        return None, f"unknown diagnosis '{v}' (add it to data.label_map as benign, malignant or reject)"
-    return target, ""
 
 
 # ---------------------------------------------------------------- sources
@@ -90,149 +48,14 @@ def map_label(value: str, label_map: dict[str, str]) -> tuple[str | None, str]:
 def from_demo(cfg: dict[str, Any]) -> Offer:
     specs = demo.plan(cfg["seed"], cfg["n_benign"], cfg["n_malignant"], cfg["image_size"],
                       cfg["label_noise"], cfg["repeat_fraction"])
-    offer = Offer()
+    offer = Offer(format="demo")
     for k, s in enumerate(specs):
+        offer.diagnoses[("simulated", s.label)] += 1
         offer.candidates.append(Candidate(
             id=f"demo_{k:06d}", label=s.label, source="demo", origin=f"demo:{s.seed}:{s.drawn_as}:{s.index}",
-            spec=s, lesion_id=s.lesion_id,
+            spec=s, lesion_id=s.lesion_id, diagnosis="simulated",
             metadata={"drawn_as": s.drawn_as, "label_swapped": str(s.label != s.drawn_as).lower()}))
     return offer
-
-
-def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def from_class_folders(root: Path, label_map: dict[str, str], subset: str, source: str,
-                       base: Path | None = None) -> Offer:
-    """root/<class>/**/file: each subfolder must name a class (directly or via label_map)."""
-    base = base or root
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise FetchError(f"{root} has no class subfolders; expected benign/ and malignant/ "
-                         "(or folders named by data.label_map)")
-    offer = Offer()
-    per_label: Counter[str] = Counter()
-    for folder in folders:
-        label, why = map_label(folder.name, label_map)
-        if label is None and "excluded" not in why:
-            raise FetchError(f"{folder}: folder name is not a class: {why}")
-        files = _files_under(folder)
-        if not files:
-            raise FetchError(f"class folder {folder} is empty; put its images there or remove the folder")
-        for f in files:
-            rel = f.relative_to(base).as_posix()
-            if label is None:
-                offer.rejects.append((rel, why))
-                continue
-            per_label[label] += 1
-            offer.candidates.append(Candidate(
-                id=rel.rsplit(".", 1)[0].replace("/", "__"), label=label, source=source,
-                origin=rel, file=f, subset=subset, metadata={"folder": folder.name}))
-    missing = [c for c in LABELS if per_label[c] == 0]
-    if missing:
-        raise FetchError(f"{root}: no {' or '.join(missing)} images; each class needs at least one "
-                         f"(found folders: {', '.join(p.name for p in folders)})")
-    return offer
-
-
-def _read_csv_labels(csv_path: Path) -> tuple[list[dict[str, str]], str]:
-    """Rows of an ISIC-archive metadata CSV (header with isic_id) or an ISIC 2016 ground truth (no header)."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
-        raise FetchError(f"{csv_path} is empty")
-    head = [c.strip() for c in rows[0]]
-    if "isic_id" in head:
-        if not {"diagnosis", "benign_malignant"} & set(head):
-            raise FetchError(f"{csv_path}: needs a 'diagnosis' or 'benign_malignant' column (has: {', '.join(head)})")
-        return [dict(zip(head, (c.strip() for c in r))) for r in rows[1:]], "archive"
-    if head and head[0].upper().startswith("ISIC_") and len(head) >= 2:
-        out = []
-        for r in rows:
-            v = r[1].strip()
-            try:  # 2016 ground truth: 0.0 benign, 1.0 malignant
-                v = {0.0: "benign", 1.0: "malignant"}.get(float(v), v)
-            except ValueError:
-                pass
-            out.append({"isic_id": r[0].strip(), "ground_truth": v})
-        return out, "isic2016"
-    raise FetchError(f"{csv_path}: not an ISIC metadata CSV (header with isic_id, diagnosis, benign_malignant) "
-                     "nor an ISIC 2016 ground truth (ISIC_0000000,benign or ISIC_0000000,0.0 without header)")
-
-
-def _row_label(row: dict[str, str], label_map: dict[str, str]) -> tuple[str | None, str]:
-    if "ground_truth" in row:
-        return map_label(row["ground_truth"], label_map)
-    diag, bm = row.get("diagnosis", ""), row.get("benign_malignant", "").strip().lower()
-    if diag:
-        label, why = map_label(diag, label_map)
-        if label and bm in LABELS and bm != label:
-            return None, f"conflicting labels: diagnosis '{diag}' -> {label} but benign_malignant is '{bm}'"
-        return label, why
-    if bm in LABELS:
-        return bm, ""
-    return None, f"no diagnosis and benign_malignant is '{bm or 'empty'}'"
-
-
-def from_csv(images: Path, csv_path: Path, label_map: dict[str, str], source: str) -> Offer:
-    """Images named by ISIC id (anywhere under `images`) labelled by a CSV."""
-    if not images.is_dir():
-        raise FetchError(f"images folder {images} does not exist")
-    rows, kind = _read_csv_labels(csv_path)
-    by_stem: dict[str, list[Path]] = {}
-    for f in _files_under(images):
-        if f.resolve() != csv_path.resolve():
-            by_stem.setdefault(f.stem, []).append(f)
-    offer, used = Offer(), set()
-    for row in rows:
-        iid = row["isic_id"]
-        files = by_stem.get(iid, [])
-        label, why = _row_label(row, label_map)
-        if not files:
-            offer.rejects.append((iid, f"listed in {csv_path.name} but no image file named {iid}.* found"))
-            continue
-        used.update(files)
-        rel = files[0].relative_to(images).as_posix()
-        for extra in files[1:]:
-            offer.rejects.append((extra.relative_to(images).as_posix(), f"second file for {iid}; kept {rel}"))
-        if label is None:
-            offer.rejects.append((rel, why))
-            continue
-        meta = {k: v for k, v in row.items() if k not in ("isic_id", "lesion_id")}
-        offer.candidates.append(Candidate(id=iid, label=label, source=source, origin=rel, file=files[0],
-                                          lesion_id=row.get("lesion_id", ""), metadata=meta))
-    for stem, files in sorted(by_stem.items()):
-        for f in files:
-            if f not in used:
-                offer.rejects.append((f.relative_to(images).as_posix(), f"not listed in {csv_path.name}"))
-    if not offer.candidates:
-        raise FetchError(f"{csv_path} ({kind} format) labelled no usable image under {images}")
-    return offer
-
-
-def from_folder(root: Path, label_map: dict[str, str], source: str = "local") -> Offer:
-    """Detect the layout of a local folder and read it."""
-    if not root.is_dir():
-        raise FetchError(f"data.local.path: folder {root} does not exist; point it at a folder with "
-                         "benign/ and malignant/ subfolders, or images plus an ISIC metadata.csv")
-    csvs = sorted(p for p in root.glob("*.csv"))
-    if len(csvs) > 1:
-        raise FetchError(f"{root} has several CSV files ({', '.join(p.name for p in csvs)}); use "
-                         "data.source=isic_csv with data.isic_csv.csv naming the one with the labels")
-    if csvs:
-        return from_csv(root, csvs[0], label_map, source)
-    parts = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    if parts and set(parts) <= {"train", "test"}:
-        offer = Offer()
-        for name, subset in (("train", "main"), ("test", "external_test")):
-            if name in parts:
-                offer.extend(from_class_folders(parts[name], label_map, subset, source, base=root))
-        if "train" not in parts:
-            raise FetchError(f"{root} has test/ but no train/ folder")
-        return offer
-    return from_class_folders(root, label_map, "main", source)
 
 
 # ---------------------------------------------------------------- gdrive
@@ -264,38 +87,76 @@ def safe_extract(archive: Path, dest: Path) -> None:
         raise FetchError(f"{archive}: not a readable zip or tar archive")
 
 
-_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
-def unpack_archives(folder: Path) -> None:
-    """Extract every archive in a downloaded folder next to it (once: a finished extraction leaves a marker)."""
-    for archive in sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(_ARCHIVE_SUFFIXES)):
-        stem = archive.name
-        for suf in _ARCHIVE_SUFFIXES:
-            if stem.lower().endswith(suf):
-                stem = stem[: -len(suf)]
-                break
-        dest = archive.parent / stem
-        marker = archive.parent / f".{archive.name}.extracted"
-        if marker.exists():
-            continue
-        with atomic_dir(dest) as tmp:
-            safe_extract(archive, tmp)
-        marker.touch()
+def _archives(folder: Path) -> list[Path]:
+    return [f for f in files_under(folder) if f.name.lower().endswith(UNPACKED)
+            and not (f.parent / f".{f.name}.extracted").exists()]
 
 
-def find_dataset_root(folder: Path) -> Path:
-    """The shallowest folder under `folder` that looks like a dataset (class folders, train/test or a CSV)."""
-    queue = [folder]
-    while queue:
-        d = queue.pop(0)
-        subdirs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-        names = {p.name.lower() for p in subdirs}
-        if list(d.glob("*.csv")) or set(LABELS) <= names or (names and names <= {"train", "test"}):
-            return d
-        queue.extend(subdirs)
-    raise FetchError(f"no dataset found under {folder}: expected benign/ and malignant/ folders, "
-                     "train/ and test/ folders, or images with an ISIC metadata CSV")
+def unpack_archives(folder: Path, levels: int = 3) -> None:
+    """Extract every archive in a downloaded folder next to it (`x.zip` -> `x/`), archives found inside those too
+    (up to `levels` deep); each once: a finished extraction leaves a marker. Never replaces a folder it did not
+    make: raises FetchError when an archive's folder name is taken by a folder downloaded beside it."""
+    for _ in range(levels):
+        todo = _archives(folder)
+        for archive in todo:
+            stem = archive.name
+            for suf in UNPACKED:
+                if stem.lower().endswith(suf):
+                    stem = stem[: -len(suf)]
+                    break
+            dest = archive.parent / stem
+            if dest.exists():
+                raise FetchError(f"{archive} would unpack into {dest}, a folder downloaded beside it; keep one of "
+                                 f"the two in the Drive folder, or delete {dest} here")
+            try:
+                with atomic_dir(dest) as tmp:
+                    safe_extract(archive, tmp)
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError, OSError, zlib.error) as e:
+                raise FetchError(f"{archive}: cannot unpack ({type(e).__name__}: {e}); download it again, or "
+                                 "unpack it yourself and use data.source=local") from None
+            (archive.parent / f".{archive.name}.extracted").touch()
+        if not todo:
+            return
+
+
+def _visible(f: Path, base: Path) -> bool:
+    return not any(p.startswith(".") or p.lower() == "__macosx" for p in f.relative_to(base).parts)
+
+
+def _class_labels(d: Path, label_map: dict[str, str]) -> set[str]:
+    """The labels d's subfolders name, directly or through data.label_map."""
+    return {map_label(p.name, label_map)[0] for p in d.iterdir() if p.is_dir()} - {None}
+
+
+def find_dataset_root(folder: Path, label_map: dict[str, str]) -> Path:
+    """Where a download's dataset starts. With tables (CSV, PH2_dataset.txt): the deepest folder holding every
+    table and every image (a release unpacked from several zips, one folder each, starts at the download folder).
+    Without: the shallowest folder whose subfolders name both classes (benign/, malignant/ or data.label_map
+    names) or are train/ and test/ parents. Raises FetchError when nothing, or several separate folders, qualify."""
+    files = [f for f in files_under(folder) if _visible(f, folder)]
+    tables = [f for f in files if f.suffix.lower() == ".csv" or f.name.lower() == "ph2_dataset.txt"]
+    if tables:
+        images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+        return Path(os.path.commonpath([str(f.parent) for f in tables + images]))
+    dirs = sorted({folder} | {a for f in files for a in f.parents if a.is_relative_to(folder)},
+                  key=lambda d: (len(d.parts), str(d)))
+    found = []
+    for d in dirs:
+        names = {p.name.lower() for p in d.iterdir() if p.is_dir()}
+        if not any(d.is_relative_to(r) for r in found) and (
+                _class_labels(d, label_map) == set(LABELS) or (names and names <= set(PARENTS) and "train" in names)):
+            found.append(d)
+    if len(found) > 1:
+        raise FetchError(f"{folder} holds {len(found)} separate datasets ("
+                         + ", ".join(str(d.relative_to(folder)) for d in found[:4])
+                         + "); put their class folders under one folder, or download one of them")
+    if not found:
+        raise FetchError(f"no dataset found under {folder}: expected class folders (benign/ and malignant/, or "
+                         "names in data.label_map), train/ and test/ folders, or a release's tables with its "
+                         "images (see the README)")
+    return found[0]
 
 
 def gdown_folder(folder_id: str, dest: Path) -> None:
@@ -308,19 +169,25 @@ def gdown_folder(folder_id: str, dest: Path) -> None:
         gdown.download_folder(id=folder_id, output=str(dest), quiet=False, use_cookies=False, resume=True)
     except requests.exceptions.ConnectionError:
         raise FetchError(f"gdrive: no network: cannot reach Google Drive for folder {folder_id}; {hint}") from None
-    except gdown.exceptions.FileURLRetrievalError as e:
+    except requests.exceptions.RequestException as e:  # timeouts, broken transfers
+        raise FetchError(f"gdrive: the download of folder {folder_id} broke off ({type(e).__name__}); run the "
+                         f"stage again to resume, or {hint}") from None
+    except gdown.exceptions.DownloadError as e:  # FileURLRetrievalError and the folder listing's own refusals
         first = str(e).strip().splitlines()[0] if str(e).strip() else "access refused"
         raise FetchError(f"gdrive: Google Drive refused folder {folder_id} (not shared publicly, or quota "
                          f"exceeded): {first}; {hint}") from None
 
 
-def from_gdrive(cfg: dict[str, Any], label_map: dict[str, str],
+def from_gdrive(cfg: dict[str, Any], label_map: dict[str, str], fmt: str = "auto",
                 download: Callable[[str, Path], None] = gdown_folder) -> Offer:
     dest = Path(cfg["download_dir"])
+    if Path.cwd().resolve().is_relative_to(dest.resolve()):
+        raise FetchError(f"data.gdrive.download_dir: '{cfg['download_dir']}' is the project folder or above it; "
+                         "archives there would be unpacked too: name a folder of its own (data/download/gdrive)")
     dest.mkdir(parents=True, exist_ok=True)
     download(cfg["folder_id"], dest)
     unpack_archives(dest)
-    return from_folder(find_dataset_root(dest), label_map, source="gdrive")
+    return read_folder(find_dataset_root(dest, label_map), label_map, fmt, source="gdrive")
 
 
 def collect(data: dict[str, Any]) -> Offer:
@@ -329,13 +196,11 @@ def collect(data: dict[str, Any]) -> Offer:
     if src == "demo":
         return from_demo(data["demo"])
     if src == "local":
-        return from_folder(Path(data["local"]["path"]), label_map)
+        return read_folder(Path(data["local"]["path"]), label_map, data["format"])
     if src == "isic_csv":
-        images, csv_path = Path(data["isic_csv"]["images"]), Path(data["isic_csv"]["csv"])
-        if not csv_path.is_file():
-            raise FetchError(f"data.isic_csv.csv: {csv_path} does not exist")
-        return from_csv(images, csv_path, label_map, source="isic_csv")
-    return from_gdrive(data["gdrive"], label_map)
+        return read_csv_source(Path(data["isic_csv"]["images"]), Path(data["isic_csv"]["csv"]), label_map,
+                               source="isic_csv")
+    return from_gdrive(data["gdrive"], label_map, data["format"])
 
 
 # ---------------------------------------------------------------- writing data/raw
@@ -356,16 +221,41 @@ class FetchSummary:
     rejected: int
     total: int
     seconds: float
+    skipped: int = 0
+    format: str = ""
 
     def line(self, source: str, out: Path) -> str:
         parts = ", ".join(f"{n} {subset}/{label}" for (subset, label), n in sorted(self.counts.items()))
-        return (f"fetch: {sum(self.counts.values())} images ({parts}) from {source}, {self.rejected} rejected "
-                f"of {self.total} -> {out}/manifest.csv [{self.seconds:.1f} s]")
+        return (f"fetch: {sum(self.counts.values())} images ({parts}) from {source} ({self.format}), "
+                f"{self.rejected} rejected of {self.total}, {self.skipped} non-lesion files skipped "
+                f"-> {out}/manifest.csv, {CARD} [{self.seconds:.1f} s]")
+
+
+CARD_METADATA = ("age", "sex", "site")  # metadata a reviewer asks about first (besides lesion and patient ids)
+
+
+def dataset_card(offer: Offer, rows: list[dict[str, Any]], rejects: list[tuple[str, str]]) -> dict[str, Any]:
+    """What fetch read, for a reviewer: format, tables, label mapping per diagnosis, rejects and skips by reason,
+    and how many stored images carry each metadata column."""
+    stored = Counter((r["diagnosis"], r["label"]) for r in rows)
+    return {
+        "format": offer.format,
+        "tables": offer.tables,
+        "images": {s: {c: sum(r["subset"] == s and r["label"] == c for r in rows) for c in LABELS}
+                   for s in SUBSETS if any(r["subset"] == s for r in rows)},
+        "label_mapping": [{"diagnosis": d, "label": lab, "listed": n, "stored": stored[(d, lab)]}
+                          for (d, lab), n in sorted(offer.diagnoses.items())],
+        "rejected": dict(Counter(r for _, r in rejects).most_common()),
+        "skipped": dict(Counter(r for _, r in offer.skipped).most_common()),
+        "metadata": {k: sum(bool(r.get(f"meta_{k}") if k in CARD_METADATA else r.get(k)) for r in rows)
+                     for k in CARD_METADATA + ("lesion_id", "patient_id")},
+    }
 
 
 def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float,
               workers: int | None = None) -> FetchSummary:
-    """Decode every candidate (in parallel), write images + manifest.csv + rejected.csv atomically."""
+    """Decode every candidate (in parallel); write images, manifest.csv, rejected.csv, skipped.csv and
+    dataset_card.json atomically. Raises FetchError when too many files are rejected or a class is empty."""
     t0 = time.perf_counter()
     seen: dict[str, str] = {}
     for c in offer.candidates:
@@ -390,29 +280,31 @@ def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float
                 (tmp / rel).write_bytes(res.data)
                 thumbs[cand.id] = res.thumb
                 rows.append({
-                    "id": cand.id, "path": rel.as_posix(), "label": cand.label, "md5": md5_bytes(res.data),
-                    "orig_width": res.orig_width, "orig_height": res.orig_height,
+                    "id": cand.id, "path": rel.as_posix(), "label": cand.label, "diagnosis": cand.diagnosis,
+                    "md5": md5_bytes(res.data), "orig_width": res.orig_width, "orig_height": res.orig_height,
                     "width": res.width, "height": res.height, "source": cand.source, "subset": cand.subset,
-                    "lesion_id": cand.lesion_id, "origin": cand.origin,
+                    "lesion_id": cand.lesion_id, "patient_id": cand.patient_id, "origin": cand.origin,
                     **{f"meta_{k}": cand.metadata.get(k, "") for k in meta_keys},
                 })
         total = len(rows) + len(rejects)
         if total and len(rejects) / total > max_reject_fraction:
-            reasons = Counter(r for _, r in rejects).most_common(5)
             raise FetchError(
                 f"{len(rejects)} of {total} files rejected ({len(rejects) / total:.1%} > data.max_reject_fraction="
-                f"{max_reject_fraction}); most common reasons: "
-                + "; ".join(f"{n}x {r}" for r, n in reasons)
-                + ". Fix the files, map the diagnoses in data.label_map, or raise data.max_reject_fraction.")
+                f"{max_reject_fraction}); most common reasons: {top_reasons(rejects)}. Fix the files, map the "
+                "diagnoses in data.label_map, or raise data.max_reject_fraction.")
         for c in LABELS:
             if not any(r["label"] == c and r["subset"] == "main" for r in rows):
-                raise FetchError(f"no usable {c} image in the source after rejects; each class needs at least one")
+                raise FetchError(f"no usable {c} image in the source after rejects; each class needs at least one"
+                                 + (f"; most common reasons: {top_reasons(rejects)}" if rejects else ""))
         rows.sort(key=lambda r: (r["subset"] != "main", r["id"]))
         write_csv(tmp / "manifest.csv", rows, MANIFEST_COLUMNS + [f"meta_{k}" for k in meta_keys])
         np.save(tmp / THUMBNAILS, np.stack([thumbs[r["id"]] for r in rows]))  # .npy: byte-deterministic
         write_csv(tmp / "rejected.csv", [{"file": f, "reason": r} for f, r in sorted(rejects)], ["file", "reason"])
+        write_csv(tmp / "skipped.csv", [{"file": f, "reason": r} for f, r in sorted(offer.skipped)],
+                  ["file", "reason"])
+        (tmp / CARD).write_text(json.dumps(dataset_card(offer, rows, rejects), indent=2) + "\n")
     counts = Counter((r["subset"], r["label"]) for r in rows)
-    return FetchSummary(counts, len(rejects), total, time.perf_counter() - t0)
+    return FetchSummary(counts, len(rejects), total, time.perf_counter() - t0, len(offer.skipped), offer.format)
 
 
 class _Inline:

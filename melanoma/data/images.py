@@ -76,6 +76,20 @@ def thumbnail(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("L").resize((THUMB, THUMB), Image.BOX), dtype=np.uint8)
 
 
+def looks_like_mask(rgb: Image.Image, dominant: float = 0.93) -> bool:
+    """True when two colours cover at least `dominant` of the image: a segmentation mask (1-bit, grey, coloured,
+    palette, JPEG-compressed or blurred), an attribute map or a blank page.
+
+    Measured on a 256x256 box reduction with channels quantised to 32 levels: real dermoscopy covers at most 0.50
+    (ISIC sample, 324 images; 0.85 with every image brightened by 1.4x until the skin clips to white), an 800x600
+    mask blurred by a 5 px Gaussian 0.95, masks without blur or JPEG-compressed 1.0.
+    """
+    a = np.asarray(rgb.resize((256, 256), Image.BOX)) >> 3
+    codes = (a[..., 0].astype(np.int32) << 10) | (a[..., 1].astype(np.int32) << 5) | a[..., 2]
+    counts = np.bincount(codes.ravel(), minlength=1 << 15)
+    return float(np.sort(counts)[-2:].sum()) / codes.size >= dominant
+
+
 def decode_image(path: Path, max_side: int) -> Decoded:
     """Decode `path` fully; return upright 8-bit RGB bytes no larger than `max_side`, or raise ImageRejected.
 
@@ -109,6 +123,8 @@ def decode_image(path: Path, max_side: int) -> Decoded:
         scale = max_side / max(rgb.size)
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.LANCZOS)
         changed = True
+    if looks_like_mask(rgb):
+        raise ImageRejected("two-colour or blank image (a segmentation mask?), not a dermoscopy photograph")
     if fmt in KEPT_AS_IS and im.mode == "RGB" and not changed:
         data, suffix = raw, KEPT_AS_IS[fmt]
     else:

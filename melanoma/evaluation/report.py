@@ -20,6 +20,7 @@ from melanoma.errors import MelanomaError
 from melanoma.evaluation.metrics import auroc, paired_auroc_difference, point_metrics
 from melanoma.io import read_csv, write_csv
 from melanoma.params import GENERATORS
+from melanoma.paths import CARD
 
 CI_METRICS = ("auroc", "balanced_accuracy", "sensitivity", "specificity")
 HELD_OUT = ("test", "external_test")  # what evaluate scores besides val; external_test where the source has one
@@ -202,7 +203,7 @@ def write_html(path: Path, ctx: dict[str, Any]) -> None:
              "was chosen on val and applied unchanged; [95 % stratified bootstrap CI]. Research use only, not a "
              "medical device.</p>",
              "<h2>Data and split</h2>", _table(ctx["split_rows"], ["split", "benign", "malignant"], "split"),
-             f"<p class='note'>{html.escape(ctx['split_note'])}</p>",
+             f"<p class='note'>{html.escape(ctx['split_note'])}</p>", *_data_section(ctx["card"], ctx["split"]),
              "<h2>The grid</h2>",
              _table(display, ["arch", "dataset", "split", "model", "auroc", "balanced_accuracy", "sensitivity",
                               "specificity", "auprc", "f1", "mcc", "brier", "ece", "threshold"], "grid"),
@@ -229,6 +230,28 @@ def write_html(path: Path, ctx: dict[str, Any]) -> None:
             f"<img title='{html.escape(t)}' alt='{html.escape(t)}' src='{u}'>" for t, u in images) + "</div>")
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
+
+
+def _data_section(card: dict[str, Any], sr: dict[str, Any]) -> list[str]:
+    """What a reviewer asks first: the source format, how each diagnosis was labelled, what was refused or
+    skipped and why, the grouping keys, and the metadata available (fetch's dataset_card.json, the split report)."""
+    def counts(d: dict[str, int], what: str) -> str:
+        return _table([{what: k, "files": v} for k, v in list(d.items())[:12]], [what, "files"]) if d else \
+            f"<p class='note'>none {html.escape(what.split()[0])}</p>"
+
+    c = sr["conflicting_labels"]
+    meta = ", ".join(f"{k} {v}" for k, v in card["metadata"].items())
+    return [f"<h3>Source: {html.escape(card['format'])}</h3>",
+            _table(card["label_mapping"], ["diagnosis", "label", "listed", "stored"], "label_mapping"),
+            "<p class='note'>Label mapping (data.label_map): images per original diagnosis, the label it became "
+            "(reject: excluded by the study's label map; unknown: not in the map), how many the source listed and "
+            "how many were stored after decoding.</p>",
+            "<h3>Rejected files by reason</h3>", counts(card["rejected"], "rejected reason"),
+            "<h3>Skipped non-lesion files by reason</h3>", counts(card["skipped"], "skipped reason"),
+            f"<p class='note'>Grouping keys: {html.escape(', '.join(sr['grouping_keys']))}; merges per key: "
+            f"{html.escape(', '.join(f'{k} {v}' for k, v in sr['merges'].items()))}. {c['images_dropped']} images "
+            f"in {c['groups']} images or lesions labelled both ways were {'dropped' if c['policy'] == 'drop' else 'refused'}"
+            f". Images carrying each metadata column: {html.escape(meta)}.</p>"]
 
 
 def _metrics_json(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -273,7 +296,7 @@ def _gradcam_section(evaluation: Path, cells: Iterable[tuple[str, str]]) -> dict
 
 
 def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthetic: Path, datasets_dir: Path,
-                 splits: Path) -> dict[str, Any]:
+                 splits: Path, raw: Path) -> dict[str, Any]:
     """Write grid.csv, metrics.json, report/ and report.html under `results`; returns {cells, comparisons}.
 
     Raises ReportError (a cell's evaluation missing) or MetricError.
@@ -309,8 +332,10 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
            "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),
            "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
            "split_rows": [{"split": s, **c} for s, c in sr["counts"].items()],
-           "split_note": f"{sr['images']} images in {sr['groups']} lesion groups (near duplicates and repeat photographs "
-                         f"of a lesion kept in one split); classifier input {stats['image_size']} px.",
+           "card": json.loads((raw / CARD).read_text()), "split": sr,
+           "split_note": f"{sr['images']} images in {sr['groups']} groups (duplicates, flipped or rotated copies, "
+                         f"photographs of one lesion and lesions of one patient kept in one split); classifier "
+                         f"input {stats['image_size']} px.",
            "profile": f"Data source: {params['data']['source']}; {len(archs)} architectures x {len(datasets)} datasets"}
     write_html(results / "report.html", ctx)
     return {"cells": len(cells), "comparisons": comps}
