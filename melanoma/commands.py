@@ -52,7 +52,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         arch = cell.split("_", 1)[0]
         packages[cell] = EXPORT / arch / cell
     for line in publish(packages, args.repo or params["publish"]["repo"], args.out, args.dry_run,
-                        params["publish"]["private"]):
+                        params["publish"]["private"], args.force):
         print(line)
     return 0
 
@@ -116,8 +116,8 @@ def parser() -> argparse.ArgumentParser:
         else:
             q.add_argument("--dest", type=Path, default=Path("models/classifiers"), help="root of the local layout")
             q.add_argument("--revision", help="a branch, tag or commit of the repos")
-            q.add_argument("--force", action="store_true", help="replace existing folders")
             q.set_defaults(run=cmd_download)
+        q.add_argument("--force", action="store_true", help="replace existing folders this command did not write")
     return ap
 
 

@@ -232,6 +232,21 @@ def test_publish_dry_run_then_download_from_the_cache_round_trip(project, isic_s
     assert t.stdout.strip() == "True", t.stderr
 
 
+def test_publish_never_replaces_a_folder_it_did_not_write(project):
+    cell = project / "models/classifiers/ResNet/ResNet_Original"  # a trained cell, pointed at by mistake
+    cell.mkdir(parents=True)
+    (cell / "model.safetensors").write_bytes(b"trained weights")
+    (cell / "live").mkdir()
+    r = run(project, "publish", "ResNet_Original", "--dry-run", "--out", "models/classifiers/ResNet")
+    assert "ResNet_Original exists and is not a Hub folder publish wrote (it holds live, model.safetensors); pass " \
+           "--force" in one_line_error(r)
+    assert (cell / "model.safetensors").read_bytes() == b"trained weights"
+    for _ in range(2):  # its own folders it rewrites freely
+        assert run(project, "publish", "ResNet_Original", "--dry-run", "--out", "hub2").returncode == 0
+    r = run(project, "publish", "ResNet_Original", "--dry-run", "--out", "models/classifiers/ResNet", "--force")
+    assert r.returncode == 0 and not (cell / "live").exists()
+
+
 def one_line_error(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()

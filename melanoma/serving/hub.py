@@ -255,8 +255,27 @@ def _network_errors() -> tuple[type[Exception], ...]:
     return (HfHubHTTPError, httpx2.HTTPError, OSError)  # OSError: offline mode, not in cache, no route
 
 
-def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, private: bool) -> list[str]:
-    """Assemble every cell's Hub folder under `out`; upload each unless `dry_run`. Returns one line per cell."""
+def _replaceable(folder: Path) -> bool:
+    """A folder `publish` may replace: absent, or one it wrote (only a package's files and its model card)."""
+    if not folder.exists():
+        return True
+    names = {f.name for f in folder.iterdir()}
+    return folder.is_dir() and CARD in names and names <= set(PACKAGE_FILES) | {CARD} and \
+        all((folder / n).is_file() for n in names)
+
+
+def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, private: bool,
+            force: bool = False) -> list[str]:
+    """Assemble every cell's Hub folder under `out`; upload each unless `dry_run`. Returns one line per cell.
+
+    Raises HubError before writing anything when an `out/<cell>` folder exists that publish did not write
+    (unless `force`): it never replaces a folder of someone else's files.
+    """
+    taken = [out / cell for cell in packages if not _replaceable(out / cell)]
+    if taken and not force:
+        raise HubError(f"{taken[0]} exists and is not a Hub folder publish wrote (it holds "
+                       f"{', '.join(sorted(f.name for f in taken[0].iterdir())[:4]) if taken[0].is_dir() else 'a file'}"
+                       "); pass --force to replace it, or --out another folder")
     plan = {cell: repo_id(template, cell) for cell in packages}
     token = None if dry_run else _token()
     lines = []
