@@ -328,6 +328,15 @@ def test_predict_matches_the_evaluation_and_writes_gradcam(cells, isic_sample, t
                 assert im.size[0] >= cfg["input_size"] and im.mode == "RGB"
 
 
+def test_predict_checks_the_gradcam_folder_before_scoring(cells, isic_sample, tmp_path, capsys):
+    files = sorted((isic_sample / "folder/benign").glob("*.jpg"))[:1]
+    (tmp_path / "a_file").write_text("not a folder")
+    assert cli(["predict", *map(str, files), "--model", str(cells["ResNet"]), "--gradcam",
+                str(tmp_path / "a_file" / "cams")]) == 2
+    err = capsys.readouterr().err
+    assert "--gradcam" in err and "cannot write there" in err and "Traceback" not in err
+
+
 def test_predict_needs_a_package_not_a_training_folder(cells, tmp_path, capsys):
     folder = tmp_path / "train_out"
     folder.mkdir()

@@ -6,6 +6,7 @@ in the test split. A file that cannot be read is reported with its reason, and t
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,23 @@ def expand(inputs: list[Path]) -> list[Path]:
     return out
 
 
+def writable_dir(folder: Path, what: str) -> None:
+    """Create `folder` if needed and check a file can be written in it; PackageError naming `what` otherwise.
+    Run before the work whose results would go there, so a bad path never costs the work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise PackageError(f"{what} {folder}: cannot write there ({e.strerror or e}); choose another folder") from None
+
+
 def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None) -> tuple[list[Prediction], dict[str, Any]]:
-    """Score `files` with the packaged model in `folder`; unreadable files come back with `error` set."""
+    """Score `files` with the packaged model in `folder`; unreadable files come back with `error` set.
+
+    Raises PackageError (damaged package, NaN/Inf outputs, an unwritable `gradcam_dir`: checked first)."""
+    if gradcam_dir is not None:
+        writable_dir(gradcam_dir, "--gradcam")
     model, cfg = load(folder)
     if "threshold" not in cfg:
         raise PackageError(f"{folder} has no decision threshold (a training output, not a package): use "
