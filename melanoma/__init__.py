@@ -1,0 +1,1 @@
+"""melanoma-synth: a DVC pipeline for melanoma classification with synthetic-data augmentation."""

@@ -34,13 +34,29 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         shutil.rmtree(old)
 
 
+FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting with these as a formula
+
+
+def _cell(v: Any) -> Any:
+    """A text cell that a spreadsheet would execute gets a leading ' (OWASP CSV injection); numbers stay as they are."""
+    if isinstance(v, str) and v.startswith(FORMULA):
+        try:
+            float(v)
+        except ValueError:
+            return "'" + v
+    return v
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    with open(path, "w", newline="") as fh:
+    """UTF-8 CSV of `rows` (dicts) in `columns` order; formula-like text cells are quoted with a leading '."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """Rows of a CSV written by write_csv, with its formula quoting undone."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: v[1:] if v.startswith("'") and v[1:].startswith(FORMULA) else v for k, v in r.items()}
+                for r in csv.DictReader(fh)]

@@ -17,6 +17,7 @@ import yaml
 from melanoma.errors import MelanomaError
 
 LABELS = ("benign", "malignant")
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding and the CUDA generators take no more
 PLACEHOLDER_IDS = {"", "nan", "none", "null", "na", "n/a", "-", "?", "unknown"}  # what tables write for "no id"
 SOURCES = ("demo", "local", "isic_csv", "gdrive")
 # data.format: how a local or downloaded folder is read (melanoma.data.releases)
@@ -56,11 +57,13 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "source": Field(str, choices=SOURCES),
         "max_side": Field(int, min=64, max=20000),
+        "max_pixels": Field(int, min=1_000_000, max=1_000_000_000),  # images declaring more are refused unread
+        "max_file_mb": Field(int, min=1, max=100_000),
         "max_reject_fraction": Field(float, min=0.0, max=1.0),
         "label_map": Field(dict, values=LABELS + ("reject",)),
         "format": Field(str, choices=FORMATS),
         "demo": {
-            "seed": Field(int, min=0),
+            "seed": Field(int, min=0, max=SEED_MAX),
             "n_benign": Field(int, min=1, max=1_000_000),
             "n_malignant": Field(int, min=1, max=1_000_000),
             "image_size": Field(int, min=32, max=1024),
@@ -73,7 +76,7 @@ SCHEMA: dict[str, Any] = {
     },
     "generators": {
         "image_size": Field(int, min=16, max=256),
-        "seed": Field(int, min=0),
+        "seed": Field(int, min=0, max=SEED_MAX),
         "threads": Field(int, min=0, max=256),  # 0: torch's default
         "checkpoint_every": Field(int, min=1),
         "dcgan": {
@@ -113,7 +116,7 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "synthesize": {
-        "seed": Field(int, min=0),
+        "seed": Field(int, min=0, max=SEED_MAX),
         "batch_size": Field(int, min=1, max=4096),
         "quality_samples": Field(int, min=8, max=100_000),
         "memorisation_ratio": Field(float, min=0.0, max=1.0),
@@ -121,7 +124,7 @@ SCHEMA: dict[str, Any] = {
     "upscale": {
         "method": Field(str, choices=("bicubic", "lanczos", "sr", "hub")),
         "factor": Field(int, min=2, max=8),
-        "seed": Field(int, min=0),
+        "seed": Field(int, min=0, max=SEED_MAX),
         "sr": {
             "channels": Field(int, min=4, max=512),
             "steps": Field(int, min=1),
@@ -138,7 +141,7 @@ SCHEMA: dict[str, Any] = {
         "archs": Field(list, item=str, choices=ARCHS),
         "datasets": Field(list, item=str, choices=DATASET_NAMES),
         "train": {
-            "seed": Field(int, min=0),
+            "seed": Field(int, min=0, max=SEED_MAX),
             "epochs": Field(int, min=1, max=10_000),
             "batch_size": Field(int, min=2, max=65_536),
             "eval_batch_size": Field(int, min=1, max=65_536),
@@ -171,14 +174,14 @@ SCHEMA: dict[str, Any] = {
         "threshold": Field(str, choices=("youden", "sensitivity")),
         "target_sensitivity": Field(float, min=0.01, max=1.0),
         "bootstrap": Field(int, min=10, max=100_000),
-        "seed": Field(int, min=0),
+        "seed": Field(int, min=0, max=SEED_MAX),
         "calibration_bins": Field(int, min=2, max=100),
         "gradcam_per_group": Field(int, min=0, max=100),
     },
     "export": {"opset": Field(int, min=14, max=20)},
     "publish": {"repo": Field(str), "private": Field(bool)},
     "split": {
-        "seed": Field(int, min=0),
+        "seed": Field(int, min=0, max=SEED_MAX),
         "val_fraction": Field(float, min=0.01, max=0.5),  # val picks the threshold and the best epoch
         "test_fraction": Field(float, min=0.01, max=0.5),  # every cell is scored on test
         "conflicting_labels": Field(str, choices=("drop", "fail")),
@@ -243,8 +246,52 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
     return value
 
 
+# Input sides each classifier family can take: (smallest, multiple of); the registry (melanoma.classifiers)
+# enforces the same table when it builds a model. MedViT's patch merging needs exact division by 32; DenseNet's
+# five stride-2 steps leave nothing below 32 px; ViT-style families need a multiple of their patch size.
+INPUT_SIDES = {"MedViT": (32, 32), "DenseNet": (32, 1)}
+
+
+def input_rule(arch: str, kwargs: dict[str, Any]) -> tuple[int, int]:
+    """(smallest side, multiple) a family's member built with `kwargs` takes (px)."""
+    if arch in ("ViT", "BioViT"):
+        patch = kwargs.get("patch_size")
+        patch = patch if isinstance(patch, int) and patch > 0 else 16
+        return patch, patch
+    return INPUT_SIDES.get(arch, (16, 1))
+
+
+def cross_check(p: dict[str, Any]) -> None:
+    """Rules between keys, checked whenever params load so that `dvc exp run -S` fails before any stage runs.
+
+    Raises ParamsError naming the keys and the values that would work."""
+    size = p["generators"]["image_size"]
+    if size & (size - 1):
+        raise ParamsError(f"generators.image_size is {size}; the DCGAN doubles its way up, so it must be a power "
+                          "of two (32, 64, 128, 256)")
+    ddpm = p["generators"]["ddpm"]
+    if any(c <= 0 for c in ddpm["block_out_channels"]):
+        raise ParamsError("generators.ddpm.block_out_channels must all be positive, e.g. [128, 128, 256, 256, 512, 512]")
+    halvings = len(ddpm["block_out_channels"]) - 1  # the UNet halves the side between consecutive blocks
+    if size % 2 ** halvings:
+        raise ParamsError(f"generators.image_size {size} cannot be halved {halvings} times, as the "
+                          f"{len(ddpm['block_out_channels'])} generators.ddpm.block_out_channels need; use fewer blocks "
+                          f"or a larger size")
+    if ddpm["sampler"] != "ddpm" and ddpm["sampling_steps"] > ddpm["num_train_timesteps"]:
+        raise ParamsError(f"generators.ddpm.sampling_steps ({ddpm['sampling_steps']}) exceeds "
+                          f"generators.ddpm.num_train_timesteps ({ddpm['num_train_timesteps']})")
+    px = p["datasets"]["image_size"]
+    for arch in p["classifiers"]["archs"]:
+        smallest, multiple = input_rule(arch, p["classifiers"]["models"][arch]["kwargs"])
+        if px < smallest or px % multiple:
+            raise ParamsError(f"datasets.image_size is {px}, which {arch} cannot take: it needs at least {smallest} "
+                              f"px and a multiple of {multiple}; change datasets.image_size or drop {arch} from "
+                              "classifiers.archs")
+
+
 def validate(tree: Any, schema: dict[str, Any] = SCHEMA, prefix: str = "") -> dict[str, Any]:
-    """Check a whole params tree against the schema and return it with numbers normalised."""
+    """Check a whole params tree against the schema (and, at the top, the rules between keys) and return it with
+    numbers normalised."""
     if not isinstance(tree, dict):
         where = prefix or "params.yaml"
         raise ParamsError(f"{where} must be a mapping of keys, got {type(tree).__name__}")
@@ -262,6 +309,8 @@ def validate(tree: Any, schema: dict[str, Any] = SCHEMA, prefix: str = "") -> di
             out[key] = validate(tree[key], spec, prefix=f"{path}.")
         else:
             out[key] = _check_leaf(path, tree[key], spec)
+    if schema is SCHEMA:
+        cross_check(out)
     return out
 
 

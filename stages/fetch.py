@@ -7,7 +7,8 @@ from melanoma.stage import run_stage
 
 def main() -> str:
     data = load_params()["data"]
-    summary = write_raw(collect(data), RAW, data["max_side"], data["max_reject_fraction"])
+    summary = write_raw(collect(data), RAW, data["max_side"], data["max_reject_fraction"],
+                        max_pixels=data["max_pixels"], max_file_mb=data["max_file_mb"])
     return summary.line(data["source"], RAW)
 
 

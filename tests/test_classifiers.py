@@ -39,8 +39,8 @@ def test_medvit_is_a_timm_model_and_its_input_constraint_is_the_registrys():
     import melanoma.classifiers.medvit  # noqa: F401  registers medvit_* with timm
     assert type(timm.create_model("medvit_tiny", num_classes=2)).__name__ == "MedViT"
     spec = {"model": "medvit_tiny", "pretrained": False, "lr": 1e-3, "kwargs": {}}
-    with pytest.raises(ParamsError, match=r"MedViT \(medvit_tiny\) needs an input size that is a multiple of 32, "
-                                          r"got 100; change datasets.image_size"):
+    with pytest.raises(ParamsError, match=r"classifiers.models.MedViT \(medvit_tiny\) needs an input size of at "
+                                          r"least 32 that is a multiple of 32, got 100; change datasets.image_size"):
         build_model("MedViT", spec, 2, 100)
     with pytest.raises(ParamsError, match="unknown arch 'AlexNet'"):
         build_model("AlexNet", spec, 2, 64)
@@ -407,7 +407,8 @@ def test_a_non_finite_loss_stops_training_before_the_epoch_is_saved(tmp_path, mo
     ("ResNet", {"model": "resnet18", "kwargs": {"checkpoint_path": "/etc/passwd"}},
      r"kwargs sets checkpoint_path: weights are loaded only through `pretrained`"),
     ("ResNet", {"model": "resnet500", "kwargs": {}}, r"Unknown model \(resnet500\)"),
-    ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 64}}, r"for 32 px inputs"),
+    ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 64}},
+     r"needs an input size of at least 64 that is a multiple of 64, got 32"),
     ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 64}}, r"kwargs sets img_size: the project sets"),
 ])
 def test_a_member_the_family_cannot_build_is_one_params_error(arch, spec, message):

@@ -2,7 +2,10 @@
 import csv
 import io
 import shutil
+import subprocess
+import sys
 import tarfile
+import time
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -308,3 +311,35 @@ def test_atomic_dir_replaces_whole_output_and_clears_killed_runs(tmp_path):
         assert not (out / "new.txt").exists()  # nothing visible until the stage succeeds
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_zip_bomb_refused_before_anything_is_written(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("benign/zeros.jpg", b"\0" * 200_000_000)  # 200 MB of zeros: about 200 kB packed
+    with pytest.raises(FetchError, match=r"bomb.zip: its entries declare 0.2 GB from 0.2 MB \(over 100x: a zip bomb\?\)"):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_pool_workers_end_when_the_stage_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from melanoma.data.fetch import worker_pool\n"
+        "def pid(_):\n"
+        "    time.sleep(0.2)\n"
+        "    return os.getpid()\n"
+        "if __name__ == '__main__':\n"
+        "    pool = worker_pool(2)\n"
+        "    print(' '.join(map(str, sorted(set(pool.map(pid, range(8)))))), flush=True)\n"
+        "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert pids and all(Path(f"/proc/{p}").exists() for p in pids)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{p}").exists() for p in pids)

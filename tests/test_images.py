@@ -1,5 +1,6 @@
 """Every odd input the fetch stage meets: converted to upright 8-bit RGB, or refused with a reason."""
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -134,3 +135,91 @@ def test_downscaled_image_is_stored_as_jpeg_and_much_smaller_than_png(tmp_path):
     assert n.suffix == ".jpg" and (n.width, n.height) == (1024, 768)
     png = save(decoded(n).convert("RGB"), "PNG")
     assert len(n.data) < len(png) / 2
+
+
+# ------------------------------------------------------------------ hostile files: only ever accepted or rejected
+
+def _formats() -> dict[str, bytes]:
+    im = lesion_image(11, (48, 40))
+    out = {}
+    for fmt, kw in (("JPEG", {"quality": 90}), ("PNG", {}), ("WEBP", {}), ("TIFF", {}), ("BMP", {}), ("GIF", {})):
+        buf = io.BytesIO()
+        (im.convert("P") if fmt == "GIF" else im).save(buf, format=fmt, **kw)
+        out[fmt] = buf.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", exif=exif)
+    out["JPEG+EXIF"] = buf.getvalue()
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "JPEG+EXIF"])
+def test_fuzzed_files_are_accepted_or_rejected_never_an_exception(tmp_path, fmt):
+    """300 seeded mutations per format (byte flips, truncations, inserted junk): decode_image either returns or
+    raises ImageRejected; any other exception would end a whole fetch or predict run."""
+    good = _formats()[fmt]
+    rng = np.random.default_rng(sum(map(ord, fmt)))
+    outcomes = {"ok": 0, "rejected": 0}
+    for k in range(300):
+        data = bytearray(good)
+        kind = k % 3
+        if kind == 0:
+            for i in rng.integers(0, len(data), rng.integers(1, 12)):
+                data[i] = rng.integers(0, 256)
+        elif kind == 1:
+            data = data[: rng.integers(1, len(data))]
+        else:
+            at = rng.integers(0, len(data))
+            data[at:at] = rng.integers(0, 256, rng.integers(1, 64)).astype(np.uint8).tobytes()
+        f = write(tmp_path, f"f{k}.img", bytes(data))
+        try:
+            decode_image(f, 1024)
+            outcomes["ok"] += 1
+        except ImageRejected:
+            outcomes["rejected"] += 1
+    assert outcomes["ok"] + outcomes["rejected"] == 300 and outcomes["rejected"] > 0
+
+
+def test_malformed_exif_orientation_is_one_reject(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x0124] = 7
+    data = bytearray(jpeg_bytes(lesion_image(2, (40, 30)), exif=exif))
+    at = data.find(b"\x01\x24\x00\x04")  # the IFD entry of tag 0x0124, type LONG (big-endian EXIF)
+    data[at + 2:at + 4] = b"\x00\x02"  # ... now typed as text: Pillow's exif_transpose raises struct.error
+    with pytest.raises(ImageRejected, match=r"unreadable EXIF metadata \(error\); strip it"):
+        decode_image(write(tmp_path, "exif.jpg", bytes(data)), 1024)
+
+
+def test_decompression_bombs_and_oversized_files_refused_before_decoding(tmp_path):
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = (24000).to_bytes(4, "big") * 2  # the IHDR declares 24000x24000 ...
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # ... with a valid checksum
+    with pytest.raises(ImageRejected, match=r"declares 24000x24000 = 576 M pixels, over the limit of 120 M"):
+        decode_image(write(tmp_path, "bomb.png", bytes(data)), 1024)
+    big = write(tmp_path, "big.jpg", jpeg_bytes(lesion_image(3, (64, 64))) + b"\0" * 3_000_000)
+    with pytest.raises(ImageRejected, match=r"file of 3 MB is over the 2 MB limit \(data.max_file_mb\)"):
+        decode_image(big, 1024, max_bytes=2_000_000)
+    with pytest.raises(ImageRejected, match="over the limit of 2 M"):
+        decode_image(write(tmp_path, "wide.jpg", jpeg_bytes(lesion_image(3, (2000, 1100)))), 1024, max_pixels=2_000_000)
+
+
+def test_a_jpeg_missing_most_of_its_scan_data_is_refused(tmp_path):
+    src = jpeg_bytes(lesion_image(6, (224, 224)), quality=95)
+    sos = src.rfind(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(src[sos + 2:sos + 4], "big")
+    cut = src[:start + (len(src) - 2 - start) // 3] + b"\xff\xd9"  # two thirds gone, the end marker kept
+    with pytest.raises(ImageRejected, match=r"truncated JPEG: its last \d+ rows are the decoder's grey fill"):
+        decode_image(write(tmp_path, "cut.jpg", cut), 1024)
+
+
+def test_non_finite_float_pixels_refused(tmp_path):
+    a = np.linspace(0, 1, 40 * 30, dtype=np.float32).reshape(30, 40)
+    a[3, 4] = np.nan
+    buf = io.BytesIO()
+    Image.fromarray(a, "F").save(buf, format="TIFF")
+    with pytest.raises(ImageRejected, match="non-finite pixel values"):
+        decode_image(write(tmp_path, "nan.tif", buf.getvalue()), 1024)

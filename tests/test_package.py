@@ -390,3 +390,23 @@ def test_nan_weights_are_an_error_not_a_benign_decision(cells, tmp_path, capsys)
     assert cli(["predict", str(image), "--model", str(pkg)]) == 2
     err = capsys.readouterr().err
     assert "produced NaN/Inf probabilities" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"input_size": 30000}, "field 'input_size' is 30000"),
+    ({"model": "hf-hub:someone/evil"}, "field 'model' is 'hf-hub:someone/evil'"),
+    ({"arch": "AlexNet"}, "field 'arch' is 'AlexNet'"),
+    ({"num_classes": 0}, "field 'num_classes' is 0"),
+    ({"kwargs": {"checkpoint_path": "/etc/passwd"}}, "kwargs sets checkpoint_path"),
+    ({"threshold": float("nan")}, "threshold is nan"),
+    ({"preprocessing": {}}, "preprocessing.max_side is None"),
+    (None, "is not readable JSON"),
+])
+def test_untrusted_package_configs_are_refused_before_building(cells, tmp_path, capsys, change, needle):
+    folder = tmp_path / "pkg"
+    shutil.copytree(cells["ResNet"], folder)
+    cfg = json.loads((folder / "model_config.json").read_text())
+    (folder / "model_config.json").write_text("{not json" if change is None else json.dumps({**cfg, **change}))
+    assert cli(["predict", str(ROOT / "README.md"), "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -108,3 +108,26 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
     with pytest.raises(ParamsError, match="no profile 'gpu'.*profiles: range, typo"):
         apply_profile("gpu", params, tmp_path / "profiles")
     assert params.read_text() == original
+
+
+@pytest.mark.parametrize("dotted, value, needle", [
+    ("generators.image_size", 48, "generators.image_size is 48; the DCGAN doubles its way up, so it must be a power of two"),
+    ("generators.ddpm.block_out_channels", [32, 0], "generators.ddpm.block_out_channels must all be positive"),
+    ("generators.ddpm.block_out_channels", [8] * 7, "generators.image_size 32 cannot be halved 6 times"),
+    ("generators.ddpm.num_train_timesteps", 10, "generators.ddpm.sampling_steps (20) exceeds "
+                                                "generators.ddpm.num_train_timesteps (10)"),
+    ("datasets.image_size", 48, "datasets.image_size is 48, which MedViT cannot take: it needs at least 32 px and a "
+                                "multiple of 32"),
+    ("datasets.image_size", 24, "datasets.image_size is 24, which DenseNet cannot take: it needs at least 32"),
+    ("generators.seed", 2**63, "generators.seed is 9223372036854775808; it must be an integer in [0, 4294967295]"),
+])
+def test_values_that_pass_alone_but_break_a_later_stage_fail_at_load(dotted, value, needle):
+    tree = load_params(ROOT / "params.yaml")
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for k in parents:
+        node = node[k]
+    node[leaf] = value
+    with pytest.raises(ParamsError) as e:
+        validate(tree)
+    assert needle in str(e.value)

@@ -1,6 +1,8 @@
 """Public dermoscopy releases as downloaded (melanoma.data.releases): small replicas of each layout built from the
 real ISIC sample, with CSVs written here under invented ids."""
 import json
+import os
+import re
 import shutil
 import tarfile
 import zipfile
@@ -51,6 +53,7 @@ def fetched(root: Path, tmp_path: Path, fmt="auto", max_reject=0.05, label_map=L
     return {"summary": summary, "rows": {r["id"]: r for r in read_csv(out / "manifest.csv")},
             "rejected": {r["file"]: r["reason"] for r in read_csv(out / "rejected.csv")},
             "skipped": {r["file"]: r["reason"] for r in read_csv(out / "skipped.csv")},
+            "excluded": {r["file"]: r["reason"] for r in read_csv(out / "excluded.csv")},
             "card": json.loads((out / "dataset_card.json").read_text()), "raw": out}
 
 
@@ -86,16 +89,21 @@ def isic2019(root: Path, photos, header=True) -> Path:
 
 
 def test_isic2019_one_hot_labels_every_column_not_just_the_first(tmp_path, photos):
-    r = fetched(isic2019(tmp_path / "isic2019", photos), tmp_path, max_reject=0.5)
+    r = fetched(isic2019(tmp_path / "isic2019", photos), tmp_path)  # 4 of 11 excluded on purpose: not rejects
     assert labels_of(r) == {"ISIC_0000001": "malignant", "ISIC_0000002": "benign", "ISIC_0000005": "benign",
                             "ISIC_0000006": "benign", "ISIC_0000007": "benign", "ISIC_0000010": "malignant",
                             "ISIC_0000011": "benign"}
     # BCC, AK, SCC are never silently benign: excluded by the stated label map, and UNK too, each with its reason
-    assert r["rejected"]["ISIC_2019_Training_Input/ISIC_0000003.jpg"] == \
+    assert r["excluded"]["ISIC_2019_Training_Input/ISIC_0000003.jpg"] == \
         "diagnosis 'basal_cell_carcinoma' is excluded by data.label_map"
-    assert "'actinic_keratosis' is excluded" in r["rejected"]["ISIC_2019_Training_Input/ISIC_0000004.jpg"]
-    assert "'squamous_cell_carcinoma' is excluded" in r["rejected"]["ISIC_2019_Training_Input/ISIC_0000008.jpg"]
-    assert "'unknown' is excluded" in r["rejected"]["ISIC_2019_Training_Input/ISIC_0000009.jpg"]
+    assert "'actinic_keratosis' is excluded" in r["excluded"]["ISIC_2019_Training_Input/ISIC_0000004.jpg"]
+    assert "'squamous_cell_carcinoma' is excluded" in r["excluded"]["ISIC_2019_Training_Input/ISIC_0000008.jpg"]
+    assert "'unknown' is excluded" in r["excluded"]["ISIC_2019_Training_Input/ISIC_0000009.jpg"]
+    assert r["summary"].rejected == 0 and r["summary"].excluded == 4 and not r["rejected"]
+    assert r["card"]["excluded"] == {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 1,
+                                     "diagnosis 'actinic_keratosis' is excluded by data.label_map": 1,
+                                     "diagnosis 'squamous_cell_carcinoma' is excluded by data.label_map": 1,
+                                     "diagnosis 'unknown' is excluded by data.label_map": 1}
     row = r["rows"]["ISIC_0000010"]
     assert (row["diagnosis"], row["lesion_id"], row["meta_age"], row["meta_site"]) == ("melanoma", "IL_4", "49", "back")
     card = r["card"]
@@ -136,13 +144,13 @@ def test_isic2018_with_lesion_groupings_and_official_test_ground_truth(tmp_path,
     (root / "ISIC2018_Task3_Training_LesionGroupings.csv").write_text(
         "image,lesion_id,diagnosis_confirm_type\n" + "".join(f"{i},HAM_{k // 2},histopathology\n"
                                                              for k, (i, _) in enumerate(train)))
-    r = fetched(root, tmp_path, fmt="isic2018", max_reject=0.5)
+    r = fetched(root, tmp_path, fmt="isic2018")
     subsets = {i: (row["subset"], row["label"]) for i, row in r["rows"].items()}
     assert subsets["ISIC_0034525"] == ("external_test", "malignant") and subsets["ISIC_0024307"] == ("main", "malignant")
     assert r["rows"]["ISIC_0024307"]["lesion_id"] == "HAM_0"
-    assert "actinic_keratosis" in r["rejected"]["ISIC2018_Task3_Training_Input/ISIC_0024310.jpg"]
+    assert "actinic_keratosis" in r["excluded"]["ISIC2018_Task3_Training_Input/ISIC_0024310.jpg"]
     assert set(r["skipped"].values()) == {"licence, attribution or readme file"} and len(r["skipped"]) == 4
-    assert r["summary"].rejected == 1  # the licence files did not count against the data
+    assert r["summary"].rejected == 0  # neither the licence files nor the excluded AKIEC count against the data
 
 
 # ------------------------------------------------------------------ PH2
@@ -349,13 +357,13 @@ def test_ham10000_kaggle_copy_with_duplicate_folders_and_hmnist_tables(tmp_path,
         put(photos[k], root / part.lower() / f"{iid}.jpg")  # Kaggle ships both spellings, same bytes
     (root / "HAM10000_metadata.csv").write_text("\n".join(lines) + "\n")
     (root / "hmnist_28_28_RGB.csv").write_text("pixel0000,pixel0001,label\n1,2,0\n")
-    r = fetched(root, tmp_path, max_reject=0.5)
+    r = fetched(root, tmp_path)
     assert {i: row["label"] for i, row in r["rows"].items()} == {
         "ISIC_0024306": "malignant", "ISIC_0024307": "benign", "ISIC_0024308": "benign", "ISIC_0024311": "benign",
         "ISIC_0024312": "benign", "ISIC_0024313": "benign", "ISIC_0024314": "malignant", "ISIC_0024315": "benign"}
     assert r["rows"]["ISIC_0024306"]["lesion_id"] == "HAM_0000000"
     assert sum("byte-identical copy" in v for v in r["skipped"].values()) == 10
-    assert r["summary"].rejected == 2  # bcc and akiec: excluded by the label map, counted
+    assert r["summary"].rejected == 0 and r["summary"].excluded == 2  # bcc and akiec: excluded, listed
     assert r["card"]["format"] == "ham10000"
 
 
@@ -378,12 +386,12 @@ def test_isic_cli_download_with_diagnosis_levels_and_sidecars(tmp_path, photos):
     (root / "attribution.txt").write_text("Anonymous\n")
     (root / "licenses").mkdir()
     (root / "licenses" / "CC-0.txt").write_text("CC0 1.0\n")
-    r = fetched(root, tmp_path, max_reject=0.2)  # 1 of 6 rejected (BCC); the 3 sidecars do not count
+    r = fetched(root, tmp_path)  # 1 of 6 excluded (BCC); neither it nor the 2 sidecars count against the data
     assert labels_of(r) == {"ISIC_1000001": "malignant", "ISIC_1000002": "benign", "ISIC_1000004": "malignant",
                             "ISIC_1000005": "benign", "ISIC_1000006": "benign"}
     assert r["rows"]["ISIC_1000001"]["diagnosis"] == "melanoma"
-    assert "basal_cell_carcinoma" in r["rejected"]["ISIC_1000003.jpg"]
-    assert len(r["skipped"]) == 2 and r["summary"].rejected == 1 and r["summary"].total == 6
+    assert "basal_cell_carcinoma" in r["excluded"]["ISIC_1000003.jpg"]
+    assert len(r["skipped"]) == 2 and r["summary"].rejected == 0 and r["summary"].total == 5
 
 
 def test_macos_zip_from_gdrive_has_no_macosx_class(tmp_path, photos):
@@ -696,3 +704,42 @@ def test_short_csv_rows_are_refused_and_2016_ids_may_carry_a_suffix(tmp_path, ph
         put(photos[k], gt / "data" / f"ISIC_{k:07d}.jpg")
     (gt / "gt.csv").write_text("ISIC_0000000.jpg,benign\nISIC_0000001.jpg,malignant\n")
     assert [c.label for c in read_folder(gt, LABEL_MAP).candidates] == ["benign", "malignant"]
+
+
+def test_names_no_filesystem_or_csv_can_take_become_safe_ids(tmp_path, photos):
+    root = tmp_path / "folders"
+    long = "x" * 230
+    put(photos[0], root / "benign" / f"{long}.jpg")
+    put(photos[2], root / "benign" / "with space & ümlaut.jpg")
+    latin1 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 file name, not UTF-8
+    put(photos[1], root / "malignant" / latin1)
+    put(photos[3], root / "malignant" / "ok.jpg")
+    r = fetched(root, tmp_path)
+    ids = sorted(r["rows"])
+    assert all(len(i) <= 89 and re.fullmatch(r"[A-Za-z0-9._-]+", i) for i in ids) and len(set(ids)) == 4
+    assert "malignant__ok" in ids
+    origins = {row["origin"] for row in r["rows"].values()}
+    assert "malignant/caf\\xe9.jpg" in origins and f"benign/{long}.jpg" in origins
+
+
+def test_formula_cells_are_quoted_in_our_csvs_and_read_back_unchanged(tmp_path, photos):
+    root = tmp_path / "arc"
+    for k in range(2):
+        put(photos[k], root / f"ISIC_{k:07d}.jpg")
+    (root / "metadata.csv").write_text('isic_id,diagnosis,sex\nISIC_0000000,nevus,"=HYPERLINK(""http://x"")"\n'
+                                       "ISIC_0000001,melanoma,-1.5\n")
+    r = fetched(root, tmp_path)
+    assert r["rows"]["ISIC_0000000"]["meta_sex"] == '=HYPERLINK("http://x")'  # read back as given
+    text = (r["raw"] / "manifest.csv").read_text()
+    assert "'=HYPERLINK" in text and "-1.5" in text and "'-1.5" not in text  # numbers untouched
+
+
+def test_entries_that_are_not_files_are_listed_not_lost(tmp_path, photos):
+    root = tmp_path / "folders"
+    for k in range(4):
+        put(photos[k], root / ("benign" if k % 2 == 0 else "malignant") / f"{k}.jpg")
+    os.mkfifo(root / "benign" / "pipe.jpg")
+    (root / "malignant" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    r = fetched(root, tmp_path)
+    assert r["skipped"] == {"benign/pipe.jpg": "not a regular file (a FIFO, socket, device or broken symbolic link)",
+                            "malignant/gone.jpg": "not a regular file (a FIFO, socket, device or broken symbolic link)"}

@@ -39,7 +39,8 @@ def project(tmp_path_factory) -> Path:
         {"format": "isic2019", "label_mapping": [
             {"diagnosis": "melanoma", "label": "malignant", "listed": 18, "stored": 18},
             {"diagnosis": "basal_cell_carcinoma", "label": "reject", "listed": 3, "stored": 0}],
-         "rejected": {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 3},
+         "rejected": {"not an image (unrecognised format)": 1},
+         "excluded": {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 3},
          "skipped": {"licence, attribution or readme file": 2},
          "metadata": {"age": 70, "sex": 70, "site": 0, "lesion_id": 0, "patient_id": 70}}))
     (root / "data/datasets/Original/stats.json").write_text(json.dumps({"image_size": 16}))

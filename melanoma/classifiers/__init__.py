@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from melanoma.errors import MelanomaError, PretrainedUnavailable
-from melanoma.params import ARCHS, ParamsError
+from melanoma.params import ARCHS, ParamsError, input_rule
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -110,8 +110,7 @@ class Family:
 
     build(name, num_classes, img_size, pretrained, kwargs) -> model; mean/std: the input normalisation (a
     timm pretrained tag's own mean/std win when `tag_normalisation`); weights: where pretrained weights come
-    from, in words; no_pretrained: why there are none ('' when there are); size_multiple: the input side must be
-    a multiple of this; gradcam(model) -> (layer to explain, fold of its output to (B, C, H, W) or None);
+    from, in words; no_pretrained: why there are none ('' when there are); gradcam(model) -> (layer to explain, fold of its output to (B, C, H, W) or None);
     timm_loadable: `timm.create_model` alone rebuilds it from the published timm config (Hub packages).
     """
 
@@ -121,7 +120,6 @@ class Family:
     weights: str
     gradcam: Callable[[nn.Module], tuple[nn.Module, Fold | None]]
     no_pretrained: str = ""
-    size_multiple: int = 1
     tag_normalisation: bool = True
     timm_loadable: bool = True
 
@@ -137,7 +135,7 @@ FAMILIES: dict[str, Family] = {
     "MedViT": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, "none", lambda m: (m.gradcam_layer, None),
                      no_pretrained="the MedViT authors' checkpoints are not published in a form this project can "
                                    "load safely (safetensors or a weights-only state dict on the Hub)",
-                     size_multiple=32, timm_loadable=False),
+                     timm_loadable=False),
 }
 
 
@@ -152,9 +150,10 @@ def _check_input(arch: str, fam: Family, spec: dict[str, Any], img_size: int) ->
     if spec["pretrained"] and fam.no_pretrained:
         raise PretrainedUnavailable(f"no pretrained weights for {spec['model']}: {fam.no_pretrained}; set "
                                     f"classifiers.models.{arch}.pretrained: false")
-    if img_size <= 0 or img_size % fam.size_multiple:
-        raise ParamsError(f"{arch} ({spec['model']}) needs an input size that is a multiple of "
-                          f"{fam.size_multiple}, got {img_size}; change datasets.image_size")
+    smallest, multiple = input_rule(arch, spec["kwargs"])
+    if img_size < smallest or img_size % multiple:
+        raise ParamsError(f"classifiers.models.{arch} ({spec['model']}) needs an input size of at least {smallest} "
+                          f"that is a multiple of {multiple}, got {img_size}; change datasets.image_size")
 
 
 RESERVED_KWARGS = ("num_classes", "img_size", "in_chans", "pretrained")  # set by the project, not by kwargs

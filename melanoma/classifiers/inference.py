@@ -6,6 +6,7 @@ Used by validation during training, by `evaluate`, by `export` (the PyTorch side
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from torch import nn
 
 from melanoma.classifiers import build_model, load_strict
 from melanoma.engine import CheckpointError, Runtime
+from melanoma.errors import MelanomaError
+from melanoma.params import ARCHS
 
 
 def standardise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -53,7 +56,7 @@ def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    cfg = json.loads((folder / "model_config.json").read_text())
+    cfg = read_config(folder / "model_config.json")
     model = rebuild(cfg)
     path = folder / "model.safetensors"
     try:
@@ -65,8 +68,42 @@ def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), cfg
 
 
+class ConfigError(MelanomaError):
+    """A model_config.json that is unreadable or asks for something a package may not (checked before building)."""
+
+
+MAX_INPUT_SIZE = 1024  # px; the study trains at 224
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A model_config.json, parsed and checked (check_config); ConfigError naming the file otherwise."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not readable JSON ({type(e).__name__}); export or download it again") from None
+    check_config(cfg, path)
+    return cfg
+
+
+def check_config(cfg: Any, where: Path | str) -> None:
+    """A model config may name only a registry family and a plain timm model (no 'hf-hub:' or other loader
+    prefix: nothing is fetched), with 2 classes, an input size in [16, MAX_INPUT_SIZE] px and kwargs free of
+    loader arguments (the registry refuses those). Raises ConfigError naming the field."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}: not a JSON object")
+    rules = {"arch": lambda v: v in ARCHS, "model": lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v),
+             "kwargs": lambda v: isinstance(v, dict), "num_classes": lambda v: v == 2,
+             "input_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_INPUT_SIZE}
+    for key, ok in rules.items():
+        if key not in cfg or not ok(cfg[key]):
+            raise ConfigError(f"{where}: field '{key}' is {cfg.get(key, 'missing')!r}; a package needs arch one of "
+                              f"{', '.join(ARCHS)}, a plain timm model name, kwargs as an object, num_classes 2 and "
+                              f"input_size 16-{MAX_INPUT_SIZE}")
+
+
 def rebuild(cfg: dict[str, Any]) -> nn.Module:
     """The untrained network a model_config.json describes (arch, model, kwargs, num_classes, input_size),
     built through the registry without pretrained weights: the caller loads the trained ones."""
+    check_config(cfg, "model_config.json")
     spec = {"model": cfg["model"], "pretrained": False, "kwargs": cfg["kwargs"], "lr": 0.0}
     return build_model(cfg["arch"], spec, cfg["num_classes"], cfg["input_size"]).model

@@ -1,0 +1,1 @@
+"""Data: sources and public releases, decoding, the split and the five datasets."""

@@ -7,16 +7,20 @@ Sources (params `data.source`):
   isic_csv  images plus one label table, both named explicitly;
   gdrive    the study's Google Drive folder, downloaded with gdown, archives unpacked safely, then read as `local`.
 
-Every file found is written to data/raw, listed in rejected.csv with a reason (unreadable, unlabelled, excluded
-diagnosis: the stage fails when more than `data.max_reject_fraction` of the files are rejected), or listed in
-skipped.csv (known non-lesion files: masks, licences, macOS metadata; never counted against that fraction).
-dataset_card.json says what was read: the format, the label mapping per diagnosis, rejects and skips by reason,
-and the metadata columns available.
+Every file found is written to data/raw, listed in rejected.csv with a reason (unreadable, unlabelled, unknown
+diagnosis: the stage fails when more than `data.max_reject_fraction` of the files are rejected), in excluded.csv
+(a diagnosis the study leaves out through data.label_map), or in skipped.csv (known non-lesion files: masks,
+licences, macOS metadata). Neither excluded nor skipped files count against that fraction.
+dataset_card.json says what was read: the format, the label mapping per diagnosis, rejects, exclusions and skips
+by reason, and the metadata columns available.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import sys
 import tarfile
 import time
 import zipfile
@@ -31,7 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from melanoma.data import demo
-from melanoma.data.images import IMAGE_SUFFIXES, ImageRejected, Decoded, encode_png, md5_bytes, decode_image
+from melanoma.data.images import (IMAGE_SUFFIXES, MAX_BYTES, MAX_PIXELS, Decoded, ImageRejected, decode_image,
+                                  encode_png, md5_bytes)
 from melanoma.data.releases import (PARENTS, UNPACKED, Candidate, FetchError, Offer, files_under, map_label,
                                     read_csv_source, read_folder, top_reasons)
 from melanoma.io import atomic_dir, write_csv
@@ -60,8 +65,24 @@ def from_demo(cfg: dict[str, Any]) -> Offer:
 
 # ---------------------------------------------------------------- gdrive
 
+MAX_EXPANSION = 100  # an archive of images expands about 1:1; a zip bomb by 1,000x and more
+
+
+def _check_expansion(archive: Path, declared: int, dest: Path) -> None:
+    """Refuse an archive whose entries declare more than MAX_EXPANSION times its size, or more than the free disk.
+    The declared sizes bound what is written: zipfile stops each entry at its declared size, tar stores them."""
+    packed = max(archive.stat().st_size, 1)
+    if declared > MAX_EXPANSION * packed and declared > 50_000_000:
+        raise FetchError(f"{archive}: its entries declare {declared / 1e9:.1f} GB from {packed / 1e6:.1f} MB "
+                         f"(over {MAX_EXPANSION}x: a zip bomb?); unpack it yourself if you trust it")
+    free = shutil.disk_usage(dest).free
+    if declared > free:
+        raise FetchError(f"{archive}: unpacking needs {declared / 1e9:.1f} GB, {free / 1e9:.1f} GB are free at {dest}")
+
+
 def safe_extract(archive: Path, dest: Path) -> None:
-    """Unpack a zip/tar into dest, refusing any entry that would land outside it (zip-slip) or is a link."""
+    """Unpack a zip/tar into dest, refusing any entry that would land outside it (zip-slip) or is a link, and
+    archives that would expand beyond MAX_EXPANSION times their size or the free disk."""
     dest = dest.resolve()
 
     def check(name: str) -> None:
@@ -75,6 +96,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 check(info.filename)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise FetchError(f"{archive}: refusing symbolic link entry '{info.filename}'")
+            _check_expansion(archive, sum(i.file_size for i in z.infolist()), dest)
             z.extractall(dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
@@ -82,11 +104,10 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 check(m.name)
                 if not (m.isfile() or m.isdir()):
                     raise FetchError(f"{archive}: refusing entry '{m.name}': not a regular file or folder")
+            _check_expansion(archive, sum(m.size for m in t.getmembers()), dest)
             t.extractall(dest, filter="data")
     else:
         raise FetchError(f"{archive}: not a readable zip or tar archive")
-
-
 
 
 def _archives(folder: Path) -> list[Path]:
@@ -205,12 +226,12 @@ def collect(data: dict[str, Any]) -> Offer:
 
 # ---------------------------------------------------------------- writing data/raw
 
-def _materialise(job: tuple[Candidate, int]) -> Decoded | str:
-    cand, max_side = job
+def _materialise(job: tuple[Candidate, int, int, int]) -> Decoded | str:
+    cand, max_side, max_pixels, max_bytes = job
     if cand.spec is not None:
         return encode_png(demo.render(cand.spec)[0])
     try:
-        return decode_image(cand.file, max_side)
+        return decode_image(cand.file, max_side, max_pixels, max_bytes)
     except ImageRejected as e:
         return str(e)
 
@@ -223,20 +244,21 @@ class FetchSummary:
     seconds: float
     skipped: int = 0
     format: str = ""
+    excluded: int = 0
 
     def line(self, source: str, out: Path) -> str:
         parts = ", ".join(f"{n} {subset}/{label}" for (subset, label), n in sorted(self.counts.items()))
         return (f"fetch: {sum(self.counts.values())} images ({parts}) from {source} ({self.format}), "
-                f"{self.rejected} rejected of {self.total}, {self.skipped} non-lesion files skipped "
-                f"-> {out}/manifest.csv, {CARD} [{self.seconds:.1f} s]")
+                f"{self.rejected} rejected of {self.total}, {self.excluded} excluded by data.label_map, "
+                f"{self.skipped} non-lesion files skipped -> {out}/manifest.csv, {CARD} [{self.seconds:.1f} s]")
 
 
 CARD_METADATA = ("age", "sex", "site")  # metadata a reviewer asks about first (besides lesion and patient ids)
 
 
 def dataset_card(offer: Offer, rows: list[dict[str, Any]], rejects: list[tuple[str, str]]) -> dict[str, Any]:
-    """What fetch read, for a reviewer: format, tables, label mapping per diagnosis, rejects and skips by reason,
-    and how many stored images carry each metadata column."""
+    """What fetch read, for a reviewer: format, tables, label mapping per diagnosis, rejects, exclusions and skips
+    by reason, and how many stored images carry each metadata column."""
     stored = Counter((r["diagnosis"], r["label"]) for r in rows)
     return {
         "format": offer.format,
@@ -246,14 +268,15 @@ def dataset_card(offer: Offer, rows: list[dict[str, Any]], rejects: list[tuple[s
         "label_mapping": [{"diagnosis": d, "label": lab, "listed": n, "stored": stored[(d, lab)]}
                           for (d, lab), n in sorted(offer.diagnoses.items())],
         "rejected": dict(Counter(r for _, r in rejects).most_common()),
+        "excluded": dict(Counter(r for _, r in offer.excluded).most_common()),
         "skipped": dict(Counter(r for _, r in offer.skipped).most_common()),
         "metadata": {k: sum(bool(r.get(f"meta_{k}") if k in CARD_METADATA else r.get(k)) for r in rows)
                      for k in CARD_METADATA + ("lesion_id", "patient_id")},
     }
 
 
-def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float,
-              workers: int | None = None) -> FetchSummary:
+def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float, workers: int | None = None,
+              max_pixels: int = MAX_PIXELS, max_file_mb: int = MAX_BYTES // 1_000_000) -> FetchSummary:
     """Decode every candidate (in parallel); write images, manifest.csv, rejected.csv, skipped.csv and
     dataset_card.json atomically. Raises FetchError when too many files are rejected or a class is empty."""
     t0 = time.perf_counter()
@@ -268,8 +291,8 @@ def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float
     thumbs: dict[str, np.ndarray] = {}
     meta_keys = sorted({k for c in offer.candidates for k in c.metadata})
     with atomic_dir(out) as tmp:
-        jobs = [(c, max_side) for c in offer.candidates]
-        with ProcessPoolExecutor(workers) if workers > 1 else _Inline() as pool:
+        jobs = [(c, max_side, max_pixels, max_file_mb * 1_000_000) for c in offer.candidates]
+        with worker_pool(workers) if workers > 1 else _Inline() as pool:
             results = pool.map(_materialise, jobs, chunksize=8)
             for cand, res in tqdm(zip(offer.candidates, results), total=len(jobs), desc="fetch", unit="img"):
                 if isinstance(res, str):
@@ -294,17 +317,35 @@ def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float
                 "diagnoses in data.label_map, or raise data.max_reject_fraction.")
         for c in LABELS:
             if not any(r["label"] == c and r["subset"] == "main" for r in rows):
+                refused = rejects + offer.excluded
                 raise FetchError(f"no usable {c} image in the source after rejects; each class needs at least one"
-                                 + (f"; most common reasons: {top_reasons(rejects)}" if rejects else ""))
+                                 + (f"; most common reasons: {top_reasons(refused)}" if refused else ""))
         rows.sort(key=lambda r: (r["subset"] != "main", r["id"]))
         write_csv(tmp / "manifest.csv", rows, MANIFEST_COLUMNS + [f"meta_{k}" for k in meta_keys])
         np.save(tmp / THUMBNAILS, np.stack([thumbs[r["id"]] for r in rows]))  # .npy: byte-deterministic
         write_csv(tmp / "rejected.csv", [{"file": f, "reason": r} for f, r in sorted(rejects)], ["file", "reason"])
         write_csv(tmp / "skipped.csv", [{"file": f, "reason": r} for f, r in sorted(offer.skipped)],
                   ["file", "reason"])
+        write_csv(tmp / "excluded.csv", [{"file": f, "reason": r} for f, r in sorted(offer.excluded)],
+                  ["file", "reason"])
         (tmp / CARD).write_text(json.dumps(dataset_card(offer, rows, rejects), indent=2) + "\n")
     counts = Counter((r["subset"], r["label"]) for r in rows)
-    return FetchSummary(counts, len(rejects), total, time.perf_counter() - t0, len(offer.skipped), offer.format)
+    return FetchSummary(counts, len(rejects), total, time.perf_counter() - t0, len(offer.skipped), offer.format,
+                        len(offer.excluded))
+
+
+def _die_with_parent() -> None:
+    """Pool-worker initializer: on Linux, ask the kernel to SIGKILL this worker when its parent dies (a `kill -9`
+    of the stage would otherwise leave the workers decoding for nobody)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers end with the process that made it."""
+    return ProcessPoolExecutor(workers, initializer=_die_with_parent)
 
 
 class _Inline:

@@ -16,7 +16,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from melanoma.errors import MelanomaError
 
-Image.MAX_IMAGE_PIXELS = 300_000_000  # refuse decompression bombs, accept real 100+ MP scans
+# Size limits checked before a byte is decoded (data.max_pixels / data.max_file_mb override them for fetch). A
+# 1.4 kB JPEG may declare 24000x24000 pixels; Pillow's own bomb check only fires at twice MAX_IMAGE_PIXELS.
+MAX_PIXELS = 120_000_000  # above the largest real dermoscopy scans (ISIC: <= 40 MP), 0.5 GB as 8-bit RGB
+MAX_BYTES = 256_000_000
+Image.MAX_IMAGE_PIXELS = 1_000_000_000  # Pillow's own guard, for any other reader: above every allowed max_pixels
 
 # Converted images are stored as JPEG at this quality rather than PNG. Measured on six ISIC originals downscaled to
 # 1024 px: PNG 0.36-1.25 MB, JPEG q95 0.09-0.25 MB (about 5x smaller) at 38-50 dB PSNR against the PNG; the
@@ -47,12 +51,14 @@ class Decoded:
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, dtype=np.float64)
+        a = np.asarray(im, dtype=np.float32)
         hi = a.max() if a.size else 0.0
         a = a * (255.0 / hi) if hi > 255 else a  # 16-bit: scale the used range into 8 bits
         return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     if im.mode == "F":
-        a = np.asarray(im, dtype=np.float64)
+        a = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise ImageRejected("non-finite pixel values (NaN or infinity) in a floating-point image")
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
         return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
@@ -90,12 +96,15 @@ def looks_like_mask(rgb: Image.Image, dominant: float = 0.93) -> bool:
     return float(np.sort(counts)[-2:].sum()) / codes.size >= dominant
 
 
-def decode_image(path: Path, max_side: int) -> Decoded:
+def decode_image(path: Path, max_side: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Decoded:
     """Decode `path` fully; return upright 8-bit RGB bytes no larger than `max_side`, or raise ImageRejected.
 
-    An image that is already an upright RGB JPEG or PNG within bounds keeps its original bytes (no second lossy
-    encode, and a lossless PNG stays lossless); anything converted (downscaled, rotated, another format or mode)
-    is stored as JPEG at quality JPEG_QUALITY.
+    Refused before decoding: files over `max_bytes`, images declaring more than `max_pixels`. Refused after: any
+    failure of the decoder on the file (Pillow raises many types on hostile input; each is this file's reject),
+    a JPEG whose last rows are the decoder's grey fill for missing data, non-finite float pixels, masks and blank
+    images. An image that is already an upright RGB JPEG or PNG within bounds keeps its original bytes (no second
+    lossy encode, and a lossless PNG stays lossless); anything converted (downscaled, rotated, another format or
+    mode) is stored as JPEG at quality JPEG_QUALITY.
     """
     try:
         size = path.stat().st_size
@@ -103,22 +112,55 @@ def decode_image(path: Path, max_side: int) -> Decoded:
         raise ImageRejected(f"cannot read file: {e.strerror}") from None
     if size == 0:
         raise ImageRejected("empty file (0 bytes)")
+    if size > max_bytes:
+        raise ImageRejected(f"file of {size / 1e6:.0f} MB is over the {max_bytes / 1e6:.0f} MB limit "
+                            "(data.max_file_mb)")
     raw = path.read_bytes()
     try:
-        im = Image.open(io.BytesIO(raw))
-        fmt = im.format
-        im.load()  # decodes everything: truncated files fail here, not later in training
+        return _decode(raw, max_side, max_pixels)
+    except ImageRejected:
+        raise
+    except MemoryError:
+        raise ImageRejected("out of memory decoding this image") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
         raise ImageRejected(f"image too large to decode safely: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageRejected(f"truncated or corrupt image: {e}") from None
+    except Exception as e:  # noqa: BLE001 - hostile files make Pillow raise struct.error, TypeError, SyntaxError...
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else "no detail"
+        raise ImageRejected(f"truncated or corrupt image ({type(e).__name__}: {first})") from None
+
+
+GREY_FILL = 128  # libjpeg's value for blocks whose data is missing
+
+
+def _grey_fill_rows(im: Image.Image) -> int:
+    """How many bottom rows of a decoded JPEG are the decoder's flat grey fill (data missing from the file)."""
+    a = np.asarray(im.convert("RGB"))
+    fill = np.all(a == GREY_FILL, axis=(1, 2))[::-1]
+    return int(np.argmin(fill)) if not fill.all() else len(fill)
+
+
+def _decode(raw: bytes, max_side: int, max_pixels: int) -> Decoded:
+    im = Image.open(io.BytesIO(raw))
+    fmt = im.format
     orig_w, orig_h = im.size
+    if orig_w * orig_h > max_pixels:
+        raise ImageRejected(f"declares {orig_w}x{orig_h} = {orig_w * orig_h / 1e6:.0f} M pixels, over the limit of "
+                            f"{max_pixels / 1e6:.0f} M (data.max_pixels)")
     if orig_w == 0 or orig_h == 0:
         raise ImageRejected("image has zero width or height")
-    changed = im.getexif().get(0x0112, 1) != 1  # EXIF orientation: pixels must be rotated upright
-    rgb = _to_rgb(ImageOps.exif_transpose(im))
+    im.load()  # decodes everything: truncated files fail here, not later in training
+    if fmt == "JPEG" and _grey_fill_rows(im) >= 8:
+        raise ImageRejected(f"truncated JPEG: its last {_grey_fill_rows(im)} rows are the decoder's grey fill for "
+                            "missing data")
+    try:
+        changed = im.getexif().get(0x0112, 1) != 1  # EXIF orientation: pixels must be rotated upright
+        upright = ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 - malformed EXIF (text where a number belongs, ...)
+        raise ImageRejected(f"unreadable EXIF metadata ({type(e).__name__}); strip it (e.g. exiftool -all=) and "
+                            "add the file again") from None
+    rgb = _to_rgb(upright)
     if max(rgb.size) > max_side:
         scale = max_side / max(rgb.size)
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.LANCZOS)

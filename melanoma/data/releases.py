@@ -43,6 +43,7 @@ ALIASES = {
     "solar_or_actinic_keratosis": "actinic_keratosis", "pigmented_benign_keratosis": "benign_keratosis",
     "squamous_cell_carcinoma,_nos": "squamous_cell_carcinoma", "basal_cell_carcinoma,_nos": "basal_cell_carcinoma",
 }
+EXCLUDED = "is excluded by data.label_map"  # the reason of every image the study leaves out on purpose
 ONE_HOT = ("MEL", "NV", "BCC", "AKIEC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")  # ISIC 2018 / 2019 columns
 PH2_CLINICAL = {"0": "common_nevus", "1": "atypical_nevus", "2": "melanoma"}  # PH2_dataset.txt legend
 ID_COLUMNS = ("isic_id", "image", "image_id", "image_name")
@@ -85,11 +86,18 @@ class Candidate:
 @dataclass
 class Offer:
     """What a source yields: candidates to decode, files it refused (rejects, counted against
-    data.max_reject_fraction) and known non-lesion files it skipped; plus what the dataset card reports."""
+    data.max_reject_fraction), images whose diagnosis the study excludes (data.label_map: reject; listed, not
+    held against the data) and known non-lesion files it skipped; plus what the dataset card reports."""
+
+    def refuse(self, file: str, why: str) -> None:
+        """A labelled image that gets no label: excluded on purpose by the label map, or a reject."""
+        (self.excluded if why.endswith(EXCLUDED) else self.rejects).append((file, why))
+
 
     candidates: list[Candidate] = field(default_factory=list)
     rejects: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # diagnoses data.label_map excludes on purpose
     format: str = ""
     tables: list[dict[str, Any]] = field(default_factory=list)
     diagnoses: Counter = field(default_factory=Counter)  # (diagnosis, label | 'reject' | 'unknown') -> images
@@ -98,8 +106,23 @@ class Offer:
         self.candidates += other.candidates
         self.rejects += other.rejects
         self.skipped += other.skipped
+        self.excluded += other.excluded
         self.tables += other.tables
         self.diagnoses += other.diagnoses
+
+
+def printable(text: str) -> str:
+    """A path as CSVs and messages can hold it: file-name bytes that are not UTF-8 shown as \\xNN."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def safe_id(text: str, limit: int = 80) -> str:
+    """A manifest id that every filesystem and CSV takes: letters, digits, '.', '_', '-' only, at most `limit` + 9
+    characters; any other name gets a short md5 of the original so that distinct names stay distinct."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", printable(text))
+    if clean == text and len(text) <= limit:
+        return text
+    return f"{clean[:limit]}-{hashlib.md5(os.fsencode(text)).hexdigest()[:8]}"
 
 
 def top_reasons(pairs: list[tuple[str, str]], n: int = 5) -> str:
@@ -139,7 +162,7 @@ def map_label(value: str, label_map: dict[str, str]) -> tuple[str | None, str]:
         return v, ""
     target = canonical_map(label_map).get(v)
     if target == "reject":
-        return None, f"diagnosis '{v}' is excluded by data.label_map"
+        return None, f"diagnosis '{v}' {EXCLUDED}"
     if target is None:
         return None, f"unknown diagnosis '{v}' (add it to data.label_map as benign, malignant or reject)"
     return target, ""
@@ -222,12 +245,13 @@ class Walk:
 
     def rel(self, f: Path) -> str:
         """A path as rejected.csv names it: relative to the root (a table outside it: its name)."""
-        return f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else f.name
+        return printable(f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else f.name)
 
 
-def files_under(root: Path) -> list[Path]:
-    """Every file below `root`, sorted, following symbolic links to folders (a linked class or image folder is
-    read) but never into a folder already visited (a link loop ends there)."""
+def files_under(root: Path, odd: list[Path] | None = None) -> list[Path]:
+    """Every regular file below `root`, sorted, following symbolic links to folders (a linked class or image
+    folder is read) but never into a folder already visited (a link loop ends there). Entries that are neither
+    (FIFOs, sockets, devices, broken links) are appended to `odd` when given."""
     seen, out = set(), []
     for here, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(here)
@@ -236,14 +260,18 @@ def files_under(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs.sort()
-        out += [Path(here) / f for f in files if (Path(here) / f).is_file()]
+        for f in (Path(here) / name for name in files):
+            if f.is_file():
+                out.append(f)
+            elif odd is not None:
+                odd.append(f)
     return sorted(out)
 
 
 def walk(root: Path) -> Walk:
     """Sort every file under `root` into images, tables (CSV, PH2_dataset.txt) and skipped sidecars."""
-    w = Walk(root)
-    for f in files_under(root):
+    w, odd = Walk(root), []
+    for f in files_under(root, odd):
         rel = f.relative_to(root)
         if f.suffix.lower() == ".csv" and "__macosx" not in (p.lower() for p in rel.parts) \
                 and not f.name.startswith("."):
@@ -251,9 +279,10 @@ def walk(root: Path) -> Walk:
         elif f.name.lower() == "ph2_dataset.txt":
             w.tables.append(f)
         elif (why := sidecar_reason(rel)) is not None:
-            w.skipped.append((rel.as_posix(), why))
+            w.skipped.append((w.rel(f), why))
         else:
             w.images.append(f)
+    w.skipped += [(w.rel(f), "not a regular file (a FIFO, socket, device or broken symbolic link)") for f in sorted(odd)]
     return w
 
 
@@ -529,7 +558,7 @@ def from_tables(w: Walk, tables: list[Table], label_map: dict[str, str], source:
         if f is None:
             offer.rejects.append((e.image, f"listed in {t.path.name} but no image file with that id found"))
         elif label is None:
-            offer.rejects.append((w.rel(f), why))
+            offer.refuse(w.rel(f), why)
         else:
             entries = [x for x, _, _, _ in found] + [side.get(key, Entry(e.image))]  # every listing's fields
             subset = "external_test" if any(tt.subset == "external_test" for _, tt, _, _ in found) else "main"
@@ -537,7 +566,7 @@ def from_tables(w: Walk, tables: list[Table], label_map: dict[str, str], source:
             for x in entries:
                 metadata.update({k: v for k, v in x.metadata.items() if v and not metadata.get(k)})
             offer.candidates.append(Candidate(
-                id=f.stem, label=label, source=source, origin=w.rel(f), file=f, subset=subset,
+                id=safe_id(f.stem), label=label, source=source, origin=w.rel(f), file=f, subset=subset,
                 lesion_id=next((x.lesion_id for x in entries if x.lesion_id), ""),
                 patient_id=next((x.patient_id for x in entries if x.patient_id), ""),
                 diagnosis=e.diagnosis or e.stated, metadata=metadata))
@@ -551,7 +580,8 @@ def from_tables(w: Walk, tables: list[Table], label_map: dict[str, str], source:
     if not offer.candidates:
         names = ", ".join(t.path.name for t in labelled)
         raise FetchError(f"{w.root}: the {offer.format} tables ({names}) labelled no usable image; "
-                         + (f"most common reasons: {top_reasons(offer.rejects)}" if listings else "they have no rows"))
+                         + (f"most common reasons: {top_reasons(offer.rejects + offer.excluded)}" if listings
+                            else "they have no rows"))
     return offer
 
 
@@ -597,10 +627,11 @@ def from_class_folders(w: Walk, root: Path, label_map: dict[str, str], subset: s
         for f in files:
             rel = w.rel(f)
             if label is None:
-                offer.rejects.append((rel, why))
+                offer.refuse(rel, why)
                 continue
             offer.candidates.append(Candidate(
-                id=rel.rsplit(".", 1)[0].replace("/", "__"), label=label, source=source, origin=rel, file=f,
+                id=safe_id(f.relative_to(w.root).with_suffix("").as_posix().replace("/", "__")), label=label,
+                source=source, origin=rel, file=f,
                 subset=subset, diagnosis=diagnosis, metadata={"folder": folder.name}))
     missing = [c for c in LABELS if not any(c == x.label for x in offer.candidates)]
     if missing:

@@ -287,7 +287,7 @@ def summary_line(report: dict[str, Any], out: Path) -> str:
     if ext:
         parts += f", external_test {ext['benign']}/{ext['malignant']}"
     m, conflicts = report["merges"], report["conflicting_labels"]
-    return (f"split: {parts} (benign/malignant); {report['groups_merged']} groups merged "
+    return (f"split: {parts} (benign/malignant); {report['groups_merged']} kept groups of several images "
             f"({m['md5']} exact, {m['near_duplicate']} near duplicates, {m['lesion_id']} same-lesion, "
             f"{m['patient_id']} same-patient links); {conflicts['images_dropped']} images dropped in "
             f"{conflicts['groups']} groups labelled both ways -> {out} [{report['seconds']:.1f} s]")

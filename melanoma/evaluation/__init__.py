@@ -1,0 +1,1 @@
+"""Evaluation: metrics with CIs, GradCAM and the report."""

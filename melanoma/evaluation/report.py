@@ -247,6 +247,7 @@ def _data_section(card: dict[str, Any], sr: dict[str, Any]) -> list[str]:
             "(reject: excluded by the study's label map; unknown: not in the map), how many the source listed and "
             "how many were stored after decoding.</p>",
             "<h3>Rejected files by reason</h3>", counts(card["rejected"], "rejected reason"),
+            "<h3>Excluded on purpose (data.label_map)</h3>", counts(card["excluded"], "excluded reason"),
             "<h3>Skipped non-lesion files by reason</h3>", counts(card["skipped"], "skipped reason"),
             f"<p class='note'>Grouping keys: {html.escape(', '.join(sr['grouping_keys']))}; merges per key: "
             f"{html.escape(', '.join(f'{k} {v}' for k, v in sr['merges'].items()))}. {c['images_dropped']} images "

@@ -1,0 +1,1 @@
+"""Models as products: packages, predict, the Hub."""

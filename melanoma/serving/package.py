@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from melanoma.classifiers import family, load_strict
-from melanoma.classifiers.inference import load_classifier, rebuild
+from melanoma.classifiers.inference import load_classifier, read_config, rebuild
 from melanoma.engine import Runtime
 from melanoma.data.datasets import resize
 from melanoma.data.images import decode_image
@@ -220,7 +220,9 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     if not (folder / CONFIG).is_file():
         raise PackageError(f"{folder} has no {CONFIG}: not a model folder (expected the export stage's "
                            "models/export/<Arch>/<Arch>_<Dataset>/, a downloaded Hub folder, or a training output)")
-    cfg = json.loads((folder / CONFIG).read_text())
+    cfg = read_config(folder / CONFIG)
+    if "threshold" in cfg and not (isinstance(cfg["threshold"], (int, float)) and 0 <= cfg["threshold"] <= 1):
+        raise PackageError(f"{folder / CONFIG}: threshold is {cfg['threshold']!r}; it must be a number in [0, 1]")
     model = rebuild(cfg)
     if (folder / WEIGHTS).is_file():
         from safetensors import SafetensorError

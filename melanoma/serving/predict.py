@@ -59,7 +59,11 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None) ->
     if "threshold" not in cfg:
         raise PackageError(f"{folder} has no decision threshold (a training output, not a package): use "
                            "models/export/<Arch>/<Arch>_<Dataset>/ from `dvc repro`, or a downloaded Hub folder")
-    size, max_side = cfg["input_size"], cfg["preprocessing"]["max_side"]
+    max_side = cfg.get("preprocessing", {}).get("max_side") if isinstance(cfg.get("preprocessing"), dict) else None
+    if not isinstance(max_side, int) or not 64 <= max_side <= 20000:
+        raise PackageError(f"{folder}: model_config.json preprocessing.max_side is {max_side!r}; export or download "
+                           "the package again")
+    size = cfg["input_size"]
     results, ok, images = [], [], []
     for f in files:
         r = Prediction(str(f))
