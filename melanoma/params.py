@@ -250,6 +250,9 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
 # enforces the same table when it builds a model. MedViT's patch merging needs exact division by 32; DenseNet's
 # five stride-2 steps leave nothing below 32 px; ViT-style families need a multiple of their patch size.
 INPUT_SIDES = {"MedViT": (32, 32), "DenseNet": (32, 1)}
+# kwargs that size a network (timm's ViT/Swin/DenseNet, our MedViT): whole numbers >= 1, or lists of them
+STRUCTURAL_KWARGS = {"depth", "depths", "num_heads", "embed_dim", "patch_size", "window_size", "widths", "stem_chs",
+                     "ltb_widths", "block_config", "growth_rate", "mlp_ratio_int"}
 
 
 def input_rule(arch: str, kwargs: dict[str, Any]) -> tuple[int, int]:
@@ -280,6 +283,23 @@ def cross_check(p: dict[str, Any]) -> None:
     if ddpm["sampler"] != "ddpm" and ddpm["sampling_steps"] > ddpm["num_train_timesteps"]:
         raise ParamsError(f"generators.ddpm.sampling_steps ({ddpm['sampling_steps']}) exceeds "
                           f"generators.ddpm.num_train_timesteps ({ddpm['num_train_timesteps']})")
+    for key in ("local.path", "isic_csv.images", "isic_csv.csv", "gdrive.folder_id", "gdrive.download_dir"):
+        section, leaf = key.split(".")
+        if not p["data"][section][leaf].strip():
+            raise ParamsError(f"data.{key} is empty; name a path (an empty one would mean the project folder)")
+    if not p["publish"]["repo"].strip():
+        raise ParamsError("publish.repo is empty; give a Hub repo id template such as you/melanoma-{cell}")
+    for arch, spec in p["classifiers"]["models"].items():
+        if not spec["model"].strip() or len(spec["model"]) > 200:
+            raise ParamsError(f"classifiers.models.{arch}.model is {spec['model'][:40]!r}; name a timm model")
+        for k, v in spec["kwargs"].items():
+            values = v if isinstance(v, list) else [v]
+            if k in STRUCTURAL_KWARGS and not all(isinstance(x, int) and not isinstance(x, bool)
+                                                  and 1 <= x <= 65_536 for x in values):
+                raise ParamsError(f"classifiers.models.{arch}.kwargs.{k} is {v!r}; it sizes the network: whole "
+                                  "numbers from 1 to 65536")
+    if any(c > 65_536 for c in ddpm["block_out_channels"]):
+        raise ParamsError("generators.ddpm.block_out_channels must be at most 65536 each")
     px = p["datasets"]["image_size"]
     for arch in p["classifiers"]["archs"]:
         smallest, multiple = input_rule(arch, p["classifiers"]["models"][arch]["kwargs"])

@@ -223,3 +223,14 @@ def test_non_finite_float_pixels_refused(tmp_path):
     Image.fromarray(a, "F").save(buf, format="TIFF")
     with pytest.raises(ImageRejected, match="non-finite pixel values"):
         decode_image(write(tmp_path, "nan.tif", buf.getvalue()), 1024)
+
+
+def test_folders_missing_files_and_postscript_are_rejects(tmp_path):
+    (tmp_path / "folder.jpg").mkdir()
+    with pytest.raises(ImageRejected, match="not a regular file"):
+        decode_image(tmp_path / "folder.jpg", 1024)
+    with pytest.raises(ImageRejected, match="no such file"):
+        decode_image(str(tmp_path / "gone.jpg"), 1024)  # a str path works too
+    eps = write(tmp_path, "x.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ImageRejected, match="not an image"):  # Pillow never hands it to Ghostscript
+        decode_image(eps, 1024)

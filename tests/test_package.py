@@ -296,7 +296,7 @@ def test_predict_scores_odd_images_and_refuses_bad_ones(cells, isic_sample, tmp_
     assert rc == 1 and "4 of 9 files refused" in err
     rows = {Path(r["path"]).name: r for r in json.loads(out)["predictions"]}
     assert set(rows) == set(expect) | {"gone.jpg"}
-    assert "cannot read file" in rows["gone.jpg"]["error"]
+    assert rows["gone.jpg"]["error"] == "no such file"
     for name, reason in expect.items():
         r = rows[name]
         if reason:
@@ -399,7 +399,11 @@ def test_nan_weights_are_an_error_not_a_benign_decision(cells, tmp_path, capsys)
     ({"num_classes": 0}, "field 'num_classes' is 0"),
     ({"kwargs": {"checkpoint_path": "/etc/passwd"}}, "kwargs sets checkpoint_path"),
     ({"threshold": float("nan")}, "threshold is nan"),
-    ({"preprocessing": {}}, "preprocessing.max_side is None"),
+    ({"preprocessing": {}}, "preprocessing is {}; it must be {'max_side': an integer in [64, 20000]}"),
+    ({"classes": ["malignant", "benign"]}, "classes is ['malignant', 'benign']; it must be ['benign', 'malignant']"),
+    ({"positive_class": "benign"}, "positive_class is 'benign'"),
+    ({"threshold": True}, "threshold is True; it must be a number in [0, 1]"),
+    ({"normalisation": {"mean": [0.5, 0.5, 0.5], "std": [0, 0, 0]}}, "normalisation is"),
     (None, "is not readable JSON"),
 ])
 def test_untrusted_package_configs_are_refused_before_building(cells, tmp_path, capsys, change, needle):

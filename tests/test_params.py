@@ -120,6 +120,11 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
                                 "multiple of 32"),
     ("datasets.image_size", 24, "datasets.image_size is 24, which DenseNet cannot take: it needs at least 32"),
     ("generators.seed", 2**63, "generators.seed is 9223372036854775808; it must be an integer in [0, 4294967295]"),
+    ("classifiers.models.Swin.kwargs", {"depths": [2, 0, 2, 2]}, "classifiers.models.Swin.kwargs.depths is [2, 0, 2, 2]"),
+    ("classifiers.models.ViT.kwargs", {"patch_size": True}, "classifiers.models.ViT.kwargs.patch_size is True"),
+    ("classifiers.models.MedViT.model", "", "classifiers.models.MedViT.model is ''"),
+    ("data.local.path", "", "data.local.path is empty"),
+    ("generators.ddpm.block_out_channels", [10**12, 64], "block_out_channels must be at most 65536"),
 ])
 def test_values_that_pass_alone_but_break_a_later_stage_fail_at_load(dotted, value, needle):
     tree = load_params(ROOT / "params.yaml")

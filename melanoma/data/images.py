@@ -30,6 +30,11 @@ JPEG_QUALITY = 95
 KEPT_AS_IS = {"JPEG": ".jpg", "PNG": ".png"}  # formats whose bytes are stored unchanged when no pixel changes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+# The Pillow decoders a file may reach, whatever its name: raster formats only. EPS/PS and PDF are not among them
+# (Pillow hands EPS to Ghostscript, a whole interpreter, for a file nobody vouched for).
+Image.init()
+OPENED = tuple(f for f in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO", "PPM", "TGA", "ICO", "DIB")
+               if f in Image.OPEN)
 
 
 class ImageRejected(MelanomaError):
@@ -106,6 +111,9 @@ def decode_image(path: Path, max_side: int, max_pixels: int = MAX_PIXELS, max_by
     lossy encode, and a lossless PNG stays lossless); anything converted (downscaled, rotated, another format or
     mode) is stored as JPEG at quality JPEG_QUALITY.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageRejected("not a regular file" if path.exists() else "no such file")
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -115,7 +123,10 @@ def decode_image(path: Path, max_side: int, max_pixels: int = MAX_PIXELS, max_by
     if size > max_bytes:
         raise ImageRejected(f"file of {size / 1e6:.0f} MB is over the {max_bytes / 1e6:.0f} MB limit "
                             "(data.max_file_mb)")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ImageRejected(f"cannot read file: {e.strerror}") from None
     try:
         return _decode(raw, max_side, max_pixels)
     except ImageRejected:
@@ -142,7 +153,7 @@ def _grey_fill_rows(im: Image.Image) -> int:
 
 
 def _decode(raw: bytes, max_side: int, max_pixels: int) -> Decoded:
-    im = Image.open(io.BytesIO(raw))
+    im = Image.open(io.BytesIO(raw), formats=OPENED)
     fmt = im.format
     orig_w, orig_h = im.size
     if orig_w * orig_h > max_pixels:

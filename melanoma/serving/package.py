@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import struct
 import warnings
 from pathlib import Path
@@ -31,6 +32,7 @@ from melanoma.engine import Runtime
 from melanoma.data.datasets import resize
 from melanoma.data.images import decode_image
 from melanoma.errors import MelanomaError
+from melanoma.params import LABELS
 
 WEIGHTS, ONNX, TIMM_CONFIG, CONFIG = "model.safetensors", "model.onnx", "config.json", "model_config.json"
 PIXELS, LOGITS, PROBABILITY = "pixels", "logits", "p_malignant"
@@ -211,6 +213,36 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _numbers(v: Any, n: int, positive: bool) -> bool:
+    return isinstance(v, list) and len(v) == n and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+        for x in v)
+
+
+def check_package_fields(cfg: dict[str, Any], where: Path) -> None:
+    """The fields that decide what a package predicts, checked before it is used: the class order (malignant is
+    class 1), the threshold (a number in [0, 1], not a bool), the normalisation (3 finite means, 3 positive stds)
+    and the preprocessing cap. Raises PackageError naming the field."""
+    def bad(field: str, want: str) -> PackageError:
+        return PackageError(f"{where}: {field} is {cfg.get(field, 'missing')!r}; it must be {want}; export or "
+                            "download the package again")
+
+    if "classes" in cfg and cfg["classes"] != list(LABELS):
+        raise bad("classes", f"{list(LABELS)} (malignant is class 1)")
+    if "positive_class" in cfg and cfg["positive_class"] != LABELS[1]:
+        raise bad("positive_class", repr(LABELS[1]))
+    t = cfg.get("threshold")
+    if "threshold" in cfg and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1):
+        raise bad("threshold", "a number in [0, 1]")
+    norm = cfg.get("normalisation")
+    if not (isinstance(norm, dict) and _numbers(norm.get("mean"), 3, False) and _numbers(norm.get("std"), 3, True)):
+        raise bad("normalisation", "{'mean': 3 numbers, 'std': 3 positive numbers}")
+    pre = cfg.get("preprocessing")
+    if pre is not None and not (isinstance(pre, dict) and isinstance(pre.get("max_side"), int)
+                                and not isinstance(pre.get("max_side"), bool) and 64 <= pre["max_side"] <= 20000):
+        raise bad("preprocessing", "{'max_side': an integer in [64, 20000]}")
+
+
 def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a package (or training) folder's model_config.json; load its weights strictly.
 
@@ -221,8 +253,7 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise PackageError(f"{folder} has no {CONFIG}: not a model folder (expected the export stage's "
                            "models/export/<Arch>/<Arch>_<Dataset>/, a downloaded Hub folder, or a training output)")
     cfg = read_config(folder / CONFIG)
-    if "threshold" in cfg and not (isinstance(cfg["threshold"], (int, float)) and 0 <= cfg["threshold"] <= 1):
-        raise PackageError(f"{folder / CONFIG}: threshold is {cfg['threshold']!r}; it must be a number in [0, 1]")
+    check_package_fields(cfg, folder / CONFIG)
     model = rebuild(cfg)
     if (folder / WEIGHTS).is_file():
         from safetensors import SafetensorError
