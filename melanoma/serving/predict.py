@@ -59,11 +59,9 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None) ->
     if "threshold" not in cfg:
         raise PackageError(f"{folder} has no decision threshold (a training output, not a package): use "
                            "models/export/<Arch>/<Arch>_<Dataset>/ from `dvc repro`, or a downloaded Hub folder")
-    max_side = cfg.get("preprocessing", {}).get("max_side") if isinstance(cfg.get("preprocessing"), dict) else None
-    if not isinstance(max_side, int) or not 64 <= max_side <= 20000:
-        raise PackageError(f"{folder}: model_config.json preprocessing.max_side is {max_side!r}; export or download "
-                           "the package again")
-    size = cfg["input_size"]
+    if "preprocessing" not in cfg:  # its value was checked by load (package.check_package_fields)
+        raise PackageError(f"{folder}: model_config.json has no preprocessing; export or download the package again")
+    size, max_side = cfg["input_size"], cfg["preprocessing"]["max_side"]
     results, ok, images = [], [], []
     for f in files:
         r = Prediction(str(f))
