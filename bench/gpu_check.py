@@ -158,7 +158,7 @@ def classifier(arch: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace,
     val = (rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8), np.arange(8) % 2)
     torch.manual_seed(0)
     task = ClassifierTask(arch, build_model(arch, spec, len(LABELS), size), {**tp, "compile": False}, spec["lr"],
-                          train, val, rt, log=lambda *_: None)
+                          0, train, val, rt, log=lambda *_: None)
     assert task.X.device.type == rt.device.type, f"{arch}: the training pack is not on {rt.device}"
     pure_model = rt.prepare(build_model(arch, spec, len(LABELS), size).model).train()
     GUARD.reset()

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--real-test", type=count, default=165)
     ap.add_argument("--external-test", type=count, default=659)
     ap.add_argument("--weight-files-per-cell", type=count, default=1,
-                    help="fp32 weight files each classifier cell keeps in models/classifiers (default 1)")
+                    help="fp32 weight files each seed of a classifier cell keeps in models/classifiers (default 1)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     return ap.parse_args(argv)
 
@@ -351,14 +351,15 @@ def loader_ratio(ref: Reference) -> tuple[float, str]:
 
 
 def classifier_training(p: dict[str, Any], ref: Reference, sizes: Sizes, loader: float) -> list[Estimate]:
-    """train_classifier@<Arch>-*: per arch over its datasets, epochs x (train / train rate + val / infer rate)."""
+    """train_classifier@<Arch>-*: per arch over its datasets and seeds, steps x batch / train rate + validations x
+    val / infer rate. The step budget is the same for every dataset, so the datasets' sizes do not enter."""
     c, out = p["classifiers"], []
     size, mode = p["datasets"]["image_size"], "bf16_cl" if c["train"]["bf16"] else "fp32"
-    epochs, per_class = c["train"]["epochs"], p["datasets"]["per_class"]
-    n_train = {d: train_size(d, sizes, per_class) for d in c["datasets"]}
-    imgs = epochs * sum(n_train.values())
-    val = epochs * len(c["datasets"]) * sizes.val
-    work = f"{epochs} ep x {sum(n_train.values()):,} = {imgs:,} train + {val:,} val img"
+    tp, runs = c["train"], len(c["datasets"]) * len(c["seeds"])
+    imgs = runs * tp["steps"] * tp["batch_size"]
+    val = runs * (tp["steps"] // tp["eval_every"]) * sizes.val
+    work = (f"{len(c['datasets'])} datasets x {len(c['seeds'])} seeds x {tp['steps']} steps x {tp['batch_size']} = "
+            f"{imgs:,} train + {val:,} val img")
     for arch in c["archs"]:
         model = c["models"][arch]["model"]
         r = classifier_rate(ref, model, size, mode, loader)
@@ -425,7 +426,8 @@ NOT_COVERED_EXTRA = [
     "per-stage overheads: process start, model build, pretrained weight loading and torch.compile (the study "
     "compiles every classifier cell) - about 30 classifier stages, each paying them once",
     "evaluate's bootstrap CIs (CPU) and GradCAM overlays (8 images per cell: seconds)",
-    "early stopping (patience 5) can end a cell before its 30 epochs: the classifier lines assume all epochs run",
+    "early stopping (classifiers.train.patience validations) can end a run before its step budget: the classifier "
+    "lines assume every step runs",
 ]
 
 
@@ -499,7 +501,7 @@ def disk_synthetic(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
 def disk_models(p: dict[str, Any], ref: Reference, files_per_cell: int) -> list[DiskItem]:
     """models/classifiers (per arch), models/export, models/generators, models/upscaler."""
     c, out = p["classifiers"], []
-    cells = len(c["datasets"])
+    cells, seeds = len(c["datasets"]), len(c["seeds"])
     for arch in c["archs"]:
         model = c["models"][arch]["model"]
         got = params_2class(model)
@@ -507,8 +509,8 @@ def disk_models(p: dict[str, Any], ref: Reference, files_per_cell: int) -> list[
             out.append(DiskItem(f"models/classifiers/{arch}", f"{model}: no parameter count known", 0))
             continue
         n, how = got
-        out.append(DiskItem(f"models/classifiers/{arch}", f"{how} x {FP32} B x {cells} cells x {files_per_cell} file",
-                            n * FP32 * cells * files_per_cell))
+        out.append(DiskItem(f"models/classifiers/{arch}", f"{how} x {FP32} B x {cells} cells x {seeds} seeds x "
+                            f"{files_per_cell} file", n * FP32 * cells * seeds * files_per_cell))
     n_cells = len(c["archs"]) * cells
     what = f"{n_cells} cells x {ONNX_GRAPH_BYTES / MB:g} MB ONNX graph (weights: the cell's safetensors, one " \
            "cache object)"
@@ -563,7 +565,8 @@ def disk_cache(items: list[DiskItem], p: dict[str, Any], sizes: Sizes, files_per
     tracked = sum(i.bytes for i in items if i.counted and not i.folder.startswith("models/.checkpoints"))
     img = p["datasets"]["image_size"] ** 2 * 3
     dup_eval = (len(p["classifiers"]["datasets"]) - 1) * sizes.eval_total * img
-    weights = sum(i.bytes for i in items if i.folder.startswith("models/classifiers/")) / max(files_per_cell, 1)
+    per_cell = max(files_per_cell, 1) * len(p["classifiers"]["seeds"])  # export packages one seed per cell
+    weights = sum(i.bytes for i in items if i.folder.startswith("models/classifiers/")) / per_cell
     copies = tracked + dup_eval + weights
     return [DiskItem(".dvc/cache", "links (reflink or hardlink): every output is a link to its cache object, "
                                    "0 extra", 0),
@@ -649,7 +652,8 @@ def print_header(ref: Reference, sizes: Sizes, p: dict[str, Any], ratio_how: str
           f"val {sizes.val}, test {sizes.test}, external test {sizes.external} (total {sizes.real_total:,})")
     print(f"study: generators {p['generators']['image_size']} px; datasets.per_class {per_class} -> synthetic per "
           f"family {', '.join(f'{c} {n:,}' for c, n in fill.items())}; classifiers {p['datasets']['image_size']} px, "
-          f"{tp['epochs']} epochs, batch {tp['batch_size']}, bf16 {str(tp['bf16']).lower()}")
+          f"{len(p['classifiers']['seeds'])} seeds x {tp['steps']} steps of batch {tp['batch_size']}, bf16 "
+          f"{str(tp['bf16']).lower()}")
     print("classifier train sizes: " + ", ".join(f"{d} {train_size(d, sizes, per_class):,}"
                                                  for d in p["classifiers"]["datasets"]))
     print(f"loader ratio applied to classifier training (GPU-resident uint8 pack): {ratio_how}\n")

@@ -7,11 +7,11 @@ step. `fit` owns everything around the step, the same way for every family:
 - device and precision, chosen once (`Runtime`): CUDA when available (NCCL under torchrun), else the CPU;
   bf16 autocast where the device supports it; channels_last for conv nets on CUDA;
 - per-step scalars stay on the device and are summed there; the host reads them once per `period` steps
-  (one epoch for classifiers), checks them for NaN/Inf and logs their means with dvclive, so a GPU never
+  (a validation interval for classifiers), checks them for NaN/Inf and logs their means with dvclive, so a GPU never
   waits on a per-step `.item()`;
 - the global torch RNG is reseeded at the start of every period from (seed, period), so dropout and drop-path
   draw the same numbers in an uninterrupted and in a resumed run;
-- resumable checkpoints: `checkpoint_<unit>_<n>.pth`, written atomically, the last `keep` kept, each carrying
+- resumable checkpoints: `checkpoint_step_<n>.pth`, written atomically, the last `keep` kept, each carrying
   the hash of the run's config and of the code that shapes the result. A rerun resumes from the newest one
   whose hash matches and starts over (with a log line) when it does not.
 
@@ -138,7 +138,7 @@ def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optim
     """AdamW with timm's weight-decay groups: no decay on norms, biases and `model.no_weight_decay()`."""
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay)
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def ema(model: nn.Module, decay: float) -> nn.Module:
@@ -215,9 +215,9 @@ class Plan:
 
     steps: optimiser steps in all; period: steps between host reads of the scalars (logging, NaN check,
     end_period); checkpoint_every: steps between checkpoints (rounded up to a period end; 0: none);
-    folder: the checkpoint folder (None: no checkpoints, no dvclive log); unit: "epoch" numbers checkpoints
-    and log steps by completed periods, "step" by completed steps; keep: checkpoints kept (the newest; one is
-    enough to resume, and each is the size of the model and its optimiser state).
+    folder: the checkpoint folder (None: no checkpoints, no dvclive log); checkpoints and log rows are numbered
+    by completed steps; keep: checkpoints kept (the newest; one is enough to resume, and each is the size of the
+    model and its optimiser state).
     """
 
     steps: int
@@ -227,7 +227,6 @@ class Plan:
     code: list[Path] = field(default_factory=list)
     folder: Path | None = None
     checkpoint_every: int = 0
-    unit: str = "step"
     keep: int = 1
 
 
@@ -240,14 +239,14 @@ class Fitted:
     config_hash: str
 
 
-CHECKPOINT_NAME = re.compile(r"checkpoint_(epoch|step)_(\d+)\.pth")
+CHECKPOINT_NAME = re.compile(r"checkpoint_step_(\d+)\.pth")
 STATE_KEYS = {"config_hash", "step", "last", "task"}
 
 
 def _checkpoints(folder: Path) -> list[Path]:
     """The engine's checkpoint files in `folder`, oldest first; any other file (a copy named `... (1).pth`, the
     user's notes) is neither read nor deleted."""
-    found = [(int(m.group(2)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -337,7 +336,7 @@ def _resume(task: Task, plan: Plan, h: str, rt: Runtime,
                                   "checkpoint; delete it to start over")
         if state.get("config_hash") == h:
             start, last = _restore(task, found[-1], state)
-            log(f"{task.name}: resuming from checkpoint {found[-1]} after {plan.unit} {_count(plan, start)}")
+            log(f"{task.name}: resuming from checkpoint {found[-1]} after step {start}")
         else:
             log(f"{task.name}: checkpoints in {plan.folder} are for another config; starting over")
     rt.barrier()  # every rank has read the checkpoint before rank 0 may clear the folder
@@ -345,19 +344,14 @@ def _resume(task: Task, plan: Plan, h: str, rt: Runtime,
         if start is None:
             _clear(plan.folder)
         elif (plan.folder / "live").is_dir():
-            _truncate_log(plan.folder / "live", _count(plan, start))
+            _truncate_log(plan.folder / "live", start)
     return start, last
-
-
-def _count(plan: Plan, step: int) -> int:
-    return step // plan.period if plan.unit == "epoch" else step
 
 
 def _save(task: Task, plan: Plan, h: str, step: int, last: dict[str, float]) -> None:
     assert plan.folder is not None
-    n = _count(plan, step)
-    save_checkpoint(plan.folder / f"checkpoint_{plan.unit}_{n}.pth",
-                    {"config_hash": h, "step": step, plan.unit: n, "last": last, "task": task.state_dict()})
+    save_checkpoint(plan.folder / f"checkpoint_step_{step}.pth",
+                    {"config_hash": h, "step": step, "last": last, "task": task.state_dict()})
     for old in _checkpoints(plan.folder)[:-plan.keep]:
         old.unlink()
 
@@ -420,13 +414,12 @@ def _live(folder: Path, resume: bool) -> Any:
 def _end_period(task: Task, step: int, means: dict[str, float], live: Any, plan: Plan) -> dict[str, float]:
     bad = {k: v for k, v in means.items() if not math.isfinite(v)}
     if bad:
-        where = f"in epoch {_count(plan, step) + 1}" if plan.unit == "epoch" else f"by step {step + 1}"
-        raise Diverged(f"{task.name}: {', '.join(f'{k} became {v}' for k, v in bad.items())} {where}; "
+        raise Diverged(f"{task.name}: {', '.join(f'{k} became {v}' for k, v in bad.items())} by step {step + 1}; "
                        + getattr(task, "advice", "lower the learning rate or change the seed"))
     hook = getattr(task, "end_period", None)
     row = {**means, **((hook(step, means) if hook else None) or {})}
     if live is not None:
-        live.step = _count(plan, step + 1)
+        live.step = step + 1
         for k, v in row.items():
             live.log_metric(k, v)
         live.next_step()

@@ -51,6 +51,7 @@ class Field:
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
                list: "a list"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings"}
 
 
 SCHEMA: dict[str, Any] = {
@@ -140,15 +141,16 @@ SCHEMA: dict[str, Any] = {
     "classifiers": {
         "archs": Field(list, item=str, choices=ARCHS),
         "datasets": Field(list, item=str, choices=DATASET_NAMES),
+        "seeds": Field(list, item=int, min=0, max=SEED_MAX),  # every cell is trained once per seed
         "train": {
-            "seed": Field(int, min=0, max=SEED_MAX),
-            "epochs": Field(int, min=1, max=10_000),
+            "steps": Field(int, min=1, max=10_000_000),  # optimiser steps per cell, the same for every dataset
+            "eval_every": Field(int, min=1, max=10_000_000),  # steps between validations (val AUROC)
             "batch_size": Field(int, min=2, max=65_536),
             "eval_batch_size": Field(int, min=1, max=65_536),
             "weight_decay": Field(float, min=0.0, max=1.0),
-            "warmup_epochs": Field(float, min=0.0, max=1000.0),
+            "warmup_steps": Field(int, min=0, max=10_000_000),
             "lr_floor": Field(float, min=0.0, max=1.0),
-            "patience": Field(int, min=1),
+            "patience": Field(int, min=1),  # validations without a better val AUROC before stopping
             "imbalance": Field(str, choices=("weighted_loss", "balanced_sampling", "none")),
             "augment": {
                 "hflip": Field(bool),
@@ -230,7 +232,9 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
         raise ParamsError(f"{path} is {value!r}; it must be {_describe(f)}")
     if f.item is not None:
         if not value or any(not isinstance(v, f.item) or isinstance(v, bool) for v in value):
-            raise ParamsError(f"{path} is {value!r}; it must be a non-empty list of {_TYPE_NAMES[f.item]}s")
+            raise ParamsError(f"{path} is {value!r}; it must be a non-empty list of {_PLURALS[f.item]}")
+        if f.item is int and any(f.min is not None and v < f.min or f.max is not None and v > f.max for v in value):
+            raise ParamsError(f"{path} is {value!r}; each item must be {_describe(f)}")
         wrong = [v for v in value if f.choices and v not in f.choices]
         if wrong:
             raise ParamsError(f"{path} has {wrong[0]!r}; each item must be one of {', '.join(f.choices)}")
@@ -300,6 +304,12 @@ def cross_check(p: dict[str, Any]) -> None:
                                   "numbers from 1 to 65536")
     if any(c > 65_536 for c in ddpm["block_out_channels"]):
         raise ParamsError("generators.ddpm.block_out_channels must be at most 65536 each")
+    seeds, tp = p["classifiers"]["seeds"], p["classifiers"]["train"]
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"classifiers.seeds lists a seed twice: {seeds}; each repeat needs its own seed")
+    if tp["eval_every"] > tp["steps"] or tp["warmup_steps"] >= tp["steps"]:
+        raise ParamsError(f"classifiers.train.eval_every ({tp['eval_every']}) and warmup_steps ({tp['warmup_steps']}) "
+                          f"must be below classifiers.train.steps ({tp['steps']})")
     px = p["datasets"]["image_size"]
     for arch in p["classifiers"]["archs"]:
         smallest, multiple = input_rule(arch, p["classifiers"]["models"][arch]["kwargs"])

@@ -25,6 +25,7 @@ def classifier_dir(arch: str, dataset: str) -> Path:
     return CLASSIFIERS / arch / f"{arch}_{dataset}"
 EXPORT = Path("models/export")  # the packaged cells (export stage): what predict and publish read
 EVALUATION = Path("results/evaluation")
+BASELINE = "Baseline"  # the colour/texture baseline's grid row: results/evaluation/Baseline/Baseline_Original/
 REPORT = Path("results")
 
 

@@ -26,11 +26,11 @@ def main() -> str:
         for dataset in datasets:
             out = tmp / f"{arch}_{dataset}"
             r = evaluate_cell(arch, dataset, params, classifier_dir(arch, dataset), DATASETS / dataset, out, rt)
-            t = r["test"]
-            ci = t["ci95"]
-            print(f"evaluate: {out.name}: test AUROC {t['auroc']:.3f} [{ci['auroc'][0]:.3f}, {ci['auroc'][1]:.3f}], "
-                  f"sensitivity {t['sensitivity']:.3f}, specificity {t['specificity']:.3f} at threshold "
-                  f"{r['threshold']:.3f} ({r['threshold_rule']}, from val)", flush=True)
+            t = r["over_seeds"]["test"]
+            print(f"evaluate: {out.name}: test AUROC {t['auroc']['mean']:.3f} ± {t['auroc']['sd']:.3f} over "
+                  f"{len(r['seeds'])} seeds [{t['auroc']['ci95'][0]:.3f}, {t['auroc']['ci95'][1]:.3f}], sensitivity "
+                  f"{t['sensitivity']['mean']:.3f}, specificity {t['specificity']['mean']:.3f} (thresholds "
+                  f"{r['threshold_rule']}, from val); packaged seed {r['seed']}", flush=True)
     return f"evaluate: {arch}: {len(datasets)} cells -> {EVALUATION / arch}/"
 
 if __name__ == "__main__":

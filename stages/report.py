@@ -8,9 +8,13 @@ def main() -> str:
     from melanoma.evaluation.report import build_report
 
     r = build_report(load_params(), EVALUATION, REPORT, SYNTHETIC, DATASETS, SPLITS, RAW)
-    better = sum(c["verdict"].startswith("improvement") for c in r["comparisons"])
-    return (f"report: {r['cells']} cells -> results/grid.csv, results/metrics.json, results/report.html; "
-            f"{better} of {len(r['comparisons'])} augmented cells show an AUROC improvement over Original (CI above 0)")
+    for line in r["sentences"]:
+        print(f"report: {line}")
+    gains = sum(c["verdict"] == 1 for c in r["comparisons"])
+    losses = sum(c["verdict"] == -1 for c in r["comparisons"])
+    return (f"report: {r['cells']} cells -> results/grid.csv, results/metrics.json, results/verdict.json, "
+            f"results/report.html; after Holm correction {gains} of {len(r['comparisons'])} comparisons with "
+            f"Original show a gain, {losses} a loss")
 
 
 if __name__ == "__main__":

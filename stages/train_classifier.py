@@ -1,4 +1,5 @@
-"""DVC stage `train_classifier@{arch}-{dataset}`: data/datasets/{dataset} -> models/classifiers/{arch}/{arch}_{dataset}/.
+"""DVC stage `train_classifier@{arch}-{dataset}`: data/datasets/{dataset} -> models/classifiers/{arch}/{arch}_{dataset}/
+seed_<k>/ for every seed in classifiers.seeds (one process for all of them: a process start costs ~5 s).
 
 With classifiers.train.processes > 1 the script relaunches itself under torchrun (one process per rank), so
 dvc.yaml's command never names a process count or a GPU.
@@ -28,9 +29,12 @@ def main() -> str:
                          CHECKPOINTS / "classifiers" / out.name, rt, log=print if rt.main else lambda s: None)
     if not rt.main:
         raise SystemExit(0)
-    return (f"train_classifier: {out.name}: {r['model']} ({r['parameters'] / 1e6:.1f} M params) best val AUROC "
-            f"{r['val_auroc']:.4f} at epoch {r['best_epoch']}/{r['epochs_run']} on {r['n_train']} train images, "
-            f"{r['processes']} process(es) on {r['device']} -> {out} [{r['seconds_this_run']:.0f} s]")
+    first = r["seeds"][0]
+    best = ", ".join(f"{s['val_auroc']:.3f} at step {s['best_step']}/{s['steps_run']}" for s in r["seeds"])
+    return (f"train_classifier: {out.name}: {first['model']} ({first['parameters'] / 1e6:.1f} M params), "
+            f"{len(r['seeds'])} seed(s) x {first['steps']} steps of {first['batch_size']} on {first['n_train']} train "
+            f"images ({first['imbalance']}); best val AUROC per seed: {best}; {first['processes']} process(es) on "
+            f"{first['device']} -> {out} [{r['seconds_this_run']:.0f} s]")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from melanoma.classifiers import (BIOMEDCLIP, FAMILIES, WeightsMismatch,
                                   biomedclip_to_timm, build_model, load_strict)
 from melanoma.classifiers.inference import load_classifier
-from melanoma.classifiers.train import augment, augment_params, train_classifier
+from melanoma.classifiers.train import augment, augment_params, epoch_batches, train_classifier
 from melanoma.engine import Diverged, Runtime, load_checkpoint
 from melanoma.errors import PretrainedUnavailable
 from melanoma.params import ARCHS, ParamsError, load_params
@@ -182,31 +182,63 @@ def test_augment_draws_depend_only_on_the_seed_and_stay_in_range():
 # ---------------------------------------------------------------- the loop
 
 def _params(**over) -> dict:
-    return tiny_params(**{"classifiers.train.epochs": 3, **over})
+    return tiny_params(**{"classifiers.seeds": [0], "classifiers.train.steps": 12, **over})
+
+
+def _cfg(out: Path, seed: int = 0) -> dict:
+    return json.loads((out / f"seed_{seed}" / "model_config.json").read_text())
 
 
 def test_training_writes_a_cell_whose_weights_load_weights_only(tmp_path):
     data = make_pack(tmp_path / "data")
     out = tmp_path / "cell"
-    r = train_classifier("ViT", "Original", _params(), data, out, tmp_path / "ck", log=lambda s: None)
-    cfg = json.loads((out / "model_config.json").read_text())
-    assert cfg["val_auroc"] == r["val_auroc"] > 0.5
-    assert cfg["best_epoch"] == max(cfg["history"], key=lambda h: h["val_auroc"])["epoch"]
+    r = train_classifier("ViT", "Original", _params(**{"classifiers.seeds": [0, 3]}), data, out, tmp_path / "ck",
+                         log=lambda s: None)
+    assert [s["seed"] for s in r["seeds"]] == [0, 3] and sorted(p.name for p in out.iterdir()) == ["seed_0", "seed_3"]
+    cfg = _cfg(out)
+    assert cfg["val_auroc"] == r["seeds"][0]["val_auroc"] > 0.5
+    assert cfg["best_step"] == max(cfg["history"], key=lambda h: h["val_auroc"])["step"]
     assert cfg["model"] == "vit_tiny_patch16_224" and cfg["kwargs"] == TINY_MODELS["ViT"]["kwargs"]
     assert cfg["classes"] == ["benign", "malignant"] and len(cfg["data_hash"]) == 32
-    assert sorted(p.name for p in out.iterdir()) == ["live", "model.safetensors", "model_config.json"]
-    state = load_file(str(out / "model.safetensors"))
-    model, _ = load_classifier(out)
+    assert sorted(p.name for p in (out / "seed_0").iterdir()) == ["live", "model.safetensors", "model_config.json"]
+    state = load_file(str(out / "seed_0/model.safetensors"))
+    model, _ = load_classifier(out / "seed_0")
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    assert (out / "live/metrics.json").is_file()
+    assert (out / "seed_0/live/metrics.json").is_file()
+    assert _cfg(out, 3)["history"] != cfg["history"]  # another seed, another run
     assert not (tmp_path / "ck").exists()  # a finished cell leaves no checkpoint behind
+
+
+def test_augmented_and_original_cells_run_the_same_optimiser_steps(tmp_path):
+    """The training budget is steps, not epochs: a dataset with 3x the images gets no more optimiser steps (nor
+    images seen) than Original; balanced sampling is the one imbalance rule for both."""
+    small = make_pack(tmp_path / "Original", n_train=(24, 12))
+    large = make_pack(tmp_path / "DCGAN", n_train=(60, 48))
+    p = _params(**{"classifiers.train.patience": 100})
+    a = train_classifier("ResNet", "Original", p, small, tmp_path / "a", tmp_path / "ca", log=lambda s: None)
+    b = train_classifier("ResNet", "DCGAN", p, large, tmp_path / "b", tmp_path / "cb", log=lambda s: None)
+    ra, rb = a["seeds"][0], b["seeds"][0]
+    assert ra["steps_run"] == rb["steps_run"] == ra["steps"] == 12
+    assert ra["images_seen"] == rb["images_seen"] == 12 * 8
+    assert ra["imbalance"] == rb["imbalance"] == "balanced_sampling"
+    assert ra["epochs_equivalent"] > rb["epochs_equivalent"]  # the same budget is more passes over fewer images
+    assert [h["step"] for h in ra["history"]] == [h["step"] for h in rb["history"]] == [4, 8, 12]
+
+
+def test_balanced_sampling_draws_both_classes_equally_whatever_the_counts():
+    labels = np.r_[np.zeros(900), np.ones(100)].astype(int)
+    batches = epoch_batches(labels, 100, "balanced_sampling", torch.Generator().manual_seed(0))
+    drawn = labels[torch.cat(batches).numpy()]
+    assert abs(drawn.mean() - 0.5) < 0.05  # 10 % malignant in the data, half of every pass's draws
+    plain = labels[torch.cat(epoch_batches(labels, 100, "none", torch.Generator().manual_seed(0))).numpy()]
+    assert plain.mean() == 0.1
 
 
 def test_same_seed_same_val_metrics_and_a_different_seed_differs(tmp_path):
     data = make_pack(tmp_path / "data")
-    runs = [train_classifier("ResNet", "Original", _params(**{"classifiers.train.seed": s}), data,
-                             tmp_path / f"o{i}", tmp_path / f"c{i}", log=lambda s: None)["history"]
+    runs = [train_classifier("ResNet", "Original", _params(**{"classifiers.seeds": [s]}), data,
+                             tmp_path / f"o{i}", tmp_path / f"c{i}", log=lambda s: None)["seeds"][0]["history"]
             for i, s in enumerate((0, 0, 1))]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
@@ -214,12 +246,12 @@ def test_same_seed_same_val_metrics_and_a_different_seed_differs(tmp_path):
 
 def test_val_auroc_drives_selection_and_early_stopping(tmp_path):
     data = make_pack(tmp_path / "data")
-    p = _params(**{"classifiers.train.epochs": 8, "classifiers.train.patience": 1})
-    r = train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=lambda s: None)
+    p = _params(**{"classifiers.train.steps": 32, "classifiers.train.patience": 1})
+    r = train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=lambda s: None)["seeds"][0]
     h = r["history"]
     assert r["val_auroc"] == max(e["val_auroc"] for e in h)
     if r["stopped_early"]:
-        assert len(h) < 8 and h[-1]["val_auroc"] <= r["val_auroc"]
+        assert r["steps_run"] < 32 and h[-1]["val_auroc"] <= r["val_auroc"]
 
 
 def test_batch_must_split_evenly_over_processes(tmp_path):
@@ -242,42 +274,44 @@ def _stage(proj: Path, *args: str, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
-    over = {"classifiers.train.epochs": 6, "classifiers.train.batch_size": 4}
+def test_killed_training_resumes_from_the_saved_step(tmp_path):
+    """Killed during the second seed: the first seed resumes from its finished checkpoint (no retraining), the
+    second from its last validation, and both end where an uninterrupted run does."""
+    over = {"classifiers.train.steps": 24, "classifiers.train.batch_size": 4, "classifiers.seeds": [0, 1]}
     ref = _stage_project(tmp_path / "ref", **over)
     assert _stage(ref, "ViT", "Original").wait() == 0
-    reference = json.loads((ref / "models/classifiers/ViT/ViT_Original/model_config.json").read_text())
+    cell = "models/classifiers/ViT/ViT_Original"
 
     proj = _stage_project(tmp_path / "run", **over)
     ck = proj / "models/.checkpoints/classifiers/ViT_Original"
     p = _stage(proj, "ViT", "Original")
     deadline = time.time() + 120
-    while not (ck / "checkpoint_epoch_2.pth").exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while not list((ck / "seed_1").glob("checkpoint_step_*.pth")) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)  # killed once the second seed has saved a validation
     p.send_signal(signal.SIGKILL)
     p.wait()
-    done = sorted(int(f.stem.rsplit("_", 1)[1]) for f in ck.glob("checkpoint_epoch_*.pth"))
-    assert done and done[-1] < 6, "the kill came too late to test resuming"
-    assert not (proj / "models/classifiers/ViT/ViT_Original/model_config.json").exists()
+    done = sorted(int(f.stem.rsplit("_", 1)[1]) for f in (ck / "seed_1").glob("checkpoint_step_*.pth"))
+    assert done and done[-1] < 24, "the kill came too late to test resuming"
+    assert not (proj / cell).exists()
     rerun = _stage(proj, "ViT", "Original")
     out = rerun.communicate()[0]
     assert rerun.returncode == 0, out
-    assert f"resuming from checkpoint {ck.relative_to(proj)}/checkpoint_epoch_{done[-1]}.pth after epoch {done[-1]}" in out
-    cfg = json.loads((proj / "models/classifiers/ViT/ViT_Original/model_config.json").read_text())
-    assert cfg["resumed_after_epoch"] == done[-1]
+    assert f"resuming from checkpoint {ck.relative_to(proj)}/seed_1/checkpoint_step_{done[-1]}.pth" in out
+    assert _cfg(proj / cell, 0)["resumed_after_step"] == 24 and _cfg(proj / cell, 1)["resumed_after_step"] == done[-1]
     # same seed, same batches: the resumed run ends where the uninterrupted one did (CPU, within 1e-6)
-    for a, b in zip(cfg["history"], reference["history"]):
-        assert a["epoch"] == b["epoch"] and abs(a["val_auroc"] - b["val_auroc"]) < 1e-6
-        assert abs(a["train_loss"] - b["train_loss"]) < 1e-6
-    best = load_file(str(proj / "models/classifiers/ViT/ViT_Original/model.safetensors"))
-    ref_best = load_file(str(ref / "models/classifiers/ViT/ViT_Original/model.safetensors"))
-    assert max((best[k] - ref_best[k]).abs().max().item() for k in best) < 1e-6
+    for seed in (0, 1):
+        for a, b in zip(_cfg(proj / cell, seed)["history"], _cfg(ref / cell, seed)["history"]):
+            assert a["step"] == b["step"] and abs(a["val_auroc"] - b["val_auroc"]) < 1e-6
+            assert abs(a["train_loss"] - b["train_loss"]) < 1e-6
+        best = load_file(str(proj / cell / f"seed_{seed}/model.safetensors"))
+        ref_best = load_file(str(ref / cell / f"seed_{seed}/model.safetensors"))
+        assert max((best[k] - ref_best[k]).abs().max().item() for k in best) < 1e-6
     assert not ck.exists()  # deleted once the resumed run finished
 
 
 def test_changed_config_starts_over_instead_of_resuming(tmp_path, monkeypatch):
     proj = _stage_project(tmp_path)
-    monkeypatch.chdir(proj)  # the checkpoints a run killed after its last epoch would leave (finished runs delete theirs)
+    monkeypatch.chdir(proj)  # the checkpoints a run killed after its last step would leave (finished runs delete theirs)
     monkeypatch.setattr("melanoma.classifiers.train.discard", lambda folder: None)
     train_classifier("ResNet", "Original", _params(), proj / "data/datasets/Original", tmp_path / "o",
                      proj / "models/.checkpoints/classifiers/ResNet_Original", log=lambda s: None)
@@ -286,41 +320,40 @@ def test_changed_config_starts_over_instead_of_resuming(tmp_path, monkeypatch):
     (proj / "params.yaml").write_text(yaml.safe_dump(yaml_p, sort_keys=False))
     out = _stage(proj, "ResNet", "Original").communicate()[0]
     assert "are for another config; starting over" in out
-    assert json.loads((proj / "models/classifiers/ResNet/ResNet_Original/model_config.json").read_text())[
-        "resumed_after_epoch"] is None
+    assert _cfg(proj / "models/classifiers/ResNet/ResNet_Original")["resumed_after_step"] is None
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
     proj = _stage_project(tmp_path)
-    ck = proj / "models/.checkpoints/classifiers/ResNet_Original"
+    ck = proj / "models/.checkpoints/classifiers/ResNet_Original/seed_0"
     ck.mkdir(parents=True)
-    (ck / "checkpoint_epoch_1.pth").write_bytes(b"not a checkpoint")
+    (ck / "checkpoint_step_4.pth").write_bytes(b"not a checkpoint")
     p = _stage(proj, "ResNet", "Original")
     out = p.communicate()[0]
     assert p.returncode == 1 and "Traceback" not in out
-    assert f"train_classifier: error: checkpoint {ck.relative_to(proj)}/checkpoint_epoch_1.pth is corrupt" in out
+    assert f"train_classifier: error: checkpoint {ck.relative_to(proj)}/checkpoint_step_4.pth is corrupt" in out
 
 
 def test_unwritable_checkpoint_is_a_clear_error_and_the_previous_one_resumes(tmp_path):
-    """A write error while saving epoch 2 (a folder squats on its temp name: a real failure even as root, where a
-    read-only folder would not stop the write) stops the stage in one line; epoch 1 still loads."""
-    proj = _stage_project(tmp_path, **{"classifiers.train.epochs": 3, "classifiers.train.batch_size": 4})
-    ck = proj / "models/.checkpoints/classifiers/ResNet_Original"
+    """A write error while saving step 8 (a folder squats on its temp name: a real failure even as root, where a
+    read-only folder would not stop the write) stops the stage in one line; step 4 still loads."""
+    proj = _stage_project(tmp_path, **{"classifiers.train.batch_size": 4})
+    ck = proj / "models/.checkpoints/classifiers/ResNet_Original/seed_0"
     p = _stage(proj, "ResNet", "Original")
     deadline = time.time() + 120
-    while not (ck / "checkpoint_epoch_1.pth").exists() and p.poll() is None and time.time() < deadline:
+    while not (ck / "checkpoint_step_4.pth").exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    (ck / "checkpoint_epoch_2.pth.tmp" / "x").mkdir(parents=True)  # torch.save cannot open a folder
+    (ck / "checkpoint_step_8.pth.tmp" / "x").mkdir(parents=True)  # torch.save cannot open a folder
     out = p.communicate()[0]
     assert p.returncode == 1 and "Traceback" not in out, out
-    assert f"cannot write checkpoint {ck.relative_to(proj)}/checkpoint_epoch_2.pth" in out
+    assert f"cannot write checkpoint {ck.relative_to(proj)}/checkpoint_step_8.pth" in out
     assert "the previous one is kept" in out
-    assert load_checkpoint(ck / "checkpoint_epoch_1.pth")["epoch"] == 1
-    assert not (ck / "checkpoint_epoch_2.pth").exists()
-    shutil.rmtree(ck / "checkpoint_epoch_2.pth.tmp")  # writable again: the rerun resumes
+    assert load_checkpoint(ck / "checkpoint_step_4.pth")["step"] == 4
+    assert not (ck / "checkpoint_step_8.pth").exists()
+    shutil.rmtree(ck / "checkpoint_step_8.pth.tmp")  # writable again: the rerun resumes
     rerun = _stage(proj, "ResNet", "Original")
     out = rerun.communicate()[0]
-    assert rerun.returncode == 0 and "after epoch 1" in out, out
+    assert rerun.returncode == 0 and "after step 4" in out, out
 
 
 def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp_path):
@@ -334,14 +367,14 @@ def test_two_process_torchrun_matches_one_process_with_the_same_global_batch(tmp
     b = _stage(two, "ViT", "Original").communicate()[0]
     assert "2 process(es) on cpu" in b, b
     assert "1 process(es) on cpu" in a, a
-    ca = json.loads((one / "models/classifiers/ViT/ViT_Original/model_config.json").read_text())
-    cb = json.loads((two / "models/classifiers/ViT/ViT_Original/model_config.json").read_text())
+    cell = "models/classifiers/ViT/ViT_Original"
+    ca, cb = _cfg(one / cell), _cfg(two / cell)
     assert cb["processes"] == 2
     for x, y in zip(ca["history"], cb["history"]):
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-4 and abs(x["val_auroc"] - y["val_auroc"]) < 1e-4
-    assert ca["best_epoch"] == cb["best_epoch"]
-    wa = load_file(str(one / "models/classifiers/ViT/ViT_Original/model.safetensors"))
-    wb = load_file(str(two / "models/classifiers/ViT/ViT_Original/model.safetensors"))
+    assert ca["best_step"] == cb["best_step"]
+    wa = load_file(str(one / cell / "seed_0/model.safetensors"))
+    wb = load_file(str(two / cell / "seed_0/model.safetensors"))
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
@@ -355,10 +388,10 @@ def test_stage_refuses_an_unknown_arch_in_one_line(tmp_path):
 def test_checkpoint_payload_is_weights_only(tmp_path, monkeypatch):
     monkeypatch.setattr("melanoma.classifiers.train.discard", lambda folder: None)  # keep it to look at
     data = make_pack(tmp_path / "data")
-    train_classifier("ResNet", "Original", _params(**{"classifiers.train.epochs": 1}), data, tmp_path / "o",
+    train_classifier("ResNet", "Original", _params(**{"classifiers.train.steps": 4}), data, tmp_path / "o",
                      tmp_path / "c", log=lambda s: None)
-    state = load_checkpoint(tmp_path / "c" / "checkpoint_epoch_1.pth")
-    assert state["epoch"] == 1 and set(state) >= {"config_hash", "step", "task"}
+    state = load_checkpoint(tmp_path / "c/seed_0/checkpoint_step_4.pth")
+    assert state["step"] == 4 and set(state) >= {"config_hash", "last", "task"}
     assert set(state["task"]) == {"model", "optimizer", "history", "best", "best_model"}
     assert np.isfinite(state["task"]["best"]["auroc"])
 
@@ -371,7 +404,7 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, monkeypatch):
     monkeypatch.setattr("melanoma.classifiers.train.CODE", [code])
     monkeypatch.setattr("melanoma.classifiers.train.discard", lambda folder: None)  # as if killed after the end
     data = make_pack(tmp_path / "data")
-    p = _params(**{"classifiers.train.epochs": 1})
+    p = _params(**{"classifiers.train.steps": 4})
     logs: list[str] = []
     train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=logs.append)
     train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=logs.append)
@@ -379,25 +412,26 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, monkeypatch):
     code.write_text("v2")
     logs.clear()
     r = train_classifier("ResNet", "Original", p, data, tmp_path / "o", tmp_path / "c", log=logs.append)
-    assert any("for another config; starting over" in line for line in logs) and r["resumed_after_epoch"] is None
+    assert any("for another config; starting over" in line for line in logs)
+    assert r["seeds"][0]["resumed_after_step"] is None
 
 
-def test_a_non_finite_loss_stops_training_before_the_epoch_is_saved(tmp_path, monkeypatch):
+def test_a_non_finite_loss_stops_training_before_the_period_is_saved(tmp_path, monkeypatch):
     import melanoma.classifiers.train as loop
     real = loop.train_step
     calls = []
 
-    def nan_in_second_epoch(*a, **kw):
+    def nan_in_second_period(*a, **kw):
         calls.append(1)
         loss = real(*a, **kw)
-        return loss * float("nan") if len(calls) > 4 else loss  # 36 images / batch 8 = 4 steps per epoch
+        return loss * float("nan") if len(calls) > 4 else loss  # eval_every 4: the second period's steps
 
-    monkeypatch.setattr(loop, "train_step", nan_in_second_epoch)
+    monkeypatch.setattr(loop, "train_step", nan_in_second_period)
     data = make_pack(tmp_path / "data")
-    with pytest.raises(Diverged, match="ResNet_Original: train_loss became nan in epoch 2; lower "
-                                                 "classifiers.models.ResNet.lr"):
+    with pytest.raises(Diverged, match="ResNet_Original seed 0: train_loss became nan by step 8; lower "
+                                       "classifiers.models.ResNet.lr"):
         train_classifier("ResNet", "Original", _params(), data, tmp_path / "o", tmp_path / "c", log=lambda s: None)
-    assert sorted(p.name for p in (tmp_path / "c").glob("checkpoint_epoch_*.pth")) == ["checkpoint_epoch_1.pth"]
+    assert sorted(p.name for p in (tmp_path / "c/seed_0").glob("checkpoint_step_*.pth")) == ["checkpoint_step_4.pth"]
     assert not (tmp_path / "o").exists()
 
 

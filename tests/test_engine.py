@@ -131,10 +131,10 @@ def test_classifier_task_trains_under_bf16_autocast(tmp_path, arch):
     data = make_pack(tmp_path, size=size)
     tp = tiny_params()["classifiers"]["train"]
     built = build_model(arch, TINY_MODELS[arch], 2, size)
-    task = ClassifierTask(arch, built, tp, 1e-3, load_split(data, "train"), load_split(data, "val"), BF16,
+    task = ClassifierTask(arch, built, tp, 1e-3, 0, load_split(data, "train"), load_split(data, "val"), BF16,
                           log=lambda _: None)
     before = _params(task.model)
-    last = _run(task, steps=2 * task.steps_per_epoch, period=task.steps_per_epoch)  # validates under autocast too
+    last = _run(task, steps=2 * tp["eval_every"], period=tp["eval_every"])  # validates under autocast too
     assert np.isfinite(last["train_loss"]) and 0 <= last["val_auroc"] <= 1
     _trained(before, task.model)
 

@@ -125,6 +125,13 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
     ("classifiers.models.MedViT.model", "", "classifiers.models.MedViT.model is ''"),
     ("data.local.path", "", "data.local.path is empty"),
     ("generators.ddpm.block_out_channels", [10**12, 64], "block_out_channels must be at most 65536"),
+    ("classifiers.seeds", [0, 1, 0], "classifiers.seeds lists a seed twice: [0, 1, 0]"),
+    ("classifiers.seeds", [], "classifiers.seeds is []; it must be a non-empty list of integers"),
+    ("classifiers.seeds", [0, -1], "classifiers.seeds is [0, -1]; each item must be"),
+    ("classifiers.seeds", [0, 2**40], "classifiers.seeds is [0, 1099511627776]; each item must be"),
+    ("classifiers.train.eval_every", 100, "classifiers.train.eval_every (100) and warmup_steps (4) must be below "
+                                          "classifiers.train.steps (24)"),
+    ("classifiers.train.warmup_steps", 24, "must be below classifiers.train.steps (24)"),
 ])
 def test_values_that_pass_alone_but_break_a_later_stage_fail_at_load(dotted, value, needle):
     tree = load_params(ROOT / "params.yaml")

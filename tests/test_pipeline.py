@@ -130,11 +130,12 @@ def lock_outs(repo: Path) -> dict[str, str]:
 def test_repro_builds_outputs_then_has_nothing_to_do(built, tmp_path):
     repo, first = built
     stages = set(sh(repo, "dvc", "stage", "list", "--name-only").stdout.split())
-    assert ran(first) == stages and len(stages) == 25  # every stage of the tiny grid ran, once
+    assert ran(first) == stages and len(stages) == 26  # every stage of the tiny grid ran, once
     assert not [p for p in lock_outs(repo) if not (repo / p).exists()]  # every declared output exists
     for cell in ("ResNet/ResNet_Original", "ResNet/ResNet_DCGAN", "ViT/ViT_Original", "ViT/ViT_DCGAN"):
-        cfg = json.loads((repo / "models/classifiers" / cell / "model_config.json").read_text())
-        assert 0 <= cfg["val_auroc"] <= 1 and cfg["epochs_run"] == 2
+        for seed in (0, 1):
+            cfg = json.loads((repo / "models/classifiers" / cell / f"seed_{seed}/model_config.json").read_text())
+            assert 0 <= cfg["val_auroc"] <= 1 and cfg["steps_run"] == 8 and cfg["seed"] == seed
     assert (repo / "results/report.html").is_file() and (repo / "results/grid.csv").is_file()
     rows = read_csv(repo / "data/raw/manifest.csv")
     assert Counter(r["label"] for r in rows) == {"benign": 24, "malignant": 12}
@@ -145,7 +146,8 @@ def test_repro_builds_outputs_then_has_nothing_to_do(built, tmp_path):
     test = read_csv(repo / "data/splits/test.csv")  # predict on the test files reproduces evaluate's predictions
     out = sh(repo, sys.executable, "-m", "melanoma.commands", "predict", *(f"data/raw/{r['path']}" for r in test),
              "--json", "--model", "models/export/ViT/ViT_Original").stdout
-    evaluated = read_csv(repo / "results/evaluation/ViT/ViT_Original/predictions_test.csv")
+    packaged = json.loads((repo / "results/evaluation/ViT/ViT_Original/metrics.json").read_text())["seed"]
+    evaluated = read_csv(repo / f"results/evaluation/ViT/ViT_Original/seed_{packaged}/predictions_test.csv")
     got = json.loads(out)["predictions"]
     assert [Path(r["path"]).stem for r in got] == [r["id"] for r in evaluated]
     assert all(abs(g["p_malignant"] - float(e["p_malignant"])) < 1e-6 and g["decision"] == e["predicted"]
@@ -219,11 +221,11 @@ def test_push_then_a_fresh_clone_pulls_everything_and_the_run_cache_restores(bui
     assert "Running stage" not in sh(clone, "dvc", "repro").stdout
     # an output deleted by hand comes back from the run-cache: no retraining (the clone has no checkpoints)
     cell = "models/classifiers/ViT/ViT_Original"
-    before = (clone / cell / "model_config.json").read_text()
+    before = (clone / cell / "seed_0/model_config.json").read_text()
     shutil.rmtree(clone / cell)
     out = sh(clone, "dvc", "repro").stdout
     assert "Running stage" not in out and "train_classifier@ViT-Original" in out, out
-    assert (clone / cell / "model_config.json").read_text() == before
+    assert (clone / cell / "seed_0/model_config.json").read_text() == before
     assert "up to date" in sh(clone, "dvc", "status").stdout
 
 
@@ -233,8 +235,9 @@ def test_two_fresh_runs_give_identical_results(built, twin):
     assert ran((repo.parent / "repro.log").read_text()) == ran(built[1])  # it ran every stage too
     a, b = lock_outs(built[0]), lock_outs(repo)
     # every output byte for byte: raw data, splits, synthetic images (plain and upscaled), datasets, generator,
-    # upscaler and classifier folders, evaluations (GradCAM images included), packages (ONNX included), report
-    assert len(a) == 35 and len([p for p in a if p.startswith("data/")]) == 12
+    # upscaler and classifier folders (every seed), evaluations (GradCAM images included), the baseline,
+    # packages (ONNX included), report, verdict
+    assert len(a) == 37 and len([p for p in a if p.startswith("data/")]) == 12
     assert a == b  # metrics.json included (a `cache: false` output, hashed in dvc.lock like the others)
 
 
@@ -280,7 +283,7 @@ def test_the_study_profile_is_one_command_and_a_valid_full_scale_dag(repo):
     # the inputs of stages whose inputs do not exist yet, and fails (treeverse/dvc#9021)
     dry = sh(repo, "dvc", "repro", "--dry", "--force").stdout
     stages = ran(dry)
-    assert len(stages) == 55 and {f"train_classifier@{a}-{d}" for a in ("BioViT", "Swin", "MedViT")
+    assert len(stages) == 56 and {f"train_classifier@{a}-{d}" for a in ("BioViT", "Swin", "MedViT")
                                   for d in ("Original", "DDPM_Upscaled")} <= stages
     assert not (repo / "data/raw").exists() and not (repo / "models/classifiers").exists()
     p = yaml.safe_load((repo / "params.yaml").read_text())

@@ -10,31 +10,22 @@ import pytest
 
 from melanoma.classifiers.train import train_classifier
 from melanoma.evaluation.evaluate import evaluate_cell
+from melanoma.evaluation.baseline import run_baseline
 from melanoma.evaluation.report import build_report
 from tests.tiny import make_pack, tiny_params
 
 ARCHS, DATASETS = ["ResNet", "ViT"], ["Original", "DCGAN"]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("report")
-    p = tiny_params(**{"classifiers.archs": ARCHS, "classifiers.datasets": DATASETS})
-    for i, d in enumerate(DATASETS):  # same val/test images in both, different training images
-        make_pack(root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0, n_external=(5, 4))
-    for a in ARCHS:
-        for d in DATASETS:
-            train_classifier(a, d, p, root / "data/datasets" / d, root / f"models/{a}/{a}_{d}",
-                             root / f"ck/{a}_{d}", log=lambda s: None)
-            evaluate_cell(a, d, p, root / f"models/{a}/{a}_{d}", root / "data/datasets" / d,
-                          root / f"results/evaluation/{a}/{a}_{d}")
-    (root / "data/splits").mkdir(parents=True)
+def write_context(root: Path, image_size: int = 16) -> None:
+    """The inputs the report reads besides evaluations: split report, dataset card, the input size."""
+    (root / "data/splits").mkdir(parents=True, exist_ok=True)
     (root / "data/splits/split_report.json").write_text(json.dumps(
         {"counts": {"train": {"benign": 24, "malignant": 12}, "val": {"benign": 8, "malignant": 8},
                     "test": {"benign": 10, "malignant": 6}}, "images": 70, "groups": 68,
          "grouping_keys": ["md5", "near_duplicate", "patient_id"], "merges": {"md5": 0, "patient_id": 1},
          "conflicting_labels": {"policy": "drop", "groups": 1, "images_dropped": 2, "listing": []}}))
-    (root / "data/raw").mkdir(parents=True)
+    (root / "data/raw").mkdir(parents=True, exist_ok=True)
     (root / "data/raw/dataset_card.json").write_text(json.dumps(
         {"format": "isic2019", "label_mapping": [
             {"diagnosis": "melanoma", "label": "malignant", "listed": 18, "stored": 18},
@@ -43,69 +34,103 @@ def project(tmp_path_factory) -> Path:
          "excluded": {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 3},
          "skipped": {"licence, attribution or readme file": 2},
          "metadata": {"age": 70, "sex": 70, "site": 0, "lesion_id": 0, "patient_id": 70}}))
-    (root / "data/datasets/Original/stats.json").write_text(json.dumps({"image_size": 16}))
+    (root / "data/datasets/Original/stats.json").write_text(json.dumps({"image_size": image_size}))
+
+
+def train_and_evaluate(root: Path, p: dict, archs: list[str], datasets: list[str]) -> None:
+    for a in archs:
+        for d in datasets:
+            train_classifier(a, d, p, root / "data/datasets" / d, root / f"models/{a}/{a}_{d}",
+                             root / f"ck/{a}_{d}", log=lambda s: None)
+            evaluate_cell(a, d, p, root / f"models/{a}/{a}_{d}", root / "data/datasets" / d,
+                          root / f"results/evaluation/{a}/{a}_{d}")
+    run_baseline(p, root / "data/datasets/Original", root / "results/evaluation/Baseline/Baseline_Original")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    p = tiny_params(**{"classifiers.archs": ARCHS, "classifiers.datasets": DATASETS})
+    for i, d in enumerate(DATASETS):  # same val/test images in both, different training images
+        make_pack(root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0, n_external=(5, 4))
+    train_and_evaluate(root, p, ARCHS, DATASETS)
+    write_context(root)
     build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic", root / "data/datasets",
                  root / "data/splits", root / "data/raw")
     return root
 
 
-def test_evaluate_writes_predictions_metrics_and_gradcam(project):
+def test_evaluate_writes_every_seed_and_the_packaged_seeds_files(project):
     cell = project / "results/evaluation/ViT/ViT_Original"
     m = json.loads((cell / "metrics.json").read_text())
-    assert m["threshold_rule"] == "youden" and 0 <= m["threshold"] <= 1
+    assert m["seeds"] == [0, 1] and m["seed"] in (0, 1)
+    assert m["threshold_rule"] == "youden" and m["threshold"] == m["per_seed"][str(m["seed"])]["threshold"]
     assert m["test"]["n"] == 16 and m["test"]["n_malignant"] == 6 and m["val"]["n"] == 16
     assert m["external_test"]["n"] == 9 and m["external_test"]["n_malignant"] == 4  # scored at val's threshold too
-    assert (cell / "predictions_external_test.csv").is_file() and (cell / "roc_external_test.csv").is_file()
-    lo, hi = m["test"]["ci95"]["auroc"]
-    assert lo <= m["test"]["auroc"] <= hi
-    with open(cell / "predictions_test.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["id"] for r in rows] == [f"test{i}" for i in range(16)]
-    assert all((float(r["p_malignant"]) >= m["threshold"]) == (r["predicted"] == "malignant") for r in rows)
-    for f in ("roc_test.csv", "pr_test.csv", "calibration_test.csv", "confusion_test.png",
-              "classification_report_test.txt", "predictions_val.csv"):
+    assert m["training"]["0"]["steps_run"] == m["training"]["1"]["steps_run"] == 8
+    best = max(m["seeds"], key=lambda k: (m["training"][str(k)]["val_auroc"], -k))
+    assert m["seed"] == best  # packaged: the best val AUROC, never test
+    over = m["over_seeds"]["test"]["auroc"]
+    per_seed = [m["per_seed"][str(k)]["test"]["auroc"] for k in (0, 1)]
+    assert over["mean"] == pytest.approx(np.mean(per_seed)) and over["sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert over["ci95"][0] <= over["mean"] <= over["ci95"][1]
+    for k in (0, 1):
+        with open(cell / f"seed_{k}/predictions_test.csv") as f:
+            rows = list(csv.DictReader(f))
+        thr = m["per_seed"][str(k)]["threshold"]
+        assert [r["id"] for r in rows] == [f"test{i}" for i in range(16)]
+        assert all((float(r["p_malignant"]) >= thr) == (r["predicted"] == "malignant") for r in rows)
+        assert (cell / f"seed_{k}/predictions_external_test.csv").is_file()
+    for f in ("roc_test.csv", "pr_test.csv", "calibration_test.csv", "confusion_test.png", "roc_external_test.csv",
+              "classification_report_test.txt"):
         assert (cell / f).is_file(), f
     assert "malignant" in (cell / "classification_report_test.txt").read_text()
     with open(cell / "gradcam/index.csv") as f:
         cams = list(csv.DictReader(f))
     assert cams and all((cell / "gradcam" / r["file"]).is_file() for r in cams)
     assert {r["group"] for r in cams} <= {"true_positive", "false_negative", "false_positive", "true_negative"}
-    # each GradCAM image is explained for its true label
-    labels = {r["id"]: r["label"] for r in rows}
+    labels = {r["id"]: r["label"] for r in rows}  # each GradCAM image is explained for its true label
     assert all(labels[r["id"]] == r["label"] for r in cams)
 
 
 def test_grid_metrics_and_comparisons(project):
     with open(project / "results/grid.csv") as f:
         grid = list(csv.DictReader(f))
-    cells = [(r["arch"], r["dataset"], r["split"]) for r in grid if r["arch"] != "baseline"]
+    cells = [(r["arch"], r["dataset"], r["split"]) for r in grid if r["arch"] not in ("baseline", "Baseline")]
     assert cells == [(a, d, s) for a in ARCHS for d in DATASETS for s in ("test", "external_test")]
+    assert all(r["seeds"] == "2" and r["auroc_sd"] != "" for r in grid if r["arch"] in ARCHS)
     base = {(r["dataset"], r["split"]): r for r in grid if r["arch"] == "baseline"}
-    for s, n in (("test", 16), ("external_test", 9)):  # each on its own images
+    for s in ("test", "external_test"):  # each on its own images
         assert float(base["all-malignant", s]["sensitivity"]) == 1.0
         assert float(base["all-malignant", s]["specificity"]) == 0 and float(base["prevalence", s]["auroc"]) == 0.5
-        assert sum(int(base["prevalence", s][k]) for k in ("tp", "fn", "fp", "tn")) == n
+    features = [r for r in grid if r["arch"] == "Baseline"]
+    assert [r["split"] for r in features] == ["test", "external_test"] and "logistic regression" in features[0]["model"]
     metrics = json.loads((project / "results/metrics.json").read_text())
     assert set(metrics) == {f"{a}_{d}" for a in ARCHS for d in DATASETS}
     five = {"auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity"}
-    assert set(metrics["ResNet_Original"]) == five | {"external_test"}  # test's, the external set's nested
-    assert set(metrics["ResNet_Original"]["external_test"]) == five
+    assert set(metrics["ResNet_Original"]) == five | {"auroc_sd", "external_test"}  # test's; external nested
     cell = json.loads((project / "results/evaluation/ResNet/ResNet_Original/metrics.json").read_text())
-    assert metrics["ResNet_Original"]["external_test"]["auroc"] == round(cell["external_test"]["auroc"], 6)
-    assert metrics["ResNet_Original"]["auroc"] == round(cell["test"]["auroc"], 6)
+    assert metrics["ResNet_Original"]["auroc"] == round(cell["over_seeds"]["test"]["auroc"]["mean"], 6)
     with open(project / "results/report/comparisons.csv") as f:
         comps = list(csv.DictReader(f))
-    assert [(c["arch"], c["dataset"]) for c in comps] == [("ResNet", "DCGAN"), ("ViT", "DCGAN")]
+    assert [(c["arch"], c["dataset"], c["split"]) for c in comps] == [
+        ("ResNet", "DCGAN", "test"), ("ViT", "DCGAN", "test"), ("ResNet", "DCGAN", "external_test"),
+        ("ViT", "DCGAN", "external_test"), ("pooled", "DCGAN", "test"), ("pooled", "DCGAN", "external_test")]
     for c in comps:
-        lo, hi = float(c["ci_low"]), float(c["ci_high"])
-        assert c["verdict"].startswith("no evidence") == (lo <= 0 <= hi)
-        assert np.isclose(float(c["difference"]), float(c["auroc"]) - float(c["auroc_original"]))
+        assert float(c["p_holm"]) >= float(c["p_value"])
+        assert (c["verdict"] == "0") == (float(c["p_holm"]) >= 0.05)
+    verdict = json.loads((project / "results/verdict.json").read_text())
+    assert set(verdict["pooled"]["DCGAN"]) == {"test", "external_test"}
+    assert set(verdict["comparisons"]) == {"ResNet_DCGAN", "ViT_DCGAN"}
 
 
-def test_report_page_is_self_contained(project):
+def test_report_page_opens_with_the_verdict_and_is_self_contained(project):
     page = (project / "results/report.html").read_text()
-    assert 'id="grid"' in page and page.count("<tr>") >= 4 + 2
-    assert page.count("<td>external_test</td>") == 4 + 2  # every cell and both baselines on the external set
+    assert page.index("id='verdict'") < page.index('id="grid"') < page.index('id="comparisons"')
+    assert "DCGAN vs Original: on the internal test split (16 images)" in page
+    assert "Holm-adjusted p" in page and "alt='forest plot'" in page and "id='limitations'" in page
+    assert " ± " in page  # seed spread beside every grid number
+    assert page.count("<td>external_test</td>") >= 4 + 3  # every cell and all three baselines
     assert "src='data:image/png;base64," in page and "src='http" not in page and 'src="http' not in page
 
 
@@ -132,4 +157,4 @@ def test_report_renders_in_headless_chromium_without_broken_images(project):
     assert '<table id="grid">' in dom, p.stderr[-2000:]
     assert 'data-broken-images="0"' in dom
     n = int(dom.split('data-images="')[1].split('"')[0])
-    assert n >= 1 + 2 + 4  # heatmap, ROC per arch, GradCAM images
+    assert n >= 1 + 1 + 2 + 4  # forest plot, heatmap, ROC per arch, GradCAM images

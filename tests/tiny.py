@@ -43,8 +43,8 @@ def tiny_params(**overrides) -> dict:
     p["datasets"]["per_class"] = 20  # both classes get synthetic images (train holds ~17 benign, ~8 malignant)
     p["upscale"]["sr"].update(steps=5, batch_size=8, channels=8)
     c = p["classifiers"]
-    c.update(archs=["ResNet", "ViT"], datasets=["Original", "DCGAN"])
-    c["train"].update(epochs=2, batch_size=8, eval_batch_size=16, threads=1, warmup_epochs=0.5, patience=5)
+    c.update(archs=["ResNet", "ViT"], datasets=["Original", "DCGAN"], seeds=[0, 1])
+    c["train"].update(steps=8, eval_every=4, batch_size=8, eval_batch_size=16, threads=1, warmup_steps=2, patience=5)
     c["models"].update(TINY_MODELS)
     p["evaluate"].update(bootstrap=50, gradcam_per_group=1)
     for dotted, value in overrides.items():

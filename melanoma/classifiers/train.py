@@ -3,14 +3,20 @@
 The whole pack sits as uint8 on the training device (on a GPU too: the demo pack is a few MB, the study's
 ~7,000 images at 224 px about 1 GB), and augmentation runs batched on that device: one affine warp per batch
 (flip, 90-degree turns, a small rotation/scale/shift) and a colour jitter. Every random number comes from a
-generator on the training device seeded by (seed, epoch) and is drawn for the *global* batch, so a resumed run, and a run on N
-processes, see exactly the batches and augmentations of an uninterrupted single-process run.
+generator on the training device seeded by (seed, pass over the data) for the batch order and (seed, step) for
+the augmentation, drawn for the *global* batch, so a resumed run, and a run on N processes, see exactly the
+batches and augmentations of an uninterrupted single-process run.
 
-Model selection and early stopping use val AUROC (test is never read here). Checkpoints go to an untracked
-folder that survives DVC deleting the stage outputs, so `dvc repro` after a kill resumes at the last epoch.
+The training budget is a number of optimiser steps (`classifiers.train.steps`), the same for every dataset, so
+an augmented set never gets more training than Original; the imbalance rule (`classifiers.train.imbalance`) is
+applied identically to every dataset. A cell is trained once per seed in `classifiers.seeds` (init, batch order,
+augmentation), one process for all of them. Model selection and early stopping use val AUROC, every
+`eval_every` steps (test is never read here). Checkpoints go to an untracked folder that survives DVC deleting
+the stage outputs, so `dvc repro` after a kill resumes each seed at its last validation.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -107,7 +113,10 @@ CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] /
 
 
 def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Generator) -> list[torch.Tensor]:
-    """Global batches of indices for one epoch (drop_last: every step has the same global batch)."""
+    """Global batches of indices for one pass over the data (drop_last: every step has the same global batch).
+
+    balanced_sampling draws each image with probability 1 / (2 x its class count), with replacement, so both
+    classes are equally likely in every batch whatever the dataset's class counts."""
     n = len(labels)
     if imbalance == "balanced_sampling":
         w = torch.tensor(1.0 / np.bincount(labels, minlength=2)[labels], dtype=torch.float64, device=gen.device)
@@ -117,17 +126,21 @@ def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Gen
     return [order[i:i + batch] for i in range(0, n - batch + 1, batch)]
 
 
-class ClassifierTask:
-    """One grid cell as an engine Task: an epoch is a period; validation (val AUROC) ends each epoch.
+def _stream(seed: int, kind: int, index: int) -> int:
+    """The seed of one random stream: kind 0 = the batch order of pass `index`, 1 = the augmentation of step
+    `index`. Plain integer arithmetic (Python's hash() of a tuple differs between processes)."""
+    return (seed * 10_000_019 + index) * 2 + kind
 
-    Batches and augmentation come from a generator on the training device, seeded by (seed, epoch) and drawn for the global batch,
-    so a resumed run and a run on N processes see exactly the draws of an uninterrupted single-process run.
-    The best epoch's weights (by val AUROC) are part of the state, so a resumed run keeps them.
+
+class ClassifierTask:
+    """One seed of one grid cell as an engine Task: `steps` optimiser steps, validation (val AUROC) every
+    `eval_every` steps, the best validation's weights kept in the state (so a resumed run keeps them).
     """
 
-    def __init__(self, name: str, built: Built, tp: dict[str, Any], lr: float, train: tuple[np.ndarray, np.ndarray],
-                 val: tuple[np.ndarray, np.ndarray], rt: Runtime, log: Callable[[str], None] = print) -> None:
-        self.name, self.tp, self.rt, self.lr, self.log = name, tp, rt, lr, log
+    def __init__(self, name: str, built: Built, tp: dict[str, Any], lr: float, seed: int,
+                 train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], rt: Runtime,
+                 log: Callable[[str], None] = print) -> None:
+        self.name, self.tp, self.rt, self.lr, self.seed, self.log = name, tp, rt, lr, seed, log
         self.advice = f"lower classifiers.models.{built.info['arch']}.lr (now {lr}) or change the seed"
         self.model = rt.prepare(built.model)
         if rt.world > 1 and rt.device.type == "cuda":  # batch statistics over the global batch
@@ -143,14 +156,14 @@ class ClassifierTask:
         self.class_w = torch.tensor(len(self.ys) / (2 * np.maximum(counts, 1)) if tp["imbalance"] == "weighted_loss"
                                     else np.ones(2), dtype=torch.float32, device=rt.device)
         self.batch = min(tp["batch_size"], len(self.ys))
-        self.steps_per_epoch = len(self.ys) // self.batch
+        self.steps_per_pass = len(self.ys) // self.batch
         self.net = self._wrap(self.model)
         self.opt = adamw(self.model, lr, tp["weight_decay"])
-        warmup = round(tp["warmup_epochs"] * self.steps_per_epoch)
-        self.sched = cosine_schedule(self.opt, tp["epochs"] * self.steps_per_epoch, warmup, tp["lr_floor"])
+        self.sched = cosine_schedule(self.opt, tp["steps"], tp["warmup_steps"], tp["lr_floor"])
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"auroc": -1.0, "epoch": -1}
+        self.best: dict[str, Any] = {"auroc": -1.0, "step": -1}
         self.best_state: dict[str, torch.Tensor] = {}
+        self._pass = -1
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         net = model
@@ -161,35 +174,36 @@ class ClassifierTask:
 
     @property
     def stop(self) -> bool:
-        """Early stopping: `patience` epochs without a better val AUROC."""
-        return bool(self.history) and self.history[-1]["epoch"] - self.best["epoch"] >= self.tp["patience"]
+        """Early stopping: `patience` validations without a better val AUROC."""
+        return bool(self.history) and (self.history[-1]["step"] - self.best["step"]
+                                       >= self.tp["patience"] * self.tp["eval_every"])
 
     def step(self, step: int) -> dict[str, torch.Tensor]:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if i == 0:
-            self.gen = self.rt.generator(self.tp["seed"] * 100_003 + epoch)
-            self.batches = epoch_batches(self.ys, self.batch, self.tp["imbalance"], self.gen)
+        passes, i = divmod(step, self.steps_per_pass)
+        if passes != self._pass:  # also after a resume in the middle of a pass
+            gen = self.rt.generator(_stream(self.seed, 0, passes))
+            self.batches, self._pass = epoch_batches(self.ys, self.batch, self.tp["imbalance"], gen), passes
         self.net.train()  # validation (end_period) leaves the model in eval mode
         self.sched.step_update(step)
-        aug = augment_params(self.batch, self.tp["augment"], self.gen)
+        aug = augment_params(self.batch, self.tp["augment"], self.rt.generator(_stream(self.seed, 1, step)))
         loss = train_step(self.net, self.opt, self.X, self.Y, self.batches[i], aug, self.class_w, self.mean,
                           self.std, self.rt)
         return {"train_loss": loss}
 
     def end_period(self, step: int, means: dict[str, float]) -> dict[str, float]:
-        """Validate on val: AUROC and loss; keep the best epoch's weights."""
+        """Validate on val: AUROC and loss; keep the best validation's weights."""
         pv = probabilities(self.model, self.XV, self.mean, self.std, self.tp["eval_batch_size"], self.rt)
         val_auroc = _val_auroc(self.yv, pv.numpy())
         val_loss = float(F.binary_cross_entropy(pv.clamp(1e-7, 1 - 1e-7), torch.from_numpy(self.yv).float()))
-        epoch = (step + 1) // self.steps_per_epoch
-        row = {"epoch": epoch, "train_loss": means["train_loss"], "val_loss": val_loss, "val_auroc": val_auroc,
-               "lr": self.opt.param_groups[0]["lr"]}
+        done = step + 1
+        row = {"step": done, "images_seen": done * self.batch, "train_loss": means["train_loss"],
+               "val_loss": val_loss, "val_auroc": val_auroc, "lr": self.opt.param_groups[0]["lr"]}
         self.history.append(row)
         improved = val_auroc > self.best["auroc"]
         if improved:
-            self.best = {"auroc": val_auroc, "loss": val_loss, "epoch": epoch}
+            self.best = {"auroc": val_auroc, "loss": val_loss, "step": done}
             self.best_state = copy.deepcopy(self.model.state_dict())
-        self.log(f"{self.name} epoch {epoch}/{self.tp['epochs']}: loss {means['train_loss']:.4f} val loss "
+        self.log(f"{self.name} step {done}/{self.tp['steps']}: loss {means['train_loss']:.4f} val loss "
                  f"{val_loss:.4f} val AUROC {val_auroc:.4f}" + (" *" if improved else ""))
         return {k: row[k] for k in ("val_loss", "val_auroc", "lr")}
 
@@ -219,52 +233,73 @@ def _threads(tp: dict[str, Any], rt: Runtime) -> None:
 
 def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: Path, out: Path, ckpt_dir: Path,
                      rt: Runtime = Runtime(), log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train one grid cell and write model.safetensors (the best epoch on val AUROC), model_config.json and live/
-    to `out`, then delete its checkpoints (a killed run resumes from them; a finished one does not need them).
+    """Train one grid cell once per seed in `classifiers.seeds`; write `out`/seed_<k>/ for each (model.safetensors:
+    the best validation's weights, model_config.json, live/), all seeds or none, then delete the checkpoints
+    (a killed run resumes each seed from them; a finished one does not need them).
 
-    Raises DatasetError (unreadable pack, one-class val), ParamsError (batch not divisible by processes),
-    Diverged (NaN/Inf loss; nothing of that epoch is saved), CheckpointError, PretrainedUnavailable.
+    Returns {"seeds": [each seed's record], "seconds_this_run"}. Raises DatasetError (unreadable pack, one-class
+    val), ParamsError (batch not divisible by processes), Diverged (NaN/Inf loss; nothing of that period is
+    saved), CheckpointError, PretrainedUnavailable.
     """
     t0 = time.perf_counter()
-    tp, spec = params["classifiers"]["train"], params["classifiers"]["models"][arch]
     train, val = _load_data(data_dir, dataset)
-    _threads(tp, rt)
+    _threads(params["classifiers"]["train"], rt)
+    records = []
+    with (atomic_dir(out) if rt.main else contextlib.nullcontext(None)) as tmp:
+        for seed in params["classifiers"]["seeds"]:
+            task, record = train_seed(arch, dataset, params, seed, train, val, data_dir, ckpt_dir / f"seed_{seed}",
+                                      rt, log)
+            if rt.main:
+                _write_seed(tmp / f"seed_{seed}", task, record, ckpt_dir / f"seed_{seed}")
+            records.append(record)
+    if rt.main:
+        for seed in params["classifiers"]["seeds"]:
+            discard(ckpt_dir / f"seed_{seed}")
+        discard(ckpt_dir)
+    return {"seeds": records, "seconds_this_run": round(time.perf_counter() - t0, 1)}
+
+
+def train_seed(arch: str, dataset: str, params: dict[str, Any], seed: int, train: tuple[np.ndarray, np.ndarray],
+               val: tuple[np.ndarray, np.ndarray], data_dir: Path, ckpt_dir: Path, rt: Runtime = Runtime(),
+               log: Callable[[str], None] = print) -> tuple[ClassifierTask, dict[str, Any]]:
+    """One seed of a cell: `classifiers.train.steps` steps from weights initialised by `seed`; returns the
+    finished task (its best_state holds the selected weights) and the record model_config.json stores."""
+    tp, spec = params["classifiers"]["train"], params["classifiers"]["models"][arch]
     if min(tp["batch_size"], len(train[1])) % rt.world:
         raise ParamsError(f"classifiers.train.batch_size ({min(tp['batch_size'], len(train[1]))}) must be divisible "
                           f"by classifiers.train.processes ({rt.world}): every process takes an equal share of each "
                           "global batch")
-    torch.manual_seed(tp["seed"])  # the same initial weights on every rank and every rerun
+    torch.manual_seed(seed)  # the same initial weights on every rank and every rerun
     built = build_model(arch, spec, len(LABELS), train[0].shape[1])
-    task = ClassifierTask(f"{arch}_{dataset}", built, tp, spec["lr"], train, val, rt,
+    task = ClassifierTask(f"{arch}_{dataset} seed {seed}", built, tp, spec["lr"], seed, train, val, rt,
                           log=lambda line: log(f"train_classifier: {line}") if rt.main else None)
-    config = {"arch": arch, "dataset": dataset, "spec": spec, "train": {k: v for k, v in tp.items() if k != "threads"},
+    config = {"arch": arch, "dataset": dataset, "spec": spec, "seed": seed,
+              "train": {k: v for k, v in tp.items() if k != "threads"},
               "data_hash": files_md5([data_dir / "train.npy", data_dir / "val.npy", data_dir / "manifest.csv"]),
               "world": rt.world}
-    spe = task.steps_per_epoch
-    plan = Plan(steps=tp["epochs"] * spe, seed=tp["seed"], period=spe, config=config, code=CODE, folder=ckpt_dir,
-                checkpoint_every=spe, unit="epoch")
+    plan = Plan(steps=tp["steps"], seed=seed, period=tp["eval_every"], config=config, code=CODE, folder=ckpt_dir,
+                checkpoint_every=tp["eval_every"])
     fitted = fit(task, plan, rt, log=task.log)
-    record = _record(built, task, config, fitted.config_hash, fitted.resumed_from, rt)
-    if rt.main:
-        _write_cell(out, task, record, ckpt_dir)
-        discard(ckpt_dir)
-    return {**record, "seconds_this_run": round(time.perf_counter() - t0, 1)}
+    return task, _record(built, task, config, fitted.config_hash, fitted.resumed_from, rt)
 
 
 def _record(built: Built, task: ClassifierTask, config: dict[str, Any], h: str, resumed_from: int | None,
             rt: Runtime) -> dict[str, Any]:
-    """model_config.json: what was built, on what data, how it trained (no wall-clock time: same run, same bytes)."""
+    """model_config.json: what was built, on what data, how it trained (no wall-clock time: same run, same bytes).
+    steps_run x batch = images_seen; epochs_equivalent = images_seen / n_train."""
     import timm
 
     tp, ys = task.tp, task.ys
     counts = np.bincount(ys, minlength=2)
+    steps_run = task.history[-1]["step"] if task.history else 0
     return {**built.info, "classes": list(LABELS), "positive_class": LABELS[1], "dataset": config["dataset"],
-            "seed": tp["seed"], "params": {"train": tp, "model": config["spec"]}, "data_hash": config["data_hash"],
+            "seed": task.seed, "params": {"train": tp, "model": config["spec"]}, "data_hash": config["data_hash"],
             "config_hash": h, "n_train": int(len(ys)), "n_val": int(len(task.yv)),
-            "train_counts": {c: int(n) for c, n in zip(LABELS, counts)},
-            "best_epoch": task.best["epoch"], "val_auroc": task.best["auroc"], "val_loss": task.best.get("loss"),
-            "epochs_run": len(task.history), "stopped_early": len(task.history) < tp["epochs"],
-            "resumed_after_epoch": None if resumed_from is None else resumed_from // task.steps_per_epoch,
+            "train_counts": {c: int(n) for c, n in zip(LABELS, counts)}, "imbalance": tp["imbalance"],
+            "steps": tp["steps"], "steps_run": steps_run, "batch_size": task.batch,
+            "images_seen": steps_run * task.batch, "epochs_equivalent": round(steps_run * task.batch / len(ys), 4),
+            "best_step": task.best["step"], "val_auroc": task.best["auroc"], "val_loss": task.best.get("loss"),
+            "stopped_early": steps_run < tp["steps"], "resumed_after_step": resumed_from,
             "history": task.history, "device": str(rt.device), "processes": rt.world,
             "precision": "float32" if rt.amp is None else f"{rt.amp} autocast".replace("torch.", ""),
             "versions": {"torch": torch.__version__, "timm": timm.__version__}}
@@ -273,12 +308,12 @@ def _record(built: Built, task: ClassifierTask, config: dict[str, Any], h: str, 
 WEIGHTS = "model.safetensors"  # the export package's weights file has this name and, for the same cell, these bytes
 
 
-def _write_cell(out: Path, task: ClassifierTask, record: dict[str, Any], ckpt_dir: Path) -> None:
+def _write_seed(folder: Path, task: ClassifierTask, record: dict[str, Any], ckpt_dir: Path) -> None:
     """The selected weights as safetensors (CPU, contiguous: byte-identical to the package `export` writes, so
     the DVC cache stores them once), the record and the curves."""
     from safetensors.torch import save_file
 
-    with atomic_dir(out) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in task.best_state.items()}, str(tmp / WEIGHTS))
-        shutil.copytree(ckpt_dir / "live", tmp / "live")
-        (tmp / "model_config.json").write_text(json.dumps(record, indent=2) + "\n")
+    folder.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in task.best_state.items()}, str(folder / WEIGHTS))
+    shutil.copytree(ckpt_dir / "live", folder / "live")
+    (folder / "model_config.json").write_text(json.dumps(record, indent=2) + "\n")

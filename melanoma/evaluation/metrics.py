@@ -1,4 +1,5 @@
-"""Classification metrics for one grid cell: threshold chosen on val, applied unchanged to test, bootstrap CIs.
+"""Classification metrics for one model on one split: the threshold chosen on val, applied unchanged to test.
+(Uncertainty over seeds and images: melanoma.evaluation.stats.)
 
 Conventions (stated once, used everywhere): the positive class is malignant; a prediction is malignant when
 P(malignant) >= threshold; sensitivity = recall of malignant, specificity = recall of benign. Curves and AUROC
@@ -15,7 +16,8 @@ import numpy as np
 
 from melanoma.errors import MelanomaError
 
-BOOTSTRAP_METRICS = ("auroc", "balanced_accuracy", "sensitivity", "specificity")
+SEED_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "mcc",
+                "brier", "ece")  # what the grid summarises over seeds (mean, sd) per held-out split
 
 
 class MetricError(MelanomaError, ValueError):
@@ -141,45 +143,3 @@ def point_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, where
     return {"n": int(len(y)), "n_malignant": int(y.sum()), "threshold": float(threshold), "auroc": auroc(y, p),
             "auprc": average_precision(y, p), **at_threshold(y, p, threshold), "brier": brier(y, p),
             "ece": expected_calibration_error(y, p)}
-
-
-def _stratified(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    return np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-
-
-def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, threshold: float, n: int, seed: int,
-                 level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile CIs for AUROC, balanced accuracy, sensitivity and specificity at a fixed threshold.
-
-    Resampling is stratified (malignant and benign images resampled separately, keeping the class counts), so
-    every resample has both classes and the CI reflects sampling of images, not of prevalence.
-    """
-    y, p = _check(labels, probs, "test")
-    rng = np.random.default_rng(seed)
-    draws = {k: np.empty(n) for k in BOOTSTRAP_METRICS}
-    for i in range(n):
-        idx = _stratified(y, rng)
-        m = at_threshold(y[idx], p[idx], threshold)
-        draws["auroc"][i] = auroc(y[idx], p[idx])
-        for k in BOOTSTRAP_METRICS[1:]:
-            draws[k][i] = m[k]
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}
-
-
-def paired_auroc_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n: int, seed: int,
-                            level: float = 0.95) -> dict[str, float]:
-    """AUROC(a) - AUROC(b) on the same images, with a paired stratified bootstrap CI and a two-sided p-value
-    (twice the smaller share of resampled differences on either side of 0)."""
-    y, pa = _check(labels, probs_a, "test")
-    _, pb = _check(labels, probs_b, "test")
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n)
-    for i in range(n):
-        idx = _stratified(y, rng)
-        diffs[i] = auroc(y[idx], pa[idx]) - auroc(y[idx], pb[idx])
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
-    return {"difference": auroc(y, pa) - auroc(y, pb), "ci_low": float(np.percentile(diffs, lo)),
-            "ci_high": float(np.percentile(diffs, hi)), "p_value": float(p)}

@@ -1,9 +1,11 @@
-"""The `report` stage: the grid in one table, paired comparisons against Original, baselines, one HTML page.
+"""The `report` stage: the verdict first, then the grid (mean +- sd over seeds), baselines, one HTML page.
 
-Inputs are the evaluate outputs of every cell in params' `classifiers.archs` x `classifiers.datasets`, the
-generator quality metrics, the synthetic shards, the upscaler metrics and the split/dataset summaries. Outputs:
-`results/grid.csv`, `results/metrics.json` (cells as keys, for `dvc metrics show/diff`), `results/report/`
-(heatmap, ROC per arch, comparisons.csv) and `results/report.html`, a single self-contained page (images inlined).
+Inputs are the evaluate outputs of every cell in params' `classifiers.archs` x `classifiers.datasets` (every
+seed's predictions), the baseline's, the generator quality metrics, the synthetic shards, the upscaler metrics
+and the split/dataset summaries. Outputs: `results/grid.csv`, `results/metrics.json` (cells as keys),
+`results/verdict.json` (pooled effects and per-comparison verdicts; both for `dvc metrics show/diff`),
+`results/report/` (forest plot, heatmap, ROC per arch, comparisons.csv) and `results/report.html`, a single
+self-contained page (images inlined).
 """
 from __future__ import annotations
 
@@ -17,80 +19,58 @@ from typing import Any, Iterable
 import numpy as np
 
 from melanoma.errors import MelanomaError
-from melanoma.evaluation.metrics import auroc, paired_auroc_difference, point_metrics
+from melanoma.evaluation import verdict as vd
+from melanoma.evaluation.metrics import SEED_METRICS, point_metrics
 from melanoma.io import read_csv, write_csv
 from melanoma.params import GENERATORS
-from melanoma.paths import CARD
+from melanoma.paths import BASELINE, CARD
 
 CI_METRICS = ("auroc", "balanced_accuracy", "sensitivity", "specificity")
 HELD_OUT = ("test", "external_test")  # what evaluate scores besides val; external_test where the source has one
 DVC_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity")
-COLUMNS = ["arch", "dataset", "split", "model", "threshold", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc",
-           "accuracy", "balanced_accuracy", "balanced_accuracy_ci_low", "balanced_accuracy_ci_high", "sensitivity",
-           "sensitivity_ci_low", "sensitivity_ci_high", "specificity", "specificity_ci_low", "specificity_ci_high",
-           "precision", "f1", "mcc", "brier", "ece", "tp", "fn", "fp", "tn"]
+# every metric is the mean over seeds, `_sd` its sd over seeds, `_ci_low/_ci_high` the seed x image 95 % CI
+COLUMNS = ["arch", "dataset", "split", "model", "seeds", *[c for m in SEED_METRICS for c in
+           ((m, f"{m}_sd", f"{m}_ci_low", f"{m}_ci_high") if m in CI_METRICS else (m, f"{m}_sd"))]]
+COMPARISON_COLUMNS = ["arch", "dataset", "split", "archs", "seeds", "images", "difference", "ci_low", "ci_high", "seed_sd",
+                      "p_value", "p_holm", "verdict"]
 
 
 class ReportError(MelanomaError):
     """An input of the report is missing (names the stage to run)."""
 
 
-def _load(evaluation: Path, arch: str, dataset: str) -> dict[str, Any]:
+def _load(evaluation: Path, arch: str, dataset: str, stage: str = "") -> dict[str, Any]:
     path = evaluation / arch / f"{arch}_{dataset}" / "metrics.json"
     if not path.is_file():
-        raise ReportError(f"{path} is missing; run `dvc repro evaluate@{arch}`")
-    return json.loads(path.read_text())
+        raise ReportError(f"{path} is missing; run `dvc repro {stage or f'evaluate@{arch}'}`")
+    m = json.loads(path.read_text())
+    if "over_seeds" not in m:
+        raise ReportError(f"{path} predates per-seed evaluation; run `dvc repro {stage or f'evaluate@{arch}'}`")
+    return m
 
 
 def _row(arch: str, dataset: str, split: str, model: str, m: dict[str, Any]) -> dict[str, Any]:
-    row = {"arch": arch, "dataset": dataset, "split": split, "model": model, **{k: m[k] for k in COLUMNS if k in m},
-           **m["confusion"]}
-    for k in CI_METRICS:
-        lo, hi = m.get("ci95", {}).get(k, (None, None))
-        row[f"{k}_ci_low"], row[f"{k}_ci_high"] = lo, hi
+    """One grid row from a cell's `over_seeds[split]` ({metric: {mean, sd, ci95?}})."""
+    row: dict[str, Any] = {"arch": arch, "dataset": dataset, "split": split, "model": model}
+    for k, v in m.items():
+        row[k], row[f"{k}_sd"] = v["mean"], v["sd"]
+        if "ci95" in v:
+            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = v["ci95"]
     return row
 
 
-def _predictions(evaluation: Path, arch: str, dataset: str,
-                 split: str = "test") -> tuple[list[str], np.ndarray, np.ndarray]:
-    rows = read_csv(evaluation / arch / f"{arch}_{dataset}" / f"predictions_{split}.csv")
-    return ([r["id"] for r in rows], np.array([r["label"] == "malignant" for r in rows], dtype=int),
-            np.array([float(r["p_malignant"]) for r in rows]))
-
-
-def comparisons(evaluation: Path, archs: list[str], datasets: list[str], n: int, seed: int) -> list[dict[str, Any]]:
-    """Each augmented dataset vs Original for the same arch: paired bootstrap of the AUROC difference."""
-    out = []
-    if "Original" not in datasets:
-        return out
-    for arch in archs:
-        ids, y, base = _predictions(evaluation, arch, "Original")
-        for d in datasets:
-            if d == "Original":
-                continue
-            ids_d, y_d, p = _predictions(evaluation, arch, d)
-            if ids_d != ids:
-                raise ReportError(f"test predictions of {arch}_{d} and {arch}_Original are not on the same images; "
-                                  "rerun build_dataset and evaluate")
-            r = paired_auroc_difference(y, p, base, n, seed)
-            if r["ci_low"] > 0:
-                verdict = "improvement (CI above 0)"
-            elif r["ci_high"] < 0:
-                verdict = "worse than Original (CI below 0)"
-            else:
-                verdict = "no evidence of a difference (CI contains 0)"
-            out.append({"arch": arch, "dataset": d, "auroc": auroc(y, p), "auroc_original": auroc(y, base),
-                        "difference": r["difference"],
-                        "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p_value": r["p_value"], "verdict": verdict})
-    return out
+def _constant_row(dataset: str, split: str, model: str, y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """A deterministic rule's row (sd 0, no CI)."""
+    m = point_metrics(y, p, 0.5)
+    return {**_row("baseline", dataset, split, model, {k: {"mean": m[k], "sd": 0.0} for k in SEED_METRICS}),
+            "seeds": 1}
 
 
 def baselines(y: np.ndarray, prevalence: float, split: str = "test") -> list[dict[str, Any]]:
     """Trivial rules on the same held-out images: everything malignant, and a constant P = train prevalence."""
-    return [_row("baseline", "all-malignant", split, "P(malignant) = 1 for every image",
-                 point_metrics(y, np.ones(len(y)), 0.5)),
-            _row("baseline", "prevalence", split, f"P(malignant) = {prevalence:.3f} (train prevalence), threshold 0.5",
-                 point_metrics(y, np.full(len(y), prevalence), 0.5))]
+    return [_constant_row("all-malignant", split, "P(malignant) = 1 for every image", y, np.ones(len(y))),
+            _constant_row("prevalence", split, f"P(malignant) = {prevalence:.3f} (train prevalence), threshold 0.5",
+                          y, np.full(len(y), prevalence))]
 
 
 # ---------------------------------------------------------------- figures
@@ -114,7 +94,7 @@ def heatmap(rows: list[dict[str, Any]], archs: list[str], datasets: list[str], p
         ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v < (m.min() + 1) / 2 else "black")
     ax.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
     ax.set_yticks(range(len(archs)), archs)
-    ax.set_title("test AUROC")
+    ax.set_title("test AUROC (mean over seeds)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path)
@@ -130,8 +110,42 @@ def roc_figure(evaluation: Path, arch: str, datasets: list[str], path: Path) -> 
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title(f"{arch}: test ROC per dataset")
+    ax.set_title(f"{arch}: test ROC per dataset (packaged seed)", fontsize=9)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def forest_plot(per_arch: list[dict[str, Any]], pooled: list[dict[str, Any]], path: Path) -> None:
+    """AUROC difference vs Original with 95 % CIs: one panel per held-out split, per dataset a point per
+    architecture and a diamond for the pooled effect (hollow when its Holm-adjusted p >= 0.05)."""
+    plt = _plt()
+    splits = list(dict.fromkeys(r["split"] for r in pooled))
+    datasets = list(dict.fromkeys(r["dataset"] for r in pooled))
+    archs = list(dict.fromkeys(r["arch"] for r in per_arch))
+    n_rows = len(datasets) * (len(archs) + 2)
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits) + 1.6, 0.19 * n_rows + 1.2), dpi=100,
+                             sharey=True, squeeze=False)
+    labels: list[tuple[int, str]] = []
+    for ax, split in zip(axes[0], splits):
+        labels, y = [], 0
+        for d in datasets:
+            for r in [r for r in per_arch if r["split"] == split and r["dataset"] == d] + \
+                     [r for r in pooled if r["split"] == split and r["dataset"] == d]:
+                pooled_row = r["arch"] == "pooled"
+                colour = "C3" if r["verdict"] == -1 else "C2" if r["verdict"] == 1 else "C0"
+                ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="black" if pooled_row else "grey", lw=1.2)
+                ax.plot(r["difference"], y, marker="D" if pooled_row else "o", ms=7 if pooled_row else 4,
+                        color=colour, mfc="white" if pooled_row and r["verdict"] == 0 else colour)
+                labels.append((y, f"{d} pooled" if pooled_row else f"{d} {r['arch']}"))
+                y += 1
+            y += 1
+        ax.axvline(0, color="black", lw=0.8, ls=":")
+        ax.set_title(f"{split}: AUROC(augmented) - AUROC(Original)", fontsize=9)
+        ax.set_xlabel("difference (mean over seeds, 95 % CI)", fontsize=8)
+    axes[0][0].set_yticks([t for t, _ in labels], [name for _, name in labels], fontsize=7)
+    axes[0][0].invert_yaxis()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -176,9 +190,12 @@ def _table(rows: list[dict[str, Any]], cols: list[str], table_id: str = "") -> s
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _ci(r: dict[str, Any], k: str) -> str:
+def _cell(r: dict[str, Any], k: str) -> str:
+    """mean +- sd over seeds, and the 95 % CI where there is one: the grid's display of one metric."""
+    if r.get(k) is None:
+        return ""
     lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
-    return f"{r[k]:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+    return f"{r[k]:.3f} ± {r.get(f'{k}_sd') or 0:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -190,30 +207,53 @@ if(!i.complete||i.naturalWidth===0)b++}document.body.dataset.brokenImages=b;docu
 document.images.length;});</script>"""
 
 
+def _verdict_section(ctx: dict[str, Any]) -> list[str]:
+    v = ctx["verdict"]
+    if not v["pooled"]:
+        return ["<h2 id='verdict'>Verdict</h2><p>No augmented dataset in classifiers.datasets (or no Original to "
+                "compare with): there is nothing to compare.</p>"]
+    pooled = [{**r, "effect": f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+               "verdict": vd.WORDS[r["verdict"]]} for r in v["pooled"]]
+    return ["<h2 id='verdict'>Verdict: does synthetic augmentation help?</h2>",
+            "<ul id='verdict-sentences'>" + "".join(f"<li>{html.escape(t)}</li>" for t in v["sentences"]) + "</ul>",
+            f"<img alt='forest plot' src='{_png_uri(ctx['forest'])}'>",
+            _table(pooled, ["dataset", "split", "archs", "images", "effect", "p_value", "p_holm", "verdict"],
+                   "pooled"),
+            f"<p class='note'>Effect: mean over seeds and architectures of AUROC(augmented) - AUROC(Original) "
+            f"on the same images, 95 % CI from a seed x image bootstrap ({v['bootstrap']} resamples); p-values "
+            f"two-sided, Holm-adjusted over the {len(v['pooled'])} pooled effects and, separately, over the "
+            f"{len(v['comparisons'])} per-architecture comparisons (table below). A verdict other than 'no "
+            f"evidence' needs an adjusted p below {vd.ALPHA}. Method and sources: README, Evaluation.</p>",
+            "<h3>What this evidence can and cannot say</h3>",
+            "<ul id='limitations'>" + "".join(f"<li>{html.escape(t)}</li>" for t in v["limitations"]) + "</ul>"]
+
+
 def write_html(path: Path, ctx: dict[str, Any]) -> None:
     grid = ctx["grid"]
     display = [{"arch": r["arch"], "dataset": r["dataset"], "split": r["split"], "model": r["model"],
-                **{k: _ci(r, k) for k in CI_METRICS}, "auprc": r["auprc"], "f1": r["f1"], "mcc": r["mcc"],
-                "brier": r["brier"], "ece": r["ece"], "threshold": r["threshold"]} for r in grid]
+                "seeds": r.get("seeds"), **{k: _cell(r, k) for k in SEED_METRICS}} for r in grid]
+    comps = [{**r, "verdict": vd.WORDS[r["verdict"]]} for r in ctx["comparisons"]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>melanoma-synth report</title>"
              f"<style>{STYLE}</style>{CHECK}</head><body>",
              "<h1>Does synthetic augmentation help melanoma classifiers?</h1>",
              f"<p class='note'>{html.escape(ctx['profile'])}. Metrics on the real <b>test</b> split (and, where the "
-             "source has one, the <b>external test</b> set: rows with split external_test); the decision threshold "
-             "was chosen on val and applied unchanged; [95 % stratified bootstrap CI]. Research use only, not a "
-             "medical device.</p>",
+             "source has one, the <b>external test</b> set); each seed's decision threshold was chosen on val and "
+             "applied unchanged. Research use only, not a medical device.</p>",
+             *_verdict_section(ctx),
+             "<h2>The grid</h2>",
+             f"<p class='note'>Each value: mean ± sd over the {ctx['seeds']} training seeds [95 % seed x image "
+             "bootstrap CI]. The Baseline row is colour/texture features + logistic regression on the same train "
+             f"split; all-malignant and prevalence are trivial rules. {html.escape(ctx['budget'])}</p>",
+             _table(display, ["arch", "dataset", "split", "seeds", "model", *SEED_METRICS], "grid"),
+             f"<img alt='AUROC heatmap' src='{_png_uri(ctx['heatmap'])}'>",
+             "<h2>Augmented vs Original per architecture (same test images, seeds paired)</h2>",
+             _table(comps, COMPARISON_COLUMNS, "comparisons"),
+             "<h2>Near-identical training sets</h2>",
+             _table(ctx["verdict"]["twins"], ["pair", "images", "median_correlation", "mean_abs_difference",
+                                              "near_identical"], "twins") if ctx["verdict"]["twins"] else
+             "<p class='note'>No plain/upscaled pair in the grid.</p>",
              "<h2>Data and split</h2>", _table(ctx["split_rows"], ["split", "benign", "malignant"], "split"),
              f"<p class='note'>{html.escape(ctx['split_note'])}</p>", *_data_section(ctx["card"], ctx["split"]),
-             "<h2>The grid</h2>",
-             _table(display, ["arch", "dataset", "split", "model", "auroc", "balanced_accuracy", "sensitivity",
-                              "specificity", "auprc", "f1", "mcc", "brier", "ece", "threshold"], "grid"),
-             f"<img alt='AUROC heatmap' src='{_png_uri(ctx['heatmap'])}'>",
-             "<h2>Augmented vs Original (same arch, same test images)</h2>",
-             _table(ctx["comparisons"], ["arch", "dataset", "auroc", "auroc_original", "difference", "ci_low",
-                                         "ci_high", "p_value", "verdict"], "comparisons"),
-             "<h2>Trivial baselines</h2>",
-             _table(ctx["baselines"], ["dataset", "split", "model", "auroc", "balanced_accuracy", "sensitivity",
-                                       "specificity", "brier"], "baselines"),
              "<h2>ROC curves per architecture</h2>",
              "".join(f"<img alt='ROC {html.escape(a)}' src='{_png_uri(b)}'>" for a, b in ctx["rocs"].items()),
              "<h2>Generators</h2>", _table(ctx["generator_rows"], list(ctx["generator_rows"][0]) if
@@ -224,7 +264,7 @@ def write_html(path: Path, ctx: dict[str, Any]) -> None:
         parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='{uri}'>")
     if ctx["upscaler"]:
         parts += ["<h2>Super-resolution</h2>", _table([ctx["upscaler"]], list(ctx["upscaler"]), "upscaler")]
-    parts.append("<h2>GradCAM (test images, explained for their true label)</h2>")
+    parts.append("<h2>GradCAM (test images, packaged seed, explained for their true label)</h2>")
     for cell, images in ctx["gradcam"].items():
         parts.append(f"<h3>{html.escape(cell)}</h3><div class='gallery'>" + "".join(
             f"<img title='{html.escape(t)}' alt='{html.escape(t)}' src='{u}'>" for t, u in images) + "</div>")
@@ -256,16 +296,32 @@ def _data_section(card: dict[str, Any], sr: dict[str, Any]) -> list[str]:
 
 
 def _metrics_json(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The test metrics per cell for `dvc metrics`; the external test set's nested beside them."""
+    """The test metrics per cell (mean over seeds, and AUROC's sd) for `dvc metrics`; other splits nested."""
     metrics: dict[str, dict[str, Any]] = {}
     for r in grid:
-        values = {k: round(r[k], 6) for k in DVC_METRICS}
+        values = {k: round(r[k], 6) for k in DVC_METRICS} | {"auroc_sd": round(r["auroc_sd"], 6)}
         cell = metrics.setdefault(f"{r['arch']}_{r['dataset']}", {})
         if r["split"] == "test":
             cell.update(values)
         else:
             cell[r["split"]] = values
     return metrics
+
+
+def _verdict_json(per_arch: list[dict[str, Any]], pooled: list[dict[str, Any]]) -> dict[str, Any]:
+    """results/verdict.json for `dvc metrics`: pooled effects per dataset and split, and every comparison's
+    difference, adjusted p and verdict (1 helps, 0 no evidence, -1 hurts)."""
+    def values(r: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        return {k: round(r[k], 6) if isinstance(r[k], float) else r[k] for k in keys}
+
+    out: dict[str, Any] = {"pooled": {}, "comparisons": {}}
+    for r in pooled:
+        out["pooled"].setdefault(r["dataset"], {})[r["split"]] = values(
+            r, ("difference", "ci_low", "ci_high", "p_holm", "verdict"))
+    for r in per_arch:
+        out["comparisons"].setdefault(f"{r['arch']}_{r['dataset']}", {})[r["split"]] = values(
+            r, ("difference", "p_holm", "verdict"))
+    return out
 
 
 def _generator_section(results: Path, synthetic: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -296,40 +352,77 @@ def _gradcam_section(evaluation: Path, cells: Iterable[tuple[str, str]]) -> dict
     return out
 
 
+def _baseline(evaluation: Path, held_out: list[str],
+              grid: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The colour/texture baseline's grid rows, and its test AUROC with how many network cells fall below it."""
+    m = _load(evaluation, BASELINE, "Original", stage="baseline")
+    rows = [{**_row(BASELINE, "Original", s, m["model"], m["over_seeds"][s]), "seeds": 1} for s in held_out]
+    test = [r for r in grid if r["split"] == "test"]
+    auroc = m["over_seeds"]["test"]["auroc"]["mean"]
+    return rows, {"auroc": auroc, "cells": len(test), "below": sum(r["auroc"] < auroc for r in test)}
+
+
+def training_budget(cells: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """One sentence on the training budget and the imbalance rule, from every cell's training records."""
+    runs = [t for m in cells.values() for t in m["training"].values()]
+    budgets = sorted({(t["steps"], t["batch_size"], t["imbalance"]) for t in runs})
+    seen = sorted({t["images_seen"] for t in runs})
+    stopped = sum(t["steps_run"] < t["steps"] for t in runs)
+    said = "; ".join(f"{s} optimiser steps of {b} images, class imbalance: {i}" for s, b, i in budgets)
+    return (f"Training budget, the same for every dataset: {said} ({len(runs)} runs; images seen "
+            f"{seen[0] if len(seen) == 1 else f'{seen[0]}-{seen[-1]}'}; {stopped} stopped early on val AUROC).")
+
+
 def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthetic: Path, datasets_dir: Path,
                  splits: Path, raw: Path) -> dict[str, Any]:
-    """Write grid.csv, metrics.json, report/ and report.html under `results`; returns {cells, comparisons}.
+    """Write grid.csv, metrics.json, verdict.json, report/ and report.html under `results`; returns {cells,
+    comparisons, pooled, sentences}.
 
-    Raises ReportError (a cell's evaluation missing) or MetricError.
+    Raises ReportError (a cell's evaluation missing), VerdictError (evaluations on different images), MetricError.
     """
     archs, datasets = params["classifiers"]["archs"], params["classifiers"]["datasets"]
     ep = params["evaluate"]
     cells = {(a, d): _load(evaluation, a, d) for a in archs for d in datasets}
     held_out = [s for s in HELD_OUT if s in cells[archs[0], datasets[0]]]  # every cell has the same splits
-    grid = [_row(a, d, s, m["model"], {**m[s], "threshold": m["threshold"]}) for (a, d), m in cells.items()
-            for s in held_out]
+    grid = [{**_row(a, d, s, m["model"], m["over_seeds"][s]), "seeds": len(m["seeds"])}
+            for (a, d), m in cells.items() for s in held_out]
+    base_rows, base_summary = _baseline(evaluation, held_out, grid)
     sr = json.loads((splits / "split_report.json").read_text())
     train = sr["counts"]["train"]
     prevalence = train["malignant"] / (train["benign"] + train["malignant"])
-    base = []
+    trivial = []
     for s in held_out:  # the trivial rules, on the same images as the cells
-        base += baselines(_predictions(evaluation, archs[0], datasets[0], s)[1], prevalence, s)
-    comps = comparisons(evaluation, archs, datasets, ep["bootstrap"], ep["seed"])
+        trivial += baselines(vd.seed_probabilities(evaluation, archs[0], datasets[0], s)[1], prevalence, s)
+    per_arch, pooled = vd.compare(evaluation, archs, datasets, held_out, ep["bootstrap"], ep["seed"])
+    twins = vd.near_identical(datasets_dir, datasets, params["split"]["near_duplicate_corr"])
+    first = cells[archs[0], datasets[0]]
+    original = {s: float(np.mean([r["auroc"] for r in grid if r["dataset"] == "Original" and r["split"] == s]))
+                for s in held_out} if "Original" in datasets else {}
+    seeds = len(params["classifiers"]["seeds"])
+    verdict = {"sentences": vd.sentences(pooled, per_arch), "pooled": pooled, "comparisons": per_arch,
+               "twins": twins, "bootstrap": ep["bootstrap"],
+               "limitations": vd.limitations(per_arch, seeds, {s: first[s] for s in held_out}, original,
+                                             base_summary, twins, params["data"]["source"])}
     report_dir = results / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(results / "grid.csv", grid + base, COLUMNS)
-    write_csv(report_dir / "comparisons.csv", comps, ["arch", "dataset", "auroc", "auroc_original", "difference",
-                                                      "ci_low", "ci_high", "p_value", "verdict"])
+    write_csv(results / "grid.csv", grid + base_rows + trivial, COLUMNS)
+    write_csv(report_dir / "comparisons.csv", per_arch + pooled, COMPARISON_COLUMNS)
     (results / "metrics.json").write_text(json.dumps(_metrics_json(grid), indent=2) + "\n")
+    (results / "verdict.json").write_text(json.dumps(_verdict_json(per_arch, pooled), indent=2) + "\n")
     heatmap([r for r in grid if r["split"] == "test"], archs, datasets, report_dir / "auroc_heatmap.png")
+    if pooled:
+        forest_plot(per_arch, pooled, report_dir / "forest.png")
     for a in archs:
         roc_figure(evaluation, a, datasets, report_dir / f"roc_{a}.png")
     generator_rows, samples = _generator_section(results, synthetic)
     up = results / "upscaler" / "metrics.json"
     stats = json.loads((datasets_dir / datasets[0] / "stats.json").read_text())
-    ctx = {"grid": grid, "baselines": base, "comparisons": comps, "generator_rows": generator_rows,
-           "samples": samples, "upscaler": json.loads(up.read_text()) if up.is_file() else None,
+    ctx = {"grid": grid + base_rows + trivial, "comparisons": per_arch, "verdict": verdict, "seeds": seeds,
+           "budget": training_budget(cells),
+           "generator_rows": generator_rows, "samples": samples,
+           "upscaler": json.loads(up.read_text()) if up.is_file() else None,
            "gradcam": _gradcam_section(evaluation, cells),
+           "forest": (report_dir / "forest.png").read_bytes() if pooled else b"",
            "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),
            "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
            "split_rows": [{"split": s, **c} for s, c in sr["counts"].items()],
@@ -337,6 +430,7 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
            "split_note": f"{sr['images']} images in {sr['groups']} groups (duplicates, flipped or rotated copies, "
                          f"photographs of one lesion and lesions of one patient kept in one split); classifier "
                          f"input {stats['image_size']} px.",
-           "profile": f"Data source: {params['data']['source']}; {len(archs)} architectures x {len(datasets)} datasets"}
+           "profile": f"Data source: {params['data']['source']}; {len(archs)} architectures x {len(datasets)} "
+                      f"datasets x {seeds} seeds"}
     write_html(results / "report.html", ctx)
-    return {"cells": len(cells), "comparisons": comps}
+    return {"cells": len(cells), "comparisons": per_arch, "pooled": pooled, "sentences": verdict["sentences"]}

@@ -100,7 +100,7 @@ def train_generator(gen: str, label: str, params: dict[str, Any], splits: Path, 
               "normalisation": {"mean": mean, "std": std, "note": "model space = (pixel / 127.5 - 1 - mean) / std"}}
     t0 = time.perf_counter()
     plan = Plan(steps=cfg["steps"], seed=seed, period=LOG_EVERY, config=config, code=CODE, folder=ckpt_dir,
-                checkpoint_every=p["checkpoint_every"], unit="step", keep=1)
+                checkpoint_every=p["checkpoint_every"], keep=1)
     fitted = fit(task, plan, rt, log=log)
     run = {"steps": cfg["steps"], "resumed_from": fitted.resumed_from, "final": fitted.last,
            "device": str(rt.device), "processes": rt.world,

@@ -116,8 +116,20 @@ def _card_evaluation(cfg: dict[str, Any]) -> list[str]:
         f"Test: {test['n']} images, {test['n_malignant']} malignant. Confusion at the threshold: "
         f"TP {c['tp']}, FN {c['fn']}, FP {c['fp']}, TN {c['tn']}. Val AUROC (used to select the epoch and set "
         f"the threshold): {cfg['evaluation']['val']['auroc']:.3f}.",
+        *_seed_line(cfg),
         "",
     ]
+
+
+def _seed_line(cfg: dict[str, Any]) -> list[str]:
+    """How this seed compares with the cell's other seeds (packages exported before repeated seeds lack it)."""
+    ev = cfg["evaluation"]
+    if "over_seeds" not in ev:
+        return []
+    a = ev["over_seeds"]["test"]["auroc"]
+    return ["", f"This package is seed {ev['packaged_seed']} of {len(ev['seeds'])} trained for this cell (the best "
+            f"val AUROC). Over all seeds: test AUROC {a['mean']:.3f} ± {a['sd']:.3f} (mean ± sd), 95 % CI "
+            f"{a['ci95'][0]:.3f} – {a['ci95'][1]:.3f} (seed x image bootstrap)."]
 
 
 def _card_training(cfg: dict[str, Any]) -> list[str]:
@@ -133,7 +145,9 @@ def _card_training(cfg: dict[str, Any]) -> list[str]:
         "",
         "## How it was trained",
         "",
-        f"Seed {cfg['seed']}; {cfg['epochs_run']} epoch(s) run, best epoch {cfg['best_epoch']} by val AUROC; "
+        f"Seed {cfg['seed']}; {cfg['steps_run']} of {cfg['steps']} optimiser steps run ({cfg['images_seen']} images "
+        f"seen, {cfg['epochs_equivalent']:.1f} passes over the training set), best step {cfg['best_step']} by "
+        f"val AUROC; "
         f"AdamW, lr {cfg['params']['model']['lr']}, weight decay {tp['weight_decay']}, "
         f"batch {tp['batch_size']}, class imbalance: {tp['imbalance']}, "
         f"batched flips/rotations/scale/colour augmentation. Preprocessing: {pre['decode']}, "

@@ -287,8 +287,8 @@ def export_cell(model_dir: Path, eval_dir: Path, data_dir: Path, out: Path, opse
     metrics_file = eval_dir / "metrics.json"
     if not metrics_file.is_file():
         raise PackageError(f"no evaluation in {eval_dir}; run `dvc repro evaluate` first")
-    model, cfg = load_classifier(model_dir)
     ev = json.loads(metrics_file.read_text())
+    model, cfg = load_classifier(model_dir / f"seed_{ev['seed']}")  # the packaged seed: best val AUROC
     cfg = {k: v for k, v in cfg.items() if k != "history"}
     cfg.update({"threshold": ev["threshold"], "threshold_rule": ev["threshold_rule"],
                 "decision": f"malignant if p_malignant >= threshold ({ev['threshold_rule']}, chosen on val)",
@@ -297,7 +297,8 @@ def export_cell(model_dir: Path, eval_dir: Path, data_dir: Path, out: Path, opse
                                   "resize": f"Lanczos to {cfg['input_size']}x{cfg['input_size']} (no crop)"},
                 "data": {k: v for k, v in data.items() if k != "max_side"},
                 "evaluation": {s: ev[s] for s in ("val", "test", "external_test") if s in ev} | {
-                    "bootstrap": ev["bootstrap"]}})
+                    "bootstrap": ev["bootstrap"], "seeds": ev["seeds"], "packaged_seed": ev["seed"],
+                    "over_seeds": ev["over_seeds"]}})
     stats = json.loads((data_dir / "stats.json").read_text())
     cfg["data"]["training_set"] = {"dataset": stats["dataset"], "per_class": stats["per_class"]["train"],
                                    "by_origin": stats["counts"]["train"]}

@@ -1,0 +1,139 @@
+"""The verdict on a planted grid, end to end (train -> evaluate -> report), and its rules on fixed numbers.
+
+The planted grid: every real malignant image (train, val, test) carries a weak, learnable sign (a dark spot on
+70 % of them), so every cell learns something and its AUROC is stable across seeds. The held-out malignant
+images also carry a red square that no real training image has. DCGAN's synthetic malignant images carry the
+square too (a label-correlated artefact shared with test: that generator "helps"); DDPM's synthetic malignant
+images are drawn like the real ones (more of the same: no new information). The verdict must say DCGAN helps
+and find no evidence for DDPM.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from melanoma.evaluation import verdict as vd
+from melanoma.evaluation.report import build_report
+from melanoma.io import write_csv
+from tests.test_report import train_and_evaluate, write_context
+from tests.tiny import tiny_params
+
+SIZE = 16
+
+
+def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.integers(60, 140, (n, SIZE, SIZE, 3)).astype(np.uint8)
+    x[..., 0] = np.clip(x[..., 0].astype(int) + 30, 0, 255)
+    return x
+
+
+def _patch(rng: np.random.Generator, x: np.ndarray, side: int, colour: tuple[int, int, int],
+           share: float = 1.0) -> np.ndarray:
+    """A `side` px square of `colour` at a random place on a random `share` of the images."""
+    for im in x:
+        if rng.random() < share:
+            r, c = rng.integers(0, SIZE - side, 2)
+            im[r:r + side, c:c + side] = colour
+    return x
+
+
+def _malignant(rng: np.random.Generator, n: int, square: bool) -> np.ndarray:
+    x = _patch(rng, _noise(rng, n), 5, (35, 25, 20), share=0.7)  # the weak real sign
+    return _patch(rng, x, 6, (220, 30, 40)) if square else x
+
+
+def _write(folder: Path, parts: dict[str, list[tuple[np.ndarray, str, str]]]) -> None:
+    """parts: split -> [(images, label, origin)], written in build_dataset's layout."""
+    folder.mkdir(parents=True)
+    rows = []
+    for split, groups in parts.items():
+        np.save(folder / f"{split}.npy", np.concatenate([g[0] for g in groups]))
+        labels = [(label, origin) for x, label, origin in groups for _ in range(len(x))]
+        rows += [{"split": split, "index": i, "id": f"{split}{i}", "label": label, "origin": origin, "upscaled": "no",
+                  "path": "", "md5": ""} for i, (label, origin) in enumerate(labels)]
+    write_csv(folder / "manifest.csv", rows, ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
+
+
+def planted_grid(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    real_train = [(_noise(rng, 24), "benign", "real"), (_malignant(rng, 12, square=False), "malignant", "real")]
+    held = {s: [(_noise(rng, n), "benign", "real"), (_malignant(rng, n, square=True), "malignant", "real")]
+            for s, n in (("val", 16), ("test", 32))}
+    planted = (_malignant(rng, 12, square=True), "malignant", "dcgan")
+    more_of_the_same = (_malignant(rng, 12, square=False), "malignant", "ddpm")
+    for name, extra in (("Original", []), ("DCGAN", [planted]), ("DDPM", [more_of_the_same])):
+        _write(root / "data/datasets" / name, {"train": real_train + extra, **held})
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("planted")
+    planted_grid(root)
+    p = tiny_params(**{"classifiers.archs": ["ResNet", "ViT"], "classifiers.datasets": ["Original", "DCGAN", "DDPM"],
+                       "classifiers.seeds": [0, 1, 2], "classifiers.train.steps": 30,
+                       "classifiers.train.patience": 100, "evaluate.bootstrap": 1000, "evaluate.gradcam_per_group": 0})
+    train_and_evaluate(root, p, p["classifiers"]["archs"], p["classifiers"]["datasets"])
+    write_context(root)
+    r = build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic",
+                     root / "data/datasets", root / "data/splits", root / "data/raw")
+    return root, r
+
+
+def test_the_verdict_finds_the_planted_gain_and_no_evidence_for_the_empty_one(planted):
+    root, r = planted
+    pooled = {row["dataset"]: row for row in r["pooled"]}
+    assert pooled["DCGAN"]["verdict"] == 1 and pooled["DCGAN"]["ci_low"] > 0 and pooled["DCGAN"]["p_holm"] < 0.05
+    assert pooled["DDPM"]["verdict"] == 0 and pooled["DDPM"]["ci_low"] <= 0 <= pooled["DDPM"]["ci_high"]
+    words = {s.split(" vs ")[0]: s for s in r["sentences"]}
+    assert "it helps (mean AUROC change +" in words["DCGAN"]
+    assert "it shows no evidence of a difference" in words["DDPM"]
+    page = (root / "results/report.html").read_text()
+    assert page.index(words["DCGAN"].split(" (")[0]) < page.index('id="grid"')  # the page opens with it
+    metrics = json.loads((root / "results/verdict.json").read_text())
+    assert metrics["pooled"]["DCGAN"]["test"]["verdict"] == 1 and metrics["pooled"]["DDPM"]["test"]["verdict"] == 0
+
+
+def test_augmented_and_original_cells_of_one_arch_ran_the_same_optimiser_steps(planted):
+    root, _ = planted
+    for arch in ("ResNet", "ViT"):
+        runs = {d: json.loads((root / f"results/evaluation/{arch}/{arch}_{d}/metrics.json").read_text())["training"]
+                for d in ("Original", "DCGAN", "DDPM")}
+        steps = {(d, k): (t["steps_run"], t["images_seen"]) for d, seeds in runs.items() for k, t in seeds.items()}
+        assert set(steps.values()) == {(30, 30 * 8)}, steps  # 36 vs 48 training images: the same budget
+
+
+def _row(d: str, split: str, diff: float, lo: float, hi: float, p: float, verdict: int) -> dict:
+    return {"arch": "pooled", "dataset": d, "split": split, "images": 90, "difference": diff, "ci_low": lo,
+            "ci_high": hi, "p_value": p, "p_holm": p, "verdict": verdict}
+
+
+def test_sentences_and_limitations_say_what_the_numbers_say():
+    pooled = [_row("DCGAN", "test", 0.05, 0.02, 0.08, 0.004, 1), _row("DDPM", "test", -0.01, -0.05, 0.03, 0.6, 0)]
+    per_arch = [{**r, "arch": "ResNet"} for r in pooled]
+    s = vd.sentences(pooled, per_arch)
+    assert s[0].startswith("DCGAN vs Original: on the internal test split (90 images) it helps (mean AUROC change "
+                           "+0.050 [95 % CI +0.020, +0.080], Holm-adjusted p = 0.004; 1 of 1 architectures gain")
+    assert "DDPM vs Original: on the internal test split (90 images) it shows no evidence of a difference" in s[1]
+    twins = [{"pair": "DCGAN / DCGAN_Upscaled", "images": 156, "median_correlation": 0.998,
+              "mean_abs_difference": 1.2, "near_identical": True}]
+    lim = vd.limitations(per_arch, 3, {"test": {"n": 90, "n_malignant": 30}}, {"test": 0.8},
+                         {"auroc": 0.83, "cells": 30, "below": 21}, twins, "demo")
+    text = " ".join(lim)
+    assert "3 seed(s)" in text and "fewer than 5 seeds" in text and "90 images (30 malignant)" in text
+    assert "no external test set" in text.lower() and "21 of 30 network cells" in text
+    assert "DCGAN / DCGAN_Upscaled: the training sets are near-identical" in text and "simulator" in text
+
+
+def test_upscaled_twins_at_the_input_size_are_flagged_near_identical(tmp_path):
+    rng = np.random.default_rng(0)
+    real = [(_noise(rng, 8), "benign", "real"), (_noise(rng, 8), "malignant", "real")]
+    synth = _noise(rng, 6)
+    blurred = np.clip(synth.astype(int) + rng.integers(-1, 2, synth.shape), 0, 255).astype(np.uint8)
+    other = _noise(rng, 6)
+    for name, x in (("DCGAN", synth), ("DCGAN_Upscaled", blurred), ("DDPM", synth), ("DDPM_Upscaled", other)):
+        _write(tmp_path / name, {"train": real + [(x, "malignant", "synthetic")], "val": real})
+    twins = {t["pair"]: t for t in vd.near_identical(tmp_path, ["DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"],
+                                                     0.993)}
+    assert twins["DCGAN / DCGAN_Upscaled"]["near_identical"] and twins["DCGAN / DCGAN_Upscaled"]["images"] == 6
+    assert not twins["DDPM / DDPM_Upscaled"]["near_identical"]
