@@ -3,7 +3,8 @@
 params.yaml as committed is the CPU demo; `melanoma profile study` switches it to the full-scale study. The
 profile is merged along the schema: sections merge key by key, leaves (including `kwargs` mappings and lists)
 are replaced whole, so a study model never inherits a demo model's cut-down kwargs. params.yaml is rewritten
-with ruamel.yaml (DVC's own YAML library), which keeps its comments, and validated before it is written.
+with ruamel.yaml (DVC's own YAML library), which keeps its comments, validated before it is written, and then
+passed through DVC's own params round trip, so it stays in the form `dvc exp run -S` writes.
 A comment beside a value the profile changes described the old value, so it is replaced by the profile's own
 comment for that key, or `# profile: <name>`; the first line of params.yaml's header, which names the profile in
 effect, is rewritten the same way. Comments beside values the profile leaves alone stay.
@@ -63,7 +64,16 @@ def apply_profile(name: str, params: Path = Path("params.yaml"), profiles: Path 
     after = yaml.safe_load(buf.getvalue())
     validate(after)  # a bad profile never reaches params.yaml
     params.write_text(buf.getvalue())
+    dvc_form(params)
     return sorted(_changed(before, after, ""))
+
+
+def dvc_form(params: Path) -> None:
+    """Rewrite `params` the way `dvc exp run -S` writes it (DVC's own YAML round trip, no override: every list in
+    block style, mappings as they are), so that a later `-S key=value` changes only that key's line."""
+    from dvc.utils.hydra import apply_overrides
+
+    apply_overrides(params, [])
 
 
 def _changed(a: Any, b: Any, where: str) -> list[str]:

@@ -90,6 +90,27 @@ def test_study_profile_switches_params_and_keeps_comments(tmp_path):
     assert re.search(r"\n  image_size: 224 +# profile: study\n", text)  # or the profile's name
     assert text.startswith("# Profile 'study' (") and "The embedded demo profile" not in text
     assert apply_profile("study", params, ROOT / "profiles") == [] and params.read_text() == text  # idempotent
+    _assert_dvc_round_trips(params)
+
+
+def _assert_dvc_round_trips(params) -> None:
+    """`dvc exp run -S key=value` rewrites params.yaml through DVC's own YAML round trip: a file already in that
+    form changes only in the line of the key set."""
+    from dvc.utils.hydra import apply_overrides
+
+    before = params.read_text().splitlines()
+    seed = load_params(params)["data"]["demo"]["seed"]
+    apply_overrides(params, [f"data.demo.seed={seed}"])
+    assert params.read_text().splitlines() == before
+    apply_overrides(params, [f"data.demo.seed={seed + 1}"])
+    after = params.read_text().splitlines()
+    assert len(after) == len(before) and sum(a != b for a, b in zip(before, after)) == 1
+
+
+def test_committed_params_are_in_the_form_dvc_writes(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    _assert_dvc_round_trips(params)
 
 
 def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
