@@ -35,9 +35,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results, cfg = predict(files, resolve(args.model), args.gradcam)
     print(as_json(results, cfg, args.model) if args.json else as_table(results, cfg, args.model))
     refused = sum(r.error is not None for r in results)
-    if refused:
-        print(f"predict: {refused} of {len(results)} files refused (reasons above); the others were scored",
-              file=sys.stderr)
+    if refused == len(results):
+        print(f"predict: none of the {len(results)} files could be scored (reasons above)", file=sys.stderr)
+    elif refused:
+        print(f"predict: {refused} of {len(results)} files refused (reasons above); the other "
+              f"{len(results) - refused} were scored", file=sys.stderr)
     return 1 if refused else 0
 
 
@@ -114,7 +116,9 @@ def parser() -> argparse.ArgumentParser:
                                                                    "or network needed")
             q.set_defaults(run=cmd_publish)
         else:
-            q.add_argument("--dest", type=Path, default=Path("models/classifiers"), help="root of the local layout")
+            q.add_argument("--dest", type=Path, default=Path("models/downloaded"),
+                           help="root of the local layout <Arch>/<Arch>_<Dataset>/ (default models/downloaded: not a "
+                                "DVC output, so a download never replaces the pipeline's trained seeds)")
             q.add_argument("--revision", help="a branch, tag or commit of the repos")
             q.set_defaults(run=cmd_download)
         q.add_argument("--force", action="store_true", help="replace existing folders this command did not write")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -10,13 +11,15 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "isic-sample"
+# the real ISIC sample: beside the checkout in CI, or wherever MELANOMA_ISIC_SAMPLE points
+SHARED = Path(os.environ.get("MELANOMA_ISIC_SAMPLE") or ROOT.parent / "shared" / "data" / "isic-sample")
 
 
 @pytest.fixture
 def isic_sample() -> Path:
     if not (SHARED / "folder").is_dir():
-        pytest.skip(f"real ISIC sample not found at {SHARED} (it lies beside the checkout in CI)")
+        pytest.skip(f"real ISIC sample not found at {SHARED} (it lies beside the checkout in CI; set "
+                    "MELANOMA_ISIC_SAMPLE to its folder elsewhere)")
     return SHARED
 
 

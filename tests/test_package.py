@@ -1,6 +1,7 @@
 """Packages (export), the Hub round trip (offline: a Hub-layout folder and a pre-filled HF cache), and predict."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -304,7 +305,7 @@ def test_predict_scores_odd_images_and_refuses_bad_ones(cells, isic_sample, tmp_
             assert reason in r["error"] and r["p_malignant"] is None, (name, r)
         else:
             assert r["error"] is None and 0 <= r["p_malignant"] <= 1 and r["decision"] in ("benign", "malignant")
-    # opaque alpha changes nothing but the storage: a converted image goes through fetch's JPEG q95, as in training
+    # opaque alpha changes nothing: the same pixels score the same (predict never re-encodes)
     assert rows["rgba.png"]["p_malignant"] == pytest.approx(rows["plain.jpg"]["p_malignant"], abs=2e-3)
     thr = json.loads((cells["ResNet"] / "model_config.json").read_text())["threshold"]
     assert all((r["p_malignant"] >= thr) == (r["decision"] == "malignant") for r in rows.values() if not r["error"])
@@ -415,3 +416,33 @@ def test_untrusted_package_configs_are_refused_before_building(cells, tmp_path, 
     assert cli(["predict", str(ROOT / "README.md"), "--model", str(folder)]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_decodes_large_jpegs_at_reduced_scale_close_to_what_training_saw(isic_sample):
+    """predict skips fetch's JPEG re-encode and decodes a large JPEG at a reduced DCT scale (at least 8x the input
+    size): on the real full-resolution ISIC images (up to 2592 px) the pixels after the final resize stay within
+    a mean of 1/255 of the stored-image path training used. Speed: bench/predict_speed.py."""
+    from melanoma.data.datasets import resize
+    from melanoma.data.images import decode_image
+
+    files = sorted((isic_sample / "archive/images").glob("*.jpg"))
+    assert len(files) >= 20
+    for size in (32, 224):
+        diffs = []
+        for f in files:
+            with Image.open(io.BytesIO(decode_image(f, 1024).data)) as im:
+                stored = resize(np.asarray(im.convert("RGB")), size)
+            diffs.append(np.abs(stored.astype(int) - prepare(f, size, 1024).astype(int)))
+        d = np.concatenate([x.ravel() for x in diffs])
+        assert d.mean() < 1.0 and d.max() <= 32, (size, d.mean(), d.max())
+
+
+def test_predict_shows_progress_for_many_files_and_says_when_nothing_was_scored(cells, isic_sample, tmp_path,
+                                                                                capsys):
+    files = sorted((isic_sample / "folder/benign").glob("*.jpg"))[:12]
+    assert cli(["predict", *map(str, files), "--model", str(cells["ResNet"]), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "predict: " in err and "/12 [" in err  # tqdm's bar on stderr; stdout stays pure JSON
+    assert cli(["predict", str(tmp_path / "*.jpg"), "--model", str(cells["ResNet"])]) == 1  # an unmatched glob
+    err = capsys.readouterr().err
+    assert "none of the 1 files could be scored" in err and "were scored" not in err

@@ -11,7 +11,7 @@ import pytest
 from melanoma.classifiers.train import train_classifier
 from melanoma.evaluation.evaluate import evaluate_cell
 from melanoma.evaluation.baseline import run_baseline
-from melanoma.evaluation.report import build_report
+from melanoma.evaluation.report import COMPARISON_COLUMNS, _fmt, build_report
 from tests.tiny import make_pack, tiny_params
 
 ARCHS, DATASETS = ["ResNet", "ViT"], ["Original", "DCGAN"]
@@ -130,8 +130,19 @@ def test_report_page_opens_with_the_verdict_and_is_self_contained(project):
     assert "DCGAN vs Original: on the internal test split (16 images)" in page
     assert "Holm-adjusted p" in page and "alt='forest plot'" in page and "id='limitations'" in page
     assert " ± " in page  # seed spread beside every grid number
+    table = page.split('id="comparisons"')[1].split("</table>")[0]
+    p_cols = [COMPARISON_COLUMNS.index("p_value"), COMPARISON_COLUMNS.index("p_holm")]
+    for row in table.split("<tr>")[2:]:
+        cells = row.split("<td>")[1:]
+        assert all(cells[i].split("</td>")[0] != "0.000" for i in p_cols)  # a tiny p-value reads "< 0.001"
+    assert "Data: the embedded simulator (synthetic lesion-like images, not real lesions)" in page
+    assert "white-space:nowrap" in page  # a CI never wraps onto a second line
     assert page.count("<td>external_test</td>") >= 4 + 3  # every cell and all three baselines
     assert "src='data:image/png;base64," in page and "src='http" not in page and 'src="http' not in page
+
+
+def test_p_values_are_never_printed_as_zero():
+    assert _fmt(0.0, "p_holm") == "&lt; 0.001" and _fmt(0.0123, "p_value") == "0.012" and _fmt(0.0, "ci_low") == "0.000"
 
 
 def test_report_says_what_data_went_in(project):
@@ -158,3 +169,74 @@ def test_report_renders_in_headless_chromium_without_broken_images(project):
     assert 'data-broken-images="0"' in dom
     n = int(dom.split('data-images="')[1].split('"')[0])
     assert n >= 1 + 1 + 2 + 4  # forest plot, heatmap, ROC per arch, GradCAM images
+
+
+def _rebuild(project: Path, tmp_path: Path, edit) -> tuple[Path, str]:
+    """A copy of the reported project, edited, reported again: (its root, the error message)."""
+    root = tmp_path / "copy"
+    shutil.copytree(project, root)
+    before = (root / "results/report.html").read_bytes()
+    edit(root / "results/evaluation")
+    p = tiny_params(**{"classifiers.archs": ARCHS, "classifiers.datasets": DATASETS})
+    with pytest.raises(Exception) as e:
+        build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic",
+                     root / "data/datasets", root / "data/splits", root / "data/raw")
+    assert type(e.value).__name__ in ("ReportError", "VerdictError"), e.value
+    assert (root / "results/report.html").read_bytes() == before  # nothing half-written: the old report stays
+    assert not list((root / "results").glob(".*.tmp"))
+    return root, str(e.value)
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path) as f:
+        r = csv.DictReader(f)
+        return list(r.fieldnames or []), list(r)
+
+
+def _rewrite(path: Path, change) -> None:
+    cols, rows = _rows(path)
+    rows = change(rows)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("reversed_rows", "ViT_Original and ResNet_Original were not scored on the same test images"),
+    ("nan", "p_malignant must be numbers in [0, 1]"),
+    ("stale", "does not give the AUROC"),
+    ("seed_order", "was evaluated with seeds [1, 0] but"),
+    ("missing_predictions", "predictions_test.csv"),
+    ("bad_json", "metrics.json is missing or unreadable (JSONDecodeError)"),
+    ("missing_roc", "roc_test.csv is missing; run `dvc repro evaluate@ViT`"),
+    ("no_external", "has no external_test results but other cells do"),
+])
+def test_inconsistent_evaluations_are_one_error_and_leave_the_old_report(project, tmp_path, case, needle):
+    def edit(ev: Path) -> None:
+        vit = ev / "ViT/ViT_Original"
+        if case == "reversed_rows":  # every seed of one arch, consistently: only the cross-arch check sees it
+            for k in (0, 1):
+                for split in ("test", "external_test"):
+                    _rewrite(vit / f"seed_{k}/predictions_{split}.csv", lambda rows: rows[::-1])
+        elif case == "nan":
+            _rewrite(vit / "seed_0/predictions_test.csv", lambda rows: [{**r, "p_malignant": "nan"} for r in rows])
+        elif case == "stale":
+            _rewrite(vit / "seed_0/predictions_test.csv",  # edited to an inverted ranking: AUROC 0, unlike the record
+                     lambda rows: [{**r, "p_malignant": str(float(r["label"] == "benign"))} for r in rows])
+        elif case == "seed_order":
+            m = json.loads((ev / "ViT/ViT_DCGAN/metrics.json").read_text())
+            (ev / "ViT/ViT_DCGAN/metrics.json").write_text(json.dumps({**m, "seeds": [1, 0]}))
+        elif case == "missing_predictions":
+            (ev / "ResNet/ResNet_DCGAN/seed_1/predictions_test.csv").unlink()
+        elif case == "bad_json":
+            (ev / "ResNet/ResNet_DCGAN/metrics.json").write_text('{"seeds": [0, ')
+        elif case == "missing_roc":
+            (vit / "roc_test.csv").unlink()
+        elif case == "no_external":
+            m = json.loads((vit / "metrics.json").read_text())
+            del m["external_test"], m["over_seeds"]["external_test"]
+            (vit / "metrics.json").write_text(json.dumps(m))
+
+    _, message = _rebuild(project, tmp_path, edit)
+    assert needle in message and "\n" not in message, message

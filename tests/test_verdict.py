@@ -120,9 +120,21 @@ def test_sentences_and_limitations_say_what_the_numbers_say():
     lim = vd.limitations(per_arch, 3, {"test": {"n": 90, "n_malignant": 30}}, {"test": 0.8},
                          {"auroc": 0.83, "cells": 30, "below": 21}, twins, "demo")
     text = " ".join(lim)
-    assert "3 seed(s)" in text and "fewer than 5 seeds" in text and "90 images (30 malignant)" in text
+    assert "3 seeds" in text and "fewer than 5 seeds" in text and "90 images (30 malignant)" in text
+    assert "unadjusted 95 % intervals" in text and "fewer than 10 images of a class" not in text
     assert "no external test set" in text.lower() and "21 of 30 network cells" in text
     assert "DCGAN / DCGAN_Upscaled: the training sets are near-identical" in text and "simulator" in text
+    one = " ".join(vd.limitations(per_arch, 1, {"test": {"n": 40, "n_malignant": 4}}, {}, None, [], "local"))
+    assert "ONE seed: the CIs cover test-image sampling only" in one and "include both" not in one
+    assert "fewer than 10 images of a class" in one and "simulator" not in one
+
+
+def test_resamples_let_holm_reach_significance_for_a_large_family():
+    """With B resamples the smallest p is 2 / (B + 1); over m tests Holm multiplies it by m. 1,000 resamples and
+    48 comparisons could never go below 0.096, so the family gets enough resamples for 0.005."""
+    assert vd.resamples_for(4, 1000) == 1600 and vd.resamples_for(48, 1000) == 19200
+    b = vd.resamples_for(48, 1000)
+    assert 48 * 2 / (b + 1) <= 0.005 and vd.resamples_for(1, 5000) == 5000
 
 
 def test_upscaled_twins_at_the_input_size_are_flagged_near_identical(tmp_path):

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,7 +22,7 @@ import numpy as np
 from melanoma.errors import MelanomaError
 from melanoma.evaluation import verdict as vd
 from melanoma.evaluation.metrics import SEED_METRICS, point_metrics
-from melanoma.io import read_csv, write_csv
+from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import GENERATORS
 from melanoma.paths import BASELINE, CARD
 
@@ -31,7 +32,7 @@ DVC_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificit
 # every metric is the mean over seeds, `_sd` its sd over seeds, `_ci_low/_ci_high` the seed x image 95 % CI
 COLUMNS = ["arch", "dataset", "split", "model", "seeds", *[c for m in SEED_METRICS for c in
            ((m, f"{m}_sd", f"{m}_ci_low", f"{m}_ci_high") if m in CI_METRICS else (m, f"{m}_sd"))]]
-COMPARISON_COLUMNS = ["arch", "dataset", "split", "archs", "seeds", "images", "difference", "ci_low", "ci_high", "seed_sd",
+COMPARISON_COLUMNS = ["arch", "dataset", "split", "archs", "seeds", "images", "resamples", "difference", "ci_low", "ci_high", "seed_sd",
                       "p_value", "p_holm", "verdict"]
 
 
@@ -41,10 +42,8 @@ class ReportError(MelanomaError):
 
 def _load(evaluation: Path, arch: str, dataset: str, stage: str = "") -> dict[str, Any]:
     path = evaluation / arch / f"{arch}_{dataset}" / "metrics.json"
-    if not path.is_file():
-        raise ReportError(f"{path} is missing; run `dvc repro {stage or f'evaluate@{arch}'}`")
-    m = json.loads(path.read_text())
-    if "over_seeds" not in m:
+    m = _json(path, stage or f"evaluate@{arch}")
+    if not isinstance(m, dict) or not {"over_seeds", "seeds"} <= set(m):
         raise ReportError(f"{path} predates per-seed evaluation; run `dvc repro {stage or f'evaluate@{arch}'}`")
     return m
 
@@ -97,7 +96,7 @@ def heatmap(rows: list[dict[str, Any]], archs: list[str], datasets: list[str], p
     ax.set_title("test AUROC (mean over seeds)")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
 
 
@@ -113,7 +112,7 @@ def roc_figure(evaluation: Path, arch: str, datasets: list[str], path: Path) -> 
     ax.set_title(f"{arch}: test ROC per dataset (packaged seed)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
 
 
@@ -147,7 +146,7 @@ def forest_plot(per_arch: list[dict[str, Any]], pooled: list[dict[str, Any]], pa
     axes[0][0].set_yticks([t for t, _ in labels], [name for _, name in labels], fontsize=7)
     axes[0][0].invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
 
 
@@ -177,7 +176,9 @@ def sample_sheet(shard: Path, n: int = 16, cols: int = 8) -> np.ndarray:
 
 # ---------------------------------------------------------------- the page
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, col: str = "") -> str:
+    if isinstance(v, float) and col.startswith("p_"):
+        return "&lt; 0.001" if v < 0.001 else f"{v:.3f}"  # a p-value is never printed as 0.000
     if isinstance(v, float):
         return f"{v:.3f}"
     return html.escape("" if v is None else str(v))
@@ -185,7 +186,7 @@ def _fmt(v: Any) -> str:
 
 def _table(rows: list[dict[str, Any]], cols: list[str], table_id: str = "") -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), c)}</td>" for c in cols) + "</tr>" for r in rows)
     ident = f' id="{table_id}"' if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -200,7 +201,7 @@ def _cell(r: dict[str, Any], k: str) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 6px;
-text-align:right}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}
+text-align:right;white-space:nowrap}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}
 .gallery img{margin:2px;border:1px solid #ddd}.note{color:#555;font-size:13px}h2{border-bottom:1px solid #ddd}"""
 CHECK = """<script>window.addEventListener('load',function(){var b=0;for(const i of document.images){
 if(!i.complete||i.naturalWidth===0)b++}document.body.dataset.brokenImages=b;document.body.dataset.images=
@@ -220,15 +221,17 @@ def _verdict_section(ctx: dict[str, Any]) -> list[str]:
             _table(pooled, ["dataset", "split", "archs", "images", "effect", "p_value", "p_holm", "verdict"],
                    "pooled"),
             f"<p class='note'>Effect: mean over seeds and architectures of AUROC(augmented) - AUROC(Original) "
-            f"on the same images, 95 % CI from a seed x image bootstrap ({v['bootstrap']} resamples); p-values "
-            f"two-sided, Holm-adjusted over the {len(v['pooled'])} pooled effects and, separately, over the "
-            f"{len(v['comparisons'])} per-architecture comparisons (table below). A verdict other than 'no "
-            f"evidence' needs an adjusted p below {vd.ALPHA}. Method and sources: README, Evaluation.</p>",
+            f"on the same images, unadjusted 95 % CI from a seed x image bootstrap "
+            f"({' / '.join(f'{b:,}' for b in v['resamples'])} resamples: enough that Holm's first step can reach "
+            f"0.005); p-values two-sided, Holm-adjusted at {vd.ALPHA} over the {len(v['pooled'])} pooled effects "
+            f"and, separately, over the {len(v['comparisons'])} per-architecture comparisons (table below). A "
+            f"verdict other than 'no evidence' needs an adjusted p below {vd.ALPHA}. Method and sources: README, "
+            "Evaluation.</p>",
             "<h3>What this evidence can and cannot say</h3>",
             "<ul id='limitations'>" + "".join(f"<li>{html.escape(t)}</li>" for t in v["limitations"]) + "</ul>"]
 
 
-def write_html(path: Path, ctx: dict[str, Any]) -> None:
+def render_html(ctx: dict[str, Any]) -> str:
     grid = ctx["grid"]
     display = [{"arch": r["arch"], "dataset": r["dataset"], "split": r["split"], "model": r["model"],
                 "seeds": r.get("seeds"), **{k: _cell(r, k) for k in SEED_METRICS}} for r in grid]
@@ -269,7 +272,7 @@ def write_html(path: Path, ctx: dict[str, Any]) -> None:
         parts.append(f"<h3>{html.escape(cell)}</h3><div class='gallery'>" + "".join(
             f"<img title='{html.escape(t)}' alt='{html.escape(t)}' src='{u}'>" for t, u in images) + "</div>")
     parts.append("</body></html>")
-    path.write_text("\n".join(parts))
+    return "\n".join(parts)
 
 
 def _data_section(card: dict[str, Any], sr: dict[str, Any]) -> list[str]:
@@ -329,11 +332,15 @@ def _generator_section(results: Path, synthetic: Path) -> tuple[list[dict[str, A
     rows, samples = [], {}
     for gen in GENERATORS:
         q = results / "generators" / gen / "quality.json"
+        notes_file = results / "generators" / gen / "details" / "quality_notes.json"
+        notes = json.loads(notes_file.read_text()) if notes_file.is_file() else {}
         if q.is_file():
             for label, m in json.loads(q.read_text()).items():
+                why = notes.get(label, {}).get("fid_unavailable", "not computed")
                 rows.append({"generator": gen, "class": label, "c2st_auroc": m["c2st_auc"],
                              "memorised_fraction": m["memorised_fraction"],
-                             "diversity_ratio": m["diversity_ratio"], "fid": m["fid"]})
+                             "diversity_ratio": m["diversity_ratio"],
+                             "fid": m["fid"] if m["fid"] is not None else f"n/a: {why.split(' (')[0]}"})
         for variant in (gen, f"{gen}_upscaled"):
             for label in ("malignant", "benign"):
                 shard = synthetic / variant / f"{label}.npy"
@@ -356,10 +363,25 @@ def _baseline(evaluation: Path, held_out: list[str],
               grid: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The colour/texture baseline's grid rows, and its test AUROC with how many network cells fall below it."""
     m = _load(evaluation, BASELINE, "Original", stage="baseline")
+    missing = [s for s in held_out if s not in m["over_seeds"]]
+    if missing:
+        raise ReportError(f"{evaluation / BASELINE / f'{BASELINE}_Original' / 'metrics.json'} has no {missing[0]} "
+                          "results but the cells do; run `dvc repro baseline`")
     rows = [{**_row(BASELINE, "Original", s, m["model"], m["over_seeds"][s]), "seeds": 1} for s in held_out]
     test = [r for r in grid if r["split"] == "test"]
     auroc = m["over_seeds"]["test"]["auroc"]["mean"]
     return rows, {"auroc": auroc, "cells": len(test), "below": sum(r["auroc"] < auroc for r in test)}
+
+
+def source_name(params: dict[str, Any], card: dict[str, Any]) -> str:
+    """The data a reader is looking at, in words (data.source and where it points, and the format read)."""
+    d = params["data"]
+    where = {"demo": "the embedded simulator (synthetic lesion-like images, not real lesions)",
+             "local": f"the local folder {d['local']['path']}",
+             "isic_csv": f"{d['isic_csv']['images']} with {d['isic_csv']['csv']}",
+             "gdrive": f"Google Drive folder {d['gdrive']['folder_id']}"}[d["source"]]
+    fmt = card.get("format")
+    return f"{where} (data.source: {d['source']}" + (f", read as {fmt})" if fmt and d["source"] != "demo" else ")")
 
 
 def training_budget(cells: dict[tuple[str, str], dict[str, Any]]) -> str:
@@ -373,64 +395,105 @@ def training_budget(cells: dict[tuple[str, str], dict[str, Any]]) -> str:
             f"{seen[0] if len(seen) == 1 else f'{seen[0]}-{seen[-1]}'}; {stopped} stopped early on val AUROC).")
 
 
+def _json(path: Path, stage: str) -> Any:
+    """A JSON input of the report; ReportError naming the file and the stage that writes it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path} is missing or unreadable ({type(e).__name__}); run `dvc repro {stage}`") from None
+
+
+def _check_cells(evaluation: Path, cells: dict[tuple[str, str], dict[str, Any]]) -> tuple[list[str], list[int]]:
+    """The held-out splits and seeds every cell shares; ReportError naming the first cell that differs or lacks a
+    file the page shows (its ROC curve, its GradCAM index)."""
+    held_out = [s for s in HELD_OUT if any(s in m for m in cells.values())]
+    (a0, d0), first = next(iter(cells.items()))
+    for (a, d), m in cells.items():
+        folder = evaluation / a / f"{a}_{d}"
+        missing = [s for s in held_out if s not in m or s not in m["over_seeds"]]
+        if missing:
+            raise ReportError(f"{folder / 'metrics.json'} has no {missing[0]} results but other cells do; run "
+                              f"`dvc repro evaluate@{a}`")
+        if m["seeds"] != first["seeds"]:
+            raise ReportError(f"{a}_{d} was evaluated with seeds {m['seeds']} but {a0}_{d0} with {first['seeds']}; "
+                              "run `dvc repro train_classifier evaluate` so every cell has classifiers.seeds")
+        for f in ("roc_test.csv", "gradcam/index.csv"):
+            if not (folder / f).is_file():
+                raise ReportError(f"{folder / f} is missing; run `dvc repro evaluate@{a}`")
+    return held_out, list(first["seeds"])
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    """Write `text` beside `path` under a temporary name; the caller renames it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    return tmp
+
+
 def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthetic: Path, datasets_dir: Path,
                  splits: Path, raw: Path) -> dict[str, Any]:
     """Write grid.csv, metrics.json, verdict.json, report/ and report.html under `results`; returns {cells,
-    comparisons, pooled, sentences}.
+    comparisons, pooled, sentences}. Every input is read and checked before anything is written, and the outputs
+    are renamed into place together at the end: a failed report leaves the previous one whole.
 
-    Raises ReportError (a cell's evaluation missing), VerdictError (evaluations on different images), MetricError.
+    Raises ReportError (an input missing, unreadable or inconsistent: names it and the stage to run),
+    VerdictError (evaluations on different images or seeds), MetricError.
     """
     archs, datasets = params["classifiers"]["archs"], params["classifiers"]["datasets"]
     ep = params["evaluate"]
     cells = {(a, d): _load(evaluation, a, d) for a in archs for d in datasets}
-    held_out = [s for s in HELD_OUT if s in cells[archs[0], datasets[0]]]  # every cell has the same splits
+    held_out, seed_list = _check_cells(evaluation, cells)
     grid = [{**_row(a, d, s, m["model"], m["over_seeds"][s]), "seeds": len(m["seeds"])}
             for (a, d), m in cells.items() for s in held_out]
     base_rows, base_summary = _baseline(evaluation, held_out, grid)
-    sr = json.loads((splits / "split_report.json").read_text())
+    sr = _json(splits / "split_report.json", "split")
+    card = _json(raw / CARD, "fetch")
+    stats = _json(datasets_dir / datasets[0] / "stats.json", f"build_dataset@{datasets[0]}")
     train = sr["counts"]["train"]
     prevalence = train["malignant"] / (train["benign"] + train["malignant"])
     trivial = []
     for s in held_out:  # the trivial rules, on the same images as the cells
-        trivial += baselines(vd.seed_probabilities(evaluation, archs[0], datasets[0], s)[1], prevalence, s)
+        trivial += baselines(vd.seed_probabilities(evaluation, archs[0], datasets[0], s).labels, prevalence, s)
     per_arch, pooled = vd.compare(evaluation, archs, datasets, held_out, ep["bootstrap"], ep["seed"])
     twins = vd.near_identical(datasets_dir, datasets, params["split"]["near_duplicate_corr"])
     first = cells[archs[0], datasets[0]]
     original = {s: float(np.mean([r["auroc"] for r in grid if r["dataset"] == "Original" and r["split"] == s]))
                 for s in held_out} if "Original" in datasets else {}
-    seeds = len(params["classifiers"]["seeds"])
+    seeds = len(seed_list)
     verdict = {"sentences": vd.sentences(pooled, per_arch), "pooled": pooled, "comparisons": per_arch,
-               "twins": twins, "bootstrap": ep["bootstrap"],
+               "twins": twins, "resamples": sorted({r["resamples"] for r in per_arch + pooled}),
                "limitations": vd.limitations(per_arch, seeds, {s: first[s] for s in held_out}, original,
                                              base_summary, twins, params["data"]["source"])}
-    report_dir = results / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(results / "grid.csv", grid + base_rows + trivial, COLUMNS)
-    write_csv(report_dir / "comparisons.csv", per_arch + pooled, COMPARISON_COLUMNS)
-    (results / "metrics.json").write_text(json.dumps(_metrics_json(grid), indent=2) + "\n")
-    (results / "verdict.json").write_text(json.dumps(_verdict_json(per_arch, pooled), indent=2) + "\n")
-    heatmap([r for r in grid if r["split"] == "test"], archs, datasets, report_dir / "auroc_heatmap.png")
-    if pooled:
-        forest_plot(per_arch, pooled, report_dir / "forest.png")
-    for a in archs:
-        roc_figure(evaluation, a, datasets, report_dir / f"roc_{a}.png")
+    gradcam = _gradcam_section(evaluation, cells)
     generator_rows, samples = _generator_section(results, synthetic)
     up = results / "upscaler" / "metrics.json"
-    stats = json.loads((datasets_dir / datasets[0] / "stats.json").read_text())
-    ctx = {"grid": grid + base_rows + trivial, "comparisons": per_arch, "verdict": verdict, "seeds": seeds,
-           "budget": training_budget(cells),
-           "generator_rows": generator_rows, "samples": samples,
-           "upscaler": json.loads(up.read_text()) if up.is_file() else None,
-           "gradcam": _gradcam_section(evaluation, cells),
-           "forest": (report_dir / "forest.png").read_bytes() if pooled else b"",
-           "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),
-           "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
-           "split_rows": [{"split": s, **c} for s, c in sr["counts"].items()],
-           "card": json.loads((raw / CARD).read_text()), "split": sr,
-           "split_note": f"{sr['images']} images in {sr['groups']} groups (duplicates, flipped or rotated copies, "
-                         f"photographs of one lesion and lesions of one patient kept in one split); classifier "
-                         f"input {stats['image_size']} px.",
-           "profile": f"Data source: {params['data']['source']}; {len(archs)} architectures x {len(datasets)} "
-                      f"datasets x {seeds} seeds"}
-    write_html(results / "report.html", ctx)
+    with atomic_dir(results / "report") as report_dir:  # figures and comparisons.csv: all of them or none
+        write_csv(report_dir / "comparisons.csv", per_arch + pooled, COMPARISON_COLUMNS)
+        heatmap([r for r in grid if r["split"] == "test"], archs, datasets, report_dir / "auroc_heatmap.png")
+        if pooled:
+            forest_plot(per_arch, pooled, report_dir / "forest.png")
+        for a in archs:
+            roc_figure(evaluation, a, datasets, report_dir / f"roc_{a}.png")
+        ctx = {"grid": grid + base_rows + trivial, "comparisons": per_arch, "verdict": verdict, "seeds": seeds,
+               "budget": training_budget(cells), "generator_rows": generator_rows, "samples": samples,
+               "upscaler": _json(up, "train_upscaler") if up.is_file() else None, "gradcam": gradcam,
+               "forest": (report_dir / "forest.png").read_bytes() if pooled else b"",
+               "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),
+               "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
+               "split_rows": [{"split": s, **c} for s, c in sr["counts"].items()], "card": card, "split": sr,
+               "split_note": f"{sr['images']} images in {sr['groups']} groups (duplicates, flipped or rotated "
+                             f"copies, photographs of one lesion and lesions of one patient kept in one split); "
+                             f"classifier input {stats['image_size']} px.",
+               "profile": f"Data: {source_name(params, card)}; {len(archs)} architectures x {len(datasets)} "
+                          f"datasets x {seeds} seeds"}
+        staged = {results / "report.html": _atomic_text(results / "report.html", render_html(ctx)),
+                  results / "metrics.json": _atomic_text(results / "metrics.json",
+                                                         json.dumps(_metrics_json(grid), indent=2) + "\n"),
+                  results / "verdict.json": _atomic_text(results / "verdict.json",
+                                                         json.dumps(_verdict_json(per_arch, pooled), indent=2) + "\n")}
+        grid_tmp = results / ".grid.csv.tmp"
+        write_csv(grid_tmp, grid + base_rows + trivial, COLUMNS)
+        staged[results / "grid.csv"] = grid_tmp
+    for final, tmp in staged.items():
+        os.replace(tmp, final)
     return {"cells": len(cells), "comparisons": per_arch, "pooled": pooled, "sentences": verdict["sentences"]}

@@ -8,8 +8,10 @@ so every draw keeps the class counts), as many images with replacement as there 
 over the drawn seeds of the metric on the drawn images. This is the "pigeonhole" bootstrap for crossed random
 effects (Owen 2007, "The pigeonhole bootstrap", Ann. Appl. Stat. 1(2):386-411), whose variance estimate carries
 both the seed and the image component; with one seed it is the ordinary stratified bootstrap (Efron &
-Tibshirani 1993, ch. 6). CIs are percentile intervals; two-sided p-values are twice the smaller tail share of
-the resampled differences at 0, with the +1 correction of Davison & Hinkley (1997, eq. 4.11) so none is 0.
+Tibshirani 1993, ch. 6). CIs are percentile intervals. The two-sided p-value inverts them: it is the smallest
+alpha at which the (1 - alpha) percentile interval of the difference excludes 0, i.e. twice the share of
+resampled differences on the far side of 0, counted as (k + 1) / (B + 1) so that it is never 0; it is no
+smaller than 2 / (B + 1), which is why a family of m tests needs B well above 2m / alpha (verdict.resamples_for).
 
 A comparison (augmented vs Original, same arch) uses the same image draw for both, and pairs seed k of one with
 seed k of the other (same initial weights and batch-order seed). A pooled effect over architectures shares the
@@ -104,8 +106,8 @@ def interval(values: np.ndarray, level: float = LEVEL) -> list[float]:
 
 
 def two_sided_p(diffs: np.ndarray) -> float:
-    """Bootstrap p-value for H0: difference = 0: 2 x (1 + draws on the smaller side of 0) / (B + 1), at most 1
-    (Davison & Hinkley 1997, eq. 4.11)."""
+    """Two-sided p-value for difference = 0 by inverting the percentile interval: 2 x (1 + draws on the smaller
+    side of 0) / (B + 1), at most 1; never below 2 / (B + 1)."""
     tail = min(int(np.sum(diffs <= 0)), int(np.sum(diffs >= 0)))
     return float(min(1.0, 2 * (tail + 1) / (len(diffs) + 1)))
 

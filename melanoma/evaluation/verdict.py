@@ -12,6 +12,8 @@ evidence of a difference", which is not evidence of no difference: the CI says h
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,13 @@ import numpy as np
 
 from melanoma.data.datasets import DatasetError, manifest
 from melanoma.errors import MelanomaError
+from melanoma.evaluation.metrics import MetricError, auroc
 from melanoma.evaluation.stats import auroc_difference, holm
 from melanoma.io import read_csv
+from melanoma.params import LABELS
 
 ALPHA = 0.05
+MIN_CLASS = 10  # fewer malignant (or benign) images than this in a held-out split: its intervals are unreliable
 WORDS = {1: "helps", 0: "no evidence of a difference", -1: "hurts"}
 
 
@@ -30,51 +35,118 @@ class VerdictError(MelanomaError):
     """The evaluations do not line up (different images or seeds across cells); names the stage to rerun."""
 
 
-def seed_probabilities(evaluation: Path, arch: str, dataset: str, split: str) -> tuple[list[str], np.ndarray,
-                                                                                      np.ndarray]:
-    """(ids, int labels (n,), float64 P(malignant) (S, n)) of every seed of a cell on one split, seeds in the
-    order of the cell's metrics.json. Raises VerdictError when the seeds disagree on the images."""
+@dataclass(frozen=True)
+class Scores:
+    """One cell's predictions on one split: image ids, int labels (n,) with 1 = malignant, float64 P(malignant)
+    (S, n) in [0, 1], and the seeds (S) in the order of the rows of `probs`."""
+
+    ids: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+    seeds: list[int]
+
+
+def _read_predictions(path: Path, stage: str) -> list[dict[str, str]]:
+    try:
+        rows = read_csv(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise VerdictError(f"cannot read {path} ({type(e).__name__}); rerun `dvc repro {stage}`") from None
+    if not rows or not {"id", "label", "p_malignant"} <= set(rows[0]):
+        raise VerdictError(f"{path} has no id/label/p_malignant rows; rerun `dvc repro {stage}`")
+    return rows
+
+
+def seed_probabilities(evaluation: Path, arch: str, dataset: str, split: str, stage: str = "") -> Scores:
+    """Every seed's predictions of a cell on one split, read from seed_<k>/predictions_<split>.csv, seeds in the
+    order of the cell's metrics.json. Raises VerdictError (naming the file and the stage to rerun) when a file is
+    missing or unreadable, a label is not benign/malignant, a probability is not a number in [0, 1], the seeds
+    disagree on the images, or a seed's AUROC differs from the one metrics.json recorded (a stale or edited file)."""
     cell = evaluation / arch / f"{arch}_{dataset}"
-    seeds = json.loads((cell / "metrics.json").read_text())["seeds"]
+    stage = stage or f"evaluate@{arch}"
+    try:
+        m = json.loads((cell / "metrics.json").read_text())
+        seeds, recorded = list(m["seeds"]), {str(k): m["per_seed"][str(k)][split]["auroc"] for k in m["seeds"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise VerdictError(f"{cell / 'metrics.json'} is missing, unreadable or has no {split} results "
+                           f"({type(e).__name__}); rerun `dvc repro {stage}`") from None
     ids, y, probs = None, None, []
     for k in seeds:
-        rows = read_csv(cell / f"seed_{k}" / f"predictions_{split}.csv")
+        path = cell / f"seed_{k}" / f"predictions_{split}.csv"
+        rows = _read_predictions(path, stage)
+        bad = [r["label"] for r in rows if r["label"] not in LABELS]
+        if bad:
+            raise VerdictError(f"{path}: label {bad[0]!r} is neither benign nor malignant; rerun `dvc repro {stage}`")
+        try:
+            p = np.array([float(r["p_malignant"]) for r in rows])
+        except (TypeError, ValueError):
+            p = np.array([np.nan])
+        if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+            raise VerdictError(f"{path}: p_malignant must be numbers in [0, 1]; rerun `dvc repro {stage}`")
         these = [r["id"] for r in rows]
         if ids is not None and these != ids:
             raise VerdictError(f"{cell}: seeds {seeds[0]} and {k} scored different {split} images; rerun "
-                               f"`dvc repro evaluate@{arch}`")
-        ids, y = these, np.array([r["label"] == "malignant" for r in rows], dtype=int)
-        probs.append([float(r["p_malignant"]) for r in rows])
+                               f"`dvc repro {stage}`")
+        ids, y = these, np.array([r["label"] == LABELS[1] for r in rows], dtype=int)
+        try:
+            same = abs(auroc(y, p) - recorded[str(k)]) < 1e-9
+        except MetricError:
+            raise VerdictError(f"{path}: {split} has only one class, so AUROC is undefined; check the split") from None
+        if not same:
+            raise VerdictError(f"{path} does not give the AUROC {cell / 'metrics.json'} recorded for seed {k}: a stale "
+                               f"or edited file; rerun `dvc repro {stage}`")
+        probs.append(p)
     assert ids is not None and y is not None
-    return ids, y, np.array(probs)
+    return Scores(ids, y, np.array(probs), seeds)
+
+
+def _check_pair(ref: Scores, other: Scores, what: str, ref_name: str, split: str, arch: str) -> None:
+    if other.ids != ref.ids or not np.array_equal(other.labels, ref.labels):
+        raise VerdictError(f"{what} and {ref_name} were not scored on the same {split} images (ids or labels "
+                           f"differ); rerun `dvc repro evaluate@{arch}` (and build_dataset if the datasets changed)")
+    if other.seeds != ref.seeds:
+        raise VerdictError(f"{what} was evaluated with seeds {other.seeds} but {ref_name} with {ref.seeds}: seeds "
+                           f"are paired by value; rerun `dvc repro train_classifier evaluate@{arch}`")
+
+
+def resamples_for(tests: int, n_boot: int, alpha: float = ALPHA) -> int:
+    """Bootstrap resamples for a family of `tests`: at least `n_boot`, and enough that the smallest attainable
+    p-value (2 / (B + 1)) times `tests` (Holm's first step) is below alpha / 10, so that a clear effect can still
+    be called one after the correction."""
+    return max(n_boot, math.ceil(20 * tests / alpha))
 
 
 def compare(evaluation: Path, archs: list[str], datasets: list[str], splits: list[str], n_boot: int,
             seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per-architecture comparisons, pooled effects): every augmented dataset vs Original on every split, with
-    Holm-adjusted p-values (p_holm) and a verdict (1 helps, 0 no evidence, -1 hurts) each."""
+    Holm-adjusted p-values (p_holm) and a verdict (1 helps, 0 no evidence, -1 hurts) each. Every comparison uses
+    `resamples_for(family size, n_boot)` resamples (recorded as `resamples`). Raises VerdictError when cells were
+    not scored on the same images (across datasets and across architectures) or with the same seeds."""
     augmented = [d for d in datasets if d != "Original"]
     if "Original" not in datasets or not augmented:
         return [], []
+    b_arch = resamples_for(len(archs) * len(augmented) * len(splits), n_boot)
+    b_pool = resamples_for(len(augmented) * len(splits), n_boot)
     per_arch, pooled = [], []
     for split in splits:
         ref = {a: seed_probabilities(evaluation, a, "Original", split) for a in archs}
+        first = ref[archs[0]]
+        for a in archs[1:]:  # the pooled effect pairs images across architectures by position
+            if ref[a].ids != first.ids or not np.array_equal(ref[a].labels, first.labels):
+                raise VerdictError(f"{a}_Original and {archs[0]}_Original were not scored on the same {split} images "
+                                   f"in the same order; rerun `dvc repro evaluate@{a}`")
         for d in augmented:
             pairs = []
             for a in archs:
-                ids, y, orig = ref[a]
-                ids_d, _, aug = seed_probabilities(evaluation, a, d, split)
-                if ids_d != ids or aug.shape != orig.shape:
-                    raise VerdictError(f"{a}_{d} and {a}_Original were not scored on the same {split} images and "
-                                       "seeds; rerun `dvc repro build_dataset evaluate`")
-                pairs.append((aug, orig))
-                r = auroc_difference(y, [(aug, orig)], n_boot, seed)
-                per_arch.append({"arch": a, "dataset": d, "split": split, "archs": 1, "seeds": len(aug), "images": len(y),
-                                 **r})
-            y = ref[archs[0]][1]
+                other = seed_probabilities(evaluation, a, d, split)
+                _check_pair(ref[a], other, f"{a}_{d}", f"{a}_Original", split, a)
+                pairs.append((other.probs, ref[a].probs))
+                r = auroc_difference(first.labels, [(other.probs, ref[a].probs)], b_arch, seed)
+                per_arch.append({"arch": a, "dataset": d, "split": split, "archs": 1, "seeds": len(other.seeds),
+                                 "images": len(first.ids), "resamples": b_arch, **r})
+            r = auroc_difference(first.labels, pairs, b_pool, seed)
             pooled.append({"arch": "pooled", "dataset": d, "split": split, "archs": len(archs),
-                           "seeds": len(pairs[0][0]), "images": len(y),
-                           **auroc_difference(y, pairs, n_boot, seed)})
+                           "seeds": len(first.seeds), "images": len(first.ids), "resamples": b_pool,
+                           **r, "seed_sd": None})
     for family in (per_arch, pooled):
         for row, p in zip(family, holm([r["p_value"] for r in family])):
             row["p_holm"] = p
@@ -164,15 +236,28 @@ def limitations(per_arch: list[dict[str, Any]], seeds: int, counts: dict[str, An
                 original_auroc: dict[str, float], baseline: dict[str, Any] | None, twins: list[dict[str, Any]],
                 source: str) -> list[str]:
     """What the evidence can and cannot say, from the numbers themselves."""
-    out = [f"Each cell was trained with {seeds} seed(s); the CIs include both training-seed and test-image "
-           "variance (seed x image bootstrap)" + (". With fewer than 5 seeds the seed part of the variance is "
-                                                  "poorly estimated" if seeds < 5 else "") + "."]
+    if seeds == 1:
+        out = ["Each cell was trained with ONE seed: the CIs cover test-image sampling only. Training variance "
+               "(another seed, another model) is not measured at all, so a 'helps' or 'hurts' can be one lucky or "
+               "unlucky run; use at least 3 seeds (classifiers.seeds; the study profile uses 5)."]
+    else:
+        out = [f"Each cell was trained with {seeds} seeds; the CIs include both training-seed and test-image "
+               "variance (seed x image bootstrap)" + (". With fewer than 5 seeds the seed part of the variance is "
+                                                      "poorly estimated and the CIs run somewhat narrow"
+                                                      if seeds < 5 else "") + "."]
+    out.append("CIs are unadjusted 95 % intervals; a verdict needs the Holm-adjusted p below 0.05 within its family "
+               "(per-architecture comparisons; pooled effects), so an interval that excludes 0 can still read 'no "
+               "evidence'.")
     for split, c in counts.items():
         widths = [r["ci_high"] - r["ci_low"] for r in per_arch if r["split"] == split]
         if widths:
             out.append(f"{SPLIT_NAMES.get(split, split).capitalize()} has {c['n']} images ({c['n_malignant']} "
                        f"malignant): a single architecture's CI spans about {np.median(widths):.3f} AUROC, so "
                        "smaller effects cannot be told from noise there.")
+        if min(c["n_malignant"], c["n"] - c["n_malignant"]) < MIN_CLASS:
+            out.append(f"{SPLIT_NAMES.get(split, split).capitalize()} has fewer than {MIN_CLASS} images of a class: "
+                       "its bootstrap intervals are unreliable (a perfect ranking of 2 malignant images gives a "
+                       "zero-width interval); treat its verdicts as anecdotes.")
     if "external_test" in original_auroc:
         out.append(f"Original's mean AUROC is {original_auroc['test']:.3f} on the internal test split and "
                    f"{original_auroc['external_test']:.3f} on the external set: the gap measures the domain shift "

@@ -102,7 +102,9 @@ def _card_evaluation(cfg: dict[str, Any]) -> list[str]:
     rows = [("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
             ("balanced accuracy", "balanced_accuracy")]
     c = test["confusion"]
+    demo = cfg["data"]["source"] == "demo"
     return [
+        "## Evaluation (held-out demo images: simulated, not real lesions)" if demo else
         "## Evaluation (real held-out test images)",
         "",
         f"Decision: `{cfg['decision']}`, threshold **{cfg['threshold']:.4f}**. 95 % intervals: stratified "

@@ -14,7 +14,6 @@ function (`prepare`) turns any image file into those pixels for predict as the p
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import struct
@@ -30,7 +29,7 @@ from melanoma.classifiers import family, load_strict
 from melanoma.classifiers.inference import load_classifier, read_config, rebuild
 from melanoma.engine import Runtime
 from melanoma.data.datasets import resize
-from melanoma.data.images import decode_image
+from melanoma.data.images import decode_pixels
 from melanoma.errors import MelanomaError
 from melanoma.params import LABELS
 
@@ -67,17 +66,19 @@ def pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
 
 
+DRAFT_FACTOR = 8  # a JPEG is decoded at a reduced scale no smaller than this many times the input size
+
+
 def prepare(path: Path, input_size: int, max_side: int) -> np.ndarray:
     """An image file -> the (input_size, input_size, 3) uint8 pixels the pipeline would have trained on.
 
     The same two steps as fetch + build_dataset: decode to upright 8-bit RGB capped at `max_side` (RGBA, CMYK,
-    16-bit, EXIF rotation, huge scans), then the one Lanczos resize. Raises images.ImageRejected with the reason.
+    16-bit, EXIF rotation, huge scans), then the one Lanczos resize, with every check fetch makes. Two shortcuts
+    for speed, both measured in bench/predict_speed.py: the capped image is not re-encoded as JPEG (fetch stores it
+    at quality 95), and a large JPEG is decoded at a reduced DCT scale that keeps at least DRAFT_FACTOR x the
+    input size (Pillow's draft mode). Raises images.ImageRejected with the reason.
     """
-    from PIL import Image
-
-    stored = decode_image(path, max_side)
-    with Image.open(io.BytesIO(stored.data)) as im:
-        return resize(np.asarray(im.convert("RGB")), input_size)
+    return resize(decode_pixels(path, max_side, draft=DRAFT_FACTOR * input_size), input_size)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ in the test split. A file that cannot be read is reported with its reason, and t
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,9 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from melanoma.data.images import IMAGE_SUFFIXES, ImageRejected
 from melanoma.serving.package import PackageError, load, pixels, prepare, served, torch_probabilities
+
+
+PROGRESS_FROM = 10  # files: fewer are read without a progress bar
 
 
 @dataclass
@@ -63,7 +68,8 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None) ->
         raise PackageError(f"{folder}: model_config.json has no preprocessing; export or download the package again")
     size, max_side = cfg["input_size"], cfg["preprocessing"]["max_side"]
     results, ok, images = [], [], []
-    for f in files:
+    for f in tqdm(files, desc="predict", unit="img", file=sys.stderr, disable=len(files) < PROGRESS_FROM,
+                  leave=False):
         r = Prediction(str(f))
         try:
             images.append(prepare(f, size, max_side))
