@@ -96,10 +96,11 @@ def test_evaluate_writes_every_seed_and_the_packaged_seeds_files(project):
 def test_grid_metrics_and_comparisons(project):
     with open(project / "results/grid.csv") as f:
         grid = list(csv.DictReader(f))
-    cells = [(r["arch"], r["dataset"], r["split"]) for r in grid if r["arch"] not in ("baseline", "Baseline")]
+    cells = [(r["arch"], r["dataset"], r["split"]) for r in grid if r["arch"] not in ("rule", "Baseline")]
     assert cells == [(a, d, s) for a in ARCHS for d in DATASETS for s in ("test", "external_test")]
     assert all(r["seeds"] == "2" and r["auroc_sd"] != "" for r in grid if r["arch"] in ARCHS)
-    base = {(r["dataset"], r["split"]): r for r in grid if r["arch"] == "baseline"}
+    base = {(r["dataset"], r["split"]): r for r in grid if r["arch"] == "rule"}
+    assert all(r["auroc_sd"] == "" for r in grid if r["arch"] in ("rule", "Baseline"))  # one run: no sd, not 0
     for s in ("test", "external_test"):  # each on its own images
         assert float(base["all-malignant", s]["sensitivity"]) == 1.0
         assert float(base["all-malignant", s]["specificity"]) == 0 and float(base["prevalence", s]["auroc"]) == 0.5

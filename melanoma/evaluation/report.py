@@ -52,17 +52,16 @@ def _row(arch: str, dataset: str, split: str, model: str, m: dict[str, Any]) -> 
     """One grid row from a cell's `over_seeds[split]` ({metric: {mean, sd, ci95?}})."""
     row: dict[str, Any] = {"arch": arch, "dataset": dataset, "split": split, "model": model}
     for k, v in m.items():
-        row[k], row[f"{k}_sd"] = v["mean"], v["sd"]
+        row[k], row[f"{k}_sd"] = v["mean"], v["sd"]  # sd None: a single run (the baselines), not 0 variance
         if "ci95" in v:
             row[f"{k}_ci_low"], row[f"{k}_ci_high"] = v["ci95"]
     return row
 
 
-def _constant_row(dataset: str, split: str, model: str, y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-    """A deterministic rule's row (sd 0, no CI)."""
+def _constant_row(rule: str, split: str, model: str, y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """A trivial rule's row: arch "rule", dataset the rule's name; one deterministic run, so no sd and no CI."""
     m = point_metrics(y, p, 0.5)
-    return {**_row("baseline", dataset, split, model, {k: {"mean": m[k], "sd": 0.0} for k in SEED_METRICS}),
-            "seeds": 1}
+    return {**_row("rule", rule, split, model, {k: {"mean": m[k], "sd": None} for k in SEED_METRICS}), "seeds": 1}
 
 
 def baselines(y: np.ndarray, prevalence: float, split: str = "test") -> list[dict[str, Any]]:
@@ -179,6 +178,8 @@ def sample_sheet(shard: Path, n: int = 16, cols: int = 8) -> np.ndarray:
 def _fmt(v: Any, col: str = "") -> str:
     if isinstance(v, float) and col.startswith("p_"):
         return "&lt; 0.001" if v < 0.001 else f"{v:.3f}"  # a p-value is never printed as 0.000
+    if isinstance(v, float) and col == "median_correlation":
+        return f"{v:.4f}"  # 0.9996 is not 1.000
     if isinstance(v, float):
         return f"{v:.3f}"
     return html.escape("" if v is None else str(v))
@@ -196,7 +197,9 @@ def _cell(r: dict[str, Any], k: str) -> str:
     if r.get(k) is None:
         return ""
     lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
-    return f"{r[k]:.3f} ± {r.get(f'{k}_sd') or 0:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else "")
+    sd = r.get(f"{k}_sd")
+    return f"{r[k]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "") + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None
+                                                                         else "")
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -239,14 +242,16 @@ def render_html(ctx: dict[str, Any]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>melanoma-synth report</title>"
              f"<style>{STYLE}</style>{CHECK}</head><body>",
              "<h1>Does synthetic augmentation help melanoma classifiers?</h1>",
-             f"<p class='note'>{html.escape(ctx['profile'])}. Metrics on the real <b>test</b> split (and, where the "
+             f"<p class='note'>{html.escape(ctx['profile'])}. Metrics on the held-out <b>test</b> split (and, where the "
              "source has one, the <b>external test</b> set); each seed's decision threshold was chosen on val and "
              "applied unchanged. Research use only, not a medical device.</p>",
              *_verdict_section(ctx),
              "<h2>The grid</h2>",
-             f"<p class='note'>Each value: mean ± sd over the {ctx['seeds']} training seeds [95 % seed x image "
-             "bootstrap CI]. The Baseline row is colour/texture features + logistic regression on the same train "
-             f"split; all-malignant and prevalence are trivial rules. {html.escape(ctx['budget'])}</p>",
+             f"<p class='note'>Each value: mean ± sd over the {ctx['seeds']} training seeds; AUROC, sensitivity, "
+             "specificity and balanced accuracy also carry a [95 % seed x image bootstrap CI]. The Baseline row is "
+             "colour/texture features + logistic regression on the same train split, and the two 'rule' rows are "
+             "trivial rules (all-malignant; a constant P = train prevalence): single deterministic runs, so no sd. "
+             f"{html.escape(ctx['budget'])}</p>",
              _table(display, ["arch", "dataset", "split", "seeds", "model", *SEED_METRICS], "grid"),
              f"<img alt='AUROC heatmap' src='{_png_uri(ctx['heatmap'])}'>",
              "<h2>Augmented vs Original per architecture (same test images, seeds paired)</h2>",
@@ -367,7 +372,8 @@ def _baseline(evaluation: Path, held_out: list[str],
     if missing:
         raise ReportError(f"{evaluation / BASELINE / f'{BASELINE}_Original' / 'metrics.json'} has no {missing[0]} "
                           "results but the cells do; run `dvc repro baseline`")
-    rows = [{**_row(BASELINE, "Original", s, m["model"], m["over_seeds"][s]), "seeds": 1} for s in held_out]
+    rows = [{**_row(BASELINE, "Original", s, m["model"], {k: {**v, "sd": None} for k, v in m["over_seeds"][s].items()}),
+             "seeds": 1} for s in held_out]
     test = [r for r in grid if r["split"] == "test"]
     auroc = m["over_seeds"]["test"]["auroc"]["mean"]
     return rows, {"auroc": auroc, "cells": len(test), "below": sum(r["auroc"] < auroc for r in test)}
