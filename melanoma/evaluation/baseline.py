@@ -79,11 +79,7 @@ def run_baseline(params: dict[str, Any], data_dir: Path, out: Path) -> dict[str,
     probs = {0: {s: model.predict_proba(features(x))[:, 1].astype(np.float64) for s, (x, _) in splits.items()}}
     ep = params["evaluate"]
     result: dict[str, Any] = {"arch": BASELINE, "dataset": data_dir.name, "model": MODEL,
-                              "parameters": int(model[-1].coef_.size + model[-1].intercept_.size),
-                              "threshold_rule": ep["threshold"] + (f" {ep['target_sensitivity']}"
-                                                                  if ep["threshold"] == "sensitivity" else ""),
-                              "bootstrap": {"resamples": ep["bootstrap"], "seed": ep["seed"], "level": 0.95,
-                                            "stratified": True, "over": "images (deterministic model)"}}
+                              "parameters": int(model[-1].coef_.size + model[-1].intercept_.size)}
     with atomic_dir(out) as tmp:
         result.update(score_seeds(tmp, f"{BASELINE}_{data_dir.name}", {s: y for s, (_, y) in splits.items()},
                                   {s: split_ids(data_dir, s) for s in splits}, probs, 0, ep))

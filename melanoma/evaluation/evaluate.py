@@ -94,10 +94,6 @@ def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Pa
     c = cfg[packaged]
     built = c["model"] + (" " + json.dumps(c["kwargs"], separators=(",", ":")) if c["kwargs"] else "")
     result: dict[str, Any] = {"arch": arch, "dataset": dataset, "model": built, "parameters": c["parameters"],
-                              "threshold_rule": ep["threshold"] + (f" {ep['target_sensitivity']}"
-                                                                  if ep["threshold"] == "sensitivity" else ""),
-                              "bootstrap": {"resamples": ep["bootstrap"], "seed": ep["seed"], "level": 0.95,
-                                            "stratified": True, "over": "seeds x images"},
                               "training": {str(k): {f: cfg[k][f] for f in ("steps", "steps_run", "batch_size",
                                                                             "images_seen", "epochs_equivalent",
                                                                             "imbalance", "val_auroc", "best_step")}

@@ -113,7 +113,12 @@ def score_seeds(tmp: Path, cell: str, labels: dict[str, np.ndarray], ids: dict[s
         for s, y in labels.items():
             _predictions_csv(tmp / f"seed_{k}" / f"predictions_{s}.csv", ids[s], y, probs[k][s], thr[k])
             per_seed[str(k)][s] = point_metrics(y, probs[k][s], thr[k], where=f"{cell} seed {k} {s}")
-    result: dict[str, Any] = {"seeds": seeds, "seed": packaged, **per_seed[str(packaged)], "per_seed": per_seed,
+    rule = ep["threshold"] + (f" {ep['target_sensitivity']}" if ep["threshold"] == "sensitivity" else "")
+    result: dict[str, Any] = {"threshold_rule": rule,
+                              "bootstrap": {"resamples": ep["bootstrap"], "seed": ep["seed"], "level": 0.95,
+                                            "stratified": True, "over": "seeds x images" if len(seeds) > 1
+                                            else "images (one seed or a deterministic model)"},
+                              "seeds": seeds, "seed": packaged, **per_seed[str(packaged)], "per_seed": per_seed,
                               "over_seeds": {}}
     for s, y in labels.items():
         if s == "val":

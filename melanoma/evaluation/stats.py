@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from melanoma.evaluation.metrics import MetricError
+from melanoma.evaluation.metrics import MetricError, auroc
 
 LEVEL = 0.95
 CHUNK = 100  # draws computed at once: bounds memory at CHUNK x n_benign floats per seed on a large external set
@@ -140,8 +140,7 @@ def auroc_difference(labels: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarra
         d = Draws(seeds, images.pos, images.neg)
         diff = per_seed_draws(d, y, a)["auroc"] - per_seed_draws(d, y, b)["auroc"]
         total += seed_mean(d, diff)
-        full = Draws(np.ones((1, len(a)), int), np.ones((1, int(y.sum())), int), np.ones((1, int((~y).sum())), int))
-        per_seed = per_seed_draws(full, y, a)["auroc"][0] - per_seed_draws(full, y, b)["auroc"][0]
+        per_seed = np.array([auroc(y, a[k]) - auroc(y, b[k]) for k in range(len(a))])
         point += float(per_seed.mean())
         sds.append(float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0)
     total /= len(pairs)
