@@ -7,6 +7,7 @@
 #   ./run.sh setup                    only the setup
 # The install is redone only when requirements*.txt, constraints.txt or pyproject.toml change.
 # requirements-test.txt (the ISIC Challenge scorer the tests cross-check against) is small and installed too.
+# Setup also makes `dvc plots show` pages work offline (tools/dvc_plots_offline.py; needs the npm registry once).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
@@ -23,6 +24,9 @@ setup() {
     "$VENV/bin/python" -m pip install --quiet --no-deps -e .
     echo "$stamp" > "$VENV/.installed"
   fi
+  # `dvc plots show` offline: vega, vega-lite, vega-embed from the npm registry, inlined in the HTML template
+  # .dvc/config.local names (quick once done; registry unreachable: one warning line, setup goes on)
+  "$VENV/bin/python" tools/dvc_plots_offline.py
   # dvc.yaml's stage commands call `python`: the venv must come first on PATH
   export PATH="$PWD/$VENV/bin:$PATH"
 }

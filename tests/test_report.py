@@ -12,6 +12,7 @@ from melanoma.classifiers.train import train_classifier
 from melanoma.evaluation.evaluate import evaluate_cell
 from melanoma.evaluation.baseline import run_baseline
 from melanoma.evaluation.report import COMPARISON_COLUMNS, _fmt, build_report
+from tests.browser import chromium, ink, render
 from tests.tiny import make_pack, tiny_params
 
 ARCHS, DATASETS = ["ResNet", "ViT"], ["Original", "DCGAN"]
@@ -170,6 +171,15 @@ def test_report_renders_in_headless_chromium_without_broken_images(project):
     assert 'data-broken-images="0"' in dom
     n = int(dom.split('data-images="')[1].split('"')[0])
     assert n >= 1 + 1 + 2 + 4  # forest plot, heatmap, ROC per arch, GradCAM images
+
+
+def test_report_screenshot_offline_shows_its_figures_not_only_text(project, tmp_path):
+    if not chromium():
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    shot, dom = render(project / "results/report.html", tmp_path, size=(1280, 6000), budget_ms=5000)
+    assert 'data-broken-images="0"' in dom, dom[-2000:]
+    drawn = ink(shot)  # text and tables alone are grey on white: the figures bring the colour
+    assert drawn["coloured"] > 0.004 and drawn["colours"] > 1000, drawn
 
 
 def _rebuild(project: Path, tmp_path: Path, edit) -> tuple[Path, str]:
