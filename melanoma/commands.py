@@ -1,4 +1,5 @@
-"""The `melanoma` console command: predict, publish, download, profile, plan (installed by `pip install -e .`)."""
+"""The `melanoma` console command: predict, calibrate, publish, download, profile, plan (installed by
+`pip install -e .`)."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = expand(args.images)
     if not files:
         raise ParamsError("no images: " + " ".join(map(str, args.images)) + " holds no image files")
-    results, cfg = predict(files, resolve(args.model), args.gradcam)
+    results, cfg = predict(files, resolve(args.model), args.gradcam, args.threshold_file)
     print(as_json(results, cfg, args.model) if args.json else as_table(results, cfg, args.model))
     refused = sum(r.error is not None for r in results)
     if refused == len(results):
@@ -41,6 +42,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"predict: {refused} of {len(results)} files refused (reasons above); the other "
               f"{len(results) - refused} were scored", file=sys.stderr)
     return 1 if refused else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from melanoma.serving.calibrate import calibrate, summary
+    from melanoma.serving.hub import resolve
+
+    rule = args.rule or ("sensitivity" if args.target_sensitivity is not None else "youden")
+    rec, out = calibrate(resolve(args.package), args.labels, rule, args.target_sensitivity, args.out,
+                         args.bootstrap, args.seed, args.force)
+    print(summary(rec, out, args.package))
+    if rec["labels"]["unreadable"]:
+        from melanoma.data.releases import top_reasons
+
+        bad = [(u["path"], u["reason"]) for u in rec["labels"]["unreadable_files"]]
+        print(f"calibrate: {rec['labels']['unreadable']} of {rec['labels']['unreadable'] + rec['n']} images could not "
+              f"be read and were left out ({top_reasons(bad, 3)}; listed in {out}); the threshold uses the other "
+              f"{rec['n']}", file=sys.stderr)
+    return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -98,7 +117,29 @@ def parser() -> argparse.ArgumentParser:
                    help="a package folder (models/export/<Arch>/<Arch>_<Dataset>, a downloaded one) or a Hub repo id")
     p.add_argument("--gradcam", type=Path, metavar="DIR", help="also write a GradCAM overlay PNG per image here")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.add_argument("--threshold-file", type=Path, metavar="FILE",
+                   help="decide at the threshold `melanoma calibrate` wrote for this package (a site's own) instead "
+                        "of the package's")
     p.set_defaults(run=cmd_predict)
+    p = sub.add_parser("calibrate", help="choose a decision threshold for a new site on its own labelled images")
+    p.add_argument("package", help="a package folder (models/export/<Arch>/<Arch>_<Dataset>, a downloaded one) or a "
+                                   "Hub repo id")
+    p.add_argument("--labels", required=True, type=Path, metavar="CSV|FOLDER",
+                   help="a CSV with columns image (path, relative to the CSV's folder) and label (benign|malignant), "
+                        "or a folder with benign/ and malignant/ subfolders")
+    p.add_argument("--rule", choices=["youden", "sensitivity"],
+                   help="youden (default): max sensitivity + specificity - 1; sensitivity: the highest threshold "
+                        "reaching --target-sensitivity")
+    p.add_argument("--target-sensitivity", type=float, metavar="T",
+                   help="with the sensitivity rule (implied), the sensitivity to reach, in (0, 1]; default 0.95")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="the threshold file (default: <cell>_<labels name>_<youden|sensT>_threshold.json in the "
+                        "current folder)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="stratified bootstrap resamples for the 95 %% CIs (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file that is not this same calibration")
+    p.set_defaults(run=cmd_calibrate)
     p = sub.add_parser("profile", help="write a named profile (profiles/<name>.yaml) into params.yaml")
     p.add_argument("name", help="e.g. study: the full-scale study (ISIC, 224 px, full-size pretrained models)")
     p.set_defaults(run=cmd_profile)

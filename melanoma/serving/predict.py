@@ -1,4 +1,5 @@
-"""`melanoma predict`: image files -> P(malignant) and the decision at the model's stored threshold.
+"""`melanoma predict`: image files -> P(malignant) and the decision at the model's stored threshold (or at a
+site's own threshold from `melanoma calibrate`'s threshold file: `--threshold-file`).
 
 Images go through exactly the pipeline's preprocessing (`package.prepare`), so a file scores as it would have
 in the test split. A file that cannot be read is reported with its reason, and the others are still scored.
@@ -54,16 +55,28 @@ def writable_dir(folder: Path, what: str) -> None:
         raise PackageError(f"{what} {folder}: cannot write there ({e.strerror or e}); choose another folder") from None
 
 
-def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None) -> tuple[list[Prediction], dict[str, Any]]:
+def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None,
+            threshold_file: Path | None = None) -> tuple[list[Prediction], dict[str, Any]]:
     """Score `files` with the packaged model in `folder`; unreadable files come back with `error` set.
 
-    Raises PackageError (damaged package, NaN/Inf outputs, an unwritable `gradcam_dir`: checked first)."""
+    Decisions use the package's threshold, or with `threshold_file` (written by `melanoma calibrate` for this
+    package) that file's; the returned config then carries it as `threshold`, and `threshold_source` says which.
+    Raises PackageError (damaged package, NaN/Inf outputs, an unwritable `gradcam_dir`: checked first) or
+    CalibrationError (a malformed threshold file, or one written for another package: checked before scoring)."""
     if gradcam_dir is not None:
         writable_dir(gradcam_dir, "--gradcam")
+    if threshold_file is not None:
+        from melanoma.serving.calibrate import apply_threshold_file, read_threshold_file
+
+        record = read_threshold_file(threshold_file)
     model, cfg = load(folder)
     if "threshold" not in cfg:
         raise PackageError(f"{folder} has no decision threshold (a training output, not a package): use "
                            "models/export/<Arch>/<Arch>_<Dataset>/ from `dvc repro`, or a downloaded Hub folder")
+    if threshold_file is not None:
+        cfg = apply_threshold_file(threshold_file, record, folder, cfg)
+    else:
+        cfg = {**cfg, "threshold_source": {"from": "package", "path": str(folder)}}
     if "preprocessing" not in cfg:  # its value was checked by load (package.check_package_fields)
         raise PackageError(f"{folder}: model_config.json has no preprocessing; export or download the package again")
     size, max_side = cfg["input_size"], cfg["preprocessing"]["max_side"]
@@ -118,13 +131,21 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
 
 def as_json(results: list[Prediction], cfg: dict[str, Any], model: str) -> str:
     return json.dumps({"model": model, "cell": f"{cfg['arch']}_{cfg['dataset']}", "threshold": cfg["threshold"],
-                       "threshold_rule": cfg["threshold_rule"], "positive_class": cfg["positive_class"],
-                       "predictions": [asdict(r) for r in results]}, indent=2)
+                       "threshold_rule": cfg["threshold_rule"], "threshold_source": cfg.get("threshold_source"),
+                       "positive_class": cfg["positive_class"], "predictions": [asdict(r) for r in results]}, indent=2)
+
+
+def _where_threshold(cfg: dict[str, Any]) -> str:
+    src = cfg.get("threshold_source") or {}
+    if src.get("from") != "threshold_file":
+        return f"{cfg['threshold_rule']}, chosen on val"
+    return (f"{cfg['threshold_rule']} on {src.get('n')} labelled images of {src.get('labels')}, from --threshold-file "
+            f"{src['path']}; the package's own is {src['package_threshold']:.4f}")
 
 
 def as_table(results: list[Prediction], cfg: dict[str, Any], model: str) -> str:
     head = (f"# {cfg['arch']}_{cfg['dataset']} from {model}; malignant if p_malignant >= {cfg['threshold']:.4f} "
-            f"({cfg['threshold_rule']}, chosen on val). Research use only, not a medical device."
+            f"({_where_threshold(cfg)}). Research use only, not a medical device."
             + (" DEMO MODEL: trained on synthetic demo images, meaningless on real lesions."
                if cfg["data"]["source"] == "demo" else ""))
     width = max([len("image")] + [len(r.path) for r in results])

@@ -1,0 +1,470 @@
+"""`melanoma calibrate`: a decision threshold for a new site, chosen on that site's own labelled images.
+
+A package's threshold was chosen on the pipeline's val split. Scores shift between sites (camera, resolution,
+population), so a threshold rarely transfers: on an external full-resolution ISIC set the packaged threshold called
+72-90 % of lesions malignant. This module scores a labelled set with a package exactly as `melanoma predict` does
+(`predict.predict`: the same preprocessing, the same refusals of unreadable files), chooses a threshold on it, and
+writes a *threshold file* that `melanoma predict --threshold-file` then uses instead of the package's own.
+
+Rules: the two that params.yaml's `evaluate.threshold` offers for the val split, so both thresholds are chosen
+alike; here on scikit-learn's ROC curve, with Youden ties compared in whole counts (see `choose`):
+
+- ``youden``: the score maximising Youden's J = sensitivity + specificity - 1 (Youden 1950, "Index for rating
+  diagnostic tests", Cancer 3(1):32-35); ties go to the higher threshold (fewer false alarms).
+- ``sensitivity T``: the highest threshold whose sensitivity reaches T, i.e. the one that gives up the least
+  specificity to get there.
+
+Either way the threshold is one of the scores and an image is malignant when P(malignant) >= threshold.
+Sensitivity, specificity and AUROC come with 95 % percentile intervals from the stratified bootstrap of the images
+(Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 6 and 13: malignant and benign images resampled
+separately, so every draw keeps the class counts; `stats.cell_intervals` with one model), the threshold held
+fixed. They are in-sample: the threshold was chosen on these same images, so they are optimistic; confirm on
+other labelled images of the site.
+
+A threshold file belongs to one package: it records the sha256 of the package's `model.safetensors`, and predict
+refuses it for any other weights.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from melanoma.errors import MelanomaError
+from melanoma.params import LABELS
+
+FORMAT, VERSION = "melanoma-threshold", 1
+MIN_PER_CLASS = 10  # scored images of each class below which a threshold and its CIs mean nothing
+DEFAULT_BOOTSTRAP, DEFAULT_TARGET = 2000, 0.95
+IMAGE_COLUMN, LABEL_COLUMN = "image", "label"  # the labels CSV's columns
+UNREADABLE_LISTED = 50  # unreadable files named in the threshold file (all are counted)
+RULES = ("youden", "sensitivity")
+IN_SAMPLE = ("in-sample: the threshold was chosen on these same images, so these figures are optimistic; "
+             "confirm on other labelled images of the site")
+
+
+class CalibrationError(MelanomaError):
+    """Bad labels, a bad rule or output path, or a threshold file that is malformed or for another package."""
+
+
+# ---------------------------------------------------------------- labelled images
+
+@dataclass
+class Labelled:
+    """A labelled set: `files[i]` has label `labels[i]` (1 = malignant, 0 = benign); `names[i]` is its path
+    relative to `root` (the CSV's folder, or the class-folder root), the form the file-list hash is taken of."""
+
+    source: Path  # the CSV or the folder given to --labels
+    kind: str  # "csv" | "folder"
+    root: Path
+    files: list[Path]
+    names: list[str]
+    labels: np.ndarray  # (n,) int64 in {0, 1}
+
+    def files_sha256(self) -> str:
+        """sha256 of the sorted 'label<TAB>relative path' lines: the same set of labelled files gives the same
+        hash wherever the folder lies (the images' bytes are not read)."""
+        lines = sorted(f"{LABELS[y]}\t{n}\n" for n, y in zip(self.names, self.labels))
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+    def counts(self) -> dict[str, int]:
+        return {"benign": int((self.labels == 0).sum()), "malignant": int((self.labels == 1).sum())}
+
+
+def read_labels(path: Path) -> Labelled:
+    """--labels: a CSV with columns `image` (a path; relative paths are read from the CSV's folder) and `label`
+    (benign | malignant), or a folder with benign/ and malignant/ subfolders (the images in them, recursively).
+
+    Raises CalibrationError naming the file (and line) for a missing path, missing columns, an unknown label, a
+    missing or repeated image, or a class with no image."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_folder(path)
+    if path.is_file():
+        return _read_csv(path)
+    raise CalibrationError(f"--labels {path} does not exist; give a CSV with columns {IMAGE_COLUMN},{LABEL_COLUMN} "
+                           "or a folder with benign/ and malignant/ subfolders")
+
+
+def _read_csv(path: Path) -> Labelled:
+    fix = (f"the CSV needs a header with columns {IMAGE_COLUMN} (the image's path, relative to the CSV's folder) "
+           f"and {LABEL_COLUMN} (benign or malignant)")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CalibrationError(f"--labels {path} is not a readable UTF-8 CSV ({e}); {fix}") from None
+    except OSError as e:
+        raise CalibrationError(f"--labels {path}: cannot read it ({e.strerror or e})") from None
+    if not rows:
+        raise CalibrationError(f"--labels {path} is empty; {fix}")
+    head = [h.strip().lower() for h in rows[0]]
+    for col in (IMAGE_COLUMN, LABEL_COLUMN):
+        if col not in head:
+            raise CalibrationError(f"--labels {path} has no '{col}' column (its header: "
+                                   f"{', '.join(rows[0]) or 'empty'}); {fix}")
+    ci, cl = head.index(IMAGE_COLUMN), head.index(LABEL_COLUMN)
+    root = path.resolve().parent
+    files, names, labels, seen, missing = [], [], [], {}, []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue  # a blank line
+        image = row[ci].strip() if ci < len(row) else ""
+        label = row[cl].strip().lower() if cl < len(row) else ""
+        if not image:
+            raise CalibrationError(f"--labels {path} line {line}: the {IMAGE_COLUMN} cell is empty; give the "
+                                   "image's path or delete the line")
+        if label not in LABELS:
+            raise CalibrationError(f"--labels {path} line {line}: label {row[cl] if cl < len(row) else ''!r} is "
+                                   f"not benign or malignant; write benign or malignant")
+        f = Path(image) if Path(image).is_absolute() else root / image
+        key = os.path.normpath(f)
+        if key in seen:
+            raise CalibrationError(f"--labels {path} line {line}: {image} is listed again (first on line "
+                                   f"{seen[key]}); list each image once")
+        seen[key] = line
+        if not f.is_file():
+            missing.append((line, image, f))
+        files.append(f)
+        names.append(Path(os.path.relpath(f, root)).as_posix())
+        labels.append(LABELS.index(label))
+    if missing:
+        line, image, f = missing[0]
+        raise CalibrationError(f"--labels {path}: {len(missing)} of {len(files)} listed images do not exist (first: "
+                               f"line {line}, {image} -> {f}); fix the paths (relative ones are read from the "
+                               "CSV's folder) or delete those lines")
+    out = Labelled(path, "csv", root, files, names, np.array(labels, dtype=np.int64))
+    _both_classes(out)
+    return out
+
+
+def _read_folder(path: Path) -> Labelled:
+    """Class folders, read by the project's own reader (`releases.walk` + `from_class_folders`): hidden files,
+    __MACOSX, licences and masks are skipped as fetch skips them."""
+    from melanoma.data.releases import FetchError, from_class_folders, walk
+
+    folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and p.name.lower() != "__macosx")  # as fetch's class-folder reader sees them
+    others = [name for name in folders if name.lower() not in LABELS]
+    if others or not folders:
+        raise CalibrationError(f"--labels {path}: " + (f"subfolder {others[0]}/ is not benign/ or malignant/"
+                                                        if others else "no benign/ and malignant/ subfolders")
+                               + "; a labels folder holds exactly those two (move the others out, or list the "
+                               f"images in a CSV with columns {IMAGE_COLUMN},{LABEL_COLUMN})")
+    try:
+        offer = from_class_folders(walk(path), path, {}, "main", "calibrate")
+    except FetchError as e:
+        raise CalibrationError(f"--labels: {e}") from None
+    root = path.resolve()
+    files = [Path(c.file) for c in offer.candidates]
+    names = [Path(os.path.relpath(f.resolve(), root)).as_posix() for f in files]
+    return Labelled(path, "folder", root, files, names,
+                    np.array([LABELS.index(c.label) for c in offer.candidates], dtype=np.int64))
+
+
+def _both_classes(d: Labelled) -> None:
+    c = d.counts()
+    for label, n in c.items():
+        if n == 0:
+            raise CalibrationError(f"--labels {d.source}: no {label} images ({c['benign']} benign, {c['malignant']} "
+                                   "malignant); a threshold needs both classes")
+
+
+# ---------------------------------------------------------------- choosing and measuring
+
+def rule_name(rule: str, target: float | None) -> str:
+    """The rule as the pipeline writes it (threshold_rule): 'youden' or 'sensitivity 0.95'."""
+    return rule if rule == "youden" else f"sensitivity {target:g}"
+
+
+def check_rule(rule: str, target: float | None) -> float | None:
+    """The target sensitivity the rule uses (None for youden); CalibrationError for an unknown rule or a
+    target outside (0, 1]."""
+    if rule not in RULES:
+        raise CalibrationError(f"--rule {rule!r}: use youden or sensitivity")
+    if rule == "youden":
+        if target is not None:
+            raise CalibrationError("--rule youden takes no --target-sensitivity; drop one of the two")
+        return None
+    target = DEFAULT_TARGET if target is None else target
+    if not (isinstance(target, (int, float)) and math.isfinite(target) and 0 < target <= 1):
+        raise CalibrationError(f"--target-sensitivity {target}: it must be in (0, 1], e.g. 0.95")
+    return float(target)
+
+
+def choose(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None = None) -> float:
+    """The threshold by `rule` on (n,) labels (1 = malignant) and (n,) P(malignant) in [0, 1], always one of
+    `probs` (malignant when p >= threshold):
+
+    - youden: max sensitivity + specificity - 1 (Youden's J; Youden 1950) over scikit-learn's ROC curve
+      (`roc_curve`, every distinct score); ties go to the higher threshold (fewer false alarms);
+    - sensitivity: the highest threshold whose sensitivity reaches `target` in (0, 1] (default 0.95), i.e. the
+      one that gives up the least specificity.
+
+    J is compared in whole counts (TP x N - FP x P), so exact ties stay ties: in floating point 0.8 - 0.2 comes
+    out above 0.6 - 0.0 and would pick a lower threshold. Raises CalibrationError (bad rule or target, a class
+    absent)."""
+    from sklearn.metrics import roc_curve
+
+    target = check_rule(rule, target)
+    y, p = np.asarray(labels).astype(np.int64), np.asarray(probs, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    if y.shape != p.shape or y.ndim != 1 or n_pos == 0 or n_neg == 0:
+        raise CalibrationError(f"a threshold needs both classes and one score per label; got {n_pos} malignant, "
+                               f"{n_neg} benign labels and {p.size} scores")
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # [0] is +inf: nothing called malignant
+    tp, fp = np.rint(tpr * n_pos).astype(np.int64), np.rint(fpr * n_neg).astype(np.int64)
+    if rule == "youden":
+        return float(thr[int(np.argmax(tp * n_neg - fp * n_pos))])  # thresholds descend: the first is the highest
+    return float(thr[int(np.argmax(tp >= target * n_pos - 1e-9))])
+
+
+def measure(labels: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
+    """Sensitivity, specificity, balanced accuracy and the share flagged malignant at `threshold`, and AUROC,
+    each with its 95 % percentile CI (`ci95`) from `n_boot` stratified bootstrap draws of the images (Efron &
+    Tibshirani 1993), the threshold fixed. labels, probs: (n,), both classes present. The draws depend on
+    `seed` and the labels only, so two thresholds measured with one seed share their draws."""
+    from melanoma.evaluation.metrics import at_threshold, auroc
+    from melanoma.evaluation.stats import cell_intervals
+
+    y, p = np.asarray(labels).astype(np.int64), np.asarray(probs, dtype=np.float64)
+    point = at_threshold(y, p, threshold)
+    ci = cell_intervals(y, p[None, :], np.array([threshold]), n_boot, seed)
+    return {"threshold": float(threshold), "sensitivity": point["sensitivity"], "specificity": point["specificity"],
+            "balanced_accuracy": point["balanced_accuracy"], "flagged_malignant": float(np.mean(p >= threshold)),
+            "auroc": auroc(y, p), "confusion": point["confusion"],
+            "ci95": {k: ci[k] for k in ("sensitivity", "specificity", "balanced_accuracy", "auroc")}}
+
+
+# ---------------------------------------------------------------- the package
+
+def package_identity(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Which package a threshold belongs to: its cell, folder and the sha256 of its weights file (the one
+    `package.load` checks against model_config.json's weights_sha256)."""
+    from melanoma.serving.package import WEIGHTS
+
+    sha = cfg.get("weights_sha256")
+    if not isinstance(sha, str):
+        h = hashlib.sha256()
+        with open(Path(folder) / WEIGHTS, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        sha = h.hexdigest()
+    return {"cell": f"{cfg['arch']}_{cfg['dataset']}", "path": str(folder), "weights_sha256": sha,
+            "threshold": cfg["threshold"], "threshold_rule": cfg.get("threshold_rule", "unknown")}
+
+
+# ---------------------------------------------------------------- the threshold file
+
+def default_out(cell: str, labels: Path, rule: str = "youden", target: float | None = None) -> Path:
+    """`<cell>_<labels name>_<rule>_threshold.json` in the current folder (labels name: the CSV's stem or the
+    folder's name; rule: youden or sens<target>), e.g. ViT_Original_site_b_youden_threshold.json or
+    ViT_Original_site_b_sens0.95_threshold.json: one file per package, labelled set and rule."""
+    labels = Path(labels)
+    name = (labels.stem if labels.is_file() else labels.resolve().name) or "labels"
+    return Path(f"{cell}_{name}_{'youden' if rule == 'youden' else f'sens{target:g}'}_threshold.json")
+
+
+_SAME_RUN = (("package", "weights_sha256"), ("labels", "files_sha256"), ("rule",), ("target_sensitivity",),
+             ("bootstrap", "resamples"), ("bootstrap", "seed"))
+
+
+def _get(d: Any, keys: tuple[str, ...]) -> Any:
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def check_out(out: Path, planned: dict[str, Any], force: bool) -> None:
+    """Refuse, before any scoring, an --out that cannot be written, or that exists and is not this same
+    calibration (same package weights, labelled files, rule, target and bootstrap) unless `force`."""
+    from melanoma.serving.predict import writable_dir
+
+    out = Path(out)
+    if out.is_dir():
+        raise CalibrationError(f"--out {out} is a folder; give a file name, e.g. {out / 'threshold.json'}")
+    try:
+        writable_dir(out.parent if str(out.parent) else Path("."), "--out")
+    except MelanomaError as e:
+        raise CalibrationError(str(e)) from None
+    if not out.exists() or force:
+        return
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    ours = isinstance(old, dict) and old.get("format") == FORMAT
+    if ours and all(_get(old, k) == _get(planned, k) for k in _SAME_RUN):
+        return  # the same calibration run again: replacing it only changes the date
+    what = "a threshold file of another calibration" if ours else "not a threshold file this command wrote"
+    raise CalibrationError(f"--out {out} exists and is {what}; pass --force to replace it, or choose another --out")
+
+
+def write_atomic(out: Path, text: str) -> None:
+    """Write `text` to `out` through a temporary file in the same folder and a rename: a reader never sees a
+    half-written file, and a failure leaves any old file as it was."""
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _bad_file(path: Path, why: str) -> CalibrationError:
+    return CalibrationError(f"--threshold-file {path}: {why}; write it again with `melanoma calibrate PACKAGE "
+                            "--labels ...`")
+
+
+def read_threshold_file(path: Path) -> dict[str, Any]:
+    """A threshold file written by `calibrate`, checked for the fields predict uses (format, version, a threshold
+    in [0, 1], the package's weights sha256). Raises CalibrationError naming the file and the field."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CalibrationError(f"--threshold-file {path} does not exist; give the file `melanoma calibrate` "
+                               "wrote") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad_file(path, f"not readable JSON ({type(e).__name__})") from None
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise _bad_file(path, f"not a threshold file (its 'format' is not {FORMAT!r})")
+    if rec.get("version") != VERSION:
+        raise _bad_file(path, f"version {rec.get('version')!r}; this melanoma reads version {VERSION}")
+    t = rec.get("threshold")
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1):
+        raise _bad_file(path, f"threshold is {t!r}; it must be a number in [0, 1]")
+    if not isinstance(_get(rec, ("package", "weights_sha256")), str):
+        raise _bad_file(path, "package.weights_sha256 is missing")
+    return rec
+
+
+def apply_threshold_file(path: Path, rec: dict[str, Any], folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` (a loaded package's model_config) with its threshold replaced by the threshold file's, and
+    `threshold_source` saying where it came from; CalibrationError when the file was written for other weights."""
+    own = package_identity(folder, cfg)
+    theirs = rec["package"]
+    if theirs["weights_sha256"] != own["weights_sha256"]:
+        raise CalibrationError(
+            f"--threshold-file {path} belongs to another package ({theirs.get('cell', '?')} at "
+            f"{theirs.get('path', '?')}, weights sha256 {theirs['weights_sha256'][:12]}...), not to --model {folder} "
+            f"({own['cell']}, {own['weights_sha256'][:12]}...); use that package, or run `melanoma calibrate "
+            f"{folder} --labels ...` for this one")
+    labels = rec.get("labels", {})
+    source = {"from": "threshold_file", "path": str(path), "rule": rec.get("rule_name", rec.get("rule")),
+              "labels": labels.get("path"), "n": rec.get("n"), "created": rec.get("created"),
+              "package_threshold": cfg["threshold"]}
+    return {**cfg, "threshold": float(rec["threshold"]), "threshold_rule": source["rule"], "threshold_source": source}
+
+
+# ---------------------------------------------------------------- the command
+
+def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: float | None = None,
+              out: Path | None = None, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+              force: bool = False) -> tuple[dict[str, Any], Path]:
+    """Score the labelled images with the package (as `melanoma predict` does), choose a threshold by `rule`,
+    measure it and the package's own threshold, and write the threshold file. Returns (its record, its path).
+
+    Everything a user can get wrong is checked before scoring where it can be (labels, rule, target, --out, the
+    bootstrap size); after scoring, a class with fewer than MIN_PER_CLASS readable images is refused.
+    Raises CalibrationError, or PackageError for a damaged package."""
+    from melanoma.data.releases import top_reasons
+    from melanoma.serving.package import load
+    from melanoma.serving.predict import predict
+
+    target = check_rule(rule, target)
+    if not (isinstance(n_boot, int) and n_boot >= 100):
+        raise CalibrationError(f"--bootstrap {n_boot}: use at least 100 resamples (default {DEFAULT_BOOTSTRAP})")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise CalibrationError(f"--seed {seed}: use a non-negative integer")
+    data = read_labels(labels_path)
+    _, cfg = load(package)  # a damaged package fails here, before any image is read
+    if "threshold" not in cfg:
+        raise CalibrationError(f"{package} has no decision threshold: a training output, not a package; calibrate "
+                               "models/export/<Arch>/<Arch>_<Dataset>/ or a downloaded Hub folder")
+    pkg = package_identity(package, cfg)
+    out = Path(out) if out is not None else default_out(pkg["cell"], labels_path, rule, target)
+    planned = {"package": pkg, "labels": {"files_sha256": data.files_sha256()}, "rule": rule,
+               "target_sensitivity": target, "bootstrap": {"resamples": n_boot, "seed": seed}}
+    check_out(out, planned, force)
+
+    results, cfg = predict(data.files, package)
+    ok = np.array([r.error is None for r in results])
+    unreadable = [(r.path, r.error) for r in results if r.error is not None]
+    y = data.labels[ok]
+    p = np.array([r.p_malignant for r in results if r.error is None], dtype=np.float64)
+    scored = {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())}
+    for label, n in scored.items():
+        if n < MIN_PER_CLASS:
+            listed = data.counts()[label]
+            lost = f" ({listed - n} unreadable: {top_reasons(unreadable, 2)})" if n < listed else ""
+            raise CalibrationError(
+                f"--labels {data.source}: only {n} {label} images could be scored{lost}; calibrating needs at least "
+                f"{MIN_PER_CLASS} of each class (with fewer, the threshold and its confidence intervals mean "
+                "nothing): add labelled images")
+
+    threshold = choose(y, p, rule, target)
+    rec = {
+        "format": FORMAT, "version": VERSION,
+        "threshold": threshold, "rule": rule, "target_sensitivity": target, "rule_name": rule_name(rule, target),
+        "decision": f"malignant if p_malignant >= threshold ({rule_name(rule, target)}, chosen on the labelled "
+                    "images below)",
+        "package": pkg,
+        "labels": {"path": str(Path(labels_path).resolve()), "given": str(labels_path), "kind": data.kind,
+                   "files_sha256": data.files_sha256(), "listed": data.counts(), "scored": scored,
+                   "unreadable": len(unreadable),
+                   "unreadable_files": [{"path": f, "reason": why} for f, why in unreadable[:UNREADABLE_LISTED]]},
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "n": int(len(y)),
+        "metrics": measure(y, p, threshold, n_boot, seed),
+        "package_threshold_metrics": measure(y, p, cfg["threshold"], n_boot, seed),
+        "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95,
+                      "method": "stratified percentile bootstrap of the images, threshold fixed (Efron & "
+                                "Tibshirani 1993)"},
+        "note": IN_SAMPLE,
+    }
+    write_atomic(out, json.dumps(rec, indent=2) + "\n")
+    return rec, out
+
+
+def _line(name: str, m: dict[str, Any]) -> str:
+    ci = m["ci95"]
+    return (f"{name} {m['threshold']:.4f}: sensitivity {m['sensitivity']:.3f} [{ci['sensitivity'][0]:.3f}, "
+            f"{ci['sensitivity'][1]:.3f}], specificity {m['specificity']:.3f} [{ci['specificity'][0]:.3f}, "
+            f"{ci['specificity'][1]:.3f}], {m['flagged_malignant']:.0%} called malignant")
+
+
+def summary(rec: dict[str, Any], out: Path, model: str | None = None) -> str:
+    """The human summary `melanoma calibrate` prints: counts, AUROC, the chosen threshold and the package's own
+    on these images (each with 95 % CIs), and how to use the file (with `model`, the PACKAGE as the user gave
+    it, e.g. a Hub id, in the predict line)."""
+    lab, pkg, m = rec["labels"], rec["package"], rec["metrics"]
+    a = m["ci95"]["auroc"]
+    rule = ("Youden's J" if rec["rule"] == "youden" else f"highest threshold with sensitivity >= "
+            f"{rec['target_sensitivity']:g}")
+    skipped = f"; {lab['unreadable']} unreadable, left out" if lab["unreadable"] else ""
+    return "\n".join([
+        f"{pkg['cell']} ({model or pkg['path']}) on {lab.get('given', lab['path'])}: {rec['n']} images scored "
+        f"({lab['scored']['malignant']} malignant, {lab['scored']['benign']} benign{skipped})",
+        f"AUROC {m['auroc']:.3f} [{a[0]:.3f}, {a[1]:.3f}] (95 % CIs: {rec['bootstrap']['resamples']} stratified "
+        f"bootstrap resamples, seed {rec['bootstrap']['seed']})",
+        _line(f"calibrated threshold ({rule})", m),
+        _line(f"package threshold ({pkg['threshold_rule']}, chosen on val)", rec["package_threshold_metrics"]),
+        IN_SAMPLE,
+        f"wrote {out}; use it with: melanoma predict IMAGES --model {model or pkg['path']} --threshold-file {out}",
+    ])
