@@ -184,7 +184,7 @@ SCHEMA: dict[str, Any] = {
     "publish": {"repo": Field(str), "private": Field(bool)},
     "split": {
         "seed": Field(int, min=0, max=SEED_MAX),
-        "val_fraction": Field(float, min=0.01, max=0.5),  # val picks the threshold and the best epoch
+        "val_fraction": Field(float, min=0.01, max=0.5),  # val picks the threshold and the best step
         "test_fraction": Field(float, min=0.01, max=0.5),  # every cell is scored on test
         "conflicting_labels": Field(str, choices=("drop", "fail")),
         "near_duplicate_corr": Field(float, min=0.5, max=1.0),
@@ -342,6 +342,25 @@ def validate(tree: Any, schema: dict[str, Any] = SCHEMA, prefix: str = "") -> di
     if schema is SCHEMA:
         cross_check(out)
     return out
+
+
+def synthetic_counts(real: dict[str, int], per_class: int | str) -> dict[str, int]:
+    """Synthetic training images per class for an augmented dataset: each class is filled up to `per_class`
+    images, real ones first ('balance': up to the larger real class). A class with more real images than the
+    target gets none (no real image is ever dropped). `real`: real train images per label; keys: LABELS."""
+    target = max(real.get(c, 0) for c in LABELS) if per_class == "balance" else int(per_class)
+    return {c: max(0, target - real.get(c, 0)) for c in LABELS}
+
+
+def adds_nothing(real: dict[str, int], per_class: int | str) -> str:
+    """'' when `datasets.per_class` adds synthetic images to the real train counts `real`; else the one-line
+    error that stops the run before any generator is trained (every augmented dataset would equal Original)."""
+    if sum(synthetic_counts(real, per_class).values()):
+        return ""
+    counts = " and ".join(f"{real.get(c, 0)} {c}" for c in LABELS)
+    return (f"params.yaml datasets.per_class: {per_class} adds no synthetic image to a train split of {counts} images, "
+            "so every augmented dataset would equal Original; set it above the larger class, e.g. "
+            f"`dvc exp run -S datasets.per_class={2 * max(real.get(c, 0) for c in LABELS)}`")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

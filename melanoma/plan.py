@@ -9,8 +9,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from melanoma.data.datasets import DatasetError, real_train_counts, synthetic_counts
-from melanoma.params import DATASETS, LABELS
+from melanoma.data.datasets import DatasetError, real_train_counts
+from melanoma.params import DATASETS, LABELS, adds_nothing, synthetic_counts
 
 
 def plan(params: dict[str, Any], splits: Path) -> dict[str, Any]:
@@ -70,4 +70,6 @@ def describe(p: dict[str, Any]) -> str:
         lines.append(f"synthesize@dcgan, synthesize@ddpm: {each} synthetic images per generator family")
     if real is None and per_class != "balance":
         lines.append(f"* when each class has at most {per_class} real train images (more real ones are all kept)")
+    if real is not None and adds_nothing(real, per_class):
+        lines.append(f"! {adds_nothing(real, per_class)} (`dvc repro split` refuses this)")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""DVC stage `report`: every evaluated cell (+ the dataset card and split report) -> results/grid.csv, results/metrics.json, results/report/, results/report.html."""
+"""DVC stage `report`: every evaluated cell (+ the dataset card and split report) -> results/grid.csv,
+results/cells/, results/pooled/, results/metrics.json, results/verdict.json, results/report/, results/report.html."""
 from melanoma.params import load_params
 from melanoma.paths import DATASETS, EVALUATION, RAW, REPORT, SPLITS, SYNTHETIC
 from melanoma.stage import run_stage
@@ -12,7 +13,8 @@ def main() -> str:
         print(f"report: {line}")
     gains = sum(c["verdict"] == 1 for c in r["comparisons"])
     losses = sum(c["verdict"] == -1 for c in r["comparisons"])
-    return (f"report: {r['cells']} cells -> results/grid.csv, results/metrics.json, results/verdict.json, "
+    return (f"report: {r['cells']} cells -> results/grid.csv, results/cells/, results/pooled/, results/metrics.json, "
+            "results/verdict.json, "
             f"results/report.html; after Holm correction {gains} of {len(r['comparisons'])} comparisons with "
             f"Original show a gain, {losses} a loss")
 

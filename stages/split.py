@@ -6,9 +6,10 @@ from melanoma.stage import run_stage
 
 
 def main() -> str:
-    p = load_params()["split"]
+    params = load_params()
+    p = params["split"]
     report = split(RAW, SPLITS, p["seed"], p["val_fraction"], p["test_fraction"],
-                   p["near_duplicate_corr"], p["conflicting_labels"])
+                   p["near_duplicate_corr"], p["conflicting_labels"], params["datasets"]["per_class"])
     return summary_line(report, SPLITS)
 
 

@@ -179,3 +179,14 @@ def test_plan_with_an_unreadable_train_csv_is_one_error(tmp_path):
     (tmp_path / "train.csv").write_text("id,path\nx,y\n")  # no label column
     with pytest.raises(DatasetError, match=r"cannot read the labels in .*train.csv .*rerun `dvc repro split`"):
         plan(P, tmp_path)
+
+
+def test_a_per_class_that_adds_no_synthetic_image_is_named_with_its_fix():
+    from melanoma.params import adds_nothing
+
+    balanced = {"benign": 105, "malignant": 105}
+    said = adds_nothing(balanced, "balance")
+    assert said.startswith("params.yaml datasets.per_class: balance adds no synthetic image to a train split of "
+                           "105 benign and 105 malignant images") and "-S datasets.per_class=210" in said
+    assert adds_nothing(balanced, 105) and not adds_nothing(balanced, 106)
+    assert not adds_nothing({"benign": 105, "malignant": 40}, "balance")  # the minority class is filled

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.classifiers import build_model, family
+from melanoma.classifiers import build_model
 from melanoma.evaluation import gradcam
 from melanoma.params import ARCHS
 from tests.tiny import TINY_MODELS
@@ -15,8 +15,8 @@ def reference(arch: str, model: torch.nn.Module, x: torch.Tensor, classes: list[
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    layer, reshape = family(arch).gradcam(model)
-    with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+    at = gradcam.target(arch, model, x.shape[-1])
+    with GradCAM(model=model, target_layers=[at.layer], reshape_transform=at.fold) as cam:
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
 
 
@@ -36,16 +36,44 @@ def test_cams_equal_pytorch_grad_cam(arch):
     assert np.abs(gradcam.cams(arch, model, x, [1 - c for c in classes]) - ours).max() > 0.05
 
 
-def test_overlay_is_close_to_pytorch_grad_cam_and_enlarges():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_layer_with_at_least_4x4_cells_is_explained_at_the_demo_size(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, TINY_MODELS[arch], 2, 32).model
+    at = gradcam.target(arch, model, 32)
+    assert min(at.cells) >= gradcam.MIN_CELLS, at
+    if arch in ("DenseNet", "ResNet", "MedViT", "Swin"):  # their last map is 32 / 32 = 1 x 1 here
+        assert at.name != at.last and at.last_cells == (1, 1)
+        assert f"the last layer, {at.last}, is 1 x 1" in at.describe(32)
+    heat = gradcam.cams(arch, model, torch.randn(2, 3, 32, 32), [1, 0], at)
+    # a map, not a uniform wash (an untrained net may give one class an all-negative, i.e. zero, map)
+    assert heat.shape == (2, 32, 32) and heat.std(axis=(1, 2)).max() > 0.05
+    # at 128 px the last layer is already 4 x 4: nothing shallower is chosen
+    assert gradcam.target(arch, build_model(arch, TINY_MODELS[arch], 2, 128).model, 128).name == at.last
+
+
+def test_blend_is_close_to_pytorch_grad_cam():
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     heat = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
-    ours = gradcam.overlay(image, heat, scale=1)
+    ours = gradcam.blend(image, heat)
     theirs = show_cam_on_image(image.astype(np.float32) / 255, heat, use_rgb=True, image_weight=0.6)
     assert ours.dtype == np.uint8 and ours.shape == (8, 8, 3)
     # jet by formula vs OpenCV's jet table: the same colour map up to a few grey levels
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 6
-    big = gradcam.overlay(image, heat, scale=4)
-    assert big.shape == (32, 32, 3) and (big[::4, ::4] == ours).all()
+
+
+def test_overlay_enlarges_and_carries_a_colour_bar_and_its_caption():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    heat = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    plain = gradcam.overlay(image, heat, scale=8)
+    assert plain.shape == (64, 64 + 34, 3) and (plain[:64, :64][::8, ::8] == gradcam.blend(image, heat)).all()
+    bar = plain[6:58, 64 + 4:64 + 12].astype(int)
+    assert bar[0, 0, 0] > 100 and bar[0, 0, 2] < 50  # red at the top (1)
+    assert bar[-1, 0, 2] > 100 and bar[-1, 0, 0] < 50  # blue at the bottom (0)
+    captioned = gradcam.overlay(image, heat, scale=8, caption="true positive  P=0.83")
+    assert captioned.shape == (64 + 14, 64 + 34, 3) and (captioned[14:] == plain).all()
+    assert (captioned[:14, :64] < 128).sum() > 30  # the caption's dark text is drawn

@@ -115,17 +115,21 @@ def test_spatial_reduction_is_clamped_on_small_maps():
         assert attn(torch.randn(1, 64, 3, 5)).shape == (1, 64, 3, 5)
 
 
-def test_gradcam_layer_gives_the_last_feature_map(tiny):
+def test_gradcam_targets_are_the_last_map_then_each_stage(tiny):
+    from melanoma.classifiers import family
+
     tiny.eval()
-    seen = []
-    handle = tiny.gradcam_layer.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    seen = {}
+    targets = family("MedViT").gradcam(tiny)
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, tuple(o.shape))) for n, m, _ in targets]
     try:
         with torch.no_grad():
             tiny(torch.randn(1, 3, 64, 64))
     finally:
-        handle.remove()
-    assert seen == [(1, 1024, 2, 2)]
-    assert not any(k.startswith("gradcam") for k in tiny.state_dict())  # a property, not a second registration
+        for h in hooks:
+            h.remove()
+    assert [n for n, _, _ in targets] == ["norm", "stages.2", "stages.1", "stages.0"]  # deepest first
+    assert [seen[n] for n, _, _ in targets] == [(1, 1024, 2, 2), (1, 512, 4, 4), (1, 256, 8, 8), (1, 96, 16, 16)]
 
 
 def test_pretrained_and_bad_arguments_raise_clearly():

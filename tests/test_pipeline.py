@@ -198,7 +198,7 @@ def test_experiments_show_and_metrics_diff(built, tmp_path):
     table = sh(repo, "dvc", "exp", "show", "--md").stdout
     assert "sens90" in table and "evaluate.threshold" in table and "sensitivity" in table
     diff = sh(repo, "dvc", "metrics", "diff").stdout  # HEAD (Youden) vs the workspace (the experiment)
-    changed = set(re.findall(r"results/metrics\.json\s+(\w+_\w+)\.sensitivity", diff))
+    changed = set(re.findall(r"results/cells/(\w+_\w+)\.json\s+sensitivity", diff))  # one row per cell and metric
     assert changed and changed <= {"ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN"}
     bad = sh(repo, "dvc", "exp", "run", "-S", "data.source=dmeo", check=False)  # the schema guards -S
     assert bad.returncode != 0 and "Traceback" not in bad.stdout + bad.stderr
@@ -227,6 +227,27 @@ def test_push_then_a_fresh_clone_pulls_everything_and_the_run_cache_restores(bui
     assert "Running stage" not in out and "train_classifier@ViT-Original" in out, out
     assert (clone / cell / "seed_0/model_config.json").read_text() == before
     assert "up to date" in sh(clone, "dvc", "status").stdout
+
+
+def readme_share_commands() -> list[str]:
+    """The `$ ` lines of the README's first code block under "### Share"."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("### Share:"):].split("```text\n", 1)[1].split("```", 1)[0]
+    return [line[2:] for line in block.splitlines() if line.startswith("$ ")]
+
+
+def test_the_readme_share_sequence_works_verbatim(built, tmp_path):
+    repo = copy_of(built, tmp_path / "repo")  # a fresh run: its dvc.lock is not the committed one (none here)
+    assert sh(repo, "git", "status", "--porcelain", "dvc.lock").stdout.strip()
+    commands = readme_share_commands()
+    assert any(c.startswith("git add dvc.lock") for c in commands) and "dvc pull -r demo" in commands
+    script = "set -euo pipefail\n" + "\n".join(c.replace("/tmp/", f"{tmp_path}/") for c in commands)
+    p = subprocess.run(["bash", "-c", script], cwd=repo, env=env(), capture_output=True, text=True)
+    said = p.stdout + p.stderr
+    assert p.returncode == 0, said
+    assert "Missing cache" not in said and "Running stage" not in said and "Data and pipelines are up to date." in said
+    clone = tmp_path / "fresh-clone"
+    assert lock_outs(clone) == lock_outs(repo) and not [o for o in lock_outs(clone) if not (clone / o).exists()]
 
 
 def test_two_fresh_runs_give_identical_results(built, twin):
@@ -318,3 +339,24 @@ def test_a_new_seed_reruns_everything_one_arch_only_its_cells(built, reseeded):
     assert "train_classifier@ViT-Original" in cells and "train_classifier@ResNet" not in cells
     assert ran(runs["archs"]) == {"export", "report"}
     assert set(json.loads((repo / "results/metrics.json").read_text())) == {"ViT_Original", "ViT_DCGAN"}
+
+
+def test_own_data_stops_before_training_when_nothing_is_added_else_completes(repo, isic_sample, tmp_path):
+    own = tmp_path / "own"  # a balanced folder of real ISIC images, as a researcher's own data
+    for label in ("benign", "malignant"):
+        (own / label).mkdir(parents=True)
+        for f in sorted((isic_sample / "folder" / label).iterdir())[:20]:
+            shutil.copy(f, own / label / f.name)
+    local = ["-S", "data.source=local", "-S", f"data.local.path={own}"]
+    bad = sh(repo, "dvc", "exp", "run", *local, "-S", "datasets.per_class=balance", check=False)
+    said = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "Traceback" not in said
+    assert re.search(r"datasets\.per_class: balance adds no synthetic image to a train split of (\d+) benign and "
+                     r"\1 malignant images, so every augmented dataset would equal Original", said), said
+    assert "train_generator" not in said and not list((repo / "models").glob("generators/*/*"))  # stopped at split
+    sh(repo, "git", "checkout", "params.yaml")  # what the README says to do after a failed run
+    out = sh(repo, "dvc", "exp", "run", *local).stdout  # the README's own-data command, as written
+    assert "Running stage 'report'" in out
+    assert Counter(r["label"] for r in read_csv(repo / "data/raw/manifest.csv")) == {"benign": 20, "malignant": 20}
+    assert json.loads((repo / "results/verdict.json").read_text())["pooled"]["DCGAN"]["test"]["verdict"] in (-1, 0, 1)
+    assert "<h3>Source: demo" not in (repo / "results/report.html").read_text()

@@ -92,6 +92,7 @@ def test_evaluate_writes_every_seed_and_the_packaged_seeds_files(project):
     assert {r["group"] for r in cams} <= {"true_positive", "false_negative", "false_positive", "true_negative"}
     labels = {r["id"]: r["label"] for r in rows}  # each GradCAM image is explained for its true label
     assert all(labels[r["id"]] == r["label"] for r in cams)
+    assert {r["layer"] for r in cams} == {"blocks.0.norm1 (4 x 4 cells at 16 px)"}  # the tiny ViT's patch grid
 
 
 def test_grid_metrics_and_comparisons(project):
@@ -251,3 +252,20 @@ def test_inconsistent_evaluations_are_one_error_and_leave_the_old_report(project
 
     _, message = _rebuild(project, tmp_path, edit)
     assert needle in message and "\n" not in message, message
+
+
+def test_dvc_metrics_rows_are_cells_and_pooled_datasets_with_the_same_few_keys(project):
+    cells = {p.stem: json.loads(p.read_text()) for p in (project / "results/cells").glob("*.json")}
+    assert set(cells) == {f"{a}_{d}" for a in ARCHS for d in DATASETS} | {"Baseline_Original"}
+    assert {tuple(sorted(v)) for k, v in cells.items() if k != "Baseline_Original"} == {
+        ("auroc", "auroc_sd", "external_auroc", "sensitivity", "specificity")}
+    assert sorted(cells["Baseline_Original"]) == ["auroc", "external_auroc", "sensitivity", "specificity"]  # one run
+    grid = {(r["arch"], r["dataset"], r["split"]): r for r in _rows(project / "results/grid.csv")[1]}
+    assert cells["ViT_DCGAN"]["auroc"] == round(float(grid["ViT", "DCGAN", "test"]["auroc"]), 4)
+    assert cells["ViT_DCGAN"]["external_auroc"] == round(float(grid["ViT", "DCGAN", "external_test"]["auroc"]), 4)
+    pooled = {p.stem: json.loads(p.read_text()) for p in (project / "results/pooled").glob("*.json")}
+    assert set(pooled) == set(DATASETS) - {"Original"}
+    verdict = json.loads((project / "results/verdict.json").read_text())["pooled"]
+    for d, row in pooled.items():
+        assert sorted(row) == sorted(f"{p}{k}" for p in ("", "external_") for k in ("auroc_difference", "p_holm", "verdict"))
+        assert row["verdict"] == verdict[d]["test"]["verdict"] and row["external_p_holm"] == round(verdict[d]["external_test"]["p_holm"], 4)

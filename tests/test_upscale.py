@@ -77,3 +77,31 @@ def test_hub_method_fails_clearly(tmp_path):
     empty.mkdir()
     with pytest.raises(UpscaleError, match=r"upscale.method=hub: cannot load .*or use upscale.method: sr"):
         upscale_images(images, "hub", 4, hub_model=str(empty))
+
+
+@pytest.mark.parametrize("counts", [{"benign": 0, "malignant": 0}, {"benign": 2, "malignant": 5}])
+def test_upscale_stage_writes_whole_outputs_for_empty_and_uneven_classes(project, tmp_path, counts):
+    import csv
+
+    from PIL import Image
+
+    src = tmp_path / "synthetic"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for label, n in counts.items():
+        np.save(src / f"{label}.npy", rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8))
+    r = upscale("dcgan", tiny_params(**{"upscale.method": "bicubic"}), src, project / "models/upscaler",
+                tmp_path / "up", tmp_path / "sheet.png")
+    assert r["counts"] == counts
+    with open(tmp_path / "up/manifest.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["id", "source_id", "generator", "class", "method", "factor", "path", "md5"]
+        assert len(list(reader)) == sum(counts.values())
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        grey = np.asarray(sheet.convert("L"))
+    if sum(counts.values()):  # 2 classes x 3 rows of 2 images (the smaller class's count), 32 px each
+        assert grey.shape[0] == 6 * 32 and grey.shape[1] > 2 * 32
+        assert (grey[:, :grey.shape[1] - 64] < 128).sum() > 100  # the row labels are drawn left of the images
+    else:
+        assert (grey < 128).sum() > 50  # says there is nothing to upscale
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -85,22 +85,34 @@ def _biovit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs
 # ---------------------------------------------------------------- GradCAM targets (Selvaraju et al., 2017)
 
 Fold = Callable[[torch.Tensor], torch.Tensor]
+Target = tuple[str, nn.Module, "Fold | None"]  # (dotted module name, module, fold of its output to (B, C, H, W))
 
 
-def _vit_target(model: nn.Module) -> tuple[nn.Module, Fold | None]:
-    """The last block's first norm; drop the prefix (class) tokens and fold the patch grid to (B, C, H, W)."""
+def _vit_targets(model: nn.Module) -> list[Target]:
+    """The last block's first norm; drop the prefix (class) tokens and fold the patch grid to (B, C, H, W).
+    Every ViT block has the same grid, so there is no coarser-to-finer choice to make."""
     prefix = getattr(model, "num_prefix_tokens", 1)
     gh, gw = model.patch_embed.grid_size
 
     def fold(t: torch.Tensor) -> torch.Tensor:
         return t[:, prefix:, :].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
 
-    return model.blocks[-1].norm1, fold
+    last = len(model.blocks) - 1
+    return [(f"blocks.{last}.norm1", model.blocks[last].norm1, fold)]
 
 
-def _swin_target(model: nn.Module) -> tuple[nn.Module, Fold | None]:
-    """The last block's first norm; timm's Swin blocks are (B, H, W, C)."""
-    return model.layers[-1].blocks[-1].norm1, lambda t: t.permute(0, 3, 1, 2)
+def _swin_targets(model: nn.Module) -> list[Target]:
+    """Each stage's last block's first norm, deepest stage first; timm's Swin blocks are (B, H, W, C)."""
+    out: list[Target] = []
+    for i in reversed(range(len(model.layers))):
+        j = len(model.layers[i].blocks) - 1
+        out.append((f"layers.{i}.blocks.{j}.norm1", model.layers[i].blocks[j].norm1, lambda t: t.permute(0, 3, 1, 2)))
+    return out
+
+
+def _modules(*names: str) -> Callable[[nn.Module], list[Target]]:
+    """Targets for (B, C, H, W) feature maps named by their dotted module paths, deepest first."""
+    return lambda model: [(n, model.get_submodule(n), None) for n in names]
 
 
 @dataclass(frozen=True)
@@ -110,7 +122,9 @@ class Family:
 
     build(name, num_classes, img_size, pretrained, kwargs) -> model; mean/std: the input normalisation (a
     timm pretrained tag's own mean/std win when `tag_normalisation`); weights: where pretrained weights come
-    from, in words; no_pretrained: why there are none ('' when there are); gradcam(model) -> (layer to explain, fold of its output to (B, C, H, W) or None);
+    from, in words; no_pretrained: why there are none ('' when there are); gradcam(model) -> the layers GradCAM may
+    explain, deepest (coarsest) first, each as a Target (melanoma.evaluation.gradcam.target picks the deepest whose
+    map has enough cells at the input size);
     timm_loadable: `timm.create_model` alone rebuilds it from the published timm config (Hub packages).
     """
 
@@ -118,7 +132,7 @@ class Family:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights: str
-    gradcam: Callable[[nn.Module], tuple[nn.Module, Fold | None]]
+    gradcam: Callable[[nn.Module], list[Target]]
     no_pretrained: str = ""
     tag_normalisation: bool = True
     timm_loadable: bool = True
@@ -126,13 +140,16 @@ class Family:
 
 TIMM_TAG = "timm's default pretrained tag"
 FAMILIES: dict[str, Family] = {
-    "BioViT": Family(_biovit, CLIP_MEAN, CLIP_STD, f"BiomedCLIP vision trunk ({BIOMEDCLIP})", _vit_target,
+    "BioViT": Family(_biovit, CLIP_MEAN, CLIP_STD, f"BiomedCLIP vision trunk ({BIOMEDCLIP})", _vit_targets,
                      tag_normalisation=False),
-    "DenseNet": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, lambda m: (m.features.norm5, None)),
-    "ResNet": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, lambda m: (m.layer4[-1], None)),
-    "Swin": Family(_swin, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, _swin_target),
-    "ViT": Family(_vit, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, _vit_target),
-    "MedViT": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, "none", lambda m: (m.gradcam_layer, None),
+    "DenseNet": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG,  # strides 32, 16, 8, 4
+                       _modules("features.norm5", "features.denseblock3", "features.denseblock2",
+                                "features.denseblock1")),
+    "ResNet": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, _modules("layer4", "layer3", "layer2", "layer1")),
+    "Swin": Family(_swin, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, _swin_targets),
+    "ViT": Family(_vit, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG, _vit_targets),
+    "MedViT": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, "none",  # the final BN (stride 32), then stages 3, 2, 1
+                     _modules("norm", "stages.2", "stages.1", "stages.0"),
                      no_pretrained="the MedViT authors' checkpoints are not published in a form this project can "
                                    "load safely (safetensors or a weights-only state dict on the Hub)",
                      timm_loadable=False),

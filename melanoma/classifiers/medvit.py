@@ -338,13 +338,6 @@ class MedViT(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        """Where to hook GradCAM: the final BN, whose output is the last (B, C, H/32, W/32) map before pooling.
-
-        A property, not an attribute, so the module is not registered twice in the state dict."""
-        return self.norm
-
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The output of each stage: strides 4, 8, 16, 32 and widths 96, 256, 512, 1024."""
         x = self.stem(x)

@@ -23,7 +23,7 @@ from melanoma.data.images import md5_bytes
 from melanoma.data.split import near_duplicate_pairs
 from melanoma.errors import MelanomaError
 from melanoma.io import atomic_dir, read_csv, write_csv
-from melanoma.params import DATASETS, LABELS
+from melanoma.params import DATASETS, LABELS, synthetic_counts
 
 EVAL_SPLITS = ("val", "test", "external_test")
 
@@ -34,14 +34,6 @@ class DatasetError(MelanomaError):
 
 class LeakageError(DatasetError):
     """A val/test image (or a near duplicate of one) is among the training images."""
-
-
-def synthetic_counts(real: dict[str, int], per_class: int | str) -> dict[str, int]:
-    """Synthetic training images per class for an augmented dataset: each class is filled up to `per_class`
-    images, real ones first ('balance': up to the larger real class). A class with more real images than the
-    target gets none (no real image is ever dropped). `real`: real train images per label; keys: LABELS."""
-    target = max(real.get(c, 0) for c in LABELS) if per_class == "balance" else int(per_class)
-    return {c: max(0, target - real.get(c, 0)) for c in LABELS}
 
 
 def real_train_counts(splits: Path) -> dict[str, int]:

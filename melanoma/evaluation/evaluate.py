@@ -43,7 +43,8 @@ def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict
                       y: np.ndarray, p: np.ndarray, thr: float, ids: list[str], ep: dict[str, Any],
                       rt: Runtime) -> None:
     """GradCAM on a seeded choice of real test images per outcome (TP, FN, FP, TN), for their true label,
-    computed on the runtime's device in float32."""
+    computed on the runtime's device in float32. Each overlay carries its outcome and P(malignant); index.csv
+    names the layer explained (gradcam.target: the deepest with a map of >= 4 x 4 cells)."""
     from PIL import Image
 
     from melanoma.evaluation import gradcam
@@ -55,14 +56,16 @@ def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict
     if idx:
         mean, std = _norm(cfg, rt)
         xt = standardise(torch.from_numpy(x[idx]).permute(0, 3, 1, 2).to(rt.device), mean, std)
-        heat = iter(gradcam.cams(arch, model, xt, [int(y[i]) for i in idx]))
+        at = gradcam.target(arch, model, x.shape[1])
+        heat = iter(gradcam.cams(arch, model, xt, [int(y[i]) for i in idx], at))
         for group, members in chosen.items():
             for i in members:
                 name = f"{group}_{ids[i]}.png"
-                Image.fromarray(gradcam.overlay(x[i], next(heat))).save(folder / name)
+                caption = f"{group.replace('_', ' ')}  P={p[i]:.2f}"
+                Image.fromarray(gradcam.overlay(x[i], next(heat), caption=caption)).save(folder / name)
                 rows.append({"file": name, "group": group, "id": ids[i], "label": LABELS[int(y[i])],
-                             "p_malignant": f"{p[i]:.6f}"})
-    write_csv(folder / "index.csv", rows, ["file", "group", "id", "label", "p_malignant"])
+                             "p_malignant": f"{p[i]:.6f}", "layer": at.describe(x.shape[1])})
+    write_csv(folder / "index.csv", rows, ["file", "group", "id", "label", "p_malignant", "layer"])
 
 
 def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Path, data_dir: Path,

@@ -2,9 +2,10 @@
 
 Inputs are the evaluate outputs of every cell in params' `classifiers.archs` x `classifiers.datasets` (every
 seed's predictions), the baseline's, the generator quality metrics, the synthetic shards, the upscaler metrics
-and the split/dataset summaries. Outputs: `results/grid.csv`, `results/metrics.json` (cells as keys),
-`results/verdict.json` (pooled effects and per-comparison verdicts; both for `dvc metrics show/diff`),
-`results/report/` (forest plot, heatmap, ROC per arch, comparisons.csv) and `results/report.html`, a single
+and the split/dataset summaries. Outputs: `results/grid.csv`, `results/cells/<Arch>_<Dataset>.json` and
+`results/pooled/<Dataset>.json` (the rows of `dvc metrics show/diff`: a few keys each), `results/metrics.json`
+(every metric of every cell and split) and `results/verdict.json` (pooled effects with CIs and per-comparison
+verdicts), `results/report/` (forest plot, heatmap, ROC per arch, comparisons.csv) and `results/report.html`, a single
 self-contained page (images inlined).
 """
 from __future__ import annotations
@@ -273,8 +274,11 @@ def render_html(ctx: dict[str, Any]) -> str:
     if ctx["upscaler"]:
         parts += ["<h2>Super-resolution</h2>", _table([ctx["upscaler"]], list(ctx["upscaler"]), "upscaler")]
     parts.append("<h2>GradCAM (test images, packaged seed, explained for their true label)</h2>")
-    for cell, images in ctx["gradcam"].items():
-        parts.append(f"<h3>{html.escape(cell)}</h3><div class='gallery'>" + "".join(
+    parts.append("<p class='note'>Each overlay: the outcome at the packaged threshold and P(malignant) on top, the "
+                 "colour bar on the right (1 = the strongest evidence in that image, 0 = none).</p>")
+    for cell, (layer, images) in ctx["gradcam"].items():
+        where = f": layer {html.escape(layer)}" if layer else ""
+        parts.append(f"<h3>{html.escape(cell)}{where}</h3><div class='gallery'>" + "".join(
             f"<img title='{html.escape(t)}' alt='{html.escape(t)}' src='{u}'>" for t, u in images) + "</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -316,6 +320,40 @@ def _metrics_json(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return metrics
 
 
+def _cell_rows(grid: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """results/cells/<Arch>_<Dataset>.json, `dvc metrics show`'s rows: the same few keys in every file, test
+    split (mean over seeds; auroc_sd where there are several seeds) and the external test set's AUROC if any."""
+    rows: dict[str, dict[str, float]] = {}
+    for r in grid:
+        row = rows.setdefault(f"{r['arch']}_{r['dataset']}", {})
+        if r["split"] == "test":
+            row.update({k: round(r[k], 4) for k in ("auroc", "sensitivity", "specificity")})
+            if r.get("auroc_sd") is not None:
+                row["auroc_sd"] = round(r["auroc_sd"], 4)
+        elif r["split"] == "external_test":
+            row["external_auroc"] = round(r["auroc"], 4)
+    return rows
+
+
+def _pooled_rows(pooled: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """results/pooled/<Dataset>.json, one row per augmented dataset: its pooled AUROC difference from
+    Original (mean over archs and seeds), Holm-adjusted p and verdict (1 helps, 0 no evidence, -1 hurts) on
+    test, and on the external test set (prefix `external_`) if any."""
+    rows: dict[str, dict[str, float]] = {}
+    for r in pooled:
+        prefix = "" if r["split"] == "test" else "external_" if r["split"] == "external_test" else f"{r['split']}_"
+        rows.setdefault(r["dataset"], {}).update({f"{prefix}auroc_difference": round(r["difference"], 4),
+                                                  f"{prefix}p_holm": round(r["p_holm"], 4),
+                                                  f"{prefix}verdict": r["verdict"]})
+    return rows
+
+
+def _json_files(folder: Path, rows: dict[str, dict[str, Any]]) -> None:
+    """One <name>.json per row, in `folder` (an atomic_dir's temporary folder)."""
+    for name, row in rows.items():
+        (folder / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
+
+
 def _verdict_json(per_arch: list[dict[str, Any]], pooled: list[dict[str, Any]]) -> dict[str, Any]:
     """results/verdict.json for `dvc metrics`: pooled effects per dataset and split, and every comparison's
     difference, adjusted p and verdict (1 helps, 0 no evidence, -1 hurts)."""
@@ -354,13 +392,15 @@ def _generator_section(results: Path, synthetic: Path) -> tuple[list[dict[str, A
     return rows, samples
 
 
-def _gradcam_section(evaluation: Path, cells: Iterable[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
-    """Per cell: (caption, PNG data URI) of each GradCAM overlay evaluate wrote."""
+def _gradcam_section(evaluation: Path, cells: Iterable[tuple[str, str]]) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Per cell: (the layer explained, [(caption, PNG data URI) of each GradCAM overlay evaluate wrote])."""
     out = {}
     for (a, d) in cells:
         folder = evaluation / a / f"{a}_{d}" / "gradcam"
-        out[f"{a}_{d}"] = [(f"{r['group']} {r['id']} P={r['p_malignant']}", _png_uri((folder / r["file"]).read_bytes()))
-                           for r in read_csv(folder / "index.csv")]
+        rows = read_csv(folder / "index.csv")
+        out[f"{a}_{d}"] = (rows[0].get("layer", "") if rows else "",
+                           [(f"{r['group']} {r['id']} P={r['p_malignant']}", _png_uri((folder / r["file"]).read_bytes()))
+                            for r in rows])
     return out
 
 
@@ -438,7 +478,8 @@ def _atomic_text(path: Path, text: str) -> Path:
 
 def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthetic: Path, datasets_dir: Path,
                  splits: Path, raw: Path) -> dict[str, Any]:
-    """Write grid.csv, metrics.json, verdict.json, report/ and report.html under `results`; returns {cells,
+    """Write grid.csv, metrics.json, verdict.json, cells/ and pooled/ (the rows of `dvc metrics show`), report/
+    and report.html under `results`; returns {cells,
     comparisons, pooled, sentences}. Every input is read and checked before anything is written, and the outputs
     are renamed into place together at the end: a failed report leaves the previous one whole.
 
@@ -497,6 +538,9 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
                                                          json.dumps(_metrics_json(grid), indent=2) + "\n"),
                   results / "verdict.json": _atomic_text(results / "verdict.json",
                                                          json.dumps(_verdict_json(per_arch, pooled), indent=2) + "\n")}
+        with atomic_dir(results / "cells") as cells_dir, atomic_dir(results / "pooled") as pooled_dir:
+            _json_files(cells_dir, _cell_rows(grid + base_rows))
+            _json_files(pooled_dir, _pooled_rows(pooled))
         grid_tmp = results / ".grid.csv.tmp"
         write_csv(grid_tmp, grid + base_rows + trivial, COLUMNS)
         staged[results / "grid.csv"] = grid_tmp

@@ -23,6 +23,7 @@ from scipy import linalg
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from melanoma.data.images import labelled
 from melanoma.engine import Plan, Runtime, fit
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -228,11 +229,12 @@ def quality(real: np.ndarray, fake: np.ndarray, seed: int, memorisation_ratio: f
 
 
 def pairs_sheet(fake: np.ndarray, real: np.ndarray, pairs: list[tuple[int, int]], scale: int = 2) -> Image.Image:
-    """Side by side: each synthetic image (left) next to its nearest real training image (right)."""
+    """Side by side, labelled: each synthetic image (left) next to its nearest real training image (right)."""
     h, w = fake.shape[1:3]
     canvas = np.full((len(pairs) * (h + 2), 2 * w + 2, 3), 255, np.uint8)
     for k, (i, j) in enumerate(pairs):
         canvas[k * (h + 2):k * (h + 2) + h, :w] = fake[i]
         canvas[k * (h + 2):k * (h + 2) + h, w + 2:] = real[j]
     im = Image.fromarray(canvas)
-    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    return labelled(im, cols=["synthetic", "nearest real"])

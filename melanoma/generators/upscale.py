@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from melanoma.data.images import grid, md5_bytes
+from melanoma.data.images import grid, labelled, md5_bytes
 from melanoma.engine import Plan, Runtime, discard, fit, runtime
 from melanoma.errors import MelanomaError
 from melanoma.generators import load_train_images
@@ -228,14 +229,15 @@ def upscale_images(images: np.ndarray, method: str, factor: int, model: ESPCN | 
 
 def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, out: Path, sheet: Path,
             rt: Runtime = Runtime(), log=print) -> dict[str, Any]:
-    """data/synthetic/<gen>/ -> data/synthetic/<gen>_upscaled/ (same ids, larger images) + a comparison sheet;
-    the SR model (or bicubic) runs on `rt`'s device."""
+    """data/synthetic/<gen>/ -> data/synthetic/<gen>_upscaled/ (same ids, larger images) + a labelled comparison
+    sheet (per class: as generated, bicubic, the method); the SR model (or bicubic) runs on `rt`'s device.
+    A class with no synthetic images gets an empty shard; both outputs are written whole or not at all."""
     u = params["upscale"]
     method, factor = u["method"], u["factor"]
     model = load_upscaler(upscaler, rt) if method == "sr" else None
     rows = []
     counts = {}
-    sheet_rows = []
+    sheet_rows, row_labels = [], []
     with atomic_dir(out) as tmp:
         for label in LABELS:
             src = np.load(synthetic / f"{label}.npy")
@@ -251,9 +253,24 @@ def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, o
                 nearest = np.repeat(np.repeat(src[:k], factor, 1), factor, 2)  # rows: as generated, bicubic, method
                 side = [nearest, upscale_images(src[:k], "bicubic", factor, rt=rt), up[:k]]
                 sheet_rows.append(np.concatenate(side, axis=0))
-        write_csv(tmp / "manifest.csv", rows, list(rows[0]) if rows else ["id"])
+                row_labels += [f"{label}: as generated", f"{label}: bicubic x{factor}", f"{label}: {method} x{factor}"]
+        write_csv(tmp / "manifest.csv", rows, MANIFEST)
+    tmp_sheet = sheet.parent / f".{sheet.name}.tmp-{os.getpid()}.png"
+    sheet.parent.mkdir(parents=True, exist_ok=True)
     if sheet_rows:
-        sheet.parent.mkdir(parents=True, exist_ok=True)
-        imgs = np.concatenate(sheet_rows, axis=0)
-        grid(imgs, cols=len(imgs) // (3 * len(sheet_rows))).save(sheet)
+        k = min(len(r) // 3 for r in sheet_rows)
+        imgs = np.concatenate([_first(r, k) for r in sheet_rows], axis=0)  # classes may have fewer than 8
+        labelled(grid(imgs, cols=k), rows=row_labels).save(tmp_sheet)
+    else:
+        labelled(Image.new("RGB", (240, 20), "white"), rows=[f"no synthetic {gen} images to upscale"]).save(tmp_sheet)
+    os.replace(tmp_sheet, sheet)
     return {"method": method, "factor": factor, "counts": counts}
+
+
+MANIFEST = ["id", "source_id", "generator", "class", "method", "factor", "path", "md5"]
+
+
+def _first(triple: np.ndarray, k: int) -> np.ndarray:
+    """The first k images of each of the three rows (as generated, bicubic, method) of one class's sheet rows."""
+    n = len(triple) // 3
+    return np.concatenate([triple[i * n:i * n + k] for i in range(3)])

@@ -114,7 +114,8 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
     out.mkdir(parents=True, exist_ok=True)
     net = served(model, cfg)
     xt = (pixels(x) - net.mean) / net.std  # what the model itself sees
-    heat = np.concatenate([gradcam.cams(cfg["arch"], model, xt[i:i + 16], [1] * len(xt[i:i + 16]))
+    at = gradcam.target(cfg["arch"], model, cfg["input_size"])
+    heat = np.concatenate([gradcam.cams(cfg["arch"], model, xt[i:i + 16], [1] * len(xt[i:i + 16]), at)
                            for i in range(0, len(xt), 16)])
     scale = max(1, 256 // cfg["input_size"])
     used: set[str] = set()
@@ -125,7 +126,8 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
             n += 1
             name = f"{Path(r.path).stem}_{n}_gradcam.png"
         used.add(name)
-        Image.fromarray(gradcam.overlay(x[i], heat[i], scale)).save(out / name)
+        caption = f"{r.decision}  P={r.p_malignant:.2f}"
+        Image.fromarray(gradcam.overlay(x[i], heat[i], scale, caption)).save(out / name)
         r.gradcam = str(out / name)
 
 
