@@ -13,7 +13,9 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from melanoma.commands import main as cli
 from melanoma.serving import predict as predict_module
-from melanoma.serving.calibrate import CalibrationError, choose, measure, read_labels
+from melanoma.evaluation.stats import draw
+from melanoma.serving.calibrate import (CalibrationError, choose, draw_thresholds, measure, read_labels,
+                                        threshold_interval)
 from tests.conftest import make_class_folders
 
 N_BENIGN, N_MALIGNANT = 14, 12
@@ -122,8 +124,26 @@ def test_intervals_contain_the_estimate_and_shrink_with_more_data():
             lo, hi = m["ci95"][k]
             assert lo <= m[k] <= hi, (n, k, m[k], lo, hi)
         widths.append({k: np.diff(m["ci95"][k])[0] for k in ("sensitivity", "specificity", "auroc")})
+        lo, hi = threshold_interval(y, p, "youden", None, 500, 0)  # the threshold re-chosen in each draw
+        assert lo <= t <= hi
+        widths[-1]["threshold"] = hi - lo
     for k in widths[0]:
         assert widths[1][k] < widths[0][k] / 2, (k, widths)  # ~1/sqrt(n): 20x the data, ~4.5x narrower
+
+
+def test_the_thresholds_of_all_draws_at_once_are_chooses_one_by_one():
+    rng = np.random.default_rng(2)
+    for trial in range(10):
+        n = int(rng.integers(20, 120))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        p = np.round(rng.random(n) * 0.6 + 0.4 * y, int(rng.integers(1, 4)))  # coarse scores: many ties
+        d = draw(y.astype(bool), 1, 40, rng)
+        w = np.zeros((40, n), dtype=np.int64)
+        w[:, y == 1], w[:, y == 0] = d.pos, d.neg
+        for rule, target in (("youden", None), ("sensitivity", float(rng.uniform(0.05, 1)))):
+            fast = draw_thresholds(y, p, rule, target, d.pos, d.neg, chunk=7)
+            assert list(fast) == [choose(y, p, rule, target, w[b]) for b in range(40)], (trial, rule)
 
 
 # ---------------------------------------------------------------- the command, end to end
@@ -152,6 +172,7 @@ def test_calibrate_writes_a_threshold_file_that_predict_uses(package, site, caps
     assert rec["package"]["weights_sha256"] == cfg["weights_sha256"] == \
         hashlib.sha256((package / "model.safetensors").read_bytes()).hexdigest()
     assert rec["rule"] == "youden" and rec["target_sensitivity"] is None and rec["bootstrap"]["resamples"] == 300
+    assert rec["threshold_ci95"][0] <= rec["threshold"] <= rec["threshold_ci95"][1] and "the threshold itself" in out
     assert rec["created"].endswith("+00:00") and not list(Path(".").glob(".*.tmp"))
     # predict with the file decides at its threshold and says where the threshold came from
     got = scores(package, files, capsys, "--threshold-file", str(path))

@@ -19,7 +19,8 @@ Sensitivity, specificity and AUROC come with 95 % percentile intervals from the 
 (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 6 and 13: malignant and benign images resampled
 separately, so every draw keeps the class counts; `stats.cell_intervals` with one model), the threshold held
 fixed. They are in-sample: the threshold was chosen on these same images, so they are optimistic; confirm on
-other labelled images of the site.
+other labelled images of the site. The threshold's own interval comes from the same kind of draws with the rule
+applied again to each (`threshold_interval`): how firmly the labelled set pins the threshold down.
 
 A threshold file belongs to one package: it records the sha256 of the package's `model.safetensors`, and predict
 refuses it for any other weights.
@@ -201,7 +202,8 @@ def check_rule(rule: str, target: float | None) -> float | None:
     return float(target)
 
 
-def choose(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None = None) -> float:
+def choose(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None = None,
+           weights: np.ndarray | None = None) -> float:
     """The threshold by `rule` on (n,) labels (1 = malignant) and (n,) P(malignant) in [0, 1], always one of
     `probs` (malignant when p >= threshold):
 
@@ -211,22 +213,64 @@ def choose(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | Non
       one that gives up the least specificity.
 
     J is compared in whole counts (TP x N - FP x P), so exact ties stay ties: in floating point 0.8 - 0.2 comes
-    out above 0.6 - 0.0 and would pick a lower threshold. Raises CalibrationError (bad rule or target, a class
-    absent)."""
+    out above 0.6 - 0.0 and would pick a lower threshold. `weights`: (n,) non-negative integer counts (a
+    bootstrap draw), None for one each. Raises CalibrationError (bad rule or target, a class absent)."""
     from sklearn.metrics import roc_curve
 
     target = check_rule(rule, target)
     y, p = np.asarray(labels).astype(np.int64), np.asarray(probs, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    if y.shape != p.shape or y.ndim != 1 or n_pos == 0 or n_neg == 0:
+    w = np.ones(len(y), dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
+    n_pos, n_neg = int(w[y == 1].sum()), int(w[y == 0].sum())
+    if y.shape != p.shape or y.shape != w.shape or y.ndim != 1 or n_pos == 0 or n_neg == 0:
         raise CalibrationError(f"a threshold needs both classes and one score per label; got {n_pos} malignant, "
                                f"{n_neg} benign labels and {p.size} scores")
-    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    fpr, tpr, thr = roc_curve(y, p, sample_weight=None if weights is None else w, drop_intermediate=False)
     fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # [0] is +inf: nothing called malignant
     tp, fp = np.rint(tpr * n_pos).astype(np.int64), np.rint(fpr * n_neg).astype(np.int64)
     if rule == "youden":
         return float(thr[int(np.argmax(tp * n_neg - fp * n_pos))])  # thresholds descend: the first is the highest
     return float(thr[int(np.argmax(tp >= target * n_pos - 1e-9))])
+
+
+def threshold_interval(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None, n_boot: int,
+                       seed: int) -> list[float]:
+    """95 % percentile interval of the threshold itself: the rule applied again to each of `n_boot` stratified
+    bootstrap draws of the images (`stats.draw`). It says how firmly this many labelled images pin the
+    threshold down; the metrics' intervals (`measure`) hold the threshold fixed."""
+    from melanoma.evaluation.stats import CHUNK, draw, interval
+
+    target = check_rule(rule, target)
+    y = np.asarray(labels).astype(bool)
+    d = draw(y, 1, n_boot, np.random.default_rng(seed))
+    return interval(draw_thresholds(y, probs, rule, target, d.pos, d.neg, CHUNK))
+
+
+def draw_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None, pos: np.ndarray,
+                    neg: np.ndarray, chunk: int = 100) -> np.ndarray:
+    """(B,) the threshold `choose` picks on each resample given as counts: pos (B, P) of the malignant images,
+    neg (B, N) of the benign ones, in label order (`stats.Draws`). The same rule and tie-breaking as `choose`,
+    computed for `chunk` draws at once from cumulative counts over the scores sorted once (descending)."""
+    y, p = np.asarray(labels).astype(bool), np.asarray(probs, dtype=np.float64)
+    order = np.argsort(-p, kind="stable")
+    ys, ps = y[order], p[order]
+    ends = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1]  # the last image of each distinct score
+    n_pos, n_neg = int(pos[0].sum()), int(neg[0].sum())
+    out = np.empty(len(pos))
+    for i in range(0, len(pos), chunk):
+        w = np.zeros((len(pos[i:i + chunk]), len(y)), dtype=np.int64)
+        w[:, y], w[:, ~y] = pos[i:i + chunk], neg[i:i + chunk]
+        w = w[:, order]
+        tp = np.cumsum(w * ys, axis=1)[:, ends]
+        fp = np.cumsum(w * ~ys, axis=1)[:, ends]
+        if rule == "youden":
+            j = tp * n_neg - fp * n_pos
+            drawn = np.diff(tp + fp, axis=1, prepend=0) > 0  # only scores that are in this draw are thresholds
+            j[~drawn] = np.iinfo(np.int64).min
+            idx = np.argmax(j, axis=1)
+        else:
+            idx = np.argmax(tp >= target * n_pos - 1e-9, axis=1)
+        out[i:i + chunk] = ps[ends][idx]
+    return out
 
 
 def measure(labels: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
@@ -374,6 +418,20 @@ def apply_threshold_file(path: Path, rec: dict[str, Any], folder: Path, cfg: dic
 
 # ---------------------------------------------------------------- the command
 
+def _package_config(folder: Path) -> dict[str, Any]:
+    """A package's checked model_config.json, read before any image is (the model itself is built once, by
+    predict, whose `load` also checks model.safetensors against the weights_sha256 recorded here)."""
+    from melanoma.classifiers.inference import read_config
+    from melanoma.serving.package import CONFIG, WEIGHTS, check_package_fields, load
+
+    if not ((folder / CONFIG).is_file() and (folder / WEIGHTS).is_file()):
+        load(folder)  # not a package: its one-line PackageError
+    cfg = read_config(folder / CONFIG)
+    check_package_fields(cfg, folder / CONFIG)
+    return cfg
+
+
+
 def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: float | None = None,
               out: Path | None = None, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
               force: bool = False) -> tuple[dict[str, Any], Path]:
@@ -384,7 +442,6 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
     bootstrap size); after scoring, a class with fewer than MIN_PER_CLASS readable images is refused.
     Raises CalibrationError, or PackageError for a damaged package."""
     from melanoma.data.releases import top_reasons
-    from melanoma.serving.package import load
     from melanoma.serving.predict import predict
 
     target = check_rule(rule, target)
@@ -393,7 +450,7 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
     if not (isinstance(seed, int) and seed >= 0):
         raise CalibrationError(f"--seed {seed}: use a non-negative integer")
     data = read_labels(labels_path)
-    _, cfg = load(package)  # a damaged package fails here, before any image is read
+    cfg = _package_config(Path(package))
     if "threshold" not in cfg:
         raise CalibrationError(f"{package} has no decision threshold: a training output, not a package; calibrate "
                                "models/export/<Arch>/<Arch>_<Dataset>/ or a downloaded Hub folder")
@@ -421,7 +478,8 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
     threshold = choose(y, p, rule, target)
     rec = {
         "format": FORMAT, "version": VERSION,
-        "threshold": threshold, "rule": rule, "target_sensitivity": target, "rule_name": rule_name(rule, target),
+        "threshold": threshold, "threshold_ci95": threshold_interval(y, p, rule, target, n_boot, seed),
+        "rule": rule, "target_sensitivity": target, "rule_name": rule_name(rule, target),
         "decision": f"malignant if p_malignant >= threshold ({rule_name(rule, target)}, chosen on the labelled "
                     "images below)",
         "package": pkg,
@@ -464,6 +522,8 @@ def summary(rec: dict[str, Any], out: Path, model: str | None = None) -> str:
         f"AUROC {m['auroc']:.3f} [{a[0]:.3f}, {a[1]:.3f}] (95 % CIs: {rec['bootstrap']['resamples']} stratified "
         f"bootstrap resamples, seed {rec['bootstrap']['seed']})",
         _line(f"calibrated threshold ({rule})", m),
+        f"  the threshold itself: 95 % CI [{rec['threshold_ci95'][0]:.4f}, {rec['threshold_ci95'][1]:.4f}] (the rule "
+        "re-applied to each resample): how firmly these images pin it down",
         _line(f"package threshold ({pkg['threshold_rule']}, chosen on val)", rec["package_threshold_metrics"]),
         IN_SAMPLE,
         f"wrote {out}; use it with: melanoma predict IMAGES --model {model or pkg['path']} --threshold-file {out}",
