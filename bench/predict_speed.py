@@ -4,7 +4,8 @@ JPEG quality 95, decode again, resize).
 
     .venv/bin/python bench/predict_speed.py [--images ../shared/data/isic-sample/archive/images] [--model DIR]
 
-Prints, per classifier input size, each path's images/s on one process and the mean / max absolute pixel
+Prints, per classifier input size, each path's images/s on one thread (and the predict path with predict's decode
+threads: run it on an otherwise idle machine) and the mean / max absolute pixel
 difference (0-255) after the final resize; with --model (a package folder), the largest |P(malignant)|
 difference between the two paths on those images.
 """
@@ -14,6 +15,7 @@ import argparse
 import io
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,7 @@ def main() -> None:
     ap.add_argument("--max-side", type=int, default=1024)
     a = ap.parse_args()
     from melanoma.serving.package import prepare
+    from melanoma.serving.predict import DECODE_THREADS
 
     files = sorted(f for f in a.images.iterdir() if f.suffix.lower() in (".jpg", ".jpeg"))
     if not files:
@@ -55,8 +58,13 @@ def main() -> None:
     for size in (32, 224):
         slow, ref = timed(lambda f: stored_path(f, size, a.max_side), files)
         fast, got = timed(lambda f: prepare(f, size, a.max_side), files)
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(lambda f: prepare(f, size, a.max_side), files))
+            threaded = len(files) / (time.perf_counter() - t0)
         d = np.concatenate([np.abs(x.astype(int) - y.astype(int)).ravel() for x, y in zip(ref, got)])
-        print(f"input {size:>3} px: stored path {slow:6.1f} img/s, predict path {fast:6.1f} img/s ({fast / slow:.1f}x); "
+        print(f"input {size:>3} px: stored path {slow:6.1f} img/s, predict path {fast:6.1f} img/s ({fast / slow:.1f}x), "
+              f"with {DECODE_THREADS} decode threads {threaded:6.1f} img/s ({threaded / slow:.1f}x); "
               f"pixel difference mean {d.mean():.2f}, max {d.max()} (0-255)")
     if a.model:
         from melanoma.serving.package import load, served, torch_probabilities

@@ -7,8 +7,10 @@ in the test split. A file that cannot be read is reported with its reason, and t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,15 @@ from melanoma.serving.package import PackageError, load, pixels, prepare, served
 
 
 PROGRESS_FROM = 10  # files: fewer are read without a progress bar
+DECODE_THREADS = min(4, os.cpu_count() or 1)  # images decoded at once (bench/predict_speed.py measures 1 vs 2)
+
+
+def _prepared(path: Path, size: int, max_side: int) -> tuple[np.ndarray | None, str | None]:
+    """(the model's input pixels, None) or (None, why the file was rejected)."""
+    try:
+        return prepare(path, size, max_side), None
+    except ImageRejected as e:
+        return None, str(e)
 
 
 @dataclass
@@ -81,15 +92,15 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None,
         raise PackageError(f"{folder}: model_config.json has no preprocessing; export or download the package again")
     size, max_side = cfg["input_size"], cfg["preprocessing"]["max_side"]
     results, ok, images = [], [], []
-    for f in tqdm(files, desc="predict", unit="img", file=sys.stderr, disable=len(files) < PROGRESS_FROM,
-                  leave=False):
-        r = Prediction(str(f))
-        try:
-            images.append(prepare(f, size, max_side))
-            ok.append(r)
-        except ImageRejected as e:
-            r.error = str(e)
-        results.append(r)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:  # Pillow's decoder releases the GIL
+        decoded = pool.map(lambda f: _prepared(f, size, max_side), files)
+        for f, (x, error) in tqdm(zip(files, decoded), total=len(files), desc="predict", unit="img",
+                                  file=sys.stderr, disable=len(files) < PROGRESS_FROM, leave=False):
+            r = Prediction(str(f), error=error)
+            if x is not None:
+                images.append(x)
+                ok.append(r)
+            results.append(r)
     if images:
         x = np.stack(images)
         probs = torch_probabilities(served(model, cfg), x)
