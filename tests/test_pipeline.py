@@ -199,6 +199,14 @@ def test_experiments_show_and_metrics_diff(built, tmp_path):
     assert "sens90" in table and "evaluate.threshold" in table and "sensitivity" in table
     diff = sh(repo, "dvc", "metrics", "diff").stdout  # HEAD (Youden) vs the workspace (the experiment)
     changed = set(re.findall(r"results/cells/(\w+_\w+)\.json\s+sensitivity", diff))  # one row per cell and metric
+    shown = sh(repo, "dvc", "metrics", "show").stdout  # a table: one row per cell and per pooled dataset
+    assert {f"results/cells/{c}.json" for c in ("ResNet_Original", "ViT_DCGAN", "Baseline_Original")} | {
+        "results/pooled/DCGAN.json"} <= {line.split()[0] for line in shown.splitlines()[1:]}
+    for recipe in (["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep",
+                    "Experiment|evaluate.threshold|results/pooled/DCGAN.json:verdict"],  # the README's recipes
+                   ["dvc", "exp", "diff", "HEAD", "sens90"]):
+        p = subprocess.run(recipe, cwd=repo, env={**env(), "COLUMNS": "120"}, capture_output=True, text=True)
+        assert p.returncode == 0 and max(map(len, p.stdout.splitlines())) <= 120 and "…" not in p.stdout, p.stdout
     assert changed and changed <= {"ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN"}
     bad = sh(repo, "dvc", "exp", "run", "-S", "data.source=dmeo", check=False)  # the schema guards -S
     assert bad.returncode != 0 and "Traceback" not in bad.stdout + bad.stderr
