@@ -18,6 +18,8 @@ def plan(params: dict[str, Any], splits: Path) -> dict[str, Any]:
     None where unknown}, "synthesize": {label: count or None}}. Counts are numbers of training images."""
     per_class = params["datasets"]["per_class"]
     real = _real_counts(splits / "train.csv") if (splits / "train.csv").is_file() else None
+    if real is not None and _split_source(splits / "train.csv") not in (None, params["data"]["source"]):
+        real = None  # the split of another data source (e.g. the demo's, after `melanoma profile study`): stale
     if real is not None:
         fill = synthetic_counts(real, per_class)
     elif per_class != "balance":  # before split: each class is filled to per_class (if it has fewer real images)
@@ -33,6 +35,17 @@ def plan(params: dict[str, Any], splits: Path) -> dict[str, Any]:
         else:
             out["datasets"][name] = {c: ((real or {}).get(c), fill[c]) for c in LABELS}
     return out
+
+
+def _split_source(path: Path) -> str | None:
+    """The data.source the split in `path` was made from (its rows' `source`), None when it does not say."""
+    from melanoma.io import read_csv
+
+    try:
+        sources = {r.get("source") for r in read_csv(path)}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return sources.pop() if len(sources) == 1 else None
 
 
 def _real_counts(path: Path) -> dict[str, int]:

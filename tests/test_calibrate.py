@@ -262,6 +262,13 @@ def _folder(root: Path, n_benign: int, n_malignant: int, junk_malignant: int = 0
     return root
 
 
+def _copied(site: Path, root: Path, rel: list[str]) -> Path:
+    """The site's folders, plus a byte-identical copy of one benign image under malignant/."""
+    shutil.copytree(site, root)
+    shutil.copy(root / rel[0], root / "malignant" / "copy_of_a_benign.jpg")
+    return root
+
+
 def _csv(path: Path, rows: list[tuple[str, ...]]) -> Path:
     with open(path, "w", newline="") as fh:
         csv.writer(fh).writerows(rows)
@@ -302,6 +309,12 @@ def test_bad_labels_rules_and_outputs_are_one_line_errors(package, site, tmp_pat
         (["--labels", str(_csv(site / "benign_only.csv", [r for r in ok_rows if r[1] != "malignant"]))],
          "no malignant images"),
         (["--labels", str(site), "--out", str(tmp_path)], "is a folder; give a file name"),
+        (["--labels", str(_csv(site / "inputs.csv", ok_rows)), "--out", str(site / "inputs.csv"), "--force"],
+         "is one of the inputs (the labels, a labelled image or a file of the package)"),
+        (["--labels", str(site), "--out", str(package / "model_config.json"), "--force"], "is one of the inputs"),
+        (["--labels", str(site), "--bootstrap", "100000000"], "use at most 100000 resamples"),
+        (["--labels", str(_copied(site, tmp_path / "copied", rel))],
+         "are the same image (identical bytes) (labelled benign and malignant); list each image once"),
         (["--labels", str(site), "--out", str(site / "benign" / "img_0.jpg" / "t.json")], "--out"),
     ]
     for extra, needle in cases:
@@ -367,3 +380,25 @@ def test_the_hf_cache_round_trip_offline_then_cleared(package, site, tmp_path):
     assert not (tmp_path / "hf" / "hub" / "models--someone--melanoma-ResNet_Original").exists()
     r = run("predict", image, "--model", rid)
     assert r.returncode == 2 and "not in the local Hugging Face cache" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_semicolon_and_utf16_label_tables_read_like_the_comma_one(site, tmp_path):
+    rel = [f.relative_to(site).as_posix() for f in sorted(site.rglob("img_*.jpg"))]
+    comma = read_labels(_csv(site / "comma.csv", [("image", "label")] + [(r, r.split("/")[0]) for r in rel]))
+    (site / "semi.csv").write_text("image;label\n" + "".join(f"{r};{r.split('/')[0]}\n" for r in rel))
+    (site / "utf16.csv").write_text("image\tlabel\n" + "".join(f"{r}\t{r.split('/')[0]}\n" for r in rel),
+                                    encoding="utf-16")
+    for other in ("semi.csv", "utf16.csv"):
+        got = read_labels(site / other)
+        assert got.files == comma.files and list(got.labels) == list(comma.labels)
+
+
+def test_warnings_say_when_a_threshold_or_an_interval_means_little():
+    from melanoma.serving.calibrate import warnings_for
+
+    m = {"auroc": 0.61, "sensitivity": 1.0, "specificity": 0.4,
+         "ci95": {"auroc": [0.48, 0.74], "sensitivity": [1.0, 1.0], "specificity": [0.2, 0.6]}}
+    said = warnings_for(m, 15, 20)
+    assert len(said) == 2 and "no better than chance" in said[0]
+    assert "sensitivity 1.000 on 15 images" in said[1] and "[0.782, 1.000]" in said[1]  # 0.025 ** (1 / 15) = 0.782
+    assert warnings_for({**m, "sensitivity": 0.9, "ci95": {**m["ci95"], "auroc": [0.55, 0.8]}}, 15, 20) == []

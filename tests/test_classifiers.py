@@ -436,7 +436,7 @@ def test_a_non_finite_loss_stops_training_before_the_period_is_saved(tmp_path, m
 
 
 @pytest.mark.parametrize("arch,spec,message", [
-    ("ResNet", {"model": "vit_tiny_patch16_224", "kwargs": {}}, r"as a ResNet-family network .*no attribute 'layer4'"),
+    ("ResNet", {"model": "vit_tiny_patch16_224", "kwargs": {}}, r"as a ResNet-family network .*no attribute .layer4."),
     ("ResNet", {"model": "resnet18", "kwargs": {"foo": 1}}, r"unexpected keyword argument 'foo'"),
     ("ResNet", {"model": "resnet18", "kwargs": {"checkpoint_path": "/etc/passwd"}},
      r"kwargs sets checkpoint_path: weights are loaded only through `pretrained`"),

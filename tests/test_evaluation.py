@@ -91,3 +91,14 @@ def test_agrees_with_the_isic_challenge_scorer():
     assert abs(theirs["sensitivity"] - ours["sensitivity"]) < 1e-6
     assert abs(theirs["specificity"] - ours["specificity"]) < 1e-6
     assert abs(score.aggregate["balanced_accuracy"] - ours["balanced_accuracy"]) < 1e-6
+
+
+def test_youden_ties_go_to_the_higher_threshold_though_floats_disagree():
+    # J = 0.6 at 0.4 (5/5, 2/5), 0.5 (4/5, 1/5) and 0.7 (3/5, 0/5); in floats 0.8 - 0.2 > 0.6 - 0.0
+    y = np.array([0] * 5 + [1] * 5)
+    p = np.array([0.1, 0.2, 0.3, 0.45, 0.6, 0.4, 0.5, 0.7, 0.8, 0.9])
+    assert 0.8 - 0.2 > 0.6 - 0.0
+    assert choose_threshold(y, p, "youden", 0.9) == 0.7
+    assert choose_threshold(y, p, "sensitivity", 0.8) == 0.5 and choose_threshold(y, p, "sensitivity", 1.0) == 0.4
+    w = np.array([1] * 5 + [1, 1, 0, 0, 0])  # a draw without the three top malignant images
+    assert choose_threshold(y, p, "youden", 0.9, w) == 0.4

@@ -77,3 +77,10 @@ def test_overlay_enlarges_and_carries_a_colour_bar_and_its_caption():
     captioned = gradcam.overlay(image, heat, scale=8, caption="true positive  P=0.83")
     assert captioned.shape == (64 + 14, 64 + 34, 3) and (captioned[14:] == plain).all()
     assert (captioned[:14, :64] < 128).sum() > 30  # the caption's dark text is drawn
+
+
+def test_an_all_zero_map_says_so_in_its_caption():
+    image = np.full((8, 8, 3), 120, np.uint8)
+    empty = gradcam.overlay(image, np.zeros((8, 8), np.float32), scale=8, caption="TN  P=0.10")
+    some = gradcam.overlay(image, np.eye(8, dtype=np.float32), scale=8, caption="TN  P=0.10")
+    assert (empty[:14] < 128).sum() > (some[:14] < 128).sum() + 20  # "  empty map" is added to the caption

@@ -330,6 +330,25 @@ def test_predict_matches_the_evaluation_and_writes_gradcam(cells, isic_sample, t
                 assert im.size[0] >= cfg["input_size"] and im.mode == "RGB"
 
 
+def test_gradcam_overlays_never_replace_a_users_file_and_any_name_fits(cells, isic_sample, tmp_path, capsys):
+    src = sorted((isic_sample / "folder/benign").glob("*.jpg"))[0]
+    long = tmp_path / f"{'x' * 240}.jpg"  # 240 + '_gradcam.png' is over the 255-byte name limit
+    shutil.copy(src, long)
+    shutil.copy(src, tmp_path / "a.jpg")
+    (tmp_path / "a_gradcam.png").write_bytes(b"the user's own file")
+    pkg = cells["ResNet"]
+    for run in range(2):  # a rerun replaces its own overlays, never the user's file
+        assert cli(["predict", str(long), str(tmp_path / "a.jpg"), "--model", str(pkg), "--gradcam", str(tmp_path),
+                    "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["predictions"]
+        assert (tmp_path / "a_gradcam.png").read_bytes() == b"the user's own file"
+        assert Path(rows[1]["gradcam"]).name == "a_2_gradcam.png" and len(Path(rows[0]["gradcam"]).name) < 120
+        assert len(list(tmp_path.glob("*_gradcam.png"))) == 3
+        with Image.open(rows[1]["gradcam"]) as im:
+            top = np.asarray(im.convert("L"))[:14, :]
+        assert (top < 128).sum() > 30  # the caption (decision and P) is drawn on the image
+
+
 def test_predict_checks_the_gradcam_folder_before_scoring(cells, isic_sample, tmp_path, capsys):
     files = sorted((isic_sample / "folder/benign").glob("*.jpg"))[:1]
     (tmp_path / "a_file").write_text("not a folder")

@@ -207,7 +207,7 @@ def test_experiments_show_and_metrics_diff(built, tmp_path):
                    ["dvc", "exp", "diff", "HEAD", "sens90"]):
         p = subprocess.run(recipe, cwd=repo, env={**env(), "COLUMNS": "120"}, capture_output=True, text=True)
         assert p.returncode == 0 and max(map(len, p.stdout.splitlines())) <= 120 and "…" not in p.stdout, p.stdout
-    assert changed and changed <= {"ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN"}
+    assert changed and changed <= {"ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN", "Baseline_Original"}
     bad = sh(repo, "dvc", "exp", "run", "-S", "data.source=dmeo", check=False)  # the schema guards -S
     assert bad.returncode != 0 and "Traceback" not in bad.stdout + bad.stderr
     assert "data.source must be one of demo, local, isic_csv, gdrive (got 'dmeo')" in bad.stdout + bad.stderr
@@ -266,7 +266,7 @@ def test_two_fresh_runs_give_identical_results(built, twin):
     # every output byte for byte: raw data, splits, synthetic images (plain and upscaled), datasets, generator,
     # upscaler and classifier folders (every seed), evaluations (GradCAM images included), the baseline,
     # packages (ONNX included), report, verdict
-    assert len(a) == 37 and len([p for p in a if p.startswith("data/")]) == 12
+    assert len(a) == 39 and len([p for p in a if p.startswith("data/")]) == 12
     assert a == b  # metrics.json included (a `cache: false` output, hashed in dvc.lock like the others)
 
 

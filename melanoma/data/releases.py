@@ -424,14 +424,21 @@ def read_table(path: Path, label_map: dict[str, str]) -> Table:
         raise FetchError(f"{path}: not a readable CSV ({e}); save it again as comma-separated UTF-8") from None
 
 
+def csv_dialect(path: Path) -> tuple[str, str]:
+    """(encoding, delimiter) of a user's CSV from its first 4 kB: UTF-8 with or without BOM, or Excel's UTF-16
+    "Unicode text"; ',' or ';' (Excel in many locales) or tab, whichever the first non-blank line has.
+    Raises OSError when the file cannot be read."""
+    with open(path, "rb") as fh:
+        start = fh.read(4096)
+    encoding = "utf-16" if start.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    first = next((ln for ln in start.decode(encoding, errors="replace").splitlines() if ln.strip()), "")
+    return encoding, next((d for d in (",", ";", "\t") if d in first), ",")
+
+
 def _read_table(path: Path, label_map: dict[str, str]) -> Table:
     if path.name.lower() == "ph2_dataset.txt":
         return read_ph2(path)
-    with open(path, "rb") as fh:
-        start = fh.read(4096)
-    encoding = "utf-16" if start.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"  # Excel's "Unicode text"
-    first = next((ln for ln in start.decode(encoding, errors="replace").splitlines() if ln.strip()), "")
-    delimiter = next((d for d in (",", ";", "\t") if d in first), ",")  # Excel in many locales writes ';'
+    encoding, delimiter = csv_dialect(path)
     with open(path, newline="", encoding=encoding, errors="replace") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         head = next((r for r in reader if any(c.strip() for c in r)), None)

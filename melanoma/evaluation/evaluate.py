@@ -39,6 +39,9 @@ def _predict(model: torch.nn.Module, cfg: dict[str, Any], images: np.ndarray, ba
     return probabilities(model, x, mean, std, batch, rt).numpy().astype(np.float64)
 
 
+OUTCOME = {"true_positive": "TP", "false_negative": "FN", "false_positive": "FP", "true_negative": "TN"}
+
+
 def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray,
                       y: np.ndarray, p: np.ndarray, thr: float, ids: list[str], ep: dict[str, Any],
                       rt: Runtime) -> None:
@@ -61,7 +64,7 @@ def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict
         for group, members in chosen.items():
             for i in members:
                 name = f"{group}_{ids[i]}.png"
-                caption = f"{group.replace('_', ' ')}  P={p[i]:.2f}"
+                caption = f"{OUTCOME[group]}  P={p[i]:.2f}"
                 Image.fromarray(gradcam.overlay(x[i], next(heat), caption=caption)).save(folder / name)
                 rows.append({"file": name, "group": group, "id": ids[i], "label": LABELS[int(y[i])],
                              "p_malignant": f"{p[i]:.6f}", "layer": at.describe(x.shape[1])})

@@ -116,8 +116,10 @@ def blend(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, heat: np.ndarray, scale: int = 4, caption: str = "") -> np.ndarray:
     """The blend enlarged `scale` times (nearest), with a jet colour bar on the right (0 at the bottom, 1 at the
-    top: the map's share of its own maximum) and, when given, a caption strip on top (outcome and P).
-    Returns uint8 (caption strip + H * scale, W * scale + bar, 3)."""
+    top: the map's share of its own maximum) and, when given, a caption strip on top (outcome and P). An
+    all-zero map (no positive evidence for the class at that layer: GradCAM's ReLU removed it all) says
+    "empty map" in the caption, since its overlay is the plain colour of 0. Returns uint8 (caption strip +
+    H * scale, W * scale + bar, 3)."""
     from PIL import Image, ImageDraw
 
     big = np.kron(blend(image, heat), np.ones((scale, scale, 1), np.uint8))
@@ -125,6 +127,8 @@ def overlay(image: np.ndarray, heat: np.ndarray, scale: int = 4, caption: str = 
     bar = np.full((h, 34, 3), 255, np.uint8)
     ramp = np.uint8(255 * _jet(np.linspace(1, 0, h - 12)))  # top row = 1
     bar[6:h - 6, 4:12] = ramp[:, None, :]
+    if caption and not heat.max() > 0:
+        caption += "  empty map"
     strip = 14 if caption else 0
     canvas = Image.new("RGB", (w + bar.shape[1], h + strip), "white")
     canvas.paste(Image.fromarray(big), (0, strip))

@@ -125,16 +125,25 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     return float(np.sum(c["count"] * np.abs(c["fraction_malignant"] - c["mean_predicted"])) / c["count"].sum())
 
 
-def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: float) -> float:
-    """The decision threshold, from val only: Youden's J (max sensitivity + specificity - 1), or the highest
-    threshold whose sensitivity reaches `target`. Ties in J go to the higher threshold (fewer false alarms)."""
+def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: float,
+                     weights: np.ndarray | None = None) -> float:
+    """The decision threshold, from val only (one of `probs`; malignant when p >= threshold): Youden's J (max
+    sensitivity + specificity - 1; Youden 1950), or the highest threshold whose sensitivity reaches `target`,
+    over scikit-learn's ROC curve at every distinct score. Ties in J go to the higher threshold (fewer false
+    alarms); J is compared in whole counts (TP x N - FP x P), because in floating point 0.8 - 0.2 comes out above
+    0.6 - 0.0 and would break an exact tie towards a lower threshold. `weights`: (n,) integer counts per image (a
+    bootstrap draw), None for one each. Raises MetricError (unknown rule, a class absent, bad probabilities)."""
+    from sklearn.metrics import roc_curve
+
     y, p = _check(labels, probs, "val")
-    c = roc_points(y, p)
-    thr, fpr, tpr = c["threshold"][1:], c["fpr"][1:], c["tpr"][1:]
+    w = np.ones(len(y), dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
+    n_pos, n_neg = int(w[y == 1].sum()), int(w[y == 0].sum())
+    fpr, tpr, thr = roc_curve(y, p, sample_weight=None if weights is None else w, drop_intermediate=False)
+    tp, fp, thr = np.rint(tpr[1:] * n_pos).astype(np.int64), np.rint(fpr[1:] * n_neg).astype(np.int64), thr[1:]
     if rule == "youden":
-        return float(thr[int(np.argmax(tpr - fpr))])
+        return float(thr[int(np.argmax(tp * n_neg - fp * n_pos))])  # thresholds descend: the first is the highest
     if rule == "sensitivity":
-        return float(thr[int(np.argmax(tpr >= target - 1e-12))])
+        return float(thr[int(np.argmax(tp >= target * n_pos - 1e-9))])
     raise MetricError(f"unknown threshold rule {rule!r}; use youden or sensitivity")
 
 

@@ -274,8 +274,9 @@ def render_html(ctx: dict[str, Any]) -> str:
     if ctx["upscaler"]:
         parts += ["<h2>Super-resolution</h2>", _table([ctx["upscaler"]], list(ctx["upscaler"]), "upscaler")]
     parts.append("<h2>GradCAM (test images, packaged seed, explained for their true label)</h2>")
-    parts.append("<p class='note'>Each overlay: the outcome at the packaged threshold and P(malignant) on top, the "
-                 "colour bar on the right (1 = the strongest evidence in that image, 0 = none).</p>")
+    parts.append("<p class='note'>Each overlay: the outcome at the packaged threshold (TP/FN/FP/TN: true/false "
+                 "positive/negative) and P(malignant) on top, the colour bar on the right (1 = the strongest evidence "
+                 "in that image, 0 = none); \"empty map\": no positive evidence for the true class at that layer.</p>")
     for cell, (layer, images) in ctx["gradcam"].items():
         where = f": layer {html.escape(layer)}" if layer else ""
         parts.append(f"<h3>{html.escape(cell)}{where}</h3><div class='gallery'>" + "".join(
@@ -328,7 +329,7 @@ def _cell_rows(grid: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         row = rows.setdefault(f"{r['arch']}_{r['dataset']}", {})
         if r["split"] == "test":
             row.update({k: round(r[k], 4) for k in ("auroc", "sensitivity", "specificity")})
-            if r.get("auroc_sd") is not None:
+            if r.get("auroc_sd") is not None and r.get("seeds", 1) > 1:  # one seed: no spread to report
                 row["auroc_sd"] = round(r["auroc_sd"], 4)
         elif r["split"] == "external_test":
             row["external_auroc"] = round(r["auroc"], 4)

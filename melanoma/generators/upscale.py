@@ -255,14 +255,14 @@ def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, o
                 sheet_rows.append(np.concatenate(side, axis=0))
                 row_labels += [f"{label}: as generated", f"{label}: bicubic x{factor}", f"{label}: {method} x{factor}"]
         write_csv(tmp / "manifest.csv", rows, MANIFEST)
-    tmp_sheet = sheet.parent / f".{sheet.name}.tmp-{os.getpid()}.png"
-    sheet.parent.mkdir(parents=True, exist_ok=True)
-    if sheet_rows:
-        k = min(len(r) // 3 for r in sheet_rows)
-        imgs = np.concatenate([_first(r, k) for r in sheet_rows], axis=0)  # classes may have fewer than 8
-        labelled(grid(imgs, cols=k), rows=row_labels).save(tmp_sheet)
-    else:
-        labelled(Image.new("RGB", (240, 20), "white"), rows=[f"no synthetic {gen} images to upscale"]).save(tmp_sheet)
+        sheet.parent.mkdir(parents=True, exist_ok=True)
+        tmp_sheet = sheet.parent / f".{sheet.name}.tmp-{os.getpid()}.png"  # made before `out` is committed
+        if sheet_rows:
+            k = min(len(r) // 3 for r in sheet_rows)
+            imgs = np.concatenate([_first(r, k) for r in sheet_rows], axis=0)  # classes may have fewer than 8
+            labelled(grid(imgs, cols=k), rows=row_labels).save(tmp_sheet)
+        else:
+            labelled(Image.new("RGB", (240, 20), "white"), rows=[f"no synthetic {gen} images to upscale"]).save(tmp_sheet)
     os.replace(tmp_sheet, sheet)
     return {"method": method, "factor": factor, "counts": counts}
 

@@ -7,7 +7,8 @@ population), so a threshold rarely transfers: on an external full-resolution ISI
 writes a *threshold file* that `melanoma predict --threshold-file` then uses instead of the package's own.
 
 Rules: the two that params.yaml's `evaluate.threshold` offers for the val split, so both thresholds are chosen
-alike; here on scikit-learn's ROC curve, with Youden ties compared in whole counts (see `choose`):
+alike, by the same function (`metrics.choose_threshold`: scikit-learn's ROC curve, Youden ties compared in whole
+counts):
 
 - ``youden``: the score maximising Youden's J = sensitivity + specificity - 1 (Youden 1950, "Index for rating
   diagnostic tests", Cancer 3(1):32-35); ties go to the higher threshold (fewer false alarms).
@@ -46,6 +47,7 @@ from melanoma.params import LABELS
 FORMAT, VERSION = "melanoma-threshold", 1
 MIN_PER_CLASS = 10  # scored images of each class below which a threshold and its CIs mean nothing
 DEFAULT_BOOTSTRAP, DEFAULT_TARGET = 2000, 0.95
+MAX_BOOTSTRAP = 100_000  # 300 images: about 0.6 GB and 7 s; the draws are held as (resamples, images) counts
 IMAGE_COLUMN, LABEL_COLUMN = "image", "label"  # the labels CSV's columns
 UNREADABLE_LISTED = 50  # unreadable files named in the threshold file (all are counted)
 RULES = ("youden", "sensitivity")
@@ -97,13 +99,16 @@ def read_labels(path: Path) -> Labelled:
 
 
 def _read_csv(path: Path) -> Labelled:
+    from melanoma.data.releases import csv_dialect
+
     fix = (f"the CSV needs a header with columns {IMAGE_COLUMN} (the image's path, relative to the CSV's folder) "
            f"and {LABEL_COLUMN} (benign or malignant)")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise CalibrationError(f"--labels {path} is not a readable UTF-8 CSV ({e}); {fix}") from None
+    try:  # as fetch reads user tables: UTF-8 (BOM or not) or Excel's UTF-16 "Unicode text"; ',' ';' or tab
+        encoding, delimiter = csv_dialect(path)
+        with open(path, newline="", encoding=encoding) as fh:
+            rows = list(csv.reader(fh, delimiter=delimiter))
+    except (UnicodeError, csv.Error) as e:
+        raise CalibrationError(f"--labels {path} is not a readable UTF-8 or UTF-16 CSV ({e}); {fix}") from None
     except OSError as e:
         raise CalibrationError(f"--labels {path}: cannot read it ({e.strerror or e})") from None
     if not rows:
@@ -128,7 +133,7 @@ def _read_csv(path: Path) -> Labelled:
             raise CalibrationError(f"--labels {path} line {line}: label {row[cl] if cl < len(row) else ''!r} is "
                                    f"not benign or malignant; write benign or malignant")
         f = Path(image) if Path(image).is_absolute() else root / image
-        key = os.path.normpath(f)
+        key = os.path.realpath(f)  # a symlink or another spelling of a listed file is the same image
         if key in seen:
             raise CalibrationError(f"--labels {path} line {line}: {image} is listed again (first on line "
                                    f"{seen[key]}); list each image once")
@@ -172,6 +177,25 @@ def _read_folder(path: Path) -> Labelled:
                     np.array([LABELS.index(c.label) for c in offer.candidates], dtype=np.int64))
 
 
+def _no_copies(d: Labelled, scored: np.ndarray) -> None:
+    """Refuse a labelled set that lists one scored image twice under different names (identical bytes: a copy, a
+    hard or symbolic link): it would be counted twice, or as both classes, and narrow every interval."""
+    seen: dict[str, int] = {}
+    for i, f in enumerate(d.files):
+        if not scored[i]:
+            continue
+        try:
+            h = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        except OSError:
+            continue  # unreadable: predict reports it
+        if h in seen:
+            j = seen[h]
+            both = "" if d.labels[i] == d.labels[j] else f" (labelled {LABELS[d.labels[j]]} and {LABELS[d.labels[i]]})"
+            raise CalibrationError(f"--labels {d.source}: {d.names[j]} and {d.names[i]} are the same image (identical "
+                                   f"bytes){both}; list each image once")
+        seen[h] = i
+
+
 def _both_classes(d: Labelled) -> None:
     c = d.counts()
     for label, n in c.items():
@@ -212,10 +236,10 @@ def choose(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | Non
     - sensitivity: the highest threshold whose sensitivity reaches `target` in (0, 1] (default 0.95), i.e. the
       one that gives up the least specificity.
 
-    J is compared in whole counts (TP x N - FP x P), so exact ties stay ties: in floating point 0.8 - 0.2 comes
-    out above 0.6 - 0.0 and would pick a lower threshold. `weights`: (n,) non-negative integer counts (a
-    bootstrap draw), None for one each. Raises CalibrationError (bad rule or target, a class absent)."""
-    from sklearn.metrics import roc_curve
+    The pipeline's own rule (`metrics.choose_threshold`, which compares J in whole counts), with the target
+    and classes checked first. `weights`: (n,) non-negative integer counts (a bootstrap draw), None for one each.
+    Raises CalibrationError (bad rule or target, a class absent)."""
+    from melanoma.evaluation.metrics import choose_threshold
 
     target = check_rule(rule, target)
     y, p = np.asarray(labels).astype(np.int64), np.asarray(probs, dtype=np.float64)
@@ -224,12 +248,7 @@ def choose(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | Non
     if y.shape != p.shape or y.shape != w.shape or y.ndim != 1 or n_pos == 0 or n_neg == 0:
         raise CalibrationError(f"a threshold needs both classes and one score per label; got {n_pos} malignant, "
                                f"{n_neg} benign labels and {p.size} scores")
-    fpr, tpr, thr = roc_curve(y, p, sample_weight=None if weights is None else w, drop_intermediate=False)
-    fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # [0] is +inf: nothing called malignant
-    tp, fp = np.rint(tpr * n_pos).astype(np.int64), np.rint(fpr * n_neg).astype(np.int64)
-    if rule == "youden":
-        return float(thr[int(np.argmax(tp * n_neg - fp * n_pos))])  # thresholds descend: the first is the highest
-    return float(thr[int(np.argmax(tp >= target * n_pos - 1e-9))])
+    return choose_threshold(y, p, rule, target if target is not None else 0.0, weights)
 
 
 def threshold_interval(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None, n_boot: int,
@@ -288,6 +307,26 @@ def measure(labels: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int
             "balanced_accuracy": point["balanced_accuracy"], "flagged_malignant": float(np.mean(p >= threshold)),
             "auroc": auroc(y, p), "confusion": point["confusion"],
             "ci95": {k: ci[k] for k in ("sensitivity", "specificity", "balanced_accuracy", "auroc")}}
+
+
+def warnings_for(m: dict[str, Any], n_malignant: int, n_benign: int) -> list[str]:
+    """What the numbers of `measure` cannot carry alone: a model that does not rank these images better than
+    chance (AUROC CI reaching 0.5: any threshold is arbitrary), and a sensitivity or specificity of exactly 0 or 1,
+    whose percentile bootstrap interval has zero width; for those the exact binomial (Clopper-Pearson 1934) 95 %
+    interval, from statsmodels, says how far it could really be."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    out = []
+    lo, hi = m["ci95"]["auroc"]
+    if lo <= 0.5:
+        out.append(f"warning: AUROC {m['auroc']:.3f} [{lo:.3f}, {hi:.3f}] on these images: the model ranks them no "
+                   "better than chance may, so any threshold is arbitrary; do not use this package at this site")
+    for name, n in (("sensitivity", n_malignant), ("specificity", n_benign)):
+        if m[name] in (0.0, 1.0):
+            a, b = proportion_confint(round(m[name] * n), n, alpha=0.05, method="beta")
+            out.append(f"warning: {name} {m[name]:.3f} on {n} images: its bootstrap interval cannot leave that "
+                       f"value; the exact (Clopper-Pearson) 95 % interval is [{a:.3f}, {b:.3f}]")
+    return out
 
 
 # ---------------------------------------------------------------- the package
@@ -384,7 +423,7 @@ def read_threshold_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CalibrationError(f"--threshold-file {path} does not exist; give the file `melanoma calibrate` "
                                "wrote") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise _bad_file(path, f"not readable JSON ({type(e).__name__})") from None
     if not isinstance(rec, dict) or rec.get("format") != FORMAT:
         raise _bad_file(path, f"not a threshold file (its 'format' is not {FORMAT!r})")
@@ -395,6 +434,12 @@ def read_threshold_file(path: Path) -> dict[str, Any]:
         raise _bad_file(path, f"threshold is {t!r}; it must be a number in [0, 1]")
     if not isinstance(_get(rec, ("package", "weights_sha256")), str):
         raise _bad_file(path, "package.weights_sha256 is missing")
+    for keys, kind in ((("labels",), dict), (("rule_name",), str), (("labels", "path"), str), (("n",), int),
+                       (("created",), str)):
+        v = _get(rec, keys)
+        if not isinstance(v, kind) or isinstance(v, bool) or (kind is str and not v.isprintable()):
+            raise _bad_file(path, f"{'.'.join(keys)} is {str(v)[:40]!r}; it must be "
+                                  + ("one line of printable text" if kind is str else f"a {kind.__name__}"))
     return rec
 
 
@@ -410,7 +455,12 @@ def apply_threshold_file(path: Path, rec: dict[str, Any], folder: Path, cfg: dic
             f"({own['cell']}, {own['weights_sha256'][:12]}...); use that package, or run `melanoma calibrate "
             f"{folder} --labels ...` for this one")
     labels = rec.get("labels", {})
-    source = {"from": "threshold_file", "path": str(path), "rule": rec.get("rule_name", rec.get("rule")),
+    rule = rec.get("rule_name", rec.get("rule"))
+    chosen = _get(rec, ("metrics", "threshold"))
+    if chosen != rec["threshold"]:  # edited by hand: the rule and the labelled set did not choose this number
+        rule = f"set by hand (the file's {rule} threshold was {chosen:.4f})" if isinstance(chosen, float) else \
+            "set by hand"
+    source = {"from": "threshold_file", "path": str(path), "rule": rule,
               "labels": labels.get("path"), "n": rec.get("n"), "created": rec.get("created"),
               "package_threshold": cfg["threshold"]}
     return {**cfg, "threshold": float(rec["threshold"]), "threshold_rule": source["rule"], "threshold_source": source}
@@ -447,6 +497,9 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
     target = check_rule(rule, target)
     if not (isinstance(n_boot, int) and n_boot >= 100):
         raise CalibrationError(f"--bootstrap {n_boot}: use at least 100 resamples (default {DEFAULT_BOOTSTRAP})")
+    if n_boot > MAX_BOOTSTRAP:
+        raise CalibrationError(f"--bootstrap {n_boot}: use at most {MAX_BOOTSTRAP} resamples (memory grows with "
+                               f"resamples x images; the default {DEFAULT_BOOTSTRAP} is plenty for 95 % intervals)")
     if not (isinstance(seed, int) and seed >= 0):
         raise CalibrationError(f"--seed {seed}: use a non-negative integer")
     data = read_labels(labels_path)
@@ -458,10 +511,15 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
     out = Path(out) if out is not None else default_out(pkg["cell"], labels_path, rule, target)
     planned = {"package": pkg, "labels": {"files_sha256": data.files_sha256()}, "rule": rule,
                "target_sensitivity": target, "bootstrap": {"resamples": n_boot, "seed": seed}}
+    inputs = {Path(labels_path).resolve(), *(Path(f).resolve() for f in data.files)}
+    if out.resolve() in inputs or out.resolve().is_relative_to(Path(package).resolve()):
+        raise CalibrationError(f"--out {out} is one of the inputs (the labels, a labelled image or a file of the "
+                               "package); choose another --out (--force never replaces an input)")
     check_out(out, planned, force)
 
     results, cfg = predict(data.files, package)
     ok = np.array([r.error is None for r in results])
+    _no_copies(data, ok)
     unreadable = [(r.path, r.error) for r in results if r.error is not None]
     y = data.labels[ok]
     p = np.array([r.p_malignant for r in results if r.error is None], dtype=np.float64)
@@ -469,7 +527,8 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
     for label, n in scored.items():
         if n < MIN_PER_CLASS:
             listed = data.counts()[label]
-            lost = f" ({listed - n} unreadable: {top_reasons(unreadable, 2)})" if n < listed else ""
+            mine = [(r.path, r.error) for r, c in zip(results, data.labels) if r.error is not None and LABELS[c] == label]
+            lost = f" ({listed - n} unreadable: {top_reasons(mine, 2)})" if n < listed else ""
             raise CalibrationError(
                 f"--labels {data.source}: only {n} {label} images could be scored{lost}; calibrating needs at least "
                 f"{MIN_PER_CLASS} of each class (with fewer, the threshold and its confidence intervals mean "
@@ -489,7 +548,8 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
                    "unreadable_files": [{"path": f, "reason": why} for f, why in unreadable[:UNREADABLE_LISTED]]},
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "n": int(len(y)),
-        "metrics": measure(y, p, threshold, n_boot, seed),
+        "metrics": (m := measure(y, p, threshold, n_boot, seed)),
+        "warnings": warnings_for(m, int(y.sum()), int(len(y) - y.sum())),
         "package_threshold_metrics": measure(y, p, cfg["threshold"], n_boot, seed),
         "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95,
                       "method": "stratified percentile bootstrap of the images, threshold fixed (Efron & "
@@ -525,6 +585,7 @@ def summary(rec: dict[str, Any], out: Path, model: str | None = None) -> str:
         f"  the threshold itself: 95 % CI [{rec['threshold_ci95'][0]:.4f}, {rec['threshold_ci95'][1]:.4f}] (the rule "
         "re-applied to each resample): how firmly these images pin it down",
         _line(f"package threshold ({pkg['threshold_rule']}, chosen on val)", rec["package_threshold_metrics"]),
+        *rec.get("warnings", []),
         IN_SAMPLE,
         f"wrote {out}; use it with: melanoma predict IMAGES --model {model or pkg['path']} --threshold-file {out}",
     ])

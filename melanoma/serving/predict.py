@@ -45,11 +45,12 @@ class Prediction:
 
 
 def expand(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders -> their image files (by suffix, recursively, sorted)."""
+    """Files as given; folders -> their image files (by suffix, recursively, sorted). A FIFO, socket or broken
+    link named like an image is kept, so that it is listed as refused rather than silently dropped."""
     out = []
     for p in inputs:
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
         else:
             out.append(p)
     return out
@@ -112,15 +113,38 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None,
             r.p_malignant = float(p)
             r.decision = cfg["classes"][int(p >= thr)]
         if gradcam_dir is not None:
-            _gradcam(model, cfg, x, ok, gradcam_dir)
+            _gradcam(model, cfg, x, ok, gradcam_dir, files)
     return results, cfg
 
 
-def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: list[Prediction], out: Path) -> None:
-    """One overlay per scored image, explaining the malignant class (what made it look malignant)."""
+GRADCAM_MARK = "melanoma predict --gradcam"  # PNG text chunk 'Software' of every overlay: the files we may replace
+
+
+def _ours(f: Path) -> bool:
+    """True for an overlay an earlier `predict --gradcam` wrote (replacing it is a rerun, not a loss)."""
     from PIL import Image
 
+    try:
+        with Image.open(f) as im:
+            return im.format == "PNG" and im.info.get("Software") == GRADCAM_MARK
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours, so it is never replaced
+        return False
+
+
+def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: list[Prediction], out: Path,
+             inputs: list[Path] = ()) -> None:
+    """One overlay per scored image, explaining the malignant class (what made it look malignant). Names are
+    `<safe stem>_gradcam.png` (safe_id: any file name fits); a name held by an input or by a file this command did
+    not write gets a number instead, so no user file is ever replaced."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from melanoma.data.releases import safe_id
     from melanoma.evaluation import gradcam
+
+    info = PngInfo()
+    info.add_text("Software", GRADCAM_MARK)
+    taken = {os.path.realpath(f) for f in inputs}
 
     out.mkdir(parents=True, exist_ok=True)
     net = served(model, cfg)
@@ -130,15 +154,21 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
                            for i in range(0, len(xt), 16)])
     scale = max(1, 256 // cfg["input_size"])
     used: set[str] = set()
+
+    def free(name: str) -> bool:
+        f = out / name
+        return name not in used and os.path.realpath(f) not in taken and (not os.path.lexists(f) or _ours(f))
+
     for i, r in enumerate(rows):
-        name = f"{Path(r.path).stem}_gradcam.png"
+        stem = safe_id(Path(r.path).stem)
+        name = f"{stem}_gradcam.png"
         n = 1
-        while name in used:  # same file name in two folders
+        while not free(name):  # same file name in two folders, an input, or a file of the user's
             n += 1
-            name = f"{Path(r.path).stem}_{n}_gradcam.png"
+            name = f"{stem}_{n}_gradcam.png"
         used.add(name)
         caption = f"{r.decision}  P={r.p_malignant:.2f}"
-        Image.fromarray(gradcam.overlay(x[i], heat[i], scale, caption)).save(out / name)
+        Image.fromarray(gradcam.overlay(x[i], heat[i], scale, caption)).save(out / name, pnginfo=info)
         r.gradcam = str(out / name)
 
 
