@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's entry point on a fresh machine (needs Python 3.11 and git, nothing else):
-#   ./run.sh repro [dvc repro args]   create .venv, install the pinned requirements, run the pipeline
+#   ./run.sh repro [dvc repro args]   create .venv, install the pinned requirements, run the pipeline (and, with no
+#                                     args, relink its outputs to the DVC cache: each file stored once)
 #   ./run.sh test  [pytest args]      same setup, then the test suite
 #   ./run.sh study [dvc repro args]   same setup, switch params.yaml to the full-scale study, print its plan
 #                                     (images per dataset), run it (GPU); `./run.sh study --dry` plans only
@@ -35,8 +36,10 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
-  repro) setup; dvc repro "$@" ;;
-  study) setup; melanoma profile study; melanoma plan; dvc repro "$@" ;;
+  # DVC leaves an output it made as a copy when its content is already cached (a package's weights, a dataset's
+  # val/test packs): relink after a whole run so that each file is stored once (README, "Disk")
+  repro) setup; dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
+  study) setup; melanoma profile study; melanoma plan; dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
   test) setup; python -m pytest -q "$@" ;;
   *) echo "usage: ./run.sh setup|repro|study|test [args]" >&2; exit 2 ;;
 esac

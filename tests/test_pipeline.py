@@ -368,3 +368,15 @@ def test_own_data_stops_before_training_when_nothing_is_added_else_completes(rep
     assert Counter(r["label"] for r in read_csv(repo / "data/raw/manifest.csv")) == {"benign": 20, "malignant": 20}
     assert json.loads((repo / "results/verdict.json").read_text())["pooled"]["DCGAN"]["test"]["verdict"] in (-1, 0, 1)
     assert "<h3>Source: demo" not in (repo / "results/report.html").read_text()
+
+
+def test_after_a_run_the_relink_stores_each_package_weight_once(built, tmp_path):
+    """DVC leaves a package's weights (a byte copy of its seed's cached file) as a second copy; ./run.sh repro
+    ends with `dvc checkout --relink`, which makes both paths one file."""
+    assert 'dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi' in (ROOT / "run.sh").read_text()
+    repo = copy_of(built, tmp_path / "repo")
+    pkg = next((repo / "models/export").glob("*/*/model.safetensors"))
+    seeds = list((repo / "models/classifiers").glob(f"*/{pkg.parent.name}/seed_*/model.safetensors"))
+    assert not any(os.path.samefile(pkg, s) for s in seeds)  # as the stage left it
+    sh(repo, "dvc", "checkout", "--relink", "-q")
+    assert any(os.path.samefile(pkg, s) for s in seeds) and "up to date" in sh(repo, "dvc", "status").stdout
