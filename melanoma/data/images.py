@@ -245,23 +245,31 @@ def grid(images: np.ndarray, cols: int = 8) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+def font(size: int = 11) -> Any:
+    """Pillow's bundled FreeType font at `size` px (its bitmap font, whose spaces all but vanish, only where
+    Pillow was built without FreeType): the one font of every label drawn on a sheet or an overlay."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
 def labelled(sheet: Image.Image, rows: list[str] | None = None, cols: list[str] | None = None) -> Image.Image:
     """The sheet with a label left of each of its equal-height rows and above each equal-width column
-    (Pillow's default font, black on white). Raises ValueError when the sheet cannot be split that way."""
+    (`font()`, black on white). Raises ValueError when the sheet cannot be split that way."""
     from PIL import ImageDraw
 
-    rows, cols = rows or [], cols or []
+    rows, cols, f = rows or [], cols or [], font()
     if (rows and sheet.height % len(rows)) or (cols and sheet.width % len(cols)):
         raise ValueError(f"a {sheet.width} x {sheet.height} sheet has no {len(rows)} equal rows / {len(cols)} columns")
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left = 6 + int(max((measure.textlength(t) for t in rows), default=-6))
+    left = 6 + int(max((measure.textlength(t, font=f) for t in rows), default=-6))
     top = 14 if cols else 0
     canvas = Image.new("RGB", (sheet.width + left, sheet.height + top), "white")
     canvas.paste(sheet.convert("RGB"), (left, top))
     draw = ImageDraw.Draw(canvas)
     for i, text in enumerate(rows):
         h = sheet.height // len(rows)
-        draw.text((2, top + i * h + h // 2 - 6), text, fill="black")
+        draw.text((2, top + i * h + h // 2 - 6), text, fill="black", font=f)
     for j, text in enumerate(cols):
-        draw.text((left + j * (sheet.width // len(cols)) + 2, 1), text, fill="black")
+        draw.text((left + j * (sheet.width // len(cols)) + 2, 1), text, fill="black", font=f)
     return canvas

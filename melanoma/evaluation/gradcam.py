@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from melanoma.classifiers import Fold, family
+from melanoma.data.images import font
 
 MIN_CELLS = 4  # a map coarser than 4 x 4 cannot say where in the lesion the evidence is
 
@@ -133,11 +134,11 @@ def overlay(image: np.ndarray, heat: np.ndarray, scale: int = 4, caption: str = 
     canvas = Image.new("RGB", (w + bar.shape[1], h + strip), "white")
     canvas.paste(Image.fromarray(big), (0, strip))
     canvas.paste(Image.fromarray(bar), (w, strip))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((w + 14, strip + 2), "1", fill="black")
-    draw.text((w + 14, strip + h - 14), "0", fill="black")
+    draw, f = ImageDraw.Draw(canvas), font()
+    draw.text((w + 14, strip + 2), "1", fill="black", font=f)
+    draw.text((w + 14, strip + h - 14), "0", fill="black", font=f)
     if caption:
-        draw.text((2, 1), caption, fill="black")
+        draw.text((2, 1), caption, fill="black", font=f)
     return np.asarray(canvas)
 
 
