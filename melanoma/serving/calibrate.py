@@ -334,15 +334,11 @@ def warnings_for(m: dict[str, Any], n_malignant: int, n_benign: int) -> list[str
 def package_identity(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """Which package a threshold belongs to: its cell, folder and the sha256 of its weights file (the one
     `package.load` checks against model_config.json's weights_sha256)."""
-    from melanoma.serving.package import WEIGHTS
+    from melanoma.serving.package import WEIGHTS, weights_sha256
 
     sha = cfg.get("weights_sha256")
     if not isinstance(sha, str):
-        h = hashlib.sha256()
-        with open(Path(folder) / WEIGHTS, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        sha = h.hexdigest()
+        sha = weights_sha256(Path(folder) / WEIGHTS)
     return {"cell": f"{cfg['arch']}_{cfg['dataset']}", "path": str(folder), "weights_sha256": sha,
             "threshold": cfg["threshold"], "threshold_rule": cfg.get("threshold_rule", "unknown")}
 

@@ -198,7 +198,7 @@ def write_package(model: nn.Module, cfg: dict[str, Any], val_images: np.ndarray,
     parity = {"images": int(len(val_images)), "max_abs_diff": worst, "tolerance": PARITY_TOLERANCE,
               "on": "the real val split"}
     net.cpu()
-    cfg = {**cfg, "weights_sha256": _sha256(out / WEIGHTS), "onnx": {"file": ONNX, "opset": opset, "input": f"{PIXELS}: float32 (batch, 3, {cfg['input_size']}, "
+    cfg = {**cfg, "weights_sha256": weights_sha256(out / WEIGHTS), "onnx": {"file": ONNX, "opset": opset, "input": f"{PIXELS}: float32 (batch, 3, {cfg['input_size']}, "
                            f"{cfg['input_size']}), RGB in [0, 1]", "outputs": [f"{LOGITS}: (batch, 2)",
                                                                             f"{PROBABILITY}: (batch,)"],
                            "external_data": f"{shared} of {total} initializers are read from {WEIGHTS}",
@@ -207,7 +207,8 @@ def write_package(model: nn.Module, cfg: dict[str, Any], val_images: np.ndarray,
     return parity
 
 
-def _sha256(path: Path) -> str:
+def weights_sha256(path: Path) -> str:
+    """Hex sha256 of a weights file, read in 4 MiB chunks: what model_config.json's weights_sha256 records."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -262,7 +263,7 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
 
         # the ONNX graph reads its weights at fixed offsets of this file: a rewritten file (even with the same
         # tensors) would make it compute garbage, so a package's file must be the one exported
-        if "weights_sha256" in cfg and _sha256(folder / WEIGHTS) != cfg["weights_sha256"]:
+        if "weights_sha256" in cfg and weights_sha256(folder / WEIGHTS) != cfg["weights_sha256"]:
             raise PackageError(f"{folder / WEIGHTS} is not the file this package was exported with (sha256 differs "
                                f"from {CONFIG}); its ONNX graph would compute garbage. Export or download it again")
         from safetensors.torch import load_file
