@@ -21,7 +21,7 @@ from PIL import Image
 
 from melanoma.data.images import md5_bytes
 from melanoma.data.split import near_duplicate_pairs
-from melanoma.errors import MelanomaError
+from melanoma.errors import MelanomaError, first_line
 from melanoma.io import atomic_dir, read_csv, write_csv
 from melanoma.params import DATASETS, LABELS, synthetic_counts
 
@@ -205,7 +205,7 @@ def load_pack(path: Path) -> np.ndarray:
     try:
         pack = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise DatasetError(f"cannot read {path} ({str(e).splitlines()[0][:120] or type(e).__name__}); rerun the "
+        raise DatasetError(f"cannot read {path} ({first_line(e, empty=type(e).__name__)}); rerun the "
                            "stage that writes it (`dvc repro decode build_dataset`)") from None
     if pack.ndim != 4 or pack.shape[-1] != 3 or pack.dtype != np.uint8:
         raise DatasetError(f"{path} is not a uint8 (N, S, S, 3) image pack (got {pack.dtype} {pack.shape}); rerun "

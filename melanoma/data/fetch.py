@@ -35,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from melanoma.data import demo
+from melanoma.errors import first_line
 from melanoma.data.images import (IMAGE_SUFFIXES, MAX_BYTES, MAX_PIXELS, Decoded, ImageRejected, decode_image,
                                   encode_png, md5_bytes)
 from melanoma.data.releases import (PARENTS, UNPACKED, Candidate, FetchError, Offer, files_under, map_label,
@@ -194,7 +195,7 @@ def gdown_folder(folder_id: str, dest: Path) -> None:
         raise FetchError(f"gdrive: the download of folder {folder_id} broke off ({type(e).__name__}); run the "
                          f"stage again to resume, or {hint}") from None
     except gdown.exceptions.DownloadError as e:  # FileURLRetrievalError and the folder listing's own refusals
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "access refused"
+        first = first_line(e, empty="access refused")
         raise FetchError(f"gdrive: Google Drive refused folder {folder_id} (not shared publicly, or quota "
                          f"exceeded): {first}; {hint}") from None
 

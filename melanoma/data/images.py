@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from melanoma.errors import MelanomaError
+from melanoma.errors import MelanomaError, first_line
 
 # Size limits checked before a byte is decoded (data.max_pixels / data.max_file_mb override them for fetch). A
 # 1.4 kB JPEG may declare 24000x24000 pixels; Pillow's own bomb check only fires at twice MAX_IMAGE_PIXELS.
@@ -156,7 +156,7 @@ def _guarded(path: Path, max_bytes: int, decode: Callable[[bytes], Any]) -> Any:
     except Image.DecompressionBombError as e:
         raise ImageRejected(f"image too large to decode safely: {e}") from None
     except Exception as e:  # noqa: BLE001 - hostile files make Pillow raise struct.error, TypeError, SyntaxError...
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else "no detail"
+        first = first_line(e, empty="no detail")
         raise ImageRejected(f"truncated or corrupt image ({type(e).__name__}: {first})") from None
 
 

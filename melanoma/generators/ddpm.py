@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from melanoma.engine import Runtime, adamw, cosine_schedule, ema
-from melanoma.errors import PretrainedUnavailable
+from melanoma.errors import PretrainedUnavailable, first_line
 from melanoma.params import SAMPLERS, ParamsError
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def build_unet(config: dict[str, Any], pretrained: str = "") -> UNet2DModel:
                                            use_safetensors=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, EnvironmentError) as e:
         raise PretrainedUnavailable(
-            f"generators.ddpm.pretrained: cannot load a UNet2DModel from '{pretrained}' ({str(e).splitlines()[0]}); "
+            f"generators.ddpm.pretrained: cannot load a UNet2DModel from '{pretrained}' ({first_line(e)}); "
             "pre-fill the Hugging Face cache or give a local folder, or set generators.ddpm.pretrained: '' "
             "to train from scratch") from None
     differ = [k for k in ("sample_size", "block_out_channels", "layers_per_block", "down_block_types")

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from melanoma.data.images import grid, labelled, md5_bytes
 from melanoma.engine import Plan, Runtime, discard, fit, runtime
-from melanoma.errors import MelanomaError
+from melanoma.errors import MelanomaError, first_line
 from melanoma.generators import load_train_images
 from melanoma.io import atomic_dir, write_csv
 from melanoma.params import LABELS
@@ -198,7 +198,7 @@ def _hub_upscale(images: np.ndarray, model_id: str, factor: int) -> np.ndarray:
         pipe = LDMSuperResolutionPipeline.from_pretrained(model_id)
     except (OSError, ValueError) as e:
         raise UpscaleError(
-            f"upscale.method=hub: cannot load '{model_id}' ({str(e).splitlines()[0][:200]}); pre-fill the Hugging "
+            f"upscale.method=hub: cannot load '{model_id}' ({first_line(e)}); pre-fill the Hugging "
             "Face cache (`huggingface-cli download MODEL` on a machine with network, copy ~/.cache/huggingface), "
             "or use upscale.method: sr") from None
     out = [np.asarray(pipe(Image.fromarray(im), num_inference_steps=50).images[0].convert("RGB")) for im in images]

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from melanoma.classifiers import family
-from melanoma.errors import MelanomaError
+from melanoma.errors import MelanomaError, first_line
 from melanoma.io import atomic_dir
 from melanoma.serving.package import CONFIG, ONNX, TIMM_CONFIG, WEIGHTS, PackageError, load
 
@@ -244,7 +244,7 @@ def _hub_failure(action: str, rid: str, e: Exception) -> HubError:
     from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
-    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    first = first_line(e, empty=type(e).__name__)
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") and action == "upload":
         return HubError(f"cannot upload {rid}: HF_HUB_OFFLINE is set; unset it on a machine with network access")
     if isinstance(e, LocalEntryNotFoundError):
