@@ -3,8 +3,13 @@
 #   ./run.sh repro [dvc repro args]   create .venv, install the pinned requirements, run the pipeline (and, with no
 #                                     args, relink its outputs to the DVC cache: each file stored once)
 #   ./run.sh test  [pytest args]      same setup, then the test suite
-#   ./run.sh study [dvc repro args]   same setup, switch params.yaml to the full-scale study, print its plan
-#                                     (images per dataset), run it (GPU); `./run.sh study --dry` plans only
+#   ./run.sh study [--rehearse] [--dry] [--keep|--drop] [dvc repro args]
+#                                     same setup, switch params.yaml to the full-scale study (needs a GPU), print
+#                                     its plan (grid, images, stages, GPU hours, disk), check the pretrained
+#                                     weights offline, run it with HF_HUB_OFFLINE=1. --dry: plan only.
+#                                     --rehearse: the rehearsal profile instead (the study's shapes, tiny budgets,
+#                                     on the CPU; images in data/rehearsal/). --keep/--drop: what to do with
+#                                     params values no profile sets (`melanoma profile` refuses to guess)
 #   ./run.sh setup                    only the setup
 # The install is redone only when requirements*.txt, constraints.txt or pyproject.toml change.
 # requirements-test.txt (the ISIC Challenge scorer the tests cross-check against) is small and installed too.
@@ -39,7 +44,24 @@ case "$cmd" in
   # DVC leaves an output it made as a copy when its content is already cached (a package's weights, a dataset's
   # val/test packs): relink after a whole run so that each file is stored once (README, "Disk")
   repro) setup; dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
-  study) setup; melanoma profile study; melanoma plan; dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
+  study)
+    setup
+    profile=study dry=0 leftovers=()
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --rehearse) profile=rehearsal ;;
+        --dry) dry=1 ;;
+        --keep|--drop) leftovers=("$1") ;;
+        *) break ;;
+      esac
+      shift
+    done
+    melanoma profile "$profile" "${leftovers[@]}"
+    melanoma plan
+    [ "$dry" = 1 ] && exit 0
+    melanoma weights check  # offline, in seconds: no stage waits on a download that cannot happen
+    export HF_HUB_OFFLINE=1
+    dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
   test) setup; python -m pytest -q "$@" ;;
   *) echo "usage: ./run.sh setup|repro|study|test [args]" >&2; exit 2 ;;
 esac

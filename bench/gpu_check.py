@@ -5,7 +5,7 @@
 
 For each part it asserts that every parameter, buffer and input tensor of every module call sat on the device
 (a global forward pre-hook), then prints one JSON line (also written to --out): images/s, peak device memory and,
-where `../shared/reference/` measured the same network, the ratio to that ceiling. Parts:
+where `melanoma/reference/` measured the same network, the ratio to that ceiling. Parts:
 
 - classifier@<Arch>: the study member of each family at 224 px, batch classifiers.train.batch_size, bf16 autocast:
   `real` = the training engine's step (GPU-resident uint8 pack, batched augmentation) vs `pure` = forward,
@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from melanoma.engine import Runtime  # noqa: E402
-from melanoma.params import ARCHS, LABELS, SAMPLERS, load_params  # noqa: E402
+from melanoma.params import ARCHS, LABELS, SAMPLERS  # noqa: E402
 
 
 def study_params(tiny: bool) -> dict[str, Any]:
@@ -49,12 +47,9 @@ def study_params(tiny: bool) -> dict[str, Any]:
         p = tiny_params()
         p["classifiers"]["train"]["batch_size"] = 4
         return p
-    from melanoma.profile import apply_profile
+    from melanoma.profile import profile_params
 
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(ROOT / "params.yaml", Path(tmp) / "params.yaml")
-        apply_profile("study", Path(tmp) / "params.yaml", ROOT / "profiles")
-        return load_params(Path(tmp) / "params.yaml")
+    return profile_params("study", ROOT / "profiles")
 
 
 def reference(folder: Path) -> list[dict[str, Any]]:
@@ -340,7 +335,7 @@ def main() -> None:
     ap.add_argument("--archs", nargs="*", default=list(ARCHS), choices=ARCHS)
     ap.add_argument("--out", type=Path, default=Path("gpu_check.jsonl"),
                     help="the JSON lines; written as <out>.partial while running, renamed when every part passed")
-    ap.add_argument("--reference", type=Path, default=ROOT.parent / "shared/reference")
+    ap.add_argument("--reference", type=Path, default=ROOT / "melanoma/reference")
     ap.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ddp_worker:

@@ -1,4 +1,4 @@
-"""The `melanoma` console command: predict, calibrate, publish, download, profile, plan (installed by
+"""The `melanoma` console command: predict, calibrate, publish, download, profile, plan, weights (installed by
 `pip install -e .`)."""
 from __future__ import annotations
 
@@ -90,21 +90,54 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from melanoma.profile import apply_profile
+    from melanoma.profile import DEMO, apply_profile
 
-    changed = apply_profile(args.name)
-    print(f"params.yaml: profile {args.name!r} applied ({len(changed)} values changed: "
-          f"{', '.join(changed[:6])}{', ...' if len(changed) > 6 else ''}); run `dvc repro`, or go back with "
-          "`git checkout params.yaml`")
+    leftovers = "keep" if args.keep else "drop" if args.drop else "refuse"
+    changed, extra = apply_profile(args.name, leftovers=leftovers)
+    if extra:
+        print(f"params.yaml: {len(extra)} value(s) no profile sets were {'kept' if args.keep else 'dropped'}: "
+              + ", ".join(sorted(extra)))
+    shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
+    back = "" if args.name == DEMO else f"; back to the demo: `melanoma profile {DEMO}`"
+    print(f"params.yaml: profile {args.name!r} in effect ({len(changed)} values changed"
+          f"{': ' + shown if changed else ''}){back}")
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from melanoma.params import load_params
     from melanoma.paths import SPLITS
-    from melanoma.plan import describe, plan
+    from melanoma.plan import dvc_status, report
 
-    print(describe(plan(load_params(), SPLITS)))
+    print(report(load_params(), SPLITS, dvc_status()))
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    if args.action == "check":  # before huggingface_hub is imported: it reads the variable once
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    from melanoma.params import load_params
+    from melanoma.weights import check, fetch
+
+    params = load_params()
+    if args.action == "fetch":
+        done = fetch(params)
+        print(f"weights: {len(done)} pretrained weight(s) in {constants.HF_HUB_CACHE}; copy that cache to machines "
+              "without network (or share HF_HOME) and run `melanoma weights check` there")
+        return 0
+    results = check(params)
+    for w, problem in results:
+        print(f"{'ok' if problem is None else 'MISSING':<8}{w} ({w.key})" + (f": {problem}" if problem else ""))
+    bad = [str(w) for w, problem in results if problem]
+    if bad:
+        print(f"melanoma weights: error: {len(bad)} of {len(results)} pretrained weight(s) not usable offline "
+              f"({', '.join(bad)}); run `melanoma weights fetch` on a machine with network and copy its Hugging Face "
+              f"cache ({constants.HF_HUB_CACHE}) here, or set the family's pretrained: false", file=sys.stderr)
+        return 1
+    print(f"weights: {len(results)} pretrained weight(s) present and loadable offline" if results
+          else "weights: params.yaml needs no pretrained weights")
     return 0
 
 
@@ -140,11 +173,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file that is not this same calibration")
     p.set_defaults(run=cmd_calibrate)
-    p = sub.add_parser("profile", help="write a named profile (profiles/<name>.yaml) into params.yaml")
-    p.add_argument("name", help="e.g. study: the full-scale study (ISIC, 224 px, full-size pretrained models)")
+    p = sub.add_parser("profile", help="write a named profile (profiles/<name>.yaml) into params.yaml; refuses when "
+                                       "params.yaml holds values no profile sets, unless --keep or --drop")
+    p.add_argument("name", help="demo (the committed params.yaml), study (the full-scale study: ISIC, 224 px, "
+                                "full-size pretrained models, GPU) or rehearsal (the study's shapes, tiny budgets, "
+                                "CPU)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--keep", action="store_true", help="carry values no profile sets (e.g. a leftover "
+                                                          "`dvc exp run -S`) into the new profile")
+    how.add_argument("--drop", action="store_true", help="discard values no profile sets")
     p.set_defaults(run=cmd_profile)
-    p = sub.add_parser("plan", help="training images per dataset and synthetic images per class, before running")
+    p = sub.add_parser("plan", help="before running: the profile, the grid, images per dataset, the stages to run, "
+                                    "estimated GPU time and disk")
     p.set_defaults(run=cmd_plan)
+    p = sub.add_parser("weights", help="pretrained weights the params need: fetch them into the Hugging Face cache "
+                                       "(network), or check offline that all are present and loadable")
+    p.add_argument("action", choices=["fetch", "check"])
+    p.set_defaults(run=cmd_weights)
     for name, text in (("publish", "assemble each cell's Hub folder (weights, ONNX, configs, model card) and upload it"),
                        ("download", "download cells from the Hub into models/classifiers/<Arch>/<Arch>_<Dataset>/")):
         q = sub.add_parser(name, help=text)

@@ -4,7 +4,8 @@ upscaler and the C2ST critic.
 A model family is a `Task`: it owns its networks, optimisers, EMA copy and random generators, and takes one
 step. `fit` owns everything around the step, the same way for every family:
 
-- device and precision, chosen once (`Runtime`): CUDA when available (NCCL under torchrun), else the CPU;
+- device and precision, chosen once (`Runtime`) from params.yaml's `device` (cuda: refused without a usable GPU;
+  cpu; auto: CUDA when available, else the CPU), NCCL under torchrun;
   bf16 autocast where the device supports it; channels_last for conv nets on CUDA;
 - per-step scalars stay on the device and are summed there; the host reads them once per `period` steps
   (a validation interval for classifiers), checks them for NaN/Inf and logs their means with dvclive, so a GPU never
@@ -35,8 +36,8 @@ from typing import Any, Callable, ContextManager, Protocol
 import torch
 from torch import nn
 
-from melanoma.errors import MelanomaError
-
+from melanoma.device import DEVICES, DeviceUnavailable, require_device
+from melanoma.errors import MelanomaError, first_line
 
 
 class CheckpointError(MelanomaError):
@@ -100,25 +101,29 @@ class Runtime:
         return parts
 
 
-def runtime(bf16: bool = True) -> Runtime:
-    """The Runtime of this process: the one place a device is chosen. CUDA when present (under torchrun the
-    LOCAL_RANK-th GPU, joining the NCCL group; gloo on CPU), else the CPU. Every stage builds it once and passes
-    it down; nothing below picks a device of its own.
+def runtime(bf16: bool = True, device: str = "auto") -> Runtime:
+    """The Runtime of this process: the one place a device is chosen. `device` is params.yaml's: "cuda" (refused
+    with DeviceUnavailable when CUDA is not usable), "cpu" (the CPU even where a GPU is present), "auto" (CUDA when
+    present, else the CPU). Under torchrun on CUDA each process takes the LOCAL_RANK-th GPU and joins the NCCL
+    group (gloo on the CPU). Every stage builds it once and passes it down; nothing below picks a device.
 
     bf16 autocast is used only on CUDA devices that support it (Ampere and newer) and when `bf16` is true;
     on the CPU training stays float32, which is faster there and keeps CPU results exact.
     """
+    if device not in DEVICES:
+        raise DeviceUnavailable(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    require_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if cuda else torch.device("cpu")
+    cuda = device != "cpu" and torch.cuda.is_available()
+    device_ = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if cuda else torch.device("cpu")
     amp = torch.bfloat16 if cuda and bf16 and torch.cuda.is_bf16_supported() else None
     if world == 1:
-        return Runtime(device, 0, 1, amp)
+        return Runtime(device_, 0, 1, amp)
     if cuda:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device_)
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return Runtime(device, torch.distributed.get_rank(), world, amp)
+    return Runtime(device_, torch.distributed.get_rank(), world, amp)
 
 
 # ---------------------------------------------------------------- library pieces, configured once
@@ -178,7 +183,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     except (OSError, RuntimeError) as e:  # torch.save's writer reports open/write failures as RuntimeError
         if tmp.is_file():
             tmp.unlink()
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0][-160:]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         raise CheckpointError(f"cannot write checkpoint {path}: {reason}; the previous one is kept. "
                               "Free disk space or fix permissions, then rerun to resume") from None
 
@@ -310,7 +315,7 @@ def _restore(task: Task, path: Path, state: Any) -> tuple[int, dict[str, float]]
         return int(state["step"]), dict(state["last"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit the {task.name} being trained "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it to start over") from None
+                              f"({type(e).__name__}: {first_line(e)}); delete it to start over") from None
 
 
 def _truncate_log(live: Path, count: int) -> None:

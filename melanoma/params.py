@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from melanoma.device import DEVICES
 from melanoma.errors import MelanomaError
 
 LABELS = ("benign", "malignant")
@@ -55,6 +56,7 @@ _PLURALS = {int: "integers", float: "numbers", str: "strings"}
 
 
 SCHEMA: dict[str, Any] = {
+    "device": Field(str, choices=DEVICES),  # auto | cuda (refuse without a usable GPU) | cpu (melanoma.device)
     "data": {
         "source": Field(str, choices=SOURCES),
         "max_side": Field(int, min=64, max=20000),

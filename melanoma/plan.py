@@ -1,16 +1,21 @@
-"""What a run will build, before it runs: training images per dataset and synthetic images per generator and
-class, from params.yaml and, once `split` has run, the real train counts in data/splits/train.csv.
+"""What a run will build and cost, before it runs: the profile in effect, the grid (archs x datasets x seeds =
+trainings), training images per dataset and synthetic images per generator and class, the DVC stages that
+will run, and the estimated GPU time and disk on one H200 (melanoma.estimate, from the reference rates this
+package ships). Real counts come from data/splits once `split` has run; before that they are assumed.
 
-    melanoma plan        # also printed by `./run.sh study` before `dvc repro`
+    melanoma plan        # also printed by `./run.sh study` (and all that `./run.sh study --dry` does)
 """
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from melanoma.data.datasets import DatasetError, real_train_counts
 from melanoma.params import DATASETS, LABELS, adds_nothing, synthetic_counts
+
+if TYPE_CHECKING:
+    from melanoma.estimate import Sizes
 
 
 def plan(params: dict[str, Any], splits: Path) -> dict[str, Any]:
@@ -57,7 +62,7 @@ def _real_counts(path: Path) -> dict[str, int]:
 
 
 def describe(p: dict[str, Any]) -> str:
-    """The plan as a table (what `melanoma plan` prints)."""
+    """The images-per-dataset table of a plan."""
     per_class, real = p["per_class"], p["real"]
     head = (f"plan: datasets.per_class = {per_class}; real train images: "
             + (", ".join(f"{real[c]} {c}" for c in LABELS) if real else "not known until `dvc repro split` has run"))
@@ -85,4 +90,86 @@ def describe(p: dict[str, Any]) -> str:
         lines.append(f"* when each class has at most {per_class} real train images (more real ones are all kept)")
     if real is not None and adds_nothing(real, per_class):
         lines.append(f"! {adds_nothing(real, per_class)} (`dvc repro split` refuses this)")
+    return "\n".join(lines)
+
+
+def grid_line(params: dict[str, Any]) -> str:
+    """archs x datasets x seeds = trainings, each list spelled out."""
+    c = params["classifiers"]
+    n = len(c["archs"]) * len(c["datasets"]) * len(c["seeds"])
+    return (f"grid: {len(c['archs'])} archs x {len(c['datasets'])} datasets x {len(c['seeds'])} seeds = {n} trainings "
+            f"({', '.join(c['archs'])} x {', '.join(c['datasets'])} x seeds {', '.join(map(str, c['seeds']))})")
+
+
+def stages_line(status: dict[str, Any], total: int) -> str:
+    """The stages `dvc status` reports as changed, counted per stage name (the part before '@')."""
+    kinds: dict[str, int] = {}
+    for name in status:
+        kinds[name.split("@")[0]] = kinds.get(name.split("@")[0], 0) + 1
+    listed = ", ".join(k if n == 1 else f"{k} x{n}" for k, n in kinds.items())
+    return f"stages to run (dvc status): {len(status)} of {total}" + (f": {listed}" if listed else "; all up to date")
+
+
+def dvc_status() -> tuple[dict[str, Any], int] | None:
+    """({stage: changes} for every stage that `dvc repro` would run, the number of stages in dvc.yaml); None
+    outside a DVC project."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        with Repo(".") as repo:
+            return repo.status(), len(repo.index.stages)
+    except NotDvcRepoError:
+        return None
+
+
+def sizes_of(splits: Path, real: dict[str, int] | None) -> tuple[Sizes, str]:
+    """The real image counts the estimate uses: the split's when it has run (for the current data source),
+    else the assumed ISIC run of bench/study_estimate.py's defaults; and a note saying which."""
+    from melanoma.estimate import Sizes
+    from melanoma.io import read_csv
+
+    if real is None:
+        return Sizes({"benign": 730, "malignant": 370}, 165, 165, 659), \
+            "real data assumed (730 + 370 train, 165 val, 165 test, 659 external) until `dvc repro split` has run"
+    rows = {name: len(read_csv(splits / f"{name}.csv")) if (splits / f"{name}.csv").is_file() else 0
+            for name in ("val", "test", "external_test")}
+    return Sizes(real, rows["val"], rows["test"], rows["external_test"]), "real counts from data/splits"
+
+
+def estimate_line(params: dict[str, Any], splits: Path, real: dict[str, int] | None) -> str:
+    """GPU time and disk on one H200, from the shipped reference rates."""
+    from melanoma.estimate import GB, totals
+
+    sizes, how = sizes_of(splits, real)
+    t = totals(params, sizes)
+    hours = t["gpu_seconds"] / 3600
+    stand = f" + {t['stand_in_seconds'] / 3600:.1f} h rated with a stand-in model" if t["stand_in_seconds"] else ""
+    fits = "fits" if t["disk_bytes"] <= t["disk_target_bytes"] else "over"
+    not_timed = ", ".join(t["not_covered"]) or "nothing"
+    return "\n".join([
+        "estimate on one NVIDIA H200 (reference rates measured 2026-11-27, melanoma/reference/; every line: "
+        "python bench/study_estimate.py):",
+        f"  GPU time {hours:.1f} h{stand}; not timed: {not_timed}",
+        f"  disk {t['disk_bytes'] / GB:.1f} GB of outputs ({fits} the {t['disk_target_bytes'] / GB:.0f} GB target; "
+        "the venv and caches come on top)",
+        f"  {how}"])
+
+
+def report(params: dict[str, Any], splits: Path, status: tuple[dict[str, Any], int] | None) -> str:
+    """Everything `melanoma plan` prints."""
+    from melanoma.profile import in_effect
+
+    name, extra = in_effect(params)
+    device = params["device"]
+    lines = [f"profile in effect: {name}; device: {device}"
+             + (" (opted in to the CPU)" if device == "cpu" else " (refuses to start without a usable GPU)"
+                if device == "cuda" else " (CUDA when usable, else the CPU)")]
+    if extra:
+        lines.append("! values no profile sets (a leftover `dvc exp run -S` or an edit): "
+                     + ", ".join(f"{k} = {v}" for k, v in sorted(extra.items())))
+    p = plan(params, splits)
+    lines += [grid_line(params), describe(p)]
+    lines.append(stages_line(*status) if status is not None else "stages to run: unknown (not in a DVC project)")
+    lines.append(estimate_line(params, splits, p["real"]))
     return "\n".join(lines)

@@ -1,19 +1,25 @@
-"""What every stage script does around its library call: run it, report an expected failure in one line."""
+"""What every stage script does around its library call: refuse a device it cannot have, run it, report an
+expected failure in one line."""
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
+from melanoma.device import require_device
 from melanoma.errors import MelanomaError
+from melanoma.params import load_params
 
 
 def run_stage(name: str, main: Callable[[], str]) -> None:
     """Run a stage's `main` and print the summary line it returns.
 
-    A MelanomaError prints `<stage>: error: <what and how to fix>` on stderr and exits 1, without a
-    traceback; any other exception is a bug and keeps its traceback.
+    First, params.yaml's `device: cuda` without a usable GPU stops the stage within seconds, before any work
+    (melanoma.device.require_device), whichever stage runs first. A MelanomaError prints
+    `<stage>: error: <what and how to fix>` on stderr and exits 1, without a traceback; any other exception is a
+    bug and keeps its traceback.
     """
     try:
+        require_device(load_params()["device"])
         line = main()
     except MelanomaError as e:
         print(f"{name}: error: {e}", file=sys.stderr)

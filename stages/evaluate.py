@@ -20,7 +20,8 @@ def main() -> str:
 
     arch = sys.argv[1]
     params = load_params()
-    rt = runtime(bf16=False)  # float32: the probabilities the packages (and their ONNX graphs) reproduce
+    # float32: the probabilities the packages (and their ONNX graphs) reproduce
+    rt = runtime(bf16=False, device=params["device"])
     datasets = params["classifiers"]["datasets"]
     with atomic_dir(EVALUATION / arch) as tmp:  # all of the arch's cells, or none
         for dataset in datasets:

@@ -9,7 +9,8 @@ def main() -> str:
     from melanoma.engine import runtime
     from melanoma.serving.package import export_all
 
-    worst = export_all(load_params(), EXPORT, runtime(bf16=False))
+    params = load_params()
+    worst = export_all(params, EXPORT, runtime(bf16=False, device=params["device"]))
     return (f"export: {len(worst)} cells -> {EXPORT}/; ONNX vs PyTorch on the real val images: max "
             f"|dP| {max(worst.values()):.1e} ({max(worst, key=worst.get)})")
 

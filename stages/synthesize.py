@@ -11,7 +11,9 @@ def main() -> str:
     from melanoma.engine import runtime
 
     gen = sys.argv[1]
-    r = synthesize(gen, load_params(), SPLITS, RAW, GENERATORS, SYNTHETIC / gen, GENERATOR_RESULTS / gen, runtime())
+    params = load_params()
+    r = synthesize(gen, params, SPLITS, RAW, GENERATORS, SYNTHETIC / gen, GENERATOR_RESULTS / gen,
+                   runtime(device=params["device"]))
     return (f"synthesize: {gen}: {r['malignant']['generated']} malignant + {r['benign']['generated']} benign images "
             f"-> {SYNTHETIC / gen}, quality -> {GENERATOR_RESULTS / gen}/quality.json [{r['seconds']:.0f} s]")
 

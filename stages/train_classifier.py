@@ -23,7 +23,7 @@ def main() -> str:
     from melanoma.classifiers.train import train_classifier
     from melanoma.engine import runtime
 
-    rt = runtime(bf16=params["classifiers"]["train"]["bf16"])
+    rt = runtime(bf16=params["classifiers"]["train"]["bf16"], device=params["device"])
     out = classifier_dir(arch, dataset)
     r = train_classifier(arch, dataset, params, DATASETS / dataset, out,
                          CHECKPOINTS / "classifiers" / out.name, rt, log=print if rt.main else lambda s: None)

@@ -23,7 +23,7 @@ def main() -> str:
     from melanoma.engine import runtime
     from melanoma.generators import train_generator
 
-    rt = runtime()
+    rt = runtime(device=params["device"])
     out = generator_dir(gen, label)
     r = train_generator(gen, label, params, SPLITS, RAW, out, CHECKPOINTS / out.name, rt,
                         log=print if rt.main else lambda s: None)

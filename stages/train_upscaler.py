@@ -7,8 +7,9 @@ from melanoma.stage import run_stage
 
 
 def main() -> str:
-    m = train_upscaler(load_params(), SPLITS, RAW, UPSCALER, UPSCALER_RESULTS / "metrics.json",
-                       CHECKPOINTS / "upscaler", runtime())
+    params = load_params()
+    m = train_upscaler(params, SPLITS, RAW, UPSCALER, UPSCALER_RESULTS / "metrics.json", CHECKPOINTS / "upscaler",
+                       runtime(device=params["device"]))
     return (f"train_upscaler: {m['from_px']}->{m['to_px']} px on real val images: PSNR {m['psnr_sr']:.2f} dB "
             f"(bicubic {m['psnr_bicubic']:.2f}), SSIM {m['ssim_sr']:.4f} (bicubic {m['ssim_bicubic']:.4f}); "
             f"{'beats' if m['beats_bicubic'] else 'does NOT beat'} bicubic -> {UPSCALER}")

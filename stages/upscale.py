@@ -11,8 +11,9 @@ from melanoma.stage import run_stage
 def main() -> str:
     gen = sys.argv[1]
     out = SYNTHETIC / f"{gen}_upscaled"
-    r = upscale(gen, load_params(), SYNTHETIC / gen, UPSCALER, out, UPSCALER_RESULTS / f"{gen}_comparison.png",
-                runtime())
+    params = load_params()
+    r = upscale(gen, params, SYNTHETIC / gen, UPSCALER, out, UPSCALER_RESULTS / f"{gen}_comparison.png",
+                runtime(device=params["device"]))
     n = ", ".join(f"{v} {k}" for k, v in r["counts"].items())
     return f"upscale: {gen}: {n} images x{r['factor']} by {r['method']} -> {out}"
 

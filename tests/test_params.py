@@ -75,7 +75,8 @@ def test_study_profile_switches_params_and_keeps_comments(tmp_path):
 
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
-    changed = apply_profile("study", params, ROOT / "profiles")
+    changed, kept = apply_profile("study", params, ROOT / "profiles")
+    assert kept == {}
     p = load_params(params)
     assert p["datasets"]["image_size"] == 224 and p["data"]["source"] == "gdrive"
     assert p["classifiers"]["models"]["Swin"] == {"model": "swin_base_patch4_window7_224", "pretrained": True,
@@ -89,7 +90,7 @@ def test_study_profile_switches_params_and_keeps_comments(tmp_path):
     assert re.search(r"\n  source: gdrive +# the original study's ISIC folder", text)  # the profile's comment,
     assert re.search(r"\n  image_size: 224 +# profile: study\n", text)  # or the profile's name
     assert text.startswith("# Profile 'study' (") and "The embedded demo profile" not in text
-    assert apply_profile("study", params, ROOT / "profiles") == [] and params.read_text() == text  # idempotent
+    assert apply_profile("study", params, ROOT / "profiles") == ([], {}) and params.read_text() == text  # idempotent
     _assert_dvc_round_trips(params)
 
 
@@ -120,13 +121,14 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
     shutil.copy(ROOT / "params.yaml", params)
     original = params.read_text()
     (tmp_path / "profiles").mkdir()
+    shutil.copy(ROOT / "profiles/demo.yaml", tmp_path / "profiles/demo.yaml")
     (tmp_path / "profiles/typo.yaml").write_text("datasets:\n  image_sise: 224\n")
     (tmp_path / "profiles/range.yaml").write_text("datasets:\n  image_size: 4\n")
     with pytest.raises(ParamsError, match="profile key datasets.image_sise is not a params key"):
         apply_profile("typo", params, tmp_path / "profiles")
     with pytest.raises(ParamsError, match="datasets.image_size is 4"):
         apply_profile("range", params, tmp_path / "profiles")
-    with pytest.raises(ParamsError, match="no profile 'gpu'.*profiles: range, typo"):
+    with pytest.raises(ParamsError, match="no profile 'gpu'.*profiles: demo, range, typo"):
         apply_profile("gpu", params, tmp_path / "profiles")
     assert params.read_text() == original
 

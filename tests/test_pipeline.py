@@ -304,25 +304,26 @@ def test_a_killed_stage_never_leaves_a_partial_output(built, tmp_path):
         assert not list(parent.glob(f".{name}.*")) and lock_outs(repo) == committed
 
 
-def test_the_study_profile_is_one_command_and_a_valid_full_scale_dag(repo):
+def test_study_dry_plans_the_full_grid_on_a_fresh_clone(repo):
+    """`./run.sh study --dry`, the documented first step, on a fresh clone (no data/raw yet): rc 0, the grid,
+    images per dataset, the stages to run, GPU time and disk; nothing runs."""
     shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # the committed demo profile, not the tiny one
-    out = sh(repo, sys.executable, "-m", "melanoma.commands", "profile", "study").stdout
-    assert "profile 'study' applied" in out
-    # plans every stage and runs nothing (no GPU, no network here). --force: without it DVC's dry run hashes
-    # the inputs of stages whose inputs do not exist yet, and fails (treeverse/dvc#9021)
-    dry = sh(repo, "dvc", "repro", "--dry", "--force").stdout
-    stages = ran(dry)
-    assert len(stages) == 56 and {f"train_classifier@{a}-{d}" for a in ("BioViT", "Swin", "MedViT")
-                                  for d in ("Original", "DDPM_Upscaled")} <= stages
+    venv = Path(sys.executable).parent.parent  # this venv: setup finds its stamp current and installs nothing
+    p = subprocess.run(["bash", "run.sh", "study", "--dry"], cwd=repo, capture_output=True, text=True,
+                       env={**env(), "VENV": str(venv), "PYTHON": sys.executable})
+    assert p.returncode == 0, p.stdout + p.stderr
+    plan = p.stdout
+    assert "profile in effect: study; device: cuda (refuses to start without a usable GPU)" in plan
+    assert "grid: 6 archs x 5 datasets x 5 seeds = 150 trainings" in plan, plan
+    assert re.search(r"^stages to run \(dvc status\): 56 of 56: fetch, split, train_generator x4, .*"
+                     r"train_classifier x30, evaluate x6", plan, re.M), plan
+    assert re.search(r"GPU time \d+\.\d h", plan) and re.search(r"disk \d+\.\d GB of outputs", plan), plan
+    for name in ("DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"):  # ~6,500 training images per augmented
+        assert re.search(rf"^{name} +6500\* ", plan, re.M), plan  # dataset, like the original study
+    assert "synthesize@dcgan, synthesize@ddpm: benign up to 3250, malignant up to 3250" in plan, plan
     assert not (repo / "data/raw").exists() and not (repo / "models/classifiers").exists()
     p = yaml.safe_load((repo / "params.yaml").read_text())
     assert p["datasets"]["image_size"] == 224 and p["classifiers"]["models"]["ResNet"]["model"] == "resnet50"
-    # the dry-run summary: like the original study, ~6,500 training images per augmented dataset, both classes
-    # synthesised (before `split` the real counts are unknown, so each class is "filled up to" the target)
-    plan = sh(repo, sys.executable, "-m", "melanoma.commands", "plan").stdout
-    for name in ("DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"):
-        assert re.search(rf"^{name} +6500\* ", plan, re.M), plan
-    assert "synthesize@dcgan, synthesize@ddpm: benign up to 3250, malignant up to 3250" in plan, plan
 
 
 @pytest.mark.parametrize("layout,expected", [("folder", {"benign": 150, "malignant": 150}),

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from melanoma.errors import MelanomaError, PretrainedUnavailable
+from melanoma.errors import MelanomaError, PretrainedUnavailable, first_line
 from melanoma.params import ARCHS, ParamsError, input_rule
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -40,7 +40,7 @@ class Built:
 
 def _unavailable(weights: str, e: Exception) -> PretrainedUnavailable:
     return PretrainedUnavailable(
-        f"pretrained weights {weights} are not available ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+        f"pretrained weights {weights} are not available ({type(e).__name__}: {first_line(e)}). "
         "Options: download them once with network access (they go to the Hugging Face cache, HF_HOME), copy a "
         "pre-filled cache to this machine and set HF_HUB_OFFLINE=1, or set pretrained: false for this arch")
 
@@ -115,6 +115,17 @@ def _modules(*names: str) -> Callable[[nn.Module], list[Target]]:
     return lambda model: [(n, model.get_submodule(n), None) for n in names]
 
 
+def _timm_hub(name: str) -> tuple[str, tuple[str, ...]] | None:
+    """Where timm loads `name`'s default pretrained tag from: its Hub repo, safetensors first, as timm tries."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return None
+    files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
+    return cfg.hf_hub_id, files
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything the project knows about one classifier family; nothing outside this registry branches on an
@@ -125,7 +136,9 @@ class Family:
     from, in words; no_pretrained: why there are none ('' when there are); gradcam(model) -> the layers GradCAM may
     explain, deepest (coarsest) first, each as a Target (melanoma.evaluation.gradcam.target picks the deepest whose
     map has enough cells at the input size);
-    timm_loadable: `timm.create_model` alone rebuilds it from the published timm config (Hub packages).
+    timm_loadable: `timm.create_model` alone rebuilds it from the published timm config (Hub packages);
+    hub(model name) -> (Hub repo id, files in the order they are tried) its pretrained weights come from, None when
+    there are none (`melanoma weights` fetches and checks them).
     """
 
     build: Callable[[str, int, int, bool, dict[str, Any]], nn.Module]
@@ -136,12 +149,13 @@ class Family:
     no_pretrained: str = ""
     tag_normalisation: bool = True
     timm_loadable: bool = True
+    hub: Callable[[str], "tuple[str, tuple[str, ...]] | None"] = _timm_hub
 
 
 TIMM_TAG = "timm's default pretrained tag"
 FAMILIES: dict[str, Family] = {
     "BioViT": Family(_biovit, CLIP_MEAN, CLIP_STD, f"BiomedCLIP vision trunk ({BIOMEDCLIP})", _vit_targets,
-                     tag_normalisation=False),
+                     tag_normalisation=False, hub=lambda name: (BIOMEDCLIP, (BIOMEDCLIP_FILE,))),
     "DenseNet": Family(_timm, IMAGENET_MEAN, IMAGENET_STD, TIMM_TAG,  # strides 32, 16, 8, 4
                        _modules("features.norm5", "features.denseblock3", "features.denseblock2",
                                 "features.denseblock1")),
@@ -152,7 +166,7 @@ FAMILIES: dict[str, Family] = {
                      _modules("norm", "stages.2", "stages.1", "stages.0"),
                      no_pretrained="the MedViT authors' checkpoints are not published in a form this project can "
                                    "load safely (safetensors or a weights-only state dict on the Hub)",
-                     timm_loadable=False),
+                     timm_loadable=False, hub=lambda name: None),
 }
 
 
@@ -200,7 +214,7 @@ def _construct(arch: str, fam: Family, spec: dict[str, Any], num_classes: int, i
         raise
     except BUILD_ERRORS as e:
         raise ParamsError(f"{where}: cannot build {spec['model']!r} with kwargs {spec['kwargs']} as a {arch}-family "
-                          f"network for {img_size} px inputs ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                          f"network for {img_size} px inputs ({type(e).__name__}: {first_line(e)}); "
                           f"fix {where}.model or {where}.kwargs") from None
     return model.train()
 

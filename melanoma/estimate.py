@@ -1,0 +1,671 @@
+"""Per-stage GPU time and disk footprint of a run on one NVIDIA H200, from measured reference rates.
+
+Every time is work (from the params in effect) divided by a rate measured on an H200; the rates ship with the
+package in `melanoma/reference/*.jsonl` (see its README), and each line names the record it used. A stage the
+reference does not measure is listed as not covered, never given an invented number. Real data sizes are the
+split's counts when `split` has run, else assumptions (an ISIC run with about 1,100 train images).
+
+Used by `melanoma plan` (totals) and `bench/study_estimate.py` (every line). Stdlib + pyyaml + numpy + the
+project's own modules (no torch import): about a second. Units: 1 MB = 1e6 bytes, 1 GB = 1e9 bytes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from melanoma.errors import MelanomaError
+from melanoma.params import DATASETS, LABELS
+
+REFERENCE = Path(__file__).with_name("reference")  # the measured H200 figures this package ships
+
+MB, GB = 1e6, 1e9
+TARGET_BYTES = 40 * GB  # "the study fits in 40 GB besides the environment"
+RAW_BYTES_PER_IMAGE = 0.2 * MB  # measured: ISIC images stored as JPEG q95 at most data.max_side px
+ONNX_GRAPH_BYTES = 0.2 * MB  # the ONNX graph alone; its weights are the cell's safetensors (external data)
+FP32 = 4  # bytes per stored parameter
+
+# Published parameter counts with the 1000-class ImageNet head, and the head's input width (to swap in the
+# study's 2-class head). Sources: timm model cards on the Hugging Face Hub for the four timm models
+# (vit_base_patch16_224.augreg2_in21k_ft_in1k, densenet121.tv_in1k, resnet50.a1_in1k,
+# swin_base_patch4_window7_224.ms_in22k_ft_in1k); medvit_small (the paper's MedViT-S, depths 3/4/20/3) from
+# melanoma/classifiers/medvit.py's docstring: 45.43 M at 1000 classes, 44.41 M without the head (31.1 M is
+# MedViT-T, the project's medvit_tiny, not the study's member).
+PUBLISHED_PARAMS_M = {
+    "vit_base_patch16_224": (86.6, 768, "timm model card"),
+    "densenet121": (8.0, 1024, "timm model card"),
+    "resnet50": (25.6, 2048, "timm model card"),
+    "swin_base_patch4_window7_224": (87.8, 1024, "timm model card"),
+    "medvit_small": (45.43, 1024, "melanoma/classifiers/medvit.py"),
+}
+# An arch whose model has no reference record may borrow another model's rate, clearly labelled, never counted.
+STAND_INS = {"medvit_small": "swin_base_patch4_window7_224"}
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass
+class Reference:
+    """Every parsed record (each tagged with `_file`, `_line`), the files read and the lines skipped."""
+
+    records: list[dict[str, Any]]
+    files: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_reference(folder: Path = REFERENCE) -> Reference:
+    """Parse every *.jsonl in `folder`, oldest name first; unparseable lines are skipped and listed."""
+    if not folder.is_dir():
+        raise MelanomaError(f"reference folder {folder} not found")
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise MelanomaError(f"reference folder {folder} has no .jsonl files")
+    ref = Reference([], [f.name for f in files])
+    for f in files:
+        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                ref.skipped.append(f"{f.name}:{n}")
+                continue
+            if isinstance(rec, dict) and "kind" in rec:
+                ref.records.append({**rec, "_file": f.name, "_line": n})
+            else:
+                ref.skipped.append(f"{f.name}:{n}")
+    return ref
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Field equality that tolerates numbers written as strings and case differences in names."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a).strip().lower() == str(b).strip().lower()
+
+
+def find(ref: Reference, kind: str, **want: Any) -> dict[str, Any] | None:
+    """The last record of `kind` whose fields equal `want` (a later measurement supersedes an earlier one)."""
+    hits = [r for r in ref.records if _same(r.get("kind"), kind) and all(_same(r.get(k), v) for k, v in want.items())]
+    return hits[-1] if hits else None
+
+
+def num(rec: dict[str, Any] | None, key: str) -> float | None:
+    """A record's numeric field, or None when the record or a usable number (finite, above zero: every field read
+    here is a rate, a size or a duration) is missing."""
+    try:
+        value = float(rec[key]) if rec is not None else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def cite(ref: Reference, rec: dict[str, Any], what: str) -> str:
+    """`[n]:line what`: n indexes the legend of reference files printed at the top."""
+    return f"[{ref.files.index(rec['_file']) + 1}]:{rec['_line']} {what}"
+
+
+# ---------------------------------------------------------------- study quantities
+
+@dataclass(frozen=True)
+class Sizes:
+    """Assumed real image counts (the study's ISIC data is not on this machine)."""
+
+    train: dict[str, int]
+    val: int
+    test: int
+    external: int
+
+    @property
+    def real_total(self) -> int:
+        return sum(self.train.values()) + self.val + self.test + self.external
+
+    @property
+    def eval_total(self) -> int:
+        return self.val + self.test + self.external
+
+
+def synthetic_per_class(real: dict[str, int], per_class: int | str) -> dict[str, int]:
+    """Synthetic images per class: the pipeline's own rule (fill each class up to per_class, real first)."""
+    from melanoma.data.datasets import synthetic_counts
+
+    return synthetic_counts(real, per_class)
+
+
+def train_size(dataset: str, sizes: Sizes, per_class: int | str) -> int:
+    """Training images in one dataset: Original = real train; augmented = real + synthetic fill."""
+    real = sum(sizes.train.values())
+    return real if DATASETS[dataset] is None else real + sum(synthetic_per_class(sizes.train, per_class).values())
+
+
+def families(params: dict[str, Any]) -> dict[str, bool]:
+    """Generator families the grid's datasets need -> whether an upscaled set of that family is needed."""
+    out: dict[str, bool] = {}
+    for name in params["classifiers"]["datasets"]:
+        src = DATASETS[name]
+        if src:
+            fam = src.split("_")[0]
+            out[fam] = out.get(fam, False) or src.endswith("_upscaled")
+    return out
+
+
+# ---------------------------------------------------------------- time estimates
+
+@dataclass
+class Estimate:
+    """One stage line: the work, the rate it is divided by, the record the rate comes from, the result."""
+
+    stage: str
+    work: str
+    rate: str
+    source: str
+    seconds: float | None  # None: not covered by the reference
+    note: str = ""
+    stand_in: bool = False  # a labelled stand-in rate: shown, never counted in the covered total
+
+
+def fmt_s(s: float) -> str:
+    """Seconds with a readable larger unit beside them."""
+    if s < 60:
+        return f"{s:,.1f} s"
+    return f"{s:,.0f} s ({s / 60:,.1f} min)" if s < 3600 else f"{s:,.0f} s ({s / 3600:,.2f} h)"
+
+
+def generator_training(p: dict[str, Any], ref: Reference) -> list[Estimate]:
+    """train_generator@{dcgan,ddpm}-{benign,malignant}: steps x batch / the reference train rate."""
+    g, out = p["generators"], []
+    dc = find(ref, "dcgan", size=g["image_size"], mode="bf16") or find(ref, "dcgan", size=g["image_size"])
+    dd = find(ref, "ddpm_train", size=g["image_size"], mode="bf16") or find(ref, "ddpm_train", size=g["image_size"])
+    for fam, rec in (("dcgan", dc), ("ddpm", dd)):
+        if fam not in families(p):
+            continue
+        steps, batch = g[fam]["steps"], g[fam]["batch_size"]
+        rate = num(rec, "train_img_s")
+        for label in LABELS:
+            work = f"{steps:,} steps x {batch} img = {steps * batch:,} img"
+            if rate is None:
+                out.append(Estimate(f"train_generator@{fam}-{label}", work, "-", f"no {fam} train record", None))
+                continue
+            note = _generator_note(fam, rec, batch)
+            out.append(Estimate(f"train_generator@{fam}-{label}", work, f"{rate:,.0f} img/s",
+                                cite(ref, rec, f"{rec['kind']} {rec.get('mode', '?')} batch {rec.get('batch', '?')}"),
+                                steps * batch / rate, note if label == LABELS[0] else "as above"))
+    return out
+
+
+def _generator_note(fam: str, rec: dict[str, Any], batch: int) -> str:
+    """Why a generator line is a bound, in words."""
+    ref_batch = int(num(rec, "batch") or 0)
+    parts = []
+    if ref_batch and batch < ref_batch:
+        parts.append(f"lower bound: the reference ran batch {ref_batch}, the study batch {batch}; "
+                     "smaller batches run below that rate")
+    if str(rec.get("mode")) != "bf16":
+        parts.append(f"the reference {fam} rate is {rec.get('mode')}, the study trains under bf16 autocast on CUDA "
+                     "(no bf16 figure)")
+    if fam == "dcgan":
+        parts.append("the record does not give its ngf/ndf (study: 64/64)")
+    return "; ".join(parts)
+
+
+def sampling(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
+    """synthesize@{dcgan,ddpm}: images to sample x the sampler's cost per image (and per step for DDPM)."""
+    fill = synthetic_per_class(sizes.train, p["datasets"]["per_class"])
+    n = sum(fill.values())
+    work = f"{n:,} img ({' + '.join(f'{c} {fill[c]:,}' for c in LABELS)})"
+    quality = (f"+ quality (C2ST critic, memorisation, FID on <= {p['synthesize']['quality_samples']:,} images per "
+               "class, at 64 px): no figure; seconds on a GPU (a small CNN and one Inception pass over ~2k images)")
+    out = []
+    if "dcgan" in families(p):
+        out.append(_dcgan_sampling(ref, p["generators"]["image_size"], n, work, quality))
+    if "ddpm" in families(p):
+        out.append(_ddpm_sampling(p, ref, n, work, quality))
+    return out
+
+
+def _dcgan_sampling(ref: Reference, size: int, n: int, work: str, quality: str) -> Estimate:
+    """No DCGAN sampling record: the train rate (forward + backward of G and D) bounds a forward pass from above."""
+    rec = find(ref, "dcgan", size=size)
+    rate = num(rec, "train_img_s")
+    if rate is None:
+        return Estimate("synthesize@dcgan", work, "-", "no dcgan record", None, quality)
+    return Estimate("synthesize@dcgan", work, f">= {rate:,.0f} img/s",
+                    cite(ref, rec, "dcgan train rate as a bound"), n / rate,
+                    "upper bound: no sampling reference; sampling is one G forward per image, cheaper than the "
+                    "train step this rate measures; " + quality)
+
+
+def _ddpm_sampling(p: dict[str, Any], ref: Reference, n: int, work: str, quality: str) -> Estimate:
+    """The configured scheduler's seconds per image-step from its record, times the study's sampling steps."""
+    g = p["generators"]["ddpm"]
+    sampler, steps = g["sampler"], g["sampling_steps"]
+    rec = find(ref, "ddpm_sample", scheduler=sampler)
+    secs, batch, rsteps = num(rec, "seconds"), num(rec, "batch"), num(rec, "steps")
+    work = f"{work} x {steps} steps = {n * steps:,} img-steps"
+    if None in (secs, batch, rsteps):
+        return Estimate("synthesize@ddpm", work, "-", f"no ddpm_sample record for {sampler}", None, quality)
+    per = secs / (batch * rsteps)
+    spread = [num(r, "seconds") / (num(r, "batch") * num(r, "steps")) for r in ref.records
+              if r.get("kind") == "ddpm_sample" and None not in (num(r, "seconds"), num(r, "batch"), num(r, "steps"))]
+    note = (f"{secs:g} s / ({batch:.0f} x {rsteps:.0f}) = {per * 1e3:.3f} ms per img-step; across the reference "
+            f"schedulers {min(spread) * 1e3:.3f}-{max(spread) * 1e3:.3f} ms; the record does not say fp32 or bf16; "
+            f"study batch {p['synthesize']['batch_size']}, reference {batch:.0f}; " + quality)
+    return Estimate("synthesize@ddpm", work, f"{per * 1e3:.3f} ms/img-step",
+                    cite(ref, rec, f"ddpm_sample {sampler} {rsteps:.0f} steps"), n * steps * per, note)
+
+
+def upscaling(p: dict[str, Any], sizes: Sizes) -> list[Estimate]:
+    """train_upscaler and upscale@*: the ESPCN SR model has no reference record."""
+    fams = [f for f, up in families(p).items() if up]
+    if not fams:
+        return []
+    u = p["upscale"]
+    fill = sum(synthetic_per_class(sizes.train, p["datasets"]["per_class"]).values())
+    out = [Estimate("train_upscaler", f"{u['sr']['steps']:,} steps x {u['sr']['batch_size']} patches", "-",
+                    "not covered by the reference", None, f"ESPCN, {u['sr']['channels']} channels, x{u['factor']}")]
+    out += [Estimate(f"upscale@{f}", f"{fill:,} img, 64 -> {64 * u['factor']} px", "-",
+                     "not covered by the reference", None) for f in fams]
+    return out
+
+
+@dataclass
+class ClassifierRate:
+    """Train and inference rates for one model at the study's size and precision, and where they come from."""
+
+    train: float  # after the loader ratio
+    infer: float
+    source: str
+    how: str  # the train rate's arithmetic
+    stand_in: str = ""
+
+
+def classifier_rate(ref: Reference, model: str, size: int, mode: str, loader: float) -> ClassifierRate | None:
+    """The model's record (or its labelled stand-in's); train rate x the loader ratio."""
+    rec, stand_in = find(ref, "classifier", arch=model, size=size, mode=mode), ""
+    if rec is None and model in STAND_INS:
+        stand_in = STAND_INS[model]
+        rec = find(ref, "classifier", arch=stand_in, size=size, mode=mode)
+    tr, inf = num(rec, "train_img_s"), num(rec, "infer_img_s")
+    if tr is None or inf is None:
+        return None
+    what = f"{rec['arch']} {mode} b{rec.get('batch', '?')}"
+    how = f"train {tr:,.0f} x {loader:.3f} loader = {tr * loader:,.0f} img/s"
+    return ClassifierRate(tr * loader, inf, cite(ref, rec, what), how, stand_in)
+
+
+def loader_ratio(ref: Reference) -> tuple[float, str]:
+    """resident_gpu img/s over pure img/s from the loader anchor (training reads a GPU-resident uint8 pack)."""
+    pure, res = find(ref, "pure"), find(ref, "resident_gpu")
+    a, b = num(res, "img_s"), num(pure, "img_s")
+    if a is None or b is None:
+        return 1.0, "no loader anchor: ratio 1 (pure compute)"
+    return a / b, f"{a:,.0f} / {b:,.0f} = {a / b:.3f} ({cite(ref, res, 'resident_gpu')}, {cite(ref, pure, 'pure')})"
+
+
+def classifier_training(p: dict[str, Any], ref: Reference, sizes: Sizes, loader: float) -> list[Estimate]:
+    """train_classifier@<Arch>-*: per arch over its datasets and seeds, steps x batch / train rate + validations x
+    val / infer rate. The step budget is the same for every dataset, so the datasets' sizes do not enter."""
+    c, out = p["classifiers"], []
+    size, mode = p["datasets"]["image_size"], "bf16_cl" if c["train"]["bf16"] else "fp32"
+    tp, runs = c["train"], len(c["datasets"]) * len(c["seeds"])
+    imgs = runs * tp["steps"] * tp["batch_size"]
+    val = runs * (tp["steps"] // tp["eval_every"]) * sizes.val
+    work = (f"{len(c['datasets'])} datasets x {len(c['seeds'])} seeds x {tp['steps']} steps x {tp['batch_size']} = "
+            f"{imgs:,} train + {val:,} val img")
+    for arch in c["archs"]:
+        model = c["models"][arch]["model"]
+        r = classifier_rate(ref, model, size, mode, loader)
+        stage = f"train_classifier@{arch}-* ({len(c['datasets'])} cells)"
+        if r is None:
+            out.append(Estimate(stage, work, "-", f"not covered by the reference ({model})", None))
+            continue
+        secs = imgs / r.train + val / r.infer
+        note = f"{r.how}; {imgs:,} / {r.train:,.0f} + {val:,} / {r.infer:,.0f} = {fmt_s(secs)}"
+        if not any(e.seconds is not None for e in out):  # said once, on the first arch with a rate
+            note += "; " + _classifier_caveats(c["train"], r)
+        if r.stand_in:
+            note = f"STAND-IN, not a measurement: {model} has no record, shown at {r.stand_in}'s rate; {note}"
+        out.append(Estimate(stage, work, f"train {r.train:,.0f} / infer {r.infer:,.0f} img/s",
+                            ("stand-in " if r.stand_in else "") + r.source, secs, note,
+                            stand_in=bool(r.stand_in)))
+    return out
+
+
+def _classifier_caveats(tp: dict[str, Any], r: ClassifierRate) -> str:
+    """Why the classifier lines are bounds (said once, on the first arch)."""
+    ref_batch = int(re.search(r"b(\d+)$", r.source).group(1)) if re.search(r"b(\d+)$", r.source) else 0
+    text = ("lower bound for every arch: the reference ran batch 128-256, the study batch "
+            f"{tp['batch_size']}; smaller batches run below that rate") if ref_batch > tp["batch_size"] else ""
+    if tp["compile"]:
+        text += "; the study uses torch.compile, the reference does not say whether it did"
+    return text.lstrip("; ")
+
+
+def evaluation(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
+    """evaluate@<Arch>: (val + test + external) x cells / the inference rate."""
+    c, out = p["classifiers"], []
+    size, mode = p["datasets"]["image_size"], "bf16_cl" if c["train"]["bf16"] else "fp32"
+    cells = len(c["datasets"])
+    n = sizes.eval_total * cells
+    work = f"({sizes.val} + {sizes.test} + {sizes.external}) x {cells} cells = {n:,} img"
+    for arch in c["archs"]:
+        model = c["models"][arch]["model"]
+        r = classifier_rate(ref, model, size, mode, 1.0)
+        if r is None:
+            out.append(Estimate(f"evaluate@{arch}", work, "-", f"not covered by the reference ({model})", None))
+            continue
+        out.append(Estimate(f"evaluate@{arch}", work, f"{r.infer:,.0f} img/s",
+                            ("stand-in " if r.stand_in else "") + r.source, n / r.infer,
+                            "STAND-IN, not a measurement" if r.stand_in else "", stand_in=bool(r.stand_in)))
+    return out
+
+
+CPU_STAGES = [
+    ("fetch", "download + decode + downscale of the real images"),
+    ("split", "md5s and near-duplicate thumbnails"),
+    ("build_dataset@*", "JPEG decode + Lanczos resize to 224 px, uint8 packs"),
+    ("export", "ONNX export + onnxruntime parity check per cell"),
+    ("report", "bootstrap comparisons, figures, HTML"),
+]
+
+
+def cpu_stages() -> list[Estimate]:
+    """Stages whose work is on the CPU: outside a GPU reference by nature."""
+    return [Estimate(s, w, "-", "CPU work, not covered by the GPU reference", None) for s, w in CPU_STAGES]
+
+
+NOT_COVERED_EXTRA = [
+    "per-stage overheads: process start, model build, pretrained weight loading and torch.compile (the study "
+    "compiles every classifier cell) - about 30 classifier stages, each paying them once",
+    "evaluate's bootstrap CIs (CPU) and GradCAM overlays (8 images per cell: seconds)",
+    "early stopping (classifiers.train.patience validations) can end a run before its step budget: the classifier "
+    "lines assume every step runs",
+]
+
+
+# ---------------------------------------------------------------- disk footprint
+
+@dataclass
+class DiskItem:
+    """One folder's estimated bytes and the arithmetic behind them."""
+
+    folder: str
+    what: str
+    bytes: float
+    counted: bool = True  # False: shown for comparison, not part of the sum
+
+
+def params_2class(model: str) -> tuple[float, str] | None:
+    """Parameters of `model` with the study's 2-class head: published (1000-class) count - 998 x (width + 1)."""
+    if model not in PUBLISHED_PARAMS_M:
+        return None
+    m, width, src = PUBLISHED_PARAMS_M[model]
+    n = m * 1e6 - 998 * (width + 1)
+    return n, f"{m} M ({src}, 1000 classes) - 998 x {width + 1} = {n / 1e6:.2f} M"
+
+
+def dcgan_generator_floats(nz: int, ngf: int, size: int) -> int:
+    """Floats in the saved EMA generator (melanoma/generators/dcgan.py's layout): conv weights + 4 per BN channel."""
+    n = size.bit_length() - 3  # doublings from 4 px: 64 px -> 4
+    ch = ngf * 2 ** (n - 1)
+    total = nz * ch * 16 + 4 * ch
+    for _ in range(n - 1):
+        total += ch * (ch // 2) * 16 + 4 * (ch // 2)
+        ch //= 2
+    return total + ch * 3 * 16
+
+
+def espcn_floats(channels: int, factor: int) -> int:
+    """Floats in the ESPCN upscaler (melanoma/generators/upscale.py): three convs with biases."""
+    c2 = channels * 2
+    return (3 * c2 * 25 + c2) + (c2 * channels * 9 + channels) + (channels * 3 * factor ** 2 * 9 + 3 * factor ** 2)
+
+
+def disk_data(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
+    """data/raw, data/datasets, data/synthetic."""
+    s, per_class = p["datasets"]["image_size"], p["datasets"]["per_class"]
+    img = s * s * 3
+    real_train = sum(sizes.train.values())
+    aug = [d for d in p["classifiers"]["datasets"] if DATASETS[d]]
+    n_aug = train_size(aug[0], sizes, per_class) if aug else 0
+    items = [DiskItem("data/raw", f"{sizes.real_total:,} real img x {RAW_BYTES_PER_IMAGE / MB:g} MB (JPEG q95, "
+                                  f"<= {p['data']['max_side']} px)", sizes.real_total * RAW_BYTES_PER_IMAGE),
+             DiskItem("data/datasets (Original train)", f"{real_train:,} x {s}x{s}x3 B", real_train * img),
+             DiskItem("data/datasets (augmented train)", f"{len(aug)} x {n_aug:,} x {img:,} B", len(aug) * n_aug * img),
+             DiskItem("data/datasets (val+test+external)", f"{sizes.eval_total:,} x {img:,} B, stored once "
+                      f"(identical in all {len(p['classifiers']['datasets'])}: one linked cache object)",
+                      sizes.eval_total * img)]
+    return items + disk_synthetic(p, sizes)
+
+
+def disk_synthetic(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
+    """data/synthetic/<fam> shards at generator size, <fam>_upscaled at size x factor."""
+    n = sum(synthetic_per_class(sizes.train, p["datasets"]["per_class"]).values())
+    g, f, out = p["generators"]["image_size"], p["upscale"]["factor"], []
+    for fam, up in families(p).items():
+        out.append(DiskItem(f"data/synthetic/{fam}", f"{n:,} x {g}x{g}x3 B", n * g * g * 3))
+        if up:
+            out.append(DiskItem(f"data/synthetic/{fam}_upscaled", f"{n:,} x {g * f}x{g * f}x3 B",
+                                n * (g * f) ** 2 * 3))
+    return out
+
+
+def disk_models(p: dict[str, Any], ref: Reference, files_per_cell: int) -> list[DiskItem]:
+    """models/classifiers (per arch), models/export, models/generators, models/upscaler."""
+    c, out = p["classifiers"], []
+    cells, seeds = len(c["datasets"]), len(c["seeds"])
+    for arch in c["archs"]:
+        model = c["models"][arch]["model"]
+        got = params_2class(model)
+        if got is None:
+            out.append(DiskItem(f"models/classifiers/{arch}", f"{model}: no parameter count known", 0))
+            continue
+        n, how = got
+        out.append(DiskItem(f"models/classifiers/{arch}", f"{how} x {FP32} B x {cells} cells x {seeds} seeds x "
+                            f"{files_per_cell} file", n * FP32 * cells * seeds * files_per_cell))
+    n_cells = len(c["archs"]) * cells
+    what = f"{n_cells} cells x {ONNX_GRAPH_BYTES / MB:g} MB ONNX graph (weights: the cell's safetensors, one " \
+           "cache object)"
+    out.append(DiskItem("models/export", what, n_cells * ONNX_GRAPH_BYTES))
+    return out + disk_generators(p, ref)
+
+
+def ddpm_params(ref: Reference) -> tuple[float, str]:
+    """The study UNet's parameter count from the reference's ddpm_unet record (fallback: the README's ~114 M)."""
+    rec = find(ref, "ddpm_unet")
+    m = num(rec, "params_m")
+    return (m * 1e6, cite(ref, rec, "ddpm_unet")) if m else (114e6, "README: ~114 M (no ddpm_unet record)")
+
+
+def disk_generators(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
+    """models/generators (EMA weights only, per class) and models/upscaler."""
+    g, out = p["generators"], []
+    fams = families(p)
+    if "ddpm" in fams:
+        n, src = ddpm_params(ref)
+        out.append(DiskItem("models/generators/ddpm", f"2 classes x {n / 1e6:.1f} M ({src}) x {FP32} B (EMA UNet)",
+                            2 * n * FP32))
+    if "dcgan" in fams:
+        n = dcgan_generator_floats(g["dcgan"]["nz"], g["dcgan"]["ngf"], g["image_size"])
+        out.append(DiskItem("models/generators/dcgan", f"2 classes x {n / 1e6:.2f} M floats (EMA G, ngf "
+                                                       f"{g['dcgan']['ngf']}) x {FP32} B", 2 * n * FP32))
+    if any(fams.values()):
+        u = p["upscale"]
+        n = espcn_floats(u["sr"]["channels"], u["factor"])
+        out.append(DiskItem("models/upscaler", f"ESPCN {n:,} floats x {FP32} B", n * FP32))
+    return out
+
+
+def disk_checkpoints(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
+    """models/.checkpoints at its peak: the largest running stage's state (one stage runs at a time)."""
+    n_ddpm, _ = ddpm_params(ref)
+    cands = [("DDPM", n_ddpm, 4, "UNet + EMA + Adam m, v")]
+    for arch in p["classifiers"]["archs"]:
+        got = params_2class(p["classifiers"]["models"][arch]["model"])
+        if got:
+            cands.append((arch, got[0], 4, "model + AdamW m, v + best-so-far copy"))
+    name, n, k, what = max(cands, key=lambda t: t[1] * t[2])
+    peak = n * FP32 * k
+    return [DiskItem("models/.checkpoints (peak)", f"{name}: {n / 1e6:.1f} M x {FP32} B x {k} ({what}); deleted "
+                                                   "after the stage succeeds", peak),
+            DiskItem("  + while a checkpoint is written", "the previous one stays until the new one is renamed "
+                                                           "into place (seconds)", peak, counted=False)]
+
+
+def disk_cache(items: list[DiskItem], p: dict[str, Any], sizes: Sizes, files_per_cell: int) -> list[DiskItem]:
+    """.dvc/cache: 0 extra with hardlinks; with copies, a second copy of every output plus the duplicates."""
+    tracked = sum(i.bytes for i in items if i.counted and not i.folder.startswith("models/.checkpoints"))
+    img = p["datasets"]["image_size"] ** 2 * 3
+    dup_eval = (len(p["classifiers"]["datasets"]) - 1) * sizes.eval_total * img
+    per_cell = max(files_per_cell, 1) * len(p["classifiers"]["seeds"])  # export packages one seed per cell
+    weights = sum(i.bytes for i in items if i.folder.startswith("models/classifiers/")) / per_cell
+    copies = tracked + dup_eval + weights
+    return [DiskItem(".dvc/cache", "links (reflink or hardlink): every output is a link to its cache object, "
+                                   "0 extra", 0),
+            DiskItem("  (copies instead: extra)", f"cache: one copy of each unique output {tracked / GB:.2f} GB; "
+                     f"workspace: eval packs x{len(p['classifiers']['datasets']) - 1} more {dup_eval / GB:.2f} GB + "
+                     f"export safetensors {weights / GB:.2f} GB", copies, counted=False)]
+
+
+def dvc_cache_type(root: Path = Path(".")) -> str:
+    """cache.type as configured in this checkout's .dvc/config(.local) (the later file wins), or 'not set'."""
+    found = None
+    for name in ("config", "config.local"):
+        f = root / ".dvc" / name
+        if not f.is_file():
+            continue
+        section = ""
+        for line in f.read_text().splitlines():
+            s = line.strip()
+            if s.startswith("["):
+                section = s.strip("[]'\" ")
+            elif section == "cache" and re.match(r"type\s*=", s):
+                found = s.split("=", 1)[1].strip().strip("'\"")
+    return found or "not set (DVC default: reflink,copy - copies on this filesystem)"
+
+
+# ---------------------------------------------------------------- output
+
+def table(rows: list[list[str]], head: list[str]) -> str:
+    """Left-aligned columns sized to their content."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def print_times(est: list[Estimate]) -> None:
+    """The stage table, each note on its own indented line below its row."""
+    head = ["stage", "work", "rate", "source", "estimate"]
+    rows = [[e.stage, e.work, e.rate, e.source,
+             ("(stand-in) " if e.stand_in else "") + (fmt_s(e.seconds) if e.seconds is not None else "not covered")]
+            for e in est]
+    lines = table(rows, head).splitlines()
+    print("\n".join(lines[:2]))
+    for e, line in zip(est, lines[2:]):
+        print(line)
+        if e.note and e.note != "as above":
+            print(f"    note: {e.note}")
+
+
+def print_groups(est: list[Estimate]) -> None:
+    """Subtotals per stage family (the part before '@'), covered lines only; stand-ins in brackets."""
+    groups: dict[str, list[float]] = {}
+    for e in est:
+        if e.seconds is not None:
+            g = groups.setdefault(e.stage.split("@")[0], [0.0, 0.0])
+            g[1 if e.stand_in else 0] += e.seconds
+    for name, (cov, stand) in groups.items():
+        print(f"  {name:<18} {fmt_s(cov)}" + (f"  [+ stand-in {fmt_s(stand)}]" if stand else ""))
+
+
+def fmt_bytes(b: float) -> str:
+    """GB above 1 GB, else MB, right-aligned."""
+    return f"{b / GB:9.2f} GB" if b >= GB else f"{b / MB:9.1f} MB"
+
+
+def print_disk(items: list[DiskItem]) -> float:
+    """The footprint table; returns the counted total in bytes."""
+    rows = [[i.folder, i.what, fmt_bytes(i.bytes) + ("" if i.counted else "  (not summed)")] for i in items]
+    print(table(rows, ["folder", "arithmetic", "bytes"]))
+    return sum(i.bytes for i in items if i.counted)
+
+
+def print_header(ref: Reference, sizes: Sizes, p: dict[str, Any], ratio_how: str, profile: str = "study") -> None:
+    """What the estimate rests on: reference files, assumptions, the study's key params."""
+    env = {k: v for r in ref.records if r.get("kind") == "env" for k, v in r.items()
+           if k not in ("kind", "t", "_file", "_line")}
+    tp, per_class = p["classifiers"]["train"], p["datasets"]["per_class"]
+    fill = synthetic_per_class(sizes.train, per_class)
+    print(f"Estimate: one NVIDIA H200, profile {profile!r} (params.yaml untouched)")
+    print("reference files:", ", ".join(f"[{i}] {f}" for i, f in enumerate(ref.files, 1)))
+    print("reference environment: " + "; ".join(f"{k} {v}" for k, v in env.items())
+          + (f"; skipped unparseable lines: {', '.join(ref.skipped)}" if ref.skipped else ""))
+    print(f"assumed real data (CLI flags): train benign {sizes.train['benign']}, malignant {sizes.train['malignant']}, "
+          f"val {sizes.val}, test {sizes.test}, external test {sizes.external} (total {sizes.real_total:,})")
+    print(f"study: generators {p['generators']['image_size']} px; datasets.per_class {per_class} -> synthetic per "
+          f"family {', '.join(f'{c} {n:,}' for c, n in fill.items())}; classifiers {p['datasets']['image_size']} px, "
+          f"{len(p['classifiers']['seeds'])} seeds x {tp['steps']} steps of batch {tp['batch_size']}, bf16 "
+          f"{str(tp['bf16']).lower()}")
+    print("classifier train sizes: " + ", ".join(f"{d} {train_size(d, sizes, per_class):,}"
+                                                 for d in p["classifiers"]["datasets"]))
+    print(f"loader ratio applied to classifier training (GPU-resident uint8 pack): {ratio_how}\n")
+
+
+def print_summary(est: list[Estimate]) -> tuple[float, float, list[str]]:
+    """Covered total, per-family subtotals and what is not covered; returns (covered, stand-in, not covered)."""
+    covered = sum(e.seconds for e in est if e.seconds is not None and not e.stand_in)
+    stand = sum(e.seconds for e in est if e.stand_in and e.seconds is not None)
+    missing = [e.stage for e in est if e.seconds is None or e.stand_in]
+    print(f"\ncovered GPU time: {fmt_s(covered)}"
+          + (f"; with the stand-in lines: {fmt_s(covered + stand)}" if stand else ""))
+    print_groups(est)
+    print("not covered:")
+    for m in missing + NOT_COVERED_EXTRA:
+        print(f"  - {m}")
+    return covered, stand, missing
+
+
+def disk_items(p: dict[str, Any], ref: Reference, sizes: Sizes, files_per_cell: int = 1) -> list[DiskItem]:
+    """Every footprint line: outputs, checkpoints and the DVC cache."""
+    items = disk_data(p, sizes) + disk_models(p, ref, files_per_cell) + disk_checkpoints(p, ref)
+    return items + disk_cache(items, p, sizes, files_per_cell)
+
+
+def stage_estimates(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
+    """Every stage line of a run with params `p` on one H200."""
+    ratio, _ = loader_ratio(ref)
+    return (generator_training(p, ref) + sampling(p, ref, sizes) + upscaling(p, sizes)
+            + classifier_training(p, ref, sizes, ratio) + evaluation(p, ref, sizes) + cpu_stages())
+
+
+def totals(p: dict[str, Any], sizes: Sizes, ref: Reference | None = None) -> dict[str, Any]:
+    """{"gpu_seconds": covered GPU time, "stand_in_seconds", "not_covered": [stage], "disk_bytes": the counted
+    footprint, "disk_target_bytes"}: what `melanoma plan` prints."""
+    ref = ref or load_reference()
+    est = stage_estimates(p, ref, sizes)
+    items = disk_items(p, ref, sizes)
+    return {"gpu_seconds": sum(e.seconds for e in est if e.seconds is not None and not e.stand_in),
+            "stand_in_seconds": sum(e.seconds for e in est if e.stand_in and e.seconds is not None),
+            "not_covered": [e.stage for e in est if e.seconds is None or e.stand_in],
+            "disk_bytes": sum(i.bytes for i in items if i.counted), "disk_target_bytes": TARGET_BYTES}
+
+
+def disk_estimate(p: dict[str, Any], ref: Reference, sizes: Sizes, files_per_cell: int) -> tuple[list[DiskItem], float]:
+    """The footprint table and verdict; returns the items and the counted total in bytes."""
+    print("\nDisk footprint (the environment, .venv, not included)")
+    print(f"this checkout's DVC cache.type: {dvc_cache_type()}")
+    items = disk_items(p, ref, sizes, files_per_cell)
+    total = print_disk(items)
+    copies = next(i.bytes for i in items if i.folder.startswith("  (copies"))
+    fits = lambda b: "fits" if b <= TARGET_BYTES else "does NOT fit"  # noqa: E731
+    print(f"\ntotal: {total / GB:.2f} GB vs the {TARGET_BYTES / GB:.0f} GB target: {fits(total)} "
+          f"({(TARGET_BYTES - total) / GB:+.2f} GB left); results/ (PNGs, CSVs, HTML) and data/splits not estimated")
+    print(f"with copies instead of hardlinks: {total / GB:.2f} + {copies / GB:.2f} = {(total + copies) / GB:.2f} GB "
+          f"({fits(total + copies)})")
+    return items, total
+
+
