@@ -18,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute: it goes on PATH below
 
 setup() {
   local stamp
@@ -34,7 +35,7 @@ setup() {
   # .dvc/config.local names (quick once done; registry unreachable: one warning line, setup goes on)
   "$VENV/bin/python" tools/dvc_plots_offline.py
   # dvc.yaml's stage commands call `python`: the venv must come first on PATH
-  export PATH="$PWD/$VENV/bin:$PATH"
+  export PATH="$VENV/bin:$PATH"
 }
 
 cmd=${1:-}

@@ -128,13 +128,15 @@ def cmd_weights(args: argparse.Namespace) -> int:
               "without network (or share HF_HOME) and run `melanoma weights check` there")
         return 0
     results = check(params)
-    for w, problem in results:
-        print(f"{'ok' if problem is None else 'MISSING':<8}{w} ({w.key})" + (f": {problem}" if problem else ""))
-    bad = [str(w) for w, problem in results if problem]
+    for c in results:
+        print(f"{c.state.upper():<8}{c.weight} ({c.weight.key})" + (f" {c.path}" if c.path else "")
+              + (f": {c.detail}" if c.detail else ""))
+    bad = [c for c in results if c.state != "ok"]
     if bad:
-        print(f"melanoma weights: error: {len(bad)} of {len(results)} pretrained weight(s) not usable offline "
-              f"({', '.join(bad)}); run `melanoma weights fetch` on a machine with network and copy its Hugging Face "
-              f"cache ({constants.HF_HUB_CACHE}) here, or set the family's pretrained: false", file=sys.stderr)
+        print(f"melanoma weights: error: {len(bad)} of {len(results)} pretrained weight(s) not usable offline ("
+              + "; ".join(f"{c.weight}: {c.state}, or {c.weight.instead}" for c in bad) + "); run `melanoma weights "
+              f"fetch` on a machine with network (a broken file: delete it first) and copy its Hugging Face cache "
+              f"({constants.HF_HUB_CACHE}) here", file=sys.stderr)
         return 1
     print(f"weights: {len(results)} pretrained weight(s) present and loadable offline" if results
           else "weights: params.yaml needs no pretrained weights")
@@ -183,12 +185,15 @@ def parser() -> argparse.ArgumentParser:
                                                           "`dvc exp run -S`) into the new profile")
     how.add_argument("--drop", action="store_true", help="discard values no profile sets")
     p.set_defaults(run=cmd_profile)
-    p = sub.add_parser("plan", help="before running: the profile, the grid, images per dataset, the stages to run, "
-                                    "estimated GPU time and disk")
+    text = ("before running: the profile in effect, the grid (archs x datasets x seeds), images per dataset, the "
+            "stages `dvc status` will run, and for device: cuda the GPU time and disk estimated from H200 rates")
+    p = sub.add_parser("plan", help=text, description=text)
     p.set_defaults(run=cmd_plan)
-    p = sub.add_parser("weights", help="pretrained weights the params need: fetch them into the Hugging Face cache "
-                                       "(network), or check offline that all are present and loadable")
-    p.add_argument("action", choices=["fetch", "check"])
+    text = ("pretrained weights the params need: `fetch` downloads them into the Hugging Face cache (HF_HOME; needs "
+            "network), `check` verifies offline that each is present and loads into the network the params name "
+            "(exit 1 and a line per missing weight otherwise)")
+    p = sub.add_parser("weights", help=text, description=text)
+    p.add_argument("action", choices=["fetch", "check"], help="fetch (network) or check (offline)")
     p.set_defaults(run=cmd_weights)
     for name, text in (("publish", "assemble each cell's Hub folder (weights, ONNX, configs, model card) and upload it"),
                        ("download", "download cells from the Hub into models/classifiers/<Arch>/<Arch>_<Dataset>/")):

@@ -371,7 +371,9 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(f"{path} not found; run from the project root (where dvc.yaml is)")
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+        raise ParamsError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise ParamsError(f"{path} cannot be read as UTF-8 text ({type(e).__name__}: {e}); save it as UTF-8") from None
     return validate(tree)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from melanoma.data.datasets import DatasetError, real_train_counts
+from melanoma.errors import first_line
 from melanoma.params import DATASETS, LABELS, adds_nothing, synthetic_counts
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def stages_line(status: dict[str, Any], total: int) -> str:
 def dvc_status() -> tuple[dict[str, Any], int] | None:
     """({stage: changes} for every stage that `dvc repro` would run, the number of stages in dvc.yaml); None
     outside a DVC project."""
-    from dvc.exceptions import NotDvcRepoError
+    from dvc.exceptions import DvcException, NotDvcRepoError
     from dvc.repo import Repo
 
     try:
@@ -121,6 +122,9 @@ def dvc_status() -> tuple[dict[str, Any], int] | None:
             return repo.status(), len(repo.index.stages)
     except NotDvcRepoError:
         return None
+    except (DvcException, OSError) as e:  # a broken dvc.yaml, dvc.lock or .dvc/config: `dvc status` says the same
+        raise DatasetError(f"dvc status failed ({type(e).__name__}: {first_line(e)}); run `dvc status` to see "
+                           "where") from None
 
 
 def sizes_of(splits: Path, real: dict[str, int] | None) -> tuple[Sizes, str]:
@@ -132,33 +136,52 @@ def sizes_of(splits: Path, real: dict[str, int] | None) -> tuple[Sizes, str]:
     if real is None:
         return Sizes({"benign": 730, "malignant": 370}, 165, 165, 659), \
             "real data assumed (730 + 370 train, 165 val, 165 test, 659 external) until `dvc repro split` has run"
-    rows = {name: len(read_csv(splits / f"{name}.csv")) if (splits / f"{name}.csv").is_file() else 0
-            for name in ("val", "test", "external_test")}
+    try:
+        rows = {name: len(read_csv(splits / f"{name}.csv")) if (splits / f"{name}.csv").is_file() else 0
+                for name in ("val", "test", "external_test")}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"cannot read the split in {splits} ({type(e).__name__}: {first_line(e)}); rerun "
+                           "`dvc repro split`") from None
     return Sizes(real, rows["val"], rows["test"], rows["external_test"]), "real counts from data/splits"
 
 
 def estimate_line(params: dict[str, Any], splits: Path, real: dict[str, int] | None) -> str:
-    """GPU time and disk on one H200, from the shipped reference rates."""
+    """GPU time and disk on one H200, from the shipped reference rates; only for `device: cuda` runs (the rates
+    say nothing about a CPU, and the demo's 32 px members have none)."""
     from melanoma.estimate import GB, totals
 
+    if params["device"] != "cuda":
+        return (f"estimate: none for device: {params['device']} (GPU time and disk are estimated for device: cuda "
+                "runs, from H200 rates: e.g. `./run.sh study --dry`)")
     sizes, how = sizes_of(splits, real)
     t = totals(params, sizes)
-    hours = t["gpu_seconds"] / 3600
-    stand = f" + {t['stand_in_seconds'] / 3600:.1f} h rated with a stand-in model" if t["stand_in_seconds"] else ""
+    stand = (f" + {t['stand_in_seconds'] / 3600:.1f} h rated with a stand-in model's rate "
+             f"({', '.join(t['stand_ins'])})" if t["stand_ins"] else "")
     fits = "fits" if t["disk_bytes"] <= t["disk_target_bytes"] else "over"
-    not_timed = ", ".join(t["not_covered"]) or "nothing"
+    gpu = (f"GPU time {t['gpu_seconds'] / 3600:.1f} h{stand}" if t["gpu_seconds"] or t["stand_ins"] else
+           "GPU time: no reference rate matches these models and sizes")
     return "\n".join([
         "estimate on one NVIDIA H200 (reference rates measured 2026-11-27, melanoma/reference/; every line: "
         "python bench/study_estimate.py):",
-        f"  GPU time {hours:.1f} h{stand}; not timed: {not_timed}",
+        f"  {gpu}; not timed: {', '.join(t['not_covered']) or 'nothing'}",
         f"  disk {t['disk_bytes'] / GB:.1f} GB of outputs ({fits} the {t['disk_target_bytes'] / GB:.0f} GB target; "
         "the venv and caches come on top)",
         f"  {how}"])
 
 
+def data_warning(params: dict[str, Any]) -> str | None:
+    """A line when the folder a local source reads does not exist (fetch would stop on it)."""
+    d = params["data"]
+    folder = {"local": d["local"]["path"], "isic_csv": d["isic_csv"]["images"]}.get(d["source"])
+    if folder is None or Path(folder).is_dir():
+        return None
+    key = "data.local.path" if d["source"] == "local" else "data.isic_csv.images"
+    return f"! {key} {folder} does not exist yet: `fetch` stops there; put the images there first"
+
+
 def report(params: dict[str, Any], splits: Path, status: tuple[dict[str, Any], int] | None) -> str:
     """Everything `melanoma plan` prints."""
-    from melanoma.profile import in_effect
+    from melanoma.profile import in_effect, short
 
     name, extra = in_effect(params)
     device = params["device"]
@@ -167,7 +190,10 @@ def report(params: dict[str, Any], splits: Path, status: tuple[dict[str, Any], i
                 if device == "cuda" else " (CUDA when usable, else the CPU)")]
     if extra:
         lines.append("! values no profile sets (a leftover `dvc exp run -S` or an edit): "
-                     + ", ".join(f"{k} = {v}" for k, v in sorted(extra.items())))
+                     + "; ".join(f"{k} = {short(v)}" for k, v in sorted(extra.items())))
+    warning = data_warning(params)
+    if warning:
+        lines.append(warning)
     p = plan(params, splits)
     lines += [grid_line(params), describe(p)]
     lines.append(stages_line(*status) if status is not None else "stages to run: unknown (not in a DVC project)")

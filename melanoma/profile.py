@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from melanoma.errors import first_line
 from melanoma.params import SCHEMA, ParamsError, validate
 
 PROFILES = Path("profiles")
@@ -43,6 +46,8 @@ def _yaml() -> Any:
 
 
 def _source(name: str, profiles: Path) -> Path:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise ParamsError(f"{name!r} is not a profile name (letters, digits, _ and -: a file profiles/<name>.yaml)")
     source = profiles / f"{name}.yaml"
     if not source.is_file():
         known = ", ".join(names(profiles)) or "none"
@@ -52,7 +57,21 @@ def _source(name: str, profiles: Path) -> Path:
 
 def names(profiles: Path = PROFILES) -> list[str]:
     """The profile names in `profiles/`, sorted."""
-    return sorted(p.stem for p in profiles.glob("*.yaml"))
+    return sorted(p.stem for p in profiles.glob("*.yaml") if p.is_file())
+
+
+def _load(path: Path, round_trip: bool = True) -> Any:
+    """A YAML file, with ruamel's round trip (comments kept) or PyYAML's safe loader (what the stages read);
+    ParamsError naming the file for anything that is not readable YAML."""
+    from ruamel.yaml.error import YAMLError as RuamelError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        return _yaml().load(text) if round_trip else yaml.safe_load(text)
+    except (RuamelError, yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        reason = " ".join(str(e).split()) if isinstance(e, (RuamelError, yaml.YAMLError)) else first_line(e)
+        raise ParamsError(f"{path} is not readable YAML ({type(e).__name__}: {first_line(reason, 160)}); fix it, or "
+                          "restore it with git") from None
 
 
 def _chain(name: str, profiles: Path) -> list[tuple[str, Any]]:
@@ -64,7 +83,7 @@ def _chain(name: str, profiles: Path) -> list[tuple[str, Any]]:
         if name in seen:
             raise ParamsError(f"profiles extend each other in a circle: {' -> '.join(seen + [name])}")
         seen.append(name)
-        over = _yaml().load(_source(name, profiles).read_text()) or {}
+        over = _load(_source(name, profiles)) or {}
         if not hasattr(over, "items"):
             raise ParamsError(f"{_source(name, profiles)} is not a mapping of params keys")
         chain.insert(0, (name, over))
@@ -100,12 +119,18 @@ def render(name: str, profiles: Path = PROFILES, keep: dict[str, Any] | None = N
     """The params.yaml text of profile `name`: the demo with its chain of overlays merged in, then `keep`
     ({dotted key: value}) set over it, validated and in DVC's form. ParamsError for an unknown profile or key,
     a cycle, or values the schema refuses."""
-    base = _source(DEMO, profiles).read_text()
+    source = _source(DEMO, profiles)
+    doc = _load(source)
+    if not isinstance(doc, dict):
+        raise ParamsError(f"{source} is not a mapping of params keys; restore it with git")
+    if EXTENDS in doc:
+        raise ParamsError(f"{source}: the demo is the base of every profile and extends none; remove `{EXTENDS}`")
     chain = _chain(name, profiles)
     if not chain and not keep:
-        return base
+        text = source.read_text(encoding="utf-8")
+        _validate(text, source)
+        return text
     rt = _yaml()
-    doc = rt.load(base)
     for over_name, over in chain:
         _merge(doc, over, SCHEMA, "", over_name)
     for dotted, value in (keep or {}).items():
@@ -123,8 +148,17 @@ def render(name: str, profiles: Path = PROFILES, keep: dict[str, Any] | None = N
                                               f"comments or `# profile: <name>`.", *rest]))
     buf = io.StringIO()
     rt.dump(doc, buf)
-    validate(yaml.safe_load(buf.getvalue()))  # a bad profile never reaches params.yaml
+    _validate(buf.getvalue(), f"profile {name!r}" + (f" with the kept values ({', '.join(keep)}; --drop discards "
+                                                      "them)" if keep else ""))
     return dvc_form(buf.getvalue())
+
+
+def _validate(text: str, what: Any) -> None:
+    """A bad profile never reaches params.yaml: the schema's error, saying which profile (or file) it is in."""
+    try:
+        validate(yaml.safe_load(text))
+    except ParamsError as e:
+        raise ParamsError(f"{what}: {e}") from None
 
 
 def profile_params(name: str, profiles: Path = PROFILES) -> dict[str, Any]:
@@ -157,16 +191,26 @@ def leaves(tree: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> dict[
     return out
 
 
+def unknown(tree: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> list[str]:
+    """Dotted keys in `tree` that the schema does not have (typos like `classifiers.train.stpes`)."""
+    if not isinstance(tree, dict):
+        return []
+    out = []
+    for key, value in tree.items():
+        if key not in schema:
+            out.append(f"{where}{key}")
+        elif isinstance(schema[key], dict):
+            out += unknown(value, schema[key], f"{where}{key}.")
+    return out
+
+
 def in_effect(current: dict[str, Any], profiles: Path = PROFILES) -> tuple[str, dict[str, Any]]:
     """(the profile `current` differs least from, {dotted key: value} of `current` that it does not set).
     Keys missing from `current` are not counted: only values someone set can be kept."""
     have = leaves(current)
     best: tuple[int, str, dict[str, Any]] | None = None
-    for name in names(profiles):
-        try:
-            theirs = leaves(yaml.safe_load(render(name, profiles)))
-        except ParamsError:
-            continue  # a broken profile is reported when it is applied, not here
+    for name in names(profiles):  # a broken profile stops here too: which one is in effect cannot be known
+        theirs = leaves(yaml.safe_load(render(name, profiles)))
         extra = {k: v for k, v in have.items() if k in theirs and theirs[k] != v}
         if best is None or len(extra) < best[0]:
             best = (len(extra), name, extra)
@@ -185,22 +229,42 @@ def apply_profile(name: str, params: Path = Path("params.yaml"), profiles: Path 
     """
     if leftovers not in ("refuse", "keep", "drop"):
         raise ValueError(f"leftovers must be refuse, keep or drop, not {leftovers!r}")
-    before = yaml.safe_load(params.read_text()) if params.is_file() else {}
-    current, extra = in_effect(before or {}, profiles) if before else (DEMO, {})
+    before = _load(params, round_trip=False) if params.exists() else {}
+    before = before if isinstance(before, dict) else {}
+    current, extra = in_effect(before, profiles) if before else (DEMO, {})
+    typos = unknown(before)
+    if typos and leftovers != "drop":
+        raise ParamsError(f"{params} has key(s) that are not params keys: {', '.join(typos)}; fix their names (they "
+                          "cannot be kept), or rerun with --drop to discard them")
     if extra and leftovers == "refuse":
-        shown = "; ".join(f"{k} = {_short(v)}" for k, v in sorted(extra.items()))
+        shown = "; ".join(f"{k} = {short(v)}" for k, v in sorted(extra.items()))
         raise ParamsError(f"{params} holds {len(extra)} value(s) that profile {current!r} does not set (from `dvc exp "
                           f"run -S` or an edit): {shown}. Rerun with --keep to carry them into {name!r}, or with "
                           f"--drop to discard them")
     text = render(name, profiles, extra if leftovers == "keep" else None)
-    tmp = params.with_name(f".{params.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, params)
-    changed = sorted(k for k, v in leaves(yaml.safe_load(text)).items() if leaves(before or {}).get(k) != v)
+    write_params(params, text)
+    changed = sorted(k for k, v in leaves(yaml.safe_load(text)).items() if leaves(before).get(k) != v)
     return changed, extra
 
 
-def _short(value: Any) -> str:
-    from melanoma.errors import first_line
+def write_params(params: Path, text: str) -> None:
+    """Replace the file `params` (through a symlink: its target) with `text` in one rename, keeping its
+    permissions; ParamsError when it cannot be written, leaving it as it was."""
+    target = params.resolve() if params.is_symlink() else params
+    if target.exists() and not target.is_file():
+        raise ParamsError(f"{params} is not a file; remove it (a profile writes params.yaml there)")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        if target.exists():
+            shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ParamsError(f"cannot write {params} ({e.strerror or first_line(e)}); check its folder's permissions") \
+            from None
 
+
+def short(value: Any) -> str:
+    """A value as one short line of flow YAML (cut at a word boundary)."""
     return first_line(yaml.safe_dump(value, default_flow_style=True, width=10_000).removesuffix("\n...\n"), 80)

@@ -120,16 +120,22 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
     original = params.read_text()
-    (tmp_path / "profiles").mkdir()
-    shutil.copy(ROOT / "profiles/demo.yaml", tmp_path / "profiles/demo.yaml")
-    (tmp_path / "profiles/typo.yaml").write_text("datasets:\n  image_sise: 224\n")
-    (tmp_path / "profiles/range.yaml").write_text("datasets:\n  image_size: 4\n")
-    with pytest.raises(ParamsError, match="profile key datasets.image_sise is not a params key"):
-        apply_profile("typo", params, tmp_path / "profiles")
-    with pytest.raises(ParamsError, match="datasets.image_size is 4"):
-        apply_profile("range", params, tmp_path / "profiles")
-    with pytest.raises(ParamsError, match="no profile 'gpu'.*profiles: demo, range, typo"):
-        apply_profile("gpu", params, tmp_path / "profiles")
+    for name, text, needle in [("typo", "datasets:\n  image_sise: 224\n",
+                                "profile key datasets.image_sise is not a params key"),
+                               ("range", "datasets:\n  image_size: 4\n", "profile 'range': datasets.image_size is 4"),
+                               ("broken", "datasets: [224\n",
+                                r"/broken.yaml is not readable YAML \(ParserError: while parsing a flow sequence"),
+                               ("../params", "", "'../params' is not a profile name")]:
+        folder = tmp_path / f"profiles_{name.strip('./')}"
+        folder.mkdir()
+        shutil.copy(ROOT / "profiles/demo.yaml", folder / "demo.yaml")
+        if "/" not in name:
+            (folder / f"{name}.yaml").write_text(text)
+        with pytest.raises(ParamsError, match=needle):
+            apply_profile(name, params, folder)
+        assert params.read_text() == original
+    with pytest.raises(ParamsError, match="no profile 'gpu'.*; profiles: demo$"):
+        apply_profile("gpu", params, tmp_path / "profiles_params")
     assert params.read_text() == original
 
 

@@ -100,3 +100,61 @@ def test_profiles_extend_in_a_line_never_a_circle(tmp_path):
         render("a", tmp_path / "profiles")
     with pytest.raises(ParamsError, match="no profile 'nowhere'"):
         render("c", tmp_path / "profiles")
+
+
+def test_a_typo_in_params_is_refused_not_silently_dropped(params):
+    text = params.read_text().replace("    steps: 24 ", "    stpes: 24 ")
+    params.write_text(text)
+    with pytest.raises(ParamsError, match=r"not params keys: classifiers\.train\.stpes; fix their names .* --drop"):
+        apply_profile("study", params, PROFILES)
+    with pytest.raises(ParamsError, match="stpes"):
+        apply_profile("study", params, PROFILES, leftovers="keep")
+    assert params.read_text() == text
+    apply_profile("demo", params, PROFILES, leftovers="drop")
+    assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_params_written_through_a_symlink_with_its_permissions(tmp_path):
+    target = tmp_path / "shared" / "params.yaml"
+    target.parent.mkdir()
+    shutil.copy(ROOT / "params.yaml", target)
+    target.chmod(0o600)
+    link = tmp_path / "params.yaml"
+    link.symlink_to(target)
+    apply_profile("study", link, PROFILES)
+    assert link.is_symlink() and load_params(target)["device"] == "cuda"
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_unwritable_or_unreadable_params_are_one_error_and_nothing_is_left(tmp_path):
+    folder = tmp_path / "params.yaml"
+    folder.mkdir()
+    with pytest.raises(ParamsError, match="is not readable YAML"):
+        apply_profile("study", folder, PROFILES)
+    (tmp_path / "p.yaml").write_bytes(b"data: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"p\.yaml is not readable YAML \(ParserError"):
+        apply_profile("study", tmp_path / "p.yaml", PROFILES)
+    (tmp_path / "latin1.yaml").write_bytes(b"# caf\xe9\ndevice: auto\n")
+    with pytest.raises(ParamsError, match="UnicodeDecodeError"):
+        apply_profile("study", tmp_path / "latin1.yaml", PROFILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.yaml", "p.yaml", "params.yaml"]
+
+
+def test_a_broken_demo_profile_never_reaches_params(tmp_path, params):
+    folder = tmp_path / "profiles"
+    shutil.copytree(PROFILES, folder)
+    committed = params.read_bytes()
+    demo = (folder / "demo.yaml").read_text()
+    for text, needle in [(demo.replace("device: auto ", "device: gpu  "), "device must be one of auto, cuda, cpu"),
+                         ("extends: study\n" + demo, "extends none"), ("", "not a mapping")]:
+        (folder / "demo.yaml").write_text(text)
+        with pytest.raises(ParamsError, match=needle):
+            apply_profile("demo", params, folder, leftovers="drop")
+        assert params.read_bytes() == committed
+
+
+def test_kept_values_that_break_the_new_profile_are_named(params):
+    apply_overrides(params, ["classifiers.train.steps=50"])
+    with pytest.raises(ParamsError, match=r"profile 'study' with the kept values \(classifiers\.train\.steps; --drop "
+                                          r"discards them\): classifiers\.train\.eval_every \(100\)"):
+        apply_profile("study", params, PROFILES, leftovers="keep")

@@ -93,8 +93,8 @@ def test_weights_check_passes_offline_and_names_what_is_missing_or_does_not_fit(
     cli = ("-m", "melanoma.commands", "weights", "check")
     ok = run(folder, env, *cli)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert f"ok      {BIOMEDCLIP}/{BIOMEDCLIP_FILE} (classifiers.models.BioViT)" in ok.stdout
-    assert f"ok      {TIMM_REPO} (classifiers.models.ResNet)" in ok.stdout
+    assert f"OK      {BIOMEDCLIP}/{BIOMEDCLIP_FILE} (classifiers.models.BioViT) {folder}/hf/hub/" in ok.stdout
+    assert f"OK      {TIMM_REPO} (classifiers.models.ResNet) {folder}/hf/hub/models--timm--" in ok.stdout
     assert "2 pretrained weight(s) present and loadable offline" in ok.stdout
 
     cached = put(folder / "hf", TIMM_REPO, "model.safetensors")
@@ -103,13 +103,48 @@ def test_weights_check_passes_offline_and_names_what_is_missing_or_does_not_fit(
     assert missing.returncode == 1
     assert f"MISSING {TIMM_REPO} (classifiers.models.ResNet): not in the Hugging Face cache" in missing.stdout
     assert "1 of 2 pretrained weight(s) not usable offline" in missing.stderr
+    assert "or set classifiers.models.ResNet.pretrained: false" in missing.stderr
     assert "melanoma weights fetch" in missing.stderr and "Traceback" not in missing.stderr
+
+    for damaged in (b"", b"not a safetensors file\n"):  # an empty or foreign file where the weights should be
+        cached.write_bytes(damaged)
+        broken = run(folder, env, *cli)
+        assert broken.returncode == 1 and "Traceback" not in broken.stderr, broken.stderr
+        assert f"BROKEN  {TIMM_REPO} (classifiers.models.ResNet) {cached}: pretrained weights timm/resnet10t are " \
+               "in the Hugging Face cache but do not load" in broken.stdout, broken.stdout
+    cached.unlink()
 
     del clip["visual.trunk.blocks.1.mlp.fc2.weight"]  # a checkpoint of another network
     torch.save(clip, put(folder / "hf", BIOMEDCLIP, BIOMEDCLIP_FILE))
     unfit = run(folder, env, *cli)
     assert unfit.returncode == 1
-    assert "MISSING microsoft/BiomedCLIP" in unfit.stdout and "1 missing (blocks.1.mlp.fc2.weight)" in unfit.stdout
+    assert "BROKEN  microsoft/BiomedCLIP" in unfit.stdout and "1 missing (blocks.1.mlp.fc2.weight)" in unfit.stdout
+    put(folder / "hf", BIOMEDCLIP, BIOMEDCLIP_FILE).write_bytes(b"garbage, not a torch checkpoint")
+    garbage = run(folder, env, *cli)
+    assert garbage.returncode == 1 and "Traceback" not in garbage.stderr, garbage.stderr
+    assert "BROKEN  microsoft/BiomedCLIP" in garbage.stdout and "do not load into BiomedCLIP's open_clip" \
+        in garbage.stdout
+
+
+def test_a_local_unet_folder_and_bad_hub_ids_are_checked_not_guessed(tmp_path):
+    from melanoma.profile import profile_params
+    from melanoma.weights import WeightsError, check, needed
+
+    params = profile_params("demo")
+    params["generators"]["ddpm"]["pretrained"] = str(tmp_path / "my_unet")  # a typo'd local folder
+    (w,) = needed(params)
+    assert w.local and check(params)[0].state == "missing" and check(params)[0].detail == "folder not found"
+    (tmp_path / "my_unet").mkdir()  # there, but empty: the DDPM's own loader refuses it
+    c = check(params)[0]
+    assert c.state == "broken" and "cannot load a UNet2DModel" in c.detail
+    params["generators"]["ddpm"]["pretrained"] = "a b/c/d"
+    with pytest.raises(WeightsError, match="neither a folder on this machine nor a Hugging Face Hub repo id"):
+        needed(params)
+    params["generators"]["ddpm"]["pretrained"] = ""
+    params["classifiers"]["models"]["ResNet"] = {**RESNET, "model": "resnet10tt"}
+    with pytest.raises(WeightsError, match=r"no pretrained weights for 'resnet10tt' .*set "
+                                           r"classifiers.models.ResNet.pretrained: false"):
+        needed(params)
 
 
 def test_needed_lists_only_what_the_params_ask_for():
@@ -132,6 +167,7 @@ def test_fetch_takes_safetensors_first_and_says_why_a_download_failed(monkeypatc
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["classifiers"]["models"]["ResNet"] = RESNET
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     asked = []
 
     def no_safetensors(repo, name):
@@ -147,6 +183,11 @@ def test_fetch_takes_safetensors_first_and_says_why_a_download_failed(monkeypatc
 
     def offline(repo, name):
         raise OSError("Cannot reach https://huggingface.co/api/models: connection refused " + "x " * 200)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set, so nothing can be downloaded"):
+        fetch(params, log=lambda s: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(WeightsError, match=rf"cannot download {TIMM_REPO} for classifiers.models.ResNet "

@@ -51,17 +51,37 @@ def _download_errors() -> tuple[type[Exception], ...]:
     return (OSError, HfHubHTTPError)  # LocalEntryNotFoundError (offline, no network) is an OSError
 
 
+# what a damaged, truncated or foreign weights file raises while it is read or loaded into the model
+def _load_errors() -> tuple[type[Exception], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError)
+
+
+def _unloadable(weights: str, name: str, kwargs: dict[str, Any], e: Exception) -> PretrainedUnavailable:
+    shaped = f" with kwargs {kwargs}" if kwargs else ""
+    return PretrainedUnavailable(
+        f"pretrained weights {weights} are in the Hugging Face cache but do not load into {name}{shaped} "
+        f"({type(e).__name__}: {first_line(e)}). A damaged or partial download: delete it (`melanoma weights check` "
+        "prints its path) and run `melanoma weights fetch`; kwargs that change the network cannot take the "
+        "pretrained weights: remove them, or set pretrained: false for this arch")
+
+
 def _timm(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     import timm
 
     import melanoma.classifiers.medvit  # noqa: F401  registers medvit_* with timm
 
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
     except _download_errors() as e:
-        if not pretrained:
-            raise
         raise _unavailable(f"timm/{name}", e) from None
+    except _load_errors() as e:
+        raise _unloadable(f"timm/{name}", name, kwargs, e) from None
 
 
 def _vit(name: str, num_classes: int, img_size: int, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
@@ -119,7 +139,10 @@ def _timm_hub(name: str) -> tuple[str, tuple[str, ...]] | None:
     """Where timm loads `name`'s default pretrained tag from: its Hub repo, safetensors first, as timm tries."""
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown tag ("resnet18.nope")
+        return None
     if cfg is None or not cfg.hf_hub_id:
         return None
     files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
@@ -251,7 +274,14 @@ def _biomedclip_state() -> dict[str, torch.Tensor]:
         path = hf_hub_download(BIOMEDCLIP, BIOMEDCLIP_FILE)
     except _download_errors() as e:
         raise _unavailable(f"{BIOMEDCLIP}/{BIOMEDCLIP_FILE}", e) from None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except _load_errors() as e:
+        raise _unloadable(f"{BIOMEDCLIP}/{BIOMEDCLIP_FILE}", "BiomedCLIP's open_clip checkpoint", {}, e) from None
+    if not isinstance(state, dict):
+        raise _unloadable(f"{BIOMEDCLIP}/{BIOMEDCLIP_FILE}", "BiomedCLIP's open_clip checkpoint", {},
+                          TypeError(f"a {type(state).__name__}, not a state dict"))
+    return state
 
 
 def biomedclip_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
