@@ -21,9 +21,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from melanoma.estimate import (NOT_COVERED_EXTRA, REFERENCE, TARGET_BYTES, DiskItem, Estimate, Sizes,  # noqa: E402
-                               disk_estimate, load_reference, loader_ratio, print_header, print_summary,
-                               print_times, stage_estimates)
+from melanoma.estimate import (ASSUMED, NOT_COVERED_EXTRA, REFERENCE, TARGET_BYTES,  # noqa: E402
+                               DiskItem, Estimate, Sizes, disk_estimate, load_reference, loader_ratio,
+                               print_header, print_summary, print_times, stage_estimates)
 from melanoma.profile import profile_params  # noqa: E402
 
 
@@ -42,11 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", default="study", help="the profile to estimate (default study)")
     ap.add_argument("--reference", type=Path, default=REFERENCE,
                     help="folder of the H200 reference .jsonl files (default: melanoma/reference)")
-    ap.add_argument("--real-train-benign", type=count, default=730)
-    ap.add_argument("--real-train-malignant", type=count, default=370)
-    ap.add_argument("--real-val", type=count, default=165)
-    ap.add_argument("--real-test", type=count, default=165)
-    ap.add_argument("--external-test", type=count, default=659)
+    ap.add_argument("--real-train-benign", type=count, default=ASSUMED.train["benign"])
+    ap.add_argument("--real-train-malignant", type=count, default=ASSUMED.train["malignant"])
+    ap.add_argument("--real-val", type=count, default=ASSUMED.val)
+    ap.add_argument("--real-test", type=count, default=ASSUMED.test)
+    ap.add_argument("--external-test", type=count, default=ASSUMED.external)
     ap.add_argument("--weight-files-per-cell", type=count, default=1,
                     help="fp32 weight files each seed of a classifier cell keeps in models/classifiers (default 1)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")

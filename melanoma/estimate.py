@@ -129,6 +129,10 @@ class Sizes:
         return self.val + self.test + self.external
 
 
+# the real data of an ISIC run with about 1,100 train images: what estimates assume before `split` has run
+ASSUMED = Sizes({"benign": 730, "malignant": 370}, 165, 165, 659)
+
+
 def synthetic_per_class(real: dict[str, int], per_class: int | str) -> dict[str, int]:
     """Synthetic images per class: the pipeline's own rule (fill each class up to per_class, real first)."""
     from melanoma.data.datasets import synthetic_counts

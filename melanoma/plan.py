@@ -130,12 +130,13 @@ def dvc_status() -> tuple[dict[str, Any], int] | None:
 def sizes_of(splits: Path, real: dict[str, int] | None) -> tuple[Sizes, str]:
     """The real image counts the estimate uses: the split's when it has run (for the current data source),
     else the assumed ISIC run of bench/study_estimate.py's defaults; and a note saying which."""
-    from melanoma.estimate import Sizes
+    from melanoma.estimate import ASSUMED, Sizes
     from melanoma.io import read_csv
 
     if real is None:
-        return Sizes({"benign": 730, "malignant": 370}, 165, 165, 659), \
-            "real data assumed (730 + 370 train, 165 val, 165 test, 659 external) until `dvc repro split` has run"
+        a = ASSUMED
+        return a, (f"real data assumed ({a.train['benign']} + {a.train['malignant']} train, {a.val} val, "
+                   f"{a.test} test, {a.external} external) until `dvc repro split` has run")
     try:
         rows = {name: len(read_csv(splits / f"{name}.csv")) if (splits / f"{name}.csv").is_file() else 0
                 for name in ("val", "test", "external_test")}
