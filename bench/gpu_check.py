@@ -47,9 +47,14 @@ def study_params(tiny: bool) -> dict[str, Any]:
         p = tiny_params()
         p["classifiers"]["train"]["batch_size"] = 4
         return p
+    from melanoma.estimate import ASSUMED
+    from melanoma.params import train_steps
     from melanoma.profile import profile_params
 
-    return profile_params("study", ROOT / "profiles")
+    p = profile_params("study", ROOT / "profiles")
+    tp = p["classifiers"]["train"]  # steps: auto, resolved as for the assumed ISIC run (the engine takes a number)
+    tp["steps"] = train_steps(tp, ASSUMED.train, p["datasets"]["per_class"])
+    return p
 
 
 def reference(folder: Path) -> list[dict[str, Any]]:

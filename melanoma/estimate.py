@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from melanoma.errors import MelanomaError
-from melanoma.params import DATASETS, LABELS
+from melanoma.params import DATASETS, LABELS, synthetic_counts, train_size, train_steps
 
 REFERENCE = Path(__file__).with_name("reference")  # the measured H200 figures this package ships
 
@@ -133,19 +133,6 @@ class Sizes:
 ASSUMED = Sizes({"benign": 730, "malignant": 370}, 165, 165, 659)
 
 
-def synthetic_per_class(real: dict[str, int], per_class: int | str) -> dict[str, int]:
-    """Synthetic images per class: the pipeline's own rule (fill each class up to per_class, real first)."""
-    from melanoma.data.datasets import synthetic_counts
-
-    return synthetic_counts(real, per_class)
-
-
-def train_size(dataset: str, sizes: Sizes, per_class: int | str) -> int:
-    """Training images in one dataset: Original = real train; augmented = real + synthetic fill."""
-    real = sum(sizes.train.values())
-    return real if DATASETS[dataset] is None else real + sum(synthetic_per_class(sizes.train, per_class).values())
-
-
 def families(params: dict[str, Any]) -> dict[str, bool]:
     """Generator families the grid's datasets need -> whether an upscaled set of that family is needed."""
     out: dict[str, bool] = {}
@@ -218,7 +205,7 @@ def _generator_note(fam: str, rec: dict[str, Any], batch: int) -> str:
 
 def sampling(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
     """synthesize@{dcgan,ddpm}: images to sample x the sampler's cost per image (and per step for DDPM)."""
-    fill = synthetic_per_class(sizes.train, p["datasets"]["per_class"])
+    fill = synthetic_counts(sizes.train, p["datasets"]["per_class"])
     n = sum(fill.values())
     work = f"{n:,} img ({' + '.join(f'{c} {fill[c]:,}' for c in LABELS)})"
     quality = (f"+ quality (C2ST critic, memorisation, FID on <= {p['synthesize']['quality_samples']:,} images per "
@@ -243,10 +230,16 @@ def _dcgan_sampling(ref: Reference, size: int, n: int, work: str, quality: str) 
                     "train step this rate measures; " + quality)
 
 
+SAMPLE_SIZE = 64  # the ddpm_sample records: 256 images of the study UNet at 64 px (melanoma/reference/README.md)
+
+
 def _ddpm_sampling(p: dict[str, Any], ref: Reference, n: int, work: str, quality: str) -> Estimate:
     """The configured scheduler's seconds per image-step from its record, times the study's sampling steps."""
     g = p["generators"]["ddpm"]
     sampler, steps = g["sampler"], g["sampling_steps"]
+    if p["generators"]["image_size"] != SAMPLE_SIZE:
+        return Estimate("synthesize@ddpm", work, "-", f"no ddpm_sample record at {p['generators']['image_size']} px "
+                        f"(the reference sampled at {SAMPLE_SIZE} px)", None, quality)
     rec = find(ref, "ddpm_sample", scheduler=sampler)
     secs, batch, rsteps = num(rec, "seconds"), num(rec, "batch"), num(rec, "steps")
     work = f"{work} x {steps} steps = {n * steps:,} img-steps"
@@ -268,7 +261,7 @@ def upscaling(p: dict[str, Any], sizes: Sizes) -> list[Estimate]:
     if not fams:
         return []
     u = p["upscale"]
-    fill = sum(synthetic_per_class(sizes.train, p["datasets"]["per_class"]).values())
+    fill = sum(synthetic_counts(sizes.train, p["datasets"]["per_class"]).values())
     out = [Estimate("train_upscaler", f"{u['sr']['steps']:,} steps x {u['sr']['batch_size']} patches", "-",
                     "not covered by the reference", None, f"ESPCN, {u['sr']['channels']} channels, x{u['factor']}")]
     out += [Estimate(f"upscale@{f}", f"{fill:,} img, 64 -> {64 * u['factor']} px", "-",
@@ -312,13 +305,14 @@ def loader_ratio(ref: Reference) -> tuple[float, str]:
 
 def classifier_training(p: dict[str, Any], ref: Reference, sizes: Sizes, loader: float) -> list[Estimate]:
     """train_classifier@<Arch>-*: per arch over its datasets and seeds, steps x batch / train rate + validations x
-    val / infer rate. The step budget is the same for every dataset, so the datasets' sizes do not enter."""
+    val / infer rate. The step budget is the same for every dataset (melanoma.params.train_steps)."""
     c, out = p["classifiers"], []
     size, mode = p["datasets"]["image_size"], "bf16_cl" if c["train"]["bf16"] else "fp32"
     tp, runs = c["train"], len(c["datasets"]) * len(c["seeds"])
-    imgs = runs * tp["steps"] * tp["batch_size"]
-    val = runs * (tp["steps"] // tp["eval_every"]) * sizes.val
-    work = (f"{len(c['datasets'])} datasets x {len(c['seeds'])} seeds x {tp['steps']} steps x {tp['batch_size']} = "
+    steps = train_steps(tp, sizes.train, p["datasets"]["per_class"])
+    imgs = runs * steps * tp["batch_size"]
+    val = runs * (steps // tp["eval_every"]) * sizes.val
+    work = (f"{len(c['datasets'])} datasets x {len(c['seeds'])} seeds x {steps} steps x {tp['batch_size']} = "
             f"{imgs:,} train + {val:,} val img")
     for arch in c["archs"]:
         model = c["models"][arch]["model"]
@@ -437,7 +431,7 @@ def disk_data(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
     img = s * s * 3
     real_train = sum(sizes.train.values())
     aug = [d for d in p["classifiers"]["datasets"] if DATASETS[d]]
-    n_aug = train_size(aug[0], sizes, per_class) if aug else 0
+    n_aug = train_size(aug[0], sizes.train, per_class) if aug else 0
     items = [DiskItem("data/raw", f"{sizes.real_total:,} real img x {RAW_BYTES_PER_IMAGE / MB:g} MB (JPEG q95, "
                                   f"<= {p['data']['max_side']} px)", sizes.real_total * RAW_BYTES_PER_IMAGE),
              DiskItem("data/datasets (Original train)", f"{real_train:,} x {s}x{s}x3 B", real_train * img),
@@ -450,7 +444,7 @@ def disk_data(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
 
 def disk_synthetic(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
     """data/synthetic/<fam> shards at generator size, <fam>_upscaled at size x factor."""
-    n = sum(synthetic_per_class(sizes.train, p["datasets"]["per_class"]).values())
+    n = sum(synthetic_counts(sizes.train, p["datasets"]["per_class"]).values())
     g, f, out = p["generators"]["image_size"], p["upscale"]["factor"], []
     for fam, up in families(p).items():
         out.append(DiskItem(f"data/synthetic/{fam}", f"{n:,} x {g}x{g}x3 B", n * g * g * 3))
@@ -605,7 +599,7 @@ def print_header(ref: Reference, sizes: Sizes, p: dict[str, Any], ratio_how: str
     env = {k: v for r in ref.records if r.get("kind") == "env" for k, v in r.items()
            if k not in ("kind", "t", "_file", "_line")}
     tp, per_class = p["classifiers"]["train"], p["datasets"]["per_class"]
-    fill = synthetic_per_class(sizes.train, per_class)
+    fill = synthetic_counts(sizes.train, per_class)
     print(f"Estimate: one NVIDIA H200, profile {profile!r} (params.yaml untouched)")
     print("reference files:", ", ".join(f"[{i}] {f}" for i, f in enumerate(ref.files, 1)))
     print("reference environment: " + "; ".join(f"{k} {v}" for k, v in env.items())
@@ -614,9 +608,9 @@ def print_header(ref: Reference, sizes: Sizes, p: dict[str, Any], ratio_how: str
           f"val {sizes.val}, test {sizes.test}, external test {sizes.external} (total {sizes.real_total:,})")
     print(f"study: generators {p['generators']['image_size']} px; datasets.per_class {per_class} -> synthetic per "
           f"family {', '.join(f'{c} {n:,}' for c, n in fill.items())}; classifiers {p['datasets']['image_size']} px, "
-          f"{len(p['classifiers']['seeds'])} seeds x {tp['steps']} steps of batch {tp['batch_size']}, bf16 "
+          f"{len(p['classifiers']['seeds'])} seeds x {train_steps(tp, sizes.train, per_class)} steps of batch {tp['batch_size']}, bf16 "
           f"{str(tp['bf16']).lower()}")
-    print("classifier train sizes: " + ", ".join(f"{d} {train_size(d, sizes, per_class):,}"
+    print("classifier train sizes: " + ", ".join(f"{d} {train_size(d, sizes.train, per_class):,}"
                                                  for d in p["classifiers"]["datasets"]))
     print(f"loader ratio applied to classifier training (GPU-resident uint8 pack): {ratio_how}\n")
 

@@ -8,7 +8,9 @@ path and what is allowed.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ ARCHS = ("BioViT", "DenseNet", "ResNet", "Swin", "ViT", "MedViT")  # classifier 
 DATASETS = {"Original": None, "DCGAN": "dcgan", "DCGAN_Upscaled": "dcgan_upscaled", "DDPM": "ddpm",
             "DDPM_Upscaled": "ddpm_upscaled"}
 DATASET_NAMES = tuple(DATASETS)
+PER_CLASS = ("a number of images per class from 1 to 1000000 (e.g. 3250) or a multiple of the larger real train "
+             "class from 1x to 1000x (e.g. 3x)")
 
 
 class ParamsError(MelanomaError, ValueError):
@@ -48,6 +52,7 @@ class Field:
     nullable: bool = False
     values: tuple[str, ...] = ()  # for dict fields: allowed values of the mapping
     item: type | None = None  # for list fields: the type of every element
+    doc: str = ""  # what the field takes, in words, where the types alone would mislead
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
@@ -138,14 +143,17 @@ SCHEMA: dict[str, Any] = {
     },
     "datasets": {
         "image_size": Field(int, min=16, max=1024),
-        "per_class": Field((int, str), choices=("balance",), min=1, max=1_000_000),
+        "per_class": Field((int, str), min=1, max=1_000_000, doc=PER_CLASS),  # see per_class_target
+        "min_synthetic_share": Field(float, min=0.0, max=0.99),  # `split` refuses augmented sets below it
     },
     "classifiers": {
         "archs": Field(list, item=str, choices=ARCHS),
         "datasets": Field(list, item=str, choices=DATASET_NAMES),
         "seeds": Field(list, item=int, min=0, max=SEED_MAX),  # every cell is trained once per seed
         "train": {
-            "steps": Field(int, min=1, max=10_000_000),  # optimiser steps per cell, the same for every dataset
+            "steps": Field((int, str), choices=("auto",), min=1, max=10_000_000,  # per cell and seed (train_steps)
+                           doc="a number of optimiser steps from 1 to 10000000, or auto (`passes` over an augmented set)"),
+            "passes": Field(float, min=0.01, max=100_000.0),  # steps: auto -> passes over an augmented set
             "eval_every": Field(int, min=1, max=10_000_000),  # steps between validations (val AUROC)
             "batch_size": Field(int, min=2, max=65_536),
             "eval_batch_size": Field(int, min=1, max=65_536),
@@ -195,6 +203,8 @@ SCHEMA: dict[str, Any] = {
 
 
 def _describe(f: Field) -> str:
+    if f.doc:
+        return f.doc
     if f.choices and f.kind is str:
         return "one of " + ", ".join(map(str, f.choices))
     kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
@@ -226,6 +236,8 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
     if float in kinds and isinstance(value, int):
         value = float(value)
     if f.choices and f.item is None and isinstance(value, str) and value not in f.choices:
+        if f.doc:
+            raise ParamsError(f"{path} is {value!r}; it must be {f.doc}")
         raise ParamsError(f"{path} must be one of {', '.join(map(str, f.choices))} (got {value!r})")
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if numeric and not math.isfinite(value):
@@ -309,9 +321,11 @@ def cross_check(p: dict[str, Any]) -> None:
     seeds, tp = p["classifiers"]["seeds"], p["classifiers"]["train"]
     if len(set(seeds)) != len(seeds):
         raise ParamsError(f"classifiers.seeds lists a seed twice: {seeds}; each repeat needs its own seed")
-    if tp["eval_every"] > tp["steps"] or tp["warmup_steps"] >= tp["steps"]:
-        raise ParamsError(f"classifiers.train.eval_every ({tp['eval_every']}) and warmup_steps ({tp['warmup_steps']}) "
-                          f"must be below classifiers.train.steps ({tp['steps']})")
+    if tp["steps"] != "auto" and budget_problem(tp, tp["steps"]):
+        raise ParamsError(budget_problem(tp, tp["steps"]))
+    per_class = p["datasets"]["per_class"]
+    if isinstance(per_class, str) and not (MULTIPLE.fullmatch(per_class) and float(per_class[:-1]) <= 1000):
+        raise ParamsError(f"datasets.per_class is {per_class!r}; it must be {PER_CLASS}")
     px = p["datasets"]["image_size"]
     for arch in p["classifiers"]["archs"]:
         smallest, multiple = input_rule(arch, p["classifiers"]["models"][arch]["kwargs"])
@@ -346,23 +360,111 @@ def validate(tree: Any, schema: dict[str, Any] = SCHEMA, prefix: str = "") -> di
     return out
 
 
+MULTIPLE = re.compile(r"(?:[1-9]\d{0,2}|1000)(?:\.\d{1,3})?x")  # datasets.per_class as a multiple: 1x ... 1000x
+
+
+def per_class_target(real: dict[str, int], per_class: int | str) -> int:
+    """Training images per class in every augmented dataset: `per_class` itself when it is a count, else
+    ('<m>x') m times the larger real class of the train split, rounded half up. `real`: real train images per label."""
+    if isinstance(per_class, str):  # exact decimal arithmetic, half up: 2.5x of 17 is 43, 1.13x of 50 is 57
+        m = Decimal(per_class[:-1]) * max(real.get(c, 0) for c in LABELS)
+        return int(m.to_integral_value(rounding=ROUND_HALF_UP))
+    return int(per_class)
+
+
 def synthetic_counts(real: dict[str, int], per_class: int | str) -> dict[str, int]:
-    """Synthetic training images per class for an augmented dataset: each class is filled up to `per_class`
-    images, real ones first ('balance': up to the larger real class). A class with more real images than the
-    target gets none (no real image is ever dropped). `real`: real train images per label; keys: LABELS."""
-    target = max(real.get(c, 0) for c in LABELS) if per_class == "balance" else int(per_class)
+    """Synthetic training images per class for an augmented dataset: each class is filled up to
+    per_class_target images, real ones first. A class with more real images than the target gets none (no real
+    image is ever dropped). `real`: real train images per label; keys: LABELS."""
+    target = per_class_target(real, per_class)
     return {c: max(0, target - real.get(c, 0)) for c in LABELS}
 
 
-def adds_nothing(real: dict[str, int], per_class: int | str) -> str:
-    """'' when `datasets.per_class` adds synthetic images to the real train counts `real`; else the one-line
-    error that stops the run before any generator is trained (every augmented dataset would equal Original)."""
-    if sum(synthetic_counts(real, per_class).values()):
+def train_size(dataset: str, real: dict[str, int], per_class: int | str) -> int:
+    """Training images in one dataset: Original = the real train images; augmented = real + synthetic fill."""
+    added = sum(synthetic_counts(real, per_class).values()) if DATASETS[dataset] else 0
+    return sum(real.get(c, 0) for c in LABELS) + added
+
+
+def synthetic_share(real: dict[str, int], per_class: int | str) -> float:
+    """Fraction of an augmented training set that is synthetic, in [0, 1) (0 for an empty split)."""
+    total = train_size("DCGAN", real, per_class)
+    return sum(synthetic_counts(real, per_class).values()) / total if total else 0.0
+
+
+def share_problem(real: dict[str, int], per_class: int | str, min_share: float) -> str:
+    """'' when the augmented datasets add synthetic images and are at least `min_share` synthetic; else the
+    one-line error that stops `split` before any generator is trained: the augmented sets would equal Original,
+    or differ from it too little for the verdict to test anything."""
+    share, counts = synthetic_share(real, per_class), " + ".join(f"{real.get(c, 0)} {c}" for c in LABELS)
+    if share >= min_share and share > 0:
         return ""
-    counts = " and ".join(f"{real.get(c, 0)} {c}" for c in LABELS)
-    return (f"params.yaml datasets.per_class: {per_class} adds no synthetic image to a train split of {counts} images, "
-            "so every augmented dataset would equal Original; set it above the larger class, e.g. "
-            f"`dvc exp run -S datasets.per_class={2 * max(real.get(c, 0) for c in LABELS)}`")
+    if not max(real.get(c, 0) for c in LABELS):
+        return f"the train split holds no real images ({counts}): there is nothing to augment; rerun `dvc repro split`"
+    m = next(m for m in range(1, 1001) if synthetic_share(real, f"{m}x") >= max(min_share, 0.01))
+    fix = (f"set a multiple of the larger class, e.g. `dvc exp run -S datasets.per_class={m}x` "
+           f"({synthetic_share(real, f'{m}x'):.0%} synthetic)")
+    added = sum(synthetic_counts(real, per_class).values())
+    if not added:
+        return (f"params.yaml datasets.per_class: {per_class} adds no synthetic image to {counts} real train images, "
+                f"so every augmented dataset would equal Original; {fix}")
+    return (f"params.yaml datasets.per_class: {per_class} adds {added} synthetic images to {counts} real train "
+            f"images: {share:.1%} of each augmented set, below datasets.min_synthetic_share {min_share:g}, so the "
+            f"augmented datasets would hardly differ from Original; {fix}, or lower datasets.min_synthetic_share "
+            "for a deliberate small-share run")
+
+
+def train_steps(tp: dict[str, Any], real: dict[str, int], per_class: int | str) -> int:
+    """Optimiser steps per cell and seed, the same for every dataset: `classifiers.train.steps` when it is a
+    number; for `auto`, `passes` passes over an augmented training set (the largest: every real image plus the
+    synthetic fill), rounded up to whole batches. `tp`: classifiers.train; `real`: real train images per label."""
+    if tp["steps"] != "auto":
+        return int(tp["steps"])
+    return max(1, math.ceil(tp["passes"] * train_size("DCGAN", real, per_class) / tp["batch_size"]))
+
+
+def budget_problem(tp: dict[str, Any], steps: int) -> str:
+    """'' when the training budget of `steps` optimiser steps holds warmup_steps (and, for a number of steps set
+    by hand, eval_every); else the one-line error naming them. With steps: auto a budget shorter than eval_every
+    is fine: the last step always validates."""
+    fits_eval = tp["steps"] == "auto" or tp["eval_every"] <= steps
+    if fits_eval and tp["warmup_steps"] < steps:
+        return ""
+    if tp["steps"] == "auto":
+        return (f"classifiers.train.warmup_steps ({tp['warmup_steps']}) must be below the {steps} optimiser steps "
+                f"that steps: auto ({tp['passes']:g} passes) makes for this data; lower it or raise passes")
+    return (f"classifiers.train.eval_every ({tp['eval_every']}) and warmup_steps ({tp['warmup_steps']}) must be "
+            f"below classifiers.train.steps ({steps})")
+
+
+def split_problem(p: dict[str, Any], real: dict[str, int]) -> str:
+    """What `split` refuses for this train split (checked again by `melanoma plan`): a synthetic share below
+    datasets.min_synthetic_share, or a training budget that eval_every/warmup_steps do not fit; '' when fine."""
+    d, tp = p["datasets"], p["classifiers"]["train"]
+    return (share_problem(real, d["per_class"], d["min_synthetic_share"])
+            or budget_problem(tp, train_steps(tp, real, d["per_class"])))
+
+
+def sizing_line(p: dict[str, Any], real: dict[str, int]) -> str:
+    """One line on what the augmented datasets and the training budget come to for the real train counts `real`:
+    images per class, the synthetic number and share, steps and passes (split's output, `melanoma plan`)."""
+    d, tp = p["datasets"], p["classifiers"]["train"]
+    fill, target = synthetic_counts(real, d["per_class"]), per_class_target(real, d["per_class"])
+    n_real, n_aug = train_size("Original", real, d["per_class"]), train_size("DCGAN", real, d["per_class"])
+    steps = train_steps(tp, real, d["per_class"])
+    seen = steps * tp["batch_size"]
+    how = f"steps: auto, {tp['passes']:g} passes" if tp["steps"] == "auto" else "classifiers.train.steps"
+    return (f"augmented sets: datasets.per_class {d['per_class']} = {target:,} images per class ("
+            + ", ".join(f"{c} {real.get(c, 0):,} real + {fill[c]:,} synthetic" for c in LABELS)
+            + f"): {sum(fill.values()):,} of {n_aug:,} synthetic ({synthetic_share(real, d['per_class']):.0%}); "
+            f"training: {steps:,} optimiser steps of {tp['batch_size']} ({how}) = {passes(seen, n_real)} passes "
+            f"over Original's {n_real:,} images, {passes(seen, n_aug)} over an augmented set's {n_aug:,}")
+
+
+def passes(seen: int, images: int) -> str:
+    """Images seen over a set's size, for people: 0.46, 1.8, 20, 115."""
+    x = seen / max(images, 1)
+    return f"{x:.2f}" if x < 1 else f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -13,34 +13,40 @@ from typing import TYPE_CHECKING, Any
 
 from melanoma.data.datasets import DatasetError, real_train_counts
 from melanoma.errors import first_line
-from melanoma.params import DATASETS, LABELS, adds_nothing, synthetic_counts
+from melanoma.params import DATASETS, LABELS, passes, split_problem, synthetic_counts, train_size, train_steps
 
 if TYPE_CHECKING:
     from melanoma.estimate import Sizes
 
 
 def plan(params: dict[str, Any], splits: Path) -> dict[str, Any]:
-    """{"per_class", "real" (per label, None before `split`), "datasets": {name: {label: (real, synthetic)} or
-    None where unknown}, "synthesize": {label: count or None}}. Counts are numbers of training images."""
-    per_class = params["datasets"]["per_class"]
+    """{"real": real train images per label (None before `split`, or when the split is another source's),
+    "counts": the real counts the plan uses (the split's, else assumed_counts'), "assumed": what the assumed
+    counts rest on ('' for the split's own), "datasets": {name: {label: (real, synthetic)}}, "steps": optimiser
+    steps per cell and seed}. Counts are numbers of training images."""
     real = _real_counts(splits / "train.csv") if (splits / "train.csv").is_file() else None
     if real is not None and _split_source(splits / "train.csv") not in (None, params["data"]["source"]):
         real = None  # the split of another data source (e.g. the demo's, after `melanoma profile study`): stale
-    if real is not None:
-        fill = synthetic_counts(real, per_class)
-    elif per_class != "balance":  # before split: each class is filled to per_class (if it has fewer real images)
-        fill = {c: None for c in LABELS}
-    else:
-        fill = None
-    out: dict[str, Any] = {"per_class": per_class, "real": real, "synthesize": fill, "datasets": {}}
-    for name, source in DATASETS.items():
-        if not source:
-            out["datasets"][name] = {c: (real[c], 0) for c in LABELS} if real else None
-        elif fill is None:
-            out["datasets"][name] = None
-        else:
-            out["datasets"][name] = {c: ((real or {}).get(c), fill[c]) for c in LABELS}
-    return out
+    counts, basis = (real, "") if real is not None else assumed_counts(params)
+    per_class = params["datasets"]["per_class"]
+    fill = synthetic_counts(counts, per_class)
+    return {"real": real, "counts": counts, "assumed": basis,
+            "steps": train_steps(params["classifiers"]["train"], counts, per_class),
+            "datasets": {name: {c: (counts[c], fill[c] if source else 0) for c in LABELS}
+                         for name, source in DATASETS.items()}}
+
+
+def assumed_counts(params: dict[str, Any]) -> tuple[dict[str, int], str]:
+    """Real train images per label before `split` has run, and what they rest on: the demo's own sizes times the
+    train fraction, or for any other source an ISIC run of ~1,100 train images (melanoma.estimate.ASSUMED)."""
+    from melanoma.estimate import ASSUMED
+
+    if params["data"]["source"] == "demo":
+        frac = 1 - params["split"]["val_fraction"] - params["split"]["test_fraction"]
+        demo = params["data"]["demo"]
+        return ({c: round(demo[f"n_{c}"] * frac) for c in LABELS},
+                "data.demo's n_benign and n_malignant x the train fraction")
+    return dict(ASSUMED.train), "an ISIC run of ~1,100"
 
 
 def _split_source(path: Path) -> str | None:
@@ -62,36 +68,40 @@ def _real_counts(path: Path) -> dict[str, int]:
         raise DatasetError(f"cannot read the labels in {path} ({type(e).__name__}: {e}); rerun `dvc repro split`") from None
 
 
-def describe(p: dict[str, Any]) -> str:
-    """The images-per-dataset table of a plan."""
-    per_class, real = p["per_class"], p["real"]
-    head = (f"plan: datasets.per_class = {per_class}; real train images: "
-            + (", ".join(f"{real[c]} {c}" for c in LABELS) if real else "not known until `dvc repro split` has run"))
-    lines = [head, f"{'dataset':<16}{'train images':>14}  " + "  ".join(f"{c + ' (real + synthetic)':<30}" for c in LABELS)]
+def describe(p: dict[str, Any], params: dict[str, Any]) -> str:
+    """The images-per-dataset table of a plan: real + synthetic per class, the synthetic share, and the training
+    budget (steps, and passes over each dataset); '!' lines for what `split` refuses or what trains too little."""
+    d, tp, real, steps = params["datasets"], params["classifiers"]["train"], p["counts"], p["steps"]
+    budget = (f"{tp['steps']:,} optimiser steps of {tp['batch_size']} per cell and seed" if tp["steps"] != "auto" else
+              f"steps: auto = {tp['passes']:g} passes over an augmented set, in batches of {tp['batch_size']}")
+    lines = [f"plan: datasets.per_class = {d['per_class']} (augmented sets: every real train image, each class "
+             f"filled with synthetic ones to {_target(d['per_class'])}); training: {budget}",
+             (f"real train images ASSUMED ({p['assumed']}; the split's own counts once `dvc repro split` has run): "
+              if p["assumed"] else "real train images: ")
+             + f"{', '.join(f'{real[c]:,} {c}' for c in LABELS)}; {steps:,} optimiser steps per cell and seed "
+             f"({steps * tp['batch_size']:,} images seen)",
+             f"{'dataset':<16}{'train images':>13}  " + "".join(f"{c + ' (real + synthetic)':<30}" for c in LABELS)
+             + f"{'synthetic':>10}{'passes':>8}"]
     for name, counts in p["datasets"].items():
-        if counts is None:
-            lines.append(f"{name:<16}{'?':>14}  (needs the real counts: run `dvc repro split`)")
-            continue
-        cells, total = [], 0
-        for c in LABELS:
-            r, s = counts[c]
-            if r is None:  # before split, with a numeric target
-                cells.append(f"{per_class} (real, then synthetic)")
-                total = None
-            else:
-                cells.append(f"{r + s} = {r} + {s}")
-                total = None if total is None else total + r + s
-        shown = str(total) if total is not None else (f"{2 * per_class}*" if DATASETS[name] else "all real")
-        lines.append(f"{name:<16}{shown:>14}  " + "  ".join(f"{x:<30}" for x in cells))
-    fill = p["synthesize"]
-    if fill is not None:
-        each = ", ".join(f"{c} {'up to ' + str(per_class) if n is None else n}" for c, n in fill.items())
-        lines.append(f"synthesize@dcgan, synthesize@ddpm: {each} synthetic images per generator family")
-    if real is None and per_class != "balance":
-        lines.append(f"* when each class has at most {per_class} real train images (more real ones are all kept)")
-    if real is not None and adds_nothing(real, per_class):
-        lines.append(f"! {adds_nothing(real, per_class)} (`dvc repro split` refuses this)")
+        total = sum(r + s for r, s in counts.values())
+        synth = sum(s for _, s in counts.values())
+        per_label = [f"{r + s:,} = {r:,} + {s:,} ({s / max(r + s, 1):.0%})" for r, s in counts.values()]
+        lines.append(f"{name:<16}{total:>13,}  " + "".join(f"{x:<30}" for x in per_label)
+                     + f"{synth / max(total, 1):>10.0%}{passes(steps * tp['batch_size'], total):>8}")
+    problem = split_problem(params, real)
+    if problem:
+        lines.append(f"! {problem} (`dvc repro split` refuses this" + (" if the real counts are as assumed)"
+                                                                          if p["assumed"] else ")"))
+    largest = train_size("DCGAN", real, d["per_class"])
+    if steps * tp["batch_size"] < largest and params["data"]["source"] != "demo":
+        lines.append(f"! {steps:,} steps of {tp['batch_size']} are under one pass over an augmented set's {largest:,} "
+                     "images: too little training for real data (the demo's budget); `melanoma profile own-data` "
+                     "sizes it to the data (classifiers.train.steps: auto)")
     return "\n".join(lines)
+
+
+def _target(per_class: int | str) -> str:
+    return f"{per_class[:-1]} x the larger real class" if isinstance(per_class, str) else f"{per_class:,} per class"
 
 
 def grid_line(params: dict[str, Any]) -> str:
@@ -196,7 +206,7 @@ def report(params: dict[str, Any], splits: Path, status: tuple[dict[str, Any], i
     if warning:
         lines.append(warning)
     p = plan(params, splits)
-    lines += [grid_line(params), describe(p)]
+    lines += [grid_line(params), describe(p, params)]
     lines.append(stages_line(*status) if status is not None else "stages to run: unknown (not in a DVC project)")
     lines.append(estimate_line(params, splits, p["real"]))
     return "\n".join(lines)

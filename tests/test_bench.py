@@ -33,5 +33,17 @@ def test_study_estimate_prints_its_arithmetic_from_the_shipped_reference(tmp_pat
     p = subprocess.run([sys.executable, str(ROOT / "bench/study_estimate.py"), "--json", str(tmp_path / "e.json")],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "100,000 steps x 32 img" in p.stdout and "6,500" in p.stdout
+    assert "100,000 steps x 32 img" in p.stdout and "DDPM 6,570" in p.stdout  # 4.5x of the assumed 730 benign
     assert json.loads((tmp_path / "e.json").read_text())
+
+
+def test_gpu_check_hands_the_engine_a_number_of_steps_at_study_size():
+    """The study's classifiers.train.steps is `auto`; the GPU check's classifier part builds the engine's task
+    straight from these params, so they must carry the resolved number (~2,050 for the assumed ~1,100 images)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    steps = gpu_check.study_params(tiny=False)["classifiers"]["train"]["steps"]
+    assert isinstance(steps, int) and 2000 < steps < 2100, steps

@@ -1,6 +1,7 @@
 """The real images decoded once, and the five datasets: composition (per_class, both classes), identical val/test,
 leakage guard, packed cache, bad synthetic input."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -37,7 +38,9 @@ def build(folder, name, params=P, synthetic=None):
 def test_synthetic_counts_fill_each_class_to_the_target():
     assert synthetic_counts({"benign": 17, "malignant": 8}, 20) == {"benign": 3, "malignant": 12}
     assert synthetic_counts({"benign": 30, "malignant": 8}, 20) == {"benign": 0, "malignant": 12}  # real kept
-    assert synthetic_counts({"benign": 17, "malignant": 8}, "balance") == {"benign": 0, "malignant": 9}
+    assert synthetic_counts({"benign": 17, "malignant": 8}, "1x") == {"benign": 0, "malignant": 9}
+    assert synthetic_counts({"benign": 17, "malignant": 8}, "2.5x") == {"benign": 26, "malignant": 35}  # 42.5 -> 43
+    assert synthetic_counts({"benign": 50, "malignant": 8}, "1.13x")["benign"] == 7  # 56.5 -> 57, exactly
 
 
 def test_composition_matches_params(project):
@@ -51,6 +54,8 @@ def test_composition_matches_params(project):
         for c in real:
             assert stats["counts"]["train"][f"{c}/{origin}"] == target - real[c]
             assert stats["counts"]["train"][f"{c}/real"] == real[c]
+            assert stats["synthetic_share"][c] == round((target - real[c]) / target, 4)
+        assert stats["synthetic_share"]["all"] == round((2 * target - sum(real.values())) / (2 * target), 4)
         rows = [r for r in read_csv(project / f"data/datasets/{name}/manifest.csv") if r["split"] == "train"]
         synth = [r for r in rows if r["origin"] == "dcgan"]
         assert len(synth) == 2 * target - len(train) and {r["upscaled"] for r in synth} == {up}
@@ -121,7 +126,10 @@ def test_plan_counts_what_build_dataset_builds(project):
     stats = json.loads((project / "data/datasets/DCGAN/stats.json").read_text())
     assert {c: sum(got["datasets"]["DCGAN"][c]) for c in ("benign", "malignant")} == stats["per_class"]["train"]
     assert got["datasets"]["Original"] == {c: (n, 0) for c, n in got["real"].items()}
-    assert f"DCGAN{' ' * 20}"[:16] + f"{2 * P['datasets']['per_class']:>14}" in describe(got)
+    table = describe(got, P)
+    total = 2 * P['datasets']['per_class']
+    assert re.search(rf"\nDCGAN +{total} +{stats['per_class']['train']['benign']} = ", table), table
+    assert f"{P['classifiers']['train']['steps']} optimiser steps per cell and seed" in table
 
 
 @pytest.mark.parametrize("damage", ["no splits", "empty test", "vanished image"])
@@ -181,12 +189,33 @@ def test_plan_with_an_unreadable_train_csv_is_one_error(tmp_path):
         plan(P, tmp_path)
 
 
-def test_a_per_class_that_adds_no_synthetic_image_is_named_with_its_fix():
-    from melanoma.params import adds_nothing
+def test_a_per_class_adding_too_small_a_share_is_named_with_its_fix():
+    from melanoma.params import share_problem, synthetic_counts, synthetic_share
 
     balanced = {"benign": 105, "malignant": 105}
-    said = adds_nothing(balanced, "balance")
-    assert said.startswith("params.yaml datasets.per_class: balance adds no synthetic image to a train split of "
-                           "105 benign and 105 malignant images") and "-S datasets.per_class=210" in said
-    assert adds_nothing(balanced, 105) and not adds_nothing(balanced, 106)
-    assert not adds_nothing({"benign": 105, "malignant": 40}, "balance")  # the minority class is filled
+    said = share_problem(balanced, "1x", 0.25)
+    assert said == ("params.yaml datasets.per_class: 1x adds no synthetic image to 105 benign + 105 malignant real "
+                    "train images, so every augmented dataset would equal Original; set a multiple of the larger "
+                    "class, e.g. `dvc exp run -S datasets.per_class=2x` (50% synthetic)")
+    assert share_problem(balanced, "1x", 0.0) == said  # a lower minimum cannot make it add anything
+    assert "holds no real images" in share_problem({"benign": 0, "malignant": 0}, "3x", 0.25)
+    # the issue's own-data run: 287 per class added 25 malignant images to 771 real ones (3 %)
+    small = share_problem({"benign": 516, "malignant": 262}, 287, 0.25)
+    assert "adds 25 synthetic images" in small and "3.1% of each augmented set" in small and "=2x" in small
+    assert "or lower datasets.min_synthetic_share" in small
+    assert share_problem(balanced, 0 + 140, 0.0) == "" and share_problem(balanced, 105, 0.0)  # adds nothing: refused
+    assert not share_problem({"benign": 105, "malignant": 40}, "1x", 0.25)  # the minority class is filled: 31 %
+    assert synthetic_counts({"benign": 279, "malignant": 139}, "3x") == {"benign": 558, "malignant": 698}
+    assert round(synthetic_share({"benign": 279, "malignant": 139}, "3x"), 3) == 0.75
+
+
+def test_steps_auto_sizes_the_budget_to_an_augmented_set():
+    from melanoma.params import ParamsError, budget_problem, train_steps, validate
+
+    tp = {**P["classifiers"]["train"], "steps": "auto", "passes": 2.0, "batch_size": 32, "warmup_steps": 4}
+    assert train_steps(tp, {"benign": 420, "malignant": 315}, "3x") == 158  # ceil(2 x 2,520 / 32)
+    assert train_steps({**tp, "steps": 24}, {"benign": 420, "malignant": 315}, "3x") == 24  # set by hand: kept
+    assert budget_problem({**tp, "eval_every": 500}, 158) == ""  # the last step validates
+    assert "warmup_steps (4) must be below the 3 optimiser steps" in budget_problem(tp, 3)
+    with pytest.raises(ParamsError, match=r"datasets.per_class is 'balance'; it must be a number of images per class"):
+        validate({**P, "datasets": {**P["datasets"], "per_class": "balance"}})

@@ -161,6 +161,11 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
     ("classifiers.train.eval_every", 100, "classifiers.train.eval_every (100) and warmup_steps (4) must be below "
                                           "classifiers.train.steps (24)"),
     ("classifiers.train.warmup_steps", 24, "must be below classifiers.train.steps (24)"),
+    ("datasets.per_class", "balance", "datasets.per_class is 'balance'; it must be a number of images per class from 1"),
+    ("datasets.per_class", "1000.5x", "or a multiple of the larger real train class from 1x to 1000x (e.g. 3x)"),
+    ("datasets.per_class", 2.5, "datasets.per_class is 2.5 (float); it must be a number of images per class"),
+    ("classifiers.train.steps", "Auto", "classifiers.train.steps is 'Auto'; it must be a number of optimiser steps "
+                                        "from 1 to 10000000, or auto"),
 ])
 def test_values_that_pass_alone_but_break_a_later_stage_fail_at_load(dotted, value, needle):
     tree = load_params(ROOT / "params.yaml")

@@ -318,9 +318,10 @@ def test_study_dry_plans_the_full_grid_on_a_fresh_clone(repo):
     assert re.search(r"^stages to run \(dvc status\): 56 of 56: fetch, split, train_generator x4, .*"
                      r"train_classifier x30, evaluate x6", plan, re.M), plan
     assert re.search(r"GPU time \d+\.\d h", plan) and re.search(r"disk \d+\.\d GB of outputs", plan), plan
-    for name in ("DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"):  # ~6,500 training images per augmented
-        assert re.search(rf"^{name} +6500\* ", plan, re.M), plan  # dataset, like the original study
-    assert "synthesize@dcgan, synthesize@ddpm: benign up to 3250, malignant up to 3250" in plan, plan
+    for name in ("DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"):  # ~6,570 training images per augmented
+        assert re.search(rf"^{name} +6,570 +3,285 = 730 \+ 2,555 \(78%\) +3,285 = 370 \+ 2,915 \(89%\) +83% +20$", plan,
+                         re.M), plan
+    assert "real train images ASSUMED" in plan and "2,054 optimiser steps per cell and seed" in plan
     assert not (repo / "data/raw").exists() and not (repo / "models/classifiers").exists()
     p = yaml.safe_load((repo / "params.yaml").read_text())
     assert p["datasets"]["image_size"] == 224 and p["classifiers"]["models"]["ResNet"]["model"] == "resnet50"
@@ -357,18 +358,43 @@ def test_own_data_stops_before_training_when_nothing_is_added_else_completes(rep
         for f in sorted((isic_sample / "folder" / label).iterdir())[:20]:
             shutil.copy(f, own / label / f.name)
     local = ["-S", "data.source=local", "-S", f"data.local.path={own}"]
-    bad = sh(repo, "dvc", "exp", "run", *local, "-S", "datasets.per_class=balance", check=False)
+    bad = sh(repo, "dvc", "exp", "run", *local, "-S", "datasets.per_class=1x", check=False)
     said = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "Traceback" not in said
-    assert re.search(r"datasets\.per_class: balance adds no synthetic image to a train split of (\d+) benign and "
-                     r"\1 malignant images, so every augmented dataset would equal Original", said), said
+    assert re.search(r"datasets\.per_class: 1x adds no synthetic image to (\d+) benign \+ \1 malignant real train "
+                     r"images, so every augmented dataset would equal Original; set a multiple of the larger class, "
+                     r"e\.g\. `dvc exp run -S datasets\.per_class=2x`", said), said
     assert "train_generator" not in said and not list((repo / "models").glob("generators/*/*"))  # stopped at split
     sh(repo, "git", "checkout", "params.yaml")  # what the README says to do after a failed run
-    out = sh(repo, "dvc", "exp", "run", *local).stdout  # the README's own-data command, as written
+    out = sh(repo, "dvc", "exp", "run", *local).stdout  # own data through -S alone (the tiny params' budget)
     assert "Running stage 'report'" in out
     assert Counter(r["label"] for r in read_csv(repo / "data/raw/manifest.csv")) == {"benign": 20, "malignant": 20}
     assert json.loads((repo / "results/verdict.json").read_text())["pooled"]["DCGAN"]["test"]["verdict"] in (-1, 0, 1)
     assert "<h3>Source: demo" not in (repo / "results/report.html").read_text()
+
+
+def test_the_own_data_profile_on_the_isic_sample_plans_a_majority_synthetic_augmentation(repo, isic_sample):
+    """The README's own-data commands (images in data/local, `melanoma profile own-data`, `dvc repro split`,
+    `melanoma plan`) on the 300-image ISIC sample: augmented sets sized to the data, share and passes stated."""
+    shutil.copytree(isic_sample / "folder", repo / "data/local")
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # the committed demo params, as a clone has them
+    said = sh(repo, "melanoma", "profile", "own-data").stdout
+    assert "profile 'own-data' in effect" in said
+    split = sh(repo, "dvc", "repro", "split").stdout
+    line = re.search(r"augmented sets: datasets.per_class 3x = (\d+) images per class .*: ([\d,]+) of ([\d,]+) "
+                     r"synthetic \((\d+)%\); training: (\d+) optimiser steps of 32 \(steps: auto, 2 passes\)", split)
+    assert line, split
+    real = read_csv(repo / "data/splits/train.csv")
+    assert int(line[1]) == 3 * max(Counter(r["label"] for r in real).values())
+    assert int(line[4]) >= 50 and int(line[5]) >= 2 * 3 * len(real) // 32  # synthetic the majority; 2 passes
+    plan = sh(repo, "melanoma", "plan").stdout
+    assert "profile in effect: own-data" in plan and "\n!" not in plan, plan
+    rows = {r.split()[0]: r.split() for r in plan.splitlines() if r.split() and r.split()[0] in
+            ("Original", "DCGAN", "DDPM_Upscaled")}
+    assert rows["Original"][-2:] == ["0%", rows["Original"][-1]] and float(rows["Original"][-1]) > 5  # passes
+    assert rows["DCGAN"][-2] == f"{line[4]}%" and rows["DCGAN"][-1] == "2.0"
+    bad = sh(repo, "dvc", "exp", "run", "-S", "datasets.per_class=1.1x", check=False)
+    assert bad.returncode != 0 and "below datasets.min_synthetic_share 0.25" in bad.stdout + bad.stderr
 
 
 def test_after_a_run_the_relink_stores_each_package_weight_once(built, tmp_path):

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from melanoma.params import ParamsError, load_params
+from melanoma.estimate import ASSUMED
+from melanoma.params import ParamsError, load_params, split_problem, synthetic_share, train_steps
 from melanoma.profile import apply_profile, in_effect, leaves, profile_params, render
 from tests.conftest import ROOT
 
@@ -85,9 +86,25 @@ def test_the_rehearsal_keeps_every_study_shape_and_shrinks_every_budget():
     assert rehearsal["device"] == "cpu" and rehearsal["data.source"] == "local"
     assert set(rehearsal["classifiers.datasets"]) == {"Original", "DDPM_Upscaled"}
     assert len(rehearsal["classifiers.seeds"]) == 2  # the verdict's seed pairing runs
-    for key in ("generators.dcgan.steps", "generators.ddpm.steps", "upscale.sr.steps", "classifiers.train.steps",
+    for key in ("generators.dcgan.steps", "generators.ddpm.steps", "upscale.sr.steps",
                 "evaluate.bootstrap", "synthesize.quality_samples"):
         assert rehearsal[key] < study[key] / 10, key
+    steps = [train_steps(profile_params(n, PROFILES)["classifiers"]["train"], ASSUMED.train,
+                         profile_params(n, PROFILES)["datasets"]["per_class"]) for n in ("rehearsal", "study")]
+    assert steps[0] < steps[1] / 10 and steps[1] > 1000, steps  # the study's steps: auto, sized to ~1,100 images
+
+
+def test_every_profile_sizes_augmentation_to_the_data_and_meets_the_minimum_share():
+    """per_class is a multiple of the larger real class everywhere; on the assumed ISIC run, the ISIC sample's
+    balanced 105 + 105 and the demo's 279 + 139 every profile's augmented sets meet its own minimum share."""
+    for name in ("demo", "own-data", "study", "rehearsal"):
+        p = profile_params(name, PROFILES)
+        assert isinstance(p["datasets"]["per_class"], str) and p["datasets"]["per_class"].endswith("x"), name
+        for real in (ASSUMED.train, {"benign": 105, "malignant": 105}, {"benign": 279, "malignant": 139}):
+            assert not split_problem(p, real), (name, real, split_problem(p, real))
+    own = profile_params("own-data", PROFILES)
+    assert own["classifiers"]["train"]["steps"] == "auto" and own["data"]["source"] == "local"
+    assert synthetic_share({"benign": 420, "malignant": 315}, own["datasets"]["per_class"]) > 0.5  # the majority
 
 
 def test_profiles_extend_in_a_line_never_a_circle(tmp_path):

@@ -1,6 +1,8 @@
 """evaluate + report on tiny trained cells (no DVC): files, threshold from val, the grid, the page in Chromium."""
 import csv
+import html
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +13,8 @@ import pytest
 from melanoma.classifiers.train import train_classifier
 from melanoma.evaluation.evaluate import evaluate_cell
 from melanoma.evaluation.baseline import run_baseline
-from melanoma.evaluation.report import COMPARISON_COLUMNS, _fmt, build_report
+from melanoma.evaluation.report import COMPARISON_COLUMNS, _fmt, build_report, external_source
+from melanoma.params import passes
 from tests.browser import chromium, ink, render
 from tests.tiny import make_pack, tiny_params
 
@@ -35,7 +38,8 @@ def write_context(root: Path, image_size: int = 16) -> None:
          "excluded": {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 3},
          "skipped": {"licence, attribution or readme file": 2},
          "metadata": {"age": 70, "sex": 70, "site": 0, "lesion_id": 0, "patient_id": 70}}))
-    (root / "data/datasets/Original/stats.json").write_text(json.dumps({"image_size": image_size}))
+    stats = root / "data/datasets/Original/stats.json"
+    stats.write_text(json.dumps({**json.loads(stats.read_text()), "image_size": image_size}))
 
 
 def train_and_evaluate(root: Path, p: dict, archs: list[str], datasets: list[str]) -> None:
@@ -53,7 +57,8 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     p = tiny_params(**{"classifiers.archs": ARCHS, "classifiers.datasets": DATASETS})
     for i, d in enumerate(DATASETS):  # same val/test images in both, different training images
-        make_pack(root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0, n_external=(5, 4))
+        make_pack(root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0, n_external=(5, 4),
+                  n_synthetic=(0, 6 * i))
     train_and_evaluate(root, p, ARCHS, DATASETS)
     write_context(root)
     build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic", root / "data/datasets",
@@ -132,16 +137,82 @@ def test_report_page_opens_with_the_verdict_and_is_self_contained(project):
     assert page.index("id='verdict'") < page.index('id="grid"') < page.index('id="comparisons"')
     assert "DCGAN vs Original: on the internal test split (16 images)" in page
     assert "Holm-adjusted p" in page and "alt='forest plot'" in page and "id='limitations'" in page
-    assert " ± " in page  # seed spread beside every grid number
+    assert "&thinsp;±&thinsp;" in page  # seed spread beside every grid number
     table = page.split('id="comparisons"')[1].split("</table>")[0]
     p_cols = [COMPARISON_COLUMNS.index("p_value"), COMPARISON_COLUMNS.index("p_holm")]
     for row in table.split("<tr>")[2:]:
         cells = row.split("<td>")[1:]
         assert all(cells[i].split("</td>")[0] != "0.000" for i in p_cols)  # a tiny p-value reads "< 0.001"
     assert "Data: the embedded simulator (synthetic lesion-like images, not real lesions)" in page
-    assert "white-space:nowrap" in page  # a CI never wraps onto a second line
+    assert "white-space:nowrap" in page  # nothing wraps by itself: a CI sits on its own second line
     assert page.count("<td>external_test</td>") >= 4 + 3  # every cell and all three baselines
     assert "src='data:image/png;base64," in page and "src='http" not in page and 'src="http' not in page
+
+
+def test_report_says_the_training_sets_and_keeps_the_model_column_short(project):
+    page = (project / "results/report.html").read_text()
+    table = page.split('<table id="training-sets">')[1].split("</table>")[0]
+    for d in DATASETS:
+        stats = json.loads((project / "data/datasets" / d / "stats.json").read_text())["counts"]["train"]
+        real = {c: stats[f"{c}/real"] for c in ("benign", "malignant")}
+        made = {c: sum(n for k, n in stats.items() if k.startswith(f"{c}/") and not k.endswith("/real"))
+                for c in real}
+        total = sum(real.values()) + sum(made.values())
+        row = table.split(f"<td>{d}</td>")[1].split("</tr>")[0]
+        assert f"<td>{total}</td>" in row and f"{real['malignant'] + made['malignant']} = {real['malignant']} real" in row
+        assert f"<td>{sum(made.values()) / total:.0%}</td>" in row  # the set's synthetic share
+        assert f"<td>{passes(8 * 8, total)}</td>" in row  # 8 steps of 8 images over the set
+    assert "<td>0%</td>" in table.split("<td>Original</td>")[1].split("</tr>")[0]
+    grid = page.split('<table id="grid">')[1].split("</table>")[0]
+    shown = re.sub(r"title='[^']*'", "", grid)  # what the page prints, tooltips aside
+    assert "patch_size" not in shown and "{" not in shown and "kwargs" not in shown  # kwargs only in the tooltip
+    assert "title='vit_tiny_patch16_224 {&quot;" in grid and ">vit_tiny_patch16_224&nbsp;&dagger;</span>" in grid
+    assert "<br><span class='ci'>[" in grid
+
+
+def test_the_report_sentences_match_its_own_grid(project):
+    """Constructed grid (tiny cells, test and external test): the baseline sentence per split names exactly the
+    cells below the baseline there, and the external sentence follows the two Original means (same source)."""
+    from melanoma.evaluation import verdict as vd
+
+    page = (project / "results/report.html").read_text()
+    limits = [html.unescape(li) for li in page.split("<ul id='limitations'>")[1].split("</ul>")[0]
+              .removeprefix("<li>").removesuffix("</li>").split("</li><li>")]
+    with open(project / "results/grid.csv") as f:
+        grid = list(csv.DictReader(f))
+    means = {}
+    for split in ("test", "external_test"):
+        cells = [r for r in grid if r["split"] == split and r["arch"] in ARCHS]
+        base = next(float(r["auroc"]) for r in grid if r["split"] == split and r["arch"] == "Baseline")
+        below = [f"{r['arch']}_{r['dataset']}" for r in cells if float(r["auroc"]) <= base]
+        assert vd.baseline_sentence(split, {"auroc": base, "cells": len(cells), "below": below}) in limits
+        means[split] = np.mean([float(r["auroc"]) for r in cells if r["dataset"] == "Original"])
+    said = vd.external_sentence(means["test"], means["external_test"], "unknown",
+                                "no release tables say where the external images and the training images come from")
+    assert said in limits and "is not known" in said and "domain shift (site" not in said
+
+
+def test_the_external_set_differs_in_source_only_when_the_card_says_so():
+    tables = [{"kind": "isic2019", "subset": "main"}, {"kind": "isic2016", "subset": "external_test"}]
+    assert external_source({"tables": tables}) == ("other", "external set from the isic2016 tables, training data "
+                                                            "from isic2019")
+    same = [{"kind": "isic2018", "subset": "main"}, {"kind": "isic2018", "subset": "external_test"}]
+    assert external_source({"tables": same})[0] == "same"  # a release's own test part
+    mixed = [{"kind": "isic2016", "subset": "main"}, {"kind": "isic2019", "subset": "main"},
+             {"kind": "isic2016", "subset": "external_test"}]
+    assert external_source({"tables": mixed})[0] == "same"  # its release is among the training data's
+    assert external_source({"tables": [], "format": "folders"})[0] == "unknown"  # train/ + test/ folders
+
+
+def test_report_grid_fits_a_1280_px_screen(project, tmp_path):
+    browser = _chromium()
+    if not browser:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    p = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                        "--window-size=1280,1000", f"--user-data-dir={tmp_path}", "--dump-dom",
+                        (project / "results/report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    width = int(p.stdout.split('data-grid-width="')[1].split('"')[0])
+    assert 600 < width <= 1280, width
 
 
 def test_p_values_are_never_printed_as_zero():

@@ -15,9 +15,8 @@ import pytest
 
 from melanoma.evaluation import verdict as vd
 from melanoma.evaluation.report import build_report
-from melanoma.io import write_csv
 from tests.test_report import train_and_evaluate, write_context
-from tests.tiny import tiny_params
+from tests.tiny import tiny_params, write_pack_index
 
 SIZE = 16
 
@@ -52,7 +51,7 @@ def _write(folder: Path, parts: dict[str, list[tuple[np.ndarray, str, str]]]) ->
         labels = [(label, origin) for x, label, origin in groups for _ in range(len(x))]
         rows += [{"split": split, "index": i, "id": f"{split}{i}", "label": label, "origin": origin, "upscaled": "no",
                   "path": "", "md5": ""} for i, (label, origin) in enumerate(labels)]
-    write_csv(folder / "manifest.csv", rows, ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
+    write_pack_index(folder, rows, parts["train"][0][0].shape[1])
 
 
 def planted_grid(root: Path) -> None:
@@ -118,15 +117,49 @@ def test_sentences_and_limitations_say_what_the_numbers_say():
     twins = [{"pair": "DCGAN / DCGAN_Upscaled", "images": 156, "median_correlation": 0.998,
               "mean_abs_difference": 1.2, "near_identical": True}]
     lim = vd.limitations(per_arch, 3, {"test": {"n": 90, "n_malignant": 30}}, {"test": 0.8},
-                         {"auroc": 0.83, "cells": 30, "below": 21}, twins, "demo")
+                         {"test": {"auroc": 0.83, "cells": 30, "below": [f"C{i}" for i in range(21)]}}, twins, "demo")
     text = " ".join(lim)
     assert "3 seeds" in text and "fewer than 5 seeds" in text and "90 images (30 malignant)" in text
     assert "unadjusted 95 % intervals" in text and "fewer than 10 images of a class" not in text
-    assert "no external test set" in text.lower() and "21 of 30 network cells" in text
+    assert "no external test set" in text.lower() and "21 of 30 network cells (C0, C1," in text
+    assert "C7 and 13 more) (seed means) score at or below it" in text and "Train longer" in text
     assert "DCGAN / DCGAN_Upscaled: the training sets are near-identical" in text and "simulator" in text
-    one = " ".join(vd.limitations(per_arch, 1, {"test": {"n": 40, "n_malignant": 4}}, {}, None, [], "local"))
+    one = " ".join(vd.limitations(per_arch, 1, {"test": {"n": 40, "n_malignant": 4}}, {}, {}, [], "local"))
     assert "ONE seed: the CIs cover test-image sampling only" in one and "include both" not in one
     assert "fewer than 10 images of a class" in one and "simulator" not in one
+
+
+@pytest.mark.parametrize("internal, external, source, says, never", [
+    (0.783, 0.797, "same", "(higher there). Both come from the same source", "domain shift (site"),
+    (0.850, 0.790, "same", "(lower there). Both come from the same source", "drop estimates the domain shift"),
+    (0.850, 0.790, "unknown", "(lower there). Whether the external set comes from another source", "drop estimates"),
+    (0.850, 0.790, "other", "): the drop estimates the domain shift (site, camera, population)", "same source"),
+    (0.790, 0.850, "other", "no drop on the other source, so no sign of a domain shift", "drop estimates"),
+    (0.8001, 0.7999, "same", "(the same on both)", "domain shift (site"),
+])
+def test_the_external_sentence_says_only_what_the_numbers_and_sources_support(internal, external, source, says,
+                                                                               never):
+    said = vd.external_sentence(internal, external, source, "how we know")
+    assert says in said and never not in said, said
+    assert f"{internal:.3f} on the internal test split and {external:.3f} on the external set" in said
+
+
+def test_the_baseline_is_compared_on_every_held_out_split_and_cells_below_it_are_named():
+    per_arch = [{"split": "test", "ci_low": 0.0, "ci_high": 0.1}]
+    base = {"test": {"auroc": 0.885, "cells": 3, "below": ["ViT_Original", "ViT_DCGAN", "ResNet_Original"]},
+            "external_test": {"auroc": 0.909, "cells": 3, "below": []}}
+    text = vd.limitations(per_arch, 3, {"test": {"n": 90, "n_malignant": 30}, "external_test": {"n": 50,
+                          "n_malignant": 20}}, {"test": 0.8, "external_test": 0.7}, base, [], "local",
+                          ("other", "external set from the isic2016 tables, training data from isic2019"))
+    internal = next(t for t in text if t.startswith("On the internal test split the colour/texture"))
+    assert "reaches AUROC 0.885; all 3 network cells (seed means) score at or below it" in internal
+    assert "classifiers.train.steps" in internal and "pretrained" in internal and "datasets.image_size" in internal
+    external = next(t for t in text if t.startswith("On the external test set the colour/texture"))
+    assert "reaches AUROC 0.909; every one of the 3 network cells (seed means) scores above it." == \
+        external.split("baseline ")[1]
+    assert any("isic2019): the drop estimates the domain shift" in t for t in text)  # 0.7 < 0.8, other tables
+    some = vd.baseline_sentence("test", {"auroc": 0.8, "cells": 3, "below": ["ViT_DCGAN"]})
+    assert "1 of 3 network cells (ViT_DCGAN) (seed means) score at or below it" in some
 
 
 def test_resamples_let_holm_reach_significance_for_a_large_family():

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +94,11 @@ def with_dcgan_synthetic(folder: Path, params: dict) -> Path:
 
 
 def make_pack(folder: Path, n_train: tuple[int, int] = (24, 12), n_val: tuple[int, int] = (8, 8), size: int = 16,
-              seed: int = 0, n_test: tuple[int, int] = (10, 6), n_external: tuple[int, int] = (0, 0)) -> Path:
-    """A dataset folder in build_dataset's layout whose classes a small network can tell apart after a few steps:
-    malignant images carry a red blob at a random place on brown noise. An external test part if n_external."""
+              seed: int = 0, n_test: tuple[int, int] = (10, 6), n_external: tuple[int, int] = (0, 0),
+              n_synthetic: tuple[int, int] = (0, 0)) -> Path:
+    """A dataset folder in build_dataset's layout (packs, manifest.csv, stats.json) whose classes a small network
+    can tell apart after a few steps: malignant images carry a red blob at a random place on brown noise. An
+    external test part if n_external; the last n_synthetic train images of each class marked as DCGAN's."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -108,7 +112,17 @@ def make_pack(folder: Path, n_train: tuple[int, int] = (24, 12), n_val: tuple[in
                 y, x = rng.integers(0, size // 2, 2)
                 pack[i, y:y + size // 2, x:x + size // 2] = (220, 30, 40)
         np.save(folder / f"{part}.npy", pack)
-        rows += [{"split": part, "index": i, "id": f"{part}{i}", "label": label, "origin": "real", "upscaled": "no",
-                  "path": "", "md5": ""} for i, label in enumerate(labels)]
-    write_csv(folder / "manifest.csv", rows, ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
+        made = {"benign": range(nb - n_synthetic[0], nb), "malignant": range(nb + nm - n_synthetic[1], nb + nm)}
+        rows += [{"split": part, "index": i, "id": f"{part}{i}", "label": label, "upscaled": "no", "path": "", "md5": "",
+                  "origin": "dcgan" if part == "train" and i in made[label] else "real"} for i, label in enumerate(labels)]
+    write_pack_index(folder, rows, size)
     return folder
+
+
+def write_pack_index(folder: Path, rows: list[dict], size: int) -> None:
+    """manifest.csv and stats.json (counts per split and label/origin, as build_dataset writes them)."""
+    write_csv(folder / "manifest.csv", rows, ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
+    counts = Counter((r["split"], f"{r['label']}/{r['origin']}") for r in rows)
+    (folder / "stats.json").write_text(json.dumps({"dataset": folder.name, "image_size": size, "counts": {
+        part: {k: n for (s, k), n in sorted(counts.items()) if s == part} for part in dict.fromkeys(
+            r["split"] for r in rows)}}))

@@ -7,8 +7,9 @@ generator on the training device seeded by (seed, pass over the data) for the ba
 the augmentation, drawn for the *global* batch, so a resumed run, and a run on N processes, see exactly the
 batches and augmentations of an uninterrupted single-process run.
 
-The training budget is a number of optimiser steps (`classifiers.train.steps`), the same for every dataset, so
-an augmented set never gets more training than Original; the imbalance rule (`classifiers.train.imbalance`) is
+The training budget is a number of optimiser steps (`classifiers.train.steps`, or with `auto` a number of passes
+over an augmented training set: melanoma.params.train_steps), the same for every dataset, so an augmented set
+never gets more training than Original; the imbalance rule (`classifiers.train.imbalance`) is
 applied identically to every dataset. A cell is trained once per seed in `classifiers.seeds` (init, batch order,
 augmentation), one process for all of them. Model selection and early stopping use val AUROC, every
 `eval_every` steps (test is never read here). Checkpoints go to an untracked folder that survives DVC deleting
@@ -33,11 +34,11 @@ from torch import nn
 
 from melanoma.classifiers import Built, build_model
 from melanoma.classifiers.inference import probabilities
-from melanoma.data.datasets import DatasetError, load_split
+from melanoma.data.datasets import DatasetError, load_split, pack_real_counts
 from melanoma.engine import Plan, Runtime, adamw, cosine_schedule, discard, files_md5, fit
 from melanoma.evaluation.metrics import MetricError, auroc
 from melanoma.io import atomic_dir
-from melanoma.params import LABELS, ParamsError
+from melanoma.params import LABELS, ParamsError, budget_problem, train_steps
 
 # ---------------------------------------------------------------- augmentation
 
@@ -224,6 +225,17 @@ def _load_data(data_dir: Path, dataset: str) -> tuple[tuple[np.ndarray, np.ndarr
         raise DatasetError(f"cannot read dataset {data_dir}: {e}; run `dvc repro build_dataset@{dataset}`") from None
 
 
+def _with_steps(params: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+    """`params` with classifiers.train.steps as the number of optimiser steps (`auto` resolved from the real train
+    counts in the dataset's manifest: the same number for every dataset). ParamsError when eval_every or
+    warmup_steps do not fit in it."""
+    tp = params["classifiers"]["train"]
+    steps = train_steps(tp, pack_real_counts(data_dir), params["datasets"]["per_class"])
+    if budget_problem(tp, steps):
+        raise ParamsError(budget_problem(tp, steps))
+    return {**params, "classifiers": {**params["classifiers"], "train": {**tp, "steps": steps}}}
+
+
 def _threads(tp: dict[str, Any], rt: Runtime) -> None:
     if tp["threads"]:
         torch.set_num_threads(tp["threads"])
@@ -243,6 +255,7 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
     """
     t0 = time.perf_counter()
     train, val = _load_data(data_dir, dataset)
+    params = _with_steps(params, data_dir)
     _threads(params["classifiers"]["train"], rt)
     records = []
     with (atomic_dir(out) if rt.main else contextlib.nullcontext(None)) as tmp:

@@ -42,6 +42,13 @@ def real_train_counts(splits: Path) -> dict[str, int]:
     return {c: labels.count(c) for c in LABELS}
 
 
+def pack_real_counts(folder: Path) -> dict[str, int]:
+    """Real train images per label in a dataset folder written by `build_dataset` (its manifest's rows of origin
+    'real'): the counts the training budget is sized from. DatasetError when the manifest is unreadable."""
+    rows = manifest(folder / "manifest.csv")
+    return {c: sum(r["split"] == "train" and r["origin"] == "real" and r["label"] == c for r in rows) for c in LABELS}
+
+
 def resize(im: np.ndarray, size: int) -> np.ndarray:
     """The one final resize every image goes through (Lanczos, antialiased)."""
     if im.shape[0] == size and im.shape[1] == size:
@@ -174,6 +181,9 @@ def build_dataset(name: str, params: dict[str, Any], real: Path, synthetic: Path
         "counts": {s: {f"{label}/{origin}": n for (label, origin), n in
                        sorted(Counter((r["label"], r["origin"]) for r in rs).items())} for s, rs in rows.items()},
         "per_class": {s: {c: sum(r["label"] == c for r in rs) for c in LABELS} for s, rs in rows.items()},
+        "synthetic_share": {c: round(sum(r["origin"] != "real" for r in rows["train"] if r["label"] == c)
+                                     / max(1, sum(r["label"] == c for r in rows["train"])), 4) for c in LABELS}
+        | {"all": round(sum(r["origin"] != "real" for r in rows["train"]) / max(1, len(rows["train"])), 4)},
     }
     with atomic_dir(out) as tmp:
         for split, pack in packs.items():

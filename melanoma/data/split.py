@@ -13,13 +13,13 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from melanoma.errors import MelanomaError
 from melanoma.io import atomic_dir, read_csv, write_csv
-from melanoma.params import LABELS, PLACEHOLDER_IDS, adds_nothing
+from melanoma.params import LABELS, PLACEHOLDER_IDS
 from melanoma.paths import THUMBNAILS
 
 SPLITS = ("train", "val", "test")
@@ -222,15 +222,16 @@ def _resolve_conflicts(rows: list[dict[str, str]], grouping: Grouping, policy: s
 
 def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: float,
           near_duplicate_corr: float, conflicting_labels: str = "drop",
-          per_class: int | str | None = None) -> dict[str, Any]:
+          problem: Callable[[dict[str, int]], str] | None = None) -> dict[str, Any]:
     """Write {train,val,test}.csv (+ external_test.csv) and split_report.json; return the report.
 
     Stratified by label, grouped so that exact duplicates (md5), near duplicates (thumbnail correlation
     >= near_duplicate_corr under any flip or quarter-turn), photographs of one lesion (lesion_id) and the lesions
     of one patient (patient_id) stay in one split. An image or lesion labelled both ways is dropped and listed
     (conflicting_labels 'drop') or an error ('fail'). Raises SplitError for an empty manifest, fractions that
-    leave nothing to train on, a split that would miss a class, or (given `datasets.per_class`) a train split
-    to which the augmented datasets would add no synthetic image: caught here, before any generator trains.
+    leave nothing to train on, a split that would miss a class, or a train split that `problem` (given the real
+    train images per label; e.g. melanoma.params.split_problem) refuses with a message: caught here, before any
+    generator trains.
     """
     t0 = time.perf_counter()
     if val_fraction + test_fraction >= 1:
@@ -253,8 +254,9 @@ def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: f
                 for i in range(len(rows)) if rows[i]["subset"] == "external_test" and i not in conflicted]
     counts = {s: {c: sum(r["label"] == c for r in t) for c in LABELS} for s, t in tables.items()}
     _check_counts(counts, fractions, len(main_groups), len(conflicted))
-    if per_class is not None and adds_nothing(counts["train"], per_class):
-        raise SplitError(adds_nothing(counts["train"], per_class))
+    refused = problem(counts["train"]) if problem else ""
+    if refused:
+        raise SplitError(refused)
     report = {
         "seed": seed, "fractions": fractions, "near_duplicate_corr": near_duplicate_corr,
         "counts": counts,

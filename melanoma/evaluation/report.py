@@ -24,12 +24,14 @@ from melanoma.errors import MelanomaError
 from melanoma.evaluation import verdict as vd
 from melanoma.evaluation.metrics import SEED_METRICS, point_metrics
 from melanoma.io import atomic_dir, read_csv, write_csv
-from melanoma.params import GENERATORS
+from melanoma.params import GENERATORS, LABELS, passes
 from melanoma.paths import BASELINE, CARD
 
 CI_METRICS = ("auroc", "balanced_accuracy", "sensitivity", "specificity")
 HELD_OUT = ("test", "external_test")  # what evaluate scores besides val; external_test where the source has one
 DVC_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity")
+# the page's grid: the metrics that fit a 1280 px screen beside the names (precision, F1 and MCC: grid.csv)
+PAGE_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece")
 # every metric is the mean over seeds, `_sd` its sd over seeds, `_ci_low/_ci_high` the seed x image 95 % CI
 COLUMNS = ["arch", "dataset", "split", "model", "seeds", *[c for m in SEED_METRICS for c in
            ((m, f"{m}_sd", f"{m}_ci_low", f"{m}_ci_high") if m in CI_METRICS else (m, f"{m}_sd"))]]
@@ -83,19 +85,22 @@ def _plt():
     return plt
 
 
-def heatmap(rows: list[dict[str, Any]], archs: list[str], datasets: list[str], path: Path) -> None:
+def heatmap(rows: list[dict[str, Any]], archs: list[str], datasets: list[str], splits: list[str], path: Path) -> None:
+    """Mean AUROC over seeds, arch x dataset, one panel per held-out split (one colour scale for all)."""
     plt = _plt()
-    m = np.array([[next(r["auroc"] for r in rows if r["arch"] == a and r["dataset"] == d) for d in datasets]
-                  for a in archs])
-    fig, ax = plt.subplots(figsize=(1.4 * len(datasets) + 2, 0.5 * len(archs) + 1.5), dpi=100)
-    im = ax.imshow(m, cmap="viridis", vmin=min(0.5, m.min()), vmax=1.0)
-    for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v < (m.min() + 1) / 2 else "black")
-    ax.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
-    ax.set_yticks(range(len(archs)), archs)
-    ax.set_title("test AUROC (mean over seeds)")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
+    ms = [np.array([[next(r["auroc"] for r in rows if r["arch"] == a and r["dataset"] == d and r["split"] == s)
+                     for d in datasets] for a in archs]) for s in splits]
+    lo = min(0.5, *(m.min() for m in ms))
+    fig, axes = plt.subplots(1, len(splits), figsize=((1.4 * len(datasets) + 1.6) * len(splits) + 0.6,
+                                                      0.5 * len(archs) + 1.5), dpi=100, squeeze=False)
+    for ax, s, m in zip(axes[0], splits, ms):
+        im = ax.imshow(m, cmap="viridis", vmin=lo, vmax=1.0)
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v < (lo + 1) / 2 else "black")
+        ax.set_xticks(range(len(datasets)), datasets, rotation=20, ha="right")
+        ax.set_yticks(range(len(archs)), archs)
+        ax.set_title(f"{s}: AUROC (mean over seeds)", fontsize=10)
+    fig.colorbar(im, ax=list(axes[0]))
     fig.savefig(path, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
 
@@ -176,7 +181,22 @@ def sample_sheet(shard: Path, n: int = 16, cols: int = 8) -> np.ndarray:
 
 # ---------------------------------------------------------------- the page
 
+class Html(str):
+    """Markup the page shows as is (everything else in a table is escaped)."""
+
+
+def _model_cell(model: str) -> Html:
+    """The grid's model column: the model's name, with what follows it (constructor kwargs, a rule's details) in
+    a tooltip marked with a dagger: written out, they push the metrics off a 1280 px screen."""
+    name = model.split(" {")[0].split(" (")[0]
+    if name == model:
+        return Html(html.escape(model))
+    return Html(f"<span title='{html.escape(model, quote=True)}'>{html.escape(name)}&nbsp;&dagger;</span>")
+
+
 def _fmt(v: Any, col: str = "") -> str:
+    if isinstance(v, Html):
+        return v
     if isinstance(v, float) and col.startswith("p_"):
         return "&lt; 0.001" if v < 0.001 else f"{v:.3f}"  # a p-value is never printed as 0.000
     if isinstance(v, float) and col == "median_correlation":
@@ -193,23 +213,25 @@ def _table(rows: list[dict[str, Any]], cols: list[str], table_id: str = "") -> s
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _cell(r: dict[str, Any], k: str) -> str:
-    """mean +- sd over seeds, and the 95 % CI where there is one: the grid's display of one metric."""
+def _cell(r: dict[str, Any], k: str) -> Html:
+    """The grid's display of one metric: mean ± sd over seeds, and the 95 % CI where there is one on a second line
+    (one line each would push the metrics off a 1280 px screen)."""
     if r.get(k) is None:
-        return ""
+        return Html("")
     lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
     sd = r.get(f"{k}_sd")
-    return f"{r[k]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "") + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None
-                                                                         else "")
+    return Html(f"{r[k]:.3f}" + (f"&thinsp;±&thinsp;{sd:.3f}" if sd is not None else "")
+                + (f"<br><span class='ci'>[{lo:.3f}, {hi:.3f}]</span>" if lo is not None else ""))
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 6px;
 text-align:right;white-space:nowrap}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}
-.gallery img{margin:2px;border:1px solid #ddd}.note{color:#555;font-size:13px}h2{border-bottom:1px solid #ddd}"""
+.gallery img{margin:2px;border:1px solid #ddd}.ci{color:#666;font-size:11px}.note{color:#555;font-size:13px}h2{border-bottom:1px solid #ddd}"""
 CHECK = """<script>window.addEventListener('load',function(){var b=0;for(const i of document.images){
 if(!i.complete||i.naturalWidth===0)b++}document.body.dataset.brokenImages=b;document.body.dataset.images=
-document.images.length;});</script>"""
+document.images.length;var g=document.getElementById('grid');if(g)document.body.dataset.gridWidth=
+Math.ceil(g.getBoundingClientRect().right);});</script>"""
 
 
 def _verdict_section(ctx: dict[str, Any]) -> list[str]:
@@ -237,8 +259,8 @@ def _verdict_section(ctx: dict[str, Any]) -> list[str]:
 
 def render_html(ctx: dict[str, Any]) -> str:
     grid = ctx["grid"]
-    display = [{"arch": r["arch"], "dataset": r["dataset"], "split": r["split"], "model": r["model"],
-                "seeds": r.get("seeds"), **{k: _cell(r, k) for k in SEED_METRICS}} for r in grid]
+    display = [{"arch": r["arch"], "dataset": r["dataset"], "split": r["split"], "model": _model_cell(r["model"]),
+                **{k: _cell(r, k) for k in PAGE_METRICS}} for r in grid]
     comps = [{**r, "verdict": vd.WORDS[r["verdict"]]} for r in ctx["comparisons"]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>melanoma-synth report</title>"
              f"<style>{STYLE}</style>{CHECK}</head><body>",
@@ -247,13 +269,23 @@ def render_html(ctx: dict[str, Any]) -> str:
              "source has one, the <b>external test</b> set); each seed's decision threshold was chosen on val and "
              "applied unchanged. Research use only, not a medical device.</p>",
              *_verdict_section(ctx),
+             "<h2>Training sets</h2>",
+             _table([{**r, "synthetic_share": f"{r['synthetic_share']:.0%}"} for r in ctx["training_sets"]],
+                    ["dataset", "images", *LABELS, "synthetic_share", "passes"], "training-sets"),
+             "<p class='note'>Training images per dataset and class (every real train image, then synthetic "
+             "ones of the dataset's generator family: datasets.per_class), the synthetic share of each set, and "
+             "the passes over it that the training budget (the same optimiser steps for every dataset) makes. "
+             "Val and test are the same real images in every dataset.</p>",
              "<h2>The grid</h2>",
              f"<p class='note'>Each value: mean ± sd over the {ctx['seeds']} training seeds; AUROC, sensitivity, "
              "specificity and balanced accuracy also carry a [95 % seed x image bootstrap CI]. The Baseline row is "
              "colour/texture features + logistic regression on the same train split, and the two 'rule' rows are "
              "trivial rules (all-malignant; a constant P = train prevalence): single deterministic runs, so no sd. "
+             "Precision, F1 and MCC per cell, and every value unrounded: results/grid.csv. "
              f"{html.escape(ctx['budget'])}</p>",
-             _table(display, ["arch", "dataset", "split", "seeds", "model", *SEED_METRICS], "grid"),
+             _table(display, ["arch", "dataset", "split", "model", *PAGE_METRICS], "grid"),
+             "<p class='note'>&dagger; hover over the model for the rest of its description: a member's constructor "
+             "kwargs, a rule's details (grid.csv and each cell's model_config.json give them in full).</p>",
              f"<img alt='AUROC heatmap' src='{_png_uri(ctx['heatmap'])}'>",
              "<h2>Augmented vs Original per architecture (same test images, seeds paired)</h2>",
              _table(comps, COMPARISON_COLUMNS, "comparisons"),
@@ -406,8 +438,9 @@ def _gradcam_section(evaluation: Path, cells: Iterable[tuple[str, str]]) -> dict
 
 
 def _baseline(evaluation: Path, held_out: list[str],
-              grid: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The colour/texture baseline's grid rows, and its test AUROC with how many network cells fall below it."""
+              grid: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The colour/texture baseline's grid rows, and per held-out split its AUROC and the network cells (seed
+    means) that do not beat it (at or below it)."""
     m = _load(evaluation, BASELINE, "Original", stage="baseline")
     missing = [s for s in held_out if s not in m["over_seeds"]]
     if missing:
@@ -415,9 +448,46 @@ def _baseline(evaluation: Path, held_out: list[str],
                           "results but the cells do; run `dvc repro baseline`")
     rows = [{**_row(BASELINE, "Original", s, m["model"], {k: {**v, "sd": None} for k, v in m["over_seeds"][s].items()}),
              "seeds": 1} for s in held_out]
-    test = [r for r in grid if r["split"] == "test"]
-    auroc = m["over_seeds"]["test"]["auroc"]["mean"]
-    return rows, {"auroc": auroc, "cells": len(test), "below": sum(r["auroc"] < auroc for r in test)}
+    summary = {}
+    for s in held_out:
+        auroc, cells = m["over_seeds"][s]["auroc"]["mean"], [r for r in grid if r["split"] == s]
+        summary[s] = {"auroc": auroc, "cells": len(cells),
+                      "below": [f"{r['arch']}_{r['dataset']}" for r in cells if r["auroc"] <= auroc]}
+    return rows, summary
+
+
+def external_source(card: dict[str, Any]) -> tuple[str, str]:
+    """Whether the external test set comes from another source than the training data, from the dataset card's
+    tables: ("other", how) when its test tables are of releases no training table is of (e.g. ISIC 2016 test
+    ground truth beside ISIC 2019 training tables), ("same", how) when its release is among the training
+    data's, ("unknown", why) when there are no such tables (a folder's test/ beside train/ says nothing)."""
+    tables = [t for t in card.get("tables", []) if t.get("subset") in ("main", "external_test")]
+    main = {t["kind"] for t in tables if t["subset"] == "main"}
+    external = {t["kind"] for t in tables if t["subset"] == "external_test"}
+    if not main or not external:
+        return "unknown", "no release tables say where the external images and the training images come from"
+    if main & external:
+        return "same", f"the external set is the {', '.join(sorted(external))} release's own test part"
+    return "other", f"external set from the {', '.join(sorted(external))} tables, training data from {', '.join(sorted(main))}"
+
+
+def training_sets(datasets_dir: Path, datasets: list[str], budgets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset: real + synthetic training images per class (each dataset's stats.json), the synthetic share,
+    and the passes over the set that its training budget makes (`budgets`: a training record of that dataset,
+    with its `steps` and `batch_size`)."""
+    rows = []
+    for d in datasets:
+        counts = _json(datasets_dir / d / "stats.json", f"build_dataset@{d}")["counts"]["train"]
+        row: dict[str, Any] = {"dataset": d}
+        total = synthetic = 0
+        for c in LABELS:
+            real = counts.get(f"{c}/real", 0)
+            made = sum(n for k, n in counts.items() if k.startswith(f"{c}/") and k != f"{c}/real")
+            row[c] = f"{real + made:,} = {real:,} real + {made:,} synthetic ({made / max(real + made, 1):.0%})"
+            total, synthetic = total + real + made, synthetic + made
+        seen = budgets[d]["steps"] * budgets[d]["batch_size"]
+        rows.append({**row, "images": total, "synthetic_share": synthetic / max(total, 1), "passes": passes(seen, total)})
+    return rows
 
 
 def source_name(params: dict[str, Any], card: dict[str, Any]) -> str:
@@ -511,19 +581,21 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
     verdict = {"sentences": vd.sentences(pooled, per_arch), "pooled": pooled, "comparisons": per_arch,
                "twins": twins, "resamples": sorted({r["resamples"] for r in per_arch + pooled}),
                "limitations": vd.limitations(per_arch, seeds, {s: first[s] for s in held_out}, original,
-                                             base_summary, twins, params["data"]["source"])}
+                                             base_summary, twins, params["data"]["source"], external_source(card))}
+    sets = training_sets(datasets_dir, datasets, {d: next(iter(cells[archs[0], d]["training"].values()))
+                                                  for d in datasets})
     gradcam = _gradcam_section(evaluation, cells)
     generator_rows, samples = _generator_section(results, synthetic)
     up = results / "upscaler" / "metrics.json"
     with atomic_dir(results / "report") as report_dir:  # figures and comparisons.csv: all of them or none
         write_csv(report_dir / "comparisons.csv", per_arch + pooled, COMPARISON_COLUMNS)
-        heatmap([r for r in grid if r["split"] == "test"], archs, datasets, report_dir / "auroc_heatmap.png")
+        heatmap(grid, archs, datasets, held_out, report_dir / "auroc_heatmap.png")
         if pooled:
             forest_plot(per_arch, pooled, report_dir / "forest.png")
         for a in archs:
             roc_figure(evaluation, a, datasets, report_dir / f"roc_{a}.png")
         ctx = {"grid": grid + base_rows + trivial, "comparisons": per_arch, "verdict": verdict, "seeds": seeds,
-               "budget": training_budget(cells), "generator_rows": generator_rows, "samples": samples,
+               "budget": training_budget(cells), "training_sets": sets, "generator_rows": generator_rows, "samples": samples,
                "upscaler": _json(up, "train_upscaler") if up.is_file() else None, "gradcam": gradcam,
                "forest": (report_dir / "forest.png").read_bytes() if pooled else b"",
                "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),

@@ -233,9 +233,15 @@ def sentences(pooled: list[dict[str, Any]], per_arch: list[dict[str, Any]]) -> l
 
 
 def limitations(per_arch: list[dict[str, Any]], seeds: int, counts: dict[str, Any],
-                original_auroc: dict[str, float], baseline: dict[str, Any] | None, twins: list[dict[str, Any]],
-                source: str) -> list[str]:
-    """What the evidence can and cannot say, from the numbers themselves."""
+                original_auroc: dict[str, float], baseline: dict[str, dict[str, Any]], twins: list[dict[str, Any]],
+                source: str, external: tuple[str, str] = ("unknown", "")) -> list[str]:
+    """What the evidence can and cannot say, from the numbers themselves.
+
+    `counts`: per held-out split {"n", "n_malignant"}; `original_auroc`: Original's mean AUROC per held-out split;
+    `baseline`: per held-out split {"auroc": the colour/texture baseline's, "cells": network cells, "below": the
+    names of the cells whose seed-mean AUROC does not beat it}; `external`: whether the external test set comes
+    from another source than the training data ("other", "same" or "unknown") and how we know
+    (melanoma.evaluation.report.external_source)."""
     if seeds == 1:
         out = ["Each cell was trained with ONE seed: the CIs cover test-image sampling only. Training variance "
                "(another seed, another model) is not measured at all, so a 'helps' or 'hurts' can be one lucky or "
@@ -258,16 +264,12 @@ def limitations(per_arch: list[dict[str, Any]], seeds: int, counts: dict[str, An
             out.append(f"{SPLIT_NAMES.get(split, split).capitalize()} has fewer than {MIN_CLASS} images of a class: "
                        "its bootstrap intervals are unreliable (a perfect ranking of 2 malignant images gives a "
                        "zero-width interval); treat its verdicts as anecdotes.")
-    if "external_test" in original_auroc:
-        out.append(f"Original's mean AUROC is {original_auroc['test']:.3f} on the internal test split and "
-                   f"{original_auroc['external_test']:.3f} on the external set: the gap measures the domain shift "
-                   "(site, camera, population) the internal split cannot show.")
-    else:
+    if "external_test" not in counts:
         out.append("There is no external test set: every result is on images from the same source as training "
                    "and says nothing about other sites or cameras.")
-    if baseline is not None:
-        out.append(f"The colour/texture + logistic regression baseline reaches test AUROC {baseline['auroc']:.3f}; "
-                   f"{baseline['below']} of {baseline['cells']} network cells (seed means) score below it.")
+    elif {"test", "external_test"} <= set(original_auroc):
+        out.append(external_sentence(original_auroc["test"], original_auroc["external_test"], *external))
+    out += [baseline_sentence(split, b) for split, b in baseline.items()]
     for t in twins:
         if t["near_identical"]:
             out.append(f"{t['pair']}: the training sets are near-identical at the classifier's input size (median "
@@ -279,3 +281,42 @@ def limitations(per_arch: list[dict[str, Any]], seeds: int, counts: dict[str, An
         out.append("Data source: the embedded simulator. These numbers exercise the method; they say nothing "
                    "about melanoma.")
     return out
+
+
+def external_sentence(internal: float, external: float, source: str, how: str) -> str:
+    """Original's mean AUROC on the internal test split vs the external test set, in words that the two numbers
+    and the sets' sources support: a domain shift is named only when the external score is lower and the
+    external set comes from another source (`source` "other"; "same" or "unknown" otherwise; `how` says why)."""
+    said = f"Original's mean AUROC is {internal:.3f} on the internal test split and {external:.3f} on the external set"
+    lower, higher = round(external, 3) < round(internal, 3), round(external, 3) > round(internal, 3)
+    order = "lower there" if lower else "higher there" if higher else "the same on both"
+    if source == "other":
+        if lower:
+            return (f"{said} ({how}): the drop estimates the domain shift (site, camera, population) between them, "
+                    "which the internal split cannot show.")
+        return (f"{said} ({how}): no drop on the other source, so no sign of a domain shift between them at this "
+                "sample size.")
+    if source == "same":
+        return (f"{said} ({order}). Both come from the same source ({how}), so the difference is not a domain "
+                "shift: it reflects how the two parts were drawn (case mix, size) and chance, and neither set says "
+                "how the models do at other sites or cameras.")
+    return (f"{said} ({order}). Whether the external set comes from another source than the training images is "
+            f"not known ({how}), so the difference cannot be read as a domain shift: it may only reflect how the "
+            "two parts were drawn (case mix, size) and chance.")
+
+
+def baseline_sentence(split: str, b: dict[str, Any], listed: int = 8) -> str:
+    """How the network cells compare with the colour/texture baseline on one held-out split; when some do not beat
+    it (seed-mean AUROC at or below it), names them (the first `listed`) and what to change."""
+    where, below = SPLIT_NAMES.get(split, split), b["below"]
+    said = f"On {where} the colour/texture + logistic regression baseline reaches AUROC {b['auroc']:.3f}"
+    if not below:
+        return f"{said}; every one of the {b['cells']} network cells (seed means) scores above it."
+    names = ", ".join(below[:listed]) + (f" and {len(below) - listed} more" if len(below) > listed else "")
+    which = f"all {b['cells']} network cells" if len(below) == b["cells"] else \
+        f"{len(below)} of {b['cells']} network cells ({names})"
+    return (f"{said}; {which} (seed means) score at or below it: those networks learned less from the images than "
+            "hand-made colour and texture features, so their comparisons test under-trained models. Train longer "
+            "(classifiers.train.steps, or steps: auto with more passes), start from pretrained weights "
+            "(classifiers.models.<Arch>.pretrained, as the study profile does) or use a larger input "
+            "(datasets.image_size) before reading their verdicts.")
