@@ -2,36 +2,92 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from melanoma.errors import MelanomaError
+
+
+class OutputBusy(MelanomaError):
+    """An output another live process is writing (or whose temporary folder it replaced)."""
+
+
+@contextmanager
+def _owner_lock(out: Path) -> Iterator[None]:
+    """Hold `.<out>.tmp-lock` beside `out` (an exclusive flock) for as long as this process writes `out`.
+
+    The kernel drops the lock when its holder dies, SIGKILL included, so a held lock means a live writer and a free
+    one means any `.<out>.tmp-*` folder is an orphan. Raises OutputBusy naming the holder's pid when another
+    process holds it. The file is unlinked before the lock is released; a process that opened the old file
+    re-opens until the path and its descriptor agree (the usual unlink-safe flock pattern)."""
+    path = out.parent / f".{out.name}.tmp-lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise OutputBusy(f"{out} is being written by another process (pid {holder}), e.g. a stage still running "
+                             f"after its `dvc repro` was killed; wait for it to end or stop it (kill {holder}), then "
+                             "run again") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    try:
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)
+
 
 @contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out`, on error it is removed.
 
-    A stage killed or failing half-way therefore never leaves a half-written output for DVC to commit.
+    A stage killed or failing half-way therefore never leaves a half-written output for DVC to commit. One writer
+    per output at a time: a second process writing the same `out` gets OutputBusy at once (no wait); temporary
+    folders of writers that died (SIGKILL skips cleanup) are removed only once their lock is free. Raises
+    OutputBusy too when the temporary folder was removed or replaced by someone else while this process wrote
+    it: nothing it did not fill is ever renamed over `out`.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by a run that was killed (SIGKILL skips cleanup)
-        shutil.rmtree(stale)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+    with _owner_lock(out):
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # orphans: their writer no longer holds the lock
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        tmp.mkdir()
+        made = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)  # held open: its inode cannot be reused by a new folder
+        try:
+            try:
+                yield tmp
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            ours = tmp.is_dir() and not tmp.is_symlink() and os.stat(tmp).st_ino == os.fstat(made).st_ino
+        finally:
+            os.close(made)
+        if not ours:
+            raise OutputBusy(f"{out}: its temporary folder {tmp} was removed or replaced by another process while "
+                             "this one wrote it; nothing was changed: run again")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old.exists():
+            shutil.rmtree(old)
 
 
 FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting with these as a formula

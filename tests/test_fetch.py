@@ -1,7 +1,9 @@
 """The fetch stage's sources and failure modes (melanoma.data.fetch)."""
 import csv
 import io
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -311,6 +313,68 @@ def test_atomic_dir_replaces_whole_output_and_clears_killed_runs(tmp_path):
         assert not (out / "new.txt").exists()  # nothing visible until the stage succeeds
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from melanoma.io import atomic_dir
+out = Path(sys.argv[1])
+with atomic_dir(out) as tmp:
+    (tmp / "part.txt").write_text("written by " + sys.argv[2])
+    Path(sys.argv[3]).touch()  # now inside the output's lock, writing
+    while Path(sys.argv[3]).exists():
+        time.sleep(0.01)
+    (tmp / "done.txt").write_text("complete")
+"""
+
+
+def _writer(tmp_path, out, who):
+    flag = tmp_path / f"writing-{who}"
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(out), who, str(flag)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not flag.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return p, flag
+
+
+def test_atomic_dir_never_sweeps_a_live_writers_folder(tmp_path):
+    """Two real processes write one output: the second is refused at once, naming the first's pid, and the
+    first's temp folder survives; once the first is SIGKILLed its orphan is swept by the next writer, and the
+    output is always a whole one."""
+    out = tmp_path / "raw"
+    first, flag = _writer(tmp_path, out, "first")
+    assert flag.exists(), first.stderr.read()
+    second = subprocess.run([sys.executable, "-c", WRITER, str(out), "second", str(tmp_path / "never")],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"raw is being written by another process (pid {first.pid})" in second.stderr
+    assert f"kill {first.pid}" in second.stderr
+    assert (tmp_path / f".raw.tmp-{first.pid}" / "part.txt").read_text() == "written by first"  # not swept
+    os.kill(first.pid, signal.SIGKILL)  # dies inside atomic_dir: its temp folder and lock file stay behind
+    first.wait()
+    assert not out.exists() and (tmp_path / f".raw.tmp-{first.pid}").is_dir()
+    third, flag3 = _writer(tmp_path, out, "third")
+    assert flag3.exists(), third.stderr.read()
+    assert not (tmp_path / f".raw.tmp-{first.pid}").exists()  # the dead writer's orphan went
+    flag3.unlink()
+    assert third.wait(timeout=60) == 0, third.stderr.read()
+    assert sorted(p.name for p in out.iterdir()) == ["done.txt", "part.txt"]
+    assert (out / "part.txt").read_text() == "written by third"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".raw")) == []  # lock file gone too
+
+
+def test_atomic_dir_never_renames_a_folder_it_did_not_fill(tmp_path):
+    from melanoma.io import OutputBusy, atomic_dir
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "kept.txt").write_text("previous output")
+    with pytest.raises(OutputBusy, match=r"raw: its temporary folder .*\.raw\.tmp-\d+ was removed or replaced"):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.txt").write_text("mine")
+            shutil.rmtree(tmp)  # someone else's sweep ...
+            tmp.mkdir()  # ... and recreation
+    assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]
 
 
 def test_zip_bomb_refused_before_anything_is_written(tmp_path):

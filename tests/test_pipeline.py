@@ -280,7 +280,7 @@ def test_a_killed_stage_never_leaves_a_partial_output(built, tmp_path):
             p = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=env(), start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 120
-            while p.poll() is None and time.monotonic() < deadline and not list(parent.glob(f".{name}.tmp-*")):
+            while p.poll() is None and time.monotonic() < deadline and not list(parent.glob(f".{name}.tmp-[0-9]*")):
                 time.sleep(0.001)
             writing = p.poll() is None
             if writing:
