@@ -7,8 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from melanoma.errors import MelanomaError
+from melanoma.errors import INTERRUPTED, MelanomaError, os_error_line, printable
 from melanoma.params import ParamsError
+
+
+def _say(text: str) -> None:
+    """Print a command's (possibly multi-line) output with control characters in names escaped."""
+    print(printable(text, keep_newlines=True))
 
 
 def _cells(args: argparse.Namespace, params: dict) -> list[str]:
@@ -36,12 +41,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results, cfg = predict(files, resolve(args.model), args.gradcam, args.threshold_file)
     print(as_json(results, cfg, args.model) if args.json else as_table(results, cfg, args.model))
     refused = sum(r.error is not None for r in results)
+    unwritten = [r.gradcam_error for r in results if r.gradcam_error]
+    if unwritten:
+        print(printable(f"predict: {len(unwritten)} GradCAM overlay(s) could not be written (first: {unwritten[0]}); "
+                        "the scores above are complete"), file=sys.stderr)
     if refused == len(results):
         print(f"predict: none of the {len(results)} files could be scored (reasons above)", file=sys.stderr)
     elif refused:
         print(f"predict: {refused} of {len(results)} files refused (reasons above); the other "
               f"{len(results) - refused} were scored", file=sys.stderr)
-    return 1 if refused else 0
+    return 1 if refused or unwritten else 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -51,14 +60,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     rule = args.rule or ("sensitivity" if args.target_sensitivity is not None else "youden")
     rec, out = calibrate(resolve(args.package), args.labels, rule, args.target_sensitivity, args.out,
                          args.bootstrap, args.seed, args.force)
-    print(summary(rec, out, args.package))
+    _say(summary(rec, out, args.package))
     if rec["labels"]["unreadable"]:
         from melanoma.data.releases import top_reasons
 
         bad = [(u["path"], u["reason"]) for u in rec["labels"]["unreadable_files"]]
-        print(f"calibrate: {rec['labels']['unreadable']} of {rec['labels']['unreadable'] + rec['n']} images could not "
+        print(printable(f"calibrate: {rec['labels']['unreadable']} of {rec['labels']['unreadable'] + rec['n']} images could not "
               f"be read and were left out ({top_reasons(bad, 3)}; listed in {out}); the threshold uses the other "
-              f"{rec['n']}", file=sys.stderr)
+              f"{rec['n']}"), file=sys.stderr)
     return 0
 
 
@@ -74,7 +83,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         packages[cell] = EXPORT / arch / cell
     for line in publish(packages, args.repo or params["publish"]["repo"], args.out, args.dry_run,
                         params["publish"]["private"], args.force):
-        print(line)
+        _say(line)
     return 0
 
 
@@ -85,7 +94,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     params = load_params()
     for line in download(_cells(args, params), args.repo or params["publish"]["repo"], args.dest, args.revision,
                          args.force):
-        print(line)
+        _say(line)
     return 0
 
 
@@ -109,7 +118,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from melanoma.paths import SPLITS
     from melanoma.plan import dvc_status, report
 
-    print(report(load_params(), SPLITS, dvc_status()))
+    _say(report(load_params(), SPLITS, dvc_status()))
     return 0
 
 
@@ -129,8 +138,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
         return 0
     results = check(params)
     for c in results:
-        print(f"{c.state.upper():<8}{c.weight} ({c.weight.key})" + (f" {c.path}" if c.path else "")
-              + (f": {c.detail}" if c.detail else ""))
+        _say(f"{c.state.upper():<8}{c.weight} ({c.weight.key})" + (f" {c.path}" if c.path else "")
+             + (f": {c.detail}" if c.detail else ""))
     bad = [c for c in results if c.state != "ok"]
     if bad:
         print(f"melanoma weights: error: {len(bad)} of {len(results)} pretrained weight(s) not usable offline ("
@@ -224,8 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except MelanomaError as e:
-        print(f"melanoma {args.command}: error: {e}", file=sys.stderr)
+        print(f"melanoma {args.command}: error: {printable(e)}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno is None:  # not the operating system's: a bug, keep the traceback
+            raise
+        print(f"melanoma {args.command}: error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"melanoma {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

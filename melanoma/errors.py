@@ -5,6 +5,9 @@ once and print the message on one line; anything else is a bug and keeps its tra
 """
 from __future__ import annotations
 
+import errno
+import unicodedata
+
 
 class MelanomaError(Exception):
     """Base of every expected, user-fixable failure; str(e) is the one-line message shown to the user."""
@@ -28,3 +31,39 @@ def first_line(e: BaseException | str, limit: int = 200, empty: str = "") -> str
     if " " in cut and not text[limit - 3].isspace():
         cut = cut[:cut.rindex(" ")]
     return cut.rstrip(" ,;:") + "..."
+
+
+_HIDDEN = ("Cc", "Cf", "Zl", "Zp")  # controls (newline, ESC), format (bidi overrides, zero-width), line separators
+
+
+def printable(text: object, keep_newlines: bool = False) -> str:
+    """`text` as one terminal-safe string: every control or format character (a newline, an ANSI escape, a
+    right-to-left override, a zero-width space) written as its Python escape (`\\n`, `\\x1b`, `\\u202e`), so a
+    file name can neither forge a table row nor drive the terminal. With `keep_newlines`, "\\n" is kept (text
+    that is several lines by design) and every other such character escaped."""
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch) in _HIDDEN and not (keep_newlines and ch == "\n") else ch
+                   for ch in str(text))
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free space on that disk (`dvc gc -w` drops cached outputs no commit uses) or work on a larger one",
+    errno.EDQUOT: "free space within your quota or work on a larger disk",
+    errno.EROFS: "the file system is read-only: work in a writable copy of the repository",
+    errno.EACCES: "make it readable/writable for you (chmod/chown) or work in a folder you own",
+    errno.EPERM: "make it readable/writable for you (chmod/chown) or work in a folder you own",
+    errno.ENAMETOOLONG: "the path is longer than the file system allows: move or rename it to a shorter path",
+    errno.ENOENT: "check the path (a folder in it may have been moved or deleted)",
+    errno.EMFILE: "raise the open-file limit (`ulimit -n 4096`) and run again",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an operating-system failure (full disk, read-only or forbidden folder, too long a name, ...):
+    what failed, on which path, and the usual fix for that errno."""
+    where = " -> ".join(printable(f) for f in (e.filename, e.filename2) if f is not None) or "a file"
+    fix = _OS_FIXES.get(e.errno, "check that path and run again")
+    return f"{where}: {e.strerror or first_line(e, empty=type(e).__name__)} (errno {e.errno}); {fix}"
+
+
+INTERRUPTED = 130  # the shell's exit status for a SIGINT (128 + 2)

@@ -5,6 +5,7 @@ import csv
 import fcntl
 import os
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,6 +15,42 @@ from melanoma.errors import MelanomaError
 
 class OutputBusy(MelanomaError):
     """An output another live process is writing (or whose temporary folder it replaced)."""
+
+
+class FileRefused(MelanomaError):
+    """A file named by the user that is not a regular file, or larger than such a file can be."""
+
+
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "not a regular file")
+
+
+def regular_file(path: Path, what: str, max_bytes: int) -> int:
+    """Check, without opening it, that `path` (symlinks followed) is a regular file of at most `max_bytes`, and
+    return its size in bytes. A FIFO would block the reader for ever and /dev/zero would fill the memory: every
+    file read on a user's word passes here first. Raises FileRefused naming `what` and the path;
+    FileNotFoundError passes through for the caller's own message."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise FileRefused(f"{what} {path} is {_kind(st.st_mode)}, not a regular file; give a file")
+    if st.st_size > max_bytes:
+        raise FileRefused(f"{what} {path} is {st.st_size / 1e6:,.1f} MB, more than such a file can be "
+                          f"({max_bytes / 1e6:,.0f} MB); check that it is the right file")
+    return st.st_size
+
+
+def read_small(path: Path, what: str, max_bytes: int) -> bytes:
+    """The bytes of a user-named file, after `regular_file`'s checks; never more than `max_bytes` (a file that
+    grows while read is refused too)."""
+    regular_file(path, what, max_bytes)
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileRefused(f"{what} {path} grew past {max_bytes / 1e6:,.0f} MB while read; check that it is the "
+                          "right file")
+    return data
 
 
 @contextmanager
@@ -73,8 +110,10 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         try:
             try:
                 yield tmp
-            except BaseException:
+            except BaseException as e:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if isinstance(e, OSError) and e.errno and e.filename is None:  # a write() names no file: name
+                    raise OSError(e.errno, e.strerror, str(out)) from e  # the output it was writing
                 raise
             ours = tmp.is_dir() and not tmp.is_symlink() and os.stat(tmp).st_ino == os.fstat(made).st_ino
         finally:

@@ -18,6 +18,7 @@ import yaml
 
 from melanoma.device import DEVICES
 from melanoma.errors import MelanomaError
+from melanoma.io import read_small
 
 LABELS = ("benign", "malignant")
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding and the CUDA generators take no more
@@ -33,6 +34,8 @@ ARCHS = ("BioViT", "DenseNet", "ResNet", "Swin", "ViT", "MedViT")  # classifier 
 DATASETS = {"Original": None, "DCGAN": "dcgan", "DCGAN_Upscaled": "dcgan_upscaled", "DDPM": "ddpm",
             "DDPM_Upscaled": "ddpm_upscaled"}
 DATASET_NAMES = tuple(DATASETS)
+COUNT_MAX = 10_000_000  # the ceiling of every integer count the schema gives no other (10 M optimiser steps: days
+# of GPU time at the study's shapes); a budget above it is a typo, not a plan
 PER_CLASS = ("a number of images per class from 1 to 1000000 (e.g. 3250) or a multiple of the larger real train "
              "class from 1x to 1000x (e.g. 3x)")
 
@@ -53,6 +56,11 @@ class Field:
     values: tuple[str, ...] = ()  # for dict fields: allowed values of the mapping
     item: type | None = None  # for list fields: the type of every element
     doc: str = ""  # what the field takes, in words, where the types alone would mislead
+
+    def __post_init__(self) -> None:
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        if int in kinds and float not in kinds and self.max is None:  # counts: steps, intervals, patience
+            object.__setattr__(self, "max", COUNT_MAX)
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
@@ -467,13 +475,31 @@ def passes(seen: int, images: int) -> str:
     return f"{x:.2f}" if x < 1 else f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
+PARAMS_MAX_BYTES = 1 << 20  # params.yaml is about 10 kB; 1 MB is no params file
+
+
+def no_aliases(text: str, path: Path) -> None:
+    """Refuse YAML anchors and aliases (`&a` / `*a`): nested aliases expand exponentially (a "billion laughs"
+    tree of a few lines), in our loader and in DVC's own reading of params.yaml. Raises ParamsError naming the
+    line. Source: the YAML 1.1 spec's anchor/alias nodes; PyYAML's event parser finds them without expanding."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise ParamsError(f"{path} line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
+                                  "are not allowed in params; write the values out")
+    except yaml.YAMLError:
+        return  # the loader that follows reports the syntax error with its position
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read and validate params.yaml; every error names the key path and what it allows."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ParamsError(f"{path} not found; run from the project root (where dvc.yaml is)")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = read_small(path, "params file", PARAMS_MAX_BYTES).decode("utf-8")
+        no_aliases(text, path)
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     except (UnicodeDecodeError, OSError) as e:

@@ -29,7 +29,8 @@ from typing import Any
 import yaml
 
 from melanoma.errors import first_line
-from melanoma.params import SCHEMA, ParamsError, validate
+from melanoma.io import read_small
+from melanoma.params import PARAMS_MAX_BYTES, SCHEMA, ParamsError, no_aliases, validate
 
 PROFILES = Path("profiles")
 DEMO = "demo"
@@ -66,7 +67,8 @@ def _load(path: Path, round_trip: bool = True) -> Any:
     from ruamel.yaml.error import YAMLError as RuamelError
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_small(path, "params file", PARAMS_MAX_BYTES).decode("utf-8")
+        no_aliases(text, path)
         return _yaml().load(text) if round_trip else yaml.safe_load(text)
     except (RuamelError, yaml.YAMLError, UnicodeDecodeError, OSError) as e:
         reason = " ".join(str(e).split()) if isinstance(e, (RuamelError, yaml.YAMLError)) else first_line(e)

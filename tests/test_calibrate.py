@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def quiet(monkeypatch, tmp_path):
 def scores(package: Path, files: list[Path], capsys, *extra: str) -> dict:
     cli(["predict", *map(str, files), "--model", str(package), "--json", *extra])
     return json.loads(capsys.readouterr().out)
+
+
+def _fifo(path: Path) -> Path:
+    """A named pipe: a reader that opened it would wait for a writer for ever."""
+    os.mkfifo(path)
+    return path
 
 
 def one_line_error(capsys, args: list[str]) -> str:
@@ -316,6 +323,10 @@ def test_bad_labels_rules_and_outputs_are_one_line_errors(package, site, tmp_pat
         (["--labels", str(_copied(site, tmp_path / "copied", rel))],
          "are the same image (identical bytes) (labelled benign and malignant); list each image once"),
         (["--labels", str(site), "--out", str(site / "benign" / "img_0.jpg" / "t.json")], "--out"),
+        (["--labels", str(_csv(site / "nul.csv", ok_rows + [("benign/x\0.jpg", "benign")]))],
+         f"nul.csv line {len(ok_rows) + 1}: the image cell holds a NUL byte, which no file name can; fix that cell"),
+        (["--labels", "/dev/zero"], "--labels /dev/zero is a device, not a regular file; give a file"),
+        (["--labels", str(_fifo(tmp_path / "labels.csv"))], "labels.csv is a FIFO (named pipe), not a regular file"),
     ]
     for extra, needle in cases:
         line = one_line_error(capsys, ["calibrate", pkg, *extra])
@@ -336,6 +347,9 @@ def test_malformed_threshold_files_are_one_line_errors(package, site, tmp_path, 
         "range.json": ({**good, "threshold": 1.5}, "threshold is 1.5; it must be a number in [0, 1]"),
         "bool.json": ({**good, "threshold": True}, "threshold is True"),
         "nosha.json": ({**good, "package": {"cell": "ResNet_Original"}}, "package.weights_sha256 is missing"),
+        "deep.json": ("[" * 100_000 + "]" * 100_000, "not readable JSON (RecursionError)"),
+        "/dev/zero": (None, "is a device, not a regular file; give a file"),
+        str(_fifo(tmp_path / "t.json")): (None, "is a FIFO (named pipe), not a regular file"),
         "edited.json": ({**good, "package": {**good["package"], "weights_sha256": "0" * 64}}, "belongs to another package"),
     }
     for name, (content, needle) in cases.items():

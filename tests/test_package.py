@@ -358,6 +358,53 @@ def test_predict_checks_the_gradcam_folder_before_scoring(cells, isic_sample, tm
     assert "--gradcam" in err and "cannot write there" in err and "Traceback" not in err
 
 
+def test_file_names_cannot_forge_rows_or_drive_the_terminal(cells, isic_sample, tmp_path, capsys):
+    """A name with a newline and spaces printed a fake `0.0100 benign` row; ANSI escapes and a right-to-left
+    override reached the terminal raw. Every control/format character is shown escaped, in rows and messages."""
+    src = sorted((isic_sample / "folder/benign").glob("*.jpg"))[0]
+    forged = tmp_path / "a.jpg\nfake.jpg       0.0100  benign\x1b[2J\u202egnp.jpg"
+    shutil.copy(src, forged)
+    (tmp_path / "bad\x1b[31m.jpg").write_bytes(b"not an image")
+    assert cli(["predict", str(tmp_path), "--model", str(cells["ResNet"])]) == 1
+    out, err = capsys.readouterr()
+    rows = out.splitlines()
+    assert len(rows) == 2 + 2  # header, column names, one row per file: no forged row
+    assert not any(ch in out + err for ch in ("\x1b", "\u202e"))
+    assert "a.jpg\\nfake.jpg       0.0100  benign\\x1b[2J\\u202egnp.jpg" in out
+    assert "bad\\x1b[31m.jpg" in out
+    # an error message quoting a path: one line, escaped
+    assert cli(["predict", str(src), "--model", str(tmp_path / "no\npkg\x1b[0m")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no\\npkg\\x1b[0m" in err and "\x1b" not in err
+
+
+def test_a_full_disk_during_gradcam_keeps_every_score(cells, isic_sample, tmp_path, capsys, monkeypatch):
+    """ENOSPC while the overlays are written: the table of scores is printed whole, each unwritten overlay says so,
+    one line on stderr names the path and the fix, no partial PNG stays, exit 1, no traceback."""
+    import errno
+
+    from PIL import Image as PILImage
+    files = sorted((isic_sample / "folder/benign").glob("*.jpg"))[:3]
+    real_save, calls = PILImage.Image.save, []
+
+    def save(self, fp, *a, **k):
+        calls.append(fp)
+        if len(calls) >= 2:  # the second overlay hits a full disk half-way
+            Path(fp).write_bytes(b"\x89PNG partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+        return real_save(self, fp, *a, **k)
+
+    monkeypatch.setattr(PILImage.Image, "save", save)
+    rc = cli(["predict", *map(str, files), "--model", str(cells["ResNet"]), "--gradcam", str(tmp_path / "cams")])
+    out, err = capsys.readouterr()
+    rows = out.splitlines()[2:]
+    assert rc == 1 and len(rows) == 3 and all(("benign" in r or "malignant" in r) for r in rows)
+    assert sum(r.endswith("not written") for r in rows) == 2
+    assert "2 GradCAM overlay(s) could not be written" in err and "No space left on device (errno 28)" in err
+    assert "free space" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in (tmp_path / "cams").iterdir()] == [Path(calls[0]).name]
+
+
 def test_predict_needs_a_package_not_a_training_folder(cells, tmp_path, capsys):
     folder = tmp_path / "train_out"
     folder.mkdir()
@@ -426,12 +473,26 @@ def test_nan_weights_are_an_error_not_a_benign_decision(cells, tmp_path, capsys)
     ({"threshold": True}, "threshold is True; it must be a number in [0, 1]"),
     ({"normalisation": {"mean": [0.5, 0.5, 0.5], "std": [0, 0, 0]}}, "normalisation is"),
     (None, "is not readable JSON"),
+    ({"classes": None}, "classes is None; it must be"),
+    ("-classes", "classes is 'missing'; it must be ['benign', 'malignant']"),
+    ("-positive_class", "positive_class is 'missing'"),
+    ("-weights_sha256", "weights_sha256 is 'missing'; it must be the sha256 of model.safetensors"),
+    ({"weights_sha256": 5}, "weights_sha256 is 5"),
+    ("-threshold_rule", "threshold_rule is 'missing'; it must be one line of text"),
+    ({"data": "demo"}, "data is 'demo'; it must be a mapping"),
+    ("-preprocessing", "preprocessing is 'missing'"),
+    ("deep", "is not readable JSON (RecursionError)"),
 ])
 def test_untrusted_package_configs_are_refused_before_building(cells, tmp_path, capsys, change, needle):
     folder = tmp_path / "pkg"
     shutil.copytree(cells["ResNet"], folder)
     cfg = json.loads((folder / "model_config.json").read_text())
-    (folder / "model_config.json").write_text("{not json" if change is None else json.dumps({**cfg, **change}))
+    if isinstance(change, str) and change.startswith("-"):
+        del cfg[change[1:]]
+        change = {}
+    text = {None: "{not json", "deep": '{"a": ' * 100_000 + "1" + "}" * 100_000}.get(change) if not isinstance(
+        change, dict) else json.dumps({**cfg, **change})
+    (folder / "model_config.json").write_text(text)
     assert cli(["predict", str(ROOT / "README.md"), "--model", str(folder)]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

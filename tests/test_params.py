@@ -34,6 +34,9 @@ def test_misspelt_choice_names_key_and_choices(tree):
     (("split", "val_fraction"), 0.9, "split.val_fraction is 0.9; it must be a number in [0.01, 0.5]"),
     (("data", "max_side"), None, "data.max_side is null"),
     (("data", "label_map"), {"nevus": "harmless"}, "data.label_map.nevus is 'harmless'"),
+    (("generators", "dcgan", "steps"), 10**30, "generators.dcgan.steps is 1" + "0" * 30 + "; it must be an integer in "
+     "[1, 10000000]"),  # every count has a ceiling, stated or COUNT_MAX
+    (("evaluate", "gradcam_per_group"), 10**12, "it must be an integer in"),
 ])
 def test_wrong_type_or_range_names_key(tree, path, value, needle):
     t = copy.deepcopy(tree)
@@ -177,3 +180,28 @@ def test_values_that_pass_alone_but_break_a_later_stage_fail_at_load(dotted, val
     with pytest.raises(ParamsError) as e:
         validate(tree)
     assert needle in str(e.value)
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    """A "billion laughs" tree of nested aliases inside a model's kwargs: refused at load with the line, never
+    expanded (the test would run out of memory if it were)."""
+    text = (ROOT / "params.yaml").read_text()
+    laughs = "".join(f"    l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, "
+                     f"*l{i - 1}, *l{i - 1}]\n" for i in range(1, 10))
+    (tmp_path / "params.yaml").write_text(text + "laughs:\n    l0: &l0 [lol]\n" + laughs)
+    with pytest.raises(ParamsError, match=r"params\.yaml line \d+: YAML anchors and aliases \(&name, \*name\) are "
+                                          r"not allowed in params; write the values out"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_params_from_a_device_or_fifo_are_refused_unread(tmp_path, special):
+    from melanoma.io import FileRefused
+    import os
+    path = tmp_path / "params.yaml"
+    if special == "fifo":
+        os.mkfifo(path)  # opening it would block for ever
+    else:
+        path.symlink_to(special)  # reading it would fill the memory
+    with pytest.raises(FileRefused, match=r"params file .*params\.yaml is a (FIFO|device)"):
+        load_params(path)

@@ -7,6 +7,7 @@ import yaml
 from dvc.utils.hydra import apply_overrides
 
 from melanoma.estimate import ASSUMED
+from melanoma.io import FileRefused
 from melanoma.params import ParamsError, load_params, split_problem, synthetic_share, train_steps
 from melanoma.profile import apply_profile, in_effect, leaves, profile_params, render
 from tests.conftest import ROOT
@@ -146,7 +147,7 @@ def test_params_written_through_a_symlink_with_its_permissions(tmp_path):
 def test_unwritable_or_unreadable_params_are_one_error_and_nothing_is_left(tmp_path):
     folder = tmp_path / "params.yaml"
     folder.mkdir()
-    with pytest.raises(ParamsError, match="is not readable YAML"):
+    with pytest.raises(FileRefused, match=r"params file .*params\.yaml is a folder, not a regular file; give a file"):
         apply_profile("study", folder, PROFILES)
     (tmp_path / "p.yaml").write_bytes(b"data: [unclosed\n")
     with pytest.raises(ParamsError, match=r"p\.yaml is not readable YAML \(ParserError"):

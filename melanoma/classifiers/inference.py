@@ -16,6 +16,7 @@ from torch import nn
 from melanoma.classifiers import build_model, load_strict
 from melanoma.engine import CheckpointError, Runtime
 from melanoma.errors import MelanomaError
+from melanoma.io import read_small
 from melanoma.params import ARCHS
 
 
@@ -75,11 +76,14 @@ class ConfigError(MelanomaError):
 MAX_INPUT_SIZE = 1024  # px; the study trains at 224
 
 
+CONFIG_MAX_BYTES = 1 << 20  # a model_config.json is a few kB
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """A model_config.json, parsed and checked (check_config); ConfigError naming the file otherwise."""
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        cfg = json.loads(read_small(path, "model config", CONFIG_MAX_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting: RecursionError
         raise ConfigError(f"{path} is not readable JSON ({type(e).__name__}); export or download it again") from None
     check_config(cfg, path)
     return cfg

@@ -31,6 +31,7 @@ from typing import Any, Iterator
 from melanoma.data import demo
 from melanoma.data.images import IMAGE_SUFFIXES
 from melanoma.errors import MelanomaError
+from melanoma.io import read_small, regular_file
 from melanoma.params import FORMATS, LABELS, PLACEHOLDER_IDS
 
 RELEASE_FORMATS = FORMATS[2:]  # the releases whose tables this module reads
@@ -424,10 +425,15 @@ def read_table(path: Path, label_map: dict[str, str]) -> Table:
         raise FetchError(f"{path}: not a readable CSV ({e}); save it again as comma-separated UTF-8") from None
 
 
+TABLE_MAX_BYTES = 2 << 30  # a label table: the whole ISIC Archive's metadata export is a few hundred MB
+
+
 def csv_dialect(path: Path) -> tuple[str, str]:
     """(encoding, delimiter) of a user's CSV from its first 4 kB: UTF-8 with or without BOM, or Excel's UTF-16
     "Unicode text"; ',' or ';' (Excel in many locales) or tab, whichever the first non-blank line has.
-    Raises OSError when the file cannot be read."""
+    Raises OSError when the file cannot be read, FileRefused when it is not a regular file or over
+    TABLE_MAX_BYTES."""
+    regular_file(path, "label table", TABLE_MAX_BYTES)
     with open(path, "rb") as fh:
         start = fh.read(4096)
     encoding = "utf-16" if start.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
@@ -474,7 +480,7 @@ def _read_table(path: Path, label_map: dict[str, str]) -> Table:
 def read_ph2(path: Path) -> Table:
     """PH2_dataset.txt: '||'-separated rows; 'Clinical Diagnosis' 0/1/2 = common nevus, atypical nevus, melanoma."""
     head, entries = None, []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_small(path, "label table", TABLE_MAX_BYTES).decode("utf-8", "replace").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("||")]
         if head is None and "Name" in cells and "Clinical Diagnosis" in cells:
             head = cells

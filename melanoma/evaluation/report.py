@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from melanoma.errors import MelanomaError
+from melanoma.errors import MelanomaError, printable
 from melanoma.evaluation import verdict as vd
 from melanoma.evaluation.metrics import SEED_METRICS, point_metrics
 from melanoma.io import atomic_dir, read_csv, write_csv
@@ -37,6 +37,11 @@ COLUMNS = ["arch", "dataset", "split", "model", "seeds", *[c for m in SEED_METRI
            ((m, f"{m}_sd", f"{m}_ci_low", f"{m}_ci_high") if m in CI_METRICS else (m, f"{m}_sd"))]]
 COMPARISON_COLUMNS = ["arch", "dataset", "split", "archs", "seeds", "images", "resamples", "difference", "ci_low", "ci_high", "seed_sd",
                       "p_value", "p_holm", "verdict"]
+
+
+def _esc(text: object, quote: bool = True) -> str:
+    """HTML-escaped, with control and format characters shown as escapes (melanoma.errors.printable)."""
+    return html.escape(printable(text), quote)
 
 
 class ReportError(MelanomaError):
@@ -190,8 +195,8 @@ def _model_cell(model: str) -> Html:
     a tooltip marked with a dagger: written out, they push the metrics off a 1280 px screen."""
     name = model.split(" {")[0].split(" (")[0]
     if name == model:
-        return Html(html.escape(model))
-    return Html(f"<span title='{html.escape(model, quote=True)}'>{html.escape(name)}&nbsp;&dagger;</span>")
+        return Html(_esc(model))
+    return Html(f"<span title='{_esc(model, quote=True)}'>{_esc(name)}&nbsp;&dagger;</span>")
 
 
 def _fmt(v: Any, col: str = "") -> str:
@@ -203,11 +208,11 @@ def _fmt(v: Any, col: str = "") -> str:
         return f"{v:.4f}"  # 0.9996 is not 1.000
     if isinstance(v, float):
         return f"{v:.3f}"
-    return html.escape("" if v is None else str(v))
+    return _esc("" if v is None else str(v))
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str], table_id: str = "") -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c), c)}</td>" for c in cols) + "</tr>" for r in rows)
     ident = f' id="{table_id}"' if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -242,7 +247,7 @@ def _verdict_section(ctx: dict[str, Any]) -> list[str]:
     pooled = [{**r, "effect": f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
                "verdict": vd.WORDS[r["verdict"]]} for r in v["pooled"]]
     return ["<h2 id='verdict'>Verdict: does synthetic augmentation help?</h2>",
-            "<ul id='verdict-sentences'>" + "".join(f"<li>{html.escape(t)}</li>" for t in v["sentences"]) + "</ul>",
+            "<ul id='verdict-sentences'>" + "".join(f"<li>{_esc(t)}</li>" for t in v["sentences"]) + "</ul>",
             f"<img alt='forest plot' src='{_png_uri(ctx['forest'])}'>",
             _table(pooled, ["dataset", "split", "archs", "images", "effect", "p_value", "p_holm", "verdict"],
                    "pooled"),
@@ -254,7 +259,7 @@ def _verdict_section(ctx: dict[str, Any]) -> list[str]:
             f"verdict other than 'no evidence' needs an adjusted p below {vd.ALPHA}. Method and sources: README, "
             "Evaluation.</p>",
             "<h3>What this evidence can and cannot say</h3>",
-            "<ul id='limitations'>" + "".join(f"<li>{html.escape(t)}</li>" for t in v["limitations"]) + "</ul>"]
+            "<ul id='limitations'>" + "".join(f"<li>{_esc(t)}</li>" for t in v["limitations"]) + "</ul>"]
 
 
 def render_html(ctx: dict[str, Any]) -> str:
@@ -265,7 +270,7 @@ def render_html(ctx: dict[str, Any]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>melanoma-synth report</title>"
              f"<style>{STYLE}</style>{CHECK}</head><body>",
              "<h1>Does synthetic augmentation help melanoma classifiers?</h1>",
-             f"<p class='note'>{html.escape(ctx['profile'])}. Metrics on the held-out <b>test</b> split (and, where the "
+             f"<p class='note'>{_esc(ctx['profile'])}. Metrics on the held-out <b>test</b> split (and, where the "
              "source has one, the <b>external test</b> set); each seed's decision threshold was chosen on val and "
              "applied unchanged. Research use only, not a medical device.</p>",
              *_verdict_section(ctx),
@@ -282,7 +287,7 @@ def render_html(ctx: dict[str, Any]) -> str:
              "colour/texture features + logistic regression on the same train split, and the two 'rule' rows are "
              "trivial rules (all-malignant; a constant P = train prevalence): single deterministic runs, so no sd. "
              "Precision, F1 and MCC per cell, and every value unrounded: results/grid.csv. "
-             f"{html.escape(ctx['budget'])}</p>",
+             f"{_esc(ctx['budget'])}</p>",
              _table(display, ["arch", "dataset", "split", "model", *PAGE_METRICS], "grid"),
              "<p class='note'>&dagger; hover over the model for the rest of its description: a member's constructor "
              "kwargs, a rule's details (grid.csv and each cell's model_config.json give them in full).</p>",
@@ -294,15 +299,15 @@ def render_html(ctx: dict[str, Any]) -> str:
                                               "near_identical"], "twins") if ctx["verdict"]["twins"] else
              "<p class='note'>No plain/upscaled pair in the grid.</p>",
              "<h2>Data and split</h2>", _table(ctx["split_rows"], ["split", "benign", "malignant"], "split"),
-             f"<p class='note'>{html.escape(ctx['split_note'])}</p>", *_data_section(ctx["card"], ctx["split"]),
+             f"<p class='note'>{_esc(ctx['split_note'])}</p>", *_data_section(ctx["card"], ctx["split"]),
              "<h2>ROC curves per architecture</h2>",
-             "".join(f"<img alt='ROC {html.escape(a)}' src='{_png_uri(b)}'>" for a, b in ctx["rocs"].items()),
+             "".join(f"<img alt='ROC {_esc(a)}' src='{_png_uri(b)}'>" for a, b in ctx["rocs"].items()),
              "<h2>Generators</h2>", _table(ctx["generator_rows"], list(ctx["generator_rows"][0]) if
                                              ctx["generator_rows"] else [], "generators"),
              "<p class='note'>C2ST AUROC: a classifier telling real from synthetic (0.5 = indistinguishable). "
              "Memorised: synthetic images closer to one real image than a third of the way to the next.</p>"]
     for name, uri in ctx["samples"].items():
-        parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='{uri}'>")
+        parts.append(f"<h3>{_esc(name)}</h3><img alt='{_esc(name)}' src='{uri}'>")
     if ctx["upscaler"]:
         parts += ["<h2>Super-resolution</h2>", _table([ctx["upscaler"]], list(ctx["upscaler"]), "upscaler")]
     parts.append("<h2>GradCAM (test images, packaged seed, explained for their true label)</h2>")
@@ -310,9 +315,9 @@ def render_html(ctx: dict[str, Any]) -> str:
                  "positive/negative) and P(malignant) on top, the colour bar on the right (1 = the strongest evidence "
                  "in that image, 0 = none); \"empty map\": no positive evidence for the true class at that layer.</p>")
     for cell, (layer, images) in ctx["gradcam"].items():
-        where = f": layer {html.escape(layer)}" if layer else ""
-        parts.append(f"<h3>{html.escape(cell)}{where}</h3><div class='gallery'>" + "".join(
-            f"<img title='{html.escape(t)}' alt='{html.escape(t)}' src='{u}'>" for t, u in images) + "</div>")
+        where = f": layer {_esc(layer)}" if layer else ""
+        parts.append(f"<h3>{_esc(cell)}{where}</h3><div class='gallery'>" + "".join(
+            f"<img title='{_esc(t)}' alt='{_esc(t)}' src='{u}'>" for t, u in images) + "</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -322,11 +327,11 @@ def _data_section(card: dict[str, Any], sr: dict[str, Any]) -> list[str]:
     skipped and why, the grouping keys, and the metadata available (fetch's dataset_card.json, the split report)."""
     def counts(d: dict[str, int], what: str) -> str:
         return _table([{what: k, "files": v} for k, v in list(d.items())[:12]], [what, "files"]) if d else \
-            f"<p class='note'>none {html.escape(what.split()[0])}</p>"
+            f"<p class='note'>none {_esc(what.split()[0])}</p>"
 
     c = sr["conflicting_labels"]
     meta = ", ".join(f"{k} {v}" for k, v in card["metadata"].items())
-    return [f"<h3>Source: {html.escape(card['format'])}</h3>",
+    return [f"<h3>Source: {_esc(card['format'])}</h3>",
             _table(card["label_mapping"], ["diagnosis", "label", "listed", "stored"], "label_mapping"),
             "<p class='note'>Label mapping (data.label_map): images per original diagnosis, the label it became "
             "(reject: excluded by the study's label map; unknown: not in the map), how many the source listed and "
@@ -334,10 +339,10 @@ def _data_section(card: dict[str, Any], sr: dict[str, Any]) -> list[str]:
             "<h3>Rejected files by reason</h3>", counts(card["rejected"], "rejected reason"),
             "<h3>Excluded on purpose (data.label_map)</h3>", counts(card["excluded"], "excluded reason"),
             "<h3>Skipped non-lesion files by reason</h3>", counts(card["skipped"], "skipped reason"),
-            f"<p class='note'>Grouping keys: {html.escape(', '.join(sr['grouping_keys']))}; merges per key: "
-            f"{html.escape(', '.join(f'{k} {v}' for k, v in sr['merges'].items()))}. {c['images_dropped']} images "
+            f"<p class='note'>Grouping keys: {_esc(', '.join(sr['grouping_keys']))}; merges per key: "
+            f"{_esc(', '.join(f'{k} {v}' for k, v in sr['merges'].items()))}. {c['images_dropped']} images "
             f"in {c['groups']} images or lesions labelled both ways were {'dropped' if c['policy'] == 'drop' else 'refused'}"
-            f". Images carrying each metadata column: {html.escape(meta)}.</p>"]
+            f". Images carrying each metadata column: {_esc(meta)}.</p>"]
 
 
 def _metrics_json(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from melanoma.errors import MelanomaError
+from melanoma.io import read_small, regular_file
 from melanoma.params import LABELS
 
 FORMAT, VERSION = "melanoma-threshold", 1
@@ -92,7 +93,8 @@ def read_labels(path: Path) -> Labelled:
     path = Path(path)
     if path.is_dir():
         return _read_folder(path)
-    if path.is_file():
+    if path.exists():
+        regular_file(path, "--labels", LABELS_MAX_BYTES)
         return _read_csv(path)
     raise CalibrationError(f"--labels {path} does not exist; give a CSV with columns {IMAGE_COLUMN},{LABEL_COLUMN} "
                            "or a folder with benign/ and malignant/ subfolders")
@@ -129,6 +131,9 @@ def _read_csv(path: Path) -> Labelled:
         if not image:
             raise CalibrationError(f"--labels {path} line {line}: the {IMAGE_COLUMN} cell is empty; give the "
                                    "image's path or delete the line")
+        if "\0" in image:
+            raise CalibrationError(f"--labels {path} line {line}: the {IMAGE_COLUMN} cell holds a NUL byte, which no "
+                                   "file name can; fix that cell")
         if label not in LABELS:
             raise CalibrationError(f"--labels {path} line {line}: label {row[cl] if cl < len(row) else ''!r} is "
                                    f"not benign or malignant; write benign or malignant")
@@ -379,9 +384,9 @@ def check_out(out: Path, planned: dict[str, Any], force: bool) -> None:
     if not out.exists() or force:
         return
     try:
-        old = json.loads(out.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        old = None
+        old = json.loads(read_small(out, "--out", THRESHOLD_MAX_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, MelanomaError):
+        old = None  # not a file this command wrote: refused below unless --force
     ours = isinstance(old, dict) and old.get("format") == FORMAT
     if ours and all(_get(old, k) == _get(planned, k) for k in _SAME_RUN):
         return  # the same calibration run again: replacing it only changes the date
@@ -405,6 +410,10 @@ def write_atomic(out: Path, text: str) -> None:
         raise
 
 
+THRESHOLD_MAX_BYTES = 1 << 20  # a threshold file is about 3 kB (its unreadable-file list aside)
+LABELS_MAX_BYTES = 256 << 20  # a labels CSV: about 60 bytes per image
+
+
 def _bad_file(path: Path, why: str) -> CalibrationError:
     return CalibrationError(f"--threshold-file {path}: {why}; write it again with `melanoma calibrate PACKAGE "
                             "--labels ...`")
@@ -415,7 +424,7 @@ def read_threshold_file(path: Path) -> dict[str, Any]:
     in [0, 1], the package's weights sha256). Raises CalibrationError naming the file and the field."""
     path = Path(path)
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        rec = json.loads(read_small(path, "--threshold-file", THRESHOLD_MAX_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise CalibrationError(f"--threshold-file {path} does not exist; give the file `melanoma calibrate` "
                                "wrote") from None

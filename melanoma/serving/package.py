@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 import warnings
 from pathlib import Path
@@ -30,7 +31,7 @@ from melanoma.classifiers.inference import load_classifier, read_config, rebuild
 from melanoma.engine import Runtime
 from melanoma.data.datasets import resize
 from melanoma.data.images import decode_pixels
-from melanoma.errors import MelanomaError
+from melanoma.errors import MelanomaError, first_line
 from melanoma.params import LABELS
 
 WEIGHTS, ONNX, TIMM_CONFIG, CONFIG = "model.safetensors", "model.onnx", "config.json", "model_config.json"
@@ -223,26 +224,38 @@ def _numbers(v: Any, n: int, positive: bool) -> bool:
 
 
 def check_package_fields(cfg: dict[str, Any], where: Path) -> None:
-    """The fields that decide what a package predicts, checked before it is used: the class order (malignant is
-    class 1), the threshold (a number in [0, 1], not a bool), the normalisation (3 finite means, 3 positive stds)
-    and the preprocessing cap. Raises PackageError naming the field."""
+    """The fields a package needs to predict, all required and checked before it is used: the class order
+    (malignant is class 1), the threshold (a number in [0, 1], not a bool) and its rule, the normalisation (3
+    finite means, 3 positive stds), the preprocessing cap, the weights' sha256 (64 hex digits: without it the
+    integrity check could not run), the dataset and the data source it names. A training folder (no threshold)
+    is refused as one. Raises PackageError naming the field."""
     def bad(field: str, want: str) -> PackageError:
-        return PackageError(f"{where}: {field} is {cfg.get(field, 'missing')!r}; it must be {want}; export or "
-                            "download the package again")
+        return PackageError(f"{where}: {field} is {first_line(repr(cfg.get(field, 'missing')), 60)}; it must be "
+                            f"{want}; export or download the package again")
 
-    if "classes" in cfg and cfg["classes"] != list(LABELS):
+    if "threshold" not in cfg and "classes" in cfg:
+        raise PackageError(f"{where.parent} has no decision threshold (a training output, not a package): use "
+                           "models/export/<Arch>/<Arch>_<Dataset>/ from `dvc repro`, or a downloaded Hub folder")
+    if cfg.get("classes") != list(LABELS):
         raise bad("classes", f"{list(LABELS)} (malignant is class 1)")
-    if "positive_class" in cfg and cfg["positive_class"] != LABELS[1]:
+    if cfg.get("positive_class") != LABELS[1]:
         raise bad("positive_class", repr(LABELS[1]))
     t = cfg.get("threshold")
-    if "threshold" in cfg and not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1):
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1):
         raise bad("threshold", "a number in [0, 1]")
+    for field in ("threshold_rule", "dataset"):
+        if not (isinstance(cfg.get(field), str) and cfg[field].isprintable()):
+            raise bad(field, "one line of text")
+    if not (isinstance(cfg.get("weights_sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", cfg["weights_sha256"])):
+        raise bad("weights_sha256", "the sha256 of model.safetensors (64 hex digits)")
+    if not (isinstance(cfg.get("data"), dict) and isinstance(cfg["data"].get("source"), str)):
+        raise bad("data", "a mapping with the source the model was trained on")
     norm = cfg.get("normalisation")
     if not (isinstance(norm, dict) and _numbers(norm.get("mean"), 3, False) and _numbers(norm.get("std"), 3, True)):
         raise bad("normalisation", "{'mean': 3 numbers, 'std': 3 positive numbers}")
     pre = cfg.get("preprocessing")
-    if pre is not None and not (isinstance(pre, dict) and isinstance(pre.get("max_side"), int)
-                                and not isinstance(pre.get("max_side"), bool) and 64 <= pre["max_side"] <= 20000):
+    if not (isinstance(pre, dict) and isinstance(pre.get("max_side"), int)
+            and not isinstance(pre.get("max_side"), bool) and 64 <= pre["max_side"] <= 20000):
         raise bad("preprocessing", "{'max_side': an integer in [64, 20000]}")
 
 
@@ -263,7 +276,7 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
 
         # the ONNX graph reads its weights at fixed offsets of this file: a rewritten file (even with the same
         # tensors) would make it compute garbage, so a package's file must be the one exported
-        if "weights_sha256" in cfg and weights_sha256(folder / WEIGHTS) != cfg["weights_sha256"]:
+        if weights_sha256(folder / WEIGHTS) != cfg["weights_sha256"]:
             raise PackageError(f"{folder / WEIGHTS} is not the file this package was exported with (sha256 differs "
                                f"from {CONFIG}); its ONNX graph would compute garbage. Export or download it again")
         from safetensors.torch import load_file

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from melanoma.data.images import IMAGE_SUFFIXES, ImageRejected
+from melanoma.errors import os_error_line, printable
 from melanoma.serving.package import PackageError, load, pixels, prepare, served, torch_probabilities
 
 
@@ -41,7 +42,8 @@ class Prediction:
     p_malignant: float | None = None
     decision: str | None = None
     gradcam: str | None = None
-    error: str | None = None
+    error: str | None = None  # the file was refused (not scored)
+    gradcam_error: str | None = None  # scored, but its overlay could not be written (e.g. a full disk)
 
 
 def expand(inputs: list[Path]) -> list[Path]:
@@ -82,15 +84,10 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None,
 
         record = read_threshold_file(threshold_file)
     model, cfg = load(folder)
-    if "threshold" not in cfg:
-        raise PackageError(f"{folder} has no decision threshold (a training output, not a package): use "
-                           "models/export/<Arch>/<Arch>_<Dataset>/ from `dvc repro`, or a downloaded Hub folder")
     if threshold_file is not None:
         cfg = apply_threshold_file(threshold_file, record, folder, cfg)
     else:
         cfg = {**cfg, "threshold_source": {"from": "package", "path": str(folder)}}
-    if "preprocessing" not in cfg:  # its value was checked by load (package.check_package_fields)
-        raise PackageError(f"{folder}: model_config.json has no preprocessing; export or download the package again")
     size, max_side = cfg["input_size"], cfg["preprocessing"]["max_side"]
     results, ok, images = [], [], []
     with ThreadPoolExecutor(DECODE_THREADS) as pool:  # Pillow's decoder releases the GIL
@@ -168,7 +165,12 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
             name = f"{stem}_{n}_gradcam.png"
         used.add(name)
         caption = f"{r.decision}  P={r.p_malignant:.2f}"
-        Image.fromarray(gradcam.overlay(x[i], heat[i], scale, caption)).save(out / name, pnginfo=info)
+        try:
+            Image.fromarray(gradcam.overlay(x[i], heat[i], scale, caption)).save(out / name, pnginfo=info)
+        except OSError as e:  # a full disk mid-way: the scores stand, this overlay is reported as missing
+            (out / name).unlink(missing_ok=True)  # absent or ours before (free()): never a user's file
+            r.gradcam_error = os_error_line(e)
+            continue
         r.gradcam = str(out / name)
 
 
@@ -191,12 +193,14 @@ def as_table(results: list[Prediction], cfg: dict[str, Any], model: str) -> str:
             f"({_where_threshold(cfg)}). Research use only, not a medical device."
             + (" DEMO MODEL: trained on synthetic demo images, meaningless on real lesions."
                if cfg["data"]["source"] == "demo" else ""))
-    width = max([len("image")] + [len(r.path) for r in results])
-    lines = [head, f"{'image':<{width}}  p_malignant  decision" + ("  gradcam" if any(r.gradcam for r in results) else "")]
-    for r in results:
+    shown = [printable(r.path) for r in results]  # a name's newline or ANSI escape cannot forge a row
+    width = max([len("image")] + [len(p) for p in shown])
+    lines = [printable(head), f"{'image':<{width}}  p_malignant  decision" + ("  gradcam" if any(r.gradcam or r.gradcam_error for r in results) else "")]
+    for r, path in zip(results, shown):
         if r.error:
-            lines.append(f"{r.path:<{width}}  {'-':>11}  refused: {r.error}")
+            lines.append(f"{path:<{width}}  {'-':>11}  refused: {printable(r.error)}")
         else:
-            row = f"{r.path:<{width}}  {r.p_malignant:>11.4f}  {r.decision}"
-            lines.append(f"{row:<{width + 24}}  {r.gradcam}" if r.gradcam else row)
+            row = f"{path:<{width}}  {r.p_malignant:>11.4f}  {r.decision}"
+            mark = printable(r.gradcam) if r.gradcam else "not written" if r.gradcam_error else ""
+            lines.append(f"{row:<{width + 24}}  {mark}" if mark else row)
     return "\n".join(lines)
