@@ -81,9 +81,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     for cell in _cells(args, params):
         arch = cell.split("_", 1)[0]
         packages[cell] = EXPORT / arch / cell
-    for line in publish(packages, args.repo or params["publish"]["repo"], args.out, args.dry_run,
-                        params["publish"]["private"], args.force):
-        _say(line)
+    publish(packages, args.repo or params["publish"]["repo"], args.out, args.dry_run, params["publish"]["private"],
+            args.force, say=_say)  # each line as it happens
     return 0
 
 

@@ -297,7 +297,7 @@ def test_bad_labels_rules_and_outputs_are_one_line_errors(package, site, tmp_pat
         (["--labels", str(one)], "one: no malignant images; each class needs at least one"),
         (["--labels", str(extra)], "subfolder nevus/ is not benign/ or malignant/"),
         (["--labels", str(_folder(tmp_path / "few", 12, 6))],
-         "only 6 malignant images could be scored; calibrating needs at least 10 of each class"),
+         "only 6 malignant images are listed; calibrating needs at least 10 of each class"),  # before scoring
         (["--labels", str(junk)], "only 8 malignant images could be scored (4 unreadable: 4x empty file"),
         (["--labels", str(site), "--target-sensitivity", "0"], "--target-sensitivity 0.0: it must be in (0, 1]"),
         (["--labels", str(site), "--target-sensitivity", "1.5"], "--target-sensitivity 1.5: it must be in (0, 1]"),
@@ -407,12 +407,22 @@ def test_semicolon_and_utf16_label_tables_read_like_the_comma_one(site, tmp_path
         assert got.files == comma.files and list(got.labels) == list(comma.labels)
 
 
-def test_warnings_say_when_a_threshold_or_an_interval_means_little():
-    from melanoma.serving.calibrate import warnings_for
+def test_rates_of_0_or_1_get_the_exact_interval_and_a_warning():
+    """A percentile bootstrap cannot leave 0 or 1 ([0.000, 0.000] was printed unflagged): every such rate, at the
+    calibrated and at the package threshold, carries the Clopper-Pearson interval and a warning."""
+    from melanoma.serving.calibrate import measure, warnings_for
 
-    m = {"auroc": 0.61, "sensitivity": 1.0, "specificity": 0.4,
-         "ci95": {"auroc": [0.48, 0.74], "sensitivity": [1.0, 1.0], "specificity": [0.2, 0.6]}}
-    said = warnings_for(m, 15, 20)
-    assert len(said) == 2 and "no better than chance" in said[0]
-    assert "sensitivity 1.000 on 15 images" in said[1] and "[0.782, 1.000]" in said[1]  # 0.025 ** (1 / 15) = 0.782
-    assert warnings_for({**m, "sensitivity": 0.9, "ci95": {**m["ci95"], "auroc": [0.55, 0.8]}}, 15, 20) == []
+    y = np.array([1] * 15 + [0] * 20)
+    p = np.linspace(0.5, 1.0, 35)[np.argsort(np.argsort(-y, kind="stable"))]  # malignant ranked first, then overlap
+    p[15:23] = p[:8]  # 8 benign images score like malignant ones: AUROC below 1
+    m = measure(y, p, threshold=0.0, n_boot=200, seed=0)  # everything called malignant
+    assert m["sensitivity"] == 1.0 and m["specificity"] == 0.0 and m["exact_ci95"] == ["sensitivity", "specificity"]
+    assert m["ci95"]["sensitivity"] == pytest.approx([0.025 ** (1 / 15), 1.0], abs=1e-3)  # [0.782, 1]
+    assert m["ci95"]["specificity"] == pytest.approx([0.0, 1 - 0.025 ** (1 / 20)], abs=1e-3)  # [0, 0.168]
+    said = warnings_for(m, 15, 20, "package threshold")
+    assert len(said) == 2 and said[0].startswith("warning: package threshold: sensitivity 1.000 on 15 images")
+    assert "[0.782, 1.000]" in said[0] and "[0.000, 0.168]" in said[1]
+    inside = measure(y, p, threshold=float(np.median(p)), n_boot=200, seed=0)
+    assert inside["exact_ci95"] == [] and 0 < inside["sensitivity"] < 1
+    chance = {**inside, "ci95": {**inside["ci95"], "auroc": [0.48, 0.74]}}
+    assert [w for w in warnings_for(chance, 15, 20) if "no better than chance" in w]

@@ -240,13 +240,95 @@ def test_publish_never_replaces_a_folder_it_did_not_write(project):
     (cell / "model.safetensors").write_bytes(b"trained weights")
     (cell / "live").mkdir()
     r = run(project, "publish", "ResNet_Original", "--dry-run", "--out", "models/classifiers/ResNet")
-    assert "ResNet_Original exists and is not a Hub folder publish wrote (it holds live, model.safetensors); pass " \
-           "--force" in one_line_error(r)
+    assert "ResNet_Original exists and is not a folder publish wrote, or was changed since (it holds live, " \
+           "model.safetensors); pass --force" in one_line_error(r)
     assert (cell / "model.safetensors").read_bytes() == b"trained weights"
+    # a user's own README.md and config.json: the names of a Hub folder's files, not its marker
+    own = project / "mine/ResNet_Original"
+    own.mkdir(parents=True)
+    (own / "README.md").write_text("my notes")
+    (own / "config.json").write_text("{}")
+    assert "is not a folder publish wrote" in one_line_error(run(project, "publish", "ResNet_Original", "--dry-run",
+                                                                 "--out", "mine"))
+    assert (own / "README.md").read_text() == "my notes" and (own / "config.json").read_text() == "{}"
     for _ in range(2):  # its own folders it rewrites freely
-        assert run(project, "publish", "ResNet_Original", "--dry-run", "--out", "hub2").returncode == 0
+        assert run(project, "publish", "ResNet_Original", "--dry-run", "--out", "hub3").returncode == 0
+    (project / "hub3/ResNet_Original/README.md").write_text("edited by hand")  # then changed by someone
+    assert "or was changed since" in one_line_error(run(project, "publish", "ResNet_Original", "--dry-run", "--out",
+                                                        "hub3"))
+    assert (project / "hub3/ResNet_Original/README.md").read_text() == "edited by hand"
     r = run(project, "publish", "ResNet_Original", "--dry-run", "--out", "models/classifiers/ResNet", "--force")
     assert r.returncode == 0 and not (cell / "live").exists()
+
+
+def test_download_refreshes_its_own_folder_and_says_when_the_cache_is_incomplete(project, tmp_path):
+    hub = tmp_path / "hub"
+    assert run(project, "publish", "ResNet_Original", "--dry-run", "--out", str(hub)).returncode == 0
+    cache = tmp_path / "cache"
+    fill_cache(cache, "someone/melanoma-ResNet_Original", hub / "ResNet_Original")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    first = run(project, "download", "ResNet_Original", "--dest", str(tmp_path / "dl"), **env)
+    again = run(project, "download", "ResNet_Original", "--dest", str(tmp_path / "dl"), **env)
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout.startswith("downloaded ") and again.stdout.startswith("refreshed ")
+    (tmp_path / "dl/ResNet/ResNet_Original/notes.txt").write_text("mine")  # now it holds a file of the user's
+    assert "is not a folder `melanoma download` wrote" in one_line_error(
+        run(project, "download", "ResNet_Original", "--dest", str(tmp_path / "dl"), **env))
+    # timm's loader caches only config.json and model.safetensors of a repo
+    partial = tmp_path / "partial"
+    fill_cache(partial, "someone/melanoma-ResNet_Original", hub / "ResNet_Original")
+    snap = next((partial / "models--someone--melanoma-ResNet_Original/snapshots").iterdir())
+    for f in snap.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            f.unlink()
+    line = one_line_error(run(project, "predict", str(ROOT / "README.md"), "--model", "someone/melanoma-ResNet_Original",
+                              HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(partial)))
+    assert "the Hugging Face cache holds an incomplete snapshot of someone/melanoma-ResNet_Original" in line
+    assert "it has config.json, model.safetensors; it lacks model.onnx, model_config.json" in line
+    assert "with network access" in line
+
+
+def test_publish_checks_every_package_first_and_reports_uploads_as_they_happen(project, tmp_path, monkeypatch,
+                                                                               capsys):
+    """A broken second package is found before the first upload; a failure of the second upload names the first
+    as uploaded; each upload is printed when it happens."""
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, rid, private, exist_ok):
+            calls.append(("create", rid))
+
+        def upload_folder(self, repo_id, folder_path, ignore_patterns, commit_message):
+            assert ".melanoma-written.json" in ignore_patterns  # the marker never reaches the Hub
+            calls.append(("upload", repo_id))
+            if repo_id.endswith("MedViT_Original"):
+                raise ConnectionError("connection reset by peer")
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.chdir(project)
+    broken = project / "models/export/MedViT/MedViT_Original/model.onnx"
+    kept = broken.read_bytes()
+    broken.unlink()
+    try:
+        assert cli(["publish", "ResNet_Original", "MedViT_Original", "--out", str(tmp_path / "a")]) == 2
+        out, err = capsys.readouterr()
+        assert calls == [] and out == "" and "MedViT_Original lacks model.onnx" in err  # nothing was uploaded
+    finally:
+        broken.write_bytes(kept)
+    assert cli(["publish", "ResNet_Original", "MedViT_Original", "--out", str(tmp_path / "b")]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("uploaded ResNet_Original -> https://huggingface.co/someone/melanoma-ResNet_Original")
+    assert "cannot upload someone/melanoma-MedViT_Original" in err
+    assert "(already uploaded: ResNet_Original; run the command again for the rest)" in err
+    assert [c for c in calls if c[0] == "upload"] == [("upload", "someone/melanoma-ResNet_Original"),
+                                                       ("upload", "someone/melanoma-MedViT_Original")]
 
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:

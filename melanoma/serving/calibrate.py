@@ -308,29 +308,41 @@ def measure(labels: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int
     y, p = np.asarray(labels).astype(np.int64), np.asarray(probs, dtype=np.float64)
     point = at_threshold(y, p, threshold)
     ci = cell_intervals(y, p[None, :], np.array([threshold]), n_boot, seed)
+    ci95 = {k: ci[k] for k in ("sensitivity", "specificity", "balanced_accuracy", "auroc")}
+    exact = []
+    for name, n in (("sensitivity", int(y.sum())), ("specificity", int(len(y) - y.sum()))):
+        if point[name] in (0.0, 1.0):  # the percentile bootstrap cannot leave 0 or 1: its interval has zero width
+            ci95[name] = list(clopper_pearson(round(point[name] * n), n))
+            exact.append(name)
     return {"threshold": float(threshold), "sensitivity": point["sensitivity"], "specificity": point["specificity"],
             "balanced_accuracy": point["balanced_accuracy"], "flagged_malignant": float(np.mean(p >= threshold)),
-            "auroc": auroc(y, p), "confusion": point["confusion"],
-            "ci95": {k: ci[k] for k in ("sensitivity", "specificity", "balanced_accuracy", "auroc")}}
+            "auroc": auroc(y, p), "confusion": point["confusion"], "ci95": ci95, "exact_ci95": exact}
 
 
-def warnings_for(m: dict[str, Any], n_malignant: int, n_benign: int) -> list[str]:
-    """What the numbers of `measure` cannot carry alone: a model that does not rank these images better than
-    chance (AUROC CI reaching 0.5: any threshold is arbitrary), and a sensitivity or specificity of exactly 0 or 1,
-    whose percentile bootstrap interval has zero width; for those the exact binomial (Clopper-Pearson 1934) 95 %
-    interval, from statsmodels, says how far it could really be."""
+def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    """The exact binomial 95 % interval of k successes in n (Clopper & Pearson 1934), from statsmodels."""
     from statsmodels.stats.proportion import proportion_confint
 
+    a, b = proportion_confint(k, n, alpha=0.05, method="beta")
+    return float(a), float(b)
+
+
+def warnings_for(m: dict[str, Any], n_malignant: int, n_benign: int, which: str = "") -> list[str]:
+    """What the numbers of `measure` cannot carry alone: a model that does not rank these images better than
+    chance (AUROC CI reaching 0.5: any threshold is arbitrary), and a sensitivity or specificity of exactly 0 or 1,
+    whose interval is the exact binomial one (Clopper-Pearson 1934: `measure` puts it in ci95) because a
+    percentile bootstrap cannot leave that value. `which` names the threshold (e.g. "package threshold")."""
     out = []
     lo, hi = m["ci95"]["auroc"]
-    if lo <= 0.5:
+    if lo <= 0.5 and not which:
         out.append(f"warning: AUROC {m['auroc']:.3f} [{lo:.3f}, {hi:.3f}] on these images: the model ranks them no "
                    "better than chance may, so any threshold is arbitrary; do not use this package at this site")
     for name, n in (("sensitivity", n_malignant), ("specificity", n_benign)):
-        if m[name] in (0.0, 1.0):
-            a, b = proportion_confint(round(m[name] * n), n, alpha=0.05, method="beta")
-            out.append(f"warning: {name} {m[name]:.3f} on {n} images: its bootstrap interval cannot leave that "
-                       f"value; the exact (Clopper-Pearson) 95 % interval is [{a:.3f}, {b:.3f}]")
+        if name in m.get("exact_ci95", ()):
+            a, b = m["ci95"][name]
+            out.append(f"warning: {which + ': ' if which else ''}{name} {m[name]:.3f} on {n} images: its interval is "
+                       f"the exact (Clopper-Pearson) 95 % one, [{a:.3f}, {b:.3f}], as a bootstrap cannot leave "
+                       f"{m[name]:.0f}")
     return out
 
 
@@ -508,6 +520,11 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
     if not (isinstance(seed, int) and seed >= 0):
         raise CalibrationError(f"--seed {seed}: use a non-negative integer")
     data = read_labels(labels_path)
+    for label, n in data.counts().items():  # before scoring: unreadable images can only lower these
+        if n < MIN_PER_CLASS:
+            raise CalibrationError(f"--labels {data.source}: only {n} {label} images are listed; calibrating needs at "
+                                   f"least {MIN_PER_CLASS} of each class (with fewer, the threshold and its "
+                                   "confidence intervals mean nothing): add labelled images")
     cfg = _package_config(Path(package))
     if "threshold" not in cfg:
         raise CalibrationError(f"{package} has no decision threshold: a training output, not a package; calibrate "
@@ -554,8 +571,9 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
         "n": int(len(y)),
         "metrics": (m := measure(y, p, threshold, n_boot, seed)),
-        "warnings": warnings_for(m, int(y.sum()), int(len(y) - y.sum())),
-        "package_threshold_metrics": measure(y, p, cfg["threshold"], n_boot, seed),
+        "package_threshold_metrics": (pm := measure(y, p, cfg["threshold"], n_boot, seed)),
+        "warnings": warnings_for(m, int(y.sum()), int(len(y) - y.sum()))
+        + warnings_for(pm, int(y.sum()), int(len(y) - y.sum()), "package threshold"),
         "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95,
                       "method": "stratified percentile bootstrap of the images, threshold fixed (Efron & "
                                 "Tibshirani 1993)"},

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -26,6 +26,8 @@ from melanoma.serving.package import CONFIG, ONNX, TIMM_CONFIG, WEIGHTS, Package
 
 CARD = "README.md"
 PACKAGE_FILES = (WEIGHTS, ONNX, TIMM_CONFIG, CONFIG)
+REQUIRED = (WEIGHTS, ONNX, CONFIG)  # what a package cannot do without (config.json: timm's, optional)
+MARKER = ".melanoma-written.json"  # in every folder publish/download wrote: its files' sha256, never uploaded
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -212,17 +214,54 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
                       *_card_files(cfg, rid, timm_family), *LIMITATIONS])
 
 
-def assemble(package: Path, rid: str, out: Path) -> Path:
-    """The Hub folder of one cell: the package's files plus its model card, written atomically to `out`."""
-    missing = [f for f in (WEIGHTS, ONNX, CONFIG) if not (package / f).is_file()]
+def _sha256(path: Path) -> str:
+    from melanoma.serving.package import weights_sha256
+
+    return weights_sha256(path)
+
+
+def _mark(folder: Path, by: str) -> None:
+    """Record in `folder` (a temporary folder about to be renamed into place) the sha256 of every file in it."""
+    files = {f.name: _sha256(f) for f in sorted(folder.iterdir()) if f.is_file() and f.name != MARKER}
+    (folder / MARKER).write_text(json.dumps({"written_by": by, "files": files}, indent=1) + "\n")
+
+
+def ours(folder: Path) -> bool:
+    """True for a folder publish or download wrote and nobody changed since: its marker lists exactly its files,
+    with their sha256. Only such a folder is replaced without --force."""
+    from melanoma.io import read_small
+
+    try:
+        rec = json.loads(read_small(folder / MARKER, "marker", 1 << 20))
+    except (OSError, ValueError, RecursionError, MelanomaError):
+        return False
+    files = rec.get("files") if isinstance(rec, dict) else None
+    present = {f.name for f in folder.iterdir()} - {MARKER}
+    return isinstance(files, dict) and set(files) == present and all(
+        (folder / n).is_file() and not (folder / n).is_symlink() and _sha256(folder / n) == h for n, h in files.items())
+
+
+def check_package(package: Path) -> dict[str, Any]:
+    """A package ready to publish: its required files present and its model loading strictly with the weights
+    its config records. Returns the config; HubError naming the package otherwise."""
+    missing = [f for f in REQUIRED if not (package / f).is_file()]
     if missing:
         raise HubError(f"{package} lacks {', '.join(missing)}; run `dvc repro export` first")
-    cfg = json.loads((package / CONFIG).read_text())
+    try:
+        return load(package)[1]
+    except PackageError as e:
+        raise HubError(f"{e}") from None
+
+
+def assemble(package: Path, rid: str, out: Path, cfg: dict[str, Any]) -> Path:
+    """The Hub folder of one cell: the package's files plus its model card (and the marker), written atomically
+    to `out`. `cfg`: the package's config, from check_package."""
     with atomic_dir(out) as tmp:
         for f in PACKAGE_FILES:
             if (package / f).is_file():
                 shutil.copy2(package / f, tmp / f)
         (tmp / CARD).write_text(model_card(cfg, rid))
+        _mark(tmp, "melanoma publish")
     return out
 
 
@@ -271,51 +310,63 @@ def _network_errors() -> tuple[type[Exception], ...]:
     return (HfHubHTTPError, httpx2.HTTPError, OSError)  # OSError: offline mode, not in cache, no route
 
 
-def _replaceable(folder: Path) -> bool:
-    """A folder `publish` may replace: absent, or one it wrote (only a package's files and its model card)."""
-    if not folder.exists():
-        return True
-    names = {f.name for f in folder.iterdir()}
-    return folder.is_dir() and CARD in names and names <= set(PACKAGE_FILES) | {CARD} and \
-        all((folder / n).is_file() for n in names)
+def _taken(folder: Path, what: str) -> HubError:
+    holds = ", ".join(sorted(f.name for f in folder.iterdir())[:4]) if folder.is_dir() else "a file"
+    return HubError(f"{folder} exists and is not a folder {what} wrote, or was changed since (it holds {holds}); "
+                    "pass --force to replace it, or choose another folder")
 
 
 def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, private: bool,
-            force: bool = False) -> list[str]:
-    """Assemble every cell's Hub folder under `out`; upload each unless `dry_run`. Returns one line per cell.
+            force: bool = False, say: Callable[[str], None] = print) -> list[str]:
+    """Check every package, then assemble each cell's Hub folder under `out` and upload it unless `dry_run`,
+    calling `say` with one line per cell as it happens. Returns those lines.
 
-    Raises HubError before writing anything when an `out/<cell>` folder exists that publish did not write
-    (unless `force`): it never replaces a folder of someone else's files.
+    Raises HubError before writing or uploading anything for a package that is missing, damaged or fails to load,
+    and for an `out/<cell>` folder publish did not write or that was changed since (unless `force`): it never
+    replaces someone else's files. A failure mid-way names the cells already uploaded.
     """
-    taken = [out / cell for cell in packages if not _replaceable(out / cell)]
+    configs = {cell: check_package(pkg) for cell, pkg in packages.items()}  # all of them before the first upload
+    taken = [out / cell for cell in packages if (out / cell).exists() and not ours(out / cell)]
     if taken and not force:
-        raise HubError(f"{taken[0]} exists and is not a Hub folder publish wrote (it holds "
-                       f"{', '.join(sorted(f.name for f in taken[0].iterdir())[:4]) if taken[0].is_dir() else 'a file'}"
-                       "); pass --force to replace it, or --out another folder")
+        raise _taken(taken[0], "publish")
     plan = {cell: repo_id(template, cell) for cell in packages}
     token = None if dry_run else _token()
-    lines = []
+    lines: list[str] = []
+    uploaded: list[str] = []
     for cell, pkg in packages.items():
-        rid = plan[cell]
-        folder = assemble(pkg, rid, out / cell)
-        files = sorted(f for f in folder.iterdir() if f.is_file())
-        size = sum(f.stat().st_size for f in files)
-        listing = ", ".join(f"{f.name} ({_size(f.stat().st_size)})" for f in files)
-        if dry_run:
-            lines.append(f"would upload {folder} -> https://huggingface.co/{rid} ({'private' if private else 'public'}): "
-                         f"{len(files)} files, {_size(size)}: {listing}")
-            continue
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
         try:
-            api.create_repo(rid, private=private, exist_ok=True)
-            info = api.upload_folder(repo_id=rid, folder_path=folder,
-                                     commit_message=f"{cell}: weights, ONNX, config and model card (melanoma-synth)")
-        except _network_errors() as e:
-            raise _hub_failure("upload", rid, e) from None
-        lines.append(f"uploaded {cell} -> {getattr(info, 'commit_url', rid)} ({len(files)} files, {_size(size)})")
+            line = _publish_one(cell, pkg, plan[cell], out / cell, configs[cell], dry_run, private, token)
+        except HubError as e:
+            if uploaded:
+                raise HubError(f"{e} (already uploaded: {', '.join(uploaded)}; run the command again for the "
+                               "rest)") from None
+            raise
+        uploaded += [] if dry_run else [cell]
+        lines.append(line)
+        say(line)
     return lines
+
+
+def _publish_one(cell: str, pkg: Path, rid: str, out: Path, cfg: dict[str, Any], dry_run: bool, private: bool,
+                 token: str | None) -> str:
+    """Assemble one cell's Hub folder and upload it (or, dry, say what would be uploaded); its line."""
+    folder = assemble(pkg, rid, out, cfg)
+    files = sorted(f for f in folder.iterdir() if f.is_file() and f.name != MARKER)
+    size = sum(f.stat().st_size for f in files)
+    listing = ", ".join(f"{f.name} ({_size(f.stat().st_size)})" for f in files)
+    if dry_run:
+        return (f"would upload {folder} -> https://huggingface.co/{rid} ({'private' if private else 'public'}): "
+                f"{len(files)} files, {_size(size)}: {listing}")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(rid, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=rid, folder_path=folder, ignore_patterns=[MARKER],
+                                 commit_message=f"{cell}: weights, ONNX, config and model card (melanoma-synth)")
+    except _network_errors() as e:
+        raise _hub_failure("upload", rid, e) from None
+    return f"uploaded {cell} -> {getattr(info, 'commit_url', rid)} ({len(files)} files, {_size(size)})"
 
 
 def fetch_repo(rid: str, revision: str | None = None) -> Path:
@@ -323,9 +374,16 @@ def fetch_repo(rid: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(rid, revision=revision, allow_patterns=list(PACKAGE_FILES) + [CARD]))
+        snapshot = Path(snapshot_download(rid, revision=revision, allow_patterns=list(PACKAGE_FILES) + [CARD]))
     except _network_errors() as e:
         raise _hub_failure("download", rid, e) from None
+    missing = [f for f in REQUIRED if not (snapshot / f).is_file()]
+    if missing:  # offline, huggingface_hub returns whatever the cache holds, e.g. the two files timm fetched
+        has = ", ".join(sorted(f.name for f in snapshot.iterdir())) or "nothing"
+        raise HubError(f"the Hugging Face cache holds an incomplete snapshot of {rid} ({snapshot}: it has {has}; "
+                       f"it lacks {', '.join(missing)}, e.g. because timm cached only its own files); run `melanoma "
+                       "download` once with network access (without HF_HUB_OFFLINE) to complete it")
+    return snapshot
 
 
 def download(cells: list[str], template: str, dest: Path, revision: str | None, force: bool) -> list[str]:
@@ -334,20 +392,21 @@ def download(cells: list[str], template: str, dest: Path, revision: str | None, 
     for cell in cells:
         arch = cell.split("_", 1)[0]
         target = dest / arch / cell
-        if target.exists() and not force:
-            raise HubError(f"{target} exists (in this repository it is a DVC output of train_classifier); pass "
-                           "--force to replace it, or --dest another folder")
+        again = target.exists() and ours(target)  # this command's own earlier download: refreshed
+        if target.exists() and not again and not force:
+            raise _taken(target, "`melanoma download`")
         rid = repo_id(template, cell)
         snapshot = fetch_repo(rid, revision)
         with atomic_dir(target) as tmp:
-            for f in sorted(snapshot.iterdir()):
-                if f.is_file():
-                    shutil.copyfile(f, tmp / f.name)  # the cache holds symlinks to blobs: copy the content
+            for name in (*PACKAGE_FILES, CARD):
+                if (snapshot / name).is_file():
+                    shutil.copyfile(snapshot / name, tmp / name)  # the cache holds symlinks to blobs: copy content
             try:
                 load(tmp)
             except PackageError as e:
                 raise HubError(f"{rid}: {e}") from None
-        lines.append(f"downloaded {rid} -> {target} (loads with strict=True)")
+            _mark(tmp, "melanoma download")
+        lines.append(f"{'refreshed' if again else 'downloaded'} {rid} -> {target} (loads with strict=True)")
     return lines
 
 
