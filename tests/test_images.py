@@ -69,12 +69,12 @@ def test_masks_and_blank_images_are_refused_by_content(tmp_path, kind):
 
 
 def test_sixteen_bit_png_scaled_to_eight_bits(tmp_path):
-    a = np.linspace(0, 65535, 40 * 30).reshape(30, 40).astype(np.uint16)
+    a = np.linspace(0, 65535, 48 * 36).reshape(36, 48).astype(np.uint16)
     im = Image.fromarray(a)
     assert im.mode.startswith("I")
     n = decode_image(write(tmp_path, "deep.png", save(im, "PNG")), 1024)
     px = np.asarray(decoded(n))
-    assert px.dtype == np.uint8 and px.shape == (30, 40, 3)
+    assert px.dtype == np.uint8 and px.shape == (36, 48, 3)
     assert px.max() >= 250 and px.min() <= 5  # the full range survives, not clipped to white
 
 
@@ -87,11 +87,11 @@ def test_huge_image_downscaled(tmp_path):
 
 
 def test_exif_orientation_applied(tmp_path):
-    im = lesion_image(3, size=(40, 20))
+    im = lesion_image(3, size=(80, 40))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     n = decode_image(write(tmp_path, "rot.jpg", jpeg_bytes(im, exif=exif)), 1024)
-    assert (n.width, n.height) == (20, 40)
+    assert (n.width, n.height) == (40, 80)
     assert n.suffix == ".jpg"  # re-encoded upright; the original bytes would display sideways elsewhere
 
 
@@ -185,7 +185,7 @@ def test_malformed_exif_orientation_is_one_reject(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     exif[0x0124] = 7
-    data = bytearray(jpeg_bytes(lesion_image(2, (40, 30)), exif=exif))
+    data = bytearray(jpeg_bytes(lesion_image(2, (48, 36)), exif=exif))
     at = data.find(b"\x01\x24\x00\x04")  # the IFD entry of tag 0x0124, type LONG (big-endian EXIF)
     data[at + 2:at + 4] = b"\x00\x02"  # ... now typed as text: Pillow's exif_transpose raises struct.error
     with pytest.raises(ImageRejected, match=r"unreadable EXIF metadata \(error\); strip it"):
@@ -217,7 +217,7 @@ def test_a_jpeg_missing_most_of_its_scan_data_is_refused(tmp_path):
 
 
 def test_non_finite_float_pixels_refused(tmp_path):
-    a = np.linspace(0, 1, 40 * 30, dtype=np.float32).reshape(30, 40)
+    a = np.linspace(0, 1, 48 * 36, dtype=np.float32).reshape(36, 48)
     a[3, 4] = np.nan
     buf = io.BytesIO()
     Image.fromarray(a, "F").save(buf, format="TIFF")
@@ -234,3 +234,28 @@ def test_folders_missing_files_and_postscript_are_rejects(tmp_path):
     eps = write(tmp_path, "x.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
     with pytest.raises(ImageRejected, match="not an image"):  # Pillow never hands it to Ghostscript
         decode_image(eps, 1024)
+
+
+@pytest.mark.parametrize("size, fmt, reason", [
+    ((8, 8), "JPEG", "8x8 px: the shorter side is under 32 px"),
+    ((16, 16), "PNG", "16x16 px: the shorter side is under 32 px"),
+    ((4000, 20), "PNG", "4000x20 px: the shorter side is under 32 px"),
+    ((65000, 1), "PNG", "65000x1 px: the shorter side is under 32 px"),
+    ((800, 150), "JPEG", "800x150 px: sides more than 4:1 apart, a strip or banner"),
+    ((100, 1000), "PNG", "100x1000 px: sides more than 4:1 apart"),
+])
+def test_degenerate_geometry_is_refused_not_scored(tmp_path, size, fmt, reason):
+    """An 8x8 JPEG or a 4000x20 strip was resized into a lesion-shaped input and given a decision; fetch, predict
+    and calibrate all decode through this check."""
+    from melanoma.data.images import decode_pixels
+    im = lesion_image(0).resize(size) if max(size) < 20000 else Image.new("RGB", size, (120, 80, 60))
+    path = write(tmp_path, f"odd.{fmt.lower()}", save(im.convert("RGB"), fmt))
+    for decode in (lambda: decode_image(path, 1024), lambda: decode_pixels(path, 1024, draft=128)):
+        with pytest.raises(ImageRejected, match=reason):
+            decode()
+
+
+def test_the_smallest_accepted_geometry_still_decodes(tmp_path):
+    for size in ((32, 32), (128, 32)):  # the demo's 32 px lesions, and exactly 4:1
+        im = lesion_image(0).resize(size)
+        assert decode_image(write(tmp_path, "ok.png", save(im, "PNG")), 1024).width == size[0]

@@ -21,6 +21,11 @@ from melanoma.errors import MelanomaError, first_line
 # 1.4 kB JPEG may declare 24000x24000 pixels; Pillow's own bomb check only fires at twice MAX_IMAGE_PIXELS.
 MAX_PIXELS = 120_000_000  # above the largest real dermoscopy scans (ISIC: <= 40 MP), 0.5 GB as 8-bit RGB
 MAX_BYTES = 256_000_000
+# Geometry a dermoscopy photograph has: a shorter side of at least MIN_SIDE px (the demo's simulated lesions are
+# 32 px; real ones are hundreds to thousands) and sides within MAX_ASPECT of each other (cameras give 4:3 or 3:2).
+# An 8x8 thumbnail or a 4000x20 strip would otherwise be resized into a lesion-shaped input and get a decision.
+MIN_SIDE = 32
+MAX_ASPECT = 4.0
 Image.MAX_IMAGE_PIXELS = 1_000_000_000  # Pillow's own guard, for any other reader: above every allowed max_pixels
 
 # Converted images are stored as JPEG at this quality rather than PNG. Measured on six ISIC originals downscaled to
@@ -107,7 +112,8 @@ def looks_like_mask(rgb: Image.Image, dominant: float = 0.93) -> bool:
 def decode_image(path: Path, max_side: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Decoded:
     """Decode `path` fully; return upright 8-bit RGB bytes no larger than `max_side`, or raise ImageRejected.
 
-    Refused before decoding: files over `max_bytes`, images declaring more than `max_pixels`. Refused after: any
+    Refused before decoding: files over `max_bytes`, images declaring more than `max_pixels`, a shorter side under
+    MIN_SIDE px or sides more than MAX_ASPECT:1 apart. Refused after: any
     failure of the decoder on the file (Pillow raises many types on hostile input; each is this file's reject),
     a JPEG whose last rows are the decoder's grey fill for missing data, non-finite float pixels, masks and blank
     images. An image that is already an upright RGB JPEG or PNG within bounds keeps its original bytes (no second
@@ -199,6 +205,11 @@ def _upright(raw: bytes, max_side: int, max_pixels: int,
                             f"{max_pixels / 1e6:.0f} M (data.max_pixels)")
     if orig_w == 0 or orig_h == 0:
         raise ImageRejected("image has zero width or height")
+    if min(orig_w, orig_h) < MIN_SIDE:
+        raise ImageRejected(f"{orig_w}x{orig_h} px: the shorter side is under {MIN_SIDE} px, too small to show a lesion")
+    if max(orig_w, orig_h) > MAX_ASPECT * min(orig_w, orig_h):
+        raise ImageRejected(f"{orig_w}x{orig_h} px: sides more than {MAX_ASPECT:g}:1 apart, a strip or banner, not a "
+                            "dermoscopy photograph")
     if draft and fmt == "JPEG" and max(orig_w, orig_h) > draft:
         scale = draft / max(orig_w, orig_h)
         im.draft("RGB", (max(1, round(orig_w * scale)), max(1, round(orig_h * scale))))
