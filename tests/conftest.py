@@ -4,7 +4,10 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -52,3 +55,18 @@ def make_class_folders(root: Path, n_benign: int = 4, n_malignant: int = 3, seed
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+@contextmanager
+def mounted(folder: Path, options: str) -> Iterator[Path]:
+    """A tmpfs at `folder` (e.g. size=8k, or ro): a real full or read-only file system. Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited or read-only tmpfs needs root (CI runs as root)")
+    folder.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

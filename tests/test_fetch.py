@@ -21,7 +21,7 @@ from melanoma.data.fetch import FetchError, collect, from_demo, from_gdrive, saf
 from melanoma.data.releases import read_folder
 from melanoma.io import read_csv
 from melanoma.params import load_params
-from tests.conftest import ROOT, jpeg_bytes, lesion_image, make_class_folders
+from tests.conftest import ROOT, jpeg_bytes, lesion_image, make_class_folders, mounted
 
 DEMO = {"seed": 3, "n_benign": 12, "n_malignant": 6, "image_size": 48, "label_noise": 0.2, "repeat_fraction": 0.2}
 
@@ -381,9 +381,39 @@ def test_zip_bomb_refused_before_anything_is_written(tmp_path):
     archive = tmp_path / "bomb.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("benign/zeros.jpg", b"\0" * 200_000_000)  # 200 MB of zeros: about 200 kB packed
-    with pytest.raises(FetchError, match=r"bomb.zip: its entries declare 0.2 GB from 0.2 MB \(over 100x: a zip bomb\?\)"):
+    with pytest.raises(FetchError, match=r"bomb.zip: unpacking would write 0.2 GB from 0.2 MB downloaded \(counting "
+                                         r"archives inside archives\), over 100x: a zip bomb\?"):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_nested_archives_share_one_budget_and_a_failed_unpack_leaves_nothing(tmp_path):
+    """A small zip of 40 zips that each declare 49 MB (each under the 100x check's 50 MB floor alone) wrote 688 MB
+    before failing. The budget now counts every level together: refused after at most one inner archive, in a
+    100 MB file system it never fills, and nothing extracted is left behind."""
+    with mounted(tmp_path / "disk", "size=100m") as disk:
+        inner = io.BytesIO()
+        with zipfile.ZipFile(inner, "w", compression=zipfile.ZIP_BZIP2) as z:
+            z.writestr("benign/zeros.jpg", b"\0" * 49_000_000)
+        outer = disk / "drive.zip"
+        with zipfile.ZipFile(outer, "w") as z:
+            for i in range(40):
+                z.writestr(f"part{i:02d}.zip", inner.getvalue())
+        assert outer.stat().st_size < 100_000
+        with pytest.raises(FetchError, match=r"unpacking would write 0\.1 GB from 0\.0 MB downloaded \(counting "
+                                             r"archives inside archives\), over 100x: a zip bomb\?"):
+            fetch.unpack_archives(disk)
+        assert sorted(p.name for p in disk.iterdir()) == ["drive.zip"]  # every level removed, the download kept
+
+
+def test_archives_of_many_empty_entries_are_refused(tmp_path):
+    archive = tmp_path / "empty.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(1_500):
+            z.writestr(f"benign/{i}.jpg", b"")
+    with pytest.raises(FetchError, match=r"empty.zip: the archives hold 1,500 empty files \(limit 1,000\) \(counting"):
+        fetch.unpack_archives(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.zip"]
 
 
 def test_pool_workers_end_when_the_stage_is_killed(tmp_path):

@@ -5,31 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import os
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mounted
 from tests.tiny import run_stage, tiny_params
-
-
-@contextmanager
-def mounted(folder: Path, options: str) -> Iterator[Path]:
-    """A tmpfs at `folder` (e.g. size=8k, or ro): a real full or read-only file system. Needs root."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited or read-only tmpfs needs root (CI runs as root)")
-    folder.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def project(folder: Path, **overrides) -> Path:

@@ -67,24 +67,56 @@ def from_demo(cfg: dict[str, Any]) -> Offer:
 # ---------------------------------------------------------------- gdrive
 
 MAX_EXPANSION = 100  # an archive of images expands about 1:1; a zip bomb by 1,000x and more
+EXPANSION_FLOOR = 50_000_000  # below 50 MB written in all, any ratio is harmless (a small zip of text files)
+MAX_ENTRIES = 200_000  # entries over a whole unpack: the largest public release (ISIC 2020) has ~66,000 files
+MAX_EMPTY = 1_000  # empty files over a whole unpack: an archive of images holds a few (placeholders) at most
 
 
-def _check_expansion(archive: Path, declared: int, dest: Path) -> None:
-    """Refuse an archive whose entries declare more than MAX_EXPANSION times its size, or more than the free disk.
-    The declared sizes bound what is written: zipfile stops each entry at its declared size, tar stores them."""
-    packed = max(archive.stat().st_size, 1)
-    if declared > MAX_EXPANSION * packed and declared > 50_000_000:
-        raise FetchError(f"{archive}: its entries declare {declared / 1e9:.1f} GB from {packed / 1e6:.1f} MB "
-                         f"(over {MAX_EXPANSION}x: a zip bomb?); unpack it yourself if you trust it")
-    free = shutil.disk_usage(dest).free
-    if declared > free:
-        raise FetchError(f"{archive}: unpacking needs {declared / 1e9:.1f} GB, {free / 1e9:.1f} GB are free at {dest}")
+@dataclass
+class Budget:
+    """What one unpack may write, counted over every level together (archives inside archives): the bytes the
+    entries declare against MAX_EXPANSION x the downloaded archives' size and against the free disk, and the
+    number of entries. Declared sizes bound what is written: zipfile stops each entry at its declared size, tar
+    stores them."""
+
+    packed: int  # bytes of the archives as downloaded (the top level)
+    free: int  # free bytes on the destination's disk when the unpack began
+    declared: int = 0
+    entries: int = 0
+    empty: int = 0
+
+    def take(self, archive: Path, sizes: list[int]) -> None:
+        """Count one archive's entries (their declared sizes); FetchError before anything is written when the
+        whole unpack would then exceed a limit."""
+        self.declared += sum(sizes)
+        self.entries += len(sizes)
+        self.empty += sum(1 for n in sizes if n == 0)
+        nested = " (counting archives inside archives)"
+        if self.declared > MAX_EXPANSION * max(self.packed, 1) and self.declared > EXPANSION_FLOOR:
+            raise FetchError(f"{archive}: unpacking would write {self.declared / 1e9:.1f} GB from {self.packed / 1e6:.1f}"
+                             f" MB downloaded{nested}, over {MAX_EXPANSION}x: a zip bomb? Unpack it yourself if you "
+                             "trust it, and use data.source=local")
+        if self.declared > self.free:
+            raise FetchError(f"{archive}: unpacking needs {self.declared / 1e9:.1f} GB{nested}, "
+                             f"{self.free / 1e9:.1f} GB are free; free disk space or set data.gdrive.download_dir on a "
+                             "larger disk")
+        if self.entries > MAX_ENTRIES or self.empty > MAX_EMPTY:
+            what = f"{self.entries:,} entries (limit {MAX_ENTRIES:,})" if self.entries > MAX_ENTRIES else \
+                f"{self.empty:,} empty files (limit {MAX_EMPTY:,})"
+            raise FetchError(f"{archive}: the archives hold {what}{nested}: not an archive of images; unpack it "
+                             "yourself if you trust it, and use data.source=local")
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
+def _free(path: Path) -> int:
+    """Free bytes on the disk that holds `path` (or would: its nearest existing parent)."""
+    return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
+
+
+def safe_extract(archive: Path, dest: Path, budget: Budget | None = None) -> None:
     """Unpack a zip/tar into dest, refusing any entry that would land outside it (zip-slip) or is a link, and
-    archives that would expand beyond MAX_EXPANSION times their size or the free disk."""
+    archives that would take `budget` past its limits (by default a budget of this archive alone)."""
     dest = dest.resolve()
+    budget = budget or Budget(max(archive.stat().st_size, 1), _free(dest))
 
     def check(name: str) -> None:
         target = (dest / name).resolve()
@@ -97,7 +129,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 check(info.filename)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise FetchError(f"{archive}: refusing symbolic link entry '{info.filename}'")
-            _check_expansion(archive, sum(i.file_size for i in z.infolist()), dest)
+            budget.take(archive, [i.file_size for i in z.infolist() if not i.is_dir()])
             z.extractall(dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
@@ -105,7 +137,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 check(m.name)
                 if not (m.isfile() or m.isdir()):
                     raise FetchError(f"{archive}: refusing entry '{m.name}': not a regular file or folder")
-            _check_expansion(archive, sum(m.size for m in t.getmembers()), dest)
+            budget.take(archive, [m.size for m in t.getmembers() if m.isfile()])
             t.extractall(dest, filter="data")
     else:
         raise FetchError(f"{archive}: not a readable zip or tar archive")
@@ -118,29 +150,49 @@ def _archives(folder: Path) -> list[Path]:
 
 def unpack_archives(folder: Path, levels: int = 3) -> None:
     """Extract every archive in a downloaded folder next to it (`x.zip` -> `x/`), archives found inside those too
-    (up to `levels` deep); each once: a finished extraction leaves a marker. Never replaces a folder it did not
-    make: raises FetchError when an archive's folder name is taken by a folder downloaded beside it."""
-    for _ in range(levels):
-        todo = _archives(folder)
-        for archive in todo:
-            stem = archive.name
-            for suf in UNPACKED:
-                if stem.lower().endswith(suf):
-                    stem = stem[: -len(suf)]
-                    break
-            dest = archive.parent / stem
-            if dest.exists():
-                raise FetchError(f"{archive} would unpack into {dest}, a folder downloaded beside it; keep one of "
-                                 f"the two in the Drive folder, or delete {dest} here")
-            try:
-                with atomic_dir(dest) as tmp:
-                    safe_extract(archive, tmp)
-            except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError, OSError, zlib.error) as e:
-                raise FetchError(f"{archive}: cannot unpack ({type(e).__name__}: {e}); download it again, or "
-                                 "unpack it yourself and use data.source=local") from None
-            (archive.parent / f".{archive.name}.extracted").touch()
-        if not todo:
-            return
+    (up to `levels` deep); each once: a finished extraction leaves a marker. One Budget covers the whole unpack,
+    every level together. Never replaces a folder it did not make: raises FetchError when an archive's folder
+    name is taken by a folder downloaded beside it. A failed unpack removes everything it extracted (the
+    downloaded archives stay)."""
+    todo = _archives(folder)
+    budget = Budget(sum(a.stat().st_size for a in todo), _free(folder))
+    made: list[Path] = []
+    try:
+        for _ in range(levels):
+            if not todo:
+                return
+            for archive in todo:
+                made += _unpack_one(archive, budget)
+            todo = _archives(folder)
+    except BaseException:
+        for path in reversed(made):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _unpack_one(archive: Path, budget: Budget) -> list[Path]:
+    """Extract `archive` into the folder named after it; returns what it created (the folder, the marker)."""
+    stem = archive.name
+    for suf in UNPACKED:
+        if stem.lower().endswith(suf):
+            stem = stem[: -len(suf)]
+            break
+    dest = archive.parent / stem
+    if dest.exists():
+        raise FetchError(f"{archive} would unpack into {dest}, a folder downloaded beside it; keep one of the two "
+                         f"in the Drive folder, or delete {dest} here")
+    try:
+        with atomic_dir(dest) as tmp:
+            safe_extract(archive, tmp, budget)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError, OSError, zlib.error) as e:
+        raise FetchError(f"{archive}: cannot unpack ({type(e).__name__}: {first_line(e)}); download it again, or "
+                         "unpack it yourself and use data.source=local") from None
+    marker = archive.parent / f".{archive.name}.extracted"
+    marker.touch()
+    return [dest, marker]
 
 
 def _visible(f: Path, base: Path) -> bool:
