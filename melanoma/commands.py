@@ -91,9 +91,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     from melanoma.params import load_params
 
     params = load_params()
-    for line in download(_cells(args, params), args.repo or params["publish"]["repo"], args.dest, args.revision,
-                         args.force):
-        _say(line)
+    download(_cells(args, params), args.repo or params["publish"]["repo"], args.dest, args.revision, args.force,
+             say=_say)  # each line as it happens
     return 0
 
 

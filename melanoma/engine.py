@@ -38,6 +38,7 @@ from torch import nn
 
 from melanoma.device import DEVICES, DeviceUnavailable, require_device
 from melanoma.errors import MelanomaError, first_line
+from melanoma.io import owner_lock
 
 
 class CheckpointError(MelanomaError):
@@ -376,8 +377,18 @@ def fit(task: Task, plan: Plan, rt: Runtime = Runtime(), log: Callable[[str], No
     """Run `plan.steps` steps of `task`, resuming from `plan.folder` when a checkpoint matches.
 
     Raises Diverged when a period's mean scalar is NaN/Inf (before anything of that period is saved) or when
-    the task's end_period says so; CheckpointError for an unreadable/unwritable checkpoint.
+    the task's end_period says so; CheckpointError for an unreadable/unwritable checkpoint; OutputBusy when
+    another live process trains into the same checkpoint folder (its lock, melanoma.io.owner_lock, is held for
+    the whole fit: two runs of one stage would otherwise resume from each other's checkpoints).
     """
+    if plan.folder is None or not rt.main:
+        return _fit(task, plan, rt, log)
+    plan.folder.parent.mkdir(parents=True, exist_ok=True)
+    with owner_lock(plan.folder):
+        return _fit(task, plan, rt, log)
+
+
+def _fit(task: Task, plan: Plan, rt: Runtime, log: Callable[[str], None]) -> Fitted:
     h = config_hash({**plan.config, "code": files_md5(plan.code), "versions": _versions(),
                      "device": rt.device.type})  # random streams differ per device type: never resume across
     start, last = _resume(task, plan, h, rt, log) if plan.folder is not None else (None, {})

@@ -54,7 +54,7 @@ def read_small(path: Path, what: str, max_bytes: int) -> bytes:
 
 
 @contextmanager
-def _owner_lock(out: Path) -> Iterator[None]:
+def owner_lock(out: Path) -> Iterator[None]:
     """Hold `.<out>.tmp-lock` beside `out` (an exclusive flock) for as long as this process writes `out`.
 
     The kernel drops the lock when its holder dies, SIGKILL included, so a held lock means a live writer and a free
@@ -100,7 +100,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _owner_lock(out):
+    with owner_lock(out):
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # orphans: their writer no longer holds the lock
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale)

@@ -129,7 +129,7 @@ def render(name: str, profiles: Path = PROFILES, keep: dict[str, Any] | None = N
         raise ParamsError(f"{source}: the demo is the base of every profile and extends none; remove `{EXTENDS}`")
     chain = _chain(name, profiles)
     if not chain and not keep:
-        text = source.read_text(encoding="utf-8")
+        text = read_small(source, "params file", PARAMS_MAX_BYTES).decode("utf-8")
         _validate(text, source)
         return text
     rt = _yaml()

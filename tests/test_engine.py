@@ -216,3 +216,32 @@ def test_a_resumed_run_does_not_repeat_logged_periods(tmp_path):
     fit(Linear(), _plan(tmp_path), log=lambda _: None)
     steps = [line.split("\t")[0] for line in (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()]
     assert steps == ["step", "3", "6", "9", "12"]
+
+
+def test_two_runs_never_train_into_one_checkpoint_folder(tmp_path):
+    """A generator's checkpoints live outside its output; two live runs of one stage would resume from each
+    other's. The second is refused at once, naming the first's pid; the first finishes unharmed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from melanoma.io import OutputBusy
+    from tests.conftest import ROOT
+
+    flag = tmp_path / "training"
+    code = ("import sys, time; from pathlib import Path\n"
+            "from tests.test_engine import Linear, _plan\nfrom melanoma.engine import fit\n"
+            "class Slow(Linear):\n    def step(self, step):\n        Path(sys.argv[1]).touch()\n"
+            "        time.sleep(0.05)\n        return super().step(step)\n"
+            "fit(Slow(), _plan(Path(sys.argv[2]), steps=60), log=lambda _: None)\n")
+    first = subprocess.Popen([sys.executable, "-c", code, str(flag), str(tmp_path / "ck")], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not flag.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(OutputBusy, match=rf"ck is being written by another process \(pid {first.pid}\)"):
+        fit(Linear(), _plan(tmp_path / "ck"), log=lambda _: None)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    fitted = fit(Linear(), _plan(tmp_path / "ck", steps=60), log=lambda _: None)  # its lock is gone with it
+    assert fitted.resumed_from == 60

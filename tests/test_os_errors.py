@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import os
-import pytest
 import yaml
 
 from tests.conftest import ROOT, mounted

@@ -386,28 +386,44 @@ def fetch_repo(rid: str, revision: str | None = None) -> Path:
     return snapshot
 
 
-def download(cells: list[str], template: str, dest: Path, revision: str | None, force: bool) -> list[str]:
-    """Download cells into the local layout dest/<Arch>/<Arch>_<Dataset>/ and check each loads strictly."""
-    lines = []
-    for cell in cells:
-        arch = cell.split("_", 1)[0]
-        target = dest / arch / cell
-        again = target.exists() and ours(target)  # this command's own earlier download: refreshed
-        if target.exists() and not again and not force:
-            raise _taken(target, "`melanoma download`")
+def download(cells: list[str], template: str, dest: Path, revision: str | None, force: bool,
+             say: Callable[[str], None] = print) -> list[str]:
+    """Download cells into the local layout dest/<Arch>/<Arch>_<Dataset>/ and check each loads strictly, calling
+    `say` with one line per cell as it happens; returns those lines. Every target folder is checked before the
+    first download (one this command wrote, unchanged, is refreshed; any other needs `force`); a failure mid-way
+    names the cells already downloaded."""
+    targets = {cell: dest / cell.split("_", 1)[0] / cell for cell in cells}
+    again = {cell: t.exists() and ours(t) for cell, t in targets.items()}
+    taken = [t for cell, t in targets.items() if t.exists() and not again[cell]]
+    if taken and not force:
+        raise _taken(taken[0], "`melanoma download`")
+    lines: list[str] = []
+    done: list[str] = []
+    for cell, target in targets.items():
         rid = repo_id(template, cell)
-        snapshot = fetch_repo(rid, revision)
-        with atomic_dir(target) as tmp:
-            for name in (*PACKAGE_FILES, CARD):
-                if (snapshot / name).is_file():
-                    shutil.copyfile(snapshot / name, tmp / name)  # the cache holds symlinks to blobs: copy content
-            try:
-                load(tmp)
-            except PackageError as e:
-                raise HubError(f"{rid}: {e}") from None
-            _mark(tmp, "melanoma download")
-        lines.append(f"{'refreshed' if again else 'downloaded'} {rid} -> {target} (loads with strict=True)")
+        try:
+            _download_one(rid, target, revision)
+        except HubError as e:
+            if done:
+                raise HubError(f"{e} (already downloaded: {', '.join(done)})") from None
+            raise
+        done.append(cell)
+        lines.append(f"{'refreshed' if again[cell] else 'downloaded'} {rid} -> {target} (loads with strict=True)")
+        say(lines[-1])
     return lines
+
+
+def _download_one(rid: str, target: Path, revision: str | None) -> None:
+    snapshot = fetch_repo(rid, revision)
+    with atomic_dir(target) as tmp:
+        for name in (*PACKAGE_FILES, CARD):
+            if (snapshot / name).is_file():
+                shutil.copyfile(snapshot / name, tmp / name)  # the cache holds symlinks to blobs: copy the content
+        try:
+            load(tmp)
+        except PackageError as e:
+            raise HubError(f"{rid}: {e}") from None
+        _mark(tmp, "melanoma download")
 
 
 def resolve(model: str) -> Path:
