@@ -1,6 +1,7 @@
 """Packages (export), the Hub round trip (offline: a Hub-layout folder and a pre-filled HF cache), and predict."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -132,8 +133,8 @@ def test_corrupt_weights_are_one_clear_error(cells, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.safetensors is not the file this package was exported with" in err and "Traceback" not in err
     cfg = json.loads((pkg / "model_config.json").read_text())
-    del cfg["weights_sha256"]  # a training folder's config has no hash: the file itself is then checked
-    (pkg / "model_config.json").write_text(json.dumps(cfg))
+    cfg["weights_sha256"] = hashlib.sha256(b"not safetensors").hexdigest()  # the hash agrees: the file's format is
+    (pkg / "model_config.json").write_text(json.dumps(cfg))  # then what is checked
     assert cli(["predict", str(ROOT / "README.md"), "--model", str(pkg)]) == 2
     err = capsys.readouterr().err
     assert "model.safetensors is not a readable safetensors file" in err and "Traceback" not in err

@@ -54,10 +54,10 @@ def test_same_lesion_never_spans_two_splits(tmp_path):
 
 def test_duplicate_pairs_land_in_the_same_split(tmp_path, label_map):
     root = make_class_folders(tmp_path / "src", 40, 40)
-    # an exact copy, and a half-size re-encoded copy (near duplicate), each under another name
+    # an exact copy, and a smaller re-encoded copy (near duplicate), each under another name
     (root / "benign" / "copy_of_0.jpg").write_bytes((root / "benign" / "img_0.jpg").read_bytes())
     im = Image.open(root / "malignant" / "img_3.jpg")
-    im.resize((32, 24)).save(root / "malignant" / "small_3.jpg", quality=60)
+    im.resize((44, 33)).save(root / "malignant" / "small_3.jpg", quality=60)
     raw = raw_from(read_folder(root, label_map), tmp_path)
     for seed in range(5):  # whatever the seed, pairs stay together
         rep = split(raw, tmp_path / f"s{seed}", seed, 0.3, 0.3, 0.993)
