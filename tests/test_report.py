@@ -340,3 +340,11 @@ def test_dvc_metrics_rows_are_cells_and_pooled_datasets_with_the_same_few_keys(p
     for d, row in pooled.items():
         assert sorted(row) == sorted(f"{p}{k}" for p in ("", "external_") for k in ("auroc_difference", "p_holm", "verdict"))
         assert row["verdict"] == verdict[d]["test"]["verdict"] and row["external_p_holm"] == round(verdict[d]["external_test"]["p_holm"], 4)
+
+
+def test_the_report_shows_control_characters_in_names_escaped():
+    """A path or name with a newline, an ANSI escape or a right-to-left override is shown escaped on the page."""
+    from melanoma.evaluation.report import _esc
+
+    shown = _esc("data/a\nb\x1b[31m\u202egnp.jpg<script>")
+    assert shown == "data/a\\nb\\x1b[31m\\u202egnp.jpg&lt;script&gt;"
