@@ -16,6 +16,11 @@ def _say(text: str) -> None:
     print(printable(text, keep_newlines=True))
 
 
+def _line(text: str) -> None:
+    """Print one line of output, every control character in it (a name's newline included) escaped."""
+    print(printable(text))
+
+
 def _cells(args: argparse.Namespace, params: dict) -> list[str]:
     c = params["classifiers"]
     grid = [f"{a}_{d}" for a in c["archs"] for d in c["datasets"]]
@@ -82,7 +87,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         arch = cell.split("_", 1)[0]
         packages[cell] = EXPORT / arch / cell
     publish(packages, args.repo or params["publish"]["repo"], args.out, args.dry_run, params["publish"]["private"],
-            args.force, say=_say)  # each line as it happens
+            args.force, say=_line)  # each line as it happens
     return 0
 
 
@@ -92,7 +97,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
     params = load_params()
     download(_cells(args, params), args.repo or params["publish"]["repo"], args.dest, args.revision, args.force,
-             say=_say)  # each line as it happens
+             say=_line)  # each line as it happens
     return 0
 
 

@@ -33,7 +33,9 @@ def first_line(e: BaseException | str, limit: int = 200, empty: str = "") -> str
     return cut.rstrip(" ,;:") + "..."
 
 
-_HIDDEN = ("Cc", "Cf", "Zl", "Zp")  # controls (newline, ESC), format (bidi overrides, zero-width), line separators
+# controls (newline, ESC, C1 such as U+009B), format (bidi overrides, zero-width), line separators, and lone
+# surrogates (a file name's undecodable bytes, as Python's os functions hand them over)
+_HIDDEN = ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
 def printable(text: object, keep_newlines: bool = False) -> str:
@@ -41,7 +43,7 @@ def printable(text: object, keep_newlines: bool = False) -> str:
     right-to-left override, a zero-width space) written as its Python escape (`\\n`, `\\x1b`, `\\u202e`), so a
     file name can neither forge a table row nor drive the terminal. With `keep_newlines`, "\\n" is kept (text
     that is several lines by design) and every other such character escaped."""
-    return "".join(ch.encode("unicode_escape").decode("ascii")
+    return "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
                    if unicodedata.category(ch) in _HIDDEN and not (keep_newlines and ch == "\n") else ch
                    for ch in str(text))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import glob
 import os
 import shutil
 import stat
@@ -79,8 +80,13 @@ def owner_lock(out: Path) -> Iterator[None]:
         if same:
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as e:  # a full disk: name the output, not "a file"
+        os.unlink(path)
+        os.close(fd)
+        raise OSError(e.errno, e.strerror, str(out)) from None
     try:
         yield
     finally:
@@ -101,9 +107,10 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with owner_lock(out):
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # orphans: their writer no longer holds the lock
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale)
+        name = glob.escape(out.name)  # a name may hold [ ] * ?
+        for stale in [*out.parent.glob(f".{name}.tmp-*"), *out.parent.glob(f".{name}.old-*")]:
+            if stale.name != f".{out.name}.tmp-lock":  # orphans: their writer no longer holds the lock
+                _remove(stale)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         tmp.mkdir()
         made = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)  # held open: its inode cannot be reused by a new folder
@@ -121,12 +128,33 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         if not ours:
             raise OutputBusy(f"{out}: its temporary folder {tmp} was removed or replaced by another process while "
                              "this one wrote it; nothing was changed: run again")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
+        _swap(tmp, out)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link (never what it points to) or a folder tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Rename the filled `tmp` over `out` (a folder, a file or a link, which is replaced, never followed); on
+    failure `out` is put back and `tmp` removed."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    moved = os.path.lexists(out)
+    if moved:
+        os.replace(out, old)
+    try:
         os.replace(tmp, out)
-        if old.exists():
-            shutil.rmtree(old)
+    except BaseException:
+        if moved:
+            os.replace(old, out)
+        _remove(tmp)
+        raise
+    if moved:
+        _remove(old)
 
 
 FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting with these as a formula

@@ -478,17 +478,39 @@ def passes(seen: int, images: int) -> str:
 PARAMS_MAX_BYTES = 1 << 20  # params.yaml is about 10 kB; 1 MB is no params file
 
 
-def no_aliases(text: str, path: Path) -> None:
-    """Refuse YAML anchors and aliases (`&a` / `*a`): nested aliases expand exponentially (a "billion laughs"
-    tree of a few lines), in our loader and in DVC's own reading of params.yaml. Raises ParamsError naming the
-    line. Source: the YAML 1.1 spec's anchor/alias nodes; PyYAML's event parser finds them without expanding."""
+MAX_DEPTH = 32  # params.yaml nests 5 levels; a deeper tree is an accident or an attack (PyYAML recurses per level)
+
+
+def plain_yaml(text: str, path: Path) -> None:
+    """Refuse YAML that does not mean one plain tree: anchors and aliases (`&a` / `*a`: nested aliases expand
+    exponentially, a "billion laughs" of a few lines, in our loader and in DVC's own reading of params.yaml),
+    merge keys (`<<`), a key given twice in one mapping (PyYAML keeps the last silently) and nesting deeper than
+    MAX_DEPTH. Raises ParamsError naming the line. Works on PyYAML's event stream, which expands nothing; a
+    syntax error is left to the loader that follows, which reports it with its position."""
+    stack: list[list[Any]] = []  # per open collection: [keys seen (None for a sequence), next node is a key]
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = f"{path} line {event.start_mark.line + 1}"
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise ParamsError(f"{path} line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
-                                  "are not allowed in params; write the values out")
+                raise ParamsError(f"{line}: YAML anchors and aliases (&name, *name) are not allowed in params; "
+                                  "write the values out")
+            if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)) and stack and stack[-1][0] is not None:
+                keys, is_key = stack[-1]
+                if is_key and isinstance(event, yaml.ScalarEvent):
+                    if event.value == "<<":
+                        raise ParamsError(f"{line}: YAML merge keys (<<) are not allowed in params; write the values out")
+                    if event.value in keys:
+                        raise ParamsError(f"{line}: key {event.value!r} is given twice in one mapping; keep one")
+                    keys.add(event.value)
+                stack[-1][1] = not is_key
+            if isinstance(event, yaml.CollectionStartEvent):
+                stack.append([set() if isinstance(event, yaml.MappingStartEvent) else None, True])
+                if len(stack) > MAX_DEPTH:
+                    raise ParamsError(f"{line}: nested deeper than {MAX_DEPTH} levels; params.yaml is a shallow tree")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                stack.pop()
     except yaml.YAMLError:
-        return  # the loader that follows reports the syntax error with its position
+        return
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -498,7 +520,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ParamsError(f"{path} not found; run from the project root (where dvc.yaml is)")
     try:
         text = read_small(path, "params file", PARAMS_MAX_BYTES).decode("utf-8")
-        no_aliases(text, path)
+        plain_yaml(text, path)
         tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None

@@ -30,7 +30,7 @@ import yaml
 
 from melanoma.errors import first_line
 from melanoma.io import read_small
-from melanoma.params import PARAMS_MAX_BYTES, SCHEMA, ParamsError, no_aliases, validate
+from melanoma.params import PARAMS_MAX_BYTES, SCHEMA, ParamsError, plain_yaml, validate
 
 PROFILES = Path("profiles")
 DEMO = "demo"
@@ -68,7 +68,7 @@ def _load(path: Path, round_trip: bool = True) -> Any:
 
     try:
         text = read_small(path, "params file", PARAMS_MAX_BYTES).decode("utf-8")
-        no_aliases(text, path)
+        plain_yaml(text, path)
         return _yaml().load(text) if round_trip else yaml.safe_load(text)
     except (RuamelError, yaml.YAMLError, UnicodeDecodeError, OSError) as e:
         reason = " ".join(str(e).split()) if isinstance(e, (RuamelError, yaml.YAMLError)) else first_line(e)

@@ -426,3 +426,34 @@ def test_rates_of_0_or_1_get_the_exact_interval_and_a_warning():
     assert inside["exact_ci95"] == [] and 0 < inside["sensitivity"] < 1
     chance = {**inside, "ci95": {**inside["ci95"], "auroc": [0.48, 0.74]}}
     assert [w for w in warnings_for(chance, 15, 20) if "no better than chance" in w]
+
+def test_one_calibrate_per_out_and_a_file_that_appears_meanwhile_is_kept(package, site, capsys, monkeypatch):
+    """Two calibrates wrote one --out (the first's threshold silently lost); a user's file created at --out while
+    the images were scored was replaced without --force."""
+    from melanoma.io import owner_lock
+
+    out = Path("t.json").resolve()
+    with owner_lock(out):  # another live calibrate holds it
+        line = one_line_error(capsys, ["calibrate", str(package), "--labels", str(site), "--out", str(out)])
+    assert f"t.json is being written by another process (pid {os.getpid()})" in line and not out.exists()
+    real = predict_module.predict
+
+    def user_writes_meanwhile(*a, **k):
+        out.write_text("USER DATA")
+        return real(*a, **k)
+
+    monkeypatch.setattr(predict_module, "predict", user_writes_meanwhile)
+    line = one_line_error(capsys, ["calibrate", str(package), "--labels", str(site), "--out", str(out),
+                                   "--bootstrap", "100"])
+    assert "exists and is not a threshold file this command wrote" in line and out.read_text() == "USER DATA"
+
+
+def test_names_with_control_characters_cannot_forge_summary_lines_or_file_names(package, site, capsys, tmp_path):
+    odd = tmp_path / "cal\x1b[2J\n\u202eX"
+    shutil.copytree(site, odd)
+    assert cli(["calibrate", str(package), "--labels", str(odd), "--bootstrap", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "cal\\x1b[2J\\n\\u202eX" in out
+    assert not [line for line in out.splitlines() if line.startswith("X")]  # no line forged by the name's newline
+    written = [p.name for p in Path(".").glob("*_threshold.json")]
+    assert len(written) == 1 and written[0].isprintable() and "\x1b" not in written[0]

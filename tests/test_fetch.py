@@ -437,3 +437,49 @@ def test_pool_workers_end_when_the_stage_is_killed(tmp_path):
     while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.1)
     assert not any(Path(f"/proc/{p}").exists() for p in pids)
+
+
+@pytest.mark.parametrize("kind", ["file", "link to a folder", "dangling link"])
+def test_atomic_dir_replaces_a_file_or_link_never_what_it_points_to(tmp_path, kind):
+    """publish --force over a user's file, or an output that is a symlink: the entry itself is replaced, the
+    folder a link points to is untouched, nothing is left beside it."""
+    from melanoma.io import atomic_dir
+    target, out = tmp_path / "users", tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("the user's")
+    if kind == "file":
+        out.write_text("a user's file")
+    else:
+        out.symlink_to(target if kind == "link to a folder" else tmp_path / "nowhere")
+    with atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert out.is_dir() and not out.is_symlink() and [p.name for p in out.iterdir()] == ["new.txt"]
+    assert (target / "keep.txt").read_text() == "the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "users"]
+
+
+def test_folder_entries_count_and_an_archive_is_read_as_its_name_says(tmp_path):
+    """250,000 folder entries bypassed the entry cap; a tar whose last member is an uncompressed zip was unpacked
+    as that zip, dropping the images."""
+    from melanoma.data.fetch import MAX_ENTRIES
+    many = tmp_path / "many"
+    many.mkdir()
+    with zipfile.ZipFile(many / "dirs.zip", "w") as z:
+        for i in range(MAX_ENTRIES + 1):
+            z.writestr(zipfile.ZipInfo(f"d{i}/"), b"")
+    with pytest.raises(FetchError, match=r"the archives hold 200,001 entries \(limit 200,000\)"):
+        fetch.unpack_archives(many)
+    assert sorted(p.name for p in many.iterdir()) == ["dirs.zip"]
+    poly = tmp_path / "poly"
+    poly.mkdir()
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("readme.txt", "extras")
+    with tarfile.open(poly / "images.tar", "w") as t:
+        for name, data in (("benign/img1.jpg", jpeg_bytes(lesion_image(1))), ("extras.zip", inner.getvalue())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    assert zipfile.is_zipfile(poly / "images.tar")  # the trap: it is a valid zip too
+    fetch.unpack_archives(poly, levels=1)
+    assert (poly / "images/benign/img1.jpg").is_file() and (poly / "images/extras.zip").is_file()

@@ -448,10 +448,12 @@ def test_file_names_cannot_forge_rows_or_drive_the_terminal(cells, isic_sample, 
     forged = tmp_path / "a.jpg\nfake.jpg       0.0100  benign\x1b[2J\u202egnp.jpg"
     shutil.copy(src, forged)
     (tmp_path / "bad\x1b[31m.jpg").write_bytes(b"not an image")
+    (tmp_path / os.fsdecode(b"raw\x9b2J.jpg")).write_bytes(b"not an image")  # an undecodable byte: 8-bit CSI
     assert cli(["predict", str(tmp_path), "--model", str(cells["ResNet"])]) == 1
     out, err = capsys.readouterr()
     rows = out.splitlines()
-    assert len(rows) == 2 + 2  # header, column names, one row per file: no forged row
+    assert len(rows) == 2 + 3  # header, column names, one row per file: no forged row
+    assert "raw\\udc9b2J.jpg" in out and "\udc9b" not in out
     assert not any(ch in out + err for ch in ("\x1b", "\u202e"))
     assert "a.jpg\\nfake.jpg       0.0100  benign\\x1b[2J\\u202egnp.jpg" in out
     assert "bad\\x1b[31m.jpg" in out
@@ -486,6 +488,26 @@ def test_a_full_disk_during_gradcam_keeps_every_score(cells, isic_sample, tmp_pa
     assert "2 GradCAM overlay(s) could not be written" in err and "No space left on device (errno 28)" in err
     assert "free space" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert [p.name for p in (tmp_path / "cams").iterdir()] == [Path(calls[0]).name]
+
+
+def test_gradcam_never_writes_through_a_link_and_one_predict_writes_a_folder(cells, isic_sample, tmp_path, capsys):
+    from melanoma.io import owner_lock
+
+    src = sorted((isic_sample / "folder/benign").glob("*.jpg"))[0]
+    shutil.copy(src, tmp_path / "a.jpg")
+    pkg, out, keep = cells["ResNet"], tmp_path / "cams", tmp_path / "keep"
+    assert cli(["predict", str(tmp_path / "a.jpg"), "--model", str(pkg), "--gradcam", str(keep), "--json"]) == 0
+    precious = (keep / "a_gradcam.png").read_bytes()  # an overlay of an earlier run, kept elsewhere
+    out.mkdir()
+    (out / "a_gradcam.png").symlink_to(keep / "a_gradcam.png")
+    capsys.readouterr()
+    assert cli(["predict", str(tmp_path / "a.jpg"), "--model", str(pkg), "--gradcam", str(out), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert Path(row["gradcam"]).name == "a_2_gradcam.png" and (keep / "a_gradcam.png").read_bytes() == precious
+    with owner_lock(out):  # another predict is writing overlays there
+        assert cli(["predict", str(tmp_path / "a.jpg"), "--model", str(pkg), "--gradcam", str(out)]) == 2
+    o, err = capsys.readouterr()
+    assert o == "" and f"cams is being written by another process (pid {os.getpid()})" in err
 
 
 def test_predict_needs_a_package_not_a_training_folder(cells, tmp_path, capsys):

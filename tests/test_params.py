@@ -205,3 +205,16 @@ def test_params_from_a_device_or_fifo_are_refused_unread(tmp_path, special):
         path.symlink_to(special)  # reading it would fill the memory
     with pytest.raises(FileRefused, match=r"params file .*params\.yaml is a (FIFO|device)"):
         load_params(path)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("split:\n    seed: 5\n", r"key 'split' is given twice in one mapping; keep one"),
+    ("laughs:\n    <<: {seed: 3}\n", r"YAML merge keys \(<<\) are not allowed in params"),
+    ("deep: " + "[" * 5000 + "]" * 5000 + "\n", r"nested deeper than 32 levels"),
+])
+def test_yaml_that_is_not_one_plain_tree_is_refused_with_its_line(tmp_path, extra, needle):
+    """Duplicate keys were kept silently (the last won), merge keys accepted, and a 5,000-level list ended in a
+    RecursionError traceback."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text() + extra)
+    with pytest.raises(ParamsError, match=r"params\.yaml line \d+: " + needle):
+        load_params(tmp_path / "params.yaml")

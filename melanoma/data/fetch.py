@@ -86,9 +86,9 @@ class Budget:
     empty: int = 0
 
     def take(self, archive: Path, sizes: list[int]) -> None:
-        """Count one archive's entries (their declared sizes); FetchError before anything is written when the
-        whole unpack would then exceed a limit."""
-        self.declared += sum(sizes)
+        """Count one archive's entries (their declared sizes in bytes, -1 for a folder: an entry, no bytes);
+        FetchError before anything is written when the whole unpack would then exceed a limit."""
+        self.declared += sum(n for n in sizes if n > 0)
         self.entries += len(sizes)
         self.empty += sum(1 for n in sizes if n == 0)
         nested = " (counting archives inside archives)"
@@ -123,24 +123,27 @@ def safe_extract(archive: Path, dest: Path, budget: Budget | None = None) -> Non
         if os.path.isabs(name) or not target.is_relative_to(dest):
             raise FetchError(f"{archive}: refusing entry '{name}': it would write outside {dest}")
 
-    if zipfile.is_zipfile(archive):
+    kind = "zip" if archive.name.lower().endswith(".zip") else "tar" if archive.name.lower().endswith(
+        (".tar", ".tar.gz", ".tgz")) else None  # by its name: a tar whose last member is a zip is also a valid zip
+    if kind == "zip" and zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 check(info.filename)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise FetchError(f"{archive}: refusing symbolic link entry '{info.filename}'")
-            budget.take(archive, [i.file_size for i in z.infolist() if not i.is_dir()])
+            budget.take(archive, [-1 if i.is_dir() else i.file_size for i in z.infolist()])
             z.extractall(dest)
-    elif tarfile.is_tarfile(archive):
+    elif kind == "tar" and tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
             for m in t.getmembers():
                 check(m.name)
                 if not (m.isfile() or m.isdir()):
                     raise FetchError(f"{archive}: refusing entry '{m.name}': not a regular file or folder")
-            budget.take(archive, [m.size for m in t.getmembers() if m.isfile()])
+            budget.take(archive, [m.size if m.isfile() else -1 for m in t.getmembers()])
             t.extractall(dest, filter="data")
     else:
-        raise FetchError(f"{archive}: not a readable zip or tar archive")
+        raise FetchError(f"{archive}: not a readable {kind or 'zip or tar'} archive (.zip, .tar, .tar.gz or .tgz, "
+                         "by its name)")
 
 
 def _archives(folder: Path) -> list[Path]:

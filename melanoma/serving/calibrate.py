@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from melanoma.errors import MelanomaError
-from melanoma.io import read_small, regular_file
+from melanoma.errors import MelanomaError, printable
+from melanoma.io import owner_lock, read_small, regular_file
 from melanoma.params import LABELS
 
 FORMAT, VERSION = "melanoma-threshold", 1
@@ -115,6 +115,9 @@ def _read_csv(path: Path) -> Labelled:
         raise CalibrationError(f"--labels {path}: cannot read it ({e.strerror or e})") from None
     if not rows:
         raise CalibrationError(f"--labels {path} is empty; {fix}")
+    if len(rows) - 1 > MAX_LABELLED:  # before any row is resolved: each costs a path lookup and memory
+        raise CalibrationError(f"--labels {path} lists {len(rows) - 1:,} rows; calibrate takes at most "
+                               f"{MAX_LABELLED:,} images (a threshold needs hundreds): give a sample of them")
     head = [h.strip().lower() for h in rows[0]]
     for col in (IMAGE_COLUMN, LABEL_COLUMN):
         if col not in head:
@@ -366,8 +369,10 @@ def default_out(cell: str, labels: Path, rule: str = "youden", target: float | N
     """`<cell>_<labels name>_<rule>_threshold.json` in the current folder (labels name: the CSV's stem or the
     folder's name; rule: youden or sens<target>), e.g. ViT_Original_site_b_youden_threshold.json or
     ViT_Original_site_b_sens0.95_threshold.json: one file per package, labelled set and rule."""
+    from melanoma.data.releases import safe_id
+
     labels = Path(labels)
-    name = (labels.stem if labels.is_file() else labels.resolve().name) or "labels"
+    name = safe_id((labels.stem if labels.is_file() else labels.resolve().name) or "labels")  # a name fit for a file
     return Path(f"{cell}_{name}_{'youden' if rule == 'youden' else f'sens{target:g}'}_threshold.json")
 
 
@@ -412,18 +417,22 @@ def write_atomic(out: Path, text: str) -> None:
     out = Path(out)
     fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # as any file the user writes (mkstemp makes it 0600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and e.filename is None:  # a full disk: name the file
+            raise OSError(e.errno, e.strerror, str(out)) from None
         raise
 
 
 THRESHOLD_MAX_BYTES = 1 << 20  # a threshold file is about 3 kB (its unreadable-file list aside)
-LABELS_MAX_BYTES = 256 << 20  # a labels CSV: about 60 bytes per image
+LABELS_MAX_BYTES = 32 << 20  # a labels CSV: about 60 bytes per image, so room for several MAX_LABELLED
+MAX_LABELLED = 100_000  # images one calibration scores: a site's labelled set is hundreds to thousands
 
 
 def _bad_file(path: Path, why: str) -> CalibrationError:
@@ -539,47 +548,49 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
                                "package); choose another --out (--force never replaces an input)")
     check_out(out, planned, force)
 
-    results, cfg = predict(data.files, package)
-    ok = np.array([r.error is None for r in results])
-    _no_copies(data, ok)
-    unreadable = [(r.path, r.error) for r in results if r.error is not None]
-    y = data.labels[ok]
-    p = np.array([r.p_malignant for r in results if r.error is None], dtype=np.float64)
-    scored = {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())}
-    for label, n in scored.items():
-        if n < MIN_PER_CLASS:
-            listed = data.counts()[label]
-            mine = [(r.path, r.error) for r, c in zip(results, data.labels) if r.error is not None and LABELS[c] == label]
-            lost = f" ({listed - n} unreadable: {top_reasons(mine, 2)})" if n < listed else ""
-            raise CalibrationError(
-                f"--labels {data.source}: only {n} {label} images could be scored{lost}; calibrating needs at least "
-                f"{MIN_PER_CLASS} of each class (with fewer, the threshold and its confidence intervals mean "
-                "nothing): add labelled images")
+    with owner_lock(out):  # one calibrate per --out at a time (a second is refused, naming the first's pid)
+        results, cfg = predict(data.files, package)
+        ok = np.array([r.error is None for r in results])
+        _no_copies(data, ok)
+        unreadable = [(r.path, r.error) for r in results if r.error is not None]
+        y = data.labels[ok]
+        p = np.array([r.p_malignant for r in results if r.error is None], dtype=np.float64)
+        scored = {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())}
+        for label, n in scored.items():
+            if n < MIN_PER_CLASS:
+                listed = data.counts()[label]
+                mine = [(r.path, r.error) for r, c in zip(results, data.labels) if r.error is not None and LABELS[c] == label]
+                lost = f" ({listed - n} unreadable: {top_reasons(mine, 2)})" if n < listed else ""
+                raise CalibrationError(
+                    f"--labels {data.source}: only {n} {label} images could be scored{lost}; calibrating needs at least "
+                    f"{MIN_PER_CLASS} of each class (with fewer, the threshold and its confidence intervals mean "
+                    "nothing): add labelled images")
 
-    threshold = choose(y, p, rule, target)
-    rec = {
-        "format": FORMAT, "version": VERSION,
-        "threshold": threshold, "threshold_ci95": threshold_interval(y, p, rule, target, n_boot, seed),
-        "rule": rule, "target_sensitivity": target, "rule_name": rule_name(rule, target),
-        "decision": f"malignant if p_malignant >= threshold ({rule_name(rule, target)}, chosen on the labelled "
-                    "images below)",
-        "package": pkg,
-        "labels": {"path": str(Path(labels_path).resolve()), "given": str(labels_path), "kind": data.kind,
-                   "files_sha256": data.files_sha256(), "listed": data.counts(), "scored": scored,
-                   "unreadable": len(unreadable),
-                   "unreadable_files": [{"path": f, "reason": why} for f, why in unreadable[:UNREADABLE_LISTED]]},
-        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "n": int(len(y)),
-        "metrics": (m := measure(y, p, threshold, n_boot, seed)),
-        "package_threshold_metrics": (pm := measure(y, p, cfg["threshold"], n_boot, seed)),
-        "warnings": warnings_for(m, int(y.sum()), int(len(y) - y.sum()))
-        + warnings_for(pm, int(y.sum()), int(len(y) - y.sum()), "package threshold"),
-        "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95,
-                      "method": "stratified percentile bootstrap of the images, threshold fixed (Efron & "
-                                "Tibshirani 1993)"},
-        "note": IN_SAMPLE,
-    }
-    write_atomic(out, json.dumps(rec, indent=2) + "\n")
+        threshold = choose(y, p, rule, target)
+        rec = {
+            "format": FORMAT, "version": VERSION,
+            "threshold": threshold, "threshold_ci95": threshold_interval(y, p, rule, target, n_boot, seed),
+            "rule": rule, "target_sensitivity": target, "rule_name": rule_name(rule, target),
+            "decision": f"malignant if p_malignant >= threshold ({rule_name(rule, target)}, chosen on the labelled "
+                        "images below)",
+            "package": pkg,
+            "labels": {"path": str(Path(labels_path).resolve()), "given": str(labels_path), "kind": data.kind,
+                       "files_sha256": data.files_sha256(), "listed": data.counts(), "scored": scored,
+                       "unreadable": len(unreadable),
+                       "unreadable_files": [{"path": f, "reason": why} for f, why in unreadable[:UNREADABLE_LISTED]]},
+            "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "n": int(len(y)),
+            "metrics": (m := measure(y, p, threshold, n_boot, seed)),
+            "package_threshold_metrics": (pm := measure(y, p, cfg["threshold"], n_boot, seed)),
+            "warnings": warnings_for(m, int(y.sum()), int(len(y) - y.sum()))
+            + warnings_for(pm, int(y.sum()), int(len(y) - y.sum()), "package threshold"),
+            "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95,
+                          "method": "stratified percentile bootstrap of the images, threshold fixed (Efron & "
+                                    "Tibshirani 1993)"},
+            "note": IN_SAMPLE,
+        }
+        check_out(out, planned, force)  # again: a file may have appeared at --out while the images were scored
+        write_atomic(out, json.dumps(rec, indent=2) + "\n")
     return rec, out
 
 
@@ -595,12 +606,14 @@ def summary(rec: dict[str, Any], out: Path, model: str | None = None) -> str:
     on these images (each with 95 % CIs), and how to use the file (with `model`, the PACKAGE as the user gave
     it, e.g. a Hub id, in the predict line)."""
     lab, pkg, m = rec["labels"], rec["package"], rec["metrics"]
+    # each name as one line of printable text, whatever it holds (a folder name with a newline cannot forge a line)
+    model, given, out = (printable(x) for x in (model or pkg["path"], lab.get("given", lab["path"]), out))
     a = m["ci95"]["auroc"]
     rule = ("Youden's J" if rec["rule"] == "youden" else f"highest threshold with sensitivity >= "
             f"{rec['target_sensitivity']:g}")
     skipped = f"; {lab['unreadable']} unreadable, left out" if lab["unreadable"] else ""
     return "\n".join([
-        f"{pkg['cell']} ({model or pkg['path']}) on {lab.get('given', lab['path'])}: {rec['n']} images scored "
+        f"{pkg['cell']} ({model}) on {given}: {rec['n']} images scored "
         f"({lab['scored']['malignant']} malignant, {lab['scored']['benign']} benign{skipped})",
         f"AUROC {m['auroc']:.3f} [{a[0]:.3f}, {a[1]:.3f}] (95 % CIs: {rec['bootstrap']['resamples']} stratified "
         f"bootstrap resamples, seed {rec['bootstrap']['seed']})",
@@ -610,5 +623,5 @@ def summary(rec: dict[str, Any], out: Path, model: str | None = None) -> str:
         _line(f"package threshold ({pkg['threshold_rule']}, chosen on val)", rec["package_threshold_metrics"]),
         *rec.get("warnings", []),
         IN_SAMPLE,
-        f"wrote {out}; use it with: melanoma predict IMAGES --model {model or pkg['path']} --threshold-file {out}",
+        f"wrote {out}; use it with: melanoma predict IMAGES --model {model} --threshold-file {out}",
     ])

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from melanoma.data.images import IMAGE_SUFFIXES, ImageRejected
 from melanoma.errors import os_error_line, printable
+from melanoma.io import owner_lock
 from melanoma.serving.package import PackageError, load, pixels, prepare, served, torch_probabilities
 
 
@@ -75,10 +76,18 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None,
 
     Decisions use the package's threshold, or with `threshold_file` (written by `melanoma calibrate` for this
     package) that file's; the returned config then carries it as `threshold`, and `threshold_source` says which.
-    Raises PackageError (damaged package, NaN/Inf outputs, an unwritable `gradcam_dir`: checked first) or
-    CalibrationError (a malformed threshold file, or one written for another package: checked before scoring)."""
-    if gradcam_dir is not None:
-        writable_dir(gradcam_dir, "--gradcam")
+    Raises PackageError (damaged package, NaN/Inf outputs, an unwritable `gradcam_dir`: checked first),
+    OutputBusy (another live predict writing overlays into `gradcam_dir`: checked first) or CalibrationError (a
+    malformed threshold file, or one written for another package: checked before scoring)."""
+    if gradcam_dir is None:
+        return _predict(files, folder, None, threshold_file)
+    writable_dir(gradcam_dir, "--gradcam")
+    with owner_lock(gradcam_dir):  # one predict writes overlays into a folder at a time: checked before scoring
+        return _predict(files, folder, gradcam_dir, threshold_file)
+
+
+def _predict(files: list[Path], folder: Path, gradcam_dir: Path | None,
+             threshold_file: Path | None) -> tuple[list[Prediction], dict[str, Any]]:
     if threshold_file is not None:
         from melanoma.serving.calibrate import apply_threshold_file, read_threshold_file
 
@@ -154,7 +163,8 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
 
     def free(name: str) -> bool:
         f = out / name
-        return name not in used and os.path.realpath(f) not in taken and (not os.path.lexists(f) or _ours(f))
+        return name not in used and os.path.realpath(f) not in taken and (
+            not os.path.lexists(f) or not os.path.islink(f) and _ours(f))  # never written through a link
 
     for i, r in enumerate(rows):
         stem = safe_id(Path(r.path).stem)
@@ -169,7 +179,7 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
             Image.fromarray(gradcam.overlay(x[i], heat[i], scale, caption)).save(out / name, pnginfo=info)
         except OSError as e:  # a full disk mid-way: the scores stand, this overlay is reported as missing
             (out / name).unlink(missing_ok=True)  # absent or ours before (free()): never a user's file
-            r.gradcam_error = os_error_line(e)
+            r.gradcam_error = os_error_line(OSError(e.errno, e.strerror, str(out / name)) if e.filename is None else e)
             continue
         r.gradcam = str(out / name)
 
