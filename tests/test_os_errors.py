@@ -14,6 +14,12 @@ from tests.conftest import ROOT, mounted
 from tests.tiny import run_stage, tiny_params
 
 
+def terminal_sigint() -> None:
+    """In the child, before exec: Ctrl-C's default disposition, as in a terminal's foreground job (a job started
+    in the background of a non-interactive shell, as CI may start the suite, inherits SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def project(folder: Path, **overrides) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(**overrides), sort_keys=False))
@@ -60,7 +66,7 @@ def test_ctrl_c_ends_a_stage_with_one_line_and_130(tmp_path):
                       "run_stage('slow', main)\n")
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     p = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=terminal_sigint)
     assert p.stdout.readline().strip() == "started"
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
@@ -73,7 +79,7 @@ def test_ctrl_c_ends_a_command_with_one_line_and_130(tmp_path):
             "def slow(args):\n    print('started', flush=True)\n    time.sleep(60)\n"
             "commands.cmd_plan = slow\nraise SystemExit(commands.main(['plan']))\n")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=terminal_sigint)
     assert p.stdout.readline().strip() == "started"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
