@@ -5,6 +5,7 @@ import csv
 import fcntl
 import glob
 import os
+import re
 import shutil
 import stat
 from contextlib import contextmanager
@@ -107,9 +108,9 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with owner_lock(out):
-        name = glob.escape(out.name)  # a name may hold [ ] * ?
-        for stale in [*out.parent.glob(f".{name}.tmp-*"), *out.parent.glob(f".{name}.old-*")]:
-            if stale.name != f".{out.name}.tmp-lock":  # orphans: their writer no longer holds the lock
+        ours = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-\d+")  # the names this function gives (a pid):
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.*"):  # orphans, their writer no longer holding
+            if ours.fullmatch(stale.name):  # the lock; a user's own `.raw.old-backup` is not one of them
                 _remove(stale)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         tmp.mkdir()

@@ -306,13 +306,14 @@ def test_atomic_dir_replaces_whole_output_and_clears_killed_runs(tmp_path):
     from melanoma.io import atomic_dir
     out = tmp_path / "raw"
     (tmp_path / ".raw.tmp-99999").mkdir()  # what a SIGKILLed run leaves
+    (tmp_path / ".raw.old-backup").mkdir()  # a user's own folder of a similar name: kept
     out.mkdir()
     (out / "old.txt").write_text("old")
     with atomic_dir(out) as tmp:
         (tmp / "new.txt").write_text("new")
         assert not (out / "new.txt").exists()  # nothing visible until the stage succeeds
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".raw.old-backup", "raw"]
 
 
 WRITER = """
