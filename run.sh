@@ -43,7 +43,7 @@ cmd=${1:-}
 case "$cmd" in
   setup) setup ;;
   # DVC leaves an output it made as a copy when its content is already cached (a package's weights, a dataset's
-  # val/test packs): relink after a whole run so that each file is stored once (README, "Disk")
+  # val/test packs): relink after a whole run so that each file is stored once (docs/dvc.md, "Disk")
   repro) setup; dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
   study)
     setup

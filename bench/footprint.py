@@ -9,6 +9,7 @@ so a DVC cache object linked into the workspace counts under the workspace folde
 of an inode already counted) are reported separately. Units: 1 MB = 1e6 bytes, 1 GB = 1e9 bytes.
 Read-only; a .venv of a few GB takes some seconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MB, GB = 1e6, 1e9
-SUBFOLDERS = (".venv", ".dvc/cache", "models/.checkpoints", "models/classifiers", "models/export",
-              "models/generators", "data/raw", "data/datasets", "data/synthetic", "results", ".git")
+SUBFOLDERS = (
+    ".venv",
+    ".dvc/cache",
+    "models/.checkpoints",
+    "models/classifiers",
+    "models/export",
+    "models/generators",
+    "data/raw",
+    "data/datasets",
+    "data/synthetic",
+    "results",
+    ".git",
+)
 LAST = ".dvc"  # walked last: its cache objects count where the workspace links them
 
 
@@ -105,8 +117,10 @@ def report(root: Path, t: Tally) -> dict[str, Any]:
     """Print the tables and the total line; return the same figures for --json."""
     total = sum(t.top.values())
     venv = t.sub.get(".venv", 0)
-    print(f"footprint of {root} (on-disk bytes, st_blocks x 512; each hardlinked inode counted once, like du; "
-          "1 MB = 1e6 B)")
+    print(
+        f"footprint of {root} (on-disk bytes, st_blocks x 512; each hardlinked inode counted once, like du; "
+        "1 MB = 1e6 B)"
+    )
     print("\ntop-level entries:")
     for name, b in sorted(t.top.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<28}{fmt_mb(b)}")
@@ -114,16 +128,26 @@ def report(root: Path, t: Tally) -> dict[str, Any]:
     for s in SUBFOLDERS:
         exists = os.path.lexists(root / s)
         print(f"  {s:<28}{fmt_mb(t.sub.get(s, 0)) if exists else '      (absent)'}")
-    print(f"\nhardlinks: {len(t.shared_inodes):,} inode(s) met more than once ({t.shared_sightings:,} further "
-          f"sightings), {t.shared_bytes / MB:,.1f} MB shared (counted once above)")
+    print(
+        f"\nhardlinks: {len(t.shared_inodes):,} inode(s) met more than once ({t.shared_sightings:,} further "
+        f"sightings), {t.shared_bytes / MB:,.1f} MB shared (counted once above)"
+    )
     if t.errors:
         print(f"unreadable paths skipped: {t.errors}")
     print(f"total: {total / GB:.1f} GB (venv {venv / GB:.1f} GB, everything else {(total - venv) / GB:.1f} GB)")
-    return {"root": str(root), "units": "bytes on disk (st_blocks x 512)", "total": total, "venv": venv,
-            "everything_else": total - venv, "top_level": t.top,
-            "subfolders": {s: (t.sub.get(s, 0) if os.path.lexists(root / s) else None) for s in SUBFOLDERS},
-            "hardlink_shared_bytes": t.shared_bytes, "hardlink_shared_inodes": len(t.shared_inodes),
-            "hardlink_further_sightings": t.shared_sightings, "unreadable": t.errors}
+    return {
+        "root": str(root),
+        "units": "bytes on disk (st_blocks x 512)",
+        "total": total,
+        "venv": venv,
+        "everything_else": total - venv,
+        "top_level": t.top,
+        "subfolders": {s: (t.sub.get(s, 0) if os.path.lexists(root / s) else None) for s in SUBFOLDERS},
+        "hardlink_shared_bytes": t.shared_bytes,
+        "hardlink_shared_inodes": len(t.shared_inodes),
+        "hardlink_further_sightings": t.shared_sightings,
+        "unreadable": t.errors,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ Prints images/s for ancestral DDPM (all training steps), DDIM-50 and DPM-Solver+
 and a C2ST AUROC of each sampler's images against the real train images of the model's class (lower is better,
 0.5 = indistinguishable). Needs a trained generator (`dvc repro train_generator`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from melanoma.generators import load_generator, load_train_images
+from melanoma.generators.data import load_train_images
+from melanoma.generators.loaded import load_generator
 from melanoma.generators.quality import c2st_auc
-from melanoma.paths import RAW, SPLITS
+from melanoma.paths import RAW_DIR, SPLITS_DIR
 
 
 def main() -> None:
@@ -28,11 +30,13 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     gen = load_generator(a.model)
-    real, _ = load_train_images(SPLITS, RAW, gen.label, gen.image_size)
+    real, _ = load_train_images(SPLITS_DIR, RAW_DIR, gen.label, gen.image_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen.model.to(device)
-    print(f"{Path(a.model).name}: {gen.image_size}px, {sum(p.numel() for p in gen.model.parameters()) / 1e6:.2f} M "
-          f"params, {device} ({torch.get_num_threads()} threads), {a.n} images per sampler")
+    print(
+        f"{Path(a.model).name}: {gen.image_size}px, {sum(p.numel() for p in gen.model.parameters()) / 1e6:.2f} M "
+        f"params, {device} ({torch.get_num_threads()} threads), {a.n} images per sampler"
+    )
     print(f"{'sampler':<16}{'steps':>6}{'images/s':>12}{'C2ST AUROC':>12}")
     for sampler, steps in (("ddpm", 1000), ("ddim", 50), ("dpmsolver++", 20)):
         gen.sampler, gen.sampling_steps = sampler, steps

@@ -18,6 +18,7 @@ where `melanoma/reference/` measured the same network, the ratio to that ceiling
 
 No network: every model is built from scratch (pretrained weights change nothing about speed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -77,11 +79,14 @@ class DeviceGuard:
         runs a forward pass on the CPU before the model is moved)."""
         self.seen, self.calls = set(), 0
 
-    def __enter__(self) -> "DeviceGuard":
+    def __enter__(self) -> DeviceGuard:
         def hook(module: torch.nn.Module, args: tuple) -> None:
             self.calls += 1
-            tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False),
-                       *(a for a in args if isinstance(a, torch.Tensor))]
+            tensors = [
+                *module.parameters(recurse=False),
+                *module.buffers(recurse=False),
+                *(a for a in args if isinstance(a, torch.Tensor)),
+            ]
             self.seen |= {t.device.type for t in tensors}
 
         self.handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
@@ -129,8 +134,13 @@ def part(name: str, rt: Runtime, fn: Callable[[], dict[str, Any]]) -> dict[str, 
     with GUARD:
         record = fn()
     GUARD.check(rt.device, name)
-    return {"part": name, **record, "peak_gib": peak_gib(rt.device), "device_ok": True,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "part": name,
+        **record,
+        "peak_gib": peak_gib(rt.device),
+        "device_ok": True,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def ratio(value: float, ceiling: float | None) -> float | None:
@@ -144,8 +154,9 @@ def ref_value(refs: list[dict[str, Any]], key: str, **match: Any) -> float | Non
 
 # ---------------------------------------------------------------- parts
 
+
 def classifier(arch: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace, refs: list) -> dict[str, Any]:
-    from melanoma.classifiers import build_model
+    from melanoma.classifiers.registry import build_model
     from melanoma.classifiers.train import ClassifierTask
     from melanoma.engine import adamw
 
@@ -157,8 +168,17 @@ def classifier(arch: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace,
     train = (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n) % 2)
     val = (rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8), np.arange(8) % 2)
     torch.manual_seed(0)
-    task = ClassifierTask(arch, build_model(arch, spec, len(LABELS), size), {**tp, "compile": False}, spec["lr"],
-                          0, train, val, rt, log=lambda *_: None)
+    task = ClassifierTask(
+        arch,
+        build_model(arch, spec, len(LABELS), size),
+        {**tp, "compile": False},
+        spec["lr"],
+        0,
+        train,
+        val,
+        rt,
+        log=lambda *_: None,
+    )
     assert task.X.device.type == rt.device.type, f"{arch}: the training pack is not on {rt.device}"
     pure_model = rt.prepare(build_model(arch, spec, len(LABELS), size).model).train()
     GUARD.reset()
@@ -178,9 +198,16 @@ def classifier(arch: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace,
 
     pure = batch * a.steps / timed(pure_step, a.steps, a.warmup, rt.device)
     ceiling = ref_value(refs, "train_img_s", kind="classifier", arch=spec["model"], size=size, mode="bf16_cl")
-    return {"model": spec["model"], "size": size, "batch": batch, "real_img_s": round(real, 1),
-            "pure_img_s": round(pure, 1), "real_over_pure": round(real / pure, 3),
-            "reference_train_img_s": ceiling, "pure_over_reference": ratio(pure, ceiling)}
+    return {
+        "model": spec["model"],
+        "size": size,
+        "batch": batch,
+        "real_img_s": round(real, 1),
+        "pure_img_s": round(pure, 1),
+        "real_over_pure": round(real / pure, 3),
+        "reference_train_img_s": ceiling,
+        "pure_over_reference": ratio(pure, ceiling),
+    }
 
 
 def generator_data(n: int, size: int) -> torch.Tensor:
@@ -195,8 +222,13 @@ def dcgan(p: dict[str, Any], rt: Runtime, a: argparse.Namespace, refs: list) -> 
     batch = g["dcgan"]["batch_size"]
     rate = batch * a.steps / timed(task.step, a.steps, a.warmup, rt.device)
     ceiling = ref_value(refs, "train_img_s", kind="dcgan", size=g["image_size"])
-    return {"size": g["image_size"], "batch": batch, "img_s": round(rate, 1), "reference_img_s": ceiling,
-            "over_reference": ratio(rate, ceiling)}
+    return {
+        "size": g["image_size"],
+        "batch": batch,
+        "img_s": round(rate, 1),
+        "reference_img_s": ceiling,
+        "over_reference": ratio(rate, ceiling),
+    }
 
 
 def ddpm_task(p: dict[str, Any], rt: Runtime) -> Any:
@@ -213,19 +245,33 @@ def ddpm(p: dict[str, Any], rt: Runtime, a: argparse.Namespace, refs: list, keep
     rate = batch * a.steps / timed(task.step, a.steps, a.warmup, rt.device)
     params_m = round(sum(t.numel() for t in task.unet.parameters()) / 1e6, 1)
     ceiling = ref_value(refs, "train_img_s", kind="ddpm_train", mode="bf16" if rt.amp else "fp32")
-    return {"size": p["generators"]["image_size"], "batch": batch, "params_m": params_m, "img_s": round(rate, 1),
-            "reference_img_s": ceiling, "reference_batch": ref_value(refs, "batch", kind="ddpm_train"),
-            "over_reference": ratio(rate, ceiling)}
+    return {
+        "size": p["generators"]["image_size"],
+        "batch": batch,
+        "params_m": params_m,
+        "img_s": round(rate, 1),
+        "reference_img_s": ceiling,
+        "reference_batch": ref_value(refs, "batch", kind="ddpm_train"),
+        "over_reference": ratio(rate, ceiling),
+    }
 
 
 def sample(sampler: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace, refs: list, keep: dict) -> dict:
-    from melanoma.generators import LoadedGenerator
+    from melanoma.generators.loaded import LoadedGenerator
 
     g, task = p["generators"], keep["ddpm"]
     steps = g["ddpm"]["num_train_timesteps"] if sampler == "ddpm" else g["ddpm"]["sampling_steps"]
     n = a.sample_batch // 4 if sampler == "ddpm" else a.sample_batch  # 1000 ancestral steps: a smaller batch
-    gen = LoadedGenerator("ddpm", "benign", g["image_size"], task.ema.module, rt, scheduler=task.scheduler,
-                          sampler=sampler, sampling_steps=steps)
+    gen = LoadedGenerator(
+        "ddpm",
+        "benign",
+        g["image_size"],
+        task.ema.module,
+        rt,
+        scheduler=task.scheduler,
+        sampler=sampler,
+        sampling_steps=steps,
+    )
     sync(rt.device)
     t0 = time.perf_counter()
     images = gen.sample(n, seed=0, batch_size=n)
@@ -234,10 +280,15 @@ def sample(sampler: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace, 
     per_step = seconds / (n * steps)
     ref = [r for r in refs if r.get("kind") == "ddpm_sample" and r.get("scheduler") == sampler]
     ref_per_step = ref[0]["seconds"] / (ref[0]["batch"] * ref[0]["steps"]) if ref else None
-    return {"sampler": sampler, "steps": steps, "images": n, "img_s": round(n / seconds, 2),
-            "ms_per_image_step": round(per_step * 1e3, 4),
-            "reference_ms_per_image_step": None if ref_per_step is None else round(ref_per_step * 1e3, 4),
-            "reference_over_this": ratio(ref_per_step or 0, per_step) if ref_per_step else None}
+    return {
+        "sampler": sampler,
+        "steps": steps,
+        "images": n,
+        "img_s": round(n / seconds, 2),
+        "ms_per_image_step": round(per_step * 1e3, 4),
+        "reference_ms_per_image_step": None if ref_per_step is None else round(ref_per_step * 1e3, 4),
+        "reference_over_this": ratio(ref_per_step or 0, per_step) if ref_per_step else None,
+    }
 
 
 def sr(p: dict[str, Any], rt: Runtime, a: argparse.Namespace) -> dict[str, Any]:
@@ -246,8 +297,13 @@ def sr(p: dict[str, Any], rt: Runtime, a: argparse.Namespace) -> dict[str, Any]:
     u, size = p["upscale"], p["generators"]["image_size"]
     task = SRTask(u["sr"], u["factor"], torch.rand(128, 3, size * u["factor"], size * u["factor"]), 0, rt)
     rate = u["sr"]["batch_size"] * a.steps / timed(task.step, a.steps, a.warmup, rt.device)
-    return {"factor": u["factor"], "hr_px": size * u["factor"], "batch": u["sr"]["batch_size"],
-            "img_s": round(rate, 1), "reference": "none measured"}
+    return {
+        "factor": u["factor"],
+        "hr_px": size * u["factor"],
+        "batch": u["sr"]["batch_size"],
+        "img_s": round(rate, 1),
+        "reference": "none measured",
+    }
 
 
 def c2st(p: dict[str, Any], rt: Runtime, a: argparse.Namespace) -> dict[str, Any]:
@@ -263,8 +319,8 @@ def c2st(p: dict[str, Any], rt: Runtime, a: argparse.Namespace) -> dict[str, Any
 
 
 def evaluate(p: dict[str, Any], rt: Runtime, a: argparse.Namespace) -> dict[str, Any]:
-    from melanoma.classifiers import build_model
     from melanoma.classifiers.inference import probabilities, standardise
+    from melanoma.classifiers.registry import build_model
     from melanoma.evaluation import gradcam
 
     arch, size = "ResNet", p["datasets"]["image_size"]
@@ -283,8 +339,13 @@ def evaluate(p: dict[str, Any], rt: Runtime, a: argparse.Namespace) -> dict[str,
     heat = gradcam.cams(arch, model, standardise(x[:8], mean, std), [1] * 8)
     cam_s = time.perf_counter() - t0
     assert probs.shape == (n,) and heat.shape == (8, size, size) and np.isfinite(heat).all()
-    return {"arch": arch, "model": built.info["model"], "batch": n, "infer_img_s": round(infer, 1),
-            "gradcam_8_images_s": round(cam_s, 3)}
+    return {
+        "arch": arch,
+        "model": built.info["model"],
+        "batch": n,
+        "infer_img_s": round(infer, 1),
+        "gradcam_8_images_s": round(cam_s, 3),
+    }
 
 
 def ddp(a: argparse.Namespace) -> dict[str, Any]:
@@ -293,8 +354,19 @@ def ddp(a: argparse.Namespace) -> dict[str, Any]:
     gpus = torch.cuda.device_count() if a.device == "cuda" else 0
     if gpus < 2:
         env["CUDA_VISIBLE_DEVICES"] = ""  # one GPU cannot host two NCCL ranks: exercise DDP with gloo on the CPU
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-           "--ddp-worker", "--steps", "2", "--warmup", "1"] + (["--tiny"] if a.tiny or gpus < 2 else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        __file__,
+        "--ddp-worker",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+    ] + (["--tiny"] if a.tiny or gpus < 2 else [])
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
@@ -318,8 +390,20 @@ def ddp_worker(a: argparse.Namespace) -> None:
     assert len(set(sums)) == 1, f"ranks disagree after DDP steps: {sums}"
     if rt.main:
         backend = torch.distributed.get_backend()
-        print(json.dumps({"part": "ddp", "processes": rt.world, "backend": backend, "device": rt.device.type,
-                          "img_s": round(rate, 1), "ranks_identical": True, "device_ok": True}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "part": "ddp",
+                    "processes": rt.world,
+                    "backend": backend,
+                    "device": rt.device.type,
+                    "img_s": round(rate, 1),
+                    "ranks_identical": True,
+                    "device_ok": True,
+                }
+            ),
+            flush=True,
+        )
     torch.distributed.destroy_process_group()
 
 
@@ -338,8 +422,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=positive, default=3, help="untimed steps first (cuDNN autotuning, allocator)")
     ap.add_argument("--sample-batch", type=positive, default=256, help="images per sampler (ddpm: a quarter)")
     ap.add_argument("--archs", nargs="*", default=list(ARCHS), choices=ARCHS)
-    ap.add_argument("--out", type=Path, default=Path("gpu_check.jsonl"),
-                    help="the JSON lines; written as <out>.partial while running, renamed when every part passed")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("gpu_check.jsonl"),
+        help="the JSON lines; written as <out>.partial while running, renamed when every part passed",
+    )
     ap.add_argument("--reference", type=Path, default=ROOT / "melanoma/reference")
     ap.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -360,6 +448,7 @@ def main() -> None:
     if not a.out.parent.is_dir():
         raise SystemExit(f"gpu_check: the folder of --out ({a.out.parent}) does not exist")
     with open(partial, "w") as fh:  # a failed run leaves its lines here and an earlier --out file untouched
+
         def emit(record: dict[str, Any]) -> None:
             records.append(record)
             line = json.dumps(record)
@@ -367,15 +456,23 @@ def main() -> None:
             fh.write(line + "\n")
             fh.flush()
 
-        emit({"part": "env", "torch": torch.__version__, "device": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else "cpu", "amp": str(rt.amp), "tiny": a.tiny, "steps": a.steps,
-              "reference_records": len(refs)})
+        emit(
+            {
+                "part": "env",
+                "torch": torch.__version__,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "amp": str(rt.amp),
+                "tiny": a.tiny,
+                "steps": a.steps,
+                "reference_records": len(refs),
+            }
+        )
         for arch in a.archs:
-            emit(part(f"classifier@{arch}", rt, lambda: classifier(arch, p, rt, a, refs)))
+            emit(part(f"classifier@{arch}", rt, lambda arch=arch: classifier(arch, p, rt, a, refs)))
         emit(part("dcgan", rt, lambda: dcgan(p, rt, a, refs)))
         emit(part("ddpm", rt, lambda: ddpm(p, rt, a, refs, keep)))
         for sampler in SAMPLERS:
-            emit(part(f"sample@{sampler}", rt, lambda: sample(sampler, p, rt, a, refs, keep)))
+            emit(part(f"sample@{sampler}", rt, lambda sampler=sampler: sample(sampler, p, rt, a, refs, keep)))
         emit(part("sr", rt, lambda: sr(p, rt, a)))
         emit(part("c2st", rt, lambda: c2st(p, rt, a)))
         emit(part("evaluate", rt, lambda: evaluate(p, rt, a)))

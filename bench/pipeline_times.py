@@ -5,9 +5,11 @@
                                                    # `dvc repro` here restores every output from the run-cache
 
 The fresh run is `dvc repro --force --no-run-cache`: every stage really runs (the clone's dvc.lock and a shared
-cache would otherwise let DVC check outputs out instead), and it starts with no checkpoints. Per-stage times are the gaps between DVC's "Running stage" lines, so they include DVC's own work
+cache would otherwise let DVC check outputs out instead), and it starts with no checkpoints. Per-stage times are
+the gaps between DVC's "Running stage" lines, so they include DVC's own work
 and each stage's process start. Targets (2 CPU cores): fresh <= 20 min, no-op <= 5 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def env(clone: Path | None = None) -> dict[str, str]:
     """The venv first on PATH and, for a clone, the clone's own `melanoma` package first on PYTHONPATH (the venv's
     editable install points at this checkout, whose code may differ from the commit being timed)."""
-    out = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
+    out = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+    }
     if clone is not None:
         out["PYTHONPATH"] = str(clone)
     return out

@@ -9,6 +9,7 @@ threads: run it on an otherwise idle machine) and the mean / max absolute pixel
 difference (0-255) after the final resize; with --model (a package folder), the largest |P(malignant)|
 difference between the two paths on those images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,16 +57,18 @@ def main() -> None:
         raise SystemExit(f"no JPEGs in {a.images}")
     print(f"{len(files)} JPEGs from {a.images} (median {np.median([f.stat().st_size for f in files]) / 1e6:.1f} MB)")
     for size in (32, 224):
-        slow, ref = timed(lambda f: stored_path(f, size, a.max_side), files)
-        fast, got = timed(lambda f: prepare(f, size, a.max_side), files)
+        slow, ref = timed(lambda f, size=size: stored_path(f, size, a.max_side), files)
+        fast, got = timed(lambda f, size=size: prepare(f, size, a.max_side), files)
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             t0 = time.perf_counter()
-            list(pool.map(lambda f: prepare(f, size, a.max_side), files))
+            list(pool.map(lambda f, size=size: prepare(f, size, a.max_side), files))
             threaded = len(files) / (time.perf_counter() - t0)
         d = np.concatenate([np.abs(x.astype(int) - y.astype(int)).ravel() for x, y in zip(ref, got)])
-        print(f"input {size:>3} px: stored path {slow:6.1f} img/s, predict path {fast:6.1f} img/s ({fast / slow:.1f}x), "
-              f"with {DECODE_THREADS} decode threads {threaded:6.1f} img/s ({threaded / slow:.1f}x); "
-              f"pixel difference mean {d.mean():.2f}, max {d.max()} (0-255)")
+        print(
+            f"input {size:>3} px: stored path {slow:6.1f} img/s, predict path {fast:6.1f} img/s ({fast / slow:.1f}x), "
+            f"with {DECODE_THREADS} decode threads {threaded:6.1f} img/s ({threaded / slow:.1f}x); "
+            f"pixel difference mean {d.mean():.2f}, max {d.max()} (0-255)"
+        )
     if a.model:
         from melanoma.serving.package import load, served, torch_probabilities
 

@@ -9,6 +9,7 @@ records the package ships in melanoma/reference/. The params are profile `--prof
 without touching params.yaml. The real data sizes are assumptions (the defaults match an ISIC run with about
 1,100 train images). About a second, no torch import.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from melanoma.estimate import (ASSUMED, NOT_COVERED_EXTRA, REFERENCE, TARGET_BYTES,  # noqa: E402
-                               DiskItem, Estimate, Sizes, disk_estimate, load_reference, loader_ratio,
-                               print_header, print_summary, print_times, stage_estimates)
+from melanoma.estimate import (  # noqa: E402
+    ASSUMED,
+    NOT_COVERED_EXTRA,
+    REFERENCE,
+    TARGET_BYTES,
+    DiskItem,
+    Estimate,
+    Sizes,
+    disk_estimate,
+    load_reference,
+    loader_ratio,
+    print_header,
+    print_summary,
+    print_times,
+    stage_estimates,
+)
 from melanoma.profile import profile_params  # noqa: E402
 
 
@@ -37,18 +51,27 @@ def count(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The CLI: profile, reference folder, assumed real data sizes, JSON output."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--profile", default="study", help="the profile to estimate (default study)")
-    ap.add_argument("--reference", type=Path, default=REFERENCE,
-                    help="folder of the H200 reference .jsonl files (default: melanoma/reference)")
+    ap.add_argument(
+        "--reference",
+        type=Path,
+        default=REFERENCE,
+        help="folder of the H200 reference .jsonl files (default: melanoma/reference)",
+    )
     ap.add_argument("--real-train-benign", type=count, default=ASSUMED.train["benign"])
     ap.add_argument("--real-train-malignant", type=count, default=ASSUMED.train["malignant"])
     ap.add_argument("--real-val", type=count, default=ASSUMED.val)
     ap.add_argument("--real-test", type=count, default=ASSUMED.test)
     ap.add_argument("--external-test", type=count, default=ASSUMED.external)
-    ap.add_argument("--weight-files-per-cell", type=count, default=1,
-                    help="fp32 weight files each seed of a classifier cell keeps in models/classifiers (default 1)")
+    ap.add_argument(
+        "--weight-files-per-cell",
+        type=count,
+        default=1,
+        help="fp32 weight files each seed of a classifier cell keeps in models/classifiers (default 1)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     return ap.parse_args(argv)
 
@@ -59,8 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.json and not a.json.parent.is_dir():
         raise SystemExit(f"study_estimate: the folder of --json ({a.json.parent}) does not exist")
     ref = load_reference(a.reference)
-    sizes = Sizes({"benign": a.real_train_benign, "malignant": a.real_train_malignant}, a.real_val, a.real_test,
-                  a.external_test)
+    sizes = Sizes(
+        {"benign": a.real_train_benign, "malignant": a.real_train_malignant}, a.real_val, a.real_test, a.external_test
+    )
     p = profile_params(a.profile, ROOT / "profiles")
     print_header(ref, sizes, p, loader_ratio(ref)[1], a.profile)
     est = stage_estimates(p, ref, sizes)
@@ -72,16 +96,36 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {a.json}")
 
 
-def write_json(path: Path, a: argparse.Namespace, p: dict[str, Any], est: list[Estimate], covered: float,
-               stand: float, missing: list[str], items: list[DiskItem], total: float) -> None:
+def write_json(
+    path: Path,
+    a: argparse.Namespace,
+    p: dict[str, Any],
+    est: list[Estimate],
+    covered: float,
+    stand: float,
+    missing: list[str],
+    items: list[DiskItem],
+    total: float,
+) -> None:
     """The same figures as the tables, machine-readable."""
-    doc = {"assumptions": {k: v for k, v in vars(a).items() if k.startswith(("real_", "external", "weight"))},
-           "profile": a.profile, "reference": str(a.reference),
-           "study": {"generators_image_size": p["generators"]["image_size"], "datasets": p["datasets"],
-                     "train": p["classifiers"]["train"]},
-           "stages": [asdict(e) for e in est], "covered_seconds": covered, "stand_in_seconds": stand,
-           "not_covered": missing + NOT_COVERED_EXTRA, "disk": [asdict(i) for i in items],
-           "disk_total_bytes": total, "disk_target_bytes": TARGET_BYTES, "fits": total <= TARGET_BYTES}
+    doc = {
+        "assumptions": {k: v for k, v in vars(a).items() if k.startswith(("real_", "external", "weight"))},
+        "profile": a.profile,
+        "reference": str(a.reference),
+        "study": {
+            "generators_image_size": p["generators"]["image_size"],
+            "datasets": p["datasets"],
+            "train": p["classifiers"]["train"],
+        },
+        "stages": [asdict(e) for e in est],
+        "covered_seconds": covered,
+        "stand_in_seconds": stand,
+        "not_covered": missing + NOT_COVERED_EXTRA,
+        "disk": [asdict(i) for i in items],
+        "disk_total_bytes": total,
+        "disk_target_bytes": TARGET_BYTES,
+        "fits": total <= TARGET_BYTES,
+    }
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 

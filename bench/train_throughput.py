@@ -11,6 +11,7 @@
 The ratio (a)/(b) is the share of compute the data path leaves; on CUDA the goal is >= 0.90.
 On CUDA both run under bf16 autocast with channels_last (as training does); --compile adds torch.compile.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from melanoma.classifiers import build_model
+from melanoma.classifiers.registry import build_model
 from melanoma.classifiers.train import augment_params, epoch_batches, train_step
-from melanoma.engine import adamw, runtime
 from melanoma.data.datasets import load_split
+from melanoma.engine import adamw, runtime
 from melanoma.params import load_params
 
 
@@ -117,8 +118,10 @@ def main() -> None:
     real = a.steps * a.batch / real_steps(a.steps)
     pure = a.steps * a.batch / pure_steps(a.steps)
     where = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"{a.arch} {a.model} {json.loads(a.kwargs) or ''} {built.info['parameters'] / 1e6:.1f} M params, "
-          f"{a.size}px, batch {a.batch}, {where}, pack {tuple(X.shape)} from {a.dataset or 'random'}")
+    print(
+        f"{a.arch} {a.model} {json.loads(a.kwargs) or ''} {built.info['parameters'] / 1e6:.1f} M params, "
+        f"{a.size}px, batch {a.batch}, {where}, pack {tuple(X.shape)} from {a.dataset or 'random'}"
+    )
     print(f"  real step (packed cache + device augmentation): {real:8.1f} images/s")
     print(f"  pure compute (random tensor on device):         {pure:8.1f} images/s")
     print(f"  ratio real/pure: {real / pure:.2f}")

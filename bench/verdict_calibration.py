@@ -8,6 +8,7 @@ Original come from the same process, so every rejection at 0.05 (unadjusted, one
 positive; "gain": the augmented process has a larger score gap (about +0.1 AUROC). Prints the rejection rate per
 number of seeds. Uses melanoma.evaluation.stats.auroc_difference, the function the report uses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def main() -> None:
                 aug = scores(rng, y, seeds, 1.2 + gain, a.seed_sd)
                 hits += auroc_difference(y, [(aug, base)], a.boot, i)["p_value"] < 0.05
             rates[name] = hits / a.sims
-        print(f"{seeds} seed(s): false-positive rate {rates['null']:.3f} (nominal 0.05), "
-              f"power for the planted gain {rates['gain']:.3f}")
+        print(
+            f"{seeds} seed(s): false-positive rate {rates['null']:.3f} (nominal 0.05), "
+            f"power for the planted gain {rates['gain']:.3f}"
+        )
 
 
 if __name__ == "__main__":

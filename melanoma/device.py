@@ -5,6 +5,7 @@ work, when CUDA is not usable (no driver, a driver older than the installed torc
 instead of running for weeks on the CPU. `device: cpu` is the explicit opt-in to the CPU (the rehearsal);
 `auto` (the demo) takes CUDA when it works and the CPU otherwise. torch is imported only to check CUDA.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,10 @@ def cuda_problem() -> str | None:
 
     built = torch.version.cuda  # "13.0" for the pinned 2.14.1+cu130 wheels; None for a CPU build
     if built is None:
-        return (f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build, e.g. "
-                "pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu130")
+        return (
+            f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build, e.g. "
+            "pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu130"
+        )
     if torch.cuda.is_available():
         try:
             (torch.ones(1, device="cuda") + 1).item()
@@ -60,12 +63,16 @@ def cuda_problem() -> str | None:
     have = (driver // 1000, driver % 1000 // 10)
     if have < (need_major, 0):
         minimum = MIN_DRIVER.get(need_major, f"one supporting CUDA {built}")
-        return (f"the NVIDIA driver supports CUDA {have[0]}.{have[1]} but this torch ({torch.__version__}) is built "
-                f"for CUDA {built}, which needs driver >= {minimum}; update the driver, or install a torch build "
-                f"for CUDA {have[0]}.x, e.g. pip install torch==2.14.1 torchvision==0.29.1 --index-url "
-                f"https://download.pytorch.org/whl/cu{have[0]}{have[1]} (pick a cuXY the index lists for 2.14.1)")
-    return (f"torch sees no usable GPU although the driver supports CUDA {have[0]}.{have[1]} (check nvidia-smi and "
-            "that this process may open /dev/nvidia*)")
+        return (
+            f"the NVIDIA driver supports CUDA {have[0]}.{have[1]} but this torch ({torch.__version__}) is built "
+            f"for CUDA {built}, which needs driver >= {minimum}; update the driver, or install a torch build "
+            f"for CUDA {have[0]}.x, e.g. pip install torch==2.14.1 torchvision==0.29.1 --index-url "
+            f"https://download.pytorch.org/whl/cu{have[0]}{have[1]} (pick a cuXY the index lists for 2.14.1)"
+        )
+    return (
+        f"torch sees no usable GPU although the driver supports CUDA {have[0]}.{have[1]} (check nvidia-smi and "
+        "that this process may open /dev/nvidia*)"
+    )
 
 
 def require_device(device: str) -> None:
@@ -75,6 +82,8 @@ def require_device(device: str) -> None:
         return
     problem = cuda_problem()
     if problem:
-        raise DeviceUnavailable(f"params.yaml device: cuda, but CUDA is not usable here: {problem}. To run on the "
-                                "CPU anyway (days for the study; the rehearsal does this on purpose), set device: cpu "
-                                "(dvc exp run -S device=cpu)")
+        raise DeviceUnavailable(
+            f"params.yaml device: cuda, but CUDA is not usable here: {problem}. To run on the "
+            "CPU anyway (days for the study; the rehearsal does this on purpose), set device: cpu "
+            "(dvc exp run -S device=cpu)"
+        )

@@ -20,6 +20,7 @@ Library pieces rather than hand-written ones: timm's `CosineLRScheduler` (warmup
 `create_optimizer_v2` (weight-decay groups that skip norms, biases and each model's `no_weight_decay()`),
 and `ModelEmaV3` (foreach EMA of the weights, buffers copied).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,17 +29,18 @@ import math
 import os
 import re
 import shutil
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from melanoma.device import DEVICES, DeviceUnavailable, require_device
 from melanoma.errors import MelanomaError, first_line
-from melanoma.io import owner_lock
+from melanoma.io import owner_lock, staged_files
 
 
 class CheckpointError(MelanomaError):
@@ -50,6 +52,7 @@ class Diverged(MelanomaError):
 
 
 # ---------------------------------------------------------------- device and precision
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -69,7 +72,7 @@ class Runtime:
         """True on the process that writes outputs and logs (rank 0)."""
         return self.rank == 0
 
-    def autocast(self) -> ContextManager[Any]:
+    def autocast(self) -> AbstractContextManager[Any]:
         """`torch.autocast` on this device with `amp`, or a no-op context when training in float32."""
         if self.amp is None:
             return nullcontext()
@@ -129,6 +132,7 @@ def runtime(bf16: bool = True, device: str = "auto") -> Runtime:
 
 # ---------------------------------------------------------------- library pieces, configured once
 
+
 def cosine_schedule(opt: torch.optim.Optimizer, total: int, warmup: int, floor: float) -> Any:
     """timm's CosineLRScheduler over optimiser *steps*: linear warmup from lr/warmup to each group's lr over
     `warmup` steps, then cosine down to `floor` x lr (never to zero, so late steps still learn).
@@ -136,8 +140,15 @@ def cosine_schedule(opt: torch.optim.Optimizer, total: int, warmup: int, floor: 
     from timm.scheduler import CosineLRScheduler
 
     lr = opt.param_groups[0]["lr"]
-    return CosineLRScheduler(opt, t_initial=max(1, total - warmup), lr_min=lr * floor, warmup_t=warmup,
-                             warmup_lr_init=lr / max(1, warmup), warmup_prefix=True, t_in_epochs=False)
+    return CosineLRScheduler(
+        opt,
+        t_initial=max(1, total - warmup),
+        lr_min=lr * floor,
+        warmup_t=warmup,
+        warmup_lr_init=lr / max(1, warmup),
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -156,6 +167,7 @@ def ema(model: nn.Module, decay: float) -> nn.Module:
 
 
 # ---------------------------------------------------------------- hashes and checkpoint files
+
 
 def config_hash(config: dict[str, Any]) -> str:
     """16 hex chars of sha256 over the JSON of `config` (keys sorted)."""
@@ -177,16 +189,15 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
     Raises CheckpointError (naming `path`) when the file cannot be written.
     """
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with staged_files() as staged:
+            torch.save(payload, staged.path(path))
     except (OSError, RuntimeError) as e:  # torch.save's writer reports open/write failures as RuntimeError
-        if tmp.is_file():
-            tmp.unlink()
         reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
-        raise CheckpointError(f"cannot write checkpoint {path}: {reason}; the previous one is kept. "
-                              "Free disk space or fix permissions, then rerun to resume") from None
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {reason}; the previous one is kept. "
+            "Free disk space or fix permissions, then rerun to resume"
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -194,11 +205,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file (UnpicklingError, RuntimeError, EOFError)
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a weights-only checkpoint "
-                              f"({type(e).__name__}); delete it to start over") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a weights-only checkpoint "
+            f"({type(e).__name__}); delete it to start over"
+        ) from None
 
 
 # ---------------------------------------------------------------- the loop
+
 
 class Task(Protocol):
     """One model family's training step and state. `step` returns 0-dim tensors on the device (not synced).
@@ -216,7 +230,7 @@ class Task(Protocol):
 
 
 @dataclass
-class Plan:
+class TrainingPlan:
     """How long to train and where checkpoints go.
 
     steps: optimiser steps in all; period: steps between host reads of the scalars (logging, NaN check,
@@ -270,8 +284,10 @@ def _versions() -> dict[str, str]:
 
 
 def _folder_error(folder: Path, e: OSError) -> CheckpointError:
-    return CheckpointError(f"cannot use checkpoint folder {folder}: {e.strerror or e}; it must be a writable "
-                           "folder (fix its permissions or remove what is in its way), then rerun")
+    return CheckpointError(
+        f"cannot use checkpoint folder {folder}: {e.strerror or e}; it must be a writable "
+        "folder (fix its permissions or remove what is in its way), then rerun"
+    )
 
 
 def _open_folder(folder: Path) -> list[Path]:
@@ -309,14 +325,18 @@ def _clear(folder: Path) -> None:
 def _restore(task: Task, path: Path, state: Any) -> tuple[int, dict[str, float]]:
     """Load a checkpoint whose config hash matched into `task`; CheckpointError when it does not fit."""
     if not STATE_KEYS <= set(state):
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(sorted(STATE_KEYS - set(state)))}: it was not "
-                              "written by this engine; delete it to start over")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(sorted(STATE_KEYS - set(state)))}: it was not "
+            "written by this engine; delete it to start over"
+        )
     try:
         task.load_state_dict(state["task"])
         return int(state["step"]), dict(state["last"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit the {task.name} being trained "
-                              f"({type(e).__name__}: {first_line(e)}); delete it to start over") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {task.name} being trained "
+            f"({type(e).__name__}: {first_line(e)}); delete it to start over"
+        ) from None
 
 
 def _truncate_log(live: Path, count: int) -> None:
@@ -329,8 +349,9 @@ def _truncate_log(live: Path, count: int) -> None:
         tsv.write_text("\n".join(kept) + "\n")
 
 
-def _resume(task: Task, plan: Plan, h: str, rt: Runtime,
-            log: Callable[[str], None]) -> tuple[int | None, dict[str, float]]:
+def _resume(
+    task: Task, plan: TrainingPlan, h: str, rt: Runtime, log: Callable[[str], None]
+) -> tuple[int | None, dict[str, float]]:
     """Load the newest matching checkpoint into `task`; (its step, its last means), or (None, {}) when fresh."""
     assert plan.folder is not None
     found = _open_folder(plan.folder)
@@ -338,8 +359,10 @@ def _resume(task: Task, plan: Plan, h: str, rt: Runtime,
     if found:
         state = load_checkpoint(found[-1])
         if not isinstance(state, dict):
-            raise CheckpointError(f"checkpoint {found[-1]} holds a {type(state).__name__}, not a training "
-                                  "checkpoint; delete it to start over")
+            raise CheckpointError(
+                f"checkpoint {found[-1]} holds a {type(state).__name__}, not a training "
+                "checkpoint; delete it to start over"
+            )
         if state.get("config_hash") == h:
             start, last = _restore(task, found[-1], state)
             log(f"{task.name}: resuming from checkpoint {found[-1]} after step {start}")
@@ -354,11 +377,13 @@ def _resume(task: Task, plan: Plan, h: str, rt: Runtime,
     return start, last
 
 
-def _save(task: Task, plan: Plan, h: str, step: int, last: dict[str, float]) -> None:
+def _save(task: Task, plan: TrainingPlan, h: str, step: int, last: dict[str, float]) -> None:
     assert plan.folder is not None
-    save_checkpoint(plan.folder / f"checkpoint_step_{step}.pth",
-                    {"config_hash": h, "step": step, "last": last, "task": task.state_dict()})
-    for old in _checkpoints(plan.folder)[:-plan.keep]:
+    save_checkpoint(
+        plan.folder / f"checkpoint_step_{step}.pth",
+        {"config_hash": h, "step": step, "last": last, "task": task.state_dict()},
+    )
+    for old in _checkpoints(plan.folder)[: -plan.keep]:
         old.unlink()
 
 
@@ -373,7 +398,7 @@ def _read(sums: dict[str, torch.Tensor], n: int, rt: Runtime) -> dict[str, float
     return dict(zip(sums, v.cpu().tolist()))
 
 
-def fit(task: Task, plan: Plan, rt: Runtime = Runtime(), log: Callable[[str], None] = print) -> Fitted:
+def fit(task: Task, plan: TrainingPlan, rt: Runtime = Runtime(), log: Callable[[str], None] = print) -> Fitted:
     """Run `plan.steps` steps of `task`, resuming from `plan.folder` when a checkpoint matches.
 
     Raises Diverged when a period's mean scalar is NaN/Inf (before anything of that period is saved) or when
@@ -388,9 +413,10 @@ def fit(task: Task, plan: Plan, rt: Runtime = Runtime(), log: Callable[[str], No
         return _fit(task, plan, rt, log)
 
 
-def _fit(task: Task, plan: Plan, rt: Runtime, log: Callable[[str], None]) -> Fitted:
-    h = config_hash({**plan.config, "code": files_md5(plan.code), "versions": _versions(),
-                     "device": rt.device.type})  # random streams differ per device type: never resume across
+def _fit(task: Task, plan: TrainingPlan, rt: Runtime, log: Callable[[str], None]) -> Fitted:
+    h = config_hash(
+        {**plan.config, "code": files_md5(plan.code), "versions": _versions(), "device": rt.device.type}
+    )  # random streams differ per device type: never resume across
     start, last = _resume(task, plan, h, rt, log) if plan.folder is not None else (None, {})
     live = _live(plan.folder, start is not None) if plan.folder is not None and rt.main else None
     sums: dict[str, torch.Tensor] = {}
@@ -407,8 +433,12 @@ def _fit(task: Task, plan: Plan, rt: Runtime, log: Callable[[str], None]) -> Fit
             continue
         last = _end_period(task, step, _read(sums, n, rt), live, plan)
         sums, n = {}, 0
-        if plan.folder is not None and plan.checkpoint_every and rt.main and (
-                since_ckpt >= plan.checkpoint_every or step + 1 == plan.steps or getattr(task, "stop", False)):
+        if (
+            plan.folder is not None
+            and plan.checkpoint_every
+            and rt.main
+            and (since_ckpt >= plan.checkpoint_every or step + 1 == plan.steps or getattr(task, "stop", False))
+        ):
             _save(task, plan, h, step + 1, last)
             since_ckpt = 0
     rt.barrier()
@@ -427,11 +457,13 @@ def _live(folder: Path, resume: bool) -> Any:
         raise _folder_error(folder / "live", e) from None
 
 
-def _end_period(task: Task, step: int, means: dict[str, float], live: Any, plan: Plan) -> dict[str, float]:
+def _end_period(task: Task, step: int, means: dict[str, float], live: Any, plan: TrainingPlan) -> dict[str, float]:
     bad = {k: v for k, v in means.items() if not math.isfinite(v)}
     if bad:
-        raise Diverged(f"{task.name}: {', '.join(f'{k} became {v}' for k, v in bad.items())} by step {step + 1}; "
-                       + getattr(task, "advice", "lower the learning rate or change the seed"))
+        raise Diverged(
+            f"{task.name}: {', '.join(f'{k} became {v}' for k, v in bad.items())} by step {step + 1}; "
+            + getattr(task, "advice", "lower the learning rate or change the seed")
+        )
     hook = getattr(task, "end_period", None)
     row = {**means, **((hook(step, means) if hook else None) or {})}
     if live is not None:

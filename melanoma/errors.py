@@ -3,6 +3,7 @@ corrupt checkpoint, ...) is a `MelanomaError` whose message says what went wrong
 and how to fix it. The stage runner (`melanoma.stage.run_stage`) and the `melanoma` command catch this base
 once and print the message on one line; anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import errno
@@ -27,9 +28,9 @@ def first_line(e: BaseException | str, limit: int = 200, empty: str = "") -> str
         return empty
     if len(text) <= limit:
         return text
-    cut = text[:limit - 3]
+    cut = text[: limit - 3]
     if " " in cut and not text[limit - 3].isspace():
-        cut = cut[:cut.rindex(" ")]
+        cut = cut[: cut.rindex(" ")]
     return cut.rstrip(" ,;:") + "..."
 
 
@@ -43,9 +44,12 @@ def printable(text: object, keep_newlines: bool = False) -> str:
     right-to-left override, a zero-width space) written as its Python escape (`\\n`, `\\x1b`, `\\u202e`), so a
     file name can neither forge a table row nor drive the terminal. With `keep_newlines`, "\\n" is kept (text
     that is several lines by design) and every other such character escaped."""
-    return "".join(ch.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   if unicodedata.category(ch) in _HIDDEN and not (keep_newlines and ch == "\n") else ch
-                   for ch in str(text))
+    return "".join(
+        ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+        if unicodedata.category(ch) in _HIDDEN and not (keep_newlines and ch == "\n")
+        else ch
+        for ch in str(text)
+    )
 
 
 _OS_FIXES = {

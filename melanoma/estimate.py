@@ -8,6 +8,7 @@ split's counts when `split` has run, else assumptions (an ISIC run with about 1,
 Used by `melanoma plan` (totals) and `bench/study_estimate.py` (every line). Stdlib + pyyaml + numpy + the
 project's own modules (no torch import): about a second. Units: 1 MB = 1e6 bytes, 1 GB = 1e9 bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from melanoma.errors import MelanomaError
-from melanoma.params import DATASETS, LABELS, synthetic_counts, train_size, train_steps
+from melanoma.params import DATASET_SOURCES, LABELS, synthetic_counts, train_size, train_steps
 
 REFERENCE = Path(__file__).with_name("reference")  # the measured H200 figures this package ships
 
@@ -46,6 +47,7 @@ STAND_INS = {"medvit_small": "swin_base_patch4_window7_224"}
 
 
 # ---------------------------------------------------------------- inputs
+
 
 @dataclass
 class Reference:
@@ -111,6 +113,7 @@ def cite(ref: Reference, rec: dict[str, Any], what: str) -> str:
 
 # ---------------------------------------------------------------- study quantities
 
+
 @dataclass(frozen=True)
 class Sizes:
     """Assumed real image counts (the study's ISIC data is not on this machine)."""
@@ -137,7 +140,7 @@ def families(params: dict[str, Any]) -> dict[str, bool]:
     """Generator families the grid's datasets need -> whether an upscaled set of that family is needed."""
     out: dict[str, bool] = {}
     for name in params["classifiers"]["datasets"]:
-        src = DATASETS[name]
+        src = DATASET_SOURCES[name]
         if src:
             fam = src.split("_")[0]
             out[fam] = out.get(fam, False) or src.endswith("_upscaled")
@@ -145,6 +148,7 @@ def families(params: dict[str, Any]) -> dict[str, bool]:
 
 
 # ---------------------------------------------------------------- time estimates
+
 
 @dataclass
 class Estimate:
@@ -182,9 +186,16 @@ def generator_training(p: dict[str, Any], ref: Reference) -> list[Estimate]:
                 out.append(Estimate(f"train_generator@{fam}-{label}", work, "-", f"no {fam} train record", None))
                 continue
             note = _generator_note(fam, rec, batch)
-            out.append(Estimate(f"train_generator@{fam}-{label}", work, f"{rate:,.0f} img/s",
-                                cite(ref, rec, f"{rec['kind']} {rec.get('mode', '?')} batch {rec.get('batch', '?')}"),
-                                steps * batch / rate, note if label == LABELS[0] else "as above"))
+            out.append(
+                Estimate(
+                    f"train_generator@{fam}-{label}",
+                    work,
+                    f"{rate:,.0f} img/s",
+                    cite(ref, rec, f"{rec['kind']} {rec.get('mode', '?')} batch {rec.get('batch', '?')}"),
+                    steps * batch / rate,
+                    note if label == LABELS[0] else "as above",
+                )
+            )
     return out
 
 
@@ -193,11 +204,15 @@ def _generator_note(fam: str, rec: dict[str, Any], batch: int) -> str:
     ref_batch = int(num(rec, "batch") or 0)
     parts = []
     if ref_batch and batch < ref_batch:
-        parts.append(f"lower bound: the reference ran batch {ref_batch}, the study batch {batch}; "
-                     "smaller batches run below that rate")
+        parts.append(
+            f"lower bound: the reference ran batch {ref_batch}, the study batch {batch}; "
+            "smaller batches run below that rate"
+        )
     if str(rec.get("mode")) != "bf16":
-        parts.append(f"the reference {fam} rate is {rec.get('mode')}, the study trains under bf16 autocast on CUDA "
-                     "(no bf16 figure)")
+        parts.append(
+            f"the reference {fam} rate is {rec.get('mode')}, the study trains under bf16 autocast on CUDA "
+            "(no bf16 figure)"
+        )
     if fam == "dcgan":
         parts.append("the record does not give its ngf/ndf (study: 64/64)")
     return "; ".join(parts)
@@ -208,8 +223,10 @@ def sampling(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
     fill = synthetic_counts(sizes.train, p["datasets"]["per_class"])
     n = sum(fill.values())
     work = f"{n:,} img ({' + '.join(f'{c} {fill[c]:,}' for c in LABELS)})"
-    quality = (f"+ quality (C2ST critic, memorisation, FID on <= {p['synthesize']['quality_samples']:,} images per "
-               "class, at 64 px): no figure; seconds on a GPU (a small CNN and one Inception pass over ~2k images)")
+    quality = (
+        f"+ quality (C2ST critic, memorisation, FID on <= {p['synthesize']['quality_samples']:,} images per "
+        "class, at 64 px): no figure; seconds on a GPU (a small CNN and one Inception pass over ~2k images)"
+    )
     out = []
     if "dcgan" in families(p):
         out.append(_dcgan_sampling(ref, p["generators"]["image_size"], n, work, quality))
@@ -224,10 +241,15 @@ def _dcgan_sampling(ref: Reference, size: int, n: int, work: str, quality: str) 
     rate = num(rec, "train_img_s")
     if rate is None:
         return Estimate("synthesize@dcgan", work, "-", "no dcgan record", None, quality)
-    return Estimate("synthesize@dcgan", work, f">= {rate:,.0f} img/s",
-                    cite(ref, rec, "dcgan train rate as a bound"), n / rate,
-                    "upper bound: no sampling reference; sampling is one G forward per image, cheaper than the "
-                    "train step this rate measures; " + quality)
+    return Estimate(
+        "synthesize@dcgan",
+        work,
+        f">= {rate:,.0f} img/s",
+        cite(ref, rec, "dcgan train rate as a bound"),
+        n / rate,
+        "upper bound: no sampling reference; sampling is one G forward per image, cheaper than the "
+        "train step this rate measures; " + quality,
+    )
 
 
 SAMPLE_SIZE = 64  # the ddpm_sample records: 256 images of the study UNet at 64 px (melanoma/reference/README.md)
@@ -238,21 +260,38 @@ def _ddpm_sampling(p: dict[str, Any], ref: Reference, n: int, work: str, quality
     g = p["generators"]["ddpm"]
     sampler, steps = g["sampler"], g["sampling_steps"]
     if p["generators"]["image_size"] != SAMPLE_SIZE:
-        return Estimate("synthesize@ddpm", work, "-", f"no ddpm_sample record at {p['generators']['image_size']} px "
-                        f"(the reference sampled at {SAMPLE_SIZE} px)", None, quality)
+        return Estimate(
+            "synthesize@ddpm",
+            work,
+            "-",
+            f"no ddpm_sample record at {p['generators']['image_size']} px (the reference sampled at {SAMPLE_SIZE} px)",
+            None,
+            quality,
+        )
     rec = find(ref, "ddpm_sample", scheduler=sampler)
     secs, batch, rsteps = num(rec, "seconds"), num(rec, "batch"), num(rec, "steps")
     work = f"{work} x {steps} steps = {n * steps:,} img-steps"
     if None in (secs, batch, rsteps):
         return Estimate("synthesize@ddpm", work, "-", f"no ddpm_sample record for {sampler}", None, quality)
     per = secs / (batch * rsteps)
-    spread = [num(r, "seconds") / (num(r, "batch") * num(r, "steps")) for r in ref.records
-              if r.get("kind") == "ddpm_sample" and None not in (num(r, "seconds"), num(r, "batch"), num(r, "steps"))]
-    note = (f"{secs:g} s / ({batch:.0f} x {rsteps:.0f}) = {per * 1e3:.3f} ms per img-step; across the reference "
-            f"schedulers {min(spread) * 1e3:.3f}-{max(spread) * 1e3:.3f} ms; the record does not say fp32 or bf16; "
-            f"study batch {p['synthesize']['batch_size']}, reference {batch:.0f}; " + quality)
-    return Estimate("synthesize@ddpm", work, f"{per * 1e3:.3f} ms/img-step",
-                    cite(ref, rec, f"ddpm_sample {sampler} {rsteps:.0f} steps"), n * steps * per, note)
+    spread = [
+        num(r, "seconds") / (num(r, "batch") * num(r, "steps"))
+        for r in ref.records
+        if r.get("kind") == "ddpm_sample" and None not in (num(r, "seconds"), num(r, "batch"), num(r, "steps"))
+    ]
+    note = (
+        f"{secs:g} s / ({batch:.0f} x {rsteps:.0f}) = {per * 1e3:.3f} ms per img-step; across the reference "
+        f"schedulers {min(spread) * 1e3:.3f}-{max(spread) * 1e3:.3f} ms; the record does not say fp32 or bf16; "
+        f"study batch {p['synthesize']['batch_size']}, reference {batch:.0f}; " + quality
+    )
+    return Estimate(
+        "synthesize@ddpm",
+        work,
+        f"{per * 1e3:.3f} ms/img-step",
+        cite(ref, rec, f"ddpm_sample {sampler} {rsteps:.0f} steps"),
+        n * steps * per,
+        note,
+    )
 
 
 def upscaling(p: dict[str, Any], sizes: Sizes) -> list[Estimate]:
@@ -262,10 +301,22 @@ def upscaling(p: dict[str, Any], sizes: Sizes) -> list[Estimate]:
         return []
     u = p["upscale"]
     fill = sum(synthetic_counts(sizes.train, p["datasets"]["per_class"]).values())
-    out = [Estimate("train_upscaler", f"{u['sr']['steps']:,} steps x {u['sr']['batch_size']} patches", "-",
-                    "not covered by the reference", None, f"ESPCN, {u['sr']['channels']} channels, x{u['factor']}")]
-    out += [Estimate(f"upscale@{f}", f"{fill:,} img, 64 -> {64 * u['factor']} px", "-",
-                     "not covered by the reference", None) for f in fams]
+    out = [
+        Estimate(
+            "train_upscaler",
+            f"{u['sr']['steps']:,} steps x {u['sr']['batch_size']} patches",
+            "-",
+            "not covered by the reference",
+            None,
+            f"ESPCN, {u['sr']['channels']} channels, x{u['factor']}",
+        )
+    ]
+    out += [
+        Estimate(
+            f"upscale@{f}", f"{fill:,} img, 64 -> {64 * u['factor']} px", "-", "not covered by the reference", None
+        )
+        for f in fams
+    ]
     return out
 
 
@@ -312,8 +363,10 @@ def classifier_training(p: dict[str, Any], ref: Reference, sizes: Sizes, loader:
     steps = train_steps(tp, sizes.train, p["datasets"]["per_class"])
     imgs = runs * steps * tp["batch_size"]
     val = runs * (steps // tp["eval_every"]) * sizes.val
-    work = (f"{len(c['datasets'])} datasets x {len(c['seeds'])} seeds x {steps} steps x {tp['batch_size']} = "
-            f"{imgs:,} train + {val:,} val img")
+    work = (
+        f"{len(c['datasets'])} datasets x {len(c['seeds'])} seeds x {steps} steps x {tp['batch_size']} = "
+        f"{imgs:,} train + {val:,} val img"
+    )
     for arch in c["archs"]:
         model = c["models"][arch]["model"]
         r = classifier_rate(ref, model, size, mode, loader)
@@ -327,17 +380,31 @@ def classifier_training(p: dict[str, Any], ref: Reference, sizes: Sizes, loader:
             note += "; " + _classifier_caveats(c["train"], r)
         if r.stand_in:
             note = f"STAND-IN, not a measurement: {model} has no record, shown at {r.stand_in}'s rate; {note}"
-        out.append(Estimate(stage, work, f"train {r.train:,.0f} / infer {r.infer:,.0f} img/s",
-                            ("stand-in " if r.stand_in else "") + r.source, secs, note,
-                            stand_in=bool(r.stand_in)))
+        out.append(
+            Estimate(
+                stage,
+                work,
+                f"train {r.train:,.0f} / infer {r.infer:,.0f} img/s",
+                ("stand-in " if r.stand_in else "") + r.source,
+                secs,
+                note,
+                stand_in=bool(r.stand_in),
+            )
+        )
     return out
 
 
 def _classifier_caveats(tp: dict[str, Any], r: ClassifierRate) -> str:
     """Why the classifier lines are bounds (said once, on the first arch)."""
     ref_batch = int(re.search(r"b(\d+)$", r.source).group(1)) if re.search(r"b(\d+)$", r.source) else 0
-    text = ("lower bound for every arch: the reference ran batch 128-256, the study batch "
-            f"{tp['batch_size']}; smaller batches run below that rate") if ref_batch > tp["batch_size"] else ""
+    text = (
+        (
+            "lower bound for every arch: the reference ran batch 128-256, the study batch "
+            f"{tp['batch_size']}; smaller batches run below that rate"
+        )
+        if ref_batch > tp["batch_size"]
+        else ""
+    )
     if tp["compile"]:
         text += "; the study uses torch.compile, the reference does not say whether it did"
     return text.lstrip("; ")
@@ -356,9 +423,17 @@ def evaluation(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate
         if r is None:
             out.append(Estimate(f"evaluate@{arch}", work, "-", f"not covered by the reference ({model})", None))
             continue
-        out.append(Estimate(f"evaluate@{arch}", work, f"{r.infer:,.0f} img/s",
-                            ("stand-in " if r.stand_in else "") + r.source, n / r.infer,
-                            "STAND-IN, not a measurement" if r.stand_in else "", stand_in=bool(r.stand_in)))
+        out.append(
+            Estimate(
+                f"evaluate@{arch}",
+                work,
+                f"{r.infer:,.0f} img/s",
+                ("stand-in " if r.stand_in else "") + r.source,
+                n / r.infer,
+                "STAND-IN, not a measurement" if r.stand_in else "",
+                stand_in=bool(r.stand_in),
+            )
+        )
     return out
 
 
@@ -388,6 +463,7 @@ NOT_COVERED_EXTRA = [
 
 
 # ---------------------------------------------------------------- disk footprint
+
 
 @dataclass
 class DiskItem:
@@ -422,7 +498,7 @@ def dcgan_generator_floats(nz: int, ngf: int, size: int) -> int:
 def espcn_floats(channels: int, factor: int) -> int:
     """Floats in the ESPCN upscaler (melanoma/generators/upscale.py): three convs with biases."""
     c2 = channels * 2
-    return (3 * c2 * 25 + c2) + (c2 * channels * 9 + channels) + (channels * 3 * factor ** 2 * 9 + 3 * factor ** 2)
+    return (3 * c2 * 25 + c2) + (c2 * channels * 9 + channels) + (channels * 3 * factor**2 * 9 + 3 * factor**2)
 
 
 def disk_data(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
@@ -430,15 +506,24 @@ def disk_data(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
     s, per_class = p["datasets"]["image_size"], p["datasets"]["per_class"]
     img = s * s * 3
     real_train = sum(sizes.train.values())
-    aug = [d for d in p["classifiers"]["datasets"] if DATASETS[d]]
+    aug = [d for d in p["classifiers"]["datasets"] if DATASET_SOURCES[d]]
     n_aug = train_size(aug[0], sizes.train, per_class) if aug else 0
-    items = [DiskItem("data/raw", f"{sizes.real_total:,} real img x {RAW_BYTES_PER_IMAGE / MB:g} MB (JPEG q95, "
-                                  f"<= {p['data']['max_side']} px)", sizes.real_total * RAW_BYTES_PER_IMAGE),
-             DiskItem("data/datasets (Original train)", f"{real_train:,} x {s}x{s}x3 B", real_train * img),
-             DiskItem("data/datasets (augmented train)", f"{len(aug)} x {n_aug:,} x {img:,} B", len(aug) * n_aug * img),
-             DiskItem("data/datasets (val+test+external)", f"{sizes.eval_total:,} x {img:,} B, stored once "
-                      f"(identical in all {len(p['classifiers']['datasets'])}: one linked cache object)",
-                      sizes.eval_total * img)]
+    items = [
+        DiskItem(
+            "data/raw",
+            f"{sizes.real_total:,} real img x {RAW_BYTES_PER_IMAGE / MB:g} MB (JPEG q95, "
+            f"<= {p['data']['max_side']} px)",
+            sizes.real_total * RAW_BYTES_PER_IMAGE,
+        ),
+        DiskItem("data/datasets (Original train)", f"{real_train:,} x {s}x{s}x3 B", real_train * img),
+        DiskItem("data/datasets (augmented train)", f"{len(aug)} x {n_aug:,} x {img:,} B", len(aug) * n_aug * img),
+        DiskItem(
+            "data/datasets (val+test+external)",
+            f"{sizes.eval_total:,} x {img:,} B, stored once "
+            f"(identical in all {len(p['classifiers']['datasets'])}: one linked cache object)",
+            sizes.eval_total * img,
+        ),
+    ]
     return items + disk_synthetic(p, sizes)
 
 
@@ -449,8 +534,7 @@ def disk_synthetic(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
     for fam, up in families(p).items():
         out.append(DiskItem(f"data/synthetic/{fam}", f"{n:,} x {g}x{g}x3 B", n * g * g * 3))
         if up:
-            out.append(DiskItem(f"data/synthetic/{fam}_upscaled", f"{n:,} x {g * f}x{g * f}x3 B",
-                                n * (g * f) ** 2 * 3))
+            out.append(DiskItem(f"data/synthetic/{fam}_upscaled", f"{n:,} x {g * f}x{g * f}x3 B", n * (g * f) ** 2 * 3))
     return out
 
 
@@ -465,11 +549,17 @@ def disk_models(p: dict[str, Any], ref: Reference, files_per_cell: int) -> list[
             out.append(DiskItem(f"models/classifiers/{arch}", f"{model}: no parameter count known", 0))
             continue
         n, how = got
-        out.append(DiskItem(f"models/classifiers/{arch}", f"{how} x {FP32} B x {cells} cells x {seeds} seeds x "
-                            f"{files_per_cell} file", n * FP32 * cells * seeds * files_per_cell))
+        out.append(
+            DiskItem(
+                f"models/classifiers/{arch}",
+                f"{how} x {FP32} B x {cells} cells x {seeds} seeds x {files_per_cell} file",
+                n * FP32 * cells * seeds * files_per_cell,
+            )
+        )
     n_cells = len(c["archs"]) * cells
-    what = f"{n_cells} cells x {ONNX_GRAPH_BYTES / MB:g} MB ONNX graph (weights: the cell's safetensors, one " \
-           "cache object)"
+    what = (
+        f"{n_cells} cells x {ONNX_GRAPH_BYTES / MB:g} MB ONNX graph (weights: the cell's safetensors, one cache object)"
+    )
     out.append(DiskItem("models/export", what, n_cells * ONNX_GRAPH_BYTES))
     return out + disk_generators(p, ref)
 
@@ -487,12 +577,20 @@ def disk_generators(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
     fams = families(p)
     if "ddpm" in fams:
         n, src = ddpm_params(ref)
-        out.append(DiskItem("models/generators/ddpm", f"2 classes x {n / 1e6:.1f} M ({src}) x {FP32} B (EMA UNet)",
-                            2 * n * FP32))
+        out.append(
+            DiskItem(
+                "models/generators/ddpm", f"2 classes x {n / 1e6:.1f} M ({src}) x {FP32} B (EMA UNet)", 2 * n * FP32
+            )
+        )
     if "dcgan" in fams:
         n = dcgan_generator_floats(g["dcgan"]["nz"], g["dcgan"]["ngf"], g["image_size"])
-        out.append(DiskItem("models/generators/dcgan", f"2 classes x {n / 1e6:.2f} M floats (EMA G, ngf "
-                                                       f"{g['dcgan']['ngf']}) x {FP32} B", 2 * n * FP32))
+        out.append(
+            DiskItem(
+                "models/generators/dcgan",
+                f"2 classes x {n / 1e6:.2f} M floats (EMA G, ngf {g['dcgan']['ngf']}) x {FP32} B",
+                2 * n * FP32,
+            )
+        )
     if any(fams.values()):
         u = p["upscale"]
         n = espcn_floats(u["sr"]["channels"], u["factor"])
@@ -510,10 +608,19 @@ def disk_checkpoints(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
             cands.append((arch, got[0], 4, "model + AdamW m, v + best-so-far copy"))
     name, n, k, what = max(cands, key=lambda t: t[1] * t[2])
     peak = n * FP32 * k
-    return [DiskItem("models/.checkpoints (peak)", f"{name}: {n / 1e6:.1f} M x {FP32} B x {k} ({what}); deleted "
-                                                   "after the stage succeeds", peak),
-            DiskItem("  + while a checkpoint is written", "the previous one stays until the new one is renamed "
-                                                           "into place (seconds)", peak, counted=False)]
+    return [
+        DiskItem(
+            "models/.checkpoints (peak)",
+            f"{name}: {n / 1e6:.1f} M x {FP32} B x {k} ({what}); deleted after the stage succeeds",
+            peak,
+        ),
+        DiskItem(
+            "  + while a checkpoint is written",
+            "the previous one stays until the new one is renamed into place (seconds)",
+            peak,
+            counted=False,
+        ),
+    ]
 
 
 def disk_cache(items: list[DiskItem], p: dict[str, Any], sizes: Sizes, files_per_cell: int) -> list[DiskItem]:
@@ -524,11 +631,17 @@ def disk_cache(items: list[DiskItem], p: dict[str, Any], sizes: Sizes, files_per
     per_cell = max(files_per_cell, 1) * len(p["classifiers"]["seeds"])  # export packages one seed per cell
     weights = sum(i.bytes for i in items if i.folder.startswith("models/classifiers/")) / per_cell
     copies = tracked + dup_eval + weights
-    return [DiskItem(".dvc/cache", "links (reflink or hardlink): every output is a link to its cache object, "
-                                   "0 extra", 0),
-            DiskItem("  (copies instead: extra)", f"cache: one copy of each unique output {tracked / GB:.2f} GB; "
-                     f"workspace: eval packs x{len(p['classifiers']['datasets']) - 1} more {dup_eval / GB:.2f} GB + "
-                     f"export safetensors {weights / GB:.2f} GB", copies, counted=False)]
+    return [
+        DiskItem(".dvc/cache", "links (reflink or hardlink): every output is a link to its cache object, 0 extra", 0),
+        DiskItem(
+            "  (copies instead: extra)",
+            f"cache: one copy of each unique output {tracked / GB:.2f} GB; "
+            f"workspace: eval packs x{len(p['classifiers']['datasets']) - 1} more {dup_eval / GB:.2f} GB + "
+            f"export safetensors {weights / GB:.2f} GB",
+            copies,
+            counted=False,
+        ),
+    ]
 
 
 def dvc_cache_type(root: Path = Path(".")) -> str:
@@ -550,6 +663,7 @@ def dvc_cache_type(root: Path = Path(".")) -> str:
 
 # ---------------------------------------------------------------- output
 
+
 def table(rows: list[list[str]], head: list[str]) -> str:
     """Left-aligned columns sized to their content."""
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -560,9 +674,16 @@ def table(rows: list[list[str]], head: list[str]) -> str:
 def print_times(est: list[Estimate]) -> None:
     """The stage table, each note on its own indented line below its row."""
     head = ["stage", "work", "rate", "source", "estimate"]
-    rows = [[e.stage, e.work, e.rate, e.source,
-             ("(stand-in) " if e.stand_in else "") + (fmt_s(e.seconds) if e.seconds is not None else "not covered")]
-            for e in est]
+    rows = [
+        [
+            e.stage,
+            e.work,
+            e.rate,
+            e.source,
+            ("(stand-in) " if e.stand_in else "") + (fmt_s(e.seconds) if e.seconds is not None else "not covered"),
+        ]
+        for e in est
+    ]
     lines = table(rows, head).splitlines()
     print("\n".join(lines[:2]))
     for e, line in zip(est, lines[2:]):
@@ -596,22 +717,37 @@ def print_disk(items: list[DiskItem]) -> float:
 
 def print_header(ref: Reference, sizes: Sizes, p: dict[str, Any], ratio_how: str, profile: str = "study") -> None:
     """What the estimate rests on: reference files, assumptions, the study's key params."""
-    env = {k: v for r in ref.records if r.get("kind") == "env" for k, v in r.items()
-           if k not in ("kind", "t", "_file", "_line")}
+    env = {
+        k: v
+        for r in ref.records
+        if r.get("kind") == "env"
+        for k, v in r.items()
+        if k not in ("kind", "t", "_file", "_line")
+    }
     tp, per_class = p["classifiers"]["train"], p["datasets"]["per_class"]
     fill = synthetic_counts(sizes.train, per_class)
     print(f"Estimate: one NVIDIA H200, profile {profile!r} (params.yaml untouched)")
     print("reference files:", ", ".join(f"[{i}] {f}" for i, f in enumerate(ref.files, 1)))
-    print("reference environment: " + "; ".join(f"{k} {v}" for k, v in env.items())
-          + (f"; skipped unparseable lines: {', '.join(ref.skipped)}" if ref.skipped else ""))
-    print(f"assumed real data (CLI flags): train benign {sizes.train['benign']}, malignant {sizes.train['malignant']}, "
-          f"val {sizes.val}, test {sizes.test}, external test {sizes.external} (total {sizes.real_total:,})")
-    print(f"study: generators {p['generators']['image_size']} px; datasets.per_class {per_class} -> synthetic per "
-          f"family {', '.join(f'{c} {n:,}' for c, n in fill.items())}; classifiers {p['datasets']['image_size']} px, "
-          f"{len(p['classifiers']['seeds'])} seeds x {train_steps(tp, sizes.train, per_class)} steps of batch {tp['batch_size']}, bf16 "
-          f"{str(tp['bf16']).lower()}")
-    print("classifier train sizes: " + ", ".join(f"{d} {train_size(d, sizes.train, per_class):,}"
-                                                 for d in p["classifiers"]["datasets"]))
+    print(
+        "reference environment: "
+        + "; ".join(f"{k} {v}" for k, v in env.items())
+        + (f"; skipped unparseable lines: {', '.join(ref.skipped)}" if ref.skipped else "")
+    )
+    print(
+        f"assumed real data (CLI flags): train benign {sizes.train['benign']}, malignant {sizes.train['malignant']}, "
+        f"val {sizes.val}, test {sizes.test}, external test {sizes.external} (total {sizes.real_total:,})"
+    )
+    print(
+        f"study: generators {p['generators']['image_size']} px; datasets.per_class {per_class} -> synthetic per "
+        f"family {', '.join(f'{c} {n:,}' for c, n in fill.items())}; classifiers {p['datasets']['image_size']} px, "
+        f"{len(p['classifiers']['seeds'])} seeds x {train_steps(tp, sizes.train, per_class)} steps of "
+        f"batch {tp['batch_size']}, bf16 "
+        f"{str(tp['bf16']).lower()}"
+    )
+    print(
+        "classifier train sizes: "
+        + ", ".join(f"{d} {train_size(d, sizes.train, per_class):,}" for d in p["classifiers"]["datasets"])
+    )
     print(f"loader ratio applied to classifier training (GPU-resident uint8 pack): {ratio_how}\n")
 
 
@@ -620,8 +756,10 @@ def print_summary(est: list[Estimate]) -> tuple[float, float, list[str]]:
     covered = sum(e.seconds for e in est if e.seconds is not None and not e.stand_in)
     stand = sum(e.seconds for e in est if e.stand_in and e.seconds is not None)
     missing = [e.stage for e in est if e.seconds is None or e.stand_in]
-    print(f"\ncovered GPU time: {fmt_s(covered)}"
-          + (f"; with the stand-in lines: {fmt_s(covered + stand)}" if stand else ""))
+    print(
+        f"\ncovered GPU time: {fmt_s(covered)}"
+        + (f"; with the stand-in lines: {fmt_s(covered + stand)}" if stand else "")
+    )
     print_groups(est)
     print("not covered:")
     for m in missing + NOT_COVERED_EXTRA:
@@ -638,8 +776,14 @@ def disk_items(p: dict[str, Any], ref: Reference, sizes: Sizes, files_per_cell: 
 def stage_estimates(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
     """Every stage line of a run with params `p` on one H200."""
     ratio, _ = loader_ratio(ref)
-    return (generator_training(p, ref) + sampling(p, ref, sizes) + upscaling(p, sizes)
-            + classifier_training(p, ref, sizes, ratio) + evaluation(p, ref, sizes) + cpu_stages())
+    return (
+        generator_training(p, ref)
+        + sampling(p, ref, sizes)
+        + upscaling(p, sizes)
+        + classifier_training(p, ref, sizes, ratio)
+        + evaluation(p, ref, sizes)
+        + cpu_stages()
+    )
 
 
 def totals(p: dict[str, Any], sizes: Sizes, ref: Reference | None = None) -> dict[str, Any]:
@@ -649,11 +793,14 @@ def totals(p: dict[str, Any], sizes: Sizes, ref: Reference | None = None) -> dic
     ref = ref or load_reference()
     est = stage_estimates(p, ref, sizes)
     items = disk_items(p, ref, sizes)
-    return {"gpu_seconds": sum(e.seconds for e in est if e.seconds is not None and not e.stand_in),
-            "stand_in_seconds": sum(e.seconds for e in est if e.stand_in and e.seconds is not None),
-            "stand_ins": [e.stage for e in est if e.stand_in and e.seconds is not None],
-            "not_covered": [e.stage for e in est if e.seconds is None],
-            "disk_bytes": sum(i.bytes for i in items if i.counted), "disk_target_bytes": TARGET_BYTES}
+    return {
+        "gpu_seconds": sum(e.seconds for e in est if e.seconds is not None and not e.stand_in),
+        "stand_in_seconds": sum(e.seconds for e in est if e.stand_in and e.seconds is not None),
+        "stand_ins": [e.stage for e in est if e.stand_in and e.seconds is not None],
+        "not_covered": [e.stage for e in est if e.seconds is None],
+        "disk_bytes": sum(i.bytes for i in items if i.counted),
+        "disk_target_bytes": TARGET_BYTES,
+    }
 
 
 def disk_estimate(p: dict[str, Any], ref: Reference, sizes: Sizes, files_per_cell: int) -> tuple[list[DiskItem], float]:
@@ -664,10 +811,12 @@ def disk_estimate(p: dict[str, Any], ref: Reference, sizes: Sizes, files_per_cel
     total = print_disk(items)
     copies = next(i.bytes for i in items if i.folder.startswith("  (copies"))
     fits = lambda b: "fits" if b <= TARGET_BYTES else "does NOT fit"  # noqa: E731
-    print(f"\ntotal: {total / GB:.2f} GB vs the {TARGET_BYTES / GB:.0f} GB target: {fits(total)} "
-          f"({(TARGET_BYTES - total) / GB:+.2f} GB left); results/ (PNGs, CSVs, HTML) and data/splits not estimated")
-    print(f"with copies instead of hardlinks: {total / GB:.2f} + {copies / GB:.2f} = {(total + copies) / GB:.2f} GB "
-          f"({fits(total + copies)})")
+    print(
+        f"\ntotal: {total / GB:.2f} GB vs the {TARGET_BYTES / GB:.0f} GB target: {fits(total)} "
+        f"({(TARGET_BYTES - total) / GB:+.2f} GB left); results/ (PNGs, CSVs, HTML) and data/splits not estimated"
+    )
+    print(
+        f"with copies instead of hardlinks: {total / GB:.2f} + {copies / GB:.2f} = {(total + copies) / GB:.2f} GB "
+        f"({fits(total + copies)})"
+    )
     return items, total
-
-

@@ -1,4 +1,6 @@
-"""Small file helpers every stage shares: atomic outputs and CSV tables."""
+"""Small file helpers every stage shares: atomic outputs (folders and files), locks, size-capped reads, CSV
+tables."""
+
 from __future__ import annotations
 
 import csv
@@ -8,9 +10,11 @@ import os
 import re
 import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from melanoma.errors import MelanomaError
 
@@ -24,9 +28,17 @@ class FileRefused(MelanomaError):
 
 
 def _kind(mode: int) -> str:
-    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
-            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
-            "not a regular file")
+    return (
+        "a folder"
+        if stat.S_ISDIR(mode)
+        else "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
 
 
 def regular_file(path: Path, what: str, max_bytes: int) -> int:
@@ -38,8 +50,10 @@ def regular_file(path: Path, what: str, max_bytes: int) -> int:
     if not stat.S_ISREG(st.st_mode):
         raise FileRefused(f"{what} {path} is {_kind(st.st_mode)}, not a regular file; give a file")
     if st.st_size > max_bytes:
-        raise FileRefused(f"{what} {path} is {st.st_size / 1e6:,.1f} MB, more than such a file can be "
-                          f"({max_bytes / 1e6:,.0f} MB); check that it is the right file")
+        raise FileRefused(
+            f"{what} {path} is {st.st_size / 1e6:,.1f} MB, more than such a file can be "
+            f"({max_bytes / 1e6:,.0f} MB); check that it is the right file"
+        )
     return st.st_size
 
 
@@ -50,8 +64,9 @@ def read_small(path: Path, what: str, max_bytes: int) -> bytes:
     with open(path, "rb") as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise FileRefused(f"{what} {path} grew past {max_bytes / 1e6:,.0f} MB while read; check that it is the "
-                          "right file")
+        raise FileRefused(
+            f"{what} {path} grew past {max_bytes / 1e6:,.0f} MB while read; check that it is the right file"
+        )
     return data
 
 
@@ -71,9 +86,11 @@ def owner_lock(out: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
             os.close(fd)
-            raise OutputBusy(f"{out} is being written by another process (pid {holder}), e.g. a stage still running "
-                             f"after its `dvc repro` was killed; wait for it to end or stop it (kill {holder}), then "
-                             "run again") from None
+            raise OutputBusy(
+                f"{out} is being written by another process (pid {holder}), e.g. a stage still running "
+                f"after its `dvc repro` was killed; wait for it to end or stop it (kill {holder}), then "
+                "run again"
+            ) from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -127,8 +144,10 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         finally:
             os.close(made)
         if not ours:
-            raise OutputBusy(f"{out}: its temporary folder {tmp} was removed or replaced by another process while "
-                             "this one wrote it; nothing was changed: run again")
+            raise OutputBusy(
+                f"{out}: its temporary folder {tmp} was removed or replaced by another process while "
+                "this one wrote it; nothing was changed: run again"
+            )
         _swap(tmp, out)
 
 
@@ -161,6 +180,59 @@ def _swap(tmp: Path, out: Path) -> None:
 FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting with these as a formula
 
 
+class Staged:
+    """Files written under temporary names beside their final paths, renamed into place together by
+    `staged_files` (see there)."""
+
+    def __init__(self) -> None:
+        self.files: dict[Path, Path] = {}  # final path -> its temporary file
+
+    def path(self, final: Path, mode: int = 0o644) -> Path:
+        """A new temporary file beside `final` (mode `mode`) for a writer that needs a path (torch.save, PIL);
+        it replaces `final` when the block ends without an error."""
+        final = Path(final)
+        fd, tmp = tempfile.mkstemp(
+            dir=final.parent if str(final.parent) else ".", prefix=f".{final.name}.", suffix=".tmp"
+        )
+        os.fchmod(fd, mode)  # as any file the user writes (mkstemp makes it 0600)
+        os.close(fd)
+        self.files[final] = Path(tmp)
+        return Path(tmp)
+
+    def text(self, final: Path, text: str, mode: int = 0o644) -> None:
+        """Stage `text` (UTF-8) for `final`, flushed to disk before the rename."""
+        with open(self.path(final, mode), "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+@contextmanager
+def staged_files() -> Iterator[Staged]:
+    """Write several files so that a reader never sees one half-written and a failure changes none of them:
+    `with staged_files() as s: s.text(a, ...); torch.save(x, s.path(b))` renames every staged file into place
+    when the block ends without an error, and removes them all on any error (the old files stay as they were).
+    A path that is a symlink is replaced, never written through. An OSError without a file name (a full disk) is
+    raised again naming the final path."""
+    s = Staged()
+    try:
+        yield s
+    except BaseException as e:
+        for tmp in s.files.values():
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and e.filename is None and s.files:
+            raise OSError(e.errno, e.strerror, str(list(s.files)[-1])) from None
+        raise
+    for final, tmp in s.files.items():
+        os.replace(tmp, final)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace the file `path` with `text` in one rename (`staged_files` with one file)."""
+    with staged_files() as s:
+        s.text(path, text, mode)
+
+
 def _cell(v: Any) -> Any:
     """A text cell that a spreadsheet would execute gets a leading ' (OWASP CSV injection); numbers stay as they are."""
     if isinstance(v, str) and v.startswith(FORMULA):
@@ -182,5 +254,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
 def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV written by write_csv, with its formula quoting undone."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: v[1:] if v.startswith("'") and v[1:].startswith(FORMULA) else v for k, v in r.items()}
-                for r in csv.DictReader(fh)]
+        return [
+            {k: v[1:] if v.startswith("'") and v[1:].startswith(FORMULA) else v for k, v in r.items()}
+            for r in csv.DictReader(fh)
+        ]

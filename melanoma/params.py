@@ -5,6 +5,7 @@ DVC writes `dvc exp run -S key=value` straight into params.yaml, so validating h
 The schema is declared once below; unknown keys, wrong types and out-of-range values all fail with the key
 path and what is allowed.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,19 +26,36 @@ SEED_MAX = 2**32 - 1  # numpy's legacy seeding and the CUDA generators take no m
 PLACEHOLDER_IDS = {"", "nan", "none", "null", "na", "n/a", "-", "?", "unknown"}  # what tables write for "no id"
 SOURCES = ("demo", "local", "isic_csv", "gdrive")
 # data.format: how a local or downloaded folder is read (melanoma.data.releases)
-FORMATS = ("auto", "folders", "isic2016", "isic2017", "isic2018", "isic2019", "isic2020", "ham10000", "ph2",
-           "isic_archive")
+FORMATS = (
+    "auto",
+    "folders",
+    "isic2016",
+    "isic2017",
+    "isic2018",
+    "isic2019",
+    "isic2020",
+    "ham10000",
+    "ph2",
+    "isic_archive",
+)
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 GENERATORS = ("dcgan", "ddpm")  # generator families, each trained once per label
 ARCHS = ("BioViT", "DenseNet", "ResNet", "Swin", "ViT", "MedViT")  # classifier families (the grid's rows)
 # the grid's columns -> the synthetic folder (data/synthetic/<name>) each adds to train; None: real images only
-DATASETS = {"Original": None, "DCGAN": "dcgan", "DCGAN_Upscaled": "dcgan_upscaled", "DDPM": "ddpm",
-            "DDPM_Upscaled": "ddpm_upscaled"}
-DATASET_NAMES = tuple(DATASETS)
+DATASET_SOURCES = {
+    "Original": None,
+    "DCGAN": "dcgan",
+    "DCGAN_Upscaled": "dcgan_upscaled",
+    "DDPM": "ddpm",
+    "DDPM_Upscaled": "ddpm_upscaled",
+}
+DATASET_NAMES = tuple(DATASET_SOURCES)
 COUNT_MAX = 10_000_000  # the ceiling of every integer count the schema gives no other (10 M optimiser steps: days
 # of GPU time at the study's shapes); a budget above it is a typo, not a plan
-PER_CLASS = ("a number of images per class from 1 to 1000000 (e.g. 3250) or a multiple of the larger real train "
-             "class from 1x to 1000x (e.g. 3x)")
+PER_CLASS = (
+    "a number of images per class from 1 to 1000000 (e.g. 3250) or a multiple of the larger real train "
+    "class from 1x to 1000x (e.g. 3x)"
+)
 
 
 class ParamsError(MelanomaError, ValueError):
@@ -63,8 +81,14 @@ class Field:
             object.__setattr__(self, "max", COUNT_MAX)
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
-               list: "a list"}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    dict: "a mapping",
+    list: "a list",
+}
 _PLURALS = {int: "integers", float: "numbers", str: "strings"}
 
 
@@ -159,8 +183,13 @@ SCHEMA: dict[str, Any] = {
         "datasets": Field(list, item=str, choices=DATASET_NAMES),
         "seeds": Field(list, item=int, min=0, max=SEED_MAX),  # every cell is trained once per seed
         "train": {
-            "steps": Field((int, str), choices=("auto",), min=1, max=10_000_000,  # per cell and seed (train_steps)
-                           doc="a number of optimiser steps from 1 to 10000000, or auto (`passes` over an augmented set)"),
+            "steps": Field(
+                (int, str),
+                choices=("auto",),
+                min=1,
+                max=10_000_000,  # per cell and seed (train_steps)
+                doc="a number of optimiser steps from 1 to 10000000, or auto (`passes` over an augmented set)",
+            ),
             "passes": Field(float, min=0.01, max=100_000.0),  # steps: auto -> passes over an augmented set
             "eval_every": Field(int, min=1, max=10_000_000),  # steps between validations (val AUROC)
             "batch_size": Field(int, min=2, max=65_536),
@@ -183,12 +212,15 @@ SCHEMA: dict[str, Any] = {
             "compile": Field(bool),
             "bf16": Field(bool),
         },
-        "models": {arch: {
-            "model": Field(str),
-            "pretrained": Field(bool),
-            "lr": Field(float, min=1e-8, max=1.0),
-            "kwargs": Field(dict),
-        } for arch in ARCHS},
+        "models": {
+            arch: {
+                "model": Field(str),
+                "pretrained": Field(bool),
+                "lr": Field(float, min=1e-8, max=1.0),
+                "kwargs": Field(dict),
+            }
+            for arch in ARCHS
+        },
     },
     "evaluate": {
         "threshold": Field(str, choices=("youden", "sensitivity")),
@@ -236,9 +268,9 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
             return None
         raise ParamsError(f"{path} is null; it must be {_describe(f)}")
     kinds = f.kind if isinstance(f.kind, tuple) else (f.kind,)
-    ok = any(
-        isinstance(value, k) and not (k in (int, float) and isinstance(value, bool)) for k in kinds
-    ) or (float in kinds and isinstance(value, int) and not isinstance(value, bool))
+    ok = any(isinstance(value, k) and not (k in (int, float) and isinstance(value, bool)) for k in kinds) or (
+        float in kinds and isinstance(value, int) and not isinstance(value, bool)
+    )
     if not ok:
         raise ParamsError(f"{path} is {value!r} ({type(value).__name__}); it must be {_describe(f)}")
     if float in kinds and isinstance(value, int):
@@ -266,9 +298,7 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
         value = {str(k): v for k, v in value.items()}  # YAML reads folder names like 4 as integers
         for k, v in value.items():
             if v not in f.values:
-                raise ParamsError(
-                    f"{path}.{k} is {v!r}; each value must be one of {', '.join(f.values)}"
-                )
+                raise ParamsError(f"{path}.{k} is {v!r}; each value must be one of {', '.join(f.values)}")
     return value
 
 
@@ -277,8 +307,20 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
 # five stride-2 steps leave nothing below 32 px; ViT-style families need a multiple of their patch size.
 INPUT_SIDES = {"MedViT": (32, 32), "DenseNet": (32, 1)}
 # kwargs that size a network (timm's ViT/Swin/DenseNet, our MedViT): whole numbers >= 1, or lists of them
-STRUCTURAL_KWARGS = {"depth", "depths", "num_heads", "embed_dim", "patch_size", "window_size", "widths", "stem_chs",
-                     "ltb_widths", "block_config", "growth_rate", "mlp_ratio_int"}
+STRUCTURAL_KWARGS = {
+    "depth",
+    "depths",
+    "num_heads",
+    "embed_dim",
+    "patch_size",
+    "window_size",
+    "widths",
+    "stem_chs",
+    "ltb_widths",
+    "block_config",
+    "growth_rate",
+    "mlp_ratio_int",
+}
 
 
 def input_rule(arch: str, kwargs: dict[str, Any]) -> tuple[int, int]:
@@ -296,19 +338,27 @@ def cross_check(p: dict[str, Any]) -> None:
     Raises ParamsError naming the keys and the values that would work."""
     size = p["generators"]["image_size"]
     if size & (size - 1):
-        raise ParamsError(f"generators.image_size is {size}; the DCGAN doubles its way up, so it must be a power "
-                          "of two (32, 64, 128, 256)")
+        raise ParamsError(
+            f"generators.image_size is {size}; the DCGAN doubles its way up, so it must be a power "
+            "of two (32, 64, 128, 256)"
+        )
     ddpm = p["generators"]["ddpm"]
     if any(c <= 0 for c in ddpm["block_out_channels"]):
-        raise ParamsError("generators.ddpm.block_out_channels must all be positive, e.g. [128, 128, 256, 256, 512, 512]")
+        raise ParamsError(
+            "generators.ddpm.block_out_channels must all be positive, e.g. [128, 128, 256, 256, 512, 512]"
+        )
     halvings = len(ddpm["block_out_channels"]) - 1  # the UNet halves the side between consecutive blocks
-    if size % 2 ** halvings:
-        raise ParamsError(f"generators.image_size {size} cannot be halved {halvings} times, as the "
-                          f"{len(ddpm['block_out_channels'])} generators.ddpm.block_out_channels need; use fewer blocks "
-                          f"or a larger size")
+    if size % 2**halvings:
+        raise ParamsError(
+            f"generators.image_size {size} cannot be halved {halvings} times, as the "
+            f"{len(ddpm['block_out_channels'])} generators.ddpm.block_out_channels need; use fewer blocks "
+            f"or a larger size"
+        )
     if ddpm["sampler"] != "ddpm" and ddpm["sampling_steps"] > ddpm["num_train_timesteps"]:
-        raise ParamsError(f"generators.ddpm.sampling_steps ({ddpm['sampling_steps']}) exceeds "
-                          f"generators.ddpm.num_train_timesteps ({ddpm['num_train_timesteps']})")
+        raise ParamsError(
+            f"generators.ddpm.sampling_steps ({ddpm['sampling_steps']}) exceeds "
+            f"generators.ddpm.num_train_timesteps ({ddpm['num_train_timesteps']})"
+        )
     for key in ("local.path", "isic_csv.images", "isic_csv.csv", "gdrive.folder_id", "gdrive.download_dir"):
         section, leaf = key.split(".")
         if not p["data"][section][leaf].strip():
@@ -320,10 +370,13 @@ def cross_check(p: dict[str, Any]) -> None:
             raise ParamsError(f"classifiers.models.{arch}.model is {spec['model'][:40]!r}; name a timm model")
         for k, v in spec["kwargs"].items():
             values = v if isinstance(v, list) else [v]
-            if k in STRUCTURAL_KWARGS and not all(isinstance(x, int) and not isinstance(x, bool)
-                                                  and 1 <= x <= 65_536 for x in values):
-                raise ParamsError(f"classifiers.models.{arch}.kwargs.{k} is {v!r}; it sizes the network: whole "
-                                  "numbers from 1 to 65536")
+            if k in STRUCTURAL_KWARGS and not all(
+                isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 65_536 for x in values
+            ):
+                raise ParamsError(
+                    f"classifiers.models.{arch}.kwargs.{k} is {v!r}; it sizes the network: whole "
+                    "numbers from 1 to 65536"
+                )
     if any(c > 65_536 for c in ddpm["block_out_channels"]):
         raise ParamsError("generators.ddpm.block_out_channels must be at most 65536 each")
     seeds, tp = p["classifiers"]["seeds"], p["classifiers"]["train"]
@@ -338,9 +391,11 @@ def cross_check(p: dict[str, Any]) -> None:
     for arch in p["classifiers"]["archs"]:
         smallest, multiple = input_rule(arch, p["classifiers"]["models"][arch]["kwargs"])
         if px < smallest or px % multiple:
-            raise ParamsError(f"datasets.image_size is {px}, which {arch} cannot take: it needs at least {smallest} "
-                              f"px and a multiple of {multiple}; change datasets.image_size or drop {arch} from "
-                              "classifiers.archs")
+            raise ParamsError(
+                f"datasets.image_size is {px}, which {arch} cannot take: it needs at least {smallest} "
+                f"px and a multiple of {multiple}; change datasets.image_size or drop {arch} from "
+                "classifiers.archs"
+            )
 
 
 def validate(tree: Any, schema: dict[str, Any] = SCHEMA, prefix: str = "") -> dict[str, Any]:
@@ -390,7 +445,7 @@ def synthetic_counts(real: dict[str, int], per_class: int | str) -> dict[str, in
 
 def train_size(dataset: str, real: dict[str, int], per_class: int | str) -> int:
     """Training images in one dataset: Original = the real train images; augmented = real + synthetic fill."""
-    added = sum(synthetic_counts(real, per_class).values()) if DATASETS[dataset] else 0
+    added = sum(synthetic_counts(real, per_class).values()) if DATASET_SOURCES[dataset] else 0
     return sum(real.get(c, 0) for c in LABELS) + added
 
 
@@ -410,16 +465,22 @@ def share_problem(real: dict[str, int], per_class: int | str, min_share: float) 
     if not max(real.get(c, 0) for c in LABELS):
         return f"the train split holds no real images ({counts}): there is nothing to augment; rerun `dvc repro split`"
     m = next(m for m in range(1, 1001) if synthetic_share(real, f"{m}x") >= max(min_share, 0.01))
-    fix = (f"set a multiple of the larger class, e.g. `dvc exp run -S datasets.per_class={m}x` "
-           f"({synthetic_share(real, f'{m}x'):.0%} synthetic)")
+    fix = (
+        f"set a multiple of the larger class, e.g. `dvc exp run -S datasets.per_class={m}x` "
+        f"({synthetic_share(real, f'{m}x'):.0%} synthetic)"
+    )
     added = sum(synthetic_counts(real, per_class).values())
     if not added:
-        return (f"params.yaml datasets.per_class: {per_class} adds no synthetic image to {counts} real train images, "
-                f"so every augmented dataset would equal Original; {fix}")
-    return (f"params.yaml datasets.per_class: {per_class} adds {added} synthetic images to {counts} real train "
-            f"images: {share:.1%} of each augmented set, below datasets.min_synthetic_share {min_share:g}, so the "
-            f"augmented datasets would hardly differ from Original; {fix}, or lower datasets.min_synthetic_share "
-            "for a deliberate small-share run")
+        return (
+            f"params.yaml datasets.per_class: {per_class} adds no synthetic image to {counts} real train images, "
+            f"so every augmented dataset would equal Original; {fix}"
+        )
+    return (
+        f"params.yaml datasets.per_class: {per_class} adds {added} synthetic images to {counts} real train "
+        f"images: {share:.1%} of each augmented set, below datasets.min_synthetic_share {min_share:g}, so the "
+        f"augmented datasets would hardly differ from Original; {fix}, or lower datasets.min_synthetic_share "
+        "for a deliberate small-share run"
+    )
 
 
 def train_steps(tp: dict[str, Any], real: dict[str, int], per_class: int | str) -> int:
@@ -439,18 +500,23 @@ def budget_problem(tp: dict[str, Any], steps: int) -> str:
     if fits_eval and tp["warmup_steps"] < steps:
         return ""
     if tp["steps"] == "auto":
-        return (f"classifiers.train.warmup_steps ({tp['warmup_steps']}) must be below the {steps} optimiser steps "
-                f"that steps: auto ({tp['passes']:g} passes) makes for this data; lower it or raise passes")
-    return (f"classifiers.train.eval_every ({tp['eval_every']}) and warmup_steps ({tp['warmup_steps']}) must be "
-            f"below classifiers.train.steps ({steps})")
+        return (
+            f"classifiers.train.warmup_steps ({tp['warmup_steps']}) must be below the {steps} optimiser steps "
+            f"that steps: auto ({tp['passes']:g} passes) makes for this data; lower it or raise passes"
+        )
+    return (
+        f"classifiers.train.eval_every ({tp['eval_every']}) and warmup_steps ({tp['warmup_steps']}) must be "
+        f"below classifiers.train.steps ({steps})"
+    )
 
 
 def split_problem(p: dict[str, Any], real: dict[str, int]) -> str:
     """What `split` refuses for this train split (checked again by `melanoma plan`): a synthetic share below
     datasets.min_synthetic_share, or a training budget that eval_every/warmup_steps do not fit; '' when fine."""
     d, tp = p["datasets"], p["classifiers"]["train"]
-    return (share_problem(real, d["per_class"], d["min_synthetic_share"])
-            or budget_problem(tp, train_steps(tp, real, d["per_class"])))
+    return share_problem(real, d["per_class"], d["min_synthetic_share"]) or budget_problem(
+        tp, train_steps(tp, real, d["per_class"])
+    )
 
 
 def sizing_line(p: dict[str, Any], real: dict[str, int]) -> str:
@@ -462,11 +528,13 @@ def sizing_line(p: dict[str, Any], real: dict[str, int]) -> str:
     steps = train_steps(tp, real, d["per_class"])
     seen = steps * tp["batch_size"]
     how = f"steps: auto, {tp['passes']:g} passes" if tp["steps"] == "auto" else "classifiers.train.steps"
-    return (f"augmented sets: datasets.per_class {d['per_class']} = {target:,} images per class ("
-            + ", ".join(f"{c} {real.get(c, 0):,} real + {fill[c]:,} synthetic" for c in LABELS)
-            + f"): {sum(fill.values()):,} of {n_aug:,} synthetic ({synthetic_share(real, d['per_class']):.0%}); "
-            f"training: {steps:,} optimiser steps of {tp['batch_size']} ({how}) = {passes(seen, n_real)} passes "
-            f"over Original's {n_real:,} images, {passes(seen, n_aug)} over an augmented set's {n_aug:,}")
+    return (
+        f"augmented sets: datasets.per_class {d['per_class']} = {target:,} images per class ("
+        + ", ".join(f"{c} {real.get(c, 0):,} real + {fill[c]:,} synthetic" for c in LABELS)
+        + f"): {sum(fill.values()):,} of {n_aug:,} synthetic ({synthetic_share(real, d['per_class']):.0%}); "
+        f"training: {steps:,} optimiser steps of {tp['batch_size']} ({how}) = {passes(seen, n_real)} passes "
+        f"over Original's {n_real:,} images, {passes(seen, n_aug)} over an augmented set's {n_aug:,}"
+    )
 
 
 def passes(seen: int, images: int) -> str:
@@ -492,13 +560,16 @@ def plain_yaml(text: str, path: Path) -> None:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             line = f"{path} line {event.start_mark.line + 1}"
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                raise ParamsError(f"{line}: YAML anchors and aliases (&name, *name) are not allowed in params; "
-                                  "write the values out")
+                raise ParamsError(
+                    f"{line}: YAML anchors and aliases (&name, *name) are not allowed in params; write the values out"
+                )
             if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)) and stack and stack[-1][0] is not None:
                 keys, is_key = stack[-1]
                 if is_key and isinstance(event, yaml.ScalarEvent):
                     if event.value == "<<":
-                        raise ParamsError(f"{line}: YAML merge keys (<<) are not allowed in params; write the values out")
+                        raise ParamsError(
+                            f"{line}: YAML merge keys (<<) are not allowed in params; write the values out"
+                        )
                     if event.value in keys:
                         raise ParamsError(f"{line}: key {event.value!r} is given twice in one mapping; keep one")
                     keys.add(event.value)

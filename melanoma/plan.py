@@ -5,6 +5,7 @@ package ships). Real counts come from data/splits once `split` has run; before t
 
     melanoma plan        # also printed by `./run.sh study` (and all that `./run.sh study --dry` does)
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from melanoma.data.datasets import DatasetError, real_train_counts
 from melanoma.errors import first_line
-from melanoma.params import DATASETS, LABELS, passes, split_problem, synthetic_counts, train_size, train_steps
+from melanoma.params import DATASET_SOURCES, LABELS, passes, split_problem, synthetic_counts, train_size, train_steps
 
 if TYPE_CHECKING:
     from melanoma.estimate import Sizes
@@ -30,10 +31,15 @@ def plan(params: dict[str, Any], splits: Path) -> dict[str, Any]:
     counts, basis = (real, "") if real is not None else assumed_counts(params)
     per_class = params["datasets"]["per_class"]
     fill = synthetic_counts(counts, per_class)
-    return {"real": real, "counts": counts, "assumed": basis,
-            "steps": train_steps(params["classifiers"]["train"], counts, per_class),
-            "datasets": {name: {c: (counts[c], fill[c] if source else 0) for c in LABELS}
-                         for name, source in DATASETS.items()}}
+    return {
+        "real": real,
+        "counts": counts,
+        "assumed": basis,
+        "steps": train_steps(params["classifiers"]["train"], counts, per_class),
+        "datasets": {
+            name: {c: (counts[c], fill[c] if source else 0) for c in LABELS} for name, source in DATASET_SOURCES.items()
+        },
+    }
 
 
 def assumed_counts(params: dict[str, Any]) -> tuple[dict[str, int], str]:
@@ -44,8 +50,10 @@ def assumed_counts(params: dict[str, Any]) -> tuple[dict[str, int], str]:
     if params["data"]["source"] == "demo":
         frac = 1 - params["split"]["val_fraction"] - params["split"]["test_fraction"]
         demo = params["data"]["demo"]
-        return ({c: round(demo[f"n_{c}"] * frac) for c in LABELS},
-                "data.demo's n_benign and n_malignant x the train fraction")
+        return (
+            {c: round(demo[f"n_{c}"] * frac) for c in LABELS},
+            "data.demo's n_benign and n_malignant x the train fraction",
+        )
     return dict(ASSUMED.train), "an ISIC run of ~1,100"
 
 
@@ -65,38 +73,56 @@ def _real_counts(path: Path) -> dict[str, int]:
     try:
         return real_train_counts(path.parent)
     except (OSError, KeyError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"cannot read the labels in {path} ({type(e).__name__}: {e}); rerun `dvc repro split`") from None
+        raise DatasetError(
+            f"cannot read the labels in {path} ({type(e).__name__}: {e}); rerun `dvc repro split`"
+        ) from None
 
 
 def describe(p: dict[str, Any], params: dict[str, Any]) -> str:
     """The images-per-dataset table of a plan: real + synthetic per class, the synthetic share, and the training
     budget (steps, and passes over each dataset); '!' lines for what `split` refuses or what trains too little."""
     d, tp, real, steps = params["datasets"], params["classifiers"]["train"], p["counts"], p["steps"]
-    budget = (f"{tp['steps']:,} optimiser steps of {tp['batch_size']} per cell and seed" if tp["steps"] != "auto" else
-              f"steps: auto = {tp['passes']:g} passes over an augmented set, in batches of {tp['batch_size']}")
-    lines = [f"plan: datasets.per_class = {d['per_class']} (augmented sets: every real train image, each class "
-             f"filled with synthetic ones to {_target(d['per_class'])}); training: {budget}",
-             (f"real train images ASSUMED ({p['assumed']}; the split's own counts once `dvc repro split` has run): "
-              if p["assumed"] else "real train images: ")
-             + f"{', '.join(f'{real[c]:,} {c}' for c in LABELS)}; {steps:,} optimiser steps per cell and seed "
-             f"({steps * tp['batch_size']:,} images seen)",
-             f"{'dataset':<16}{'train images':>13}  " + "".join(f"{c + ' (real + synthetic)':<30}" for c in LABELS)
-             + f"{'synthetic':>10}{'passes':>8}"]
+    budget = (
+        f"{tp['steps']:,} optimiser steps of {tp['batch_size']} per cell and seed"
+        if tp["steps"] != "auto"
+        else f"steps: auto = {tp['passes']:g} passes over an augmented set, in batches of {tp['batch_size']}"
+    )
+    lines = [
+        f"plan: datasets.per_class = {d['per_class']} (augmented sets: every real train image, each class "
+        f"filled with synthetic ones to {_target(d['per_class'])}); training: {budget}",
+        (
+            f"real train images ASSUMED ({p['assumed']}; the split's own counts once `dvc repro split` has run): "
+            if p["assumed"]
+            else "real train images: "
+        )
+        + f"{', '.join(f'{real[c]:,} {c}' for c in LABELS)}; {steps:,} optimiser steps per cell and seed "
+        f"({steps * tp['batch_size']:,} images seen)",
+        f"{'dataset':<16}{'train images':>13}  "
+        + "".join(f"{c + ' (real + synthetic)':<30}" for c in LABELS)
+        + f"{'synthetic':>10}{'passes':>8}",
+    ]
     for name, counts in p["datasets"].items():
         total = sum(r + s for r, s in counts.values())
         synth = sum(s for _, s in counts.values())
         per_label = [f"{r + s:,} = {r:,} + {s:,} ({s / max(r + s, 1):.0%})" for r, s in counts.values()]
-        lines.append(f"{name:<16}{total:>13,}  " + "".join(f"{x:<30}" for x in per_label)
-                     + f"{synth / max(total, 1):>10.0%}{passes(steps * tp['batch_size'], total):>8}")
+        lines.append(
+            f"{name:<16}{total:>13,}  "
+            + "".join(f"{x:<30}" for x in per_label)
+            + f"{synth / max(total, 1):>10.0%}{passes(steps * tp['batch_size'], total):>8}"
+        )
     problem = split_problem(params, real)
     if problem:
-        lines.append(f"! {problem} (`dvc repro split` refuses this" + (" if the real counts are as assumed)"
-                                                                          if p["assumed"] else ")"))
+        lines.append(
+            f"! {problem} (`dvc repro split` refuses this"
+            + (" if the real counts are as assumed)" if p["assumed"] else ")")
+        )
     largest = train_size("DCGAN", real, d["per_class"])
     if steps * tp["batch_size"] < largest and params["data"]["source"] != "demo":
-        lines.append(f"! {steps:,} steps of {tp['batch_size']} are under one pass over an augmented set's {largest:,} "
-                     "images: too little training for real data (the demo's budget); `melanoma profile own-data` "
-                     "sizes it to the data (classifiers.train.steps: auto)")
+        lines.append(
+            f"! {steps:,} steps of {tp['batch_size']} are under one pass over an augmented set's {largest:,} "
+            "images: too little training for real data (the demo's budget); `melanoma profile own-data` "
+            "sizes it to the data (classifiers.train.steps: auto)"
+        )
     return "\n".join(lines)
 
 
@@ -108,8 +134,10 @@ def grid_line(params: dict[str, Any]) -> str:
     """archs x datasets x seeds = trainings, each list spelled out."""
     c = params["classifiers"]
     n = len(c["archs"]) * len(c["datasets"]) * len(c["seeds"])
-    return (f"grid: {len(c['archs'])} archs x {len(c['datasets'])} datasets x {len(c['seeds'])} seeds = {n} trainings "
-            f"({', '.join(c['archs'])} x {', '.join(c['datasets'])} x seeds {', '.join(map(str, c['seeds']))})")
+    return (
+        f"grid: {len(c['archs'])} archs x {len(c['datasets'])} datasets x {len(c['seeds'])} seeds = {n} trainings "
+        f"({', '.join(c['archs'])} x {', '.join(c['datasets'])} x seeds {', '.join(map(str, c['seeds']))})"
+    )
 
 
 def stages_line(status: dict[str, Any], total: int) -> str:
@@ -133,8 +161,9 @@ def dvc_status() -> tuple[dict[str, Any], int] | None:
     except NotDvcRepoError:
         return None
     except (DvcException, OSError) as e:  # a broken dvc.yaml, dvc.lock or .dvc/config: `dvc status` says the same
-        raise DatasetError(f"dvc status failed ({type(e).__name__}: {first_line(e)}); run `dvc status` to see "
-                           "where") from None
+        raise DatasetError(
+            f"dvc status failed ({type(e).__name__}: {first_line(e)}); run `dvc status` to see where"
+        ) from None
 
 
 def sizes_of(splits: Path, real: dict[str, int] | None) -> tuple[Sizes, str]:
@@ -145,14 +174,19 @@ def sizes_of(splits: Path, real: dict[str, int] | None) -> tuple[Sizes, str]:
 
     if real is None:
         a = ASSUMED
-        return a, (f"real data assumed ({a.train['benign']} + {a.train['malignant']} train, {a.val} val, "
-                   f"{a.test} test, {a.external} external) until `dvc repro split` has run")
+        return a, (
+            f"real data assumed ({a.train['benign']} + {a.train['malignant']} train, {a.val} val, "
+            f"{a.test} test, {a.external} external) until `dvc repro split` has run"
+        )
     try:
-        rows = {name: len(read_csv(splits / f"{name}.csv")) if (splits / f"{name}.csv").is_file() else 0
-                for name in ("val", "test", "external_test")}
+        rows = {
+            name: len(read_csv(splits / f"{name}.csv")) if (splits / f"{name}.csv").is_file() else 0
+            for name in ("val", "test", "external_test")
+        }
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"cannot read the split in {splits} ({type(e).__name__}: {first_line(e)}); rerun "
-                           "`dvc repro split`") from None
+        raise DatasetError(
+            f"cannot read the split in {splits} ({type(e).__name__}: {first_line(e)}); rerun `dvc repro split`"
+        ) from None
     return Sizes(real, rows["val"], rows["test"], rows["external_test"]), "real counts from data/splits"
 
 
@@ -162,22 +196,33 @@ def estimate_line(params: dict[str, Any], splits: Path, real: dict[str, int] | N
     from melanoma.estimate import GB, totals
 
     if params["device"] != "cuda":
-        return (f"estimate: none for device: {params['device']} (GPU time and disk are estimated for device: cuda "
-                "runs, from H200 rates: e.g. `./run.sh study --dry`)")
+        return (
+            f"estimate: none for device: {params['device']} (GPU time and disk are estimated for device: cuda "
+            "runs, from H200 rates: e.g. `./run.sh study --dry`)"
+        )
     sizes, how = sizes_of(splits, real)
     t = totals(params, sizes)
-    stand = (f" + {t['stand_in_seconds'] / 3600:.1f} h rated with a stand-in model's rate "
-             f"({', '.join(t['stand_ins'])})" if t["stand_ins"] else "")
+    stand = (
+        f" + {t['stand_in_seconds'] / 3600:.1f} h rated with a stand-in model's rate ({', '.join(t['stand_ins'])})"
+        if t["stand_ins"]
+        else ""
+    )
     fits = "fits" if t["disk_bytes"] <= t["disk_target_bytes"] else "over"
-    gpu = (f"GPU time {t['gpu_seconds'] / 3600:.1f} h{stand}" if t["gpu_seconds"] or t["stand_ins"] else
-           "GPU time: no reference rate matches these models and sizes")
-    return "\n".join([
-        "estimate on one NVIDIA H200 (reference rates measured 2026-11-27, melanoma/reference/; every line: "
-        "python bench/study_estimate.py):",
-        f"  {gpu}; not timed: {', '.join(t['not_covered']) or 'nothing'}",
-        f"  disk {t['disk_bytes'] / GB:.1f} GB of outputs ({fits} the {t['disk_target_bytes'] / GB:.0f} GB target; "
-        "the venv and caches come on top)",
-        f"  {how}"])
+    gpu = (
+        f"GPU time {t['gpu_seconds'] / 3600:.1f} h{stand}"
+        if t["gpu_seconds"] or t["stand_ins"]
+        else "GPU time: no reference rate matches these models and sizes"
+    )
+    return "\n".join(
+        [
+            "estimate on one NVIDIA H200 (reference rates measured 2026-11-27, melanoma/reference/; every line: "
+            "python bench/study_estimate.py):",
+            f"  {gpu}; not timed: {', '.join(t['not_covered']) or 'nothing'}",
+            f"  disk {t['disk_bytes'] / GB:.1f} GB of outputs ({fits} the {t['disk_target_bytes'] / GB:.0f} GB target; "
+            "the venv and caches come on top)",
+            f"  {how}",
+        ]
+    )
 
 
 def data_warning(params: dict[str, Any]) -> str | None:
@@ -196,12 +241,21 @@ def report(params: dict[str, Any], splits: Path, status: tuple[dict[str, Any], i
 
     name, extra = in_effect(params)
     device = params["device"]
-    lines = [f"profile in effect: {name}; device: {device}"
-             + (" (opted in to the CPU)" if device == "cpu" else " (refuses to start without a usable GPU)"
-                if device == "cuda" else " (CUDA when usable, else the CPU)")]
+    lines = [
+        f"profile in effect: {name}; device: {device}"
+        + (
+            " (opted in to the CPU)"
+            if device == "cpu"
+            else " (refuses to start without a usable GPU)"
+            if device == "cuda"
+            else " (CUDA when usable, else the CPU)"
+        )
+    ]
     if extra:
-        lines.append("! values no profile sets (a leftover `dvc exp run -S` or an edit): "
-                     + "; ".join(f"{k} = {short(v)}" for k, v in sorted(extra.items())))
+        lines.append(
+            "! values no profile sets (a leftover `dvc exp run -S` or an edit): "
+            + "; ".join(f"{k} = {short(v)}" for k, v in sorted(extra.items()))
+        )
     warning = data_warning(params)
     if warning:
         lines.append(warning)

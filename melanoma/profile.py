@@ -16,12 +16,12 @@ comment for that key, or `# profile: <name>`; the header's first line names the 
 validated before it is written and passed through DVC's own params round trip, so it stays in the form
 `dvc exp run -S` writes.
 """
+
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from melanoma.errors import first_line
-from melanoma.io import read_small
+from melanoma.io import read_small, write_atomic
 from melanoma.params import PARAMS_MAX_BYTES, SCHEMA, ParamsError, plain_yaml, validate
 
 PROFILES = Path("profiles")
@@ -72,8 +72,10 @@ def _load(path: Path, round_trip: bool = True) -> Any:
         return _yaml().load(text) if round_trip else yaml.safe_load(text)
     except (RuamelError, yaml.YAMLError, UnicodeDecodeError, OSError) as e:
         reason = " ".join(str(e).split()) if isinstance(e, (RuamelError, yaml.YAMLError)) else first_line(e)
-        raise ParamsError(f"{path} is not readable YAML ({type(e).__name__}: {first_line(reason, 160)}); fix it, or "
-                          "restore it with git") from None
+        raise ParamsError(
+            f"{path} is not readable YAML ({type(e).__name__}: {first_line(reason, 160)}); fix it, or "
+            "restore it with git"
+        ) from None
 
 
 def _chain(name: str, profiles: Path) -> list[tuple[str, Any]]:
@@ -98,7 +100,9 @@ def _chain(name: str, profiles: Path) -> list[tuple[str, Any]]:
 def _merge(base: Any, over: Any, schema: dict[str, Any], where: str, name: str) -> None:
     for key, value in over.items():
         if key not in schema:
-            raise ParamsError(f"profile key {where}{key} is not a params key; allowed here: {', '.join(sorted(schema))}")
+            raise ParamsError(
+                f"profile key {where}{key} is not a params key; allowed here: {', '.join(sorted(schema))}"
+            )
         if isinstance(schema[key], dict):
             if not isinstance(value, dict):
                 raise ParamsError(f"profile key {where}{key} is a section; give it as a mapping")
@@ -146,12 +150,21 @@ def render(name: str, profiles: Path = PROFILES, keep: dict[str, Any] | None = N
         header = (doc.ca.comment[1] if doc.ca.comment else None) or []
         rest = [line.lstrip("# ") for t in header[1:] for line in t.value.splitlines()]
         route = " over ".join(f"profiles/{n}.yaml" for n, _ in reversed(chain))
-        doc.yaml_set_start_comment("\n".join([f"Profile '{name}' ({route}) applied: the values it changed carry its "
-                                              f"comments or `# profile: <name>`.", *rest]))
+        doc.yaml_set_start_comment(
+            "\n".join(
+                [
+                    f"Profile '{name}' ({route}) applied: the values it changed carry its "
+                    f"comments or `# profile: <name>`.",
+                    *rest,
+                ]
+            )
+        )
     buf = io.StringIO()
     rt.dump(doc, buf)
-    _validate(buf.getvalue(), f"profile {name!r}" + (f" with the kept values ({', '.join(keep)}; --drop discards "
-                                                      "them)" if keep else ""))
+    _validate(
+        buf.getvalue(),
+        f"profile {name!r}" + (f" with the kept values ({', '.join(keep)}; --drop discards them)" if keep else ""),
+    )
     return dvc_form(buf.getvalue())
 
 
@@ -221,8 +234,9 @@ def in_effect(current: dict[str, Any], profiles: Path = PROFILES) -> tuple[str, 
     return best[1], best[2]
 
 
-def apply_profile(name: str, params: Path = Path("params.yaml"), profiles: Path = PROFILES,
-                  leftovers: str = "refuse") -> tuple[list[str], dict[str, Any]]:
+def apply_profile(
+    name: str, params: Path = Path("params.yaml"), profiles: Path = PROFILES, leftovers: str = "refuse"
+) -> tuple[list[str], dict[str, Any]]:
     """Write profile `name` into `params`. Returns (the dotted keys whose values changed, the leftover values
     kept or dropped).
 
@@ -236,13 +250,17 @@ def apply_profile(name: str, params: Path = Path("params.yaml"), profiles: Path 
     current, extra = in_effect(before, profiles) if before else (DEMO, {})
     typos = unknown(before)
     if typos and leftovers != "drop":
-        raise ParamsError(f"{params} has key(s) that are not params keys: {', '.join(typos)}; fix their names (they "
-                          "cannot be kept), or rerun with --drop to discard them")
+        raise ParamsError(
+            f"{params} has key(s) that are not params keys: {', '.join(typos)}; fix their names (they "
+            "cannot be kept), or rerun with --drop to discard them"
+        )
     if extra and leftovers == "refuse":
         shown = "; ".join(f"{k} = {short(v)}" for k, v in sorted(extra.items()))
-        raise ParamsError(f"{params} holds {len(extra)} value(s) that profile {current!r} does not set (from `dvc exp "
-                          f"run -S` or an edit): {shown}. Rerun with --keep to carry them into {name!r}, or with "
-                          f"--drop to discard them")
+        raise ParamsError(
+            f"{params} holds {len(extra)} value(s) that profile {current!r} does not set (from `dvc exp "
+            f"run -S` or an edit): {shown}. Rerun with --keep to carry them into {name!r}, or with "
+            f"--drop to discard them"
+        )
     text = render(name, profiles, extra if leftovers == "keep" else None)
     write_params(params, text)
     changed = sorted(k for k, v in leaves(yaml.safe_load(text)).items() if leaves(before).get(k) != v)
@@ -255,16 +273,12 @@ def write_params(params: Path, text: str) -> None:
     target = params.resolve() if params.is_symlink() else params
     if target.exists() and not target.is_file():
         raise ParamsError(f"{params} is not a file; remove it (a profile writes params.yaml there)")
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        if target.exists():
-            shutil.copymode(target, tmp)
-        os.replace(tmp, target)
+        write_atomic(target, text, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o644)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ParamsError(f"cannot write {params} ({e.strerror or first_line(e)}); check its folder's permissions") \
-            from None
+        raise ParamsError(
+            f"cannot write {params} ({e.strerror or first_line(e)}); check its folder's permissions"
+        ) from None
 
 
 def short(value: Any) -> str:

@@ -12,6 +12,7 @@ What is needed: each classifier family with `pretrained: true` (its registry ent
 the BiomedCLIP checkpoint for BioViT, timm's default pretrained tag for the others), a Hub id in
 `generators.ddpm.pretrained`, and `upscale.hub.model` when `upscale.method` is hub.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,7 @@ class Weight:
         """The params change that does without this weight."""
         if self.key.startswith("classifiers.models."):
             return f"set {self.key}.pretrained: false"
-        return "set generators.ddpm.pretrained: ''" if self.key.startswith("generators.") else \
-            "use upscale.method: sr"
+        return "set generators.ddpm.pretrained: ''" if self.key.startswith("generators.") else "use upscale.method: sr"
 
 
 def _is_path(text: str) -> bool:
@@ -56,12 +56,14 @@ def needed(params: dict[str, Any]) -> list[Weight]:
     pretrained weights has none on the Hub, or a Hub id is not one."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from melanoma.classifiers import family
+    from melanoma.classifiers.registry import family
 
     out = []
     up = params["upscale"]
-    hub = {"generators.ddpm.pretrained": params["generators"]["ddpm"]["pretrained"].strip(),
-           "upscale.hub.model": up["hub"]["model"].strip() if up["method"] == "hub" else ""}
+    hub = {
+        "generators.ddpm.pretrained": params["generators"]["ddpm"]["pretrained"].strip(),
+        "upscale.hub.model": up["hub"]["model"].strip() if up["method"] == "hub" else "",
+    }
     for key, ref in hub.items():
         if not ref:
             continue
@@ -71,8 +73,9 @@ def needed(params: dict[str, Any]) -> list[Weight]:
         try:
             validate_repo_id(ref)
         except HFValidationError:
-            raise WeightsError(f"{key} is {ref!r}: neither a folder on this machine nor a Hugging Face Hub repo id "
-                               "(owner/name)") from None
+            raise WeightsError(
+                f"{key} is {ref!r}: neither a folder on this machine nor a Hugging Face Hub repo id (owner/name)"
+            ) from None
         out.append(Weight(key, ref))
     c = params["classifiers"]
     for arch in c["archs"]:
@@ -81,10 +84,12 @@ def needed(params: dict[str, Any]) -> list[Weight]:
             continue
         where = family(arch).hub(spec["model"])
         if where is None:
-            raise WeightsError(f"classifiers.models.{arch}: no pretrained weights for {spec['model']!r} on the Hugging "
-                               "Face Hub (no such model or pretrained tag in timm, or none published; check the name, "
-                               f"e.g. timm.list_pretrained('{spec['model'].split('.')[0][:6]}*')), or set "
-                               f"classifiers.models.{arch}.pretrained: false")
+            raise WeightsError(
+                f"classifiers.models.{arch}: no pretrained weights for {spec['model']!r} on the Hugging "
+                "Face Hub (no such model or pretrained tag in timm, or none published; check the name, "
+                f"e.g. timm.list_pretrained('{spec['model'].split('.')[0][:6]}*')), or set "
+                f"classifiers.models.{arch}.pretrained: false"
+            )
         out.append(Weight(f"classifiers.models.{arch}", *where))
     return out
 
@@ -121,8 +126,10 @@ def fetch(params: dict[str, Any], log=print) -> list[tuple[Weight, Path]]:
     from huggingface_hub.errors import HfHubHTTPError, RemoteEntryNotFoundError
 
     if constants.HF_HUB_OFFLINE:
-        raise WeightsError("HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (on a machine with network) "
-                           "and run `melanoma weights fetch` again")
+        raise WeightsError(
+            "HF_HUB_OFFLINE is set, so nothing can be downloaded: unset it (on a machine with network) "
+            "and run `melanoma weights fetch` again"
+        )
     done = []
     for w in needed(params):
         if w.local:
@@ -141,9 +148,11 @@ def fetch(params: dict[str, Any], log=print) -> list[tuple[Weight, Path]]:
                 if path is None:
                     raise WeightsError(f"{w.repo} has none of {', '.join(w.files)} ({w.key})")
         except (HfHubHTTPError, OSError, ValueError) as e:
-            raise WeightsError(f"cannot download {w} for {w.key} ({type(e).__name__}: {first_line(e)}); check the "
-                               f"network (or HF_ENDPOINT), that the Hugging Face cache {constants.HF_HUB_CACHE} "
-                               "(HF_HOME) is a writable folder, and for gated repos `huggingface-cli login`") from None
+            raise WeightsError(
+                f"cannot download {w} for {w.key} ({type(e).__name__}: {first_line(e)}); check the "
+                f"network (or HF_ENDPOINT), that the Hugging Face cache {constants.HF_HUB_CACHE} "
+                "(HF_HOME) is a writable folder, and for gated repos `huggingface-cli login`"
+            ) from None
         log(f"weights: {w} ({w.key}) -> {path}")
         done.append((w, path))
     return done
@@ -168,14 +177,18 @@ def check(params: dict[str, Any]) -> list[Checked]:
     Call with HF_HUB_OFFLINE=1 set before huggingface_hub is imported (the `melanoma weights check` command does),
     so a missing file fails at once instead of being fetched.
     """
-    from melanoma.classifiers import build_model
+    from melanoma.classifiers.registry import build_model
 
     out: list[Checked] = []
     for w in needed(params):
         path = cached(w)
         if path is None:
-            where = "folder not found" if w.local else "not in the Hugging Face cache" + (
-                f" ({' or '.join(w.files)})" if len(w.files) > 1 else " (no snapshot)" if not w.files else "")
+            where = (
+                "folder not found"
+                if w.local
+                else "not in the Hugging Face cache"
+                + (f" ({' or '.join(w.files)})" if len(w.files) > 1 else " (no snapshot)" if not w.files else "")
+            )
             out.append(Checked(w, "missing", where))
             continue
         try:
@@ -187,8 +200,10 @@ def check(params: dict[str, Any]) -> list[Checked]:
 
                 g = params["generators"]
                 d = g["ddpm"]
-                ddpm.build_unet(ddpm.unet_config(g["image_size"], d["block_out_channels"], d["layers_per_block"],
-                                                 d["attention"]), d["pretrained"])
+                ddpm.build_unet(
+                    ddpm.unet_config(g["image_size"], d["block_out_channels"], d["layers_per_block"], d["attention"]),
+                    d["pretrained"],
+                )
             out.append(Checked(w, "ok", path=path))
         except MelanomaError as e:
             out.append(Checked(w, "broken", str(e), path))

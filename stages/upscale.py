@@ -1,19 +1,26 @@
 """DVC stage `upscale@{gen}`: data/synthetic/{gen}/ -> data/synthetic/{gen}_upscaled/ by params `upscale.method`."""
+
 import sys
 
 from melanoma.engine import runtime
 from melanoma.generators.upscale import upscale
-from melanoma.params import load_params
-from melanoma.paths import SYNTHETIC, UPSCALER, UPSCALER_RESULTS
-from melanoma.stage import run_stage
+from melanoma.paths import SYNTHETIC_DIR, UPSCALER_DIR, UPSCALER_RESULTS_DIR
+from melanoma.stage import run_stage, stage_params
 
 
 def main() -> str:
     gen = sys.argv[1]
-    out = SYNTHETIC / f"{gen}_upscaled"
-    params = load_params()
-    r = upscale(gen, params, SYNTHETIC / gen, UPSCALER, out, UPSCALER_RESULTS / f"{gen}_comparison.png",
-                runtime(device=params["device"]))
+    out = SYNTHETIC_DIR / f"{gen}_upscaled"
+    params = stage_params("upscale", item={"gen": gen})
+    r = upscale(
+        gen,
+        params,
+        SYNTHETIC_DIR / gen,
+        UPSCALER_DIR,
+        out,
+        UPSCALER_RESULTS_DIR / f"{gen}_comparison.png",
+        runtime(device=params["device"]),
+    )
     n = ", ".join(f"{v} {k}" for k, v in r["counts"].items())
     return f"upscale: {gen}: {n} images x{r['factor']} by {r['method']} -> {out}"
 

@@ -1,13 +1,14 @@
 """Shared fixtures: the project's paths, the real ISIC sample beside the checkout, and odd image files."""
+
 from __future__ import annotations
 
 import io
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -21,8 +22,10 @@ SHARED = Path(os.environ.get("MELANOMA_ISIC_SAMPLE") or ROOT.parent / "shared" /
 @pytest.fixture
 def isic_sample() -> Path:
     if not (SHARED / "folder").is_dir():
-        pytest.skip(f"real ISIC sample not found at {SHARED} (it lies beside the checkout in CI; set "
-                    "MELANOMA_ISIC_SAMPLE to its folder elsewhere)")
+        pytest.skip(
+            f"real ISIC sample not found at {SHARED} (it lies beside the checkout in CI; set "
+            "MELANOMA_ISIC_SAMPLE to its folder elsewhere)"
+        )
     return SHARED
 
 

@@ -1,8 +1,8 @@
 """The benchmark scripts run (so they cannot rot): the GPU check on the CPU at tiny sizes, the study estimate."""
+
 import json
 import subprocess
 import sys
-
 
 from melanoma.params import ARCHS, SAMPLERS
 from tests.conftest import ROOT
@@ -10,12 +10,20 @@ from tests.conftest import ROOT
 
 def test_gpu_check_runs_every_part_on_the_cpu_at_tiny_sizes(tmp_path):
     out = tmp_path / "gpu_check.jsonl"
-    p = subprocess.run([sys.executable, str(ROOT / "bench/gpu_check.py"), "--device", "cpu", "--tiny", "--out",
-                        str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench/gpu_check.py"), "--device", "cpu", "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     records = {r["part"]: r for r in map(json.loads, out.read_text().splitlines())}
-    expected = ({"env", "dcgan", "ddpm", "sr", "c2st", "evaluate", "ddp"} | {f"classifier@{a}" for a in ARCHS}
-                | {f"sample@{s}" for s in SAMPLERS})
+    expected = (
+        {"env", "dcgan", "ddpm", "sr", "c2st", "evaluate", "ddp"}
+        | {f"classifier@{a}" for a in ARCHS}
+        | {f"sample@{s}" for s in SAMPLERS}
+    )
     assert set(records) == expected
     for name, r in records.items():
         if name != "env":
@@ -30,8 +38,13 @@ def test_gpu_check_runs_every_part_on_the_cpu_at_tiny_sizes(tmp_path):
 
 def test_study_estimate_prints_its_arithmetic_from_the_shipped_reference(tmp_path):
     """Run from an empty folder: the H200 reference rates ship inside the package (melanoma/reference/)."""
-    p = subprocess.run([sys.executable, str(ROOT / "bench/study_estimate.py"), "--json", str(tmp_path / "e.json")],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench/study_estimate.py"), "--json", str(tmp_path / "e.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr
     assert "100,000 steps x 32 img" in p.stdout and "DDPM 6,570" in p.stdout  # 4.5x of the assumed 730 benign
     assert json.loads((tmp_path / "e.json").read_text())

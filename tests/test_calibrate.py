@@ -1,4 +1,5 @@
 """`melanoma calibrate` (a site's own threshold) and `melanoma predict --threshold-file`, on a real tiny package."""
+
 from __future__ import annotations
 
 import csv
@@ -13,10 +14,16 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from melanoma.commands import main as cli
-from melanoma.serving import predict as predict_module
 from melanoma.evaluation.stats import draw
-from melanoma.serving.calibrate import (CalibrationError, choose, draw_thresholds, measure, read_labels,
-                                        threshold_interval)
+from melanoma.serving import predict as predict_module
+from melanoma.serving.calibrate import (
+    CalibrationError,
+    choose,
+    draw_thresholds,
+    measure,
+    read_labels,
+    threshold_interval,
+)
 from tests.conftest import make_class_folders
 
 N_BENIGN, N_MALIGNANT = 14, 12
@@ -34,8 +41,15 @@ def package(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("calibrate")
     p = tiny_params(**{"classifiers.train.steps": 4, "classifiers.seeds": [0]})
     data = make_pack(root / "data", size=32, seed=0)
-    (data / "stats.json").write_text(json.dumps({"dataset": "Original", "per_class": {"train": {"benign": 24, "malignant": 12}},
-                                                 "counts": {"train": {"benign/real": 24, "malignant/real": 12}}}))
+    (data / "stats.json").write_text(
+        json.dumps(
+            {
+                "dataset": "Original",
+                "per_class": {"train": {"benign": 24, "malignant": 12}},
+                "counts": {"train": {"benign/real": 24, "malignant/real": 12}},
+            }
+        )
+    )
     cell = "ResNet_Original"
     train_classifier("ResNet", "Original", p, data, root / "models" / cell, root / "ck" / cell, log=lambda s: None)
     evaluate_cell("ResNet", "Original", p, root / "models" / cell, data, root / "eval" / cell)
@@ -55,7 +69,7 @@ def site(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch, tmp_path):
-    monkeypatch.setattr(predict_module, "PROGRESS_FROM", 10 ** 9)  # no progress bar: stderr is the error line alone
+    monkeypatch.setattr(predict_module, "PROGRESS_FROM", 10**9)  # no progress bar: stderr is the error line alone
     monkeypatch.chdir(tmp_path)  # the default threshold file lands in the current folder
 
 
@@ -155,6 +169,7 @@ def test_the_thresholds_of_all_draws_at_once_are_chooses_one_by_one():
 
 # ---------------------------------------------------------------- the command, end to end
 
+
 def test_calibrate_writes_a_threshold_file_that_predict_uses(package, site, capsys):
     assert cli(["calibrate", str(package), "--labels", str(site), "--bootstrap", "300"]) == 0
     out, err = capsys.readouterr()
@@ -176,20 +191,30 @@ def test_calibrate_writes_a_threshold_file_that_predict_uses(package, site, caps
     assert rec["labels"]["scored"] == {"benign": N_BENIGN, "malignant": N_MALIGNANT} and rec["n"] == len(y)
     assert rec["labels"]["unreadable"] == 1 and rec["labels"]["unreadable_files"][0]["path"].endswith("broken.jpg")
     cfg = json.loads((package / "model_config.json").read_text())
-    assert rec["package"]["weights_sha256"] == cfg["weights_sha256"] == \
-        hashlib.sha256((package / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        rec["package"]["weights_sha256"]
+        == cfg["weights_sha256"]
+        == hashlib.sha256((package / "model.safetensors").read_bytes()).hexdigest()
+    )
     assert rec["rule"] == "youden" and rec["target_sensitivity"] is None and rec["bootstrap"]["resamples"] == 300
     assert rec["threshold_ci95"][0] <= rec["threshold"] <= rec["threshold_ci95"][1] and "the threshold itself" in out
     assert rec["created"].endswith("+00:00") and not list(Path(".").glob(".*.tmp"))
     # predict with the file decides at its threshold and says where the threshold came from
     got = scores(package, files, capsys, "--threshold-file", str(path))
     assert got["threshold"] == rec["threshold"] and got["threshold_source"]["from"] == "threshold_file"
-    assert got["threshold_source"]["path"] == str(path) and got["threshold_source"]["package_threshold"] == base["threshold"]
+    assert (
+        got["threshold_source"]["path"] == str(path)
+        and got["threshold_source"]["package_threshold"] == base["threshold"]
+    )
     assert base["threshold_source"] == {"from": "package", "path": str(package)}
     assert [r["p_malignant"] for r in got["predictions"]] == list(p)
-    assert [r["decision"] for r in got["predictions"]] == ["malignant" if x >= rec["threshold"] else "benign" for x in p]
+    assert [r["decision"] for r in got["predictions"]] == [
+        "malignant" if x >= rec["threshold"] else "benign" for x in p
+    ]
     # a target sensitivity of 1: the lowest malignant score, so every malignant image is called malignant
-    assert cli(["calibrate", str(package), "--labels", str(site), "--target-sensitivity", "1", "--bootstrap", "300"]) == 0
+    assert (
+        cli(["calibrate", str(package), "--labels", str(site), "--target-sensitivity", "1", "--bootstrap", "300"]) == 0
+    )
     capsys.readouterr()
     sens = json.loads(Path("ResNet_Original_site_b_sens1_threshold.json").read_text())
     assert sens["threshold"] == p[y == 1].min() and sens["metrics"]["sensitivity"] == 1.0
@@ -215,8 +240,10 @@ def test_a_csv_and_the_folder_are_the_same_labelled_set(package, site, capsys):
     with open(table, "w", newline="") as fh:
         csv.writer(fh).writerows([("Image", "label", "note")] + [(r, lab.upper(), "x") for r, lab in rows])
     a, b = read_labels(site), read_labels(table)
-    assert a.files_sha256() == b.files_sha256() and a.counts() == b.counts() == {"benign": N_BENIGN + 1,
-                                                                               "malignant": N_MALIGNANT}
+    assert a.files_sha256() == b.files_sha256() and a.counts() == b.counts() == {
+        "benign": N_BENIGN + 1,
+        "malignant": N_MALIGNANT,
+    }
     assert cli(["calibrate", str(package), "--labels", str(table), "--out", "csv.json", "--bootstrap", "300"]) == 0
     assert cli(["calibrate", str(package), "--labels", str(site), "--out", "dir.json", "--bootstrap", "300"]) == 0
     capsys.readouterr()
@@ -262,6 +289,7 @@ def test_rerunning_replaces_its_own_file_but_never_a_users(package, site, capsys
 
 # ---------------------------------------------------------------- bad input: one line each
 
+
 def _folder(root: Path, n_benign: int, n_malignant: int, junk_malignant: int = 0) -> Path:
     make_class_folders(root, n_benign, n_malignant, seed=3)
     for i in range(junk_malignant):
@@ -296,35 +324,56 @@ def test_bad_labels_rules_and_outputs_are_one_line_errors(package, site, tmp_pat
         (["--labels", str(_folder(tmp_path / "empty", 12, 0))], "empty/malignant holds no image; put its images there"),
         (["--labels", str(one)], "one: no malignant images; each class needs at least one"),
         (["--labels", str(extra)], "subfolder nevus/ is not benign/ or malignant/"),
-        (["--labels", str(_folder(tmp_path / "few", 12, 6))],
-         "only 6 malignant images are listed; calibrating needs at least 10 of each class"),  # before scoring
+        (
+            ["--labels", str(_folder(tmp_path / "few", 12, 6))],
+            "only 6 malignant images are listed; calibrating needs at least 10 of each class",
+        ),  # before scoring
         (["--labels", str(junk)], "only 8 malignant images could be scored (4 unreadable: 4x empty file"),
         (["--labels", str(site), "--target-sensitivity", "0"], "--target-sensitivity 0.0: it must be in (0, 1]"),
         (["--labels", str(site), "--target-sensitivity", "1.5"], "--target-sensitivity 1.5: it must be in (0, 1]"),
-        (["--labels", str(site), "--rule", "youden", "--target-sensitivity", "0.9"],
-         "--rule youden takes no --target-sensitivity"),
+        (
+            ["--labels", str(site), "--rule", "youden", "--target-sensitivity", "0.9"],
+            "--rule youden takes no --target-sensitivity",
+        ),
         (["--labels", str(site), "--bootstrap", "10"], "--bootstrap 10: use at least 100 resamples"),
-        (["--labels", str(_csv(site / "nolabel.csv", [("image", "diagnosis"), (rel[0], "benign")]))],
-         "nolabel.csv has no 'label' column (its header: image, diagnosis); the CSV needs"),
+        (
+            ["--labels", str(_csv(site / "nolabel.csv", [("image", "diagnosis"), (rel[0], "benign")]))],
+            "nolabel.csv has no 'label' column (its header: image, diagnosis); the CSV needs",
+        ),
         (["--labels", str(_csv(site / "empty.csv", []))], "empty.csv is empty"),
-        (["--labels", str(_csv(site / "unknown.csv", ok_rows + [(rel[0].replace("img", "x"), "melanoma")]))],
-         f"unknown.csv line {len(ok_rows) + 1}: label 'melanoma' is not benign or malignant"),
-        (["--labels", str(_csv(site / "missing.csv", ok_rows + [("benign/gone.jpg", "benign")]))],
-         f"missing.csv: 1 of {len(rel) + 1} listed images do not exist (first: line {len(ok_rows) + 1}, benign/gone.jpg"),
-        (["--labels", str(_csv(site / "twice.csv", ok_rows + [ok_rows[1]]))],
-         f"twice.csv line {len(ok_rows) + 1}: {rel[0]} is listed again (first on line 2)"),
-        (["--labels", str(_csv(site / "benign_only.csv", [r for r in ok_rows if r[1] != "malignant"]))],
-         "no malignant images"),
+        (
+            ["--labels", str(_csv(site / "unknown.csv", ok_rows + [(rel[0].replace("img", "x"), "melanoma")]))],
+            f"unknown.csv line {len(ok_rows) + 1}: label 'melanoma' is not benign or malignant",
+        ),
+        (
+            ["--labels", str(_csv(site / "missing.csv", ok_rows + [("benign/gone.jpg", "benign")]))],
+            f"missing.csv: 1 of {len(rel) + 1} listed images do not exist "
+            f"(first: line {len(ok_rows) + 1}, benign/gone.jpg",
+        ),
+        (
+            ["--labels", str(_csv(site / "twice.csv", ok_rows + [ok_rows[1]]))],
+            f"twice.csv line {len(ok_rows) + 1}: {rel[0]} is listed again (first on line 2)",
+        ),
+        (
+            ["--labels", str(_csv(site / "benign_only.csv", [r for r in ok_rows if r[1] != "malignant"]))],
+            "no malignant images",
+        ),
         (["--labels", str(site), "--out", str(tmp_path)], "is a folder; give a file name"),
-        (["--labels", str(_csv(site / "inputs.csv", ok_rows)), "--out", str(site / "inputs.csv"), "--force"],
-         "is one of the inputs (the labels, a labelled image or a file of the package)"),
+        (
+            ["--labels", str(_csv(site / "inputs.csv", ok_rows)), "--out", str(site / "inputs.csv"), "--force"],
+            "is one of the inputs (the labels, a labelled image or a file of the package)",
+        ),
         (["--labels", str(site), "--out", str(package / "model_config.json"), "--force"], "is one of the inputs"),
         (["--labels", str(site), "--bootstrap", "100000000"], "use at most 100000 resamples"),
-        (["--labels", str(_copied(site, tmp_path / "copied", rel))],
-         "are the same image (identical bytes) (labelled benign and malignant); list each image once"),
+        (
+            ["--labels", str(_copied(site, tmp_path / "copied", rel))],
+            "are the same image (identical bytes) (labelled benign and malignant); list each image once",
+        ),
         (["--labels", str(site), "--out", str(site / "benign" / "img_0.jpg" / "t.json")], "--out"),
-        (["--labels", str(_csv(site / "nul.csv", ok_rows + [("benign/x\0.jpg", "benign")]))],
-         f"nul.csv line {len(ok_rows) + 1}: the image cell holds a NUL byte, which no file name can; fix that cell"),
+        (
+            ["--labels", str(_csv(site / "nul.csv", ok_rows + [("benign/x\0.jpg", "benign")]))],
+            f"nul.csv line {len(ok_rows) + 1}: the image cell holds a NUL byte, which no file name can; fix that cell",
+        ),
         (["--labels", "/dev/zero"], "--labels /dev/zero is a device, not a regular file; give a file"),
         (["--labels", str(_fifo(tmp_path / "labels.csv"))], "labels.csv is a FIFO (named pipe), not a regular file"),
     ]
@@ -350,7 +399,10 @@ def test_malformed_threshold_files_are_one_line_errors(package, site, tmp_path, 
         "deep.json": ("[" * 100_000 + "]" * 100_000, "not readable JSON (RecursionError)"),
         "/dev/zero": (None, "is a device, not a regular file; give a file"),
         str(_fifo(tmp_path / "t.json")): (None, "is a FIFO (named pipe), not a regular file"),
-        "edited.json": ({**good, "package": {**good["package"], "weights_sha256": "0" * 64}}, "belongs to another package"),
+        "edited.json": (
+            {**good, "package": {**good["package"], "weights_sha256": "0" * 64}},
+            "belongs to another package",
+        ),
     }
     for name, (content, needle) in cases.items():
         if content is not None:
@@ -359,11 +411,12 @@ def test_malformed_threshold_files_are_one_line_errors(package, site, tmp_path, 
         assert f"--threshold-file {name}" in line and needle in line, line
 
 
-# ---------------------------------------------------------------- the Hugging Face cache recipe (README)
+# ---------------------------------------------------------------- the Hugging Face cache recipe (docs/serving.md)
+
 
 def test_the_hf_cache_round_trip_offline_then_cleared(package, site, tmp_path):
-    """The README's recipe, offline: a repo in the HF cache (as `download` leaves it) is calibrated and predicted
-    by its Hub id with HF_HUB_OFFLINE=1; its threshold file also fits the same package in a local folder (same
+    """The recipe of docs/serving.md, offline: a repo in the HF cache (as `download` leaves it) is calibrated and
+    predicted by its Hub id with HF_HUB_OFFLINE=1; its threshold file also fits the same package in a local folder (same
     weights); `hf cache rm` clears it, after which offline use is a one-line 'not in the local cache' error."""
     import os
     import subprocess
@@ -377,8 +430,14 @@ def test_the_hf_cache_round_trip_offline_then_cleared(package, site, tmp_path):
     env.pop("HF_HUB_CACHE", None)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "melanoma.commands", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "melanoma.commands", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     r = run("calibrate", rid, "--labels", str(site), "--out", "hub.json", "--bootstrap", "200")
     assert r.returncode == 0, r.stderr
@@ -388,8 +447,9 @@ def test_the_hf_cache_round_trip_offline_then_cleared(package, site, tmp_path):
     assert a.returncode == b.returncode == 0, a.stderr + b.stderr
     assert json.loads(a.stdout)["predictions"] == json.loads(b.stdout)["predictions"]
     hf = Path(sys.executable).parent / "hf"
-    r = subprocess.run([str(hf), "cache", "rm", f"model/{rid}", "-y"], env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [str(hf), "cache", "rm", f"model/{rid}", "-y"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "hf" / "hub" / "models--someone--melanoma-ResNet_Original").exists()
     r = run("predict", image, "--model", rid)
@@ -400,8 +460,9 @@ def test_semicolon_and_utf16_label_tables_read_like_the_comma_one(site, tmp_path
     rel = [f.relative_to(site).as_posix() for f in sorted(site.rglob("img_*.jpg"))]
     comma = read_labels(_csv(site / "comma.csv", [("image", "label")] + [(r, r.split("/")[0]) for r in rel]))
     (site / "semi.csv").write_text("image;label\n" + "".join(f"{r};{r.split('/')[0]}\n" for r in rel))
-    (site / "utf16.csv").write_text("image\tlabel\n" + "".join(f"{r}\t{r.split('/')[0]}\n" for r in rel),
-                                    encoding="utf-16")
+    (site / "utf16.csv").write_text(
+        "image\tlabel\n" + "".join(f"{r}\t{r.split('/')[0]}\n" for r in rel), encoding="utf-16"
+    )
     for other in ("semi.csv", "utf16.csv"):
         got = read_labels(site / other)
         assert got.files == comma.files and list(got.labels) == list(comma.labels)
@@ -427,6 +488,7 @@ def test_rates_of_0_or_1_get_the_exact_interval_and_a_warning():
     chance = {**inside, "ci95": {**inside["ci95"], "auroc": [0.48, 0.74]}}
     assert [w for w in warnings_for(chance, 15, 20) if "no better than chance" in w]
 
+
 def test_one_calibrate_per_out_and_a_file_that_appears_meanwhile_is_kept(package, site, capsys, monkeypatch):
     """Two calibrates wrote one --out (the first's threshold silently lost); a user's file created at --out while
     the images were scored was replaced without --force."""
@@ -443,8 +505,9 @@ def test_one_calibrate_per_out_and_a_file_that_appears_meanwhile_is_kept(package
         return real(*a, **k)
 
     monkeypatch.setattr(predict_module, "predict", user_writes_meanwhile)
-    line = one_line_error(capsys, ["calibrate", str(package), "--labels", str(site), "--out", str(out),
-                                   "--bootstrap", "100"])
+    line = one_line_error(
+        capsys, ["calibrate", str(package), "--labels", str(site), "--out", str(out), "--bootstrap", "100"]
+    )
     assert "exists and is not a threshold file this command wrote" in line and out.read_text() == "USER DATA"
 
 

@@ -1,4 +1,5 @@
 """The classifier registry, the BioViT weight mapping, and the one training loop (resume, DDP, determinism)."""
+
 import json
 import os
 import shutil
@@ -14,9 +15,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from melanoma.classifiers import (BIOMEDCLIP, FAMILIES, WeightsMismatch,
-                                  biomedclip_to_timm, build_model, load_strict)
 from melanoma.classifiers.inference import load_classifier
+from melanoma.classifiers.registry import (
+    BIOMEDCLIP,
+    FAMILIES,
+    WeightsMismatch,
+    biomedclip_to_timm,
+    build_model,
+    load_strict,
+)
 from melanoma.classifiers.train import augment, augment_params, epoch_batches, train_classifier
 from melanoma.engine import Diverged, Runtime, load_checkpoint
 from melanoma.errors import PretrainedUnavailable
@@ -25,8 +32,14 @@ from tests.conftest import ROOT
 from tests.tiny import TINY_MODELS, make_pack, tiny_params
 
 # the study's members at full size (224 px): what the full profile builds
-FULL = {"BioViT": "vit_base_patch16_224", "DenseNet": "densenet121", "ResNet": "resnet50",
-        "Swin": "swin_base_patch4_window7_224", "ViT": "vit_base_patch16_224", "MedViT": "medvit_small"}
+FULL = {
+    "BioViT": "vit_base_patch16_224",
+    "DenseNet": "densenet121",
+    "ResNet": "resnet50",
+    "Swin": "swin_base_patch4_window7_224",
+    "ViT": "vit_base_patch16_224",
+    "MedViT": "medvit_small",
+}
 
 
 def test_every_named_arch_has_a_registry_entry():
@@ -37,10 +50,14 @@ def test_medvit_is_a_timm_model_and_its_input_constraint_is_the_registrys():
     import timm
 
     import melanoma.classifiers.medvit  # noqa: F401  registers medvit_* with timm
+
     assert type(timm.create_model("medvit_tiny", num_classes=2)).__name__ == "MedViT"
     spec = {"model": "medvit_tiny", "pretrained": False, "lr": 1e-3, "kwargs": {}}
-    with pytest.raises(ParamsError, match=r"classifiers.models.MedViT \(medvit_tiny\) needs an input size of at "
-                                          r"least 32 that is a multiple of 32, got 100; change datasets.image_size"):
+    with pytest.raises(
+        ParamsError,
+        match=r"classifiers.models.MedViT \(medvit_tiny\) needs an input size of at "
+        r"least 32 that is a multiple of 32, got 100; change datasets.image_size",
+    ):
         build_model("MedViT", spec, 2, 100)
     with pytest.raises(ParamsError, match="unknown arch 'AlexNet'"):
         build_model("AlexNet", spec, 2, 64)
@@ -88,7 +105,7 @@ def test_biomedclip_trunk_maps_onto_timm_vit_and_loads_strictly(monkeypatch):
 
     trunk = timm.create_model("vit_base_patch16_224", num_classes=0, global_pool="", **SMALL_VIT)
     state = _open_clip_state(trunk)
-    monkeypatch.setattr("melanoma.classifiers._biomedclip_state", lambda: state)
+    monkeypatch.setattr("melanoma.classifiers.registry._biomedclip_state", lambda: state)
     spec = {"model": "vit_base_patch16_224", "pretrained": True, "lr": 1e-4, "kwargs": SMALL_VIT}
     built = build_model("BioViT", spec, 2, 224)
     own = built.model.state_dict()
@@ -109,9 +126,12 @@ def test_biomedclip_mapping_rejects_a_checkpoint_without_a_vision_trunk():
     model = timm.create_model("vit_base_patch16_224", num_classes=2, **SMALL_VIT)
     with pytest.raises(WeightsMismatch, match="no 'visual.trunk.\\*' keys"):
         biomedclip_to_timm({"text.proj": torch.zeros(2)}, model)
-    trunk = timm.create_model("vit_base_patch16_224", num_classes=0, global_pool="",
-                              **{**SMALL_VIT, "depth": 3})  # one block too many
-    with pytest.raises(WeightsMismatch, match=r"1 unexpected \(blocks\.2\..*do not fit|weights .* do not fit.*unexpected"):
+    trunk = timm.create_model(
+        "vit_base_patch16_224", num_classes=0, global_pool="", **{**SMALL_VIT, "depth": 3}
+    )  # one block too many
+    with pytest.raises(
+        WeightsMismatch, match=r"1 unexpected \(blocks\.2\..*do not fit|weights .* do not fit.*unexpected"
+    ):
         load_strict(model, biomedclip_to_timm(_open_clip_state(trunk), model), "biomedclip.bin")
 
 
@@ -132,11 +152,18 @@ def test_strict_load_names_missing_unexpected_and_misshapen_keys():
 
 @pytest.mark.parametrize("arch,name", [("ResNet", "timm/resnet18"), ("BioViT", BIOMEDCLIP)])
 def test_pretrained_offline_is_one_clear_error(tmp_path, arch, name):
-    code = (f"from melanoma.classifiers import build_model\n"
-            f"build_model({arch!r}, {{'model': {('resnet18' if arch == 'ResNet' else 'vit_base_patch16_224')!r}, "
-            f"'pretrained': True, 'lr': 0.1, 'kwargs': {{}}}}, 2, 64)\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "t"),
-           "PYTHONPATH": str(ROOT)}
+    code = (
+        f"from melanoma.classifiers.registry import build_model\n"
+        f"build_model({arch!r}, {{'model': {('resnet18' if arch == 'ResNet' else 'vit_base_patch16_224')!r}, "
+        f"'pretrained': True, 'lr': 0.1, 'kwargs': {{}}}}, 2, 64)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "t"),
+        "PYTHONPATH": str(ROOT),
+    }
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert p.returncode != 0
     last = p.stderr.strip().splitlines()[-1]
@@ -150,6 +177,7 @@ def test_medvit_pretrained_is_refused_clearly():
 
 
 # ---------------------------------------------------------------- augmentation
+
 
 def _identity(n: int) -> dict:
     cfg = {"hflip": False, "rot90": False, "rotate_degrees": 0.0, "scale": 0.0, "translate": 0.0, "color_jitter": 0.0}
@@ -181,6 +209,7 @@ def test_augment_draws_depend_only_on_the_seed_and_stay_in_range():
 
 # ---------------------------------------------------------------- the loop
 
+
 def _params(**over) -> dict:
     return tiny_params(**{"classifiers.seeds": [0], "classifiers.train.steps": 12, **over})
 
@@ -192,8 +221,9 @@ def _cfg(out: Path, seed: int = 0) -> dict:
 def test_training_writes_a_cell_whose_weights_load_weights_only(tmp_path):
     data = make_pack(tmp_path / "data")
     out = tmp_path / "cell"
-    r = train_classifier("ViT", "Original", _params(**{"classifiers.seeds": [0, 3]}), data, out, tmp_path / "ck",
-                         log=lambda s: None)
+    r = train_classifier(
+        "ViT", "Original", _params(**{"classifiers.seeds": [0, 3]}), data, out, tmp_path / "ck", log=lambda s: None
+    )
     assert [s["seed"] for s in r["seeds"]] == [0, 3] and sorted(p.name for p in out.iterdir()) == ["seed_0", "seed_3"]
     cfg = _cfg(out)
     assert cfg["val_auroc"] == r["seeds"][0]["val_auroc"] > 0.5
@@ -237,9 +267,18 @@ def test_balanced_sampling_draws_both_classes_equally_whatever_the_counts():
 
 def test_same_seed_same_val_metrics_and_a_different_seed_differs(tmp_path):
     data = make_pack(tmp_path / "data")
-    runs = [train_classifier("ResNet", "Original", _params(**{"classifiers.seeds": [s]}), data,
-                             tmp_path / f"o{i}", tmp_path / f"c{i}", log=lambda s: None)["seeds"][0]["history"]
-            for i, s in enumerate((0, 0, 1))]
+    runs = [
+        train_classifier(
+            "ResNet",
+            "Original",
+            _params(**{"classifiers.seeds": [s]}),
+            data,
+            tmp_path / f"o{i}",
+            tmp_path / f"c{i}",
+            log=lambda s: None,
+        )["seeds"][0]["history"]
+        for i, s in enumerate((0, 0, 1))
+    ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
@@ -270,8 +309,15 @@ def _stage_project(tmp_path: Path, **over) -> Path:
 
 def _stage(proj: Path, *args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(ROOT / "stages/train_classifier.py"), *args], cwd=proj, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "stages/train_classifier.py"), *args],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_killed_training_resumes_from_the_saved_step(tmp_path):
@@ -311,10 +357,19 @@ def test_killed_training_resumes_from_the_saved_step(tmp_path):
 
 def test_changed_config_starts_over_instead_of_resuming(tmp_path, monkeypatch):
     proj = _stage_project(tmp_path)
-    monkeypatch.chdir(proj)  # the checkpoints a run killed after its last step would leave (finished runs delete theirs)
+    monkeypatch.chdir(
+        proj
+    )  # the checkpoints a run killed after its last step would leave (finished runs delete theirs)
     monkeypatch.setattr("melanoma.classifiers.train.discard", lambda folder: None)
-    train_classifier("ResNet", "Original", _params(), proj / "data/datasets/Original", tmp_path / "o",
-                     proj / "models/.checkpoints/classifiers/ResNet_Original", log=lambda s: None)
+    train_classifier(
+        "ResNet",
+        "Original",
+        _params(),
+        proj / "data/datasets/Original",
+        tmp_path / "o",
+        proj / "models/.checkpoints/classifiers/ResNet_Original",
+        log=lambda s: None,
+    )
     yaml_p = yaml.safe_load((proj / "params.yaml").read_text())
     yaml_p["classifiers"]["models"]["ResNet"]["lr"] = 0.002
     (proj / "params.yaml").write_text(yaml.safe_dump(yaml_p, sort_keys=False))
@@ -388,8 +443,15 @@ def test_stage_refuses_an_unknown_arch_in_one_line(tmp_path):
 def test_checkpoint_payload_is_weights_only(tmp_path, monkeypatch):
     monkeypatch.setattr("melanoma.classifiers.train.discard", lambda folder: None)  # keep it to look at
     data = make_pack(tmp_path / "data")
-    train_classifier("ResNet", "Original", _params(**{"classifiers.train.steps": 4}), data, tmp_path / "o",
-                     tmp_path / "c", log=lambda s: None)
+    train_classifier(
+        "ResNet",
+        "Original",
+        _params(**{"classifiers.train.steps": 4}),
+        data,
+        tmp_path / "o",
+        tmp_path / "c",
+        log=lambda s: None,
+    )
     state = load_checkpoint(tmp_path / "c/seed_0/checkpoint_step_4.pth")
     assert state["step"] == 4 and set(state) >= {"config_hash", "last", "task"}
     assert set(state["task"]) == {"model", "optimizer", "history", "best", "best_model"}
@@ -418,6 +480,7 @@ def test_checkpoints_of_other_code_are_not_resumed(tmp_path, monkeypatch):
 
 def test_a_non_finite_loss_stops_training_before_the_period_is_saved(tmp_path, monkeypatch):
     import melanoma.classifiers.train as loop
+
     real = loop.train_step
     calls = []
 
@@ -428,23 +491,41 @@ def test_a_non_finite_loss_stops_training_before_the_period_is_saved(tmp_path, m
 
     monkeypatch.setattr(loop, "train_step", nan_in_second_period)
     data = make_pack(tmp_path / "data")
-    with pytest.raises(Diverged, match="ResNet_Original seed 0: train_loss became nan by step 8; lower "
-                                       "classifiers.models.ResNet.lr"):
+    with pytest.raises(
+        Diverged, match="ResNet_Original seed 0: train_loss became nan by step 8; lower classifiers.models.ResNet.lr"
+    ):
         train_classifier("ResNet", "Original", _params(), data, tmp_path / "o", tmp_path / "c", log=lambda s: None)
     assert sorted(p.name for p in (tmp_path / "c/seed_0").glob("checkpoint_step_*.pth")) == ["checkpoint_step_4.pth"]
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("arch,spec,message", [
-    ("ResNet", {"model": "vit_tiny_patch16_224", "kwargs": {}}, r"as a ResNet-family network .*no attribute .layer4."),
-    ("ResNet", {"model": "resnet18", "kwargs": {"foo": 1}}, r"unexpected keyword argument 'foo'"),
-    ("ResNet", {"model": "resnet18", "kwargs": {"checkpoint_path": "/etc/passwd"}},
-     r"kwargs sets checkpoint_path: weights are loaded only through `pretrained`"),
-    ("ResNet", {"model": "resnet500", "kwargs": {}}, r"Unknown model \(resnet500\)"),
-    ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 64}},
-     r"needs an input size of at least 64 that is a multiple of 64, got 32"),
-    ("ViT", {"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 64}}, r"kwargs sets img_size: the project sets"),
-])
+@pytest.mark.parametrize(
+    "arch,spec,message",
+    [
+        (
+            "ResNet",
+            {"model": "vit_tiny_patch16_224", "kwargs": {}},
+            r"as a ResNet-family network .*no attribute .layer4.",
+        ),
+        ("ResNet", {"model": "resnet18", "kwargs": {"foo": 1}}, r"unexpected keyword argument 'foo'"),
+        (
+            "ResNet",
+            {"model": "resnet18", "kwargs": {"checkpoint_path": "/etc/passwd"}},
+            r"kwargs sets checkpoint_path: weights are loaded only through `pretrained`",
+        ),
+        ("ResNet", {"model": "resnet500", "kwargs": {}}, r"Unknown model \(resnet500\)"),
+        (
+            "ViT",
+            {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 64}},
+            r"needs an input size of at least 64 that is a multiple of 64, got 32",
+        ),
+        (
+            "ViT",
+            {"model": "vit_tiny_patch16_224", "kwargs": {"img_size": 64}},
+            r"kwargs sets img_size: the project sets",
+        ),
+    ],
+)
 def test_a_member_the_family_cannot_build_is_one_params_error(arch, spec, message):
     """Honest names: a ViT cannot sit in the ResNet row; a value timm rejects names the params key, not a traceback."""
     with pytest.raises(ParamsError, match=f"classifiers.models.{arch}.*{message}"):

@@ -1,5 +1,6 @@
 """The real images decoded once, and the five datasets: composition (per_class, both classes), identical val/test,
 leakage guard, packed cache, bad synthetic input."""
+
 import json
 import re
 
@@ -7,8 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from melanoma.data.datasets import (DatasetError, LeakageError, build_dataset, decode_real, load_split, resize,
-                                    synthetic_counts)
+from melanoma.data.datasets import (
+    DatasetError,
+    LeakageError,
+    build_dataset,
+    decode_real,
+    load_split,
+    resize,
+    synthetic_counts,
+)
 from melanoma.generators.upscale import upscale
 from melanoma.io import read_csv
 from tests.tiny import make_project, tiny_params, with_dcgan_synthetic
@@ -20,8 +28,14 @@ P = tiny_params(**{"upscale.method": "bicubic", "datasets.image_size": 24})
 def project(tmp_path_factory):
     """Tiny project with DCGAN synthetic images, plain and upscaled."""
     folder = with_dcgan_synthetic(make_project(tmp_path_factory.mktemp("ds"), P), P)
-    upscale("dcgan", P, folder / "data/synthetic/dcgan", folder / "models/upscaler",
-            folder / "data/synthetic/dcgan_upscaled", folder / "results/upscaler/dcgan_comparison.png")
+    upscale(
+        "dcgan",
+        P,
+        folder / "data/synthetic/dcgan",
+        folder / "models/upscaler",
+        folder / "data/synthetic/dcgan_upscaled",
+        folder / "results/upscaler/dcgan_comparison.png",
+    )
     for name in ("Original", "DCGAN", "DCGAN_Upscaled"):
         build(folder, name)
     return folder
@@ -67,8 +81,9 @@ def test_composition_matches_params(project):
 
 def test_val_and_test_identical_across_datasets(project):
     for split in ("train", "val", "test"):
-        assert (project / f"data/datasets/Original/{split}.npy").read_bytes() == \
-            (project / f"data/real24/{split}.npy").read_bytes()  # decoded once, copied byte for byte
+        assert (project / f"data/datasets/Original/{split}.npy").read_bytes() == (
+            project / f"data/real24/{split}.npy"
+        ).read_bytes()  # decoded once, copied byte for byte
     for split in ("val", "test"):
         ref = (project / f"data/datasets/Original/{split}.npy").read_bytes()
         for name in ("DCGAN", "DCGAN_Upscaled"):
@@ -87,6 +102,7 @@ def test_pack_equals_decoding_the_images(project):
 @pytest.mark.parametrize("tweak", ["exact", "brighter"])
 def test_leakage_guard_fires_on_a_planted_val_image(project, tmp_path, tweak):
     import shutil
+
     shutil.copytree(project / "data/synthetic/dcgan", tmp_path / "dcgan")
     shard = np.load(tmp_path / "dcgan/malignant.npy")
     val = read_csv(project / "data/splits/val.csv")[0]
@@ -100,7 +116,9 @@ def test_leakage_guard_fires_on_a_planted_val_image(project, tmp_path, tweak):
     params = tiny_params(**{"upscale.method": "bicubic", "datasets.image_size": size})
     before = (project / "data/datasets/DCGAN/manifest.csv").read_bytes()
     expected = "identical to" if tweak == "exact" else "a near duplicate of"
-    with pytest.raises(LeakageError, match=f"val image {val['id']} is {expected} training image dcgan_malignant_000000"):
+    with pytest.raises(
+        LeakageError, match=f"val image {val['id']} is {expected} training image dcgan_malignant_000000"
+    ):
         build(project, "DCGAN", params, synthetic=tmp_path)
     assert (project / "data/datasets/DCGAN/manifest.csv").read_bytes() == before  # nothing half-written
 
@@ -127,7 +145,7 @@ def test_plan_counts_what_build_dataset_builds(project):
     assert {c: sum(got["datasets"]["DCGAN"][c]) for c in ("benign", "malignant")} == stats["per_class"]["train"]
     assert got["datasets"]["Original"] == {c: (n, 0) for c, n in got["real"].items()}
     table = describe(got, P)
-    total = 2 * P['datasets']['per_class']
+    total = 2 * P["datasets"]["per_class"]
     assert re.search(rf"\nDCGAN +{total} +{stats['per_class']['train']['benign']} = ", table), table
     assert f"{P['classifiers']['train']['steps']} optimiser steps per cell and seed" in table
 
@@ -157,12 +175,15 @@ def test_decode_refuses_missing_or_empty_splits_before_writing(project, tmp_path
     assert (tmp_path / "real/keep.txt").read_text() == "previous output"  # nothing replaced
 
 
-@pytest.mark.parametrize("damage,expected", [
-    ("truncated", r"cannot read .*train.npy"),
-    ("pickle", r"cannot read .*train.npy"),
-    ("float", r"is not a uint8 \(N, S, S, 3\) image pack \(got float64"),
-    ("manifest", r"is not a pack manifest"),
-])
+@pytest.mark.parametrize(
+    "damage,expected",
+    [
+        ("truncated", r"cannot read .*train.npy"),
+        ("pickle", r"cannot read .*train.npy"),
+        ("float", r"is not a uint8 \(N, S, S, 3\) image pack \(got float64"),
+        ("manifest", r"is not a pack manifest"),
+    ],
+)
 def test_damaged_packs_are_one_error_never_unpickled(project, tmp_path, damage, expected):
     import shutil
 
@@ -194,9 +215,11 @@ def test_a_per_class_adding_too_small_a_share_is_named_with_its_fix():
 
     balanced = {"benign": 105, "malignant": 105}
     said = share_problem(balanced, "1x", 0.25)
-    assert said == ("params.yaml datasets.per_class: 1x adds no synthetic image to 105 benign + 105 malignant real "
-                    "train images, so every augmented dataset would equal Original; set a multiple of the larger "
-                    "class, e.g. `dvc exp run -S datasets.per_class=2x` (50% synthetic)")
+    assert said == (
+        "params.yaml datasets.per_class: 1x adds no synthetic image to 105 benign + 105 malignant real "
+        "train images, so every augmented dataset would equal Original; set a multiple of the larger "
+        "class, e.g. `dvc exp run -S datasets.per_class=2x` (50% synthetic)"
+    )
     assert share_problem(balanced, "1x", 0.0) == said  # a lower minimum cannot make it add anything
     assert "holds no real images" in share_problem({"benign": 0, "malignant": 0}, "3x", 0.25)
     # the issue's own-data run: 287 per class added 25 malignant images to 771 real ones (3 %)

@@ -7,6 +7,7 @@ compute function that fell back to choosing its own device fails; a global forwa
 every parameter, buffer and input tensor of every module call, so a model or batch left on another device is
 caught too. The second run does the same under CPU bf16 autocast, the code path CUDA bf16 takes.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,13 @@ CHOOSES_A_DEVICE = re.compile(r"torch\.cuda\.is_available|\.cuda\(|device=[\"']c
 
 
 def test_only_the_engine_chooses_a_device():
-    offenders = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
-                 for p in sorted((ROOT / "melanoma").rglob("*.py")) if p.name not in ("engine.py", "device.py")
-                 for i, line in enumerate(p.read_text().splitlines(), 1) if CHOOSES_A_DEVICE.search(line)]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+        for p in sorted((ROOT / "melanoma").rglob("*.py"))
+        if p.name not in ("engine.py", "device.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if CHOOSES_A_DEVICE.search(line)
+    ]
     assert not offenders, "device chosen outside melanoma.engine.runtime():\n" + "\n".join(offenders)
     assert CHOOSES_A_DEVICE.search((ROOT / "melanoma/engine.py").read_text())  # the pattern does match the engine
 
@@ -43,8 +48,8 @@ def _run_everything(folder: Path, params: dict, rt: Runtime) -> None:
     from melanoma.classifiers.train import train_classifier
     from melanoma.data.datasets import build_dataset, decode_real
     from melanoma.evaluation.evaluate import evaluate_cell
-    from melanoma.generators import train_generator
     from melanoma.generators.synthesize import synthesize
+    from melanoma.generators.train import train_generator
     from melanoma.generators.upscale import train_upscaler, upscale
     from melanoma.serving.package import export_cell
 
@@ -52,14 +57,47 @@ def _run_everything(folder: Path, params: dict, rt: Runtime) -> None:
     splits, raw, ck = folder / "data/splits", folder / "data/raw", folder / "models/.checkpoints"
     for gen in ("dcgan", "ddpm"):
         for label in ("benign", "malignant"):
-            train_generator(gen, label, params, splits, raw, folder / f"models/generators/{gen}/{gen}_{label}",
-                            ck / f"{gen}_{label}", rt, log=quiet)
-        synthesize(gen, params, splits, raw, folder / "models/generators", folder / f"data/synthetic/{gen}",
-                   folder / f"results/generators/{gen}", rt, log=quiet)
-    train_upscaler(params, splits, raw, folder / "models/upscaler", folder / "results/upscaler/metrics.json",
-                   ck / "upscaler", rt, log=quiet)
-    upscale("dcgan", params, folder / "data/synthetic/dcgan", folder / "models/upscaler",
-            folder / "data/synthetic/dcgan_upscaled", folder / "results/upscaler/dcgan.png", rt)
+            train_generator(
+                gen,
+                label,
+                params,
+                splits,
+                raw,
+                folder / f"models/generators/{gen}/{gen}_{label}",
+                ck / f"{gen}_{label}",
+                rt,
+                log=quiet,
+            )
+        synthesize(
+            gen,
+            params,
+            splits,
+            raw,
+            folder / "models/generators",
+            folder / f"data/synthetic/{gen}",
+            folder / f"results/generators/{gen}",
+            rt,
+            log=quiet,
+        )
+    train_upscaler(
+        params,
+        splits,
+        raw,
+        folder / "models/upscaler",
+        folder / "results/upscaler/metrics.json",
+        ck / "upscaler",
+        rt,
+        log=quiet,
+    )
+    upscale(
+        "dcgan",
+        params,
+        folder / "data/synthetic/dcgan",
+        folder / "models/upscaler",
+        folder / "data/synthetic/dcgan_upscaled",
+        folder / "results/upscaler/dcgan.png",
+        rt,
+    )
     decode_real(splits, raw, params["datasets"]["image_size"], folder / "data/real")
     build_dataset("DCGAN", params, folder / "data/real", folder / "data/synthetic", folder / "data/datasets/DCGAN")
     cell, data = folder / "models/classifiers/ResNet/ResNet_DCGAN", folder / "data/datasets/DCGAN"
@@ -67,8 +105,15 @@ def _run_everything(folder: Path, params: dict, rt: Runtime) -> None:
     evaluate_cell("ResNet", "DCGAN", params, cell, data, folder / "results/evaluation/ResNet/ResNet_DCGAN", rt)
     package = folder / "models/export/ResNet/ResNet_DCGAN"
     package.mkdir(parents=True)
-    export_cell(cell, folder / "results/evaluation/ResNet/ResNet_DCGAN", data, package, 17,
-                {"source": "demo", "max_side": 1024}, rt)
+    export_cell(
+        cell,
+        folder / "results/evaluation/ResNet/ResNet_DCGAN",
+        data,
+        package,
+        17,
+        {"source": "demo", "max_side": 1024},
+        rt,
+    )
 
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["float32", "bf16-autocast"])
@@ -76,11 +121,12 @@ def test_every_stage_computes_on_the_device_it_is_given(amp, tmp_path, monkeypat
     params = tiny_params()
     folder = make_project(tmp_path / "p", params)
     monkeypatch.chdir(folder)
+
     def no_default(*_a, **_k):
         raise AssertionError("a compute function called runtime() although it was given a Runtime")
 
     monkeypatch.setattr(melanoma.engine, "runtime", no_default)
-    for module in ("melanoma.generators", "melanoma.generators.upscale"):  # imported by name there
+    for module in ("melanoma.generators.train", "melanoma.generators.upscale"):  # imported by name there
         monkeypatch.setattr(f"{module}.runtime", no_default)
     seen: Counter = Counter()
     calls: Counter = Counter()
@@ -111,6 +157,7 @@ def test_every_stage_computes_on_the_device_it_is_given(amp, tmp_path, monkeypat
 
 # ---------------------------------------------------------------- params.yaml `device`: refuse what cannot run
 
+
 def _no_cuda(monkeypatch, driver: int | None, built: str | None = "13.0") -> None:
     import melanoma.device
 
@@ -120,13 +167,23 @@ def _no_cuda(monkeypatch, driver: int | None, built: str | None = "13.0") -> Non
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
-@pytest.mark.parametrize("driver, built, needles", [
-    (12040, "13.0", ["driver supports CUDA 12.4", "built for CUDA 13.0, which needs driver >= 580",
-                     "--index-url https://download.pytorch.org/whl/cu124"]),
-    (None, "13.0", ["no NVIDIA driver found (libcuda.so.1 is missing)"]),
-    (13000, None, ["is a CPU-only build; install a CUDA build"]),
-    (13000, "13.0", ["torch sees no usable GPU although the driver supports CUDA 13.0"]),
-])
+@pytest.mark.parametrize(
+    "driver, built, needles",
+    [
+        (
+            12040,
+            "13.0",
+            [
+                "driver supports CUDA 12.4",
+                "built for CUDA 13.0, which needs driver >= 580",
+                "--index-url https://download.pytorch.org/whl/cu124",
+            ],
+        ),
+        (None, "13.0", ["no NVIDIA driver found (libcuda.so.1 is missing)"]),
+        (13000, None, ["is a CPU-only build; install a CUDA build"]),
+        (13000, "13.0", ["torch sees no usable GPU although the driver supports CUDA 13.0"]),
+    ],
+)
 def test_why_cuda_is_not_usable_is_said_with_the_fix(monkeypatch, driver, built, needles):
     from melanoma.device import DeviceUnavailable, cuda_problem, require_device
 
@@ -173,12 +230,19 @@ def test_a_gpu_profile_stops_at_its_first_stage_without_cuda(tmp_path, stage):
     params["device"] = "cuda"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, str(ROOT / "stages" / stage[0]), *stage[1:]], cwd=tmp_path, text=True,
-                       capture_output=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / stage[0]), *stage[1:]],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=300,
+    )
     name = stage[0].removesuffix(".py")
     assert p.returncode == 1 and p.stdout == "", p.stdout + p.stderr
-    assert p.stderr.count("\n") == 1 and p.stderr.startswith(f"{name}: error: params.yaml device: cuda, but CUDA is "
-                                                             "not usable here: "), p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith(
+        f"{name}: error: params.yaml device: cuda, but CUDA is not usable here: "
+    ), p.stderr
     assert "(dvc exp run -S device=cpu)" in p.stderr
     assert sorted(x.name for x in tmp_path.iterdir()) == ["params.yaml"]  # nothing started
     print(f"{name} refused in {time.perf_counter() - t0:.1f} s")

@@ -2,25 +2,21 @@
 
 DVC reruns a stage only when one of its listed deps changes, so a project file a stage imports but does not list
 leaves stale outputs behind a `dvc status` that says up to date; a listed file the stage never imports reruns it for
-nothing. The imports are read with `ast` (nothing is imported): every import anywhere in a file, lazy ones inside
-functions included, except those under `if TYPE_CHECKING:`, followed transitively through the project's files.
+nothing. tools/generate.py writes the lists from `melanoma.imports` (tests/test_generated.py checks the committed
+dvc.yaml is what it writes); these tests check the walk itself and the lists against it.
 """
+
 from __future__ import annotations
 
-import ast
 import copy
 import re
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("melanoma", "stages")  # the only files that count: the library and the stage scripts
-# where `python stages/<name>.py` finds a module: the script's own folder first (sys.path[0]), then the checkout
-SEARCH_PATH = (ROOT / "stages", ROOT)
+from melanoma.imports import CODE_DIRS, ROOT, imported_files, reached_files
 
 Stage = dict[str, Any]
 
@@ -36,79 +32,6 @@ def stage_script(stage: Stage) -> str:
     match = re.search(r"\bpython3?\s+(stages/\w+\.py)\b", stage["cmd"])
     assert match, f"cmd {stage['cmd']!r} runs no stages/<name>.py script"
     return match.group(1)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    """Whether an `if` test is `TYPE_CHECKING` or `typing.TYPE_CHECKING`."""
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def import_nodes(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import statement under `node`, at any depth, skipping the bodies of `if TYPE_CHECKING:` blocks."""
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-        yield node
-    typing_only = isinstance(node, ast.If) and _is_type_checking(node.test)
-    for child in node.orelse if typing_only else ast.iter_child_nodes(node):
-        yield from import_nodes(child)
-
-
-def _find(base: Path, parts: list[str]) -> list[Path]:
-    """The files `import a.b.c` runs when `a` lies in `base`: each package's __init__.py and the module ([] if none)."""
-    files = []
-    for depth in range(1, len(parts) + 1):
-        here = base.joinpath(*parts[:depth])
-        if (here / "__init__.py").is_file():
-            files.append(here / "__init__.py")
-        elif depth == len(parts) and here.with_suffix(".py").is_file():
-            files.append(here.with_suffix(".py"))
-        else:
-            return []
-    return files
-
-
-def module_files(name: str) -> list[Path]:
-    """The project files that importing module `name` executes; [] for the stdlib and third-party modules."""
-    for base in SEARCH_PATH:
-        files = _find(base, name.split("."))
-        if files:
-            return [f for f in files if f.relative_to(ROOT).parts[0] in CODE_DIRS]
-    return []
-
-
-def _package(path: Path) -> list[str]:
-    """The dotted package a project file belongs to, as parts (what a relative import starts from)."""
-    return list(path.relative_to(ROOT).parts[:-1])  # a package's __init__.py and its modules share its folder
-
-
-def imported_modules(node: ast.Import | ast.ImportFrom, path: Path) -> list[str]:
-    """The modules one import statement can load: `from pkg import name` also tries `pkg.name` as a submodule."""
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    package = _package(path) if node.level else []
-    base = package[:len(package) - node.level + 1]
-    module = ".".join(base + ([node.module] if node.module else []))
-    return [module] + [f"{module}.{alias.name}" for alias in node.names if alias.name != "*"]
-
-
-@lru_cache(maxsize=None)
-def imported_files(path: Path) -> frozenset[Path]:
-    """The project files that the imports written in one file (not followed further) execute."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    return frozenset(f for node in import_nodes(tree) for name in imported_modules(node, path)
-                     for f in module_files(name))
-
-
-def reached_files(script: str) -> set[str]:
-    """Every project file (POSIX path from the checkout root) that running `script` can execute, transitively."""
-    todo, seen = [ROOT / script], set()
-    while todo:
-        path = todo.pop()
-        rel = path.relative_to(ROOT).as_posix()
-        if rel not in seen:
-            seen.add(rel)
-            todo.extend(imported_files(path))
-    return seen
 
 
 def code_deps(stage: Stage) -> list[str]:
@@ -134,7 +57,7 @@ def stale_deps(stage: Stage) -> list[str]:
     stale = []
     for i, dep in enumerate(deps):
         mine = {f for f in reached if covers(dep, f)}
-        others = deps[:i] + deps[i + 1:]
+        others = deps[:i] + deps[i + 1 :]
         if not mine:
             stale.append(f"{dep} is in dvc.yaml deps but {stage_script(stage)} never imports it")
         elif all(any(covers(o, f) for o in others) for f in mine):
@@ -160,11 +83,17 @@ def test_every_code_dep_is_needed(name: str) -> None:
 
 
 def test_walker_follows_lazy_imports_and_a_dropped_dep_is_reported() -> None:
-    """Not vacuous: evaluate reaches gradcam only through a lazy `from melanoma.evaluation import gradcam` in a function of
-    melanoma/evaluation/evaluate.py, and taking that dep out of an in-memory dvc.yaml makes the coverage check name it."""
+    """Not vacuous: evaluate reaches gradcam only through a lazy `from melanoma.evaluation import gradcam` in a
+    function of melanoma/evaluation/evaluate.py, and taking that dep out of an in-memory dvc.yaml makes the coverage
+    check name it."""
     reached = reached_files("stages/evaluate.py")
-    assert {"melanoma/__init__.py", "melanoma/evaluation/evaluate.py", "melanoma/evaluation/gradcam.py",
-            "melanoma/classifiers/inference.py", "melanoma/classifiers/medvit.py"} <= reached
+    assert {
+        "melanoma/__init__.py",
+        "melanoma/evaluation/evaluate.py",
+        "melanoma/evaluation/gradcam.py",
+        "melanoma/classifiers/inference.py",
+        "melanoma/classifiers/medvit.py",
+    } <= reached
     assert not any(f.startswith(("melanoma/generators/", "melanoma/evaluation/report.py")) for f in reached)
     stage = copy.deepcopy(STAGES["evaluate"])
     assert missing_deps(stage) == []
@@ -175,11 +104,17 @@ def test_walker_follows_lazy_imports_and_a_dropped_dep_is_reported() -> None:
 def test_walker_skips_type_checking_imports(tmp_path: Path) -> None:
     """Imports under `if TYPE_CHECKING:` never run; lazy ones and the `else:` branch do."""
     script = tmp_path / "script.py"
-    script.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from melanoma.evaluation import gradcam\n"
-                      "else:\n    import melanoma.generators.dcgan\n\ndef f():\n    from melanoma import io\n")
+    script.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from melanoma.evaluation import gradcam\n"
+        "else:\n    import melanoma.generators.dcgan\n\ndef f():\n    from melanoma import io\n"
+    )
     found = {f.relative_to(ROOT).as_posix() for f in imported_files(script)}
-    assert found == {"melanoma/__init__.py", "melanoma/io.py", "melanoma/generators/__init__.py",
-                     "melanoma/generators/dcgan.py"}
+    assert found == {
+        "melanoma/__init__.py",
+        "melanoma/io.py",
+        "melanoma/generators/__init__.py",
+        "melanoma/generators/dcgan.py",
+    }
 
 
 def test_dvc_lock_holds_exactly_the_pipelines_stages() -> None:
@@ -189,8 +124,45 @@ def test_dvc_lock_holds_exactly_the_pipelines_stages() -> None:
     import sys
 
     dvc = Path(sys.executable).parent / "dvc"
-    names = subprocess.run([str(dvc), "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
+    names = subprocess.run(
+        [str(dvc), "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     locked = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
     assert len(names) == 56
     assert sorted(locked) == sorted(names), sorted(set(locked) ^ set(names))[:10]
+
+
+def test_the_library_has_no_import_cycle() -> None:
+    """Every import (lazy ones included) between library modules points one way: a cycle hides behind
+    function-level imports and breaks when one of them moves to the top."""
+    import graphlib
+
+    graph = {
+        f.relative_to(ROOT).as_posix(): {x.relative_to(ROOT).as_posix() for x in imported_files(f) if x != f}
+        for f in sorted(ROOT.glob("melanoma/**/*.py"))
+    }
+    assert len(graph) > 40
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+    graph["melanoma/serving/thresholds.py"].add("melanoma/serving/predict.py")  # the check sees a planted one
+    with pytest.raises(graphlib.CycleError):
+        list(graphlib.TopologicalSorter(graph).static_order())
+
+
+def test_checkpoint_code_hashes_cover_what_the_stage_imports() -> None:
+    """A checkpoint is resumed only under the code that made it: the engine's code list for each trained model is
+    the import walk of its training module, so it holds at least what dvc.yaml lists for the stage's library."""
+    from melanoma.classifiers.train import CODE as classifier_code
+    from melanoma.generators.train import CODE as generator_code
+    from melanoma.generators.upscale import CODE as upscaler_code
+
+    for code, stage in (
+        (classifier_code, "train_classifier"),
+        (generator_code, "train_generator"),
+        (upscaler_code, "train_upscaler"),
+    ):
+        listed = {d for d in code_deps(STAGES[stage]) if d.startswith("melanoma/")}
+        mine = {p.relative_to(ROOT).as_posix() for p in code}
+        assert {"melanoma/engine.py", "melanoma/io.py"} <= mine <= listed, (stage, sorted(listed - mine))

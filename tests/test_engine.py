@@ -1,5 +1,6 @@
 """The one training engine: resume to identical weights, config change starts over, corrupt checkpoint, NaN stop,
 no per-step host reads, and every engine user under bf16 autocast on the CPU (the dtype path CUDA takes)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.classifiers import build_model
+from melanoma.classifiers.registry import build_model
 from melanoma.classifiers.train import ClassifierTask
 from melanoma.data.datasets import load_split
-from melanoma.engine import CheckpointError, Diverged, Plan, Runtime, fit, load_checkpoint
+from melanoma.engine import CheckpointError, Diverged, Runtime, TrainingPlan, fit, load_checkpoint
 from melanoma.generators.dcgan import DCGANTask
 from melanoma.generators.ddpm import DDPMTask
 from melanoma.generators.quality import C2STTask
@@ -51,8 +52,10 @@ class Linear:
         self.g.set_state(s["g"])
 
 
-def _plan(folder: Path, steps: int = 12, **kw: Any) -> Plan:
-    return Plan(steps=steps, seed=0, period=3, config={"lr": 0.1, **kw}, folder=folder, checkpoint_every=3, keep=2)
+def _plan(folder: Path, steps: int = 12, **kw: Any) -> TrainingPlan:
+    return TrainingPlan(
+        steps=steps, seed=0, period=3, config={"lr": 0.1, **kw}, folder=folder, checkpoint_every=3, keep=2
+    )
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
@@ -65,11 +68,14 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     logs: list[str] = []
     resumed = Linear()
     r = fit(resumed, _plan(tmp_path / "b"), log=logs.append)
-    assert r.resumed_from == 9 and logs == [f"linear: resuming from checkpoint {tmp_path / 'b'}/checkpoint_step_9.pth "
-                                            "after step 9"]
+    assert r.resumed_from == 9 and logs == [
+        f"linear: resuming from checkpoint {tmp_path / 'b'}/checkpoint_step_9.pth after step 9"
+    ]
     assert torch.equal(resumed.w.weight, full.w.weight) and torch.equal(resumed.w.bias, full.w.bias)
-    assert sorted(f.name for f in (tmp_path / "b").glob("checkpoint_*")) == ["checkpoint_step_12.pth",
-                                                                              "checkpoint_step_9.pth"]  # keep: 2
+    assert sorted(f.name for f in (tmp_path / "b").glob("checkpoint_*")) == [
+        "checkpoint_step_12.pth",
+        "checkpoint_step_9.pth",
+    ]  # keep: 2
 
 
 def test_another_config_starts_over_and_a_corrupt_checkpoint_is_one_error(tmp_path):
@@ -85,11 +91,17 @@ def test_another_config_starts_over_and_a_corrupt_checkpoint_is_one_error(tmp_pa
 def test_code_change_starts_over(tmp_path):
     code = tmp_path / "code.py"
     code.write_text("v1")
-    fit(Linear(), Plan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_every=3),
-        log=lambda _: None)
+    fit(
+        Linear(),
+        TrainingPlan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_every=3),
+        log=lambda _: None,
+    )
     code.write_text("v2")
-    r = fit(Linear(), Plan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_every=3),
-            log=lambda _: None)
+    r = fit(
+        Linear(),
+        TrainingPlan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_every=3),
+        log=lambda _: None,
+    )
     assert r.resumed_from is None
 
 
@@ -99,7 +111,7 @@ def test_nan_stops_before_the_period_is_saved_and_scalars_are_read_once_per_peri
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or real_tolist(t))
     task = Linear(lr=10.0)  # diverges within a few steps
     with pytest.raises(Diverged, match=r"linear: loss became (nan|inf) by step \d+; lower the test's lr"):
-        fit(task, Plan(steps=300, seed=0, period=5, folder=tmp_path, checkpoint_every=5), log=lambda _: None)
+        fit(task, TrainingPlan(steps=300, seed=0, period=5, folder=tmp_path, checkpoint_every=5), log=lambda _: None)
     saved = [load_checkpoint(f)["last"]["loss"] for f in tmp_path.glob("checkpoint_*.pth")]
     assert saved and all(np.isfinite(saved))  # checkpoints exist, and none holds the diverged period
     last_step = max(load_checkpoint(f)["step"] for f in tmp_path.glob("checkpoint_*.pth"))
@@ -107,6 +119,7 @@ def test_nan_stops_before_the_period_is_saved_and_scalars_are_read_once_per_peri
 
 
 # ---------------------------------------------------------------- every engine user under bf16 autocast
+
 
 def _params(w: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in w.parameters()]
@@ -120,7 +133,7 @@ def _trained(before: list[torch.Tensor], model: torch.nn.Module) -> None:
 
 
 def _run(task: Any, steps: int = 2, period: int = 1) -> dict[str, float]:
-    return fit(task, Plan(steps=steps, seed=0, period=period), BF16, log=lambda _: None).last
+    return fit(task, TrainingPlan(steps=steps, seed=0, period=period), BF16, log=lambda _: None).last
 
 
 @pytest.mark.parametrize("arch", ["ResNet", "ViT", "Swin", "MedViT"])
@@ -131,8 +144,9 @@ def test_classifier_task_trains_under_bf16_autocast(tmp_path, arch):
     data = make_pack(tmp_path, size=size)
     tp = tiny_params()["classifiers"]["train"]
     built = build_model(arch, TINY_MODELS[arch], 2, size)
-    task = ClassifierTask(arch, built, tp, 1e-3, 0, load_split(data, "train"), load_split(data, "val"), BF16,
-                          log=lambda _: None)
+    task = ClassifierTask(
+        arch, built, tp, 1e-3, 0, load_split(data, "train"), load_split(data, "val"), BF16, log=lambda _: None
+    )
     before = _params(task.model)
     last = _run(task, steps=2 * tp["eval_every"], period=tp["eval_every"])  # validates under autocast too
     assert np.isfinite(last["train_loss"]) and 0 <= last["val_auroc"] <= 1
@@ -165,7 +179,7 @@ def test_upscaler_and_c2st_tasks_train_under_bf16_autocast():
 def test_every_code_hash_list_names_existing_files():
     """A moved module would otherwise fail every training run with FileNotFoundError."""
     from melanoma.classifiers.train import CODE as classifier_code
-    from melanoma.generators import CODE as generator_code
+    from melanoma.generators.train import CODE as generator_code
     from melanoma.generators.upscale import CODE as upscaler_code
 
     for code in (classifier_code, generator_code, upscaler_code):
@@ -173,6 +187,7 @@ def test_every_code_hash_list_names_existing_files():
 
 
 # ---------------------------------------------------------------- hostile checkpoint folders
+
 
 def test_start_over_removes_only_the_engines_files_and_odd_names_are_left_alone(tmp_path):
     fit(Linear(), _plan(tmp_path), log=lambda _: None)
@@ -184,15 +199,20 @@ def test_start_over_removes_only_the_engines_files_and_odd_names_are_left_alone(
     assert r.resumed_from is None and "starting over" in logs[0]
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert (tmp_path / "checkpoint_step_9 (1).pth").exists() and (tmp_path / "checkpoint_step_abc.pth").exists()
-    assert sorted(f.name for f in tmp_path.glob("checkpoint_step_*[0-9].pth")) == ["checkpoint_step_12.pth",
-                                                                                   "checkpoint_step_9.pth"]
+    assert sorted(f.name for f in tmp_path.glob("checkpoint_step_*[0-9].pth")) == [
+        "checkpoint_step_12.pth",
+        "checkpoint_step_9.pth",
+    ]
 
 
-@pytest.mark.parametrize("payload,message", [
-    (torch.ones(3), "holds a Tensor, not a training checkpoint"),
-    ({"config_hash": None, "step": 3}, "lacks last, task: it was not written by this engine"),
-    ({"config_hash": None, "step": 3, "last": {}, "task": {"w": {}}}, "does not fit the linear being trained"),
-])
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        (torch.ones(3), "holds a Tensor, not a training checkpoint"),
+        ({"config_hash": None, "step": 3}, "lacks last, task: it was not written by this engine"),
+        ({"config_hash": None, "step": 3, "last": {}, "task": {"w": {}}}, "does not fit the linear being trained"),
+    ],
+)
 def test_a_checkpoint_that_is_not_this_runs_is_one_error(tmp_path, payload, message):
     fit(Linear(), _plan(tmp_path), log=lambda _: None)
     if isinstance(payload, dict):  # the run's own hash, so that the engine tries to resume it
@@ -230,13 +250,20 @@ def test_two_runs_never_train_into_one_checkpoint_folder(tmp_path):
     from tests.conftest import ROOT
 
     flag = tmp_path / "training"
-    code = ("import sys, time; from pathlib import Path\n"
-            "from tests.test_engine import Linear, _plan\nfrom melanoma.engine import fit\n"
-            "class Slow(Linear):\n    def step(self, step):\n        Path(sys.argv[1]).touch()\n"
-            "        time.sleep(0.05)\n        return super().step(step)\n"
-            "fit(Slow(), _plan(Path(sys.argv[2]), steps=60), log=lambda _: None)\n")
-    first = subprocess.Popen([sys.executable, "-c", code, str(flag), str(tmp_path / "ck")], cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from tests.test_engine import Linear, _plan\nfrom melanoma.engine import fit\n"
+        "class Slow(Linear):\n    def step(self, step):\n        Path(sys.argv[1]).touch()\n"
+        "        time.sleep(0.05)\n        return super().step(step)\n"
+        "fit(Slow(), _plan(Path(sys.argv[2]), steps=60), log=lambda _: None)\n"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, str(flag), str(tmp_path / "ck")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not flag.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -1,11 +1,19 @@
 """Evaluation metrics: hand-computed cases, scikit-learn, the ISIC Challenge's own scorer, thresholds from val."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, matthews_corrcoef, roc_auc_score
 
-from melanoma.evaluation.metrics import (at_threshold, average_precision, brier, choose_threshold,
-                                         expected_calibration_error, point_metrics, roc_points)
-from melanoma.evaluation.metrics import MetricError
+from melanoma.evaluation.metrics import (
+    MetricError,
+    at_threshold,
+    average_precision,
+    brier,
+    choose_threshold,
+    expected_calibration_error,
+    point_metrics,
+    roc_points,
+)
 
 Y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
 P = np.array([0.9, 0.6, 0.3, 0.7, 0.2, 0.2, 0.1, 0.05])
@@ -72,8 +80,10 @@ def test_agrees_with_the_isic_challenge_scorer():
     probabilities are passed through a monotone map that sends our threshold to 0.5 (ranks, hence AUROC and AP,
     are unchanged)."""
     pd = pytest.importorskip("pandas")
-    classification = pytest.importorskip("isic_challenge_scoring.classification",
-                                         reason="isic-challenge-scoring is a test requirement (requirements-test.txt)")
+    classification = pytest.importorskip(
+        "isic_challenge_scoring.classification",
+        reason="isic-challenge-scoring is a test requirement (requirements-test.txt)",
+    )
     rng = np.random.default_rng(5)
     y = np.r_[np.ones(70), np.zeros(130)].astype(int)
     p = np.clip(np.round(np.r_[rng.normal(0.6, 0.2, 70), rng.normal(0.4, 0.2, 130)], 2), 0, 1)  # with ties

@@ -1,4 +1,5 @@
 """The fetch stage's sources and failure modes (melanoma.data.fetch)."""
+
 import csv
 import io
 import os
@@ -36,6 +37,7 @@ def labels(out: Path) -> Counter:
 
 # ------------------------------------------------------------------ demo
 
+
 def test_demo_counts_labels_and_files(tmp_path):
     run(from_demo(DEMO), tmp_path / "raw")
     rows = read_csv(tmp_path / "raw" / "manifest.csv")
@@ -62,6 +64,7 @@ def test_demo_is_byte_identical_per_seed_and_differs_across_seeds(tmp_path):
 def test_demo_malignant_lesions_are_larger_on_average():
     """The ABCD rule's D: malignant lesions cover more of the field than benign ones (over 60 images)."""
     from melanoma.data import demo
+
     area = {"benign": [], "malignant": []}
     for s in demo.plan(0, 30, 30, 64):
         lum = demo.render(s)[0].astype(float).mean(axis=2)
@@ -71,6 +74,7 @@ def test_demo_malignant_lesions_are_larger_on_average():
 
 
 # ------------------------------------------------------------------ local folders
+
 
 def test_class_folders_with_odd_files(tmp_path, label_map):
     root = make_class_folders(tmp_path / "src", n_benign=20, n_malignant=20)
@@ -86,8 +90,10 @@ def test_class_folders_with_odd_files(tmp_path, label_map):
     rejected = {r["file"]: r["reason"] for r in read_csv(tmp_path / "raw" / "rejected.csv")}
     assert set(rejected) == {"malignant/empty.jpg"}
     skipped = {r["file"]: r["reason"] for r in read_csv(tmp_path / "raw" / "skipped.csv")}
-    assert skipped == {"benign/notes.txt": "documentation, code or data file (.txt)",
-                       "benign/.DS_Store": "hidden file or folder"}  # counted, listed, not held against the data
+    assert skipped == {
+        "benign/notes.txt": "documentation, code or data file (.txt)",
+        "benign/.DS_Store": "hidden file or folder",
+    }  # counted, listed, not held against the data
     assert s.rejected == 1 and s.total == 45 and s.skipped == 2
     rows = {r["id"]: r for r in read_csv(tmp_path / "raw" / "manifest.csv")}
     assert rows["malignant__huge"]["orig_width"] == "6000" and rows["malignant__huge"]["width"] == "1024"
@@ -133,8 +139,12 @@ def test_train_test_parents_make_external_test(tmp_path, label_map):
     make_class_folders(tmp_path / "src" / "train", 4, 3, seed=0)
     make_class_folders(tmp_path / "src" / "test", 2, 2, seed=500)
     run(read_folder(tmp_path / "src", label_map), tmp_path / "raw")
-    assert labels(tmp_path / "raw") == {("main", "benign"): 4, ("main", "malignant"): 3,
-                                        ("external_test", "benign"): 2, ("external_test", "malignant"): 2}
+    assert labels(tmp_path / "raw") == {
+        ("main", "benign"): 4,
+        ("main", "malignant"): 3,
+        ("external_test", "benign"): 2,
+        ("external_test", "malignant"): 2,
+    }
     rows = read_csv(tmp_path / "raw" / "manifest.csv")
     assert {r["path"].split("/")[0] for r in rows if r["subset"] == "external_test"} == {"external_test"}
 
@@ -158,6 +168,7 @@ def test_shared_archive_metadata(tmp_path, isic_sample, label_map):
 
 # ------------------------------------------------------------------ CSV layouts
 
+
 def archive_fixture(root: Path, rows: list[tuple[str, str, str]]) -> Path:
     (root / "images").mkdir(parents=True)
     with open(root / "metadata.csv", "w") as fh:
@@ -169,9 +180,16 @@ def archive_fixture(root: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 
 def test_unknown_diagnosis_is_a_counted_reject(tmp_path, label_map):
-    root = archive_fixture(tmp_path / "arc", [
-        ("ISIC_1", "benign", "nevus"), ("ISIC_2", "malignant", "melanoma"),
-        ("ISIC_3", "benign", "dermatofibroma"), ("ISIC_4", "benign", "melanoma"), ("ISIC_5", "", "")])
+    root = archive_fixture(
+        tmp_path / "arc",
+        [
+            ("ISIC_1", "benign", "nevus"),
+            ("ISIC_2", "malignant", "melanoma"),
+            ("ISIC_3", "benign", "dermatofibroma"),
+            ("ISIC_4", "benign", "melanoma"),
+            ("ISIC_5", "", ""),
+        ],
+    )
     lesion_image(99).save(root / "images" / "ISIC_9.jpg")  # not in the CSV
     s = run(read_folder(root, label_map), tmp_path / "raw", max_reject=0.9)
     rejected = {r["file"]: r["reason"] for r in read_csv(tmp_path / "raw" / "rejected.csv")}
@@ -182,7 +200,9 @@ def test_unknown_diagnosis_is_a_counted_reject(tmp_path, label_map):
     assert s.rejected == 4
     rows = read_csv(tmp_path / "raw" / "manifest.csv")
     assert [(r["id"], r["label"], r["lesion_id"]) for r in rows] == [
-        ("ISIC_1", "benign", "IL_0"), ("ISIC_2", "malignant", "IL_0")]
+        ("ISIC_1", "benign", "IL_0"),
+        ("ISIC_2", "malignant", "IL_0"),
+    ]
 
 
 def test_isic2016_ground_truth_both_value_styles(tmp_path, label_map):
@@ -192,13 +212,21 @@ def test_isic2016_ground_truth_both_value_styles(tmp_path, label_map):
     for i, line in enumerate(lines):
         lesion_image(i).save(root / "ISBI2016_Training_Data" / f"{line.split(',')[0]}.jpg")
     (root / "ISBI2016_Training_GroundTruth.csv").write_text("\n".join(lines) + "\n")
-    data = {"source": "isic_csv", "label_map": label_map,
-            "isic_csv": {"images": str(root / "ISBI2016_Training_Data"),
-                         "csv": str(root / "ISBI2016_Training_GroundTruth.csv")}}
+    data = {
+        "source": "isic_csv",
+        "label_map": label_map,
+        "isic_csv": {
+            "images": str(root / "ISBI2016_Training_Data"),
+            "csv": str(root / "ISBI2016_Training_GroundTruth.csv"),
+        },
+    }
     offer = collect(data)
     assert [(c.id, c.label) for c in offer.candidates] == [
-        ("ISIC_0000000", "benign"), ("ISIC_0000001", "malignant"),
-        ("ISIC_0000002", "benign"), ("ISIC_0000003", "malignant")]
+        ("ISIC_0000000", "benign"),
+        ("ISIC_0000001", "malignant"),
+        ("ISIC_0000002", "benign"),
+        ("ISIC_0000003", "malignant"),
+    ]
     assert read_folder(root, label_map).candidates[3].label == "malignant"  # auto-detected as local too
 
 
@@ -209,6 +237,7 @@ def test_not_a_label_csv(tmp_path, label_map):
 
 
 # ------------------------------------------------------------------ gdrive
+
 
 def zip_of(folder: Path, out: Path) -> Path:
     with zipfile.ZipFile(out, "w") as z:
@@ -257,6 +286,7 @@ def test_gdrive_zip_slip_inside_download_refused_and_nothing_extracted(tmp_path,
     def fake_download(folder_id, dest):
         with zipfile.ZipFile(dest / "data.zip", "w") as z:
             z.writestr("../../outside.txt", "x")
+
     with pytest.raises(FetchError, match="refusing entry"):
         from_gdrive({"folder_id": "F", "download_dir": str(tmp_path / "dl")}, label_map, download=fake_download)
     assert not (tmp_path / "dl" / "data").exists()
@@ -280,7 +310,9 @@ def test_gdrive_offline_and_refused_messages(tmp_path, label_map, monkeypatch):
         raise gdown.exceptions.FileURLRetrievalError("Failed to retrieve folder contents\nmore detail")
 
     monkeypatch.setattr(gdown, "download_folder", refused)
-    with pytest.raises(FetchError, match=r"^gdrive: Google Drive refused folder ID .*Failed to retrieve folder contents; "):
+    with pytest.raises(
+        FetchError, match=r"^gdrive: Google Drive refused folder ID .*Failed to retrieve folder contents; "
+    ):
         fetch.gdown_folder("ID", tmp_path)
 
     def listing_refused(**kw):  # gdown's folder listing raises the base class itself
@@ -294,7 +326,9 @@ def test_gdrive_offline_and_refused_messages(tmp_path, label_map, monkeypatch):
         raise requests.exceptions.ReadTimeout("read timed out")
 
     monkeypatch.setattr(gdown, "download_folder", timeout)
-    with pytest.raises(FetchError, match=r"^gdrive: the download of folder ID broke off \(ReadTimeout\); run the stage"):
+    with pytest.raises(
+        FetchError, match=r"^gdrive: the download of folder ID broke off \(ReadTimeout\); run the stage"
+    ):
         fetch.gdown_folder("ID", tmp_path)
 
 
@@ -304,6 +338,7 @@ def test_default_params_source_is_demo():
 
 def test_atomic_dir_replaces_whole_output_and_clears_killed_runs(tmp_path):
     from melanoma.io import atomic_dir
+
     out = tmp_path / "raw"
     (tmp_path / ".raw.tmp-99999").mkdir()  # what a SIGKILLed run leaves
     (tmp_path / ".raw.old-backup").mkdir()  # a user's own folder of a similar name: kept
@@ -346,8 +381,12 @@ def test_atomic_dir_never_sweeps_a_live_writers_folder(tmp_path):
     out = tmp_path / "raw"
     first, flag = _writer(tmp_path, out, "first")
     assert flag.exists(), first.stderr.read()
-    second = subprocess.run([sys.executable, "-c", WRITER, str(out), "second", str(tmp_path / "never")],
-                            capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [sys.executable, "-c", WRITER, str(out), "second", str(tmp_path / "never")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 1
     assert f"raw is being written by another process (pid {first.pid})" in second.stderr
     assert f"kill {first.pid}" in second.stderr
@@ -367,6 +406,7 @@ def test_atomic_dir_never_sweeps_a_live_writers_folder(tmp_path):
 
 def test_atomic_dir_never_renames_a_folder_it_did_not_fill(tmp_path):
     from melanoma.io import OutputBusy, atomic_dir
+
     out = tmp_path / "raw"
     out.mkdir()
     (out / "kept.txt").write_text("previous output")
@@ -382,8 +422,11 @@ def test_zip_bomb_refused_before_anything_is_written(tmp_path):
     archive = tmp_path / "bomb.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("benign/zeros.jpg", b"\0" * 200_000_000)  # 200 MB of zeros: about 200 kB packed
-    with pytest.raises(FetchError, match=r"bomb.zip: unpacking would write 0.2 GB from 0.2 MB downloaded \(counting "
-                                         r"archives inside archives\), over 100x: a zip bomb\?"):
+    with pytest.raises(
+        FetchError,
+        match=r"bomb.zip: unpacking would write 0.2 GB from 0.2 MB downloaded \(counting "
+        r"archives inside archives\), over 100x: a zip bomb\?",
+    ):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -401,8 +444,11 @@ def test_nested_archives_share_one_budget_and_a_failed_unpack_leaves_nothing(tmp
             for i in range(40):
                 z.writestr(f"part{i:02d}.zip", inner.getvalue())
         assert outer.stat().st_size < 100_000
-        with pytest.raises(FetchError, match=r"unpacking would write 0\.1 GB from 0\.0 MB downloaded \(counting "
-                                             r"archives inside archives\), over 100x: a zip bomb\?"):
+        with pytest.raises(
+            FetchError,
+            match=r"unpacking would write 0\.1 GB from 0\.0 MB downloaded \(counting "
+            r"archives inside archives\), over 100x: a zip bomb\?",
+        ):
             fetch.unpack_archives(disk)
         assert sorted(p.name for p in disk.iterdir()) == ["drive.zip"]  # every level removed, the download kept
 
@@ -428,7 +474,8 @@ def test_pool_workers_end_when_the_stage_is_killed(tmp_path):
         "if __name__ == '__main__':\n"
         "    pool = worker_pool(2)\n"
         "    print(' '.join(map(str, sorted(set(pool.map(pid, range(8)))))), flush=True)\n"
-        "    time.sleep(60)\n")
+        "    time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     pids = [int(x) for x in proc.stdout.readline().split()]
     assert pids and all(Path(f"/proc/{p}").exists() for p in pids)
@@ -445,6 +492,7 @@ def test_atomic_dir_replaces_a_file_or_link_never_what_it_points_to(tmp_path, ki
     """publish --force over a user's file, or an output that is a symlink: the entry itself is replaced, the
     folder a link points to is untouched, nothing is left beside it."""
     from melanoma.io import atomic_dir
+
     target, out = tmp_path / "users", tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("the user's")
@@ -463,6 +511,7 @@ def test_folder_entries_count_and_an_archive_is_read_as_its_name_says(tmp_path):
     """250,000 folder entries bypassed the entry cap; a tar whose last member is an uncompressed zip was unpacked
     as that zip, dropping the images."""
     from melanoma.data.fetch import MAX_ENTRIES
+
     many = tmp_path / "many"
     many.mkdir()
     with zipfile.ZipFile(many / "dirs.zip", "w") as z:

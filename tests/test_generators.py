@@ -1,4 +1,5 @@
 """Generators: architectures, training on the train split only, resume, divergence, synthesis and quality."""
+
 import json
 import re
 import signal
@@ -11,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.generators import GeneratorDataError, NonFiniteSamples, load_generator, train_generator
+from melanoma.engine import CheckpointError, Diverged, Runtime, TrainingPlan, fit, load_checkpoint, save_checkpoint
 from melanoma.generators import dcgan
-from melanoma.generators.quality import (c2st_auc, frechet_distance, kernel_inception_distance, nearest_ratio,
-                                         quality)
-from melanoma.engine import CheckpointError, Diverged, Plan, Runtime, fit, load_checkpoint, save_checkpoint
+from melanoma.generators.data import GeneratorDataError
+from melanoma.generators.loaded import NonFiniteSamples, load_generator
+from melanoma.generators.quality import c2st_auc, frechet_distance, kernel_inception_distance, nearest_ratio, quality
 from melanoma.generators.synthesize import synthesize
+from melanoma.generators.train import train_generator
 from melanoma.io import read_csv
 from melanoma.params import ParamsError, validate
 from tests.conftest import ROOT
@@ -25,8 +27,16 @@ from tests.tiny import make_project, run_stage, tiny_params
 
 def train(project: Path, gen: str, label: str, params: dict) -> dict:
     out = project / "models/generators" / gen / f"{gen}_{label}"
-    return train_generator(gen, label, params, project / "data/splits", project / "data/raw", out,
-                           project / "models/.checkpoints" / out.name, log=lambda *_: None)
+    return train_generator(
+        gen,
+        label,
+        params,
+        project / "data/splits",
+        project / "data/raw",
+        out,
+        project / "models/.checkpoints" / out.name,
+        log=lambda *_: None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +51,7 @@ def project(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ architectures
+
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
 def test_dcgan_shapes_follow_resolution(size):
@@ -67,13 +78,15 @@ def test_diff_augment_is_differentiable_and_changes_images():
 
 # ------------------------------------------------------------------ training and loading
 
+
 def test_generator_folders_and_loading(project):
     for gen in ("dcgan", "ddpm"):
         folder = project / f"models/generators/{gen}/{gen}_malignant"
         cfg = json.loads((folder / "config.json").read_text())
         assert cfg["generator"] == gen and cfg["class"] == "malignant" and cfg["training"]["steps"] > 0
-        assert cfg["n_train_images"] == len([r for r in read_csv(project / "data/splits/train.csv")
-                                             if r["label"] == "malignant"])
+        assert cfg["n_train_images"] == len(
+            [r for r in read_csv(project / "data/splits/train.csv") if r["label"] == "malignant"]
+        )
         assert (folder / "samples.png").is_file()
         assert (folder / "curves" / "metrics.json").is_file()
         g = load_generator(folder)
@@ -87,6 +100,7 @@ def test_strict_loading_refuses_a_wrong_state_dict(project, tmp_path):
     import shutil
 
     from safetensors.torch import load_file, save_file
+
     folder = tmp_path / "g"
     shutil.copytree(project / "models/generators/dcgan/dcgan_benign", folder)
     state = load_file(str(folder / "generator.safetensors"))
@@ -101,6 +115,7 @@ def test_generators_read_only_the_train_split(project, tmp_path):
     import shutil
 
     from PIL import Image
+
     poisoned = tmp_path / "poisoned"
     shutil.copytree(project / "data", poisoned / "data")
     shutil.copy(project / "params.yaml", poisoned / "params.yaml")
@@ -115,9 +130,11 @@ def test_generators_read_only_the_train_split(project, tmp_path):
 
 def test_no_images_of_a_class_is_a_clear_error(project, tmp_path):
     import shutil
+
     shutil.copytree(project / "data", tmp_path / "data")
     rows = read_csv(tmp_path / "data/splits/train.csv")
     from melanoma.io import write_csv
+
     write_csv(tmp_path / "data/splits/train.csv", [r for r in rows if r["label"] == "benign"], list(rows[0]))
     with pytest.raises(GeneratorDataError, match="has no malignant images"):
         train(tmp_path, "dcgan", "malignant", tiny_params())
@@ -132,8 +149,11 @@ def test_nan_divergence_stops_with_a_message_before_a_checkpoint(tmp_path):
     with torch.no_grad():
         next(task.G.parameters()).fill_(float("nan"))
     with pytest.raises(Diverged, match=r"dcgan: loss_d became nan.* by step 2; lower generators.dcgan.lr"):
-        fit(task, Plan(steps=3, seed=0, period=2, config={"a": 1}, folder=tmp_path / "ck", checkpoint_every=1),
-            log=lambda *_: None)
+        fit(
+            task,
+            TrainingPlan(steps=3, seed=0, period=2, config={"a": 1}, folder=tmp_path / "ck", checkpoint_every=1),
+            log=lambda *_: None,
+        )
     assert not list((tmp_path / "ck").glob("checkpoint_*"))  # the NaN period was never saved
 
 
@@ -180,6 +200,7 @@ def test_killed_training_resumes_from_checkpoint_and_matches(tmp_path):
 
     def saved_step() -> int:  # keep: 1, so at most one file (briefly none while it rotates)
         return max((int(f.stem.rsplit("_", 1)[1]) for f in ck.glob("checkpoint_step_*.pth")), default=0)
+
     deadline = time.time() + 120
     while saved_step() < 40 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -214,6 +235,7 @@ def test_config_change_starts_fresh(tmp_path):
 
 
 # ------------------------------------------------------------------ quality metrics
+
 
 def test_frechet_and_kid_on_known_gaussians():
     rng = np.random.default_rng(0)
@@ -254,12 +276,24 @@ def test_fid_unavailable_is_null_with_reason(tmp_path):
 
 # ------------------------------------------------------------------ synthesize
 
+
 def test_synthesize_fills_both_classes_and_is_reproducible(project, tmp_path):
     p = tiny_params()
     train_rows = read_csv(project / "data/splits/train.csv")
     need = {c: p["datasets"]["per_class"] - sum(r["label"] == c for r in train_rows) for c in ("benign", "malignant")}
-    reports = [synthesize("ddpm", p, project / "data/splits", project / "data/raw", project / "models/generators",
-                          tmp_path / f"syn{i}", tmp_path / f"res{i}", log=lambda *_: None) for i in range(2)]
+    reports = [
+        synthesize(
+            "ddpm",
+            p,
+            project / "data/splits",
+            project / "data/raw",
+            project / "models/generators",
+            tmp_path / f"syn{i}",
+            tmp_path / f"res{i}",
+            log=lambda *_: None,
+        )
+        for i in range(2)
+    ]
     rows = read_csv(tmp_path / "syn0/manifest.csv")
     for c, n in need.items():
         assert sum(r["class"] == c for r in rows) == n > 0
@@ -273,12 +307,12 @@ def test_synthesize_fills_both_classes_and_is_reproducible(project, tmp_path):
     assert reports[0]["malignant"]["c2st_auc"] == reports[1]["malignant"]["c2st_auc"]
 
 
-def test_readme_snippet_runs(project, monkeypatch):
-    text = (ROOT / "README.md").read_text()
+def test_the_docs_python_snippet_runs(project, monkeypatch):
+    text = (ROOT / "docs" / "generators.md").read_text()
     block = text.split("<!-- test: readme-generators -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(project)
     ns: dict = {}
-    exec(compile(block, "README.md", "exec"), ns)
+    exec(compile(block, "docs/generators.md", "exec"), ns)
     assert ns["images"].shape == (16, 16, 16, 3) and ns["images"].dtype == np.uint8
     assert ns["fast"].sampler == "ddim" and ns["fast"].sampling_steps == 50
     assert ns["batch"].shape == (16, 3, 16, 16)
@@ -300,13 +334,17 @@ def test_discriminator_winning_outright_stops_training(tmp_path):
 
     task.D = Overconfident()
     with pytest.raises(Diverged, match=r"won outright for 5 steps in a row by step 5"):
-        fit(task, Plan(steps=10, seed=0, period=5, config={"a": 2}, folder=tmp_path / "ck", checkpoint_every=100),
-            log=lambda *_: None)
+        fit(
+            task,
+            TrainingPlan(steps=10, seed=0, period=5, config={"a": 2}, folder=tmp_path / "ck", checkpoint_every=100),
+            log=lambda *_: None,
+        )
 
 
 def test_missing_pretrained_unet_is_an_error_not_a_silent_fallback(tmp_path):
     from melanoma.errors import PretrainedUnavailable
     from melanoma.generators.ddpm import build_unet, unet_config
+
     with pytest.raises(PretrainedUnavailable, match=r"generators.ddpm.pretrained: cannot load .*pretrained: ''"):
         build_unet(unet_config(16, [8, 16], 1, False), pretrained=str(tmp_path / "no-such-unet"))
 
@@ -314,6 +352,7 @@ def test_missing_pretrained_unet_is_an_error_not_a_silent_fallback(tmp_path):
 def test_unet_params_diffusers_cannot_run_are_params_errors(tmp_path, project):
     from melanoma.errors import PretrainedUnavailable
     from melanoma.generators.ddpm import build_unet, unet_config
+
     with pytest.raises(ParamsError, match=r"generators.image_size \(18\) must be divisible by 2\^2 = 4"):
         unet_config(18, [8, 16, 32], 1, False)
     with pytest.raises(ParamsError, match=r"block_out_channels \[8, 12\]: each must be a positive multiple of .* 8"):
@@ -330,8 +369,10 @@ def test_two_process_ddpm_matches_one_process(tmp_path):
     half of every global batch, so the run matches the 1-process one up to float summation order."""
     from safetensors.torch import load_file
 
-    one, two = (make_project(tmp_path / name, tiny_params(**{"generators.ddpm.processes": n}))
-                for name, n in (("one", 1), ("two", 2)))
+    one, two = (
+        make_project(tmp_path / name, tiny_params(**{"generators.ddpm.processes": n}))
+        for name, n in (("one", 1), ("two", 2))
+    )
     a = run_stage(one, "train_generator.py", "ddpm", "benign")
     b = run_stage(two, "train_generator.py", "ddpm", "benign")
     assert "1 process(es) on cpu" in a.stdout and "2 process(es) on cpu" in b.stdout, b.stdout + b.stderr

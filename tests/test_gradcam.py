@@ -1,11 +1,12 @@
 """Our GradCAM against the reference implementation (pytorch-grad-cam, a test-only dependency) on every family."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from melanoma.classifiers import build_model
+from melanoma.classifiers.registry import build_model
 from melanoma.evaluation import gradcam
 from melanoma.params import ARCHS
 from tests.tiny import TINY_MODELS
@@ -71,7 +72,7 @@ def test_overlay_enlarges_and_carries_a_colour_bar_and_its_caption():
     heat = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     plain = gradcam.overlay(image, heat, scale=8)
     assert plain.shape == (64, 64 + 34, 3) and (plain[:64, :64][::8, ::8] == gradcam.blend(image, heat)).all()
-    bar = plain[6:58, 64 + 4:64 + 12].astype(int)
+    bar = plain[6:58, 64 + 4 : 64 + 12].astype(int)
     assert bar[0, 0, 0] > 100 and bar[0, 0, 2] < 50  # red at the top (1)
     assert bar[-1, 0, 2] > 100 and bar[-1, 0, 0] < 50  # blue at the bottom (0)
     captioned = gradcam.overlay(image, heat, scale=8, caption="true positive  P=0.83")

@@ -1,4 +1,5 @@
 """Every odd input the fetch stage meets: converted to upright 8-bit RGB, or refused with a reason."""
+
 import io
 import zlib
 
@@ -61,8 +62,12 @@ def test_rgba_transparency_composited_on_white(tmp_path):
 def test_masks_and_blank_images_are_refused_by_content(tmp_path, kind):
     a = np.zeros((600, 800), np.uint8)  # masks come at the photograph's size
     a[150:450, 200:600] = 255
-    im = {"1-bit": Image.fromarray(a > 0), "jpeg": Image.fromarray(a), "blank": Image.new("RGB", (64, 64)),
-          "blurred": Image.fromarray(a).filter(ImageFilter.GaussianBlur(3))}[kind]
+    im = {
+        "1-bit": Image.fromarray(a > 0),
+        "jpeg": Image.fromarray(a),
+        "blank": Image.new("RGB", (64, 64)),
+        "blurred": Image.fromarray(a).filter(ImageFilter.GaussianBlur(3)),
+    }[kind]
     data = jpeg_bytes(im.convert("RGB"), quality=75) if kind == "jpeg" else save(im, "PNG")
     with pytest.raises(ImageRejected, match="two-colour or blank image"):
         decode_image(write(tmp_path, f"m_{kind}.png", data), 1024)
@@ -95,11 +100,14 @@ def test_exif_orientation_applied(tmp_path):
     assert n.suffix == ".jpg"  # re-encoded upright; the original bytes would display sideways elsewhere
 
 
-@pytest.mark.parametrize("name,data,reason", [
-    ("empty.jpg", b"", r"empty file \(0 bytes\)"),
-    ("notes.txt", b"this is not an image\n", "not an image"),
-    ("fake.jpg", b"\xff\xd8\xff\xe0garbage", "truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "name,data,reason",
+    [
+        ("empty.jpg", b"", r"empty file \(0 bytes\)"),
+        ("notes.txt", b"this is not an image\n", "not an image"),
+        ("fake.jpg", b"\xff\xd8\xff\xe0garbage", "truncated or corrupt"),
+    ],
+)
 def test_unusable_files_rejected_with_reason(tmp_path, name, data, reason):
     with pytest.raises(ImageRejected, match=reason):
         decode_image(write(tmp_path, name, data), 1024)
@@ -129,8 +137,9 @@ def test_rgb_png_within_bounds_keeps_its_lossless_bytes(tmp_path):
 
 def test_downscaled_image_is_stored_as_jpeg_and_much_smaller_than_png(tmp_path):
     rng = np.random.default_rng(0)
-    noisy = np.clip(np.asarray(lesion_image(7, size=(2048, 1536))).astype(int) + rng.integers(-8, 9, (1536, 2048, 3)),
-                    0, 255).astype(np.uint8)
+    noisy = np.clip(
+        np.asarray(lesion_image(7, size=(2048, 1536))).astype(int) + rng.integers(-8, 9, (1536, 2048, 3)), 0, 255
+    ).astype(np.uint8)
     n = decode_image(write(tmp_path, "big.png", save(Image.fromarray(noisy), "PNG")), max_side=1024)
     assert n.suffix == ".jpg" and (n.width, n.height) == (1024, 768)
     png = save(decoded(n).convert("RGB"), "PNG")
@@ -138,6 +147,7 @@ def test_downscaled_image_is_stored_as_jpeg_and_much_smaller_than_png(tmp_path):
 
 
 # ------------------------------------------------------------------ hostile files: only ever accepted or rejected
+
 
 def _formats() -> dict[str, bytes]:
     im = lesion_image(11, (48, 40))
@@ -187,7 +197,7 @@ def test_malformed_exif_orientation_is_one_reject(tmp_path):
     exif[0x0124] = 7
     data = bytearray(jpeg_bytes(lesion_image(2, (48, 36)), exif=exif))
     at = data.find(b"\x01\x24\x00\x04")  # the IFD entry of tag 0x0124, type LONG (big-endian EXIF)
-    data[at + 2:at + 4] = b"\x00\x02"  # ... now typed as text: Pillow's exif_transpose raises struct.error
+    data[at + 2 : at + 4] = b"\x00\x02"  # ... now typed as text: Pillow's exif_transpose raises struct.error
     with pytest.raises(ImageRejected, match=r"unreadable EXIF metadata \(error\); strip it"):
         decode_image(write(tmp_path, "exif.jpg", bytes(data)), 1024)
 
@@ -210,8 +220,8 @@ def test_decompression_bombs_and_oversized_files_refused_before_decoding(tmp_pat
 def test_a_jpeg_missing_most_of_its_scan_data_is_refused(tmp_path):
     src = jpeg_bytes(lesion_image(6, (224, 224)), quality=95)
     sos = src.rfind(b"\xff\xda")
-    start = sos + 2 + int.from_bytes(src[sos + 2:sos + 4], "big")
-    cut = src[:start + (len(src) - 2 - start) // 3] + b"\xff\xd9"  # two thirds gone, the end marker kept
+    start = sos + 2 + int.from_bytes(src[sos + 2 : sos + 4], "big")
+    cut = src[: start + (len(src) - 2 - start) // 3] + b"\xff\xd9"  # two thirds gone, the end marker kept
     with pytest.raises(ImageRejected, match=r"truncated JPEG: its last \d+ rows are the decoder's grey fill"):
         decode_image(write(tmp_path, "cut.jpg", cut), 1024)
 
@@ -236,18 +246,22 @@ def test_folders_missing_files_and_postscript_are_rejects(tmp_path):
         decode_image(eps, 1024)
 
 
-@pytest.mark.parametrize("size, fmt, reason", [
-    ((8, 8), "JPEG", "8x8 px: the shorter side is under 32 px"),
-    ((16, 16), "PNG", "16x16 px: the shorter side is under 32 px"),
-    ((4000, 20), "PNG", "4000x20 px: the shorter side is under 32 px"),
-    ((65000, 1), "PNG", "65000x1 px: the shorter side is under 32 px"),
-    ((800, 150), "JPEG", "800x150 px: sides more than 4:1 apart, a strip or banner"),
-    ((100, 1000), "PNG", "100x1000 px: sides more than 4:1 apart"),
-])
+@pytest.mark.parametrize(
+    "size, fmt, reason",
+    [
+        ((8, 8), "JPEG", "8x8 px: the shorter side is under 32 px"),
+        ((16, 16), "PNG", "16x16 px: the shorter side is under 32 px"),
+        ((4000, 20), "PNG", "4000x20 px: the shorter side is under 32 px"),
+        ((65000, 1), "PNG", "65000x1 px: the shorter side is under 32 px"),
+        ((800, 150), "JPEG", "800x150 px: sides more than 4:1 apart, a strip or banner"),
+        ((100, 1000), "PNG", "100x1000 px: sides more than 4:1 apart"),
+    ],
+)
 def test_degenerate_geometry_is_refused_not_scored(tmp_path, size, fmt, reason):
     """An 8x8 JPEG or a 4000x20 strip was resized into a lesion-shaped input and given a decision; fetch, predict
     and calibrate all decode through this check."""
     from melanoma.data.images import decode_pixels
+
     im = lesion_image(0).resize(size) if max(size) < 20000 else Image.new("RGB", size, (120, 80, 60))
     path = write(tmp_path, f"odd.{fmt.lower()}", save(im.convert("RGB"), fmt))
     for decode in (lambda: decode_image(path, 1024), lambda: decode_pixels(path, 1024, draft=128)):

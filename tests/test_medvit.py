@@ -1,4 +1,5 @@
 """MedViT (melanoma/classifiers/medvit.py): sizes against the paper and the reference code, layout, shapes, export."""
+
 import io
 
 import pytest
@@ -52,14 +53,17 @@ def test_medvit_t_matches_published_size():
 def expected_layout(depths):
     """The paper's next-hybrid layout, written out: (kind, output channels) per block, per stage."""
     d1, d2, d3, d4 = depths
-    return [[("ecb", 96)] * d1,
-            [("ecb", 192)] * (d2 - 1) + [("ltb", 256)],
-            ([("ecb", 384)] * 4 + [("ltb", 512)]) * (d3 // 5),
-            [("ecb", 768)] * (d4 - 1) + [("ltb", 1024)]]
+    return [
+        [("ecb", 96)] * d1,
+        [("ecb", 192)] * (d2 - 1) + [("ltb", 256)],
+        ([("ecb", 384)] * 4 + [("ltb", 512)]) * (d3 // 5),
+        [("ecb", 768)] * (d4 - 1) + [("ltb", 1024)],
+    ]
 
 
-@pytest.mark.parametrize("name, depths", [("medvit_tiny", (3, 4, 10, 3)), ("medvit_small", (3, 4, 20, 3)),
-                                          ("medvit_large", (3, 4, 30, 3))])
+@pytest.mark.parametrize(
+    "name, depths", [("medvit_tiny", (3, 4, 10, 3)), ("medvit_small", (3, 4, 20, 3)), ("medvit_large", (3, 4, 30, 3))]
+)
 def test_stage_layout(name, depths):
     assert tuple(CONFIGS[name]["depths"]) == depths
     model = medvit(name, num_classes=2)
@@ -116,7 +120,7 @@ def test_spatial_reduction_is_clamped_on_small_maps():
 
 
 def test_gradcam_targets_are_the_last_map_then_each_stage(tiny):
-    from melanoma.classifiers import family
+    from melanoma.classifiers.registry import family
 
     tiny.eval()
     seen = {}

@@ -1,4 +1,5 @@
 """Metric functions against hand-computed cases and scikit-learn."""
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score

@@ -1,13 +1,14 @@
 """Operating-system failures (a full disk, a read-only folder, too long a name) and Ctrl-C end any stage or
 command with one line naming the path and the fix (exit 1/2, or 130 for Ctrl-C), never a traceback."""
+
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import os
 import yaml
 
 from tests.conftest import ROOT, mounted
@@ -61,12 +62,21 @@ def test_a_too_long_local_path_is_one_line(tmp_path):
 
 def test_ctrl_c_ends_a_stage_with_one_line_and_130(tmp_path):
     script = tmp_path / "stage.py"
-    script.write_text("import time\nfrom melanoma.stage import run_stage\n"
-                      "def main():\n    print('started', flush=True)\n    time.sleep(60)\n    return 'done'\n"
-                      "run_stage('slow', main)\n")
+    script.write_text(
+        "import time\nfrom melanoma.stage import run_stage\n"
+        "def main():\n    print('started', flush=True)\n    time.sleep(60)\n    return 'done'\n"
+        "run_stage('slow', main)\n"
+    )
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    p = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=terminal_sigint)
+    p = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=terminal_sigint,
+    )
     assert p.stdout.readline().strip() == "started"
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
@@ -75,11 +85,20 @@ def test_ctrl_c_ends_a_stage_with_one_line_and_130(tmp_path):
 
 
 def test_ctrl_c_ends_a_command_with_one_line_and_130(tmp_path):
-    code = ("import time\nfrom melanoma import commands\n"
-            "def slow(args):\n    print('started', flush=True)\n    time.sleep(60)\n"
-            "commands.cmd_plan = slow\nraise SystemExit(commands.main(['plan']))\n")
-    p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=terminal_sigint)
+    code = (
+        "import time\nfrom melanoma import commands\n"
+        "def slow(args):\n    print('started', flush=True)\n    time.sleep(60)\n"
+        "commands.cmd_plan = slow\nraise SystemExit(commands.main(['plan']))\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=terminal_sigint,
+    )
     assert p.stdout.readline().strip() == "started"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)

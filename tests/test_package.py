@@ -1,4 +1,5 @@
 """Packages (export), the Hub round trip (offline: a Hub-layout folder and a pre-filled HF cache), and predict."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,25 +17,44 @@ import torch
 import yaml
 from PIL import Image
 
-from melanoma.classifiers import build_model
+from melanoma.classifiers.registry import build_model
 from melanoma.classifiers.train import train_classifier
 from melanoma.commands import main as cli
 from melanoma.evaluation.evaluate import evaluate_cell
-from melanoma.serving.hub import HubError, model_card, repo_id
-from melanoma.serving.package import (PARITY_TOLERANCE, PackageError, Served, export_cell, load, onnx_probabilities,
-                                      prepare, torch_probabilities, write_onnx)
 from melanoma.params import load_params
+from melanoma.serving.hub import HubError, model_card, repo_id
+from melanoma.serving.package import (
+    PARITY_TOLERANCE,
+    PackageError,
+    Served,
+    export_cell,
+    load,
+    onnx_probabilities,
+    prepare,
+    torch_probabilities,
+    write_onnx,
+)
 from tests.conftest import ROOT
 from tests.tiny import make_pack, tiny_params
 
-DATA = {"source": "demo", "max_side": 1024, "split": {"seed": 0, "fractions": {"train": 0.7, "val": 0.15, "test": 0.15},
-                                                      "counts": {"train": {"benign": 24, "malignant": 12}}},
-        "split_rule": "lesion-grouped"}
+DATA = {
+    "source": "demo",
+    "max_side": 1024,
+    "split": {
+        "seed": 0,
+        "fractions": {"train": 0.7, "val": 0.15, "test": 0.15},
+        "counts": {"train": {"benign": 24, "malignant": 12}},
+    },
+    "split_rule": "lesion-grouped",
+}
 CELLS = {"ResNet": "ResNet_Original", "MedViT": "MedViT_Original"}  # a timm family and the one that is not
 
 
 def real_images(isic: Path, n: int, size: int) -> np.ndarray:
-    files = sorted((isic / "folder/malignant").glob("*.jpg"))[:n // 2] + sorted((isic / "folder/benign").glob("*.jpg"))[:n - n // 2]
+    files = (
+        sorted((isic / "folder/malignant").glob("*.jpg"))[: n // 2]
+        + sorted((isic / "folder/benign").glob("*.jpg"))[: n - n // 2]
+    )
     return np.stack([prepare(f, size, 1024) for f in files])
 
 
@@ -44,8 +64,15 @@ def cells(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("package")
     p = tiny_params(**{"classifiers.train.steps": 4})
     data = make_pack(root / "data", size=32, seed=0)
-    (data / "stats.json").write_text(json.dumps({"dataset": "Original", "per_class": {"train": {"benign": 24, "malignant": 12}},
-                                                 "counts": {"train": {"benign/real": 24, "malignant/real": 12}}}))
+    (data / "stats.json").write_text(
+        json.dumps(
+            {
+                "dataset": "Original",
+                "per_class": {"train": {"benign": 24, "malignant": 12}},
+                "counts": {"train": {"benign/real": 24, "malignant/real": 12}},
+            }
+        )
+    )
     out = {}
     for arch, cell in CELLS.items():
         train_classifier(arch, "Original", p, data, root / "models" / cell, root / "ck" / cell, log=lambda s: None)
@@ -58,6 +85,7 @@ def cells(tmp_path_factory) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------- export
+
 
 @pytest.mark.parametrize("arch", ["BioViT", "DenseNet", "ResNet", "Swin", "ViT", "MedViT"])
 def test_onnx_matches_pytorch_on_real_images(arch, isic_sample, tmp_path):
@@ -86,7 +114,9 @@ def test_study_size_swin_and_medvit_export(arch, model, isic_sample, tmp_path):
 def test_package_is_complete_and_pickle_free(cells):
     for arch, pkg in cells.items():
         files = {f.name for f in pkg.iterdir()}
-        assert files == {"model.safetensors", "model.onnx", "model_config.json"} | ({"config.json"} if arch != "MedViT" else set())
+        assert files == {"model.safetensors", "model.onnx", "model_config.json"} | (
+            {"config.json"} if arch != "MedViT" else set()
+        )
         cfg = json.loads((pkg / "model_config.json").read_text())
         ev = json.loads((pkg.parents[3] / "eval" / pkg.name / "metrics.json").read_text())
         assert cfg["threshold"] == ev["threshold"] and cfg["evaluation"]["test"] == ev["test"]
@@ -106,8 +136,11 @@ def test_package_stores_the_weights_once(cells):
         cell = pkg.parents[2] / pkg.name / f"seed_{seed}"  # the packaged seed: the best val AUROC
         assert (pkg / "model.safetensors").read_bytes() == (cell / "model.safetensors").read_bytes()
         graph = onnx.load(str(pkg / "model.onnx"), load_external_data=False)
-        inline = [t.name for t in graph.graph.initializer
-                  if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > 64]
+        inline = [
+            t.name
+            for t in graph.graph.initializer
+            if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > 64
+        ]
         assert not inline, f"{pkg.name}: weights stored inside the graph: {inline[:5]}"
         external = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
         assert external == {"model.safetensors"}
@@ -142,6 +175,7 @@ def test_corrupt_weights_are_one_clear_error(cells, tmp_path, capsys):
 
 # ---------------------------------------------------------------- model card and repo ids
 
+
 def test_model_card_carries_the_cells_metrics_and_warnings(cells):
     cfg = json.loads((cells["ResNet"] / "model_config.json").read_text())
     card = model_card(cfg, "someone/melanoma-ResNet_Original")
@@ -171,12 +205,14 @@ def test_repo_id_template():
 
 # ---------------------------------------------------------------- publish, cache, download (all offline)
 
+
 def run(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     e = {**os.environ, "HF_HOME": str(cwd / "hf_home"), "HF_HUB_CACHE": str(cwd / "hf_cache"), **env}
     if "HF_TOKEN" not in env:
         e.pop("HF_TOKEN", None)
-    return subprocess.run([sys.executable, "-m", "melanoma.commands", *args], cwd=cwd, env=e, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "melanoma.commands", *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +244,9 @@ def test_publish_dry_run_then_download_from_the_cache_round_trip(project, isic_s
         card = (project / "hub" / cell / "README.md").read_text()
         cfg = json.loads((project / "hub" / cell / "model_config.json").read_text())
         meta = yaml.safe_load(card.split("---\n")[1])
-        assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == round(cfg["evaluation"]["test"]["auroc"], 4)
+        assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == round(
+            cfg["evaluation"]["test"]["auroc"], 4
+        )
         fill_cache(project / "hf_cache", f"someone/melanoma-{cell}", project / "hub" / cell)
     r = run(project, "download", "--all", "--dest", "dl", HF_HUB_OFFLINE="1")
     assert r.returncode == 0, r.stderr
@@ -219,19 +257,28 @@ def test_publish_dry_run_then_download_from_the_cache_round_trip(project, isic_s
         assert {f.name for f in got.iterdir()} >= {"model.safetensors", "model.onnx", "model_config.json", "README.md"}
         a = run(project, "predict", *map(str, images), "--model", f"models/export/{arch}/{cell}", "--json")
         b = run(project, "predict", *map(str, images), "--model", str(got), "--json")
-        c = run(project, "predict", *map(str, images), "--model", f"someone/melanoma-{cell}", "--json",
-                HF_HUB_OFFLINE="1")  # a Hub id, resolved from the cache
+        c = run(
+            project, "predict", *map(str, images), "--model", f"someone/melanoma-{cell}", "--json", HF_HUB_OFFLINE="1"
+        )  # a Hub id, resolved from the cache
         assert a.returncode == b.returncode == c.returncode == 0, a.stderr + b.stderr + c.stderr
         pa, pb, pc = ([x["p_malignant"] for x in json.loads(o.stdout)["predictions"]] for o in (a, b, c))
         assert pa == pb == pc and len(pa) == 5
     # timm reads the Hub repo itself (config.json + model.safetensors) from the cache
-    code = ("import timm, torch; from melanoma.serving.package import load\n"
-            "m = timm.create_model('hf-hub:someone/melanoma-ResNet_Original', pretrained=True).eval()\n"
-            "o, _ = load('models/export/ResNet/ResNet_Original')\n"
-            "x = torch.rand(3, 3, 32, 32)\n"
-            "print(torch.equal(m(x), o(x)))")
-    t = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(project / "hf_cache")})
+    code = (
+        "import timm, torch; from melanoma.serving.package import load\n"
+        "m = timm.create_model('hf-hub:someone/melanoma-ResNet_Original', pretrained=True).eval()\n"
+        "o, _ = load('models/export/ResNet/ResNet_Original')\n"
+        "x = torch.rand(3, 3, 32, 32)\n"
+        "print(torch.equal(m(x), o(x)))"
+    )
+    t = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(project / "hf_cache")},
+    )
     assert t.stdout.strip() == "True", t.stderr
 
 
@@ -241,22 +288,26 @@ def test_publish_never_replaces_a_folder_it_did_not_write(project):
     (cell / "model.safetensors").write_bytes(b"trained weights")
     (cell / "live").mkdir()
     r = run(project, "publish", "ResNet_Original", "--dry-run", "--out", "models/classifiers/ResNet")
-    assert "ResNet_Original exists and is not a folder publish wrote, or was changed since (it holds live, " \
-           "model.safetensors); pass --force" in one_line_error(r)
+    assert (
+        "ResNet_Original exists and is not a folder publish wrote, or was changed since (it holds live, "
+        "model.safetensors); pass --force" in one_line_error(r)
+    )
     assert (cell / "model.safetensors").read_bytes() == b"trained weights"
     # a user's own README.md and config.json: the names of a Hub folder's files, not its marker
     own = project / "mine/ResNet_Original"
     own.mkdir(parents=True)
     (own / "README.md").write_text("my notes")
     (own / "config.json").write_text("{}")
-    assert "is not a folder publish wrote" in one_line_error(run(project, "publish", "ResNet_Original", "--dry-run",
-                                                                 "--out", "mine"))
+    assert "is not a folder publish wrote" in one_line_error(
+        run(project, "publish", "ResNet_Original", "--dry-run", "--out", "mine")
+    )
     assert (own / "README.md").read_text() == "my notes" and (own / "config.json").read_text() == "{}"
     for _ in range(2):  # its own folders it rewrites freely
         assert run(project, "publish", "ResNet_Original", "--dry-run", "--out", "hub3").returncode == 0
     (project / "hub3/ResNet_Original/README.md").write_text("edited by hand")  # then changed by someone
-    assert "or was changed since" in one_line_error(run(project, "publish", "ResNet_Original", "--dry-run", "--out",
-                                                        "hub3"))
+    assert "or was changed since" in one_line_error(
+        run(project, "publish", "ResNet_Original", "--dry-run", "--out", "hub3")
+    )
     assert (project / "hub3/ResNet_Original/README.md").read_text() == "edited by hand"
     r = run(project, "publish", "ResNet_Original", "--dry-run", "--out", "models/classifiers/ResNet", "--force")
     assert r.returncode == 0 and not (cell / "live").exists()
@@ -274,7 +325,8 @@ def test_download_refreshes_its_own_folder_and_says_when_the_cache_is_incomplete
     assert first.stdout.startswith("downloaded ") and again.stdout.startswith("refreshed ")
     (tmp_path / "dl/ResNet/ResNet_Original/notes.txt").write_text("mine")  # now it holds a file of the user's
     assert "is not a folder `melanoma download` wrote" in one_line_error(
-        run(project, "download", "ResNet_Original", "--dest", str(tmp_path / "dl"), **env))
+        run(project, "download", "ResNet_Original", "--dest", str(tmp_path / "dl"), **env)
+    )
     # timm's loader caches only config.json and model.safetensors of a repo
     partial = tmp_path / "partial"
     fill_cache(partial, "someone/melanoma-ResNet_Original", hub / "ResNet_Original")
@@ -282,15 +334,23 @@ def test_download_refreshes_its_own_folder_and_says_when_the_cache_is_incomplete
     for f in snap.iterdir():
         if f.name not in ("config.json", "model.safetensors"):
             f.unlink()
-    line = one_line_error(run(project, "predict", str(ROOT / "README.md"), "--model", "someone/melanoma-ResNet_Original",
-                              HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(partial)))
+    line = one_line_error(
+        run(
+            project,
+            "predict",
+            str(ROOT / "README.md"),
+            "--model",
+            "someone/melanoma-ResNet_Original",
+            HF_HUB_OFFLINE="1",
+            HF_HUB_CACHE=str(partial),
+        )
+    )
     assert "the Hugging Face cache holds an incomplete snapshot of someone/melanoma-ResNet_Original" in line
     assert "it has config.json, model.safetensors; it lacks model.onnx, model_config.json" in line
     assert "with network access" in line
 
 
-def test_publish_checks_every_package_first_and_reports_uploads_as_they_happen(project, tmp_path, monkeypatch,
-                                                                               capsys):
+def test_publish_checks_every_package_first_and_reports_uploads_as_they_happen(project, tmp_path, monkeypatch, capsys):
     """A broken second package is found before the first upload; a failure of the second upload names the first
     as uploaded; each upload is printed when it happens."""
     import huggingface_hub
@@ -328,8 +388,10 @@ def test_publish_checks_every_package_first_and_reports_uploads_as_they_happen(p
     assert out.startswith("uploaded ResNet_Original -> https://huggingface.co/someone/melanoma-ResNet_Original")
     assert "cannot upload someone/melanoma-MedViT_Original" in err
     assert "(already uploaded: ResNet_Original; run the command again for the rest)" in err
-    assert [c for c in calls if c[0] == "upload"] == [("upload", "someone/melanoma-ResNet_Original"),
-                                                       ("upload", "someone/melanoma-MedViT_Original")]
+    assert [c for c in calls if c[0] == "upload"] == [
+        ("upload", "someone/melanoma-ResNet_Original"),
+        ("upload", "someone/melanoma-MedViT_Original"),
+    ]
 
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -341,12 +403,16 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
 
 def test_offline_and_credential_failures_are_one_line(project):
     assert "not in the local Hugging Face cache" in one_line_error(
-        run(project, "download", "ViT_DDPM", "--dest", "none", HF_HUB_OFFLINE="1"))
+        run(project, "download", "ViT_DDPM", "--dest", "none", HF_HUB_OFFLINE="1")
+    )
     assert "no Hugging Face token: set HF_TOKEN" in one_line_error(run(project, "publish", "--out", "hub2"))
     assert "HF_HUB_OFFLINE is set" in one_line_error(
-        run(project, "publish", "--out", "hub2", HF_TOKEN="hf_fake", HF_HUB_OFFLINE="1"))
+        run(project, "publish", "--out", "hub2", HF_TOKEN="hf_fake", HF_HUB_OFFLINE="1")
+    )
     unreachable = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"}  # nothing listens there
-    assert "cannot be reached" in one_line_error(run(project, "publish", "--out", "hub2", HF_TOKEN="hf_fake", **unreachable))
+    assert "cannot be reached" in one_line_error(
+        run(project, "publish", "--out", "hub2", HF_TOKEN="hf_fake", **unreachable)
+    )
     assert "cannot be reached" in one_line_error(run(project, "download", "ViT_DDPM", "--dest", "none", **unreachable))
     assert "unknown cell 'Vit_DDPM'" in one_line_error(run(project, "download", "Vit_DDPM"))
     r = run(project, "download", "ResNet_Original", "--dest", "models/export", HF_HUB_OFFLINE="1")
@@ -354,6 +420,7 @@ def test_offline_and_credential_failures_are_one_line(project):
 
 
 # ---------------------------------------------------------------- predict
+
 
 def odd_inputs(folder: Path, isic: Path) -> dict[str, str]:
     """The files fetch meets in the wild; value: what predict must say ('' = scored)."""
@@ -363,14 +430,22 @@ def odd_inputs(folder: Path, isic: Path) -> dict[str, str]:
     shutil.copy(src, folder / "plain.jpg")
     im.convert("RGBA").save(folder / "rgba.png")
     im.convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.asarray(im.convert("L"), np.uint16) * 257)).save(folder / "gray16.png")
+    Image.fromarray(np.asarray(im.convert("L"), np.uint16) * 257).save(folder / "gray16.png")
     im.resize((6000, 4500)).save(folder / "huge.jpg", quality=80)
     data = (folder / "plain.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (folder / "notes.jpg").write_text("not an image")
     (folder / "empty.png").write_bytes(b"")
-    return {"plain.jpg": "", "rgba.png": "", "cmyk.jpg": "", "gray16.png": "", "huge.jpg": "",
-            "truncated.jpg": "truncated or corrupt image", "notes.jpg": "not an image", "empty.png": "empty file"}
+    return {
+        "plain.jpg": "",
+        "rgba.png": "",
+        "cmyk.jpg": "",
+        "gray16.png": "",
+        "huge.jpg": "",
+        "truncated.jpg": "truncated or corrupt image",
+        "notes.jpg": "not an image",
+        "empty.png": "empty file",
+    }
 
 
 def test_predict_scores_odd_images_and_refuses_bad_ones(cells, isic_sample, tmp_path, capsys):
@@ -420,9 +495,22 @@ def test_gradcam_overlays_never_replace_a_users_file_and_any_name_fits(cells, is
     shutil.copy(src, tmp_path / "a.jpg")
     (tmp_path / "a_gradcam.png").write_bytes(b"the user's own file")
     pkg = cells["ResNet"]
-    for run in range(2):  # a rerun replaces its own overlays, never the user's file
-        assert cli(["predict", str(long), str(tmp_path / "a.jpg"), "--model", str(pkg), "--gradcam", str(tmp_path),
-                    "--json"]) == 0
+    for _ in range(2):  # a rerun replaces its own overlays, never the user's file
+        assert (
+            cli(
+                [
+                    "predict",
+                    str(long),
+                    str(tmp_path / "a.jpg"),
+                    "--model",
+                    str(pkg),
+                    "--gradcam",
+                    str(tmp_path),
+                    "--json",
+                ]
+            )
+            == 0
+        )
         rows = json.loads(capsys.readouterr().out)["predictions"]
         assert (tmp_path / "a_gradcam.png").read_bytes() == b"the user's own file"
         assert Path(rows[1]["gradcam"]).name == "a_2_gradcam.png" and len(Path(rows[0]["gradcam"]).name) < 120
@@ -435,8 +523,19 @@ def test_gradcam_overlays_never_replace_a_users_file_and_any_name_fits(cells, is
 def test_predict_checks_the_gradcam_folder_before_scoring(cells, isic_sample, tmp_path, capsys):
     files = sorted((isic_sample / "folder/benign").glob("*.jpg"))[:1]
     (tmp_path / "a_file").write_text("not a folder")
-    assert cli(["predict", *map(str, files), "--model", str(cells["ResNet"]), "--gradcam",
-                str(tmp_path / "a_file" / "cams")]) == 2
+    assert (
+        cli(
+            [
+                "predict",
+                *map(str, files),
+                "--model",
+                str(cells["ResNet"]),
+                "--gradcam",
+                str(tmp_path / "a_file" / "cams"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--gradcam" in err and "cannot write there" in err and "Traceback" not in err
 
@@ -469,6 +568,7 @@ def test_a_full_disk_during_gradcam_keeps_every_score(cells, isic_sample, tmp_pa
     import errno
 
     from PIL import Image as PILImage
+
     files = sorted((isic_sample / "folder/benign").glob("*.jpg"))[:3]
     real_save, calls = PILImage.Image.save, []
 
@@ -565,29 +665,35 @@ def test_nan_weights_are_an_error_not_a_benign_decision(cells, tmp_path, capsys)
     assert "produced NaN/Inf probabilities" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"input_size": 30000}, "field 'input_size' is 30000"),
-    ({"model": "hf-hub:someone/evil"}, "field 'model' is 'hf-hub:someone/evil'"),
-    ({"arch": "AlexNet"}, "field 'arch' is 'AlexNet'"),
-    ({"num_classes": 0}, "field 'num_classes' is 0"),
-    ({"kwargs": {"checkpoint_path": "/etc/passwd"}}, "kwargs sets checkpoint_path"),
-    ({"threshold": float("nan")}, "threshold is nan"),
-    ({"preprocessing": {}}, "preprocessing is {}; it must be {'max_side': an integer in [64, 20000]}"),
-    ({"classes": ["malignant", "benign"]}, "classes is ['malignant', 'benign']; it must be ['benign', 'malignant']"),
-    ({"positive_class": "benign"}, "positive_class is 'benign'"),
-    ({"threshold": True}, "threshold is True; it must be a number in [0, 1]"),
-    ({"normalisation": {"mean": [0.5, 0.5, 0.5], "std": [0, 0, 0]}}, "normalisation is"),
-    (None, "is not readable JSON"),
-    ({"classes": None}, "classes is None; it must be"),
-    ("-classes", "classes is 'missing'; it must be ['benign', 'malignant']"),
-    ("-positive_class", "positive_class is 'missing'"),
-    ("-weights_sha256", "weights_sha256 is 'missing'; it must be the sha256 of model.safetensors"),
-    ({"weights_sha256": 5}, "weights_sha256 is 5"),
-    ("-threshold_rule", "threshold_rule is 'missing'; it must be one line of text"),
-    ({"data": "demo"}, "data is 'demo'; it must be a mapping"),
-    ("-preprocessing", "preprocessing is 'missing'"),
-    ("deep", "is not readable JSON (RecursionError)"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"input_size": 30000}, "field 'input_size' is 30000"),
+        ({"model": "hf-hub:someone/evil"}, "field 'model' is 'hf-hub:someone/evil'"),
+        ({"arch": "AlexNet"}, "field 'arch' is 'AlexNet'"),
+        ({"num_classes": 0}, "field 'num_classes' is 0"),
+        ({"kwargs": {"checkpoint_path": "/etc/passwd"}}, "kwargs sets checkpoint_path"),
+        ({"threshold": float("nan")}, "threshold is nan"),
+        ({"preprocessing": {}}, "preprocessing is {}; it must be {'max_side': an integer in [64, 20000]}"),
+        (
+            {"classes": ["malignant", "benign"]},
+            "classes is ['malignant', 'benign']; it must be ['benign', 'malignant']",
+        ),
+        ({"positive_class": "benign"}, "positive_class is 'benign'"),
+        ({"threshold": True}, "threshold is True; it must be a number in [0, 1]"),
+        ({"normalisation": {"mean": [0.5, 0.5, 0.5], "std": [0, 0, 0]}}, "normalisation is"),
+        (None, "is not readable JSON"),
+        ({"classes": None}, "classes is None; it must be"),
+        ("-classes", "classes is 'missing'; it must be ['benign', 'malignant']"),
+        ("-positive_class", "positive_class is 'missing'"),
+        ("-weights_sha256", "weights_sha256 is 'missing'; it must be the sha256 of model.safetensors"),
+        ({"weights_sha256": 5}, "weights_sha256 is 5"),
+        ("-threshold_rule", "threshold_rule is 'missing'; it must be one line of text"),
+        ({"data": "demo"}, "data is 'demo'; it must be a mapping"),
+        ("-preprocessing", "preprocessing is 'missing'"),
+        ("deep", "is not readable JSON (RecursionError)"),
+    ],
+)
 def test_untrusted_package_configs_are_refused_before_building(cells, tmp_path, capsys, change, needle):
     folder = tmp_path / "pkg"
     shutil.copytree(cells["ResNet"], folder)
@@ -595,8 +701,11 @@ def test_untrusted_package_configs_are_refused_before_building(cells, tmp_path, 
     if isinstance(change, str) and change.startswith("-"):
         del cfg[change[1:]]
         change = {}
-    text = {None: "{not json", "deep": '{"a": ' * 100_000 + "1" + "}" * 100_000}.get(change) if not isinstance(
-        change, dict) else json.dumps({**cfg, **change})
+    text = (
+        {None: "{not json", "deep": '{"a": ' * 100_000 + "1" + "}" * 100_000}.get(change)
+        if not isinstance(change, dict)
+        else json.dumps({**cfg, **change})
+    )
     (folder / "model_config.json").write_text(text)
     assert cli(["predict", str(ROOT / "README.md"), "--model", str(folder)]) == 2
     err = capsys.readouterr().err
@@ -622,8 +731,7 @@ def test_predict_decodes_large_jpegs_at_reduced_scale_close_to_what_training_saw
         assert d.mean() < 1.0 and d.max() <= 32, (size, d.mean(), d.max())
 
 
-def test_predict_shows_progress_for_many_files_and_says_when_nothing_was_scored(cells, isic_sample, tmp_path,
-                                                                                capsys):
+def test_predict_shows_progress_for_many_files_and_says_when_nothing_was_scored(cells, isic_sample, tmp_path, capsys):
     files = sorted((isic_sample / "folder/benign").glob("*.jpg"))[:12]
     assert cli(["predict", *map(str, files), "--model", str(cells["ResNet"]), "--json"]) == 0
     err = capsys.readouterr().err

@@ -27,17 +27,23 @@ def test_misspelt_choice_names_key_and_choices(tree):
     assert str(e.value) == "data.source must be one of demo, local, isic_csv, gdrive (got 'dmeo')"
 
 
-@pytest.mark.parametrize("path,value,needle", [
-    (("data", "demo", "n_benign"), "many", "data.demo.n_benign is 'many' (str); it must be an integer"),
-    (("data", "demo", "n_benign"), 0, "data.demo.n_benign is 0; it must be an integer in [1, 1000000]"),
-    (("data", "demo", "n_benign"), True, "data.demo.n_benign is True (bool)"),
-    (("split", "val_fraction"), 0.9, "split.val_fraction is 0.9; it must be a number in [0.01, 0.5]"),
-    (("data", "max_side"), None, "data.max_side is null"),
-    (("data", "label_map"), {"nevus": "harmless"}, "data.label_map.nevus is 'harmless'"),
-    (("generators", "dcgan", "steps"), 10**30, "generators.dcgan.steps is 1" + "0" * 30 + "; it must be an integer in "
-     "[1, 10000000]"),  # every count has a ceiling, stated or COUNT_MAX
-    (("evaluate", "gradcam_per_group"), 10**12, "it must be an integer in"),
-])
+@pytest.mark.parametrize(
+    "path,value,needle",
+    [
+        (("data", "demo", "n_benign"), "many", "data.demo.n_benign is 'many' (str); it must be an integer"),
+        (("data", "demo", "n_benign"), 0, "data.demo.n_benign is 0; it must be an integer in [1, 1000000]"),
+        (("data", "demo", "n_benign"), True, "data.demo.n_benign is True (bool)"),
+        (("split", "val_fraction"), 0.9, "split.val_fraction is 0.9; it must be a number in [0.01, 0.5]"),
+        (("data", "max_side"), None, "data.max_side is null"),
+        (("data", "label_map"), {"nevus": "harmless"}, "data.label_map.nevus is 'harmless'"),
+        (
+            ("generators", "dcgan", "steps"),
+            10**30,
+            "generators.dcgan.steps is 1" + "0" * 30 + "; it must be an integer in [1, 10000000]",
+        ),  # every count has a ceiling, stated or COUNT_MAX
+        (("evaluate", "gradcam_per_group"), 10**12, "it must be an integer in"),
+    ],
+)
 def test_wrong_type_or_range_names_key(tree, path, value, needle):
     t = copy.deepcopy(tree)
     node = t
@@ -82,8 +88,12 @@ def test_study_profile_switches_params_and_keeps_comments(tmp_path):
     assert kept == {}
     p = load_params(params)
     assert p["datasets"]["image_size"] == 224 and p["data"]["source"] == "gdrive"
-    assert p["classifiers"]["models"]["Swin"] == {"model": "swin_base_patch4_window7_224", "pretrained": True,
-                                                  "lr": 5e-05, "kwargs": {}}  # the demo's cut-down kwargs are gone
+    assert p["classifiers"]["models"]["Swin"] == {
+        "model": "swin_base_patch4_window7_224",
+        "pretrained": True,
+        "lr": 5e-05,
+        "kwargs": {},
+    }  # the demo's cut-down kwargs are gone
     assert p["classifiers"]["models"]["MedViT"]["pretrained"] is False
     assert "classifiers.models.Swin.kwargs" in changed and "split.seed" not in changed
     assert p["split"] == load_params(ROOT / "params.yaml")["split"]  # what the profile does not name stays
@@ -123,12 +133,16 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
     original = params.read_text()
-    for name, text, needle in [("typo", "datasets:\n  image_sise: 224\n",
-                                "profile key datasets.image_sise is not a params key"),
-                               ("range", "datasets:\n  image_size: 4\n", "profile 'range': datasets.image_size is 4"),
-                               ("broken", "datasets: [224\n",
-                                r"/broken.yaml is not readable YAML \(ParserError: while parsing a flow sequence"),
-                               ("../params", "", "'../params' is not a profile name")]:
+    for name, text, needle in [
+        ("typo", "datasets:\n  image_sise: 224\n", "profile key datasets.image_sise is not a params key"),
+        ("range", "datasets:\n  image_size: 4\n", "profile 'range': datasets.image_size is 4"),
+        (
+            "broken",
+            "datasets: [224\n",
+            r"/broken.yaml is not readable YAML \(ParserError: while parsing a flow sequence",
+        ),
+        ("../params", "", "'../params' is not a profile name"),
+    ]:
         folder = tmp_path / f"profiles_{name.strip('./')}"
         folder.mkdir()
         shutil.copy(ROOT / "profiles/demo.yaml", folder / "demo.yaml")
@@ -142,34 +156,61 @@ def test_a_bad_profile_never_reaches_params_yaml(tmp_path):
     assert params.read_text() == original
 
 
-@pytest.mark.parametrize("dotted, value, needle", [
-    ("generators.image_size", 48, "generators.image_size is 48; the DCGAN doubles its way up, so it must be a power of two"),
-    ("generators.ddpm.block_out_channels", [32, 0], "generators.ddpm.block_out_channels must all be positive"),
-    ("generators.ddpm.block_out_channels", [8] * 7, "generators.image_size 32 cannot be halved 6 times"),
-    ("generators.ddpm.num_train_timesteps", 10, "generators.ddpm.sampling_steps (20) exceeds "
-                                                "generators.ddpm.num_train_timesteps (10)"),
-    ("datasets.image_size", 48, "datasets.image_size is 48, which MedViT cannot take: it needs at least 32 px and a "
-                                "multiple of 32"),
-    ("datasets.image_size", 24, "datasets.image_size is 24, which DenseNet cannot take: it needs at least 32"),
-    ("generators.seed", 2**63, "generators.seed is 9223372036854775808; it must be an integer in [0, 4294967295]"),
-    ("classifiers.models.Swin.kwargs", {"depths": [2, 0, 2, 2]}, "classifiers.models.Swin.kwargs.depths is [2, 0, 2, 2]"),
-    ("classifiers.models.ViT.kwargs", {"patch_size": True}, "classifiers.models.ViT.kwargs.patch_size is True"),
-    ("classifiers.models.MedViT.model", "", "classifiers.models.MedViT.model is ''"),
-    ("data.local.path", "", "data.local.path is empty"),
-    ("generators.ddpm.block_out_channels", [10**12, 64], "block_out_channels must be at most 65536"),
-    ("classifiers.seeds", [0, 1, 0], "classifiers.seeds lists a seed twice: [0, 1, 0]"),
-    ("classifiers.seeds", [], "classifiers.seeds is []; it must be a non-empty list of integers"),
-    ("classifiers.seeds", [0, -1], "classifiers.seeds is [0, -1]; each item must be"),
-    ("classifiers.seeds", [0, 2**40], "classifiers.seeds is [0, 1099511627776]; each item must be"),
-    ("classifiers.train.eval_every", 100, "classifiers.train.eval_every (100) and warmup_steps (4) must be below "
-                                          "classifiers.train.steps (24)"),
-    ("classifiers.train.warmup_steps", 24, "must be below classifiers.train.steps (24)"),
-    ("datasets.per_class", "balance", "datasets.per_class is 'balance'; it must be a number of images per class from 1"),
-    ("datasets.per_class", "1000.5x", "or a multiple of the larger real train class from 1x to 1000x (e.g. 3x)"),
-    ("datasets.per_class", 2.5, "datasets.per_class is 2.5 (float); it must be a number of images per class"),
-    ("classifiers.train.steps", "Auto", "classifiers.train.steps is 'Auto'; it must be a number of optimiser steps "
-                                        "from 1 to 10000000, or auto"),
-])
+@pytest.mark.parametrize(
+    "dotted, value, needle",
+    [
+        (
+            "generators.image_size",
+            48,
+            "generators.image_size is 48; the DCGAN doubles its way up, so it must be a power of two",
+        ),
+        ("generators.ddpm.block_out_channels", [32, 0], "generators.ddpm.block_out_channels must all be positive"),
+        ("generators.ddpm.block_out_channels", [8] * 7, "generators.image_size 32 cannot be halved 6 times"),
+        (
+            "generators.ddpm.num_train_timesteps",
+            10,
+            "generators.ddpm.sampling_steps (20) exceeds generators.ddpm.num_train_timesteps (10)",
+        ),
+        (
+            "datasets.image_size",
+            48,
+            "datasets.image_size is 48, which MedViT cannot take: it needs at least 32 px and a multiple of 32",
+        ),
+        ("datasets.image_size", 24, "datasets.image_size is 24, which DenseNet cannot take: it needs at least 32"),
+        ("generators.seed", 2**63, "generators.seed is 9223372036854775808; it must be an integer in [0, 4294967295]"),
+        (
+            "classifiers.models.Swin.kwargs",
+            {"depths": [2, 0, 2, 2]},
+            "classifiers.models.Swin.kwargs.depths is [2, 0, 2, 2]",
+        ),
+        ("classifiers.models.ViT.kwargs", {"patch_size": True}, "classifiers.models.ViT.kwargs.patch_size is True"),
+        ("classifiers.models.MedViT.model", "", "classifiers.models.MedViT.model is ''"),
+        ("data.local.path", "", "data.local.path is empty"),
+        ("generators.ddpm.block_out_channels", [10**12, 64], "block_out_channels must be at most 65536"),
+        ("classifiers.seeds", [0, 1, 0], "classifiers.seeds lists a seed twice: [0, 1, 0]"),
+        ("classifiers.seeds", [], "classifiers.seeds is []; it must be a non-empty list of integers"),
+        ("classifiers.seeds", [0, -1], "classifiers.seeds is [0, -1]; each item must be"),
+        ("classifiers.seeds", [0, 2**40], "classifiers.seeds is [0, 1099511627776]; each item must be"),
+        (
+            "classifiers.train.eval_every",
+            100,
+            "classifiers.train.eval_every (100) and warmup_steps (4) must be below classifiers.train.steps (24)",
+        ),
+        ("classifiers.train.warmup_steps", 24, "must be below classifiers.train.steps (24)"),
+        (
+            "datasets.per_class",
+            "balance",
+            "datasets.per_class is 'balance'; it must be a number of images per class from 1",
+        ),
+        ("datasets.per_class", "1000.5x", "or a multiple of the larger real train class from 1x to 1000x (e.g. 3x)"),
+        ("datasets.per_class", 2.5, "datasets.per_class is 2.5 (float); it must be a number of images per class"),
+        (
+            "classifiers.train.steps",
+            "Auto",
+            "classifiers.train.steps is 'Auto'; it must be a number of optimiser steps from 1 to 10000000, or auto",
+        ),
+    ],
+)
 def test_values_that_pass_alone_but_break_a_later_stage_fail_at_load(dotted, value, needle):
     tree = load_params(ROOT / "params.yaml")
     node = tree
@@ -186,18 +227,26 @@ def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
     """A "billion laughs" tree of nested aliases inside a model's kwargs: refused at load with the line, never
     expanded (the test would run out of memory if it were)."""
     text = (ROOT / "params.yaml").read_text()
-    laughs = "".join(f"    l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, "
-                     f"*l{i - 1}, *l{i - 1}]\n" for i in range(1, 10))
+    laughs = "".join(
+        f"    l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}, "
+        f"*l{i - 1}, *l{i - 1}]\n"
+        for i in range(1, 10)
+    )
     (tmp_path / "params.yaml").write_text(text + "laughs:\n    l0: &l0 [lol]\n" + laughs)
-    with pytest.raises(ParamsError, match=r"params\.yaml line \d+: YAML anchors and aliases \(&name, \*name\) are "
-                                          r"not allowed in params; write the values out"):
+    with pytest.raises(
+        ParamsError,
+        match=r"params\.yaml line \d+: YAML anchors and aliases \(&name, \*name\) are "
+        r"not allowed in params; write the values out",
+    ):
         load_params(tmp_path / "params.yaml")
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
 def test_params_from_a_device_or_fifo_are_refused_unread(tmp_path, special):
-    from melanoma.io import FileRefused
     import os
+
+    from melanoma.io import FileRefused
+
     path = tmp_path / "params.yaml"
     if special == "fifo":
         os.mkfifo(path)  # opening it would block for ever
@@ -207,11 +256,14 @@ def test_params_from_a_device_or_fifo_are_refused_unread(tmp_path, special):
         load_params(path)
 
 
-@pytest.mark.parametrize("extra, needle", [
-    ("split:\n    seed: 5\n", r"key 'split' is given twice in one mapping; keep one"),
-    ("laughs:\n    <<: {seed: 3}\n", r"YAML merge keys \(<<\) are not allowed in params"),
-    ("deep: " + "[" * 5000 + "]" * 5000 + "\n", r"nested deeper than 32 levels"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ("split:\n    seed: 5\n", r"key 'split' is given twice in one mapping; keep one"),
+        ("laughs:\n    <<: {seed: 3}\n", r"YAML merge keys \(<<\) are not allowed in params"),
+        ("deep: " + "[" * 5000 + "]" * 5000 + "\n", r"nested deeper than 32 levels"),
+    ],
+)
 def test_yaml_that_is_not_one_plain_tree_is_refused_with_its_line(tmp_path, extra, needle):
     """Duplicate keys were kept silently (the last won), merge keys accepted, and a 5,000-level list ended in a
     RecursionError traceback."""

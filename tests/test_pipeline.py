@@ -1,4 +1,5 @@
 """The pipeline runs through DVC itself, on a throwaway copy of the repository with tiny params."""
+
 import json
 import os
 import re
@@ -21,8 +22,13 @@ from tests.tiny import tiny_params
 pytestmark = pytest.mark.slow
 
 
-ENV = {"DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@t"}
+ENV = {
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
 
 
 def env() -> dict[str, str]:
@@ -144,19 +150,31 @@ def test_repro_builds_outputs_then_has_nothing_to_do(built, tmp_path):
     assert sorted(ids) == sorted(r["id"] for r in rows)
     # the packaged cells are what users run: predict on real files, and the Hub folders with their cards
     test = read_csv(repo / "data/splits/test.csv")  # predict on the test files reproduces evaluate's predictions
-    out = sh(repo, sys.executable, "-m", "melanoma.commands", "predict", *(f"data/raw/{r['path']}" for r in test),
-             "--json", "--model", "models/export/ViT/ViT_Original").stdout
+    out = sh(
+        repo,
+        sys.executable,
+        "-m",
+        "melanoma.commands",
+        "predict",
+        *(f"data/raw/{r['path']}" for r in test),
+        "--json",
+        "--model",
+        "models/export/ViT/ViT_Original",
+    ).stdout
     packaged = json.loads((repo / "results/evaluation/ViT/ViT_Original/metrics.json").read_text())["seed"]
     evaluated = read_csv(repo / f"results/evaluation/ViT/ViT_Original/seed_{packaged}/predictions_test.csv")
     got = json.loads(out)["predictions"]
     assert [Path(r["path"]).stem for r in got] == [r["id"] for r in evaluated]
-    assert all(abs(g["p_malignant"] - float(e["p_malignant"])) < 1e-6 and g["decision"] == e["predicted"]
-               for g, e in zip(got, evaluated))
+    assert all(
+        abs(g["p_malignant"] - float(e["p_malignant"])) < 1e-6 and g["decision"] == e["predicted"]
+        for g, e in zip(got, evaluated)
+    )
     out = sh(repo, sys.executable, "-m", "melanoma.commands", "publish", "--dry-run", "--out", str(tmp_path)).stdout
     assert out.count("would upload") == 4
     for cell in ("ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN"):
-        auroc = json.loads((repo / "models/export" / cell.split("_")[0] / cell / "model_config.json").read_text()
-                           )["evaluation"]["test"]["auroc"]
+        auroc = json.loads((repo / "models/export" / cell.split("_")[0] / cell / "model_config.json").read_text())[
+            "evaluation"
+        ]["test"]["auroc"]
         assert f"| AUROC | {auroc:.3f} |" in (tmp_path / cell / "README.md").read_text()
     second = sh(repo, "dvc", "repro")
     assert "Running stage" not in second.stdout
@@ -169,8 +187,10 @@ def test_param_changes_rerun_only_what_depends_on_them(built, tmp_path):
     tiny = (repo / "params.yaml").read_text()
     # which stages a param reaches is what dvc.yaml declares: `dvc status` lists the stages whose own deps changed
     set_params(repo, generators__ddpm__lr=0.002)  # one generator family's params: only its training
-    assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {"train_generator@ddpm-benign",
-                                                                          "train_generator@ddpm-malignant"}
+    assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {
+        "train_generator@ddpm-benign",
+        "train_generator@ddpm-malignant",
+    }
     (repo / "params.yaml").write_text(tiny)
     # evaluate@<arch> reads data/datasets as a whole, so a rebuilt dataset outside this tiny grid (*_Upscaled)
     # reruns it too, to the same results: the grid's cells are not retrained and their evaluation does not change
@@ -178,8 +198,16 @@ def test_param_changes_rerun_only_what_depends_on_them(built, tmp_path):
     set_params(repo, upscale__method="bicubic")  # the upscaler stays; only the upscaled sets are remade
     assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {"upscale@dcgan", "upscale@ddpm"}
     out = sh(repo, "dvc", "repro").stdout
-    assert ran(out) == {"upscale@dcgan", "upscale@ddpm", "build_dataset@DCGAN_Upscaled", "build_dataset@DDPM_Upscaled",
-                        "evaluate@ResNet", "evaluate@ViT", "export", "report"}
+    assert ran(out) == {
+        "upscale@dcgan",
+        "upscale@ddpm",
+        "build_dataset@DCGAN_Upscaled",
+        "build_dataset@DDPM_Upscaled",
+        "evaluate@ResNet",
+        "evaluate@ViT",
+        "export",
+        "report",
+    }
     assert {p: h for p, h in lock_outs(repo).items() if p.startswith("results/evaluation/")} == evaluated
     set_params(repo, split__seed=7)
     out = sh(repo, "dvc", "repro", "split").stdout
@@ -201,10 +229,21 @@ def test_experiments_show_and_metrics_diff(built, tmp_path):
     changed = set(re.findall(r"results/cells/(\w+_\w+)\.json\s+sensitivity", diff))  # one row per cell and metric
     shown = sh(repo, "dvc", "metrics", "show").stdout  # a table: one row per cell and per pooled dataset
     assert {f"results/cells/{c}.json" for c in ("ResNet_Original", "ViT_DCGAN", "Baseline_Original")} | {
-        "results/pooled/DCGAN.json"} <= {line.split()[0] for line in shown.splitlines()[1:]}
-    for recipe in (["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep",
-                    "Experiment|evaluate.threshold|results/pooled/DCGAN.json:verdict"],  # the README's recipes
-                   ["dvc", "exp", "diff", "HEAD", "sens90"]):
+        "results/pooled/DCGAN.json"
+    } <= {line.split()[0] for line in shown.splitlines()[1:]}
+    for recipe in (
+        [
+            "dvc",
+            "exp",
+            "show",
+            "--no-pager",
+            "--drop",
+            ".*",
+            "--keep",
+            "Experiment|evaluate.threshold|results/pooled/DCGAN.json:verdict",
+        ],  # the recipes of docs/dvc.md
+        ["dvc", "exp", "diff", "HEAD", "sens90"],
+    ):
         p = subprocess.run(recipe, cwd=repo, env={**env(), "COLUMNS": "120"}, capture_output=True, text=True)
         assert p.returncode == 0 and max(map(len, p.stdout.splitlines())) <= 120 and "…" not in p.stdout, p.stdout
     assert changed and changed <= {"ResNet_Original", "ResNet_DCGAN", "ViT_Original", "ViT_DCGAN", "Baseline_Original"}
@@ -238,13 +277,13 @@ def test_push_then_a_fresh_clone_pulls_everything_and_the_run_cache_restores(bui
 
 
 def readme_share_commands() -> list[str]:
-    """The `$ ` lines of the README's first code block under "### Share"."""
-    text = (ROOT / "README.md").read_text()
-    block = text[text.index("### Share:"):].split("```text\n", 1)[1].split("```", 1)[0]
+    """The `$ ` lines of the first code block under "## Share" in docs/dvc.md."""
+    text = (ROOT / "docs" / "dvc.md").read_text()
+    block = text[text.index("## Share:") :].split("```text\n", 1)[1].split("```", 1)[0]
     return [line[2:] for line in block.splitlines() if line.startswith("$ ")]
 
 
-def test_the_readme_share_sequence_works_verbatim(built, tmp_path):
+def test_the_docs_share_sequence_works_verbatim(built, tmp_path):
     repo = copy_of(built, tmp_path / "repo")  # a fresh run: its dvc.lock is not the committed one (none here)
     assert sh(repo, "git", "status", "--porcelain", "dvc.lock").stdout.strip()
     commands = readme_share_commands()
@@ -277,8 +316,14 @@ def test_a_killed_stage_never_leaves_a_partial_output(built, tmp_path):
     for stage, out in (("synthesize@dcgan", "data/synthetic/dcgan"), ("build_dataset@DCGAN", "data/datasets/DCGAN")):
         parent, name = (repo / out).parent, Path(out).name
         for _attempt in range(8):  # build_dataset writes for a few ms only: retry until the kill lands mid-write
-            p = subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=env(), start_new_session=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            p = subprocess.Popen(
+                ["dvc", "repro", "-f", "-s", stage],
+                cwd=repo,
+                env=env(),
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 120
             while p.poll() is None and time.monotonic() < deadline and not list(parent.glob(f".{name}.tmp-[0-9]*")):
                 time.sleep(0.001)
@@ -309,26 +354,37 @@ def test_study_dry_plans_the_full_grid_on_a_fresh_clone(repo):
     images per dataset, the stages to run, GPU time and disk; nothing runs."""
     shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # the committed demo profile, not the tiny one
     venv = Path(sys.executable).parent.parent  # this venv: setup finds its stamp current and installs nothing
-    p = subprocess.run(["bash", "run.sh", "study", "--dry"], cwd=repo, capture_output=True, text=True,
-                       env={**env(), "VENV": str(venv), "PYTHON": sys.executable})
+    p = subprocess.run(
+        ["bash", "run.sh", "study", "--dry"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**env(), "VENV": str(venv), "PYTHON": sys.executable},
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     plan = p.stdout
     assert "profile in effect: study; device: cuda (refuses to start without a usable GPU)" in plan
     assert "grid: 6 archs x 5 datasets x 5 seeds = 150 trainings" in plan, plan
-    assert re.search(r"^stages to run \(dvc status\): 56 of 56: fetch, split, train_generator x4, .*"
-                     r"train_classifier x30, evaluate x6", plan, re.M), plan
+    assert re.search(
+        r"^stages to run \(dvc status\): 56 of 56: fetch, split, train_generator x4, .*"
+        r"train_classifier x30, evaluate x6",
+        plan,
+        re.M,
+    ), plan
     assert re.search(r"GPU time \d+\.\d h", plan) and re.search(r"disk \d+\.\d GB of outputs", plan), plan
     for name in ("DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"):  # ~6,570 training images per augmented
-        assert re.search(rf"^{name} +6,570 +3,285 = 730 \+ 2,555 \(78%\) +3,285 = 370 \+ 2,915 \(89%\) +83% +20$", plan,
-                         re.M), plan
+        assert re.search(
+            rf"^{name} +6,570 +3,285 = 730 \+ 2,555 \(78%\) +3,285 = 370 \+ 2,915 \(89%\) +83% +20$", plan, re.M
+        ), plan
     assert "real train images ASSUMED" in plan and "2,054 optimiser steps per cell and seed" in plan
     assert not (repo / "data/raw").exists() and not (repo / "models/classifiers").exists()
     p = yaml.safe_load((repo / "params.yaml").read_text())
     assert p["datasets"]["image_size"] == 224 and p["classifiers"]["models"]["ResNet"]["model"] == "resnet50"
 
 
-@pytest.mark.parametrize("layout,expected", [("folder", {"benign": 150, "malignant": 150}),
-                                             ("archive", {"benign": 14, "malignant": 10})])
+@pytest.mark.parametrize(
+    "layout,expected", [("folder", {"benign": 150, "malignant": 150}), ("archive", {"benign": 14, "malignant": 10})]
+)
 def test_fetch_local_shared_sample_through_dvc(repo, isic_sample, layout, expected):
     set_params(repo, data__source="local", data__local__path=str(isic_sample / layout))
     sh(repo, "dvc", "repro", "-s", "fetch")
@@ -343,8 +399,13 @@ def test_a_new_seed_reruns_everything_one_arch_only_its_cells(built, reseeded):
     assert ran(runs["seed"]) == ran(built[1])  # every stage
     a, b = lock_outs(built[0]), lock_outs(repo)
     assert [p for p in a if p.startswith("data/") and a[p] == b[p]] == []  # and every data output is new
-    assert ran(runs["ResNet lr"]) == {"train_classifier@ResNet-Original", "train_classifier@ResNet-DCGAN",
-                                      "evaluate@ResNet", "export", "report"}
+    assert ran(runs["ResNet lr"]) == {
+        "train_classifier@ResNet-Original",
+        "train_classifier@ResNet-DCGAN",
+        "evaluate@ResNet",
+        "export",
+        "report",
+    }
     cells = sh(repo, "dvc", "stage", "list").stdout
     assert "train_classifier@ViT-Original" in cells and "train_classifier@ResNet" not in cells
     assert ran(runs["archs"]) == {"export", "report"}
@@ -361,9 +422,12 @@ def test_own_data_stops_before_training_when_nothing_is_added_else_completes(rep
     bad = sh(repo, "dvc", "exp", "run", *local, "-S", "datasets.per_class=1x", check=False)
     said = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "Traceback" not in said
-    assert re.search(r"datasets\.per_class: 1x adds no synthetic image to (\d+) benign \+ \1 malignant real train "
-                     r"images, so every augmented dataset would equal Original; set a multiple of the larger class, "
-                     r"e\.g\. `dvc exp run -S datasets\.per_class=2x`", said), said
+    assert re.search(
+        r"datasets\.per_class: 1x adds no synthetic image to (\d+) benign \+ \1 malignant real train "
+        r"images, so every augmented dataset would equal Original; set a multiple of the larger class, "
+        r"e\.g\. `dvc exp run -S datasets\.per_class=2x`",
+        said,
+    ), said
     assert "train_generator" not in said and not list((repo / "models").glob("generators/*/*"))  # stopped at split
     sh(repo, "git", "checkout", "params.yaml")  # what the README says to do after a failed run
     out = sh(repo, "dvc", "exp", "run", *local).stdout  # own data through -S alone (the tiny params' budget)
@@ -374,23 +438,29 @@ def test_own_data_stops_before_training_when_nothing_is_added_else_completes(rep
 
 
 def test_the_own_data_profile_on_the_isic_sample_plans_a_majority_synthetic_augmentation(repo, isic_sample):
-    """The README's own-data commands (images in data/local, `melanoma profile own-data`, `dvc repro split`,
+    """The own-data commands of docs/data.md (images in data/local, `melanoma profile own-data`, `dvc repro split`,
     `melanoma plan`) on the 300-image ISIC sample: augmented sets sized to the data, share and passes stated."""
     shutil.copytree(isic_sample / "folder", repo / "data/local")
     shutil.copy(ROOT / "params.yaml", repo / "params.yaml")  # the committed demo params, as a clone has them
     said = sh(repo, "melanoma", "profile", "own-data").stdout
     assert "profile 'own-data' in effect" in said
     split = sh(repo, "dvc", "repro", "split").stdout
-    line = re.search(r"augmented sets: datasets.per_class 3x = (\d+) images per class .*: ([\d,]+) of ([\d,]+) "
-                     r"synthetic \((\d+)%\); training: (\d+) optimiser steps of 32 \(steps: auto, 2 passes\)", split)
+    line = re.search(
+        r"augmented sets: datasets.per_class 3x = (\d+) images per class .*: ([\d,]+) of ([\d,]+) "
+        r"synthetic \((\d+)%\); training: (\d+) optimiser steps of 32 \(steps: auto, 2 passes\)",
+        split,
+    )
     assert line, split
     real = read_csv(repo / "data/splits/train.csv")
     assert int(line[1]) == 3 * max(Counter(r["label"] for r in real).values())
     assert int(line[4]) >= 50 and int(line[5]) >= 2 * 3 * len(real) // 32  # synthetic the majority; 2 passes
     plan = sh(repo, "melanoma", "plan").stdout
     assert "profile in effect: own-data" in plan and "\n!" not in plan, plan
-    rows = {r.split()[0]: r.split() for r in plan.splitlines() if r.split() and r.split()[0] in
-            ("Original", "DCGAN", "DDPM_Upscaled")}
+    rows = {
+        r.split()[0]: r.split()
+        for r in plan.splitlines()
+        if r.split() and r.split()[0] in ("Original", "DCGAN", "DDPM_Upscaled")
+    }
     assert rows["Original"][-2:] == ["0%", rows["Original"][-1]] and float(rows["Original"][-1]) > 5  # passes
     assert rows["DCGAN"][-2] == f"{line[4]}%" and rows["DCGAN"][-1] == "2.0"
     bad = sh(repo, "dvc", "exp", "run", "-S", "datasets.per_class=1.1x", check=False)

@@ -1,4 +1,5 @@
 """`melanoma plan`: what a run will build and cost, in words a researcher checks before spending GPU hours."""
+
 import re
 
 import pytest
@@ -15,8 +16,11 @@ def test_the_study_plan_counts_the_grid_and_prices_it(tmp_path, monkeypatch):
     assert "profile in effect: study; device: cuda" in out
     assert "grid: 6 archs x 5 datasets x 5 seeds = 150 trainings" in out
     assert "stages to run (dvc status): 2 of 56: fetch, train_classifier" in out
-    gpu = re.search(r"GPU time (\d+\.\d) h \+ (\d+\.\d) h rated with a stand-in model's rate \(([^)]*\)[^)]*)\); "
-                    r"not timed: (.*)", out)
+    gpu = re.search(
+        r"GPU time (\d+\.\d) h \+ (\d+\.\d) h rated with a stand-in model's rate \(([^)]*\)[^)]*)\); "
+        r"not timed: (.*)",
+        out,
+    )
     assert gpu and float(gpu[1]) > 1 and "MedViT" in gpu[3] and "MedViT" not in gpu[4], out
     assert "decode" in gpu[4] and "baseline" in gpu[4]  # every stage is either timed or listed as not
     assert re.search(r"disk \d+\.\d GB of outputs", out) and "real data assumed" in out

@@ -1,5 +1,6 @@
 """`dvc plots show` offline: setup's vega template (tools/dvc_plots_offline.py), and the page plain `dvc plots show`
 makes from dvc.yaml's own plot definitions, rendered in headless Chromium with no network."""
+
 from __future__ import annotations
 
 import base64
@@ -49,10 +50,12 @@ def html_template(repo: Path) -> str | None:
 
 def test_pins_are_the_versions_dvc_render_loads_from_the_cdn():
     from dvc_render.vega import VegaRenderer
+
     cdn = dict(re.findall(r"cdn\.jsdelivr\.net/npm/([a-z-]+)@([\d.]+)", VegaRenderer.SCRIPTS))
     assert cdn == {n: v for n, (v, _, _) in tool.PINS.items()}, (
         "dvc-render now loads other vega versions: update PINS (version and npm's dist.integrity) in "
-        "tools/dvc_plots_offline.py")
+        "tools/dvc_plots_offline.py"
+    )
 
 
 class _Registry(http.server.BaseHTTPRequestHandler):
@@ -95,8 +98,7 @@ def registry(monkeypatch):
     server.shutdown()
 
 
-def test_setup_writes_the_template_configures_dvc_and_is_quick_the_second_time(tmp_path, registry, monkeypatch,
-                                                                                 capsys):
+def test_setup_writes_the_template_configures_dvc_and_is_quick_the_second_time(tmp_path, registry, monkeypatch, capsys):
     repo, template = dvc_repo(tmp_path / "repo"), tmp_path / "venv/share/t.html"
     assert tool.setup(repo, template) == 0
     page = template.read_text()
@@ -139,10 +141,17 @@ def test_no_registry_is_one_warning_and_dvc_falls_back_to_its_own_page(tmp_path,
 
 def _plots_from_dvc_yaml(repo: Path) -> int:
     """dvc.yaml's own definitions of ResNet's training curves and test ROC, with made-up data: how many plots."""
-    plots = [p for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
-             if isinstance(p, dict) and next(iter(p)) in ("ResNet training, validation AUROC (seed 0)",
-                                                          "ResNet training, validation loss (seed 0)",
-                                                          "ResNet test ROC")]
+    plots = [
+        p
+        for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+        if isinstance(p, dict)
+        and next(iter(p))
+        in (
+            "ResNet training, validation AUROC (seed 0)",
+            "ResNet training, validation loss (seed 0)",
+            "ResNet test ROC",
+        )
+    ]
     assert len(plots) == 3
     rng = np.random.default_rng(0)
     for plot in plots:

@@ -1,5 +1,6 @@
 """Profiles are complete and reversible: demo <-> study <-> rehearsal byte for byte, leftovers named and refused,
 and the rehearsal changes budgets only, never a shape of the study."""
+
 import shutil
 
 import pytest
@@ -25,7 +26,8 @@ def params(tmp_path):
 def test_committed_params_are_the_demo_profile_byte_for_byte():
     assert (ROOT / "params.yaml").read_bytes() == (PROFILES / "demo.yaml").read_bytes(), (
         "params.yaml and profiles/demo.yaml differ: the committed params.yaml is the demo profile; copy the one "
-        "you changed over the other")
+        "you changed over the other"
+    )
     assert render("demo", PROFILES) == (ROOT / "params.yaml").read_text()
 
 
@@ -42,8 +44,11 @@ def test_a_leftover_dash_s_is_named_and_refused_then_kept_or_dropped(params):
     committed = params.read_bytes()
     apply_overrides(params, ["classifiers.archs=[ResNet]"])  # what `dvc exp run -S` writes
     shrunk = params.read_bytes()
-    with pytest.raises(ParamsError, match=r"profile 'demo' does not set .*classifiers\.archs = \[ResNet\]\. Rerun "
-                                          r"with --keep to carry them into 'study', or with --drop"):
+    with pytest.raises(
+        ParamsError,
+        match=r"profile 'demo' does not set .*classifiers\.archs = \[ResNet\]\. Rerun "
+        r"with --keep to carry them into 'study', or with --drop",
+    ):
         apply_profile("study", params, PROFILES)
     assert params.read_bytes() == shrunk  # refused: untouched
     with pytest.raises(ParamsError, match="classifiers.archs"):
@@ -62,18 +67,35 @@ def test_the_study_owns_its_grid():
     demo, study = profile_params("demo", PROFILES), profile_params("study", PROFILES)
     own = leaves(yaml.safe_load((PROFILES / "study.yaml").read_text()))
     assert {"classifiers.archs", "classifiers.datasets", "classifiers.seeds", "device"} <= set(own)
-    assert len(study["classifiers"]["archs"]) * len(study["classifiers"]["datasets"]) * \
-        len(study["classifiers"]["seeds"]) == 150
+    assert (
+        len(study["classifiers"]["archs"]) * len(study["classifiers"]["datasets"]) * len(study["classifiers"]["seeds"])
+        == 150
+    )
     assert study["device"] == "cuda" and demo["device"] == "auto"
 
 
 # every key that fixes a shape the GPU run will meet: the rehearsal must not change one
-SHAPE_KEYS = ("datasets.image_size", "generators.image_size", "generators.ddpm.block_out_channels",
-              "generators.ddpm.layers_per_block", "generators.ddpm.attention", "generators.ddpm.sampler",
-              "generators.ddpm.num_train_timesteps", "generators.ddpm.beta_schedule", "generators.dcgan.ngf",
-              "generators.dcgan.ndf", "generators.dcgan.nz", "upscale.method", "upscale.factor", "upscale.sr.channels",
-              "classifiers.archs", "classifiers.train.bf16", "classifiers.train.imbalance", "evaluate.threshold",
-              "export.opset")
+SHAPE_KEYS = (
+    "datasets.image_size",
+    "generators.image_size",
+    "generators.ddpm.block_out_channels",
+    "generators.ddpm.layers_per_block",
+    "generators.ddpm.attention",
+    "generators.ddpm.sampler",
+    "generators.ddpm.num_train_timesteps",
+    "generators.ddpm.beta_schedule",
+    "generators.dcgan.ngf",
+    "generators.dcgan.ndf",
+    "generators.dcgan.nz",
+    "upscale.method",
+    "upscale.factor",
+    "upscale.sr.channels",
+    "classifiers.archs",
+    "classifiers.train.bf16",
+    "classifiers.train.imbalance",
+    "evaluate.threshold",
+    "export.opset",
+)
 
 
 def test_the_rehearsal_keeps_every_study_shape_and_shrinks_every_budget():
@@ -87,11 +109,22 @@ def test_the_rehearsal_keeps_every_study_shape_and_shrinks_every_budget():
     assert rehearsal["device"] == "cpu" and rehearsal["data.source"] == "local"
     assert set(rehearsal["classifiers.datasets"]) == {"Original", "DDPM_Upscaled"}
     assert len(rehearsal["classifiers.seeds"]) == 2  # the verdict's seed pairing runs
-    for key in ("generators.dcgan.steps", "generators.ddpm.steps", "upscale.sr.steps",
-                "evaluate.bootstrap", "synthesize.quality_samples"):
+    for key in (
+        "generators.dcgan.steps",
+        "generators.ddpm.steps",
+        "upscale.sr.steps",
+        "evaluate.bootstrap",
+        "synthesize.quality_samples",
+    ):
         assert rehearsal[key] < study[key] / 10, key
-    steps = [train_steps(profile_params(n, PROFILES)["classifiers"]["train"], ASSUMED.train,
-                         profile_params(n, PROFILES)["datasets"]["per_class"]) for n in ("rehearsal", "study")]
+    steps = [
+        train_steps(
+            profile_params(n, PROFILES)["classifiers"]["train"],
+            ASSUMED.train,
+            profile_params(n, PROFILES)["datasets"]["per_class"],
+        )
+        for n in ("rehearsal", "study")
+    ]
     assert steps[0] < steps[1] / 10 and steps[1] > 1000, steps  # the study's steps: auto, sized to ~1,100 images
 
 
@@ -163,8 +196,11 @@ def test_a_broken_demo_profile_never_reaches_params(tmp_path, params):
     shutil.copytree(PROFILES, folder)
     committed = params.read_bytes()
     demo = (folder / "demo.yaml").read_text()
-    for text, needle in [(demo.replace("device: auto ", "device: gpu  "), "device must be one of auto, cuda, cpu"),
-                         ("extends: study\n" + demo, "extends none"), ("", "not a mapping")]:
+    for text, needle in [
+        (demo.replace("device: auto ", "device: gpu  "), "device must be one of auto, cuda, cpu"),
+        ("extends: study\n" + demo, "extends none"),
+        ("", "not a mapping"),
+    ]:
         (folder / "demo.yaml").write_text(text)
         with pytest.raises(ParamsError, match=needle):
             apply_profile("demo", params, folder, leftovers="drop")
@@ -173,6 +209,9 @@ def test_a_broken_demo_profile_never_reaches_params(tmp_path, params):
 
 def test_kept_values_that_break_the_new_profile_are_named(params):
     apply_overrides(params, ["classifiers.train.steps=50"])
-    with pytest.raises(ParamsError, match=r"profile 'study' with the kept values \(classifiers\.train\.steps; --drop "
-                                          r"discards them\): classifiers\.train\.eval_every \(100\)"):
+    with pytest.raises(
+        ParamsError,
+        match=r"profile 'study' with the kept values \(classifiers\.train\.steps; --drop "
+        r"discards them\): classifiers\.train\.eval_every \(100\)",
+    ):
         apply_profile("study", params, PROFILES, leftovers="keep")

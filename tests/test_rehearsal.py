@@ -2,6 +2,7 @@
 runs every stage through DVC at the study's shapes (224 px study members, the ~114 M-parameter 64 px DDPM with
 attention, DCGAN at 64 px, SR x4, DPM-Solver++, ONNX export at 224 px, the report), budgets shrunk, on the CPU.
 So a GPU run can only fail for GPU reasons. The longest test of the suite (README, "Tests")."""
+
 import json
 import shutil
 import subprocess
@@ -30,8 +31,13 @@ def rehearsed(tmp_path_factory, isic_sample_module):
         for f in sorted((isic_sample_module / "folder" / label).iterdir())[:PER_CLASS]:
             shutil.copy(f, repo / "data/rehearsal" / label / f.name)
     venv = Path(sys.executable).parent.parent  # this venv: setup finds its stamp current and installs nothing
-    p = subprocess.run(["bash", "run.sh", "study", "--rehearse"], cwd=repo, capture_output=True, text=True,
-                       env={**env(), "VENV": str(venv), "PYTHON": sys.executable})
+    p = subprocess.run(
+        ["bash", "run.sh", "study", "--rehearse"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**env(), "VENV": str(venv), "PYTHON": sys.executable},
+    )
     (repo.parent / "rehearsal.log").write_text(p.stdout + p.stderr)
     assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-4000:]
     return repo, p.stdout
@@ -42,8 +48,10 @@ def isic_sample_module():
     from tests.conftest import SHARED
 
     if not (SHARED / "folder").is_dir():
-        pytest.skip(f"real ISIC sample not found at {SHARED} (it lies beside the checkout in CI; set "
-                    "MELANOMA_ISIC_SAMPLE to its folder elsewhere)")
+        pytest.skip(
+            f"real ISIC sample not found at {SHARED} (it lies beside the checkout in CI; set "
+            "MELANOMA_ISIC_SAMPLE to its folder elsewhere)"
+        )
     return SHARED
 
 
@@ -62,8 +70,14 @@ def test_generators_ran_at_the_study_shapes(rehearsed):
     study = profile_params("study", ROOT / "profiles")
     unet = json.loads((repo / "models/generators/ddpm/ddpm_malignant/unet/config.json").read_text())
     d = study["generators"]["ddpm"]
-    assert unet["sample_size"] == 64 and unet["block_out_channels"] == d["block_out_channels"] == [128, 128, 256, 256,
-                                                                                                    512, 512]
+    assert unet["sample_size"] == 64 and unet["block_out_channels"] == d["block_out_channels"] == [
+        128,
+        128,
+        256,
+        256,
+        512,
+        512,
+    ]
     assert unet["layers_per_block"] == 2 and "AttnDownBlock2D" in unet["down_block_types"]
     size = (repo / "models/generators/ddpm/ddpm_malignant/unet/diffusion_pytorch_model.safetensors").stat().st_size
     assert 110e6 < size / 4 < 118e6  # ~114 M float32 parameters

@@ -1,5 +1,6 @@
 """Public dermoscopy releases as downloaded (melanoma.data.releases): small replicas of each layout built from the
 real ISIC sample, with CSVs written here under invented ids."""
+
 import json
 import os
 import re
@@ -48,13 +49,18 @@ def mask(dst: Path, size=(224, 224)) -> Path:
 
 def fetched(root: Path, tmp_path: Path, fmt="auto", max_reject=0.05, label_map=LABEL_MAP) -> dict:
     out = tmp_path / "raw"
-    summary = write_raw(read_folder(root, label_map, fmt), out, max_side=1024, max_reject_fraction=max_reject,
-                        workers=1)
-    return {"summary": summary, "rows": {r["id"]: r for r in read_csv(out / "manifest.csv")},
-            "rejected": {r["file"]: r["reason"] for r in read_csv(out / "rejected.csv")},
-            "skipped": {r["file"]: r["reason"] for r in read_csv(out / "skipped.csv")},
-            "excluded": {r["file"]: r["reason"] for r in read_csv(out / "excluded.csv")},
-            "card": json.loads((out / "dataset_card.json").read_text()), "raw": out}
+    summary = write_raw(
+        read_folder(root, label_map, fmt), out, max_side=1024, max_reject_fraction=max_reject, workers=1
+    )
+    return {
+        "summary": summary,
+        "rows": {r["id"]: r for r in read_csv(out / "manifest.csv")},
+        "rejected": {r["file"]: r["reason"] for r in read_csv(out / "rejected.csv")},
+        "skipped": {r["file"]: r["reason"] for r in read_csv(out / "skipped.csv")},
+        "excluded": {r["file"]: r["reason"] for r in read_csv(out / "excluded.csv")},
+        "card": json.loads((out / "dataset_card.json").read_text()),
+        "raw": out,
+    }
 
 
 def labels_of(result: dict) -> dict[str, str]:
@@ -63,9 +69,19 @@ def labels_of(result: dict) -> dict[str, str]:
 
 # ------------------------------------------------------------------ ISIC 2018 / 2019 one-hot ground truth
 
-ISIC2019 = [("ISIC_0000001", "MEL"), ("ISIC_0000002", "NV"), ("ISIC_0000003", "BCC"), ("ISIC_0000004", "AK"),
-            ("ISIC_0000005", "BKL"), ("ISIC_0000006", "DF"), ("ISIC_0000007", "VASC"), ("ISIC_0000008", "SCC"),
-            ("ISIC_0000009", "UNK"), ("ISIC_0000010", "MEL"), ("ISIC_0000011", "NV")]
+ISIC2019 = [
+    ("ISIC_0000001", "MEL"),
+    ("ISIC_0000002", "NV"),
+    ("ISIC_0000003", "BCC"),
+    ("ISIC_0000004", "AK"),
+    ("ISIC_0000005", "BKL"),
+    ("ISIC_0000006", "DF"),
+    ("ISIC_0000007", "VASC"),
+    ("ISIC_0000008", "SCC"),
+    ("ISIC_0000009", "UNK"),
+    ("ISIC_0000010", "MEL"),
+    ("ISIC_0000011", "NV"),
+]
 COLS2019 = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
 COLS2018 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 
@@ -83,27 +99,39 @@ def isic2019(root: Path, photos, header=True) -> Path:
     one_hot_csv(root / "ISIC_2019_Training_GroundTruth.csv", ISIC2019, COLS2019, header)
     (root / "ISIC_2019_Training_Metadata.csv").write_text(
         "image,age_approx,anatom_site_general,lesion_id,sex\n"
-        + "".join(f"{iid},{40 + k},back,IL_{k // 2},{'male' if k % 2 else 'female'}\n"
-                  for k, (iid, _) in enumerate(ISIC2019)))
+        + "".join(
+            f"{iid},{40 + k},back,IL_{k // 2},{'male' if k % 2 else 'female'}\n" for k, (iid, _) in enumerate(ISIC2019)
+        )
+    )
     return root
 
 
 def test_isic2019_one_hot_labels_every_column_not_just_the_first(tmp_path, photos):
     r = fetched(isic2019(tmp_path / "isic2019", photos), tmp_path)  # 4 of 11 excluded on purpose: not rejects
-    assert labels_of(r) == {"ISIC_0000001": "malignant", "ISIC_0000002": "benign", "ISIC_0000005": "benign",
-                            "ISIC_0000006": "benign", "ISIC_0000007": "benign", "ISIC_0000010": "malignant",
-                            "ISIC_0000011": "benign"}
+    assert labels_of(r) == {
+        "ISIC_0000001": "malignant",
+        "ISIC_0000002": "benign",
+        "ISIC_0000005": "benign",
+        "ISIC_0000006": "benign",
+        "ISIC_0000007": "benign",
+        "ISIC_0000010": "malignant",
+        "ISIC_0000011": "benign",
+    }
     # BCC, AK, SCC are never silently benign: excluded by the stated label map, and UNK too, each with its reason
-    assert r["excluded"]["ISIC_2019_Training_Input/ISIC_0000003.jpg"] == \
-        "diagnosis 'basal_cell_carcinoma' is excluded by data.label_map"
+    assert (
+        r["excluded"]["ISIC_2019_Training_Input/ISIC_0000003.jpg"]
+        == "diagnosis 'basal_cell_carcinoma' is excluded by data.label_map"
+    )
     assert "'actinic_keratosis' is excluded" in r["excluded"]["ISIC_2019_Training_Input/ISIC_0000004.jpg"]
     assert "'squamous_cell_carcinoma' is excluded" in r["excluded"]["ISIC_2019_Training_Input/ISIC_0000008.jpg"]
     assert "'unknown' is excluded" in r["excluded"]["ISIC_2019_Training_Input/ISIC_0000009.jpg"]
     assert r["summary"].rejected == 0 and r["summary"].excluded == 4 and not r["rejected"]
-    assert r["card"]["excluded"] == {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 1,
-                                     "diagnosis 'actinic_keratosis' is excluded by data.label_map": 1,
-                                     "diagnosis 'squamous_cell_carcinoma' is excluded by data.label_map": 1,
-                                     "diagnosis 'unknown' is excluded by data.label_map": 1}
+    assert r["card"]["excluded"] == {
+        "diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 1,
+        "diagnosis 'actinic_keratosis' is excluded by data.label_map": 1,
+        "diagnosis 'squamous_cell_carcinoma' is excluded by data.label_map": 1,
+        "diagnosis 'unknown' is excluded by data.label_map": 1,
+    }
     row = r["rows"]["ISIC_0000010"]
     assert (row["diagnosis"], row["lesion_id"], row["meta_age"], row["meta_site"]) == ("melanoma", "IL_4", "49", "back")
     card = r["card"]
@@ -114,22 +142,34 @@ def test_isic2019_one_hot_labels_every_column_not_just_the_first(tmp_path, photo
 
 
 def test_isic2019_bcc_is_malignant_when_the_study_says_so(tmp_path, photos):
-    r = fetched(isic2019(tmp_path / "isic2019", photos), tmp_path, max_reject=0.5,
-                label_map={**LABEL_MAP, "basal_cell_carcinoma": "malignant"})
+    r = fetched(
+        isic2019(tmp_path / "isic2019", photos),
+        tmp_path,
+        max_reject=0.5,
+        label_map={**LABEL_MAP, "basal_cell_carcinoma": "malignant"},
+    )
     assert labels_of(r)["ISIC_0000003"] == "malignant"
 
 
 def test_one_hot_ground_truth_without_header_is_refused_not_misread(tmp_path, photos):
     root = isic2019(tmp_path / "isic2019", photos, header=False)
-    with pytest.raises(FetchError, match=r"ISIC_2019_Training_GroundTruth.csv: a header-less table with 10 columns"
-                                         r".*needs its header row"):
+    with pytest.raises(
+        FetchError,
+        match=r"ISIC_2019_Training_GroundTruth.csv: a header-less table with 10 columns"
+        r".*needs its header row",
+    ):
         read_folder(root, LABEL_MAP)
 
 
 def test_isic2018_with_lesion_groupings_and_official_test_ground_truth(tmp_path, photos):
     root = tmp_path / "isic2018"
-    train = [("ISIC_0024306", "NV"), ("ISIC_0024307", "MEL"), ("ISIC_0024308", "NV"), ("ISIC_0024309", "MEL"),
-             ("ISIC_0024310", "AKIEC")]
+    train = [
+        ("ISIC_0024306", "NV"),
+        ("ISIC_0024307", "MEL"),
+        ("ISIC_0024308", "NV"),
+        ("ISIC_0024309", "MEL"),
+        ("ISIC_0024310", "AKIEC"),
+    ]
     test = [("ISIC_0034524", "NV"), ("ISIC_0034525", "MEL")]
     for k, (iid, _) in enumerate(train):
         put(photos[k], root / "ISIC2018_Task3_Training_Input" / f"{iid}.jpg")
@@ -138,15 +178,20 @@ def test_isic2018_with_lesion_groupings_and_official_test_ground_truth(tmp_path,
     for part in ("Training_Input", "Test_Input"):
         (root / f"ISIC2018_Task3_{part}" / "ATTRIBUTION.txt").write_text("HAM10000 ...")
         (root / f"ISIC2018_Task3_{part}" / "LICENSE.txt").write_text("CC-BY-NC")
-    one_hot_csv(root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv", train,
-                COLS2018)
+    one_hot_csv(
+        root / "ISIC2018_Task3_Training_GroundTruth" / "ISIC2018_Task3_Training_GroundTruth.csv", train, COLS2018
+    )
     one_hot_csv(root / "ISIC2018_Task3_Test_GroundTruth" / "ISIC2018_Task3_Test_GroundTruth.csv", test, COLS2018)
     (root / "ISIC2018_Task3_Training_LesionGroupings.csv").write_text(
-        "image,lesion_id,diagnosis_confirm_type\n" + "".join(f"{i},HAM_{k // 2},histopathology\n"
-                                                             for k, (i, _) in enumerate(train)))
+        "image,lesion_id,diagnosis_confirm_type\n"
+        + "".join(f"{i},HAM_{k // 2},histopathology\n" for k, (i, _) in enumerate(train))
+    )
     r = fetched(root, tmp_path, fmt="isic2018")
     subsets = {i: (row["subset"], row["label"]) for i, row in r["rows"].items()}
-    assert subsets["ISIC_0034525"] == ("external_test", "malignant") and subsets["ISIC_0024307"] == ("main", "malignant")
+    assert subsets["ISIC_0034525"] == ("external_test", "malignant") and subsets["ISIC_0024307"] == (
+        "main",
+        "malignant",
+    )
     assert r["rows"]["ISIC_0024307"]["lesion_id"] == "HAM_0"
     assert "actinic_keratosis" in r["excluded"]["ISIC2018_Task3_Training_Input/ISIC_0024310.jpg"]
     assert set(r["skipped"].values()) == {"licence, attribution or readme file"} and len(r["skipped"]) == 4
@@ -178,8 +223,11 @@ def test_ph2_release_reads_the_dermoscopic_images_and_skips_the_masks(tmp_path, 
     (root / "PH2_dataset.txt").write_text(PH2_TXT)
     r = fetched(root, tmp_path)
     assert labels_of(r) == {"IMD002": "benign", "IMD003": "benign", "IMD058": "malignant", "IMD061": "malignant"}
-    assert [r["rows"][i]["diagnosis"] for i in ("IMD002", "IMD003", "IMD058")] == \
-        ["common_nevus", "atypical_nevus", "melanoma"]
+    assert [r["rows"][i]["diagnosis"] for i in ("IMD002", "IMD003", "IMD058")] == [
+        "common_nevus",
+        "atypical_nevus",
+        "melanoma",
+    ]
     assert len(r["skipped"]) == 8 and all("segmentation mask" in v for v in r["skipped"].values())
     assert r["card"]["format"] == "ph2"
 
@@ -193,15 +241,25 @@ def test_ph2_case_folders_sorted_into_class_folders_store_no_mask(tmp_path, phot
         ph2_case(root / "malignant", case, photos[2 * k + 1])
     mask(root / "malignant" / "IMD063" / "outline.png")  # a mask not named as one: refused by its content
     r = fetched(root, tmp_path, max_reject=0.2)
-    assert sorted(r["rows"]) == sorted(f"{c}__{i}__{i}_Dermoscopic_Image__{i}" for c, i in
-                                       [("benign", "IMD002"), ("benign", "IMD003"), ("benign", "IMD004"),
-                                        ("malignant", "IMD058"), ("malignant", "IMD061"), ("malignant", "IMD063")])
+    assert sorted(r["rows"]) == sorted(
+        f"{c}__{i}__{i}_Dermoscopic_Image__{i}"
+        for c, i in [
+            ("benign", "IMD002"),
+            ("benign", "IMD003"),
+            ("benign", "IMD004"),
+            ("malignant", "IMD058"),
+            ("malignant", "IMD061"),
+            ("malignant", "IMD063"),
+        ]
+    )
     assert len(r["skipped"]) == 12
-    assert r["rejected"] == {"malignant/IMD063/outline.png":
-                             "two-colour or blank image (a segmentation mask?), not a dermoscopy photograph"}
+    assert r["rejected"] == {
+        "malignant/IMD063/outline.png": "two-colour or blank image (a segmentation mask?), not a dermoscopy photograph"
+    }
 
 
 # ------------------------------------------------------------------ the same image under both labels
+
 
 def test_same_image_under_both_labels_is_dropped_and_listed(tmp_path, photos):
     root = tmp_path / "folders"
@@ -215,21 +273,35 @@ def test_same_image_under_both_labels_is_dropped_and_listed(tmp_path, photos):
     assert sorted(listed["listing"][0]["ids"]) == ["benign__img_0", "malignant__copy"]
     kept = {row["id"] for s in ("train", "val", "test") for row in read_csv(tmp_path / "splits" / f"{s}.csv")}
     assert "benign__img_0" not in kept and "malignant__copy" not in kept and len(kept) == 39
-    with pytest.raises(SplitError, match=r"1 images or lesions are labelled both benign and malignant.*"
-                                         r"malignant/copy.jpg \(malignant\)"):
+    with pytest.raises(
+        SplitError,
+        match=r"1 images or lesions are labelled both benign and malignant.*"
+        r"malignant/copy.jpg \(malignant\)",
+    ):
         split(r["raw"], tmp_path / "fail", 0, 0.2, 0.2, 0.993, conflicting_labels="fail")
     assert not (tmp_path / "fail").exists()
 
 
 # ------------------------------------------------------------------ flipped and rotated copies
 
+
 def test_flipped_and_rotated_copies_are_near_duplicates(tmp_path, photos):
     thumbs = []
     for k in range(12):  # distinct real lesions
         thumbs.append(np.asarray(Image.open(photos[k]).convert("L").resize((16, 16), Image.BOX)))
     base = Image.open(photos[0])
-    copies = [base.transpose(t) for t in (Image.FLIP_LEFT_RIGHT, Image.FLIP_TOP_BOTTOM, Image.ROTATE_90,
-                                          Image.ROTATE_180, Image.ROTATE_270, Image.TRANSPOSE, Image.TRANSVERSE)]
+    copies = [
+        base.transpose(t)
+        for t in (
+            Image.FLIP_LEFT_RIGHT,
+            Image.FLIP_TOP_BOTTOM,
+            Image.ROTATE_90,
+            Image.ROTATE_180,
+            Image.ROTATE_270,
+            Image.TRANSPOSE,
+            Image.TRANSVERSE,
+        )
+    ]
     thumbs += [np.asarray(c.convert("L").resize((16, 16), Image.BOX)) for c in copies]
     pairs = near_duplicate_pairs(np.stack(thumbs), 0.993)
     assert {(0, 12 + k) for k in range(7)} <= set(pairs)  # every flip/turn of image 0 found
@@ -242,14 +314,15 @@ def test_mirrored_copy_of_a_test_image_never_lands_in_train(tmp_path, photos):
         put(p, root / ("benign" if k % 2 == 0 else "malignant") / f"img_{k}.jpg")
     for k in range(0, 60, 7):
         Image.open(photos[k]).transpose(Image.FLIP_LEFT_RIGHT).save(
-            root / ("benign" if k % 2 == 0 else "malignant") / f"mirror_{k}.jpg", quality=90)
+            root / ("benign" if k % 2 == 0 else "malignant") / f"mirror_{k}.jpg", quality=90
+        )
         Image.open(photos[k]).transpose(Image.ROTATE_90).save(
-            root / ("benign" if k % 2 == 0 else "malignant") / f"turned_{k}.jpg", quality=90)
+            root / ("benign" if k % 2 == 0 else "malignant") / f"turned_{k}.jpg", quality=90
+        )
     r = fetched(root, tmp_path)
     for seed in range(3):
         rep = split(r["raw"], tmp_path / f"s{seed}", seed, 0.2, 0.2, 0.993)
-        where = {row["id"]: s for s in ("train", "val", "test")
-                 for row in read_csv(tmp_path / f"s{seed}" / f"{s}.csv")}
+        where = {row["id"]: s for s in ("train", "val", "test") for row in read_csv(tmp_path / f"s{seed}" / f"{s}.csv")}
         for k in range(0, 60, 7):
             c = "benign" if k % 2 == 0 else "malignant"
             assert where[f"{c}__img_{k}"] == where[f"{c}__mirror_{k}"] == where[f"{c}__turned_{k}"]
@@ -257,6 +330,7 @@ def test_mirrored_copy_of_a_test_image_never_lands_in_train(tmp_path, photos):
 
 
 # ------------------------------------------------------------------ ISIC 2020: patients, Kaggle layout
+
 
 def isic2020(root: Path, photos, n_patients=8, per_patient=4) -> Path:
     lines = ["image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_malignant,target"]
@@ -266,8 +340,10 @@ def isic2020(root: Path, photos, n_patients=8, per_patient=4) -> Path:
             iid = f"ISIC_{9000000 + k}"
             malignant = j == 0 and p % 2 == 0
             diagnosis = "melanoma" if malignant else ("nevus" if j == 1 else "unknown")
-            lines.append(f"{iid},IP_{p:07d},male,45.0,torso,{diagnosis},"
-                         f"{'malignant' if malignant else 'benign'},{int(malignant)}")
+            lines.append(
+                f"{iid},IP_{p:07d},male,45.0,torso,{diagnosis},"
+                f"{'malignant' if malignant else 'benign'},{int(malignant)}"
+            )
             put(photos[k], root / "jpeg" / "train" / f"{iid}.jpg")
             (root / "train").mkdir(parents=True, exist_ok=True)
             (root / "train" / f"{iid}.dcm").write_bytes(b"DICM")
@@ -276,8 +352,10 @@ def isic2020(root: Path, photos, n_patients=8, per_patient=4) -> Path:
     test = [f"ISIC_{9500000 + t}" for t in range(6)]  # Kaggle's unlabelled test set
     for t, iid in enumerate(test):
         put(photos[100 + t], root / "jpeg" / "test" / f"{iid}.jpg")
-    (root / "test.csv").write_text("image_name,patient_id,sex,age_approx,anatom_site_general_challenge\n"
-                                   + "".join(f"{i},IP_9{t:06d},female,50.0,head/neck\n" for t, i in enumerate(test)))
+    (root / "test.csv").write_text(
+        "image_name,patient_id,sex,age_approx,anatom_site_general_challenge\n"
+        + "".join(f"{i},IP_9{t:06d},female,50.0,head/neck\n" for t, i in enumerate(test))
+    )
     (root / "sample_submission.csv").write_text("image_name,target\n" + "".join(f"{i},0\n" for i in test))
     (root / "tfrecords").mkdir()
     (root / "tfrecords" / "train00-2071.tfrec").write_bytes(b"\0")
@@ -297,7 +375,9 @@ def test_isic2020_kaggle_layout_target_settles_unknown_and_patients_stay_togethe
     assert r["card"]["metadata"]["patient_id"] == 32 and r["card"]["metadata"]["site"] == 32
     for seed in range(3):
         rep = split(r["raw"], tmp_path / f"s{seed}", seed, 0.25, 0.25, 0.993)
-        assert "patient_id" in rep["grouping_keys"] and rep["merges"]["patient_id"] >= 24 - rep["merges"]["near_duplicate"]
+        assert (
+            "patient_id" in rep["grouping_keys"] and rep["merges"]["patient_id"] >= 24 - rep["merges"]["near_duplicate"]
+        )
         where = {}
         for s in ("train", "val", "test"):
             for row in read_csv(tmp_path / f"s{seed}" / f"{s}.csv"):
@@ -307,6 +387,7 @@ def test_isic2020_kaggle_layout_target_settles_unknown_and_patients_stay_togethe
 
 # ------------------------------------------------------------------ ISIC 2017, ISIC 2016
 
+
 def test_isic2017_part3_with_superpixels_and_metadata(tmp_path, photos):
     root = tmp_path / "isic2017"
     rows = [("ISIC_0000000", 0, 0), ("ISIC_0000001", 1, 0), ("ISIC_0000002", 0, 1), ("ISIC_0000003", 0, 0)]
@@ -314,15 +395,21 @@ def test_isic2017_part3_with_superpixels_and_metadata(tmp_path, photos):
     for k, (iid, _, _) in enumerate(rows):
         put(photos[k], data / f"{iid}.jpg")
         Image.fromarray(np.random.default_rng(k).integers(0, 255, (32, 32, 3), np.uint8)).save(
-            data / f"{iid}_superpixels.png")
+            data / f"{iid}_superpixels.png"
+        )
     (data / "ISIC-2017_Training_Data_metadata.csv").write_text(
-        "image_id,age_approximate,sex\n" + "".join(f"{i},55,female\n" for i, _, _ in rows))
+        "image_id,age_approximate,sex\n" + "".join(f"{i},55,female\n" for i, _, _ in rows)
+    )
     (root / "ISIC-2017_Training_Part3_GroundTruth.csv").write_text(
-        "image_id,melanoma,seborrheic_keratosis\n" + "".join(f"{i},{m}.0,{s}.0\n" for i, m, s in rows))
+        "image_id,melanoma,seborrheic_keratosis\n" + "".join(f"{i},{m}.0,{s}.0\n" for i, m, s in rows)
+    )
     r = fetched(root, tmp_path)
     assert {i: (row["diagnosis"], row["label"]) for i, row in r["rows"].items()} == {
-        "ISIC_0000000": ("nevus", "benign"), "ISIC_0000001": ("melanoma", "malignant"),
-        "ISIC_0000002": ("seborrheic_keratosis", "benign"), "ISIC_0000003": ("nevus", "benign")}
+        "ISIC_0000000": ("nevus", "benign"),
+        "ISIC_0000001": ("melanoma", "malignant"),
+        "ISIC_0000002": ("seborrheic_keratosis", "benign"),
+        "ISIC_0000003": ("nevus", "benign"),
+    }
     assert r["rows"]["ISIC_0000001"]["meta_age"] == "55"
     assert len(r["skipped"]) == 4 and r["card"]["format"] == "isic2017"
 
@@ -339,11 +426,14 @@ def test_isic2016_official_test_ground_truth_is_the_external_test_set(tmp_path, 
     (root / "ISBI2016_ISIC_Part3_Test_GroundTruth.csv").write_text("\n".join(test) + "\n")
     r = fetched(root, tmp_path)
     assert {i: (row["subset"], row["label"]) for i, row in r["rows"].items() if row["subset"] != "main"} == {
-        "ISIC_0000003": ("external_test", "benign"), "ISIC_0000005": ("external_test", "malignant")}
+        "ISIC_0000003": ("external_test", "benign"),
+        "ISIC_0000005": ("external_test", "malignant"),
+    }
     assert r["card"]["images"]["external_test"] == {"benign": 1, "malignant": 1}
 
 
 # ------------------------------------------------------------------ HAM10000
+
 
 def test_ham10000_kaggle_copy_with_duplicate_folders_and_hmnist_tables(tmp_path, photos):
     root = tmp_path / "ham10000"
@@ -359,8 +449,15 @@ def test_ham10000_kaggle_copy_with_duplicate_folders_and_hmnist_tables(tmp_path,
     (root / "hmnist_28_28_RGB.csv").write_text("pixel0000,pixel0001,label\n1,2,0\n")
     r = fetched(root, tmp_path)
     assert {i: row["label"] for i, row in r["rows"].items()} == {
-        "ISIC_0024306": "malignant", "ISIC_0024307": "benign", "ISIC_0024308": "benign", "ISIC_0024311": "benign",
-        "ISIC_0024312": "benign", "ISIC_0024313": "benign", "ISIC_0024314": "malignant", "ISIC_0024315": "benign"}
+        "ISIC_0024306": "malignant",
+        "ISIC_0024307": "benign",
+        "ISIC_0024308": "benign",
+        "ISIC_0024311": "benign",
+        "ISIC_0024312": "benign",
+        "ISIC_0024313": "benign",
+        "ISIC_0024314": "malignant",
+        "ISIC_0024315": "benign",
+    }
     assert r["rows"]["ISIC_0024306"]["lesion_id"] == "HAM_0000000"
     assert sum("byte-identical copy" in v for v in r["skipped"].values()) == 10
     assert r["summary"].rejected == 0 and r["summary"].excluded == 2  # bcc and akiec: excluded, listed
@@ -369,26 +466,39 @@ def test_ham10000_kaggle_copy_with_duplicate_folders_and_hmnist_tables(tmp_path,
 
 # ------------------------------------------------------------------ isic-cli download, macOS zip
 
+
 def test_isic_cli_download_with_diagnosis_levels_and_sidecars(tmp_path, photos):
     root = tmp_path / "isic-download"
-    rows = [("ISIC_1000001", "Malignant", "Malignant melanocytic proliferations (Melanoma)", "Melanoma Invasive"),
-            ("ISIC_1000002", "Benign", "Benign melanocytic proliferations", "Nevus"),
-            ("ISIC_1000003", "Malignant", "Malignant adnexal epithelial proliferations - Follicular",
-             "Basal cell carcinoma"),
-            ("ISIC_1000004", "Malignant", "Malignant melanocytic proliferations (Melanoma)", "Melanoma in situ"),
-            ("ISIC_1000005", "Benign", "Benign epidermal proliferations", "Seborrheic keratosis"),
-            ("ISIC_1000006", "Benign", "Benign melanocytic proliferations", "Nevus")]
+    rows = [
+        ("ISIC_1000001", "Malignant", "Malignant melanocytic proliferations (Melanoma)", "Melanoma Invasive"),
+        ("ISIC_1000002", "Benign", "Benign melanocytic proliferations", "Nevus"),
+        (
+            "ISIC_1000003",
+            "Malignant",
+            "Malignant adnexal epithelial proliferations - Follicular",
+            "Basal cell carcinoma",
+        ),
+        ("ISIC_1000004", "Malignant", "Malignant melanocytic proliferations (Melanoma)", "Melanoma in situ"),
+        ("ISIC_1000005", "Benign", "Benign epidermal proliferations", "Seborrheic keratosis"),
+        ("ISIC_1000006", "Benign", "Benign melanocytic proliferations", "Nevus"),
+    ]
     for k, row in enumerate(rows):
         put(photos[k], root / f"{row[0]}.jpg")
     (root / "metadata.csv").write_text(
         "isic_id,attribution,copyright_license,diagnosis_1,diagnosis_2,diagnosis_3,diagnosis_4,diagnosis_5\n"
-        + "".join(f'{i},Anonymous,CC-0,{d1},"{d2}",{d3},,\n' for i, d1, d2, d3 in rows))
+        + "".join(f'{i},Anonymous,CC-0,{d1},"{d2}",{d3},,\n' for i, d1, d2, d3 in rows)
+    )
     (root / "attribution.txt").write_text("Anonymous\n")
     (root / "licenses").mkdir()
     (root / "licenses" / "CC-0.txt").write_text("CC0 1.0\n")
     r = fetched(root, tmp_path)  # 1 of 6 excluded (BCC); neither it nor the 2 sidecars count against the data
-    assert labels_of(r) == {"ISIC_1000001": "malignant", "ISIC_1000002": "benign", "ISIC_1000004": "malignant",
-                            "ISIC_1000005": "benign", "ISIC_1000006": "benign"}
+    assert labels_of(r) == {
+        "ISIC_1000001": "malignant",
+        "ISIC_1000002": "benign",
+        "ISIC_1000004": "malignant",
+        "ISIC_1000005": "benign",
+        "ISIC_1000006": "benign",
+    }
     assert r["rows"]["ISIC_1000001"]["diagnosis"] == "melanoma"
     assert "basal_cell_carcinoma" in r["excluded"]["ISIC_1000003.jpg"]
     assert len(r["skipped"]) == 2 and r["summary"].rejected == 0 and r["summary"].total == 5
@@ -416,14 +526,20 @@ def test_macos_zip_from_gdrive_has_no_macosx_class(tmp_path, photos):
 
 # ------------------------------------------------------------------ messages and params
 
+
 def test_every_row_refused_names_the_top_reasons(tmp_path, photos):
     root = tmp_path / "arc"
     for k in range(4):
         put(photos[k], root / f"ISIC_{k:07d}.jpg")
-    (root / "metadata.csv").write_text("isic_id,diagnosis\n" + "".join(
-        f"ISIC_{k:07d},{'merkel cell carcinoma' if k < 3 else 'angioma'}\n" for k in range(4)))
-    with pytest.raises(FetchError, match=r"labelled no usable image; most common reasons: 3x unknown diagnosis "
-                                         r"'merkel_cell_carcinoma' \(add it to data.label_map.*; 1x unknown diagnosis 'angioma'"):
+    (root / "metadata.csv").write_text(
+        "isic_id,diagnosis\n"
+        + "".join(f"ISIC_{k:07d},{'merkel cell carcinoma' if k < 3 else 'angioma'}\n" for k in range(4))
+    )
+    with pytest.raises(
+        FetchError,
+        match=r"labelled no usable image; most common reasons: 3x unknown diagnosis "
+        r"'merkel_cell_carcinoma' \(add it to data.label_map.*; 1x unknown diagnosis 'angioma'",
+    ):
         read_folder(root, LABEL_MAP)
 
 
@@ -455,6 +571,7 @@ def test_zero_val_or_test_fraction_refused_by_the_schema(key):
 
 # ------------------------------------------------------------------ hostile inputs (each a kind, not one file)
 
+
 def test_negated_melanoma_terms_are_not_melanoma_and_label_map_keys_may_not_collide(tmp_path, photos):
     root = tmp_path / "folders"
     for k, name in enumerate(("benign", "malignant", "non melanoma")):
@@ -463,11 +580,21 @@ def test_negated_melanoma_terms_are_not_melanoma_and_label_map_keys_may_not_coll
         read_folder(root, LABEL_MAP)
     for name in ("Melanoma mimics", "melanoma_negative", "melanoma, excluded", "pseudomelanoma"):
         assert canonical(name) != "melanoma", name
-    for name in ("Melanoma Invasive", "Melanoma in situ, Lentigo maligna type", "Melanoma, NOS", "MEL", "mel",
-                 "Malignant melanocytic proliferations (Melanoma)", "Melanoma metastasis"):
+    for name in (
+        "Melanoma Invasive",
+        "Melanoma in situ, Lentigo maligna type",
+        "Melanoma, NOS",
+        "MEL",
+        "mel",
+        "Malignant melanocytic proliferations (Melanoma)",
+        "Melanoma metastasis",
+    ):
         assert canonical(name) == "melanoma", name
-    with pytest.raises(FetchError, match=r"data.label_map.melanoma \(malignant\) and data.label_map.MEL \(benign\) "
-                                         r"both name the diagnosis 'melanoma'"):
+    with pytest.raises(
+        FetchError,
+        match=r"data.label_map.melanoma \(malignant\) and data.label_map.MEL \(benign\) "
+        r"both name the diagnosis 'melanoma'",
+    ):
         read_folder(root, {**LABEL_MAP, "MEL": "benign"})
     with pytest.raises(FetchError, match="data.label_map.benign: benign always means benign"):
         read_folder(root, {**LABEL_MAP, "benign": "malignant"})
@@ -475,12 +602,17 @@ def test_negated_melanoma_terms_are_not_melanoma_and_label_map_keys_may_not_coll
 
 def test_ground_truth_values_other_than_0_or_1_are_refused_not_read_as_0(tmp_path, photos):
     root = tmp_path / "isic2017"
-    rows = [("ISIC_0000000", "True", "False"), ("ISIC_0000001", "", ""), ("ISIC_0000002", "1.0", "0.0"),
-            ("ISIC_0000003", "0", "0")]
+    rows = [
+        ("ISIC_0000000", "True", "False"),
+        ("ISIC_0000001", "", ""),
+        ("ISIC_0000002", "1.0", "0.0"),
+        ("ISIC_0000003", "0", "0"),
+    ]
     for k, (iid, _, _) in enumerate(rows):
         put(photos[k], root / "data" / f"{iid}.jpg")
     (root / "ISIC-2017_Training_Part3_GroundTruth.csv").write_text(
-        "image_id,melanoma,seborrheic_keratosis\n" + "".join(f"{i},{m},{s}\n" for i, m, s in rows))
+        "image_id,melanoma,seborrheic_keratosis\n" + "".join(f"{i},{m},{s}\n" for i, m, s in rows)
+    )
     r = fetched(root, tmp_path, max_reject=0.6)
     assert labels_of(r) == {"ISIC_0000002": "malignant", "ISIC_0000003": "benign"}
     assert r["rejected"]["data/ISIC_0000000.jpg"] == "ground-truth value melanoma='True' is not 0 or 1"
@@ -508,13 +640,23 @@ def isic2018_training(root: Path, photos, n: int, gt: str, id_in_gt=lambda i: i)
 def test_side_tables_merge_field_by_field_and_ids_match_case_and_suffix_insensitively(tmp_path, photos):
     root = tmp_path / "isic2018"
     ids = isic2018_training(root, photos, 6, "ISIC2018_Task3_Training_GroundTruth.csv", lambda i: i.lower() + ".jpg")
-    (root / "A_ages.csv").write_text("image_id,age,sex\n" + "".join(f"{i},{50 + k},female\n" for k, i in enumerate(ids)))
+    (root / "A_ages.csv").write_text(
+        "image_id,age,sex\n" + "".join(f"{i},{50 + k},female\n" for k, i in enumerate(ids))
+    )
     (root / "ISIC2018_Task3_Training_LesionGroupings.csv").write_text(
-        "image,lesion_id,diagnosis_confirm_type\n" + "".join(f"{i.lower()},HAM_{k // 2},histo\n" for k, i in enumerate(ids)))
+        "image,lesion_id,diagnosis_confirm_type\n"
+        + "".join(f"{i.lower()},HAM_{k // 2},histo\n" for k, i in enumerate(ids))
+    )
     r = fetched(root, tmp_path)
-    assert [(r["rows"][i]["lesion_id"], r["rows"][i]["meta_age"]) for i in ids[:2]] == [("HAM_0", "50"), ("HAM_0", "51")]
+    assert [(r["rows"][i]["lesion_id"], r["rows"][i]["meta_age"]) for i in ids[:2]] == [
+        ("HAM_0", "50"),
+        ("HAM_0", "51"),
+    ]
     assert {t["file"]: t["matched"] for t in r["card"]["tables"]} == {
-        "A_ages.csv": 6, "ISIC2018_Task3_Training_GroundTruth.csv": 6, "ISIC2018_Task3_Training_LesionGroupings.csv": 6}
+        "A_ages.csv": 6,
+        "ISIC2018_Task3_Training_GroundTruth.csv": 6,
+        "ISIC2018_Task3_Training_LesionGroupings.csv": 6,
+    }
 
 
 def test_masks_named_or_filed_as_masks_never_win_over_the_photograph(tmp_path, photos):
@@ -524,8 +666,9 @@ def test_masks_named_or_filed_as_masks_never_win_over_the_photograph(tmp_path, p
         mask(root / "GroundTruth" / f"ISIC_{k:07d}.png")  # same stem as the photograph
     mask(root / "Images" / "ISIC_0000000_attribute_streaks.png")
     mask(root / "Images" / "ISIC_0000001_seg.png")
-    (root / "metadata.csv").write_text("isic_id,diagnosis\n" + "".join(
-        f"ISIC_{k:07d},{'melanoma' if k % 2 else 'nevus'}\n" for k in range(4)))
+    (root / "metadata.csv").write_text(
+        "isic_id,diagnosis\n" + "".join(f"ISIC_{k:07d},{'melanoma' if k % 2 else 'nevus'}\n" for k in range(4))
+    )
     r = fetched(root, tmp_path)
     assert {row["origin"] for row in r["rows"].values()} == {f"Images/ISIC_{k:07d}.jpg" for k in range(4)}
     assert r["summary"].rejected == 0 and len(r["skipped"]) == 6
@@ -535,13 +678,18 @@ def test_an_image_listed_by_two_tables(tmp_path, photos):
     root = tmp_path / "ham"
     for k in range(4):
         put(photos[k], root / "images" / f"ISIC_{k:07d}.jpg")
-    (root / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n" + "".join(
-        f"HAM_{k},ISIC_{k:07d},{'mel' if k in (1, 3) else 'nv'}\n" for k in range(4)))
-    one_hot_csv(root / "ISIC2018_Task3_Test_GroundTruth.csv", [("ISIC_0000000", "MEL"), ("ISIC_0000001", "MEL")],
-                COLS2018)
+    (root / "HAM10000_metadata.csv").write_text(
+        "lesion_id,image_id,dx\n"
+        + "".join(f"HAM_{k},ISIC_{k:07d},{'mel' if k in (1, 3) else 'nv'}\n" for k in range(4))
+    )
+    one_hot_csv(
+        root / "ISIC2018_Task3_Test_GroundTruth.csv", [("ISIC_0000000", "MEL"), ("ISIC_0000001", "MEL")], COLS2018
+    )
     r = fetched(root, tmp_path, max_reject=0.5)
-    assert r["rejected"] == {"images/ISIC_0000000.jpg": "labelled benign in HAM10000_metadata.csv but malignant in "
-                                                         "ISIC2018_Task3_Test_GroundTruth.csv"}
+    assert r["rejected"] == {
+        "images/ISIC_0000000.jpg": "labelled benign in HAM10000_metadata.csv but malignant in "
+        "ISIC2018_Task3_Test_GroundTruth.csv"
+    }
     assert r["rows"]["ISIC_0000001"]["subset"] == "external_test"  # one label: read once, never trained on
     assert set(r["rows"]) == {"ISIC_0000001", "ISIC_0000002", "ISIC_0000003"}
 
@@ -562,15 +710,23 @@ def test_gdrive_never_replaces_a_downloaded_folder_and_finds_multipart_releases(
         for k, i in enumerate(ids):
             z.writestr(f"ISIC2018_Task3_Training_Input/{i}.jpg", photos[k].read_bytes())
     with zipfile.ZipFile(parts / "inner.zip", "w") as z:
-        z.writestr("ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv",
-                   "image,MEL,NV\n" + "".join(f"{i},{k % 2}.0,{1 - k % 2}.0\n" for k, i in enumerate(ids)))
+        z.writestr(
+            "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv",
+            "image,MEL,NV\n" + "".join(f"{i},{k % 2}.0,{1 - k % 2}.0\n" for k, i in enumerate(ids)),
+        )
     with zipfile.ZipFile(parts / "ISIC2018_Task3_Training_GroundTruth.zip", "w") as z:
         z.write(parts / "inner.zip", "inner.zip")
     (parts / "inner.zip").unlink()
-    offer = from_gdrive({"folder_id": "x", "download_dir": str(tmp_path / "dl2")}, LABEL_MAP,
-                        download=lambda i, d: [shutil.copy(f, d) for f in parts.iterdir()])
+    offer = from_gdrive(
+        {"folder_id": "x", "download_dir": str(tmp_path / "dl2")},
+        LABEL_MAP,
+        download=lambda i, d: [shutil.copy(f, d) for f in parts.iterdir()],
+    )
     assert Counter(c.label for c in offer.candidates) == {"benign": 3, "malignant": 3} and not offer.rejects
-    assert Counter(r for _, r in offer.skipped)["archive (gdrive downloads are unpacked; unpack a local one yourself)"] == 3
+    assert (
+        Counter(r for _, r in offer.skipped)["archive (gdrive downloads are unpacked; unpack a local one yourself)"]
+        == 3
+    )
 
 
 def test_symlinked_folders_are_read_and_link_loops_end(tmp_path, photos):
@@ -591,7 +747,8 @@ def test_common_table_dialects_and_placeholders(tmp_path, photos):
     for k in range(12):
         put(photos[k], root / f"ISIC_{k:07d}.jpg")
     text = "isic_id;diagnosis;lesion_id\n" + "".join(
-        f"ISIC_{k:07d};{'melanoma' if k % 2 else 'nevus'};nan\n" for k in range(12))
+        f"ISIC_{k:07d};{'melanoma' if k % 2 else 'nevus'};nan\n" for k in range(12)
+    )
     (root / "metadata.csv").write_bytes(text.encode("utf-16"))  # Excel's "Unicode text", semicolons
     r = fetched(root, tmp_path)
     assert Counter(labels_of(r).values()) == {"benign": 6, "malignant": 6}
@@ -605,7 +762,9 @@ def test_common_table_dialects_and_placeholders(tmp_path, photos):
 def test_train_valid_test_parents_and_an_unlabelled_id_table_hint(tmp_path, photos):
     root = tmp_path / "kaggle"
     for k in range(12):
-        put(photos[k], root / ("train", "valid", "test")[k % 3] / ("benign" if k % 2 == 0 else "malignant") / f"{k}.jpg")
+        put(
+            photos[k], root / ("train", "valid", "test")[k % 3] / ("benign" if k % 2 == 0 else "malignant") / f"{k}.jpg"
+        )
     r = fetched(root, tmp_path)
     assert Counter(row["subset"] for row in r["rows"].values()) == {"main": 8, "external_test": 4}
     gt = tmp_path / "isic2016"
@@ -634,19 +793,23 @@ def test_ph2_row_with_a_missing_cell_is_refused_not_shifted(tmp_path, photos):
     root = tmp_path / "PH2Dataset"
     for k, case in enumerate(("IMD002", "IMD003", "IMD058", "IMD061")):
         ph2_case(root / "images", case, photos[k])
-    (root / "PH2_dataset.txt").write_text(PH2_TXT.replace("||  IMD003  ||                        ||         1   ",
-                                                          "||  IMD003  ||         1   "))
+    (root / "PH2_dataset.txt").write_text(
+        PH2_TXT.replace("||  IMD003  ||                        ||         1   ", "||  IMD003  ||         1   ")
+    )
     r = fetched(root, tmp_path, max_reject=0.5)
-    assert r["rejected"] == {"images/IMD003/IMD003_Dermoscopic_Image/IMD003.bmp":
-                             "PH2_dataset.txt row has 3 cells for 4 columns"}
+    assert r["rejected"] == {
+        "images/IMD003/IMD003_Dermoscopic_Image/IMD003.bmp": "PH2_dataset.txt row has 3 cells for 4 columns"
+    }
 
 
 def test_lesion_ids_survive_whichever_table_sorts_first(tmp_path, photos):
     root = tmp_path / "isic2018+ham"
     ids = isic2018_training(root, photos, 8, "A_ISIC2018_Task3_Training_GroundTruth.csv")
     (root / "skin-cancer-mnist-ham10000").mkdir()
-    (root / "skin-cancer-mnist-ham10000" / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,age\n" + "".join(
-        f"HAM_{k // 2},{i},{'nv' if k % 2 else 'mel'},{40 + k}\n" for k, i in enumerate(ids)))
+    (root / "skin-cancer-mnist-ham10000" / "HAM10000_metadata.csv").write_text(
+        "lesion_id,image_id,dx,age\n"
+        + "".join(f"HAM_{k // 2},{i},{'nv' if k % 2 else 'mel'},{40 + k}\n" for k, i in enumerate(ids))
+    )
     r = fetched(root, tmp_path)
     assert [r["rows"][i]["lesion_id"] for i in ids[:4]] == ["HAM_0", "HAM_0", "HAM_1", "HAM_1"]
 
@@ -695,8 +858,11 @@ def test_short_csv_rows_are_refused_and_2016_ids_may_carry_a_suffix(tmp_path, ph
     root = tmp_path / "arc"
     for k in range(4):
         put(photos[k], root / f"ISIC_{k:07d}.jpg")
-    (root / "metadata.csv").write_text("isic_id,diagnosis,sex,lesion_id\n" + "".join(
-        f"ISIC_{k:07d},{'melanoma' if k % 2 else 'nevus'},male,IL_{k}\n" for k in range(3)) + "ISIC_0000003,nevus,male\n")
+    (root / "metadata.csv").write_text(
+        "isic_id,diagnosis,sex,lesion_id\n"
+        + "".join(f"ISIC_{k:07d},{'melanoma' if k % 2 else 'nevus'},male,IL_{k}\n" for k in range(3))
+        + "ISIC_0000003,nevus,male\n"
+    )
     r = fetched(root, tmp_path, max_reject=0.5)
     assert r["rejected"] == {"ISIC_0000003.jpg": "metadata.csv row has 3 cells for 4 columns"}
     gt = tmp_path / "isic2016"
@@ -726,8 +892,9 @@ def test_formula_cells_are_quoted_in_our_csvs_and_read_back_unchanged(tmp_path, 
     root = tmp_path / "arc"
     for k in range(2):
         put(photos[k], root / f"ISIC_{k:07d}.jpg")
-    (root / "metadata.csv").write_text('isic_id,diagnosis,sex\nISIC_0000000,nevus,"=HYPERLINK(""http://x"")"\n'
-                                       "ISIC_0000001,melanoma,-1.5\n")
+    (root / "metadata.csv").write_text(
+        'isic_id,diagnosis,sex\nISIC_0000000,nevus,"=HYPERLINK(""http://x"")"\nISIC_0000001,melanoma,-1.5\n'
+    )
     r = fetched(root, tmp_path)
     assert r["rows"]["ISIC_0000000"]["meta_sex"] == '=HYPERLINK("http://x")'  # read back as given
     text = (r["raw"] / "manifest.csv").read_text()
@@ -741,5 +908,7 @@ def test_entries_that_are_not_files_are_listed_not_lost(tmp_path, photos):
     os.mkfifo(root / "benign" / "pipe.jpg")
     (root / "malignant" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     r = fetched(root, tmp_path)
-    assert r["skipped"] == {"benign/pipe.jpg": "not a regular file (a FIFO, socket, device or broken symbolic link)",
-                            "malignant/gone.jpg": "not a regular file (a FIFO, socket, device or broken symbolic link)"}
+    assert r["skipped"] == {
+        "benign/pipe.jpg": "not a regular file (a FIFO, socket, device or broken symbolic link)",
+        "malignant/gone.jpg": "not a regular file (a FIFO, socket, device or broken symbolic link)",
+    }

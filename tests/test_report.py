@@ -1,4 +1,5 @@
 """evaluate + report on tiny trained cells (no DVC): files, threshold from val, the grid, the page in Chromium."""
+
 import csv
 import html
 import json
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 
 from melanoma.classifiers.train import train_classifier
-from melanoma.evaluation.evaluate import evaluate_cell
 from melanoma.evaluation.baseline import run_baseline
+from melanoma.evaluation.evaluate import evaluate_cell
 from melanoma.evaluation.report import COMPARISON_COLUMNS, _fmt, build_report, external_source
 from melanoma.params import passes
 from tests.browser import chromium, ink, render
@@ -24,20 +25,38 @@ ARCHS, DATASETS = ["ResNet", "ViT"], ["Original", "DCGAN"]
 def write_context(root: Path, image_size: int = 16) -> None:
     """The inputs the report reads besides evaluations: split report, dataset card, the input size."""
     (root / "data/splits").mkdir(parents=True, exist_ok=True)
-    (root / "data/splits/split_report.json").write_text(json.dumps(
-        {"counts": {"train": {"benign": 24, "malignant": 12}, "val": {"benign": 8, "malignant": 8},
-                    "test": {"benign": 10, "malignant": 6}}, "images": 70, "groups": 68,
-         "grouping_keys": ["md5", "near_duplicate", "patient_id"], "merges": {"md5": 0, "patient_id": 1},
-         "conflicting_labels": {"policy": "drop", "groups": 1, "images_dropped": 2, "listing": []}}))
+    (root / "data/splits/split_report.json").write_text(
+        json.dumps(
+            {
+                "counts": {
+                    "train": {"benign": 24, "malignant": 12},
+                    "val": {"benign": 8, "malignant": 8},
+                    "test": {"benign": 10, "malignant": 6},
+                },
+                "images": 70,
+                "groups": 68,
+                "grouping_keys": ["md5", "near_duplicate", "patient_id"],
+                "merges": {"md5": 0, "patient_id": 1},
+                "conflicting_labels": {"policy": "drop", "groups": 1, "images_dropped": 2, "listing": []},
+            }
+        )
+    )
     (root / "data/raw").mkdir(parents=True, exist_ok=True)
-    (root / "data/raw/dataset_card.json").write_text(json.dumps(
-        {"format": "isic2019", "label_mapping": [
-            {"diagnosis": "melanoma", "label": "malignant", "listed": 18, "stored": 18},
-            {"diagnosis": "basal_cell_carcinoma", "label": "reject", "listed": 3, "stored": 0}],
-         "rejected": {"not an image (unrecognised format)": 1},
-         "excluded": {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 3},
-         "skipped": {"licence, attribution or readme file": 2},
-         "metadata": {"age": 70, "sex": 70, "site": 0, "lesion_id": 0, "patient_id": 70}}))
+    (root / "data/raw/dataset_card.json").write_text(
+        json.dumps(
+            {
+                "format": "isic2019",
+                "label_mapping": [
+                    {"diagnosis": "melanoma", "label": "malignant", "listed": 18, "stored": 18},
+                    {"diagnosis": "basal_cell_carcinoma", "label": "reject", "listed": 3, "stored": 0},
+                ],
+                "rejected": {"not an image (unrecognised format)": 1},
+                "excluded": {"diagnosis 'basal_cell_carcinoma' is excluded by data.label_map": 3},
+                "skipped": {"licence, attribution or readme file": 2},
+                "metadata": {"age": 70, "sex": 70, "site": 0, "lesion_id": 0, "patient_id": 70},
+            }
+        )
+    )
     stats = root / "data/datasets/Original/stats.json"
     stats.write_text(json.dumps({**json.loads(stats.read_text()), "image_size": image_size}))
 
@@ -45,10 +64,23 @@ def write_context(root: Path, image_size: int = 16) -> None:
 def train_and_evaluate(root: Path, p: dict, archs: list[str], datasets: list[str]) -> None:
     for a in archs:
         for d in datasets:
-            train_classifier(a, d, p, root / "data/datasets" / d, root / f"models/{a}/{a}_{d}",
-                             root / f"ck/{a}_{d}", log=lambda s: None)
-            evaluate_cell(a, d, p, root / f"models/{a}/{a}_{d}", root / "data/datasets" / d,
-                          root / f"results/evaluation/{a}/{a}_{d}")
+            train_classifier(
+                a,
+                d,
+                p,
+                root / "data/datasets" / d,
+                root / f"models/{a}/{a}_{d}",
+                root / f"ck/{a}_{d}",
+                log=lambda s: None,
+            )
+            evaluate_cell(
+                a,
+                d,
+                p,
+                root / f"models/{a}/{a}_{d}",
+                root / "data/datasets" / d,
+                root / f"results/evaluation/{a}/{a}_{d}",
+            )
     run_baseline(p, root / "data/datasets/Original", root / "results/evaluation/Baseline/Baseline_Original")
 
 
@@ -57,12 +89,20 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("report")
     p = tiny_params(**{"classifiers.archs": ARCHS, "classifiers.datasets": DATASETS})
     for i, d in enumerate(DATASETS):  # same val/test images in both, different training images
-        make_pack(root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0, n_external=(5, 4),
-                  n_synthetic=(0, 6 * i))
+        make_pack(
+            root / "data/datasets" / d, n_train=(24, 12 + 6 * i), seed=0, n_external=(5, 4), n_synthetic=(0, 6 * i)
+        )
     train_and_evaluate(root, p, ARCHS, DATASETS)
     write_context(root)
-    build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic", root / "data/datasets",
-                 root / "data/splits", root / "data/raw")
+    build_report(
+        p,
+        root / "results/evaluation",
+        root / "results",
+        root / "data/synthetic",
+        root / "data/datasets",
+        root / "data/splits",
+        root / "data/raw",
+    )
     return root
 
 
@@ -87,8 +127,14 @@ def test_evaluate_writes_every_seed_and_the_packaged_seeds_files(project):
         assert [r["id"] for r in rows] == [f"test{i}" for i in range(16)]
         assert all((float(r["p_malignant"]) >= thr) == (r["predicted"] == "malignant") for r in rows)
         assert (cell / f"seed_{k}/predictions_external_test.csv").is_file()
-    for f in ("roc_test.csv", "pr_test.csv", "calibration_test.csv", "confusion_test.png", "roc_external_test.csv",
-              "classification_report_test.txt"):
+    for f in (
+        "roc_test.csv",
+        "pr_test.csv",
+        "calibration_test.csv",
+        "confusion_test.png",
+        "roc_external_test.csv",
+        "classification_report_test.txt",
+    ):
         assert (cell / f).is_file(), f
     assert "malignant" in (cell / "classification_report_test.txt").read_text()
     with open(cell / "gradcam/index.csv") as f:
@@ -122,8 +168,13 @@ def test_grid_metrics_and_comparisons(project):
     with open(project / "results/report/comparisons.csv") as f:
         comps = list(csv.DictReader(f))
     assert [(c["arch"], c["dataset"], c["split"]) for c in comps] == [
-        ("ResNet", "DCGAN", "test"), ("ViT", "DCGAN", "test"), ("ResNet", "DCGAN", "external_test"),
-        ("ViT", "DCGAN", "external_test"), ("pooled", "DCGAN", "test"), ("pooled", "DCGAN", "external_test")]
+        ("ResNet", "DCGAN", "test"),
+        ("ViT", "DCGAN", "test"),
+        ("ResNet", "DCGAN", "external_test"),
+        ("ViT", "DCGAN", "external_test"),
+        ("pooled", "DCGAN", "test"),
+        ("pooled", "DCGAN", "external_test"),
+    ]
     for c in comps:
         assert float(c["p_holm"]) >= float(c["p_value"])
         assert (c["verdict"] == "0") == (float(c["p_holm"]) >= 0.05)
@@ -155,11 +206,12 @@ def test_report_says_the_training_sets_and_keeps_the_model_column_short(project)
     for d in DATASETS:
         stats = json.loads((project / "data/datasets" / d / "stats.json").read_text())["counts"]["train"]
         real = {c: stats[f"{c}/real"] for c in ("benign", "malignant")}
-        made = {c: sum(n for k, n in stats.items() if k.startswith(f"{c}/") and not k.endswith("/real"))
-                for c in real}
+        made = {c: sum(n for k, n in stats.items() if k.startswith(f"{c}/") and not k.endswith("/real")) for c in real}
         total = sum(real.values()) + sum(made.values())
         row = table.split(f"<td>{d}</td>")[1].split("</tr>")[0]
-        assert f"<td>{total}</td>" in row and f"{real['malignant'] + made['malignant']} = {real['malignant']} real" in row
+        assert (
+            f"<td>{total}</td>" in row and f"{real['malignant'] + made['malignant']} = {real['malignant']} real" in row
+        )
         assert f"<td>{sum(made.values()) / total:.0%}</td>" in row  # the set's synthetic share
         assert f"<td>{passes(8 * 8, total)}</td>" in row  # 8 steps of 8 images over the set
     assert "<td>0%</td>" in table.split("<td>Original</td>")[1].split("</tr>")[0]
@@ -176,8 +228,14 @@ def test_the_report_sentences_match_its_own_grid(project):
     from melanoma.evaluation import verdict as vd
 
     page = (project / "results/report.html").read_text()
-    limits = [html.unescape(li) for li in page.split("<ul id='limitations'>")[1].split("</ul>")[0]
-              .removeprefix("<li>").removesuffix("</li>").split("</li><li>")]
+    limits = [
+        html.unescape(li)
+        for li in page.split("<ul id='limitations'>")[1]
+        .split("</ul>")[0]
+        .removeprefix("<li>")
+        .removesuffix("</li>")
+        .split("</li><li>")
+    ]
     with open(project / "results/grid.csv") as f:
         grid = list(csv.DictReader(f))
     means = {}
@@ -187,19 +245,28 @@ def test_the_report_sentences_match_its_own_grid(project):
         below = [f"{r['arch']}_{r['dataset']}" for r in cells if float(r["auroc"]) <= base]
         assert vd.baseline_sentence(split, {"auroc": base, "cells": len(cells), "below": below}) in limits
         means[split] = np.mean([float(r["auroc"]) for r in cells if r["dataset"] == "Original"])
-    said = vd.external_sentence(means["test"], means["external_test"], "unknown",
-                                "no release tables say where the external images and the training images come from")
+    said = vd.external_sentence(
+        means["test"],
+        means["external_test"],
+        "unknown",
+        "no release tables say where the external images and the training images come from",
+    )
     assert said in limits and "is not known" in said and "domain shift (site" not in said
 
 
 def test_the_external_set_differs_in_source_only_when_the_card_says_so():
     tables = [{"kind": "isic2019", "subset": "main"}, {"kind": "isic2016", "subset": "external_test"}]
-    assert external_source({"tables": tables}) == ("other", "external set from the isic2016 tables, training data "
-                                                            "from isic2019")
+    assert external_source({"tables": tables}) == (
+        "other",
+        "external set from the isic2016 tables, training data from isic2019",
+    )
     same = [{"kind": "isic2018", "subset": "main"}, {"kind": "isic2018", "subset": "external_test"}]
     assert external_source({"tables": same})[0] == "same"  # a release's own test part
-    mixed = [{"kind": "isic2016", "subset": "main"}, {"kind": "isic2019", "subset": "main"},
-             {"kind": "isic2016", "subset": "external_test"}]
+    mixed = [
+        {"kind": "isic2016", "subset": "main"},
+        {"kind": "isic2019", "subset": "main"},
+        {"kind": "isic2016", "subset": "external_test"},
+    ]
     assert external_source({"tables": mixed})[0] == "same"  # its release is among the training data's
     assert external_source({"tables": [], "format": "folders"})[0] == "unknown"  # train/ + test/ folders
 
@@ -208,9 +275,22 @@ def test_report_grid_fits_a_1280_px_screen(project, tmp_path):
     browser = _chromium()
     if not browser:
         pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
-    p = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                        "--window-size=1280,1000", f"--user-data-dir={tmp_path}", "--dump-dom",
-                        (project / "results/report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--window-size=1280,1000",
+            f"--user-data-dir={tmp_path}",
+            "--dump-dom",
+            (project / "results/report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     width = int(p.stdout.split('data-grid-width="')[1].split('"')[0])
     assert 600 < width <= 1280, width
 
@@ -235,9 +315,20 @@ def test_report_renders_in_headless_chromium_without_broken_images(project):
     browser = _chromium()
     if not browser:
         pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
-    p = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                        "--dump-dom", (project / "results/report.html").as_uri()],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (project / "results/report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = p.stdout
     assert '<table id="grid">' in dom, p.stderr[-2000:]
     assert 'data-broken-images="0"' in dom
@@ -262,8 +353,15 @@ def _rebuild(project: Path, tmp_path: Path, edit) -> tuple[Path, str]:
     edit(root / "results/evaluation")
     p = tiny_params(**{"classifiers.archs": ARCHS, "classifiers.datasets": DATASETS})
     with pytest.raises(Exception) as e:
-        build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic",
-                     root / "data/datasets", root / "data/splits", root / "data/raw")
+        build_report(
+            p,
+            root / "results/evaluation",
+            root / "results",
+            root / "data/synthetic",
+            root / "data/datasets",
+            root / "data/splits",
+            root / "data/raw",
+        )
     assert type(e.value).__name__ in ("ReportError", "VerdictError"), e.value
     assert (root / "results/report.html").read_bytes() == before  # nothing half-written: the old report stays
     assert not list((root / "results").glob(".*.tmp"))
@@ -285,16 +383,19 @@ def _rewrite(path: Path, change) -> None:
         w.writerows(rows)
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("reversed_rows", "ViT_Original and ResNet_Original were not scored on the same test images"),
-    ("nan", "p_malignant must be numbers in [0, 1]"),
-    ("stale", "does not give the AUROC"),
-    ("seed_order", "was evaluated with seeds [1, 0] but"),
-    ("missing_predictions", "predictions_test.csv"),
-    ("bad_json", "metrics.json is missing or unreadable (JSONDecodeError)"),
-    ("missing_roc", "roc_test.csv is missing; run `dvc repro evaluate@ViT`"),
-    ("no_external", "has no external_test results but other cells do"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("reversed_rows", "ViT_Original and ResNet_Original were not scored on the same test images"),
+        ("nan", "p_malignant must be numbers in [0, 1]"),
+        ("stale", "does not give the AUROC"),
+        ("seed_order", "was evaluated with seeds [1, 0] but"),
+        ("missing_predictions", "predictions_test.csv"),
+        ("bad_json", "metrics.json is missing or unreadable (JSONDecodeError)"),
+        ("missing_roc", "roc_test.csv is missing; run `dvc repro evaluate@ViT`"),
+        ("no_external", "has no external_test results but other cells do"),
+    ],
+)
 def test_inconsistent_evaluations_are_one_error_and_leave_the_old_report(project, tmp_path, case, needle):
     def edit(ev: Path) -> None:
         vit = ev / "ViT/ViT_Original"
@@ -305,8 +406,10 @@ def test_inconsistent_evaluations_are_one_error_and_leave_the_old_report(project
         elif case == "nan":
             _rewrite(vit / "seed_0/predictions_test.csv", lambda rows: [{**r, "p_malignant": "nan"} for r in rows])
         elif case == "stale":
-            _rewrite(vit / "seed_0/predictions_test.csv",  # edited to an inverted ranking: AUROC 0, unlike the record
-                     lambda rows: [{**r, "p_malignant": str(float(r["label"] == "benign"))} for r in rows])
+            _rewrite(
+                vit / "seed_0/predictions_test.csv",  # edited to an inverted ranking: AUROC 0, unlike the record
+                lambda rows: [{**r, "p_malignant": str(float(r["label"] == "benign"))} for r in rows],
+            )
         elif case == "seed_order":
             m = json.loads((ev / "ViT/ViT_DCGAN/metrics.json").read_text())
             (ev / "ViT/ViT_DCGAN/metrics.json").write_text(json.dumps({**m, "seeds": [1, 0]}))
@@ -329,7 +432,8 @@ def test_dvc_metrics_rows_are_cells_and_pooled_datasets_with_the_same_few_keys(p
     cells = {p.stem: json.loads(p.read_text()) for p in (project / "results/cells").glob("*.json")}
     assert set(cells) == {f"{a}_{d}" for a in ARCHS for d in DATASETS} | {"Baseline_Original"}
     assert {tuple(sorted(v)) for k, v in cells.items() if k != "Baseline_Original"} == {
-        ("auroc", "auroc_sd", "external_auroc", "sensitivity", "specificity")}
+        ("auroc", "auroc_sd", "external_auroc", "sensitivity", "specificity")
+    }
     assert sorted(cells["Baseline_Original"]) == ["auroc", "external_auroc", "sensitivity", "specificity"]  # one run
     grid = {(r["arch"], r["dataset"], r["split"]): r for r in _rows(project / "results/grid.csv")[1]}
     assert cells["ViT_DCGAN"]["auroc"] == round(float(grid["ViT", "DCGAN", "test"]["auroc"]), 4)
@@ -338,8 +442,12 @@ def test_dvc_metrics_rows_are_cells_and_pooled_datasets_with_the_same_few_keys(p
     assert set(pooled) == set(DATASETS) - {"Original"}
     verdict = json.loads((project / "results/verdict.json").read_text())["pooled"]
     for d, row in pooled.items():
-        assert sorted(row) == sorted(f"{p}{k}" for p in ("", "external_") for k in ("auroc_difference", "p_holm", "verdict"))
-        assert row["verdict"] == verdict[d]["test"]["verdict"] and row["external_p_holm"] == round(verdict[d]["external_test"]["p_holm"], 4)
+        assert sorted(row) == sorted(
+            f"{p}{k}" for p in ("", "external_") for k in ("auroc_difference", "p_holm", "verdict")
+        )
+        assert row["verdict"] == verdict[d]["test"]["verdict"] and row["external_p_holm"] == round(
+            verdict[d]["external_test"]["p_holm"], 4
+        )
 
 
 def test_the_report_shows_control_characters_in_names_escaped():

@@ -1,4 +1,5 @@
 """Grouped, stratified, seeded splitting (melanoma.data.split)."""
+
 import json
 from collections import Counter
 

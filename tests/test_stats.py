@@ -1,11 +1,19 @@
 """The seed x image bootstrap and the multiplicity correction, against hand-computed cases and a direct
 recomputation (melanoma.evaluation.stats)."""
+
 import numpy as np
 import pytest
 
 from melanoma.evaluation.metrics import MetricError, at_threshold, auroc
-from melanoma.evaluation.stats import (auroc_difference, cell_intervals, draw, holm, per_seed_draws, seed_mean,
-                                       two_sided_p)
+from melanoma.evaluation.stats import (
+    auroc_difference,
+    cell_intervals,
+    draw,
+    holm,
+    per_seed_draws,
+    seed_mean,
+    two_sided_p,
+)
 
 
 def test_every_draw_equals_the_metric_recomputed_on_the_resampled_images():

@@ -1,12 +1,23 @@
 """Super-resolution of synthetic images: the SR model, its scoring against bicubic, and the upscale stage."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from melanoma.generators.upscale import (ESPCN, UpscaleError, bicubic, downscale, load_upscaler, psnr, ssim, train_upscaler,
-                              upscale, upscale_images)
+from melanoma.generators.upscale import (
+    ESPCN,
+    UpscaleError,
+    bicubic,
+    downscale,
+    load_upscaler,
+    psnr,
+    ssim,
+    train_upscaler,
+    upscale,
+    upscale_images,
+)
 from tests.tiny import make_project, tiny_params, with_dcgan_synthetic
 
 
@@ -16,8 +27,15 @@ def project(tmp_path_factory):
     p = tiny_params()
     folder = with_dcgan_synthetic(make_project(tmp_path_factory.mktemp("up"), p), p)
     logs = []
-    train_upscaler(p, folder / "data/splits", folder / "data/raw", folder / "models/upscaler",
-                   folder / "results/upscaler/metrics.json", folder / "models/.checkpoints/upscaler", log=logs.append)
+    train_upscaler(
+        p,
+        folder / "data/splits",
+        folder / "data/raw",
+        folder / "models/upscaler",
+        folder / "results/upscaler/metrics.json",
+        folder / "models/.checkpoints/upscaler",
+        log=logs.append,
+    )
     folder.joinpath("upscaler_log.txt").write_text("\n".join(logs))
     return folder
 
@@ -52,8 +70,14 @@ def test_train_upscaler_scores_against_bicubic_on_val(project):
 @pytest.mark.parametrize("method", ["bicubic", "lanczos", "sr"])
 def test_upscale_stage_each_method(project, tmp_path, method):
     p = tiny_params(**{"upscale.method": method})
-    r = upscale("dcgan", p, project / "data/synthetic/dcgan", project / "models/upscaler", tmp_path / "up",
-                tmp_path / "sheet.png")
+    r = upscale(
+        "dcgan",
+        p,
+        project / "data/synthetic/dcgan",
+        project / "models/upscaler",
+        tmp_path / "up",
+        tmp_path / "sheet.png",
+    )
     src = np.load(project / "data/synthetic/dcgan/malignant.npy")
     up = np.load(tmp_path / "up/malignant.npy")
     assert up.shape == (len(src), 32, 32, 3) and up.dtype == np.uint8
@@ -90,8 +114,14 @@ def test_upscale_stage_writes_whole_outputs_for_empty_and_uneven_classes(project
     rng = np.random.default_rng(0)
     for label, n in counts.items():
         np.save(src / f"{label}.npy", rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8))
-    r = upscale("dcgan", tiny_params(**{"upscale.method": "bicubic"}), src, project / "models/upscaler",
-                tmp_path / "up", tmp_path / "sheet.png")
+    r = upscale(
+        "dcgan",
+        tiny_params(**{"upscale.method": "bicubic"}),
+        src,
+        project / "models/upscaler",
+        tmp_path / "up",
+        tmp_path / "sheet.png",
+    )
     assert r["counts"] == counts
     with open(tmp_path / "up/manifest.csv") as f:
         reader = csv.DictReader(f)
@@ -101,7 +131,7 @@ def test_upscale_stage_writes_whole_outputs_for_empty_and_uneven_classes(project
         grey = np.asarray(sheet.convert("L"))
     if sum(counts.values()):  # 2 classes x 3 rows of 2 images (the smaller class's count), 32 px each
         assert grey.shape[0] == 6 * 32 and grey.shape[1] > 2 * 32
-        assert (grey[:, :grey.shape[1] - 64] < 128).sum() > 100  # the row labels are drawn left of the images
+        assert (grey[:, : grey.shape[1] - 64] < 128).sum() > 100  # the row labels are drawn left of the images
     else:
         assert (grey < 128).sum() > 50  # says there is nothing to upscale
     assert not list(tmp_path.glob(".*tmp*"))

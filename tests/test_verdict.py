@@ -7,6 +7,7 @@ square too (a label-correlated artefact shared with test: that generator "helps"
 images are drawn like the real ones (more of the same: no new information). The verdict must say DCGAN helps
 and find no evidence for DDPM.
 """
+
 import json
 from pathlib import Path
 
@@ -27,13 +28,14 @@ def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
     return x
 
 
-def _patch(rng: np.random.Generator, x: np.ndarray, side: int, colour: tuple[int, int, int],
-           share: float = 1.0) -> np.ndarray:
+def _patch(
+    rng: np.random.Generator, x: np.ndarray, side: int, colour: tuple[int, int, int], share: float = 1.0
+) -> np.ndarray:
     """A `side` px square of `colour` at a random place on a random `share` of the images."""
     for im in x:
         if rng.random() < share:
             r, c = rng.integers(0, SIZE - side, 2)
-            im[r:r + side, c:c + side] = colour
+            im[r : r + side, c : c + side] = colour
     return x
 
 
@@ -49,16 +51,29 @@ def _write(folder: Path, parts: dict[str, list[tuple[np.ndarray, str, str]]]) ->
     for split, groups in parts.items():
         np.save(folder / f"{split}.npy", np.concatenate([g[0] for g in groups]))
         labels = [(label, origin) for x, label, origin in groups for _ in range(len(x))]
-        rows += [{"split": split, "index": i, "id": f"{split}{i}", "label": label, "origin": origin, "upscaled": "no",
-                  "path": "", "md5": ""} for i, (label, origin) in enumerate(labels)]
+        rows += [
+            {
+                "split": split,
+                "index": i,
+                "id": f"{split}{i}",
+                "label": label,
+                "origin": origin,
+                "upscaled": "no",
+                "path": "",
+                "md5": "",
+            }
+            for i, (label, origin) in enumerate(labels)
+        ]
     write_pack_index(folder, rows, parts["train"][0][0].shape[1])
 
 
 def planted_grid(root: Path) -> None:
     rng = np.random.default_rng(0)
     real_train = [(_noise(rng, 24), "benign", "real"), (_malignant(rng, 12, square=False), "malignant", "real")]
-    held = {s: [(_noise(rng, n), "benign", "real"), (_malignant(rng, n, square=True), "malignant", "real")]
-            for s, n in (("val", 16), ("test", 32))}
+    held = {
+        s: [(_noise(rng, n), "benign", "real"), (_malignant(rng, n, square=True), "malignant", "real")]
+        for s, n in (("val", 16), ("test", 32))
+    }
     planted = (_malignant(rng, 12, square=True), "malignant", "dcgan")
     more_of_the_same = (_malignant(rng, 12, square=False), "malignant", "ddpm")
     for name, extra in (("Original", []), ("DCGAN", [planted]), ("DDPM", [more_of_the_same])):
@@ -69,13 +84,28 @@ def planted_grid(root: Path) -> None:
 def planted(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("planted")
     planted_grid(root)
-    p = tiny_params(**{"classifiers.archs": ["ResNet", "ViT"], "classifiers.datasets": ["Original", "DCGAN", "DDPM"],
-                       "classifiers.seeds": [0, 1, 2], "classifiers.train.steps": 30,
-                       "classifiers.train.patience": 100, "evaluate.bootstrap": 1000, "evaluate.gradcam_per_group": 0})
+    p = tiny_params(
+        **{
+            "classifiers.archs": ["ResNet", "ViT"],
+            "classifiers.datasets": ["Original", "DCGAN", "DDPM"],
+            "classifiers.seeds": [0, 1, 2],
+            "classifiers.train.steps": 30,
+            "classifiers.train.patience": 100,
+            "evaluate.bootstrap": 1000,
+            "evaluate.gradcam_per_group": 0,
+        }
+    )
     train_and_evaluate(root, p, p["classifiers"]["archs"], p["classifiers"]["datasets"])
     write_context(root)
-    r = build_report(p, root / "results/evaluation", root / "results", root / "data/synthetic",
-                     root / "data/datasets", root / "data/splits", root / "data/raw")
+    r = build_report(
+        p,
+        root / "results/evaluation",
+        root / "results",
+        root / "data/synthetic",
+        root / "data/datasets",
+        root / "data/splits",
+        root / "data/raw",
+    )
     return root, r
 
 
@@ -96,28 +126,56 @@ def test_the_verdict_finds_the_planted_gain_and_no_evidence_for_the_empty_one(pl
 def test_augmented_and_original_cells_of_one_arch_ran_the_same_optimiser_steps(planted):
     root, _ = planted
     for arch in ("ResNet", "ViT"):
-        runs = {d: json.loads((root / f"results/evaluation/{arch}/{arch}_{d}/metrics.json").read_text())["training"]
-                for d in ("Original", "DCGAN", "DDPM")}
+        runs = {
+            d: json.loads((root / f"results/evaluation/{arch}/{arch}_{d}/metrics.json").read_text())["training"]
+            for d in ("Original", "DCGAN", "DDPM")
+        }
         steps = {(d, k): (t["steps_run"], t["images_seen"]) for d, seeds in runs.items() for k, t in seeds.items()}
         assert set(steps.values()) == {(30, 30 * 8)}, steps  # 36 vs 48 training images: the same budget
 
 
 def _row(d: str, split: str, diff: float, lo: float, hi: float, p: float, verdict: int) -> dict:
-    return {"arch": "pooled", "dataset": d, "split": split, "images": 90, "difference": diff, "ci_low": lo,
-            "ci_high": hi, "p_value": p, "p_holm": p, "verdict": verdict}
+    return {
+        "arch": "pooled",
+        "dataset": d,
+        "split": split,
+        "images": 90,
+        "difference": diff,
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_value": p,
+        "p_holm": p,
+        "verdict": verdict,
+    }
 
 
 def test_sentences_and_limitations_say_what_the_numbers_say():
     pooled = [_row("DCGAN", "test", 0.05, 0.02, 0.08, 0.004, 1), _row("DDPM", "test", -0.01, -0.05, 0.03, 0.6, 0)]
     per_arch = [{**r, "arch": "ResNet"} for r in pooled]
     s = vd.sentences(pooled, per_arch)
-    assert s[0].startswith("DCGAN vs Original: on the internal test split (90 images) it helps (mean AUROC change "
-                           "+0.050 [95 % CI +0.020, +0.080], Holm-adjusted p = 0.004; 1 of 1 architectures gain")
+    assert s[0].startswith(
+        "DCGAN vs Original: on the internal test split (90 images) it helps (mean AUROC change "
+        "+0.050 [95 % CI +0.020, +0.080], Holm-adjusted p = 0.004; 1 of 1 architectures gain"
+    )
     assert "DDPM vs Original: on the internal test split (90 images) it shows no evidence of a difference" in s[1]
-    twins = [{"pair": "DCGAN / DCGAN_Upscaled", "images": 156, "median_correlation": 0.998,
-              "mean_abs_difference": 1.2, "near_identical": True}]
-    lim = vd.limitations(per_arch, 3, {"test": {"n": 90, "n_malignant": 30}}, {"test": 0.8},
-                         {"test": {"auroc": 0.83, "cells": 30, "below": [f"C{i}" for i in range(21)]}}, twins, "demo")
+    twins = [
+        {
+            "pair": "DCGAN / DCGAN_Upscaled",
+            "images": 156,
+            "median_correlation": 0.998,
+            "mean_abs_difference": 1.2,
+            "near_identical": True,
+        }
+    ]
+    lim = vd.limitations(
+        per_arch,
+        3,
+        {"test": {"n": 90, "n_malignant": 30}},
+        {"test": 0.8},
+        {"test": {"auroc": 0.83, "cells": 30, "below": [f"C{i}" for i in range(21)]}},
+        twins,
+        "demo",
+    )
     text = " ".join(lim)
     assert "3 seeds" in text and "fewer than 5 seeds" in text and "90 images (30 malignant)" in text
     assert "unadjusted 95 % intervals" in text and "fewer than 10 images of a class" not in text
@@ -129,16 +187,24 @@ def test_sentences_and_limitations_say_what_the_numbers_say():
     assert "fewer than 10 images of a class" in one and "simulator" not in one
 
 
-@pytest.mark.parametrize("internal, external, source, says, never", [
-    (0.783, 0.797, "same", "(higher there). Both come from the same source", "domain shift (site"),
-    (0.850, 0.790, "same", "(lower there). Both come from the same source", "drop estimates the domain shift"),
-    (0.850, 0.790, "unknown", "(lower there). Whether the external set comes from another source", "drop estimates"),
-    (0.850, 0.790, "other", "): the drop estimates the domain shift (site, camera, population)", "same source"),
-    (0.790, 0.850, "other", "no drop on the other source, so no sign of a domain shift", "drop estimates"),
-    (0.8001, 0.7999, "same", "(the same on both)", "domain shift (site"),
-])
-def test_the_external_sentence_says_only_what_the_numbers_and_sources_support(internal, external, source, says,
-                                                                               never):
+@pytest.mark.parametrize(
+    "internal, external, source, says, never",
+    [
+        (0.783, 0.797, "same", "(higher there). Both come from the same source", "domain shift (site"),
+        (0.850, 0.790, "same", "(lower there). Both come from the same source", "drop estimates the domain shift"),
+        (
+            0.850,
+            0.790,
+            "unknown",
+            "(lower there). Whether the external set comes from another source",
+            "drop estimates",
+        ),
+        (0.850, 0.790, "other", "): the drop estimates the domain shift (site, camera, population)", "same source"),
+        (0.790, 0.850, "other", "no drop on the other source, so no sign of a domain shift", "drop estimates"),
+        (0.8001, 0.7999, "same", "(the same on both)", "domain shift (site"),
+    ],
+)
+def test_the_external_sentence_says_only_what_the_numbers_and_sources_support(internal, external, source, says, never):
     said = vd.external_sentence(internal, external, source, "how we know")
     assert says in said and never not in said, said
     assert f"{internal:.3f} on the internal test split and {external:.3f} on the external set" in said
@@ -146,17 +212,28 @@ def test_the_external_sentence_says_only_what_the_numbers_and_sources_support(in
 
 def test_the_baseline_is_compared_on_every_held_out_split_and_cells_below_it_are_named():
     per_arch = [{"split": "test", "ci_low": 0.0, "ci_high": 0.1}]
-    base = {"test": {"auroc": 0.885, "cells": 3, "below": ["ViT_Original", "ViT_DCGAN", "ResNet_Original"]},
-            "external_test": {"auroc": 0.909, "cells": 3, "below": []}}
-    text = vd.limitations(per_arch, 3, {"test": {"n": 90, "n_malignant": 30}, "external_test": {"n": 50,
-                          "n_malignant": 20}}, {"test": 0.8, "external_test": 0.7}, base, [], "local",
-                          ("other", "external set from the isic2016 tables, training data from isic2019"))
+    base = {
+        "test": {"auroc": 0.885, "cells": 3, "below": ["ViT_Original", "ViT_DCGAN", "ResNet_Original"]},
+        "external_test": {"auroc": 0.909, "cells": 3, "below": []},
+    }
+    text = vd.limitations(
+        per_arch,
+        3,
+        {"test": {"n": 90, "n_malignant": 30}, "external_test": {"n": 50, "n_malignant": 20}},
+        {"test": 0.8, "external_test": 0.7},
+        base,
+        [],
+        "local",
+        ("other", "external set from the isic2016 tables, training data from isic2019"),
+    )
     internal = next(t for t in text if t.startswith("On the internal test split the colour/texture"))
     assert "reaches AUROC 0.885; all 3 network cells (seed means) score at or below it" in internal
     assert "classifiers.train.steps" in internal and "pretrained" in internal and "datasets.image_size" in internal
     external = next(t for t in text if t.startswith("On the external test set the colour/texture"))
-    assert "reaches AUROC 0.909; every one of the 3 network cells (seed means) scores above it." == \
-        external.split("baseline ")[1]
+    assert (
+        "reaches AUROC 0.909; every one of the 3 network cells (seed means) scores above it."
+        == external.split("baseline ")[1]
+    )
     assert any("isic2019): the drop estimates the domain shift" in t for t in text)  # 0.7 < 0.8, other tables
     some = vd.baseline_sentence("test", {"auroc": 0.8, "cells": 3, "below": ["ViT_DCGAN"]})
     assert "1 of 3 network cells (ViT_DCGAN) (seed means) score at or below it" in some
@@ -178,7 +255,8 @@ def test_upscaled_twins_at_the_input_size_are_flagged_near_identical(tmp_path):
     other = _noise(rng, 6)
     for name, x in (("DCGAN", synth), ("DCGAN_Upscaled", blurred), ("DDPM", synth), ("DDPM_Upscaled", other)):
         _write(tmp_path / name, {"train": real + [(x, "malignant", "synthetic")], "val": real})
-    twins = {t["pair"]: t for t in vd.near_identical(tmp_path, ["DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"],
-                                                     0.993)}
+    twins = {
+        t["pair"]: t for t in vd.near_identical(tmp_path, ["DCGAN", "DCGAN_Upscaled", "DDPM", "DDPM_Upscaled"], 0.993)
+    }
     assert twins["DCGAN / DCGAN_Upscaled"]["near_identical"] and twins["DCGAN / DCGAN_Upscaled"]["images"] == 6
     assert not twins["DDPM / DDPM_Upscaled"]["near_identical"]

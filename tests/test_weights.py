@@ -1,6 +1,7 @@
 """Pretrained weights on a GPU node without network: a fake Hugging Face cache holding a BiomedCLIP-layout
 (open_clip) checkpoint and a timm-layout one is loaded through the real pretrained path, strict, with
 HF_HUB_OFFLINE=1; `melanoma weights check` passes on it and names what is missing or does not fit."""
+
 import json
 import os
 import subprocess
@@ -11,12 +12,16 @@ import pytest
 import torch
 import yaml
 
-from melanoma.classifiers import BIOMEDCLIP, BIOMEDCLIP_FILE
+from melanoma.classifiers.registry import BIOMEDCLIP, BIOMEDCLIP_FILE
 from tests.conftest import ROOT
 
 SIZE = 32
-BIOVIT = {"model": "vit_tiny_patch16_224", "pretrained": True, "lr": 1e-3,
-          "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}
+BIOVIT = {
+    "model": "vit_tiny_patch16_224",
+    "pretrained": True,
+    "lr": 1e-3,
+    "kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+}
 RESNET = {"model": "resnet10t", "pretrained": True, "lr": 1e-3, "kwargs": {}}
 TIMM_REPO = "timm/resnet10t.c3_in1k"  # timm's default pretrained tag of resnet10t
 
@@ -61,7 +66,7 @@ def run(folder: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
 
 LOAD = """
 import json, sys, torch
-from melanoma.classifiers import build_model
+from melanoma.classifiers.registry import build_model
 from melanoma.params import load_params
 p = load_params()
 out = {}
@@ -110,8 +115,10 @@ def test_weights_check_passes_offline_and_names_what_is_missing_or_does_not_fit(
         cached.write_bytes(damaged)
         broken = run(folder, env, *cli)
         assert broken.returncode == 1 and "Traceback" not in broken.stderr, broken.stderr
-        assert f"BROKEN  {TIMM_REPO} (classifiers.models.ResNet) {cached}: pretrained weights timm/resnet10t are " \
-               "in the Hugging Face cache but do not load" in broken.stdout, broken.stdout
+        assert (
+            f"BROKEN  {TIMM_REPO} (classifiers.models.ResNet) {cached}: pretrained weights timm/resnet10t are "
+            "in the Hugging Face cache but do not load" in broken.stdout
+        ), broken.stdout
     cached.unlink()
 
     del clip["visual.trunk.blocks.1.mlp.fc2.weight"]  # a checkpoint of another network
@@ -122,8 +129,9 @@ def test_weights_check_passes_offline_and_names_what_is_missing_or_does_not_fit(
     put(folder / "hf", BIOMEDCLIP, BIOMEDCLIP_FILE).write_bytes(b"garbage, not a torch checkpoint")
     garbage = run(folder, env, *cli)
     assert garbage.returncode == 1 and "Traceback" not in garbage.stderr, garbage.stderr
-    assert "BROKEN  microsoft/BiomedCLIP" in garbage.stdout and "do not load into BiomedCLIP's open_clip" \
-        in garbage.stdout
+    assert (
+        "BROKEN  microsoft/BiomedCLIP" in garbage.stdout and "do not load into BiomedCLIP's open_clip" in garbage.stdout
+    )
 
 
 def test_a_local_unet_folder_and_bad_hub_ids_are_checked_not_guessed(tmp_path):
@@ -142,8 +150,11 @@ def test_a_local_unet_folder_and_bad_hub_ids_are_checked_not_guessed(tmp_path):
         needed(params)
     params["generators"]["ddpm"]["pretrained"] = ""
     params["classifiers"]["models"]["ResNet"] = {**RESNET, "model": "resnet10tt"}
-    with pytest.raises(WeightsError, match=r"no pretrained weights for 'resnet10tt' .*set "
-                                           r"classifiers.models.ResNet.pretrained: false"):
+    with pytest.raises(
+        WeightsError,
+        match=r"no pretrained weights for 'resnet10tt' .*set "
+        r"classifiers.models.ResNet.pretrained: false",
+    ):
         needed(params)
 
 
@@ -154,8 +165,9 @@ def test_needed_lists_only_what_the_params_ask_for():
     assert needed(profile_params("demo")) == [] and needed(profile_params("rehearsal")) == []
     study = {str(w): w.key for w in needed(profile_params("study"))}
     assert study[f"{BIOMEDCLIP}/{BIOMEDCLIP_FILE}"] == "classifiers.models.BioViT"
-    assert {v for v in study.values()} == {f"classifiers.models.{a}" for a in
-                                           ("BioViT", "DenseNet", "ResNet", "Swin", "ViT")}  # MedViT has none
+    assert {v for v in study.values()} == {
+        f"classifiers.models.{a}" for a in ("BioViT", "DenseNet", "ResNet", "Swin", "ViT")
+    }  # MedViT has none
 
 
 def test_fetch_takes_safetensors_first_and_says_why_a_download_failed(monkeypatch, tmp_path):
@@ -190,6 +202,9 @@ def test_fetch_takes_safetensors_first_and_says_why_a_download_failed(monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(WeightsError, match=rf"cannot download {TIMM_REPO} for classifiers.models.ResNet "
-                                           r"\(OSError: Cannot reach .*\.\.\.\); check the network"):
+    with pytest.raises(
+        WeightsError,
+        match=rf"cannot download {TIMM_REPO} for classifiers.models.ResNet "
+        r"\(OSError: Cannot reach .*\.\.\.\); check the network",
+    ):
         fetch(params, log=lambda s: None)

@@ -13,6 +13,7 @@ Quick when done (reads two small files): refetches only when PINS change or the 
 unreachable: one warning line and exit 0 (the pipeline does not need plots; DVC keeps its CDN page).
 The registry is $npm_config_registry, else npm's configured one (when npm is installed), else registry.npmjs.org.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,12 +31,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # name: (version, file the CDN serves, npm's dist.integrity). Versions = dvc-render's VegaRenderer.SCRIPTS
 # (tests/test_plots_offline.py fails when a dvc-render upgrade changes them).
 PINS = {
-    "vega": ("5.20.2", "build/vega.min.js",
-             "sha512-qmH7aD9GGPpssVdxL1xgcdxTbQzyRUeRR16Os385ymvQhiwCYQNA6+eXUPAZDTVLfk0RXu6Jzj6kUE5jQ80EVw=="),
-    "vega-lite": ("5.2.0", "build/vega-lite.min.js",
-                  "sha512-Yxcg8MvYfxHcG6BbkaKT0oVCIMIcE19UvqIsEwBmyd/7h2nzW7oRnID81T8UrY7hpDrIr6wa2JADOT2dhGNErw=="),
-    "vega-embed": ("6.18.2", "build/vega-embed.min.js",
-                   "sha512-wcDyQPE4J5aiCDc3/suH5RQDvrKkjuLkhzUcbOLwEkNF8/+pp17tS0JghzEvAPNRg+5aG1/N2ydixq8Lk3dOlg=="),
+    "vega": (
+        "5.20.2",
+        "build/vega.min.js",
+        "sha512-qmH7aD9GGPpssVdxL1xgcdxTbQzyRUeRR16Os385ymvQhiwCYQNA6+eXUPAZDTVLfk0RXu6Jzj6kUE5jQ80EVw==",
+    ),
+    "vega-lite": (
+        "5.2.0",
+        "build/vega-lite.min.js",
+        "sha512-Yxcg8MvYfxHcG6BbkaKT0oVCIMIcE19UvqIsEwBmyd/7h2nzW7oRnID81T8UrY7hpDrIr6wa2JADOT2dhGNErw==",
+    ),
+    "vega-embed": (
+        "6.18.2",
+        "build/vega-embed.min.js",
+        "sha512-wcDyQPE4J5aiCDc3/suH5RQDvrKkjuLkhzUcbOLwEkNF8/+pp17tS0JghzEvAPNRg+5aG1/N2ydixq8Lk3dOlg==",
+    ),
 }
 STAMP = "offline DVC plots: " + " ".join(f"{n}@{v}" for n, (v, _, _) in PINS.items())
 TEMPLATE = Path(sys.prefix) / "share" / "melanoma-synth" / "dvc-plots-offline.html"
@@ -71,8 +81,9 @@ def registry() -> str:
     url = os.environ.get("npm_config_registry") or os.environ.get("NPM_CONFIG_REGISTRY")
     if not url and shutil.which("npm"):
         try:
-            url = subprocess.run(["npm", "config", "get", "registry"], capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
+            url = subprocess.run(
+                ["npm", "config", "get", "registry"], capture_output=True, text=True, timeout=30
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             url = ""
     url = url if url.startswith(("http://", "https://")) else DEFAULT_REGISTRY
@@ -123,6 +134,7 @@ def current(path: Path = TEMPLATE) -> bool:
 def configured(repo: Path) -> str | None:
     """plots.html_template in <repo>/.dvc/config.local, or None."""
     from configobj import ConfigObj  # DVC's own config format (a DVC dependency, quick to import)
+
     try:
         return ConfigObj(str(repo / ".dvc" / "config.local")).get("plots", {}).get("html_template")
     except Exception:  # an unreadable config.local: let `dvc config` below rewrite or report it
@@ -131,8 +143,12 @@ def configured(repo: Path) -> str | None:
 
 def dvc_config(repo: Path, *args: str) -> None:
     dvc = Path(sys.prefix) / "bin" / "dvc"
-    subprocess.run([str(dvc) if dvc.exists() else "dvc", "config", "--local", *args], cwd=repo, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(dvc) if dvc.exists() else "dvc", "config", "--local", *args],
+        cwd=repo,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def setup(repo: Path = ROOT, path: Path = TEMPLATE) -> int:
@@ -142,9 +158,11 @@ def setup(repo: Path = ROOT, path: Path = TEMPLATE) -> int:
             build(path)
             print(f"setup: `dvc plots show` works offline ({STAMP.split(': ')[1]} inlined in {path})")
         except FetchError as e:
-            print(f"setup: warning: {e}; `dvc plots show` pages load vega from the internet (blank offline); "
-                  "rerun ./run.sh setup where the npm registry is reachable (the pipeline does not need it)",
-                  file=sys.stderr)
+            print(
+                f"setup: warning: {e}; `dvc plots show` pages load vega from the internet (blank offline); "
+                "rerun ./run.sh setup where the npm registry is reachable (the pipeline does not need it)",
+                file=sys.stderr,
+            )
             if not path.is_file() and configured(repo) == value:  # a missing template would break plots show
                 dvc_config(repo, "--unset", "plots.html_template")
             return 0

@@ -3,6 +3,7 @@
 Used by validation during training, by `evaluate`, by `export` (the PyTorch side of the ONNX check) and by
 `melanoma predict`.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from melanoma.classifiers import build_model, load_strict
+from melanoma.classifiers.registry import build_model, load_strict
 from melanoma.engine import CheckpointError, Runtime
 from melanoma.errors import MelanomaError
 from melanoma.io import read_small
@@ -26,8 +27,9 @@ def standardise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 
 
 @torch.no_grad()
-def probabilities(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch: int,
-                  rt: Runtime = Runtime()) -> torch.Tensor:
+def probabilities(
+    model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch: int, rt: Runtime = Runtime()
+) -> torch.Tensor:
     """P(malignant), float32 (N,) on the CPU, for uint8 (N, 3, H, W) images already on the model's device.
 
     Under torchrun each rank scores every world-th image and the parts are gathered, so all ranks return the
@@ -37,7 +39,7 @@ def probabilities(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, st
     idx = torch.arange(rt.rank, images.shape[0], rt.world)
     out = []
     for i in range(0, len(idx), batch):
-        xb = standardise(images[idx[i:i + batch].to(images.device)], mean, std)
+        xb = standardise(images[idx[i : i + batch].to(images.device)], mean, std)
         with rt.autocast():
             logits = model(xb)
         out.append(torch.softmax(logits.float(), 1)[:, 1])
@@ -63,8 +65,10 @@ def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         state = load_file(str(path))
     except (OSError, SafetensorError) as e:
-        raise CheckpointError(f"{path} is missing or not a readable safetensors file ({e}); rerun "
-                              "`dvc repro train_classifier` or `dvc pull` it") from None
+        raise CheckpointError(
+            f"{path} is missing or not a readable safetensors file ({e}); rerun "
+            "`dvc repro train_classifier` or `dvc pull` it"
+        ) from None
     load_strict(model, state, str(path))
     return model.eval(), cfg
 
@@ -95,14 +99,20 @@ def check_config(cfg: Any, where: Path | str) -> None:
     loader arguments (the registry refuses those). Raises ConfigError naming the field."""
     if not isinstance(cfg, dict):
         raise ConfigError(f"{where}: not a JSON object")
-    rules = {"arch": lambda v: v in ARCHS, "model": lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v),
-             "kwargs": lambda v: isinstance(v, dict), "num_classes": lambda v: v == 2,
-             "input_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_INPUT_SIZE}
+    rules = {
+        "arch": lambda v: v in ARCHS,
+        "model": lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v),
+        "kwargs": lambda v: isinstance(v, dict),
+        "num_classes": lambda v: v == 2,
+        "input_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_INPUT_SIZE,
+    }
     for key, ok in rules.items():
         if key not in cfg or not ok(cfg[key]):
-            raise ConfigError(f"{where}: field '{key}' is {cfg.get(key, 'missing')!r}; a package needs arch one of "
-                              f"{', '.join(ARCHS)}, a plain timm model name, kwargs as an object, num_classes 2 and "
-                              f"input_size 16-{MAX_INPUT_SIZE}")
+            raise ConfigError(
+                f"{where}: field '{key}' is {cfg.get(key, 'missing')!r}; a package needs arch one of "
+                f"{', '.join(ARCHS)}, a plain timm model name, kwargs as an object, num_classes 2 and "
+                f"input_size 16-{MAX_INPUT_SIZE}"
+            )
 
 
 def rebuild(cfg: dict[str, Any]) -> nn.Module:

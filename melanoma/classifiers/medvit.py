@@ -52,10 +52,12 @@ Left out or changed, on purpose:
 
 No pretrained weights: the authors' ImageNet checkpoints sit on Google Drive/Dropbox in their own format and there
 are none on the Hugging Face Hub, so `medvit(..., pretrained=True)` refuses. The variants are registered
-with timm (`timm.create_model("medvit_small", num_classes=2)`) once this module is imported. Everything here is plain conv / BN /
+with timm (`timm.create_model("medvit_small", num_classes=2)`) once this module is imported. Everything here is
+plain conv / BN /
 linear / matmul + softmax with no branching on tensor values, so the model exports to ONNX (checked in the tests
 with the TorchScript exporter at a fixed input size; the E-MHSA pooling window is then a constant of that size).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -73,7 +75,7 @@ HEAD_DIM = 32  # channels per attention head, in MHCA (conv groups) and E-MHSA a
 # depths per stage; stage 3 is built from groups of 5 blocks (4 ECB + 1 LTB). drop_path_rate is the reference's
 # stochastic-depth setting for each variant (MedViT() itself defaults to 0.0).
 CONFIGS: dict[str, dict] = {
-    "medvit_tiny": dict(depths=(3, 4, 10, 3), drop_path_rate=0.1),   # paper MedViT-T = reference MedViT_small
+    "medvit_tiny": dict(depths=(3, 4, 10, 3), drop_path_rate=0.1),  # paper MedViT-T = reference MedViT_small
     "medvit_small": dict(depths=(3, 4, 20, 3), drop_path_rate=0.2),  # paper MedViT-S = reference MedViT_base
     "medvit_large": dict(depths=(3, 4, 30, 3), drop_path_rate=0.2),  # paper MedViT-L = reference MedViT_large
 }
@@ -116,8 +118,11 @@ class DropPath(nn.Module):
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False),
-                         nn.BatchNorm2d(cout, eps=NORM_EPS), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout, eps=NORM_EPS),
+        nn.ReLU(inplace=True),
+    )
 
 
 class PatchEmbed(nn.Module):
@@ -127,8 +132,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
-        self.pool = (nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False) if stride == 2
-                     else nn.Identity())
+        self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False) if stride == 2 else nn.Identity()
         if stride == 2 or cin != cout:
             self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout, eps=NORM_EPS))
         else:
@@ -179,11 +183,15 @@ class LFFN(nn.Module):
         super().__init__()
         hidden = channels * expansion
         self.body = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish(),
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.Hardswish(),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.Hardswish(),
             SqueezeExcite(hidden, hidden // channels),
-            nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,13 +226,14 @@ class EfficientSelfAttention(nn.Module):
     cuts the attention cost by sr^2 where maps are large. The window is clamped to the map, so a map smaller than
     sr is reduced to 1x1 at most, never to nothing. Plain matmul + softmax, for ONNX."""
 
-    def __init__(self, dim: int, sr_ratio: int = 1, head_dim: int = HEAD_DIM, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, sr_ratio: int = 1, head_dim: int = HEAD_DIM, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % head_dim:
             raise ValueError(f"E-MHSA width ({dim}) must be a multiple of head_dim ({head_dim})")
         self.heads, self.head_dim, self.sr_ratio = dim // head_dim, head_dim, sr_ratio
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -256,17 +265,27 @@ class EfficientSelfAttention(nn.Module):
 class LTB(nn.Module):
     """Local transformer block: E-MHSA on a 75 % slice of the channels, MHCA on the rest, concat, LFFN.
 
-        x = embed(x)                                     (cout * mix_block_ratio channels)
-        x = x + E-MHSA(BN(x))                            global context
-        z = proj(x);  z = z + MHCA(z)                    the remaining channels, local detail
-        x = concat(x, z)                                 (cout channels)
-        x = x + y + LFFN(y),  y = BN(x)
+    x = embed(x)                                     (cout * mix_block_ratio channels)
+    x = x + E-MHSA(BN(x))                            global context
+    z = proj(x);  z = z + MHCA(z)                    the remaining channels, local detail
+    x = concat(x, z)                                 (cout channels)
+    x = x + y + LFFN(y),  y = BN(x)
     """
 
     kind = "ltb"
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, sr_ratio: int = 1, drop_path: float = 0.0,
-                 mlp_ratio: int = 2, mix_block_ratio: float = 0.75, attn_drop: float = 0.0, drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        stride: int = 1,
+        sr_ratio: int = 1,
+        drop_path: float = 0.0,
+        mlp_ratio: int = 2,
+        mix_block_ratio: float = 0.75,
+        attn_drop: float = 0.0,
+        drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.out_channels = cout
         mhsa_ch = _round_to(int(cout * mix_block_ratio), HEAD_DIM)  # whole heads: 256 -> 192 + 64, 1024 -> 768 + 256
@@ -296,16 +315,29 @@ class MedViT(nn.Module):
 
     Accepts any input whose sides are multiples of 32 (e.g. 64 or 224 px)."""
 
-    def __init__(self, depths=(3, 4, 10, 3), stem_chs=(64, 32, 64), widths=(96, 192, 384, 768),
-                 ltb_widths=(256, 512, 1024), sr_ratios=(8, 4, 2, 1), num_classes: int = 1000, in_chans: int = 3,
-                 drop_path_rate: float = 0.0, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 mix_block_ratio: float = 0.75, ecb_mlp_ratio: int = 3, ltb_mlp_ratio: int = 2) -> None:
+    def __init__(
+        self,
+        depths=(3, 4, 10, 3),
+        stem_chs=(64, 32, 64),
+        widths=(96, 192, 384, 768),
+        ltb_widths=(256, 512, 1024),
+        sr_ratios=(8, 4, 2, 1),
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        mix_block_ratio: float = 0.75,
+        ecb_mlp_ratio: int = 3,
+        ltb_mlp_ratio: int = 2,
+    ) -> None:
         super().__init__()
         self.plan = stage_plan(depths, widths, ltb_widths)
         self.num_classes = num_classes
         s0, s1, s2 = stem_chs
-        self.stem = nn.Sequential(conv_bn_relu(in_chans, s0, 2), conv_bn_relu(s0, s1, 1),
-                                  conv_bn_relu(s1, s2, 1), conv_bn_relu(s2, s2, 2))
+        self.stem = nn.Sequential(
+            conv_bn_relu(in_chans, s0, 2), conv_bn_relu(s0, s1, 1), conv_bn_relu(s1, s2, 1), conv_bn_relu(s2, s2, 2)
+        )
 
         # stochastic depth grows linearly from 0 at the first block to drop_path_rate at the last
         rates = torch.linspace(0, drop_path_rate, sum(len(s) for s in self.plan)).tolist()
@@ -317,8 +349,19 @@ class MedViT(nn.Module):
                 if kind == "ecb":
                     layers.append(ECB(cin, cout, stride, rates[i], ecb_mlp_ratio))
                 else:
-                    layers.append(LTB(cin, cout, stride, sr_ratios[stage_idx], rates[i], ltb_mlp_ratio,
-                                      mix_block_ratio, attn_drop_rate, drop_rate))
+                    layers.append(
+                        LTB(
+                            cin,
+                            cout,
+                            stride,
+                            sr_ratios[stage_idx],
+                            rates[i],
+                            ltb_mlp_ratio,
+                            mix_block_ratio,
+                            attn_drop_rate,
+                            drop_rate,
+                        )
+                    )
                 cin, i = cout, i + 1
             stages.append(nn.Sequential(*layers))
         self.stages = nn.ModuleList(stages)
@@ -372,7 +415,8 @@ def medvit(name: str, num_classes: int = 1000, pretrained: bool = False, **overr
         raise PretrainedUnavailable(
             f"no pretrained weights for {name}: the MedViT authors' checkpoints are not published in a form this "
             "project can load safely (safetensors or a weights-only state dict on the Hub); set "
-            "classifiers.models.MedViT.pretrained: false")
+            "classifiers.models.MedViT.pretrained: false"
+        )
     for timm_arg in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # what timm.create_model adds
         overrides.pop(timm_arg, None)
     return MedViT(**{**CONFIGS[name], "num_classes": num_classes, **overrides})

@@ -15,6 +15,7 @@ augmentation), one process for all of them. Model selection and early stopping u
 `eval_every` steps (test is never read here). Checkpoints go to an untracked folder that survives DVC deleting
 the stage outputs, so `dvc repro` after a kill resumes each seed at its last validation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,23 +25,26 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from melanoma.classifiers import Built, build_model
 from melanoma.classifiers.inference import probabilities
+from melanoma.classifiers.registry import Built, build_model
 from melanoma.data.datasets import DatasetError, load_split, pack_real_counts
-from melanoma.engine import Plan, Runtime, adamw, cosine_schedule, discard, files_md5, fit
+from melanoma.engine import Runtime, TrainingPlan, adamw, cosine_schedule, discard, files_md5, fit
 from melanoma.evaluation.metrics import MetricError, auroc
+from melanoma.imports import code_files
 from melanoma.io import atomic_dir
 from melanoma.params import LABELS, ParamsError, budget_problem, train_steps
 
 # ---------------------------------------------------------------- augmentation
+
 
 def augment_params(n: int, cfg: dict[str, Any], gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Per-image augmentation draws for a batch of n (always the same draws, in the same order, for a seed)."""
@@ -62,28 +66,39 @@ def augment(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     angle = (p["quarter"] * 90 + p["angle"]) * math.pi / 180
     cos, sin = torch.cos(angle) / p["scale"], torch.sin(angle) / p["scale"]
     fx = torch.where(p["flip"], -1.0, 1.0)
-    theta = torch.stack([torch.stack([cos * fx, -sin, p["shift"][:, 0]], 1),
-                         torch.stack([sin * fx, cos, p["shift"][:, 1]], 1)], 1).to(dev, x.dtype)
+    theta = torch.stack(
+        [torch.stack([cos * fx, -sin, p["shift"][:, 0]], 1), torch.stack([sin * fx, cos, p["shift"][:, 1]], 1)], 1
+    ).to(dev, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     sat = p["sat"].to(dev, x.dtype).view(-1, 1, 1, 1)
     x = gray + (x - gray) * sat
     return (x * p["bright"].to(dev, x.dtype).view(-1, 1, 1, 1)).clamp(0, 1)
-
 
 
 def _val_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     try:
         return auroc(labels, scores)
     except MetricError:
-        raise DatasetError("val has only one class, so AUROC is undefined; the split needs both benign and "
-                           "malignant images in val (check split.val_fraction and the data)") from None
+        raise DatasetError(
+            "val has only one class, so AUROC is undefined; the split needs both benign and "
+            "malignant images in val (check split.val_fraction and the data)"
+        ) from None
 
 
-def train_step(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: torch.Tensor, idx: torch.Tensor,
-               aug: dict[str, torch.Tensor], class_w: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-               rt: Runtime = Runtime()) -> torch.Tensor:
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    idx: torch.Tensor,
+    aug: dict[str, torch.Tensor],
+    class_w: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    rt: Runtime = Runtime(),
+) -> torch.Tensor:
     """One optimisation step on this rank's share of the global batch `idx` of the device-resident uint8 pack X.
 
     The loss is this rank's weighted sum over the *global* batch's weight sum, times the world size: DDP's mean
@@ -109,8 +124,7 @@ def train_step(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: t
 
 # the code that shapes a trained model: a checkpoint made by other code is not resumed (DVC reruns the stage when
 # this code changes; resuming a checkpoint of the old code would silently keep the old result)
-CODE = sorted(Path(__file__).parent.glob("*.py")) + [Path(__file__).parents[1] / m
-                                                     for m in ("engine.py", "evaluation/metrics.py")]
+CODE = code_files(__name__)
 
 
 def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Generator) -> list[torch.Tensor]:
@@ -124,7 +138,7 @@ def epoch_batches(labels: np.ndarray, batch: int, imbalance: str, gen: torch.Gen
         order = torch.multinomial(w, n, replacement=True, generator=gen)
     else:
         order = torch.randperm(n, generator=gen, device=gen.device)
-    return [order[i:i + batch] for i in range(0, n - batch + 1, batch)]
+    return [order[i : i + batch] for i in range(0, n - batch + 1, batch)]
 
 
 def _stream(seed: int, kind: int, index: int) -> int:
@@ -138,9 +152,18 @@ class ClassifierTask:
     `eval_every` steps, the best validation's weights kept in the state (so a resumed run keeps them).
     """
 
-    def __init__(self, name: str, built: Built, tp: dict[str, Any], lr: float, seed: int,
-                 train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], rt: Runtime,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        name: str,
+        built: Built,
+        tp: dict[str, Any],
+        lr: float,
+        seed: int,
+        train: tuple[np.ndarray, np.ndarray],
+        val: tuple[np.ndarray, np.ndarray],
+        rt: Runtime,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.name, self.tp, self.rt, self.lr, self.seed, self.log = name, tp, rt, lr, seed, log
         self.advice = f"lower classifiers.models.{built.info['arch']}.lr (now {lr}) or change the seed"
         self.model = rt.prepare(built.model)
@@ -154,8 +177,11 @@ class ClassifierTask:
         self.XV = torch.from_numpy(xv).permute(0, 3, 1, 2).contiguous().to(rt.device)
         self.Y = torch.from_numpy(self.ys).to(rt.device)
         counts = np.bincount(self.ys, minlength=2)
-        self.class_w = torch.tensor(len(self.ys) / (2 * np.maximum(counts, 1)) if tp["imbalance"] == "weighted_loss"
-                                    else np.ones(2), dtype=torch.float32, device=rt.device)
+        self.class_w = torch.tensor(
+            len(self.ys) / (2 * np.maximum(counts, 1)) if tp["imbalance"] == "weighted_loss" else np.ones(2),
+            dtype=torch.float32,
+            device=rt.device,
+        )
         self.batch = min(tp["batch_size"], len(self.ys))
         self.steps_per_pass = len(self.ys) // self.batch
         self.net = self._wrap(self.model)
@@ -176,8 +202,9 @@ class ClassifierTask:
     @property
     def stop(self) -> bool:
         """Early stopping: `patience` validations without a better val AUROC."""
-        return bool(self.history) and (self.history[-1]["step"] - self.best["step"]
-                                       >= self.tp["patience"] * self.tp["eval_every"])
+        return bool(self.history) and (
+            self.history[-1]["step"] - self.best["step"] >= self.tp["patience"] * self.tp["eval_every"]
+        )
 
     def step(self, step: int) -> dict[str, torch.Tensor]:
         passes, i = divmod(step, self.steps_per_pass)
@@ -187,8 +214,9 @@ class ClassifierTask:
         self.net.train()  # validation (end_period) leaves the model in eval mode
         self.sched.step_update(step)
         aug = augment_params(self.batch, self.tp["augment"], self.rt.generator(_stream(self.seed, 1, step)))
-        loss = train_step(self.net, self.opt, self.X, self.Y, self.batches[i], aug, self.class_w, self.mean,
-                          self.std, self.rt)
+        loss = train_step(
+            self.net, self.opt, self.X, self.Y, self.batches[i], aug, self.class_w, self.mean, self.std, self.rt
+        )
         return {"train_loss": loss}
 
     def end_period(self, step: int, means: dict[str, float]) -> dict[str, float]:
@@ -197,20 +225,33 @@ class ClassifierTask:
         val_auroc = _val_auroc(self.yv, pv.numpy())
         val_loss = float(F.binary_cross_entropy(pv.clamp(1e-7, 1 - 1e-7), torch.from_numpy(self.yv).float()))
         done = step + 1
-        row = {"step": done, "images_seen": done * self.batch, "train_loss": means["train_loss"],
-               "val_loss": val_loss, "val_auroc": val_auroc, "lr": self.opt.param_groups[0]["lr"]}
+        row = {
+            "step": done,
+            "images_seen": done * self.batch,
+            "train_loss": means["train_loss"],
+            "val_loss": val_loss,
+            "val_auroc": val_auroc,
+            "lr": self.opt.param_groups[0]["lr"],
+        }
         self.history.append(row)
         improved = val_auroc > self.best["auroc"]
         if improved:
             self.best = {"auroc": val_auroc, "loss": val_loss, "step": done}
             self.best_state = copy.deepcopy(self.model.state_dict())
-        self.log(f"{self.name} step {done}/{self.tp['steps']}: loss {means['train_loss']:.4f} val loss "
-                 f"{val_loss:.4f} val AUROC {val_auroc:.4f}" + (" *" if improved else ""))
+        self.log(
+            f"{self.name} step {done}/{self.tp['steps']}: loss {means['train_loss']:.4f} val loss "
+            f"{val_loss:.4f} val AUROC {val_auroc:.4f}" + (" *" if improved else "")
+        )
         return {k: row[k] for k in ("val_loss", "val_auroc", "lr")}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "history": self.history,
-                "best": self.best, "best_model": self.best_state}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "best_model": self.best_state,
+        }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.model.load_state_dict(s["model"])
@@ -243,8 +284,16 @@ def _threads(tp: dict[str, Any], rt: Runtime) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // rt.world))
 
 
-def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: Path, out: Path, ckpt_dir: Path,
-                     rt: Runtime = Runtime(), log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_classifier(
+    arch: str,
+    dataset: str,
+    params: dict[str, Any],
+    data_dir: Path,
+    out: Path,
+    ckpt_dir: Path,
+    rt: Runtime = Runtime(),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train one grid cell once per seed in `classifiers.seeds`; write `out`/seed_<k>/ for each (model.safetensors:
     the best validation's weights, model_config.json, live/), all seeds or none, then delete the checkpoints
     (a killed run resumes each seed from them; a finished one does not need them).
@@ -258,10 +307,11 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
     params = _with_steps(params, data_dir)
     _threads(params["classifiers"]["train"], rt)
     records = []
-    with (atomic_dir(out) if rt.main else contextlib.nullcontext(None)) as tmp:
+    with atomic_dir(out) if rt.main else contextlib.nullcontext(None) as tmp:
         for seed in params["classifiers"]["seeds"]:
-            task, record = train_seed(arch, dataset, params, seed, train, val, data_dir, ckpt_dir / f"seed_{seed}",
-                                      rt, log)
+            task, record = train_seed(
+                arch, dataset, params, seed, train, val, data_dir, ckpt_dir / f"seed_{seed}", rt, log
+            )
             if rt.main:
                 _write_seed(tmp / f"seed_{seed}", task, record, ckpt_dir / f"seed_{seed}")
             records.append(record)
@@ -272,32 +322,65 @@ def train_classifier(arch: str, dataset: str, params: dict[str, Any], data_dir: 
     return {"seeds": records, "seconds_this_run": round(time.perf_counter() - t0, 1)}
 
 
-def train_seed(arch: str, dataset: str, params: dict[str, Any], seed: int, train: tuple[np.ndarray, np.ndarray],
-               val: tuple[np.ndarray, np.ndarray], data_dir: Path, ckpt_dir: Path, rt: Runtime = Runtime(),
-               log: Callable[[str], None] = print) -> tuple[ClassifierTask, dict[str, Any]]:
+def train_seed(
+    arch: str,
+    dataset: str,
+    params: dict[str, Any],
+    seed: int,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    data_dir: Path,
+    ckpt_dir: Path,
+    rt: Runtime = Runtime(),
+    log: Callable[[str], None] = print,
+) -> tuple[ClassifierTask, dict[str, Any]]:
     """One seed of a cell: `classifiers.train.steps` steps from weights initialised by `seed`; returns the
     finished task (its best_state holds the selected weights) and the record model_config.json stores."""
     tp, spec = params["classifiers"]["train"], params["classifiers"]["models"][arch]
     if min(tp["batch_size"], len(train[1])) % rt.world:
-        raise ParamsError(f"classifiers.train.batch_size ({min(tp['batch_size'], len(train[1]))}) must be divisible "
-                          f"by classifiers.train.processes ({rt.world}): every process takes an equal share of each "
-                          "global batch")
+        raise ParamsError(
+            f"classifiers.train.batch_size ({min(tp['batch_size'], len(train[1]))}) must be divisible "
+            f"by classifiers.train.processes ({rt.world}): every process takes an equal share of each "
+            "global batch"
+        )
     torch.manual_seed(seed)  # the same initial weights on every rank and every rerun
     built = build_model(arch, spec, len(LABELS), train[0].shape[1])
-    task = ClassifierTask(f"{arch}_{dataset} seed {seed}", built, tp, spec["lr"], seed, train, val, rt,
-                          log=lambda line: log(f"train_classifier: {line}") if rt.main else None)
-    config = {"arch": arch, "dataset": dataset, "spec": spec, "seed": seed,
-              "train": {k: v for k, v in tp.items() if k != "threads"},
-              "data_hash": files_md5([data_dir / "train.npy", data_dir / "val.npy", data_dir / "manifest.csv"]),
-              "world": rt.world}
-    plan = Plan(steps=tp["steps"], seed=seed, period=tp["eval_every"], config=config, code=CODE, folder=ckpt_dir,
-                checkpoint_every=tp["eval_every"])
+    task = ClassifierTask(
+        f"{arch}_{dataset} seed {seed}",
+        built,
+        tp,
+        spec["lr"],
+        seed,
+        train,
+        val,
+        rt,
+        log=lambda line: log(f"train_classifier: {line}") if rt.main else None,
+    )
+    config = {
+        "arch": arch,
+        "dataset": dataset,
+        "spec": spec,
+        "seed": seed,
+        "train": {k: v for k, v in tp.items() if k != "threads"},
+        "data_hash": files_md5([data_dir / "train.npy", data_dir / "val.npy", data_dir / "manifest.csv"]),
+        "world": rt.world,
+    }
+    plan = TrainingPlan(
+        steps=tp["steps"],
+        seed=seed,
+        period=tp["eval_every"],
+        config=config,
+        code=CODE,
+        folder=ckpt_dir,
+        checkpoint_every=tp["eval_every"],
+    )
     fitted = fit(task, plan, rt, log=task.log)
     return task, _record(built, task, config, fitted.config_hash, fitted.resumed_from, rt)
 
 
-def _record(built: Built, task: ClassifierTask, config: dict[str, Any], h: str, resumed_from: int | None,
-            rt: Runtime) -> dict[str, Any]:
+def _record(
+    built: Built, task: ClassifierTask, config: dict[str, Any], h: str, resumed_from: int | None, rt: Runtime
+) -> dict[str, Any]:
     """model_config.json: what was built, on what data, how it trained (no wall-clock time: same run, same bytes).
     steps_run x batch = images_seen; epochs_equivalent = images_seen / n_train."""
     import timm
@@ -305,17 +388,35 @@ def _record(built: Built, task: ClassifierTask, config: dict[str, Any], h: str, 
     tp, ys = task.tp, task.ys
     counts = np.bincount(ys, minlength=2)
     steps_run = task.history[-1]["step"] if task.history else 0
-    return {**built.info, "classes": list(LABELS), "positive_class": LABELS[1], "dataset": config["dataset"],
-            "seed": task.seed, "params": {"train": tp, "model": config["spec"]}, "data_hash": config["data_hash"],
-            "config_hash": h, "n_train": int(len(ys)), "n_val": int(len(task.yv)),
-            "train_counts": {c: int(n) for c, n in zip(LABELS, counts)}, "imbalance": tp["imbalance"],
-            "steps": tp["steps"], "steps_run": steps_run, "batch_size": task.batch,
-            "images_seen": steps_run * task.batch, "epochs_equivalent": round(steps_run * task.batch / len(ys), 4),
-            "best_step": task.best["step"], "val_auroc": task.best["auroc"], "val_loss": task.best.get("loss"),
-            "stopped_early": steps_run < tp["steps"], "resumed_after_step": resumed_from,
-            "history": task.history, "device": str(rt.device), "processes": rt.world,
-            "precision": "float32" if rt.amp is None else f"{rt.amp} autocast".replace("torch.", ""),
-            "versions": {"torch": torch.__version__, "timm": timm.__version__}}
+    return {
+        **built.info,
+        "classes": list(LABELS),
+        "positive_class": LABELS[1],
+        "dataset": config["dataset"],
+        "seed": task.seed,
+        "params": {"train": tp, "model": config["spec"]},
+        "data_hash": config["data_hash"],
+        "config_hash": h,
+        "n_train": int(len(ys)),
+        "n_val": int(len(task.yv)),
+        "train_counts": {c: int(n) for c, n in zip(LABELS, counts)},
+        "imbalance": tp["imbalance"],
+        "steps": tp["steps"],
+        "steps_run": steps_run,
+        "batch_size": task.batch,
+        "images_seen": steps_run * task.batch,
+        "epochs_equivalent": round(steps_run * task.batch / len(ys), 4),
+        "best_step": task.best["step"],
+        "val_auroc": task.best["auroc"],
+        "val_loss": task.best.get("loss"),
+        "stopped_early": steps_run < tp["steps"],
+        "resumed_after_step": resumed_from,
+        "history": task.history,
+        "device": str(rt.device),
+        "processes": rt.world,
+        "precision": "float32" if rt.amp is None else f"{rt.amp} autocast".replace("torch.", ""),
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+    }
 
 
 WEIGHTS = "model.safetensors"  # the export package's weights file has this name and, for the same cell, these bytes

@@ -23,7 +23,7 @@ from melanoma.data.images import md5_bytes
 from melanoma.data.split import near_duplicate_pairs
 from melanoma.errors import MelanomaError, first_line
 from melanoma.io import atomic_dir, read_csv, write_csv
-from melanoma.params import DATASETS, LABELS, synthetic_counts
+from melanoma.params import DATASET_SOURCES, LABELS, synthetic_counts
 
 EVAL_SPLITS = ("val", "test", "external_test")
 
@@ -159,14 +159,14 @@ def build_dataset(name: str, params: dict[str, Any], real: Path, synthetic: Path
     """One of the five datasets from the decoded real packs (`real`, the decode stage's folder) and, for the
     augmented ones, the synthetic shards of its family under `synthetic`; writes `out` (packs, manifest.csv,
     stats.json) and returns the stats. Raises DatasetError, LeakageError."""
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name}; expected one of {', '.join(DATASETS)}")
+    if name not in DATASET_SOURCES:
+        raise DatasetError(f"unknown dataset {name}; expected one of {', '.join(DATASET_SOURCES)}")
     d = params["datasets"]
     size = d["image_size"]
     rows, packs = _real(real, size)
     if "train" not in rows or "val" not in rows:
         raise DatasetError(f"{real} has no train or val images; rerun `dvc repro split decode`")
-    source = DATASETS[name]
+    source = DATASET_SOURCES[name]
     if source:
         want = synthetic_counts({c: sum(r["label"] == c for r in rows["train"]) for c in LABELS}, d["per_class"])
         for label in LABELS:

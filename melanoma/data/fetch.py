@@ -39,8 +39,9 @@ from melanoma.errors import first_line
 from melanoma.data.images import (IMAGE_SUFFIXES, MAX_BYTES, MAX_PIXELS, Decoded, ImageRejected, decode_image,
                                   encode_png, md5_bytes)
 from melanoma.data.releases import (PARENTS, UNPACKED, Candidate, FetchError, Offer, files_under, map_label,
-                                    read_csv_source, read_folder, top_reasons)
+                                    read_csv_source, read_folder)
 from melanoma.io import atomic_dir, write_csv
+from melanoma.text import top_reasons
 from melanoma.params import LABELS
 from melanoma.paths import CARD, THUMBNAILS
 
@@ -232,7 +233,7 @@ def find_dataset_root(folder: Path, label_map: dict[str, str]) -> Path:
     if not found:
         raise FetchError(f"no dataset found under {folder}: expected class folders (benign/ and malignant/, or "
                          "names in data.label_map), train/ and test/ folders, or a release's tables with its "
-                         "images (see the README)")
+                         "images (see docs/data.md)")
     return found[0]
 
 

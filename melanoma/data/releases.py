@@ -6,7 +6,7 @@ A folder is read in three steps:
    attribution texts, `__MACOSX/`, AppleDouble `._*` files, DICOM/TFRecord copies, segmentation masks and
    superpixel maps named `*_segmentation`, `*_lesion`, `*_roi`, `*_superpixels`, `*_mask`) or something else.
    Sidecars are *skipped*: counted and listed, never stored, never counted against `data.max_reject_fraction`.
-2. **Tables**: each CSV is recognised by its header (`RELEASE_FORMATS`, documented in the README's table):
+2. **Tables**: each CSV is recognised by its header (`RELEASE_FORMATS`, documented in docs/data.md):
    label tables give each image a diagnosis (canonical terms below) and, where the release states it,
    benign/malignant; side tables (ISIC 2019 metadata, ISIC 2018 lesion groupings, ISIC 2017 metadata, ISIC 2020
    test.csv) add lesion_id, patient_id, age, sex and site. A table whose name says *test* is the official test
@@ -33,6 +33,7 @@ from melanoma.data.images import IMAGE_SUFFIXES
 from melanoma.errors import MelanomaError
 from melanoma.io import read_small, regular_file
 from melanoma.params import FORMATS, LABELS, PLACEHOLDER_IDS
+from melanoma.text import fs_text, safe_id, top_reasons
 
 RELEASE_FORMATS = FORMATS[2:]  # the releases whose tables this module reads
 
@@ -110,25 +111,6 @@ class Offer:
         self.excluded += other.excluded
         self.tables += other.tables
         self.diagnoses += other.diagnoses
-
-
-def printable(text: str) -> str:
-    """A path as CSVs and messages can hold it: file-name bytes that are not UTF-8 shown as \\xNN."""
-    return os.fsencode(text).decode("utf-8", "backslashreplace")
-
-
-def safe_id(text: str, limit: int = 80) -> str:
-    """A manifest id that every filesystem and CSV takes: letters, digits, '.', '_', '-' only, at most `limit` + 9
-    characters; any other name gets a short md5 of the original so that distinct names stay distinct."""
-    clean = re.sub(r"[^A-Za-z0-9._-]", "_", printable(text))
-    if clean == text and len(text) <= limit:
-        return text
-    return f"{clean[:limit]}-{hashlib.md5(os.fsencode(text)).hexdigest()[:8]}"
-
-
-def top_reasons(pairs: list[tuple[str, str]], n: int = 5) -> str:
-    """'12x reason; 3x other reason' for the n most common reasons of (file, reason) pairs."""
-    return "; ".join(f"{k}x {r}" for r, k in Counter(r for _, r in pairs).most_common(n))
 
 
 # ---------------------------------------------------------------- labels
@@ -246,7 +228,7 @@ class Walk:
 
     def rel(self, f: Path) -> str:
         """A path as rejected.csv names it: relative to the root (a table outside it: its name)."""
-        return printable(f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else f.name)
+        return fs_text(f.relative_to(self.root).as_posix() if f.is_relative_to(self.root) else f.name)
 
 
 def files_under(root: Path, odd: list[Path] | None = None) -> list[Path]:
@@ -413,7 +395,7 @@ def table_kind(path: Path, head: list[str]) -> str:
         return "side"
     raise FetchError(
         f"{path}: not a table this product reads (header: {', '.join(head[:8])}); expected an ISIC 2016-2020, "
-        "HAM10000 or ISIC Archive ground truth / metadata CSV (see the README's table of releases), or move "
+        "HAM10000 or ISIC Archive ground truth / metadata CSV (see docs/data.md), or move "
         "the file out of the dataset folder")
 
 
@@ -661,7 +643,7 @@ def read_folder(root: Path, label_map: dict[str, str], fmt: str = "auto", source
     """
     if not root.is_dir():
         raise FetchError(f"data.local.path: folder {root} does not exist; point it at a folder with "
-                         "benign/ and malignant/ subfolders, or a release as downloaded (see the README)")
+                         "benign/ and malignant/ subfolders, or a release as downloaded (see docs/data.md)")
     canonical_map(label_map)
     w = walk(root)
     tables = [] if fmt == "folders" else [read_table(t, label_map) for t in w.tables]
@@ -684,7 +666,7 @@ def read_folder(root: Path, label_map: dict[str, str], fmt: str = "auto", source
         if not unlabelled:
             raise
         raise FetchError(f"{e}. Note: {', '.join(unlabelled)} has image ids but no label column this product "
-                         "reads (see the README's table of releases)") from None
+                         "reads (see docs/data.md, 'Public releases, as downloaded')") from None
 
 
 PARENTS = {"train": "main", "val": "main", "valid": "main", "validation": "main", "test": "external_test"}

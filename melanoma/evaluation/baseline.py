@@ -6,6 +6,7 @@ threshold chosen on val by the same rule as every cell, and it is scored on the 
 scikit-learn's StandardScaler + LogisticRegression (L2, class_weight="balanced": both classes weigh the same,
 as balanced sampling makes them for the networks). Deterministic: one "seed".
 """
+
 from __future__ import annotations
 
 import json
@@ -51,9 +52,22 @@ def features(images: np.ndarray) -> np.ndarray:
     gy, gx = np.gradient(grey, axis=(1, 2))
     mag = np.hypot(gx, gy).reshape(n, -1)
     cols.append(np.stack([mag.mean(1), mag.std(1)], 1))
-    cols.append(np.stack([(np.abs(grey[:, :, d:] - grey[:, :, :-d]).mean((1, 2))
-                           + np.abs(grey[:, d:, :] - grey[:, :-d, :]).mean((1, 2))) / 2 for d in (1, 2, 4)], 1))
-    cols.append(np.stack([np.abs(grey - grey[:, :, ::-1]).mean((1, 2)), np.abs(grey - grey[:, ::-1, :]).mean((1, 2))], 1))
+    cols.append(
+        np.stack(
+            [
+                (
+                    np.abs(grey[:, :, d:] - grey[:, :, :-d]).mean((1, 2))
+                    + np.abs(grey[:, d:, :] - grey[:, :-d, :]).mean((1, 2))
+                )
+                / 2
+                for d in (1, 2, 4)
+            ],
+            1,
+        )
+    )
+    cols.append(
+        np.stack([np.abs(grey - grey[:, :, ::-1]).mean((1, 2)), np.abs(grey - grey[:, ::-1, :]).mean((1, 2))], 1)
+    )
     g = grey.reshape(n, -1)
     cols.append(np.stack([g.mean(1), g.std(1), (g < 0.3).mean(1)], 1))
     return np.concatenate(cols, axis=1)
@@ -78,10 +92,23 @@ def run_baseline(params: dict[str, Any], data_dir: Path, out: Path) -> dict[str,
     splits = eval_splits(data_dir)
     probs = {0: {s: model.predict_proba(features(x))[:, 1].astype(np.float64) for s, (x, _) in splits.items()}}
     ep = params["evaluate"]
-    result: dict[str, Any] = {"arch": BASELINE, "dataset": data_dir.name, "model": MODEL,
-                              "parameters": int(model[-1].coef_.size + model[-1].intercept_.size)}
+    result: dict[str, Any] = {
+        "arch": BASELINE,
+        "dataset": data_dir.name,
+        "model": MODEL,
+        "parameters": int(model[-1].coef_.size + model[-1].intercept_.size),
+    }
     with atomic_dir(out) as tmp:
-        result.update(score_seeds(tmp, f"{BASELINE}_{data_dir.name}", {s: y for s, (_, y) in splits.items()},
-                                  {s: split_ids(data_dir, s) for s in splits}, probs, 0, ep))
+        result.update(
+            score_seeds(
+                tmp,
+                f"{BASELINE}_{data_dir.name}",
+                {s: y for s, (_, y) in splits.items()},
+                {s: split_ids(data_dir, s) for s in splits},
+                probs,
+                0,
+                ep,
+            )
+        )
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

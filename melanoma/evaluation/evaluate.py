@@ -8,6 +8,7 @@ AUROC, sensitivity, specificity and balanced accuracy, a 95 % CI from the seed x
 packages it, and its curves (ROC, PR, calibration CSVs that dvc.yaml's `plots:` render), confusion matrices,
 classification reports and GradCAM overlays sit at the top of the cell's folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ from melanoma.params import LABELS
 def _norm(cfg: dict[str, Any], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """The cell's normalisation mean and std as (1, 3, 1, 1) float32 tensors on the runtime's device."""
     norm = cfg["normalisation"]
-    return (torch.tensor(norm["mean"], device=rt.device).view(1, 3, 1, 1),
-            torch.tensor(norm["std"], device=rt.device).view(1, 3, 1, 1))
+    return (
+        torch.tensor(norm["mean"], device=rt.device).view(1, 3, 1, 1),
+        torch.tensor(norm["std"], device=rt.device).view(1, 3, 1, 1),
+    )
 
 
 def _predict(model: torch.nn.Module, cfg: dict[str, Any], images: np.ndarray, batch: int, rt: Runtime) -> np.ndarray:
@@ -42,9 +45,19 @@ def _predict(model: torch.nn.Module, cfg: dict[str, Any], images: np.ndarray, ba
 OUTCOME = {"true_positive": "TP", "false_negative": "FN", "false_positive": "FP", "true_negative": "TN"}
 
 
-def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray,
-                      y: np.ndarray, p: np.ndarray, thr: float, ids: list[str], ep: dict[str, Any],
-                      rt: Runtime) -> None:
+def _gradcam_overlays(
+    folder: Path,
+    arch: str,
+    model: torch.nn.Module,
+    cfg: dict[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    thr: float,
+    ids: list[str],
+    ep: dict[str, Any],
+    rt: Runtime,
+) -> None:
     """GradCAM on a seeded choice of real test images per outcome (TP, FN, FP, TN), for their true label,
     computed on the runtime's device in float32. Each overlay carries its outcome and P(malignant); index.csv
     names the layer explained (gradcam.target: the deepest with a map of >= 4 x 4 cells)."""
@@ -66,13 +79,22 @@ def _gradcam_overlays(folder: Path, arch: str, model: torch.nn.Module, cfg: dict
                 name = f"{group}_{ids[i]}.png"
                 caption = f"{OUTCOME[group]}  P={p[i]:.2f}"
                 Image.fromarray(gradcam.overlay(x[i], next(heat), caption=caption)).save(folder / name)
-                rows.append({"file": name, "group": group, "id": ids[i], "label": LABELS[int(y[i])],
-                             "p_malignant": f"{p[i]:.6f}", "layer": at.describe(x.shape[1])})
+                rows.append(
+                    {
+                        "file": name,
+                        "group": group,
+                        "id": ids[i],
+                        "label": LABELS[int(y[i])],
+                        "p_malignant": f"{p[i]:.6f}",
+                        "layer": at.describe(x.shape[1]),
+                    }
+                )
     write_csv(folder / "index.csv", rows, ["file", "group", "id", "label", "p_malignant", "layer"])
 
 
-def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Path, data_dir: Path,
-                  out: Path, rt: Runtime = Runtime()) -> dict[str, Any]:
+def evaluate_cell(
+    arch: str, dataset: str, params: dict[str, Any], model_dir: Path, data_dir: Path, out: Path, rt: Runtime = Runtime()
+) -> dict[str, Any]:
     """Evaluate every seed of one trained cell (model_dir/seed_<k>/) on val (thresholds), test and external
     test; write everything to `out`. Inference and GradCAM run on `rt`'s device; metrics on the host.
 
@@ -84,8 +106,10 @@ def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Pa
     folders = {k: model_dir / f"seed_{k}" for k in seeds}
     missing = [k for k, f in folders.items() if not (f / "model_config.json").is_file()]
     if missing:
-        raise DatasetError(f"no trained model in {folders[missing[0]]}; run `dvc repro train_classifier@{arch}-"
-                           f"{dataset}` (classifiers.seeds changed since it ran?)")
+        raise DatasetError(
+            f"no trained model in {folders[missing[0]]}; run `dvc repro train_classifier@{arch}-"
+            f"{dataset}` (classifiers.seeds changed since it ran?)"
+        )
     batch = params["classifiers"]["train"]["eval_batch_size"]
     splits = eval_splits(data_dir)
     cfg = {k: read_config(folders[k] / "model_config.json") for k in seeds}
@@ -99,17 +123,36 @@ def evaluate_cell(arch: str, dataset: str, params: dict[str, Any], model_dir: Pa
             kept = model
     c = cfg[packaged]
     built = c["model"] + (" " + json.dumps(c["kwargs"], separators=(",", ":")) if c["kwargs"] else "")
-    result: dict[str, Any] = {"arch": arch, "dataset": dataset, "model": built, "parameters": c["parameters"],
-                              "training": {str(k): {f: cfg[k][f] for f in ("steps", "steps_run", "batch_size",
-                                                                            "images_seen", "epochs_equivalent",
-                                                                            "imbalance", "val_auroc", "best_step")}
-                                           for k in seeds}}
+    result: dict[str, Any] = {
+        "arch": arch,
+        "dataset": dataset,
+        "model": built,
+        "parameters": c["parameters"],
+        "training": {
+            str(k): {
+                f: cfg[k][f]
+                for f in (
+                    "steps",
+                    "steps_run",
+                    "batch_size",
+                    "images_seen",
+                    "epochs_equivalent",
+                    "imbalance",
+                    "val_auroc",
+                    "best_step",
+                )
+            }
+            for k in seeds
+        },
+    }
     ids = {s: split_ids(data_dir, s) for s in splits}
     with atomic_dir(out) as tmp:
-        result.update(score_seeds(tmp, f"{arch}_{dataset}", {s: y for s, (_, y) in splits.items()}, ids, probs,
-                                  packaged, ep))
+        result.update(
+            score_seeds(tmp, f"{arch}_{dataset}", {s: y for s, (_, y) in splits.items()}, ids, probs, packaged, ep)
+        )
         x, y = splits["test"]
-        _gradcam_overlays(tmp / "gradcam", arch, kept, c, x, y, probs[packaged]["test"],
-                          result["threshold"], ids["test"], ep, rt)
+        _gradcam_overlays(
+            tmp / "gradcam", arch, kept, c, x, y, probs[packaged]["test"], result["threshold"], ids["test"], ep, rt
+        )
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

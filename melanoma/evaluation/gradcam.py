@@ -1,15 +1,18 @@
 """GradCAM (Selvaraju et al., 2017) for every classifier family, on real test images with their *true* labels.
 
 Computed here in a few lines of torch rather than through pytorch-grad-cam: the library pulled scikit-learn,
-SciPy and OpenCV into every `evaluate` process (about 3 s of imports), for a channel-weighted sum. tests/test_gradcam.py checks these maps against pytorch-grad-cam's GradCAM on every family.
+SciPy and OpenCV into every `evaluate` process (about 3 s of imports), for a channel-weighted sum.
+tests/test_gradcam.py checks these maps against pytorch-grad-cam's GradCAM on every family.
 
-The classifier registry (`melanoma.classifiers.FAMILIES`) names, per family, the layers whose activations may be
-explained (deepest first) and, for token-based models, how to fold tokens back into a (B, C, H, W) map: ViT/BioViT
+The classifier registry (`melanoma.classifiers.registry.FAMILIES`) names, per family, the layers whose
+activations may be explained (deepest first) and, for token-based models, how to fold tokens back into a
+(B, C, H, W) map: ViT/BioViT
 drop the class token and reshape the patch grid; timm's Swin blocks already return (B, H, W, C). A map is as coarse
 as its layer: the last stage of the CNNs, Swin and MedViT is input/32, i.e. 1 x 1 at the demo's 32 px (a uniform
 wash that explains nothing). `target` therefore explains the deepest layer whose map has at least MIN_CELLS x
 MIN_CELLS cells at the input size (at 32 px: the stride-8 stage; at 224 px: the last one, 7 x 7) and names it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from melanoma.classifiers import Fold, family
+from melanoma.classifiers.registry import Fold, family
 from melanoma.data.images import font
 
 MIN_CELLS = 4  # a map coarser than 4 x 4 cannot say where in the lesion the evidence is
@@ -127,7 +130,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, scale: int = 4, caption: str = 
     h, w = big.shape[:2]
     bar = np.full((h, 34, 3), 255, np.uint8)
     ramp = np.uint8(255 * _jet(np.linspace(1, 0, h - 12)))  # top row = 1
-    bar[6:h - 6, 4:12] = ramp[:, None, :]
+    bar[6 : h - 6, 4:12] = ramp[:, None, :]
     if caption and not heat.max() > 0:
         caption += "  empty map"
     strip = 14 if caption else 0
@@ -145,8 +148,12 @@ def overlay(image: np.ndarray, heat: np.ndarray, scale: int = 4, caption: str = 
 def pick(labels: np.ndarray, pred: np.ndarray, per_group: int, seed: int) -> dict[str, list[int]]:
     """A fixed, seeded choice of test indices per outcome: true/false positives and negatives."""
     rng = np.random.default_rng(seed)
-    groups = {"true_positive": (labels == 1) & (pred == 1), "false_negative": (labels == 1) & (pred == 0),
-              "false_positive": (labels == 0) & (pred == 1), "true_negative": (labels == 0) & (pred == 0)}
+    groups = {
+        "true_positive": (labels == 1) & (pred == 1),
+        "false_negative": (labels == 1) & (pred == 0),
+        "false_positive": (labels == 0) & (pred == 1),
+        "true_negative": (labels == 0) & (pred == 0),
+    }
     out = {}
     for name, mask in groups.items():
         idx = np.flatnonzero(mask)

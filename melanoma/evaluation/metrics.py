@@ -7,6 +7,7 @@ treat tied scores the standard way (ties counted half). All of it is plain numpy
 costs each of the 30 training processes ~1 s), checked against scikit-learn and against the ISIC Challenge's
 own scoring package in the tests.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,18 @@ import numpy as np
 
 from melanoma.errors import MelanomaError
 
-SEED_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "mcc",
-                "brier", "ece")  # what the grid summarises over seeds (mean, sd) per held-out split
+SEED_METRICS = (
+    "auroc",
+    "auprc",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "mcc",
+    "brier",
+    "ece",
+)  # what the grid summarises over seeds (mean, sd) per held-out split
 
 
 class MetricError(MelanomaError, ValueError):
@@ -52,8 +63,10 @@ def _check(labels: np.ndarray, probs: np.ndarray, where: str) -> tuple[np.ndarra
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == len(y):
         only = "malignant" if n_pos else "benign"
-        raise MetricError(f"{where} has only {only} images ({len(y)}): sensitivity, specificity and AUROC need both "
-                          "classes; check the split (split.val_fraction / split.test_fraction) and the data")
+        raise MetricError(
+            f"{where} has only {only} images ({len(y)}): sensitivity, specificity and AUROC need both "
+            "classes; check the split (split.val_fraction / split.test_fraction) and the data"
+        )
     return y, p
 
 
@@ -85,8 +98,12 @@ def average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, int]:
     y, pred = np.asarray(labels).astype(bool), np.asarray(probs) >= threshold
-    return {"tp": int((y & pred).sum()), "fn": int((y & ~pred).sum()), "fp": int((~y & pred).sum()),
-            "tn": int((~y & ~pred).sum())}
+    return {
+        "tp": int((y & pred).sum()),
+        "fn": int((y & ~pred).sum()),
+        "fp": int((~y & pred).sum()),
+        "tn": int((~y & ~pred).sum()),
+    }
 
 
 def _ratio(a: float, b: float) -> float:
@@ -100,9 +117,16 @@ def at_threshold(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dic
     sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     prec = _ratio(tp, tp + fp)
     denom = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return {"accuracy": (tp + tn) / (tp + tn + fp + fn), "balanced_accuracy": (sens + spec) / 2,
-            "sensitivity": sens, "specificity": spec, "precision": prec,
-            "f1": _ratio(2 * prec * sens, prec + sens), "mcc": _ratio(tp * tn - fp * fn, denom), "confusion": c}
+    return {
+        "accuracy": (tp + tn) / (tp + tn + fp + fn),
+        "balanced_accuracy": (sens + spec) / 2,
+        "sensitivity": sens,
+        "specificity": spec,
+        "precision": prec,
+        "f1": _ratio(2 * prec * sens, prec + sens),
+        "mcc": _ratio(tp * tn - fp * fn, denom),
+        "confusion": c,
+    }
 
 
 def brier(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -125,8 +149,9 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     return float(np.sum(c["count"] * np.abs(c["fraction_malignant"] - c["mean_predicted"])) / c["count"].sum())
 
 
-def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: float,
-                     weights: np.ndarray | None = None) -> float:
+def choose_threshold(
+    labels: np.ndarray, probs: np.ndarray, rule: str, target: float, weights: np.ndarray | None = None
+) -> float:
     """The decision threshold, from val only (one of `probs`; malignant when p >= threshold): Youden's J (max
     sensitivity + specificity - 1; Youden 1950), or the highest threshold whose sensitivity reaches `target`,
     over scikit-learn's ROC curve at every distinct score. Ties in J go to the higher threshold (fewer false
@@ -149,6 +174,13 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: f
 
 def point_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, where: str = "test") -> dict[str, Any]:
     y, p = _check(labels, probs, where)
-    return {"n": int(len(y)), "n_malignant": int(y.sum()), "threshold": float(threshold), "auroc": auroc(y, p),
-            "auprc": average_precision(y, p), **at_threshold(y, p, threshold), "brier": brier(y, p),
-            "ece": expected_calibration_error(y, p)}
+    return {
+        "n": int(len(y)),
+        "n_malignant": int(y.sum()),
+        "threshold": float(threshold),
+        "auroc": auroc(y, p),
+        "auprc": average_precision(y, p),
+        **at_threshold(y, p, threshold),
+        "brier": brier(y, p),
+        "ece": expected_calibration_error(y, p),
+    }

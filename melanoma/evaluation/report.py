@@ -8,22 +8,23 @@ and the split/dataset summaries. Outputs: `results/grid.csv`, `results/cells/<Ar
 verdicts), `results/report/` (forest plot, heatmap, ROC per arch, comparisons.csv) and `results/report.html`, a single
 self-contained page (images inlined).
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import io
 import json
-import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from melanoma.errors import MelanomaError, printable
 from melanoma.evaluation import verdict as vd
 from melanoma.evaluation.metrics import SEED_METRICS, point_metrics
-from melanoma.io import atomic_dir, read_csv, write_csv
+from melanoma.io import atomic_dir, read_csv, staged_files, write_csv
 from melanoma.params import GENERATORS, LABELS, passes
 from melanoma.paths import BASELINE, CARD
 
@@ -33,10 +34,34 @@ DVC_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificit
 # the page's grid: the metrics that fit a 1280 px screen beside the names (precision, F1 and MCC: grid.csv)
 PAGE_METRICS = ("auroc", "auprc", "balanced_accuracy", "sensitivity", "specificity", "brier", "ece")
 # every metric is the mean over seeds, `_sd` its sd over seeds, `_ci_low/_ci_high` the seed x image 95 % CI
-COLUMNS = ["arch", "dataset", "split", "model", "seeds", *[c for m in SEED_METRICS for c in
-           ((m, f"{m}_sd", f"{m}_ci_low", f"{m}_ci_high") if m in CI_METRICS else (m, f"{m}_sd"))]]
-COMPARISON_COLUMNS = ["arch", "dataset", "split", "archs", "seeds", "images", "resamples", "difference", "ci_low", "ci_high", "seed_sd",
-                      "p_value", "p_holm", "verdict"]
+COLUMNS = [
+    "arch",
+    "dataset",
+    "split",
+    "model",
+    "seeds",
+    *[
+        c
+        for m in SEED_METRICS
+        for c in ((m, f"{m}_sd", f"{m}_ci_low", f"{m}_ci_high") if m in CI_METRICS else (m, f"{m}_sd"))
+    ],
+]
+COMPARISON_COLUMNS = [
+    "arch",
+    "dataset",
+    "split",
+    "archs",
+    "seeds",
+    "images",
+    "resamples",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "seed_sd",
+    "p_value",
+    "p_holm",
+    "verdict",
+]
 
 
 def _esc(text: object, quote: bool = True) -> str:
@@ -74,12 +99,20 @@ def _constant_row(rule: str, split: str, model: str, y: np.ndarray, p: np.ndarra
 
 def baselines(y: np.ndarray, prevalence: float, split: str = "test") -> list[dict[str, Any]]:
     """Trivial rules on the same held-out images: everything malignant, and a constant P = train prevalence."""
-    return [_constant_row("all-malignant", split, "P(malignant) = 1 for every image", y, np.ones(len(y))),
-            _constant_row("prevalence", split, f"P(malignant) = {prevalence:.3f} (train prevalence), threshold 0.5",
-                          y, np.full(len(y), prevalence))]
+    return [
+        _constant_row("all-malignant", split, "P(malignant) = 1 for every image", y, np.ones(len(y))),
+        _constant_row(
+            "prevalence",
+            split,
+            f"P(malignant) = {prevalence:.3f} (train prevalence), threshold 0.5",
+            y,
+            np.full(len(y), prevalence),
+        ),
+    ]
 
 
 # ---------------------------------------------------------------- figures
+
 
 def _plt():
     import matplotlib
@@ -93,11 +126,26 @@ def _plt():
 def heatmap(rows: list[dict[str, Any]], archs: list[str], datasets: list[str], splits: list[str], path: Path) -> None:
     """Mean AUROC over seeds, arch x dataset, one panel per held-out split (one colour scale for all)."""
     plt = _plt()
-    ms = [np.array([[next(r["auroc"] for r in rows if r["arch"] == a and r["dataset"] == d and r["split"] == s)
-                     for d in datasets] for a in archs]) for s in splits]
+    ms = [
+        np.array(
+            [
+                [
+                    next(r["auroc"] for r in rows if r["arch"] == a and r["dataset"] == d and r["split"] == s)
+                    for d in datasets
+                ]
+                for a in archs
+            ]
+        )
+        for s in splits
+    ]
     lo = min(0.5, *(m.min() for m in ms))
-    fig, axes = plt.subplots(1, len(splits), figsize=((1.4 * len(datasets) + 1.6) * len(splits) + 0.6,
-                                                      0.5 * len(archs) + 1.5), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(splits),
+        figsize=((1.4 * len(datasets) + 1.6) * len(splits) + 0.6, 0.5 * len(archs) + 1.5),
+        dpi=100,
+        squeeze=False,
+    )
     for ax, s, m in zip(axes[0], splits, ms):
         im = ax.imshow(m, cmap="viridis", vmin=lo, vmax=1.0)
         for (i, j), v in np.ndenumerate(m):
@@ -134,19 +182,27 @@ def forest_plot(per_arch: list[dict[str, Any]], pooled: list[dict[str, Any]], pa
     datasets = list(dict.fromkeys(r["dataset"] for r in pooled))
     archs = list(dict.fromkeys(r["arch"] for r in per_arch))
     n_rows = len(datasets) * (len(archs) + 2)
-    fig, axes = plt.subplots(1, len(splits), figsize=(4.6 * len(splits) + 1.6, 0.19 * n_rows + 1.2), dpi=100,
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(splits), figsize=(4.6 * len(splits) + 1.6, 0.19 * n_rows + 1.2), dpi=100, sharey=True, squeeze=False
+    )
     labels: list[tuple[int, str]] = []
     for ax, split in zip(axes[0], splits):
         labels, y = [], 0
         for d in datasets:
-            for r in [r for r in per_arch if r["split"] == split and r["dataset"] == d] + \
-                     [r for r in pooled if r["split"] == split and r["dataset"] == d]:
+            for r in [r for r in per_arch if r["split"] == split and r["dataset"] == d] + [
+                r for r in pooled if r["split"] == split and r["dataset"] == d
+            ]:
                 pooled_row = r["arch"] == "pooled"
                 colour = "C3" if r["verdict"] == -1 else "C2" if r["verdict"] == 1 else "C0"
                 ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="black" if pooled_row else "grey", lw=1.2)
-                ax.plot(r["difference"], y, marker="D" if pooled_row else "o", ms=7 if pooled_row else 4,
-                        color=colour, mfc="white" if pooled_row and r["verdict"] == 0 else colour)
+                ax.plot(
+                    r["difference"],
+                    y,
+                    marker="D" if pooled_row else "o",
+                    ms=7 if pooled_row else 4,
+                    color=colour,
+                    mfc="white" if pooled_row and r["verdict"] == 0 else colour,
+                )
                 labels.append((y, f"{d} pooled" if pooled_row else f"{d} {r['arch']}"))
                 y += 1
             y += 1
@@ -180,11 +236,12 @@ def sample_sheet(shard: Path, n: int = 16, cols: int = 8) -> np.ndarray:
     h, w = images.shape[1:3]
     canvas = np.full((rows * h, cols * w, 3), 255, np.uint8)
     for i, im in enumerate(images):
-        canvas[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
+        canvas[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = im
     return canvas
 
 
 # ---------------------------------------------------------------- the page
+
 
 class Html(str):
     """Markup the page shows as is (everything else in a table is escaped)."""
@@ -225,14 +282,17 @@ def _cell(r: dict[str, Any], k: str) -> Html:
         return Html("")
     lo, hi = r.get(f"{k}_ci_low"), r.get(f"{k}_ci_high")
     sd = r.get(f"{k}_sd")
-    return Html(f"{r[k]:.3f}" + (f"&thinsp;±&thinsp;{sd:.3f}" if sd is not None else "")
-                + (f"<br><span class='ci'>[{lo:.3f}, {hi:.3f}]</span>" if lo is not None else ""))
+    return Html(
+        f"{r[k]:.3f}"
+        + (f"&thinsp;±&thinsp;{sd:.3f}" if sd is not None else "")
+        + (f"<br><span class='ci'>[{lo:.3f}, {hi:.3f}]</span>" if lo is not None else "")
+    )
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 6px;
 text-align:right;white-space:nowrap}th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}img{max-width:100%}
-.gallery img{margin:2px;border:1px solid #ddd}.ci{color:#666;font-size:11px}.note{color:#555;font-size:13px}h2{border-bottom:1px solid #ddd}"""
+.gallery img{margin:2px;border:1px solid #ddd}.ci{color:#666;font-size:11px}.note{color:#555;font-size:13px}h2{border-bottom:1px solid #ddd}"""  # noqa: E501
 CHECK = """<script>window.addEventListener('load',function(){var b=0;for(const i of document.images){
 if(!i.complete||i.naturalWidth===0)b++}document.body.dataset.brokenImages=b;document.body.dataset.images=
 document.images.length;var g=document.getElementById('grid');if(g)document.body.dataset.gridWidth=
@@ -242,82 +302,115 @@ Math.ceil(g.getBoundingClientRect().right);});</script>"""
 def _verdict_section(ctx: dict[str, Any]) -> list[str]:
     v = ctx["verdict"]
     if not v["pooled"]:
-        return ["<h2 id='verdict'>Verdict</h2><p>No augmented dataset in classifiers.datasets (or no Original to "
-                "compare with): there is nothing to compare.</p>"]
-    pooled = [{**r, "effect": f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-               "verdict": vd.WORDS[r["verdict"]]} for r in v["pooled"]]
-    return ["<h2 id='verdict'>Verdict: does synthetic augmentation help?</h2>",
-            "<ul id='verdict-sentences'>" + "".join(f"<li>{_esc(t)}</li>" for t in v["sentences"]) + "</ul>",
-            f"<img alt='forest plot' src='{_png_uri(ctx['forest'])}'>",
-            _table(pooled, ["dataset", "split", "archs", "images", "effect", "p_value", "p_holm", "verdict"],
-                   "pooled"),
-            f"<p class='note'>Effect: mean over seeds and architectures of AUROC(augmented) - AUROC(Original) "
-            f"on the same images, unadjusted 95 % CI from a seed x image bootstrap "
-            f"({' / '.join(f'{b:,}' for b in v['resamples'])} resamples: enough that Holm's first step can reach "
-            f"0.005); p-values two-sided, Holm-adjusted at {vd.ALPHA} over the {len(v['pooled'])} pooled effects "
-            f"and, separately, over the {len(v['comparisons'])} per-architecture comparisons (table below). A "
-            f"verdict other than 'no evidence' needs an adjusted p below {vd.ALPHA}. Method and sources: README, "
-            "Evaluation.</p>",
-            "<h3>What this evidence can and cannot say</h3>",
-            "<ul id='limitations'>" + "".join(f"<li>{_esc(t)}</li>" for t in v["limitations"]) + "</ul>"]
+        return [
+            "<h2 id='verdict'>Verdict</h2><p>No augmented dataset in classifiers.datasets (or no Original to "
+            "compare with): there is nothing to compare.</p>"
+        ]
+    pooled = [
+        {
+            **r,
+            "effect": f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+            "verdict": vd.WORDS[r["verdict"]],
+        }
+        for r in v["pooled"]
+    ]
+    return [
+        "<h2 id='verdict'>Verdict: does synthetic augmentation help?</h2>",
+        "<ul id='verdict-sentences'>" + "".join(f"<li>{_esc(t)}</li>" for t in v["sentences"]) + "</ul>",
+        f"<img alt='forest plot' src='{_png_uri(ctx['forest'])}'>",
+        _table(pooled, ["dataset", "split", "archs", "images", "effect", "p_value", "p_holm", "verdict"], "pooled"),
+        f"<p class='note'>Effect: mean over seeds and architectures of AUROC(augmented) - AUROC(Original) "
+        f"on the same images, unadjusted 95 % CI from a seed x image bootstrap "
+        f"({' / '.join(f'{b:,}' for b in v['resamples'])} resamples: enough that Holm's first step can reach "
+        f"0.005); p-values two-sided, Holm-adjusted at {vd.ALPHA} over the {len(v['pooled'])} pooled effects "
+        f"and, separately, over the {len(v['comparisons'])} per-architecture comparisons (table below). A "
+        f"verdict other than 'no evidence' needs an adjusted p below {vd.ALPHA}. Method and sources: "
+        "docs/evaluation.md.</p>",
+        "<h3>What this evidence can and cannot say</h3>",
+        "<ul id='limitations'>" + "".join(f"<li>{_esc(t)}</li>" for t in v["limitations"]) + "</ul>",
+    ]
 
 
 def render_html(ctx: dict[str, Any]) -> str:
     grid = ctx["grid"]
-    display = [{"arch": r["arch"], "dataset": r["dataset"], "split": r["split"], "model": _model_cell(r["model"]),
-                **{k: _cell(r, k) for k in PAGE_METRICS}} for r in grid]
+    display = [
+        {
+            "arch": r["arch"],
+            "dataset": r["dataset"],
+            "split": r["split"],
+            "model": _model_cell(r["model"]),
+            **{k: _cell(r, k) for k in PAGE_METRICS},
+        }
+        for r in grid
+    ]
     comps = [{**r, "verdict": vd.WORDS[r["verdict"]]} for r in ctx["comparisons"]]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>melanoma-synth report</title>"
-             f"<style>{STYLE}</style>{CHECK}</head><body>",
-             "<h1>Does synthetic augmentation help melanoma classifiers?</h1>",
-             f"<p class='note'>{_esc(ctx['profile'])}. Metrics on the held-out <b>test</b> split (and, where the "
-             "source has one, the <b>external test</b> set); each seed's decision threshold was chosen on val and "
-             "applied unchanged. Research use only, not a medical device.</p>",
-             *_verdict_section(ctx),
-             "<h2>Training sets</h2>",
-             _table([{**r, "synthetic_share": f"{r['synthetic_share']:.0%}"} for r in ctx["training_sets"]],
-                    ["dataset", "images", *LABELS, "synthetic_share", "passes"], "training-sets"),
-             "<p class='note'>Training images per dataset and class (every real train image, then synthetic "
-             "ones of the dataset's generator family: datasets.per_class), the synthetic share of each set, and "
-             "the passes over it that the training budget (the same optimiser steps for every dataset) makes. "
-             "Val and test are the same real images in every dataset.</p>",
-             "<h2>The grid</h2>",
-             f"<p class='note'>Each value: mean ± sd over the {ctx['seeds']} training seeds; AUROC, sensitivity, "
-             "specificity and balanced accuracy also carry a [95 % seed x image bootstrap CI]. The Baseline row is "
-             "colour/texture features + logistic regression on the same train split, and the two 'rule' rows are "
-             "trivial rules (all-malignant; a constant P = train prevalence): single deterministic runs, so no sd. "
-             "Precision, F1 and MCC per cell, and every value unrounded: results/grid.csv. "
-             f"{_esc(ctx['budget'])}</p>",
-             _table(display, ["arch", "dataset", "split", "model", *PAGE_METRICS], "grid"),
-             "<p class='note'>&dagger; hover over the model for the rest of its description: a member's constructor "
-             "kwargs, a rule's details (grid.csv and each cell's model_config.json give them in full).</p>",
-             f"<img alt='AUROC heatmap' src='{_png_uri(ctx['heatmap'])}'>",
-             "<h2>Augmented vs Original per architecture (same test images, seeds paired)</h2>",
-             _table(comps, COMPARISON_COLUMNS, "comparisons"),
-             "<h2>Near-identical training sets</h2>",
-             _table(ctx["verdict"]["twins"], ["pair", "images", "median_correlation", "mean_abs_difference",
-                                              "near_identical"], "twins") if ctx["verdict"]["twins"] else
-             "<p class='note'>No plain/upscaled pair in the grid.</p>",
-             "<h2>Data and split</h2>", _table(ctx["split_rows"], ["split", "benign", "malignant"], "split"),
-             f"<p class='note'>{_esc(ctx['split_note'])}</p>", *_data_section(ctx["card"], ctx["split"]),
-             "<h2>ROC curves per architecture</h2>",
-             "".join(f"<img alt='ROC {_esc(a)}' src='{_png_uri(b)}'>" for a, b in ctx["rocs"].items()),
-             "<h2>Generators</h2>", _table(ctx["generator_rows"], list(ctx["generator_rows"][0]) if
-                                             ctx["generator_rows"] else [], "generators"),
-             "<p class='note'>C2ST AUROC: a classifier telling real from synthetic (0.5 = indistinguishable). "
-             "Memorised: synthetic images closer to one real image than a third of the way to the next.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>melanoma-synth report</title>"
+        f"<style>{STYLE}</style>{CHECK}</head><body>",
+        "<h1>Does synthetic augmentation help melanoma classifiers?</h1>",
+        f"<p class='note'>{_esc(ctx['profile'])}. Metrics on the held-out <b>test</b> split (and, where the "
+        "source has one, the <b>external test</b> set); each seed's decision threshold was chosen on val and "
+        "applied unchanged. Research use only, not a medical device.</p>",
+        *_verdict_section(ctx),
+        "<h2>Training sets</h2>",
+        _table(
+            [{**r, "synthetic_share": f"{r['synthetic_share']:.0%}"} for r in ctx["training_sets"]],
+            ["dataset", "images", *LABELS, "synthetic_share", "passes"],
+            "training-sets",
+        ),
+        "<p class='note'>Training images per dataset and class (every real train image, then synthetic "
+        "ones of the dataset's generator family: datasets.per_class), the synthetic share of each set, and "
+        "the passes over it that the training budget (the same optimiser steps for every dataset) makes. "
+        "Val and test are the same real images in every dataset.</p>",
+        "<h2>The grid</h2>",
+        f"<p class='note'>Each value: mean ± sd over the {ctx['seeds']} training seeds; AUROC, sensitivity, "
+        "specificity and balanced accuracy also carry a [95 % seed x image bootstrap CI]. The Baseline row is "
+        "colour/texture features + logistic regression on the same train split, and the two 'rule' rows are "
+        "trivial rules (all-malignant; a constant P = train prevalence): single deterministic runs, so no sd. "
+        "Precision, F1 and MCC per cell, and every value unrounded: results/grid.csv. "
+        f"{_esc(ctx['budget'])}</p>",
+        _table(display, ["arch", "dataset", "split", "model", *PAGE_METRICS], "grid"),
+        "<p class='note'>&dagger; hover over the model for the rest of its description: a member's constructor "
+        "kwargs, a rule's details (grid.csv and each cell's model_config.json give them in full).</p>",
+        f"<img alt='AUROC heatmap' src='{_png_uri(ctx['heatmap'])}'>",
+        "<h2>Augmented vs Original per architecture (same test images, seeds paired)</h2>",
+        _table(comps, COMPARISON_COLUMNS, "comparisons"),
+        "<h2>Near-identical training sets</h2>",
+        _table(
+            ctx["verdict"]["twins"],
+            ["pair", "images", "median_correlation", "mean_abs_difference", "near_identical"],
+            "twins",
+        )
+        if ctx["verdict"]["twins"]
+        else "<p class='note'>No plain/upscaled pair in the grid.</p>",
+        "<h2>Data and split</h2>",
+        _table(ctx["split_rows"], ["split", "benign", "malignant"], "split"),
+        f"<p class='note'>{_esc(ctx['split_note'])}</p>",
+        *_data_section(ctx["card"], ctx["split"]),
+        "<h2>ROC curves per architecture</h2>",
+        "".join(f"<img alt='ROC {_esc(a)}' src='{_png_uri(b)}'>" for a, b in ctx["rocs"].items()),
+        "<h2>Generators</h2>",
+        _table(ctx["generator_rows"], list(ctx["generator_rows"][0]) if ctx["generator_rows"] else [], "generators"),
+        "<p class='note'>C2ST AUROC: a classifier telling real from synthetic (0.5 = indistinguishable). "
+        "Memorised: synthetic images closer to one real image than a third of the way to the next.</p>",
+    ]
     for name, uri in ctx["samples"].items():
         parts.append(f"<h3>{_esc(name)}</h3><img alt='{_esc(name)}' src='{uri}'>")
     if ctx["upscaler"]:
         parts += ["<h2>Super-resolution</h2>", _table([ctx["upscaler"]], list(ctx["upscaler"]), "upscaler")]
     parts.append("<h2>GradCAM (test images, packaged seed, explained for their true label)</h2>")
-    parts.append("<p class='note'>Each overlay: the outcome at the packaged threshold (TP/FN/FP/TN: true/false "
-                 "positive/negative) and P(malignant) on top, the colour bar on the right (1 = the strongest evidence "
-                 "in that image, 0 = none); \"empty map\": no positive evidence for the true class at that layer.</p>")
+    parts.append(
+        "<p class='note'>Each overlay: the outcome at the packaged threshold (TP/FN/FP/TN: true/false "
+        "positive/negative) and P(malignant) on top, the colour bar on the right (1 = the strongest evidence "
+        'in that image, 0 = none); "empty map": no positive evidence for the true class at that layer.</p>'
+    )
     for cell, (layer, images) in ctx["gradcam"].items():
         where = f": layer {_esc(layer)}" if layer else ""
-        parts.append(f"<h3>{_esc(cell)}{where}</h3><div class='gallery'>" + "".join(
-            f"<img title='{_esc(t)}' alt='{_esc(t)}' src='{u}'>" for t, u in images) + "</div>")
+        parts.append(
+            f"<h3>{_esc(cell)}{where}</h3><div class='gallery'>"
+            + "".join(f"<img title='{_esc(t)}' alt='{_esc(t)}' src='{u}'>" for t, u in images)
+            + "</div>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -325,24 +418,34 @@ def render_html(ctx: dict[str, Any]) -> str:
 def _data_section(card: dict[str, Any], sr: dict[str, Any]) -> list[str]:
     """What a reviewer asks first: the source format, how each diagnosis was labelled, what was refused or
     skipped and why, the grouping keys, and the metadata available (fetch's dataset_card.json, the split report)."""
+
     def counts(d: dict[str, int], what: str) -> str:
-        return _table([{what: k, "files": v} for k, v in list(d.items())[:12]], [what, "files"]) if d else \
-            f"<p class='note'>none {_esc(what.split()[0])}</p>"
+        return (
+            _table([{what: k, "files": v} for k, v in list(d.items())[:12]], [what, "files"])
+            if d
+            else f"<p class='note'>none {_esc(what.split()[0])}</p>"
+        )
 
     c = sr["conflicting_labels"]
     meta = ", ".join(f"{k} {v}" for k, v in card["metadata"].items())
-    return [f"<h3>Source: {_esc(card['format'])}</h3>",
-            _table(card["label_mapping"], ["diagnosis", "label", "listed", "stored"], "label_mapping"),
-            "<p class='note'>Label mapping (data.label_map): images per original diagnosis, the label it became "
-            "(reject: excluded by the study's label map; unknown: not in the map), how many the source listed and "
-            "how many were stored after decoding.</p>",
-            "<h3>Rejected files by reason</h3>", counts(card["rejected"], "rejected reason"),
-            "<h3>Excluded on purpose (data.label_map)</h3>", counts(card["excluded"], "excluded reason"),
-            "<h3>Skipped non-lesion files by reason</h3>", counts(card["skipped"], "skipped reason"),
-            f"<p class='note'>Grouping keys: {_esc(', '.join(sr['grouping_keys']))}; merges per key: "
-            f"{_esc(', '.join(f'{k} {v}' for k, v in sr['merges'].items()))}. {c['images_dropped']} images "
-            f"in {c['groups']} images or lesions labelled both ways were {'dropped' if c['policy'] == 'drop' else 'refused'}"
-            f". Images carrying each metadata column: {_esc(meta)}.</p>"]
+    return [
+        f"<h3>Source: {_esc(card['format'])}</h3>",
+        _table(card["label_mapping"], ["diagnosis", "label", "listed", "stored"], "label_mapping"),
+        "<p class='note'>Label mapping (data.label_map): images per original diagnosis, the label it became "
+        "(reject: excluded by the study's label map; unknown: not in the map), how many the source listed and "
+        "how many were stored after decoding.</p>",
+        "<h3>Rejected files by reason</h3>",
+        counts(card["rejected"], "rejected reason"),
+        "<h3>Excluded on purpose (data.label_map)</h3>",
+        counts(card["excluded"], "excluded reason"),
+        "<h3>Skipped non-lesion files by reason</h3>",
+        counts(card["skipped"], "skipped reason"),
+        f"<p class='note'>Grouping keys: {_esc(', '.join(sr['grouping_keys']))}; merges per key: "
+        f"{_esc(', '.join(f'{k} {v}' for k, v in sr['merges'].items()))}. {c['images_dropped']} images "
+        f"in {c['groups']} images or lesions labelled both ways were "
+        f"{'dropped' if c['policy'] == 'drop' else 'refused'}"
+        f". Images carrying each metadata column: {_esc(meta)}.</p>",
+    ]
 
 
 def _metrics_json(grid: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -380,9 +483,13 @@ def _pooled_rows(pooled: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for r in pooled:
         prefix = "" if r["split"] == "test" else "external_" if r["split"] == "external_test" else f"{r['split']}_"
-        rows.setdefault(r["dataset"], {}).update({f"{prefix}auroc_difference": round(r["difference"], 4),
-                                                  f"{prefix}p_holm": round(r["p_holm"], 4),
-                                                  f"{prefix}verdict": r["verdict"]})
+        rows.setdefault(r["dataset"], {}).update(
+            {
+                f"{prefix}auroc_difference": round(r["difference"], 4),
+                f"{prefix}p_holm": round(r["p_holm"], 4),
+                f"{prefix}verdict": r["verdict"],
+            }
+        )
     return rows
 
 
@@ -395,16 +502,19 @@ def _json_files(folder: Path, rows: dict[str, dict[str, Any]]) -> None:
 def _verdict_json(per_arch: list[dict[str, Any]], pooled: list[dict[str, Any]]) -> dict[str, Any]:
     """results/verdict.json for `dvc metrics`: pooled effects per dataset and split, and every comparison's
     difference, adjusted p and verdict (1 helps, 0 no evidence, -1 hurts)."""
+
     def values(r: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         return {k: round(r[k], 6) if isinstance(r[k], float) else r[k] for k in keys}
 
     out: dict[str, Any] = {"pooled": {}, "comparisons": {}}
     for r in pooled:
         out["pooled"].setdefault(r["dataset"], {})[r["split"]] = values(
-            r, ("difference", "ci_low", "ci_high", "p_holm", "verdict"))
+            r, ("difference", "ci_low", "ci_high", "p_holm", "verdict")
+        )
     for r in per_arch:
         out["comparisons"].setdefault(f"{r['arch']}_{r['dataset']}", {})[r["split"]] = values(
-            r, ("difference", "p_holm", "verdict"))
+            r, ("difference", "p_holm", "verdict")
+        )
     return out
 
 
@@ -418,10 +528,16 @@ def _generator_section(results: Path, synthetic: Path) -> tuple[list[dict[str, A
         if q.is_file():
             for label, m in json.loads(q.read_text()).items():
                 why = notes.get(label, {}).get("fid_unavailable", "not computed")
-                rows.append({"generator": gen, "class": label, "c2st_auroc": m["c2st_auc"],
-                             "memorised_fraction": m["memorised_fraction"],
-                             "diversity_ratio": m["diversity_ratio"],
-                             "fid": m["fid"] if m["fid"] is not None else f"n/a: {why.split(' (')[0]}"})
+                rows.append(
+                    {
+                        "generator": gen,
+                        "class": label,
+                        "c2st_auroc": m["c2st_auc"],
+                        "memorised_fraction": m["memorised_fraction"],
+                        "diversity_ratio": m["diversity_ratio"],
+                        "fid": m["fid"] if m["fid"] is not None else f"n/a: {why.split(' (')[0]}",
+                    }
+                )
         for variant in (gen, f"{gen}_upscaled"):
             for label in ("malignant", "benign"):
                 shard = synthetic / variant / f"{label}.npy"
@@ -430,34 +546,51 @@ def _generator_section(results: Path, synthetic: Path) -> tuple[list[dict[str, A
     return rows, samples
 
 
-def _gradcam_section(evaluation: Path, cells: Iterable[tuple[str, str]]) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+def _gradcam_section(
+    evaluation: Path, cells: Iterable[tuple[str, str]]
+) -> dict[str, tuple[str, list[tuple[str, str]]]]:
     """Per cell: (the layer explained, [(caption, PNG data URI) of each GradCAM overlay evaluate wrote])."""
     out = {}
-    for (a, d) in cells:
+    for a, d in cells:
         folder = evaluation / a / f"{a}_{d}" / "gradcam"
         rows = read_csv(folder / "index.csv")
-        out[f"{a}_{d}"] = (rows[0].get("layer", "") if rows else "",
-                           [(f"{r['group']} {r['id']} P={r['p_malignant']}", _png_uri((folder / r["file"]).read_bytes()))
-                            for r in rows])
+        out[f"{a}_{d}"] = (
+            rows[0].get("layer", "") if rows else "",
+            [
+                (f"{r['group']} {r['id']} P={r['p_malignant']}", _png_uri((folder / r["file"]).read_bytes()))
+                for r in rows
+            ],
+        )
     return out
 
 
-def _baseline(evaluation: Path, held_out: list[str],
-              grid: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+def _baseline(
+    evaluation: Path, held_out: list[str], grid: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """The colour/texture baseline's grid rows, and per held-out split its AUROC and the network cells (seed
     means) that do not beat it (at or below it)."""
     m = _load(evaluation, BASELINE, "Original", stage="baseline")
     missing = [s for s in held_out if s not in m["over_seeds"]]
     if missing:
-        raise ReportError(f"{evaluation / BASELINE / f'{BASELINE}_Original' / 'metrics.json'} has no {missing[0]} "
-                          "results but the cells do; run `dvc repro baseline`")
-    rows = [{**_row(BASELINE, "Original", s, m["model"], {k: {**v, "sd": None} for k, v in m["over_seeds"][s].items()}),
-             "seeds": 1} for s in held_out]
+        raise ReportError(
+            f"{evaluation / BASELINE / f'{BASELINE}_Original' / 'metrics.json'} has no {missing[0]} "
+            "results but the cells do; run `dvc repro baseline`"
+        )
+    rows = [
+        {
+            **_row(BASELINE, "Original", s, m["model"], {k: {**v, "sd": None} for k, v in m["over_seeds"][s].items()}),
+            "seeds": 1,
+        }
+        for s in held_out
+    ]
     summary = {}
     for s in held_out:
         auroc, cells = m["over_seeds"][s]["auroc"]["mean"], [r for r in grid if r["split"] == s]
-        summary[s] = {"auroc": auroc, "cells": len(cells),
-                      "below": [f"{r['arch']}_{r['dataset']}" for r in cells if r["auroc"] <= auroc]}
+        summary[s] = {
+            "auroc": auroc,
+            "cells": len(cells),
+            "below": [f"{r['arch']}_{r['dataset']}" for r in cells if r["auroc"] <= auroc],
+        }
     return rows, summary
 
 
@@ -473,7 +606,10 @@ def external_source(card: dict[str, Any]) -> tuple[str, str]:
         return "unknown", "no release tables say where the external images and the training images come from"
     if main & external:
         return "same", f"the external set is the {', '.join(sorted(external))} release's own test part"
-    return "other", f"external set from the {', '.join(sorted(external))} tables, training data from {', '.join(sorted(main))}"
+    return (
+        "other",
+        f"external set from the {', '.join(sorted(external))} tables, training data from {', '.join(sorted(main))}",
+    )
 
 
 def training_sets(datasets_dir: Path, datasets: list[str], budgets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -491,17 +627,21 @@ def training_sets(datasets_dir: Path, datasets: list[str], budgets: dict[str, di
             row[c] = f"{real + made:,} = {real:,} real + {made:,} synthetic ({made / max(real + made, 1):.0%})"
             total, synthetic = total + real + made, synthetic + made
         seen = budgets[d]["steps"] * budgets[d]["batch_size"]
-        rows.append({**row, "images": total, "synthetic_share": synthetic / max(total, 1), "passes": passes(seen, total)})
+        rows.append(
+            {**row, "images": total, "synthetic_share": synthetic / max(total, 1), "passes": passes(seen, total)}
+        )
     return rows
 
 
 def source_name(params: dict[str, Any], card: dict[str, Any]) -> str:
     """The data a reader is looking at, in words (data.source and where it points, and the format read)."""
     d = params["data"]
-    where = {"demo": "the embedded simulator (synthetic lesion-like images, not real lesions)",
-             "local": f"the local folder {d['local']['path']}",
-             "isic_csv": f"{d['isic_csv']['images']} with {d['isic_csv']['csv']}",
-             "gdrive": f"Google Drive folder {d['gdrive']['folder_id']}"}[d["source"]]
+    where = {
+        "demo": "the embedded simulator (synthetic lesion-like images, not real lesions)",
+        "local": f"the local folder {d['local']['path']}",
+        "isic_csv": f"{d['isic_csv']['images']} with {d['isic_csv']['csv']}",
+        "gdrive": f"Google Drive folder {d['gdrive']['folder_id']}",
+    }[d["source"]]
     fmt = card.get("format")
     return f"{where} (data.source: {d['source']}" + (f", read as {fmt})" if fmt and d["source"] != "demo" else ")")
 
@@ -513,8 +653,10 @@ def training_budget(cells: dict[tuple[str, str], dict[str, Any]]) -> str:
     seen = sorted({t["images_seen"] for t in runs})
     stopped = sum(t["steps_run"] < t["steps"] for t in runs)
     said = "; ".join(f"{s} optimiser steps of {b} images, class imbalance: {i}" for s, b, i in budgets)
-    return (f"Training budget, the same for every dataset: {said} ({len(runs)} runs; images seen "
-            f"{seen[0] if len(seen) == 1 else f'{seen[0]}-{seen[-1]}'}; {stopped} stopped early on val AUROC).")
+    return (
+        f"Training budget, the same for every dataset: {said} ({len(runs)} runs; images seen "
+        f"{seen[0] if len(seen) == 1 else f'{seen[0]}-{seen[-1]}'}; {stopped} stopped early on val AUROC)."
+    )
 
 
 def _json(path: Path, stage: str) -> Any:
@@ -534,26 +676,30 @@ def _check_cells(evaluation: Path, cells: dict[tuple[str, str], dict[str, Any]])
         folder = evaluation / a / f"{a}_{d}"
         missing = [s for s in held_out if s not in m or s not in m["over_seeds"]]
         if missing:
-            raise ReportError(f"{folder / 'metrics.json'} has no {missing[0]} results but other cells do; run "
-                              f"`dvc repro evaluate@{a}`")
+            raise ReportError(
+                f"{folder / 'metrics.json'} has no {missing[0]} results but other cells do; run "
+                f"`dvc repro evaluate@{a}`"
+            )
         if m["seeds"] != first["seeds"]:
-            raise ReportError(f"{a}_{d} was evaluated with seeds {m['seeds']} but {a0}_{d0} with {first['seeds']}; "
-                              "run `dvc repro train_classifier evaluate` so every cell has classifiers.seeds")
+            raise ReportError(
+                f"{a}_{d} was evaluated with seeds {m['seeds']} but {a0}_{d0} with {first['seeds']}; "
+                "run `dvc repro train_classifier evaluate` so every cell has classifiers.seeds"
+            )
         for f in ("roc_test.csv", "gradcam/index.csv"):
             if not (folder / f).is_file():
                 raise ReportError(f"{folder / f} is missing; run `dvc repro evaluate@{a}`")
     return held_out, list(first["seeds"])
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    """Write `text` beside `path` under a temporary name; the caller renames it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    return tmp
-
-
-def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthetic: Path, datasets_dir: Path,
-                 splits: Path, raw: Path) -> dict[str, Any]:
+def build_report(
+    params: dict[str, Any],
+    evaluation: Path,
+    results: Path,
+    synthetic: Path,
+    datasets_dir: Path,
+    splits: Path,
+    raw: Path,
+) -> dict[str, Any]:
     """Write grid.csv, metrics.json, verdict.json, cells/ and pooled/ (the rows of `dvc metrics show`), report/
     and report.html under `results`; returns {cells,
     comparisons, pooled, sentences}. Every input is read and checked before anything is written, and the outputs
@@ -566,8 +712,11 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
     ep = params["evaluate"]
     cells = {(a, d): _load(evaluation, a, d) for a in archs for d in datasets}
     held_out, seed_list = _check_cells(evaluation, cells)
-    grid = [{**_row(a, d, s, m["model"], m["over_seeds"][s]), "seeds": len(m["seeds"])}
-            for (a, d), m in cells.items() for s in held_out]
+    grid = [
+        {**_row(a, d, s, m["model"], m["over_seeds"][s]), "seeds": len(m["seeds"])}
+        for (a, d), m in cells.items()
+        for s in held_out
+    ]
     base_rows, base_summary = _baseline(evaluation, held_out, grid)
     sr = _json(splits / "split_report.json", "split")
     card = _json(raw / CARD, "fetch")
@@ -580,15 +729,35 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
     per_arch, pooled = vd.compare(evaluation, archs, datasets, held_out, ep["bootstrap"], ep["seed"])
     twins = vd.near_identical(datasets_dir, datasets, params["split"]["near_duplicate_corr"])
     first = cells[archs[0], datasets[0]]
-    original = {s: float(np.mean([r["auroc"] for r in grid if r["dataset"] == "Original" and r["split"] == s]))
-                for s in held_out} if "Original" in datasets else {}
+    original = (
+        {
+            s: float(np.mean([r["auroc"] for r in grid if r["dataset"] == "Original" and r["split"] == s]))
+            for s in held_out
+        }
+        if "Original" in datasets
+        else {}
+    )
     seeds = len(seed_list)
-    verdict = {"sentences": vd.sentences(pooled, per_arch), "pooled": pooled, "comparisons": per_arch,
-               "twins": twins, "resamples": sorted({r["resamples"] for r in per_arch + pooled}),
-               "limitations": vd.limitations(per_arch, seeds, {s: first[s] for s in held_out}, original,
-                                             base_summary, twins, params["data"]["source"], external_source(card))}
-    sets = training_sets(datasets_dir, datasets, {d: next(iter(cells[archs[0], d]["training"].values()))
-                                                  for d in datasets})
+    verdict = {
+        "sentences": vd.sentences(pooled, per_arch),
+        "pooled": pooled,
+        "comparisons": per_arch,
+        "twins": twins,
+        "resamples": sorted({r["resamples"] for r in per_arch + pooled}),
+        "limitations": vd.limitations(
+            per_arch,
+            seeds,
+            {s: first[s] for s in held_out},
+            original,
+            base_summary,
+            twins,
+            params["data"]["source"],
+            external_source(card),
+        ),
+    }
+    sets = training_sets(
+        datasets_dir, datasets, {d: next(iter(cells[archs[0], d]["training"].values())) for d in datasets}
+    )
     gradcam = _gradcam_section(evaluation, cells)
     generator_rows, samples = _generator_section(results, synthetic)
     up = results / "upscaler" / "metrics.json"
@@ -599,29 +768,35 @@ def build_report(params: dict[str, Any], evaluation: Path, results: Path, synthe
             forest_plot(per_arch, pooled, report_dir / "forest.png")
         for a in archs:
             roc_figure(evaluation, a, datasets, report_dir / f"roc_{a}.png")
-        ctx = {"grid": grid + base_rows + trivial, "comparisons": per_arch, "verdict": verdict, "seeds": seeds,
-               "budget": training_budget(cells), "training_sets": sets, "generator_rows": generator_rows, "samples": samples,
-               "upscaler": _json(up, "train_upscaler") if up.is_file() else None, "gradcam": gradcam,
-               "forest": (report_dir / "forest.png").read_bytes() if pooled else b"",
-               "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),
-               "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
-               "split_rows": [{"split": s, **c} for s, c in sr["counts"].items()], "card": card, "split": sr,
-               "split_note": f"{sr['images']} images in {sr['groups']} groups (duplicates, flipped or rotated "
-                             f"copies, photographs of one lesion and lesions of one patient kept in one split); "
-                             f"classifier input {stats['image_size']} px.",
-               "profile": f"Data: {source_name(params, card)}; {len(archs)} architectures x {len(datasets)} "
-                          f"datasets x {seeds} seeds"}
-        staged = {results / "report.html": _atomic_text(results / "report.html", render_html(ctx)),
-                  results / "metrics.json": _atomic_text(results / "metrics.json",
-                                                         json.dumps(_metrics_json(grid), indent=2) + "\n"),
-                  results / "verdict.json": _atomic_text(results / "verdict.json",
-                                                         json.dumps(_verdict_json(per_arch, pooled), indent=2) + "\n")}
-        with atomic_dir(results / "cells") as cells_dir, atomic_dir(results / "pooled") as pooled_dir:
-            _json_files(cells_dir, _cell_rows(grid + base_rows))
-            _json_files(pooled_dir, _pooled_rows(pooled))
-        grid_tmp = results / ".grid.csv.tmp"
-        write_csv(grid_tmp, grid + base_rows + trivial, COLUMNS)
-        staged[results / "grid.csv"] = grid_tmp
-    for final, tmp in staged.items():
-        os.replace(tmp, final)
+        ctx = {
+            "grid": grid + base_rows + trivial,
+            "comparisons": per_arch,
+            "verdict": verdict,
+            "seeds": seeds,
+            "budget": training_budget(cells),
+            "training_sets": sets,
+            "generator_rows": generator_rows,
+            "samples": samples,
+            "upscaler": _json(up, "train_upscaler") if up.is_file() else None,
+            "gradcam": gradcam,
+            "forest": (report_dir / "forest.png").read_bytes() if pooled else b"",
+            "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),
+            "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
+            "split_rows": [{"split": s, **c} for s, c in sr["counts"].items()],
+            "card": card,
+            "split": sr,
+            "split_note": f"{sr['images']} images in {sr['groups']} groups (duplicates, flipped or rotated "
+            f"copies, photographs of one lesion and lesions of one patient kept in one split); "
+            f"classifier input {stats['image_size']} px.",
+            "profile": f"Data: {source_name(params, card)}; {len(archs)} architectures x {len(datasets)} "
+            f"datasets x {seeds} seeds",
+        }
+        with staged_files() as staged:
+            staged.text(results / "report.html", render_html(ctx))
+            staged.text(results / "metrics.json", json.dumps(_metrics_json(grid), indent=2) + "\n")
+            staged.text(results / "verdict.json", json.dumps(_verdict_json(per_arch, pooled), indent=2) + "\n")
+            write_csv(staged.path(results / "grid.csv"), grid + base_rows + trivial, COLUMNS)
+            with atomic_dir(results / "cells") as cells_dir, atomic_dir(results / "pooled") as pooled_dir:
+                _json_files(cells_dir, _cell_rows(grid + base_rows))
+                _json_files(pooled_dir, _pooled_rows(pooled))
     return {"cells": len(cells), "comparisons": per_arch, "pooled": pooled, "sentences": verdict["sentences"]}

@@ -3,6 +3,7 @@ files an evaluated cell holds (predictions, curves, confusion matrices, classifi
 
 Used by `evaluate` (the networks) and `baseline` (the colour/texture model); it imports no torch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,14 @@ from typing import Any
 import numpy as np
 
 from melanoma.data.datasets import load_split
-from melanoma.evaluation.metrics import (SEED_METRICS, calibration, choose_threshold, point_metrics, pr_points,
-                                         roc_points)
+from melanoma.evaluation.metrics import (
+    SEED_METRICS,
+    calibration,
+    choose_threshold,
+    point_metrics,
+    pr_points,
+    roc_points,
+)
 from melanoma.evaluation.stats import cell_intervals
 from melanoma.io import read_csv, write_csv
 from melanoma.params import LABELS
@@ -49,8 +56,10 @@ def _confusion_png(c: dict[str, int], title: str, path: Path) -> None:
 def classification_report(m: dict[str, Any]) -> str:
     """Per-class precision/recall/F1/support at the chosen threshold, in scikit-learn's familiar layout."""
     c = m["confusion"]
-    rows = {"benign": (c["tn"], c["fn"], c["fp"], c["tn"] + c["fp"]),
-            "malignant": (c["tp"], c["fp"], c["fn"], c["tp"] + c["fn"])}
+    rows = {
+        "benign": (c["tn"], c["fn"], c["fp"], c["tn"] + c["fp"]),
+        "malignant": (c["tp"], c["fp"], c["fn"], c["tp"] + c["fn"]),
+    }
     lines = [f"{'':>14}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}", ""]
     scores = {}
     for name, (tp, fp, fn, support) in rows.items():
@@ -72,30 +81,52 @@ def _curves(tmp: Path, s: str, y: np.ndarray, p: np.ndarray, bins: int) -> None:
     """ROC, precision-recall and calibration CSVs of one held-out split (what dvc.yaml's plots render)."""
     roc, pr = roc_points(y, p), pr_points(y, p)
     write_csv(tmp / f"roc_{s}.csv", [{"fpr": f, "tpr": t} for f, t in zip(roc["fpr"], roc["tpr"])], ["fpr", "tpr"])
-    write_csv(tmp / f"pr_{s}.csv", [{"recall": r, "precision": q} for r, q in zip(pr["recall"], pr["precision"])],
-              ["recall", "precision"])
+    write_csv(
+        tmp / f"pr_{s}.csv",
+        [{"recall": r, "precision": q} for r, q in zip(pr["recall"], pr["precision"])],
+        ["recall", "precision"],
+    )
     cal = calibration(y, p, bins)
-    write_csv(tmp / f"calibration_{s}.csv",
-              [{"mean_predicted": a, "fraction_malignant": b, "count": int(n)}
-               for a, b, n in zip(cal["mean_predicted"], cal["fraction_malignant"], cal["count"]) if n],
-              ["mean_predicted", "fraction_malignant", "count"])
+    write_csv(
+        tmp / f"calibration_{s}.csv",
+        [
+            {"mean_predicted": a, "fraction_malignant": b, "count": int(n)}
+            for a, b, n in zip(cal["mean_predicted"], cal["fraction_malignant"], cal["count"])
+            if n
+        ],
+        ["mean_predicted", "fraction_malignant", "count"],
+    )
 
 
 def _predictions_csv(path: Path, ids: list[str], y: np.ndarray, p: np.ndarray, thr: float) -> None:
-    write_csv(path, [{"id": i, "label": LABELS[int(t)], "p_malignant": f"{q:.8f}", "predicted": LABELS[int(q >= thr)]}
-                     for i, t, q in zip(ids, y, p)], ["id", "label", "p_malignant", "predicted"])
+    write_csv(
+        path,
+        [
+            {"id": i, "label": LABELS[int(t)], "p_malignant": f"{q:.8f}", "predicted": LABELS[int(q >= thr)]}
+            for i, t, q in zip(ids, y, p)
+        ],
+        ["id", "label", "p_malignant", "predicted"],
+    )
 
 
-def _packaged_outputs(tmp: Path, cell: str, s: str, y: np.ndarray, p: np.ndarray, m: dict[str, Any],
-                      ep: dict[str, Any]) -> None:
+def _packaged_outputs(
+    tmp: Path, cell: str, s: str, y: np.ndarray, p: np.ndarray, m: dict[str, Any], ep: dict[str, Any]
+) -> None:
     """The packaged seed's curves, confusion matrix and classification report of one held-out split."""
     _curves(tmp, s, y, p, ep["calibration_bins"])
     _confusion_png(m["confusion"], f"{cell} {s} (thr {m['threshold']:.3f})", tmp / f"confusion_{s}.png")
     (tmp / f"classification_report_{s}.txt").write_text(classification_report(m))
 
 
-def score_seeds(tmp: Path, cell: str, labels: dict[str, np.ndarray], ids: dict[str, list[str]],
-                probs: dict[int, dict[str, np.ndarray]], packaged: int, ep: dict[str, Any]) -> dict[str, Any]:
+def score_seeds(
+    tmp: Path,
+    cell: str,
+    labels: dict[str, np.ndarray],
+    ids: dict[str, list[str]],
+    probs: dict[int, dict[str, np.ndarray]],
+    packaged: int,
+    ep: dict[str, Any],
+) -> dict[str, Any]:
     """Thresholds, metrics and summaries of every seed of one cell (or of any scorer with per-seed probabilities).
 
     labels/ids: per split ("val" required); probs: {seed: {split: float64 (n,) P(malignant)}}. Writes
@@ -104,8 +135,9 @@ def score_seeds(tmp: Path, cell: str, labels: dict[str, np.ndarray], ids: dict[s
     (what its package reports; held-out splits with an image-bootstrap ci95), `per_seed`, and `over_seeds`:
     per held-out split, each metric's mean and sd over seeds plus seed x image bootstrap CIs."""
     seeds = list(probs)
-    thr = {k: choose_threshold(labels["val"], probs[k]["val"], ep["threshold"], ep["target_sensitivity"])
-           for k in seeds}
+    thr = {
+        k: choose_threshold(labels["val"], probs[k]["val"], ep["threshold"], ep["target_sensitivity"]) for k in seeds
+    }
     per_seed: dict[str, Any] = {}
     for k in seeds:
         (tmp / f"seed_{k}").mkdir()
@@ -114,23 +146,41 @@ def score_seeds(tmp: Path, cell: str, labels: dict[str, np.ndarray], ids: dict[s
             _predictions_csv(tmp / f"seed_{k}" / f"predictions_{s}.csv", ids[s], y, probs[k][s], thr[k])
             per_seed[str(k)][s] = point_metrics(y, probs[k][s], thr[k], where=f"{cell} seed {k} {s}")
     rule = ep["threshold"] + (f" {ep['target_sensitivity']}" if ep["threshold"] == "sensitivity" else "")
-    result: dict[str, Any] = {"threshold_rule": rule,
-                              "bootstrap": {"resamples": ep["bootstrap"], "seed": ep["seed"], "level": 0.95,
-                                            "stratified": True, "over": "seeds x images" if len(seeds) > 1
-                                            else "images (one seed or a deterministic model)"},
-                              "seeds": seeds, "seed": packaged, **per_seed[str(packaged)], "per_seed": per_seed,
-                              "over_seeds": {}}
+    result: dict[str, Any] = {
+        "threshold_rule": rule,
+        "bootstrap": {
+            "resamples": ep["bootstrap"],
+            "seed": ep["seed"],
+            "level": 0.95,
+            "stratified": True,
+            "over": "seeds x images" if len(seeds) > 1 else "images (one seed or a deterministic model)",
+        },
+        "seeds": seeds,
+        "seed": packaged,
+        **per_seed[str(packaged)],
+        "per_seed": per_seed,
+        "over_seeds": {},
+    }
     for s, y in labels.items():
         if s == "val":
             continue
-        result[s] = {**result[s], "ci95": cell_intervals(y, probs[packaged][s][None], np.array([thr[packaged]]),
-                                                         ep["bootstrap"], ep["seed"])}
+        result[s] = {
+            **result[s],
+            "ci95": cell_intervals(y, probs[packaged][s][None], np.array([thr[packaged]]), ep["bootstrap"], ep["seed"]),
+        }
         _packaged_outputs(tmp, cell, s, y, probs[packaged][s], result[s], ep)
         values = {m: np.array([per_seed[str(k)][s][m] for k in seeds]) for m in SEED_METRICS}
-        ci = cell_intervals(y, np.stack([probs[k][s] for k in seeds]), np.array([thr[k] for k in seeds]),
-                            ep["bootstrap"], ep["seed"])
-        result["over_seeds"][s] = {m: {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                                       **({"ci95": ci[m]} if m in ci else {})} for m, v in values.items()}
+        ci = cell_intervals(
+            y, np.stack([probs[k][s] for k in seeds]), np.array([thr[k] for k in seeds]), ep["bootstrap"], ep["seed"]
+        )
+        result["over_seeds"][s] = {
+            m: {
+                "mean": float(v.mean()),
+                "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                **({"ci95": ci[m]} if m in ci else {}),
+            }
+            for m, v in values.items()
+        }
     return result
 
 

@@ -9,6 +9,7 @@ Holm's correction runs over each family: all per-architecture comparisons, and s
 A difference is called a gain (or a loss) when its Holm-adjusted p-value is below ALPHA; otherwise "no
 evidence of a difference", which is not evidence of no difference: the CI says how large an effect could hide.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ def seed_probabilities(evaluation: Path, arch: str, dataset: str, split: str, st
         m = json.loads((cell / "metrics.json").read_text())
         seeds, recorded = list(m["seeds"]), {str(k): m["per_seed"][str(k)][split]["auroc"] for k in m["seeds"]}
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise VerdictError(f"{cell / 'metrics.json'} is missing, unreadable or has no {split} results "
-                           f"({type(e).__name__}); rerun `dvc repro {stage}`") from None
+        raise VerdictError(
+            f"{cell / 'metrics.json'} is missing, unreadable or has no {split} results "
+            f"({type(e).__name__}); rerun `dvc repro {stage}`"
+        ) from None
     ids, y, probs = None, None, []
     for k in seeds:
         path = cell / f"seed_{k}" / f"predictions_{split}.csv"
@@ -84,16 +87,19 @@ def seed_probabilities(evaluation: Path, arch: str, dataset: str, split: str, st
             raise VerdictError(f"{path}: p_malignant must be numbers in [0, 1]; rerun `dvc repro {stage}`")
         these = [r["id"] for r in rows]
         if ids is not None and these != ids:
-            raise VerdictError(f"{cell}: seeds {seeds[0]} and {k} scored different {split} images; rerun "
-                               f"`dvc repro {stage}`")
+            raise VerdictError(
+                f"{cell}: seeds {seeds[0]} and {k} scored different {split} images; rerun `dvc repro {stage}`"
+            )
         ids, y = these, np.array([r["label"] == LABELS[1] for r in rows], dtype=int)
         try:
             same = abs(auroc(y, p) - recorded[str(k)]) < 1e-9
         except MetricError:
             raise VerdictError(f"{path}: {split} has only one class, so AUROC is undefined; check the split") from None
         if not same:
-            raise VerdictError(f"{path} does not give the AUROC {cell / 'metrics.json'} recorded for seed {k}: a stale "
-                               f"or edited file; rerun `dvc repro {stage}`")
+            raise VerdictError(
+                f"{path} does not give the AUROC {cell / 'metrics.json'} recorded for seed {k}: a stale "
+                f"or edited file; rerun `dvc repro {stage}`"
+            )
         probs.append(p)
     assert ids is not None and y is not None
     return Scores(ids, y, np.array(probs), seeds)
@@ -101,11 +107,15 @@ def seed_probabilities(evaluation: Path, arch: str, dataset: str, split: str, st
 
 def _check_pair(ref: Scores, other: Scores, what: str, ref_name: str, split: str, arch: str) -> None:
     if other.ids != ref.ids or not np.array_equal(other.labels, ref.labels):
-        raise VerdictError(f"{what} and {ref_name} were not scored on the same {split} images (ids or labels "
-                           f"differ); rerun `dvc repro evaluate@{arch}` (and build_dataset if the datasets changed)")
+        raise VerdictError(
+            f"{what} and {ref_name} were not scored on the same {split} images (ids or labels "
+            f"differ); rerun `dvc repro evaluate@{arch}` (and build_dataset if the datasets changed)"
+        )
     if other.seeds != ref.seeds:
-        raise VerdictError(f"{what} was evaluated with seeds {other.seeds} but {ref_name} with {ref.seeds}: seeds "
-                           f"are paired by value; rerun `dvc repro train_classifier evaluate@{arch}`")
+        raise VerdictError(
+            f"{what} was evaluated with seeds {other.seeds} but {ref_name} with {ref.seeds}: seeds "
+            f"are paired by value; rerun `dvc repro train_classifier evaluate@{arch}`"
+        )
 
 
 def resamples_for(tests: int, n_boot: int, alpha: float = ALPHA) -> int:
@@ -115,8 +125,9 @@ def resamples_for(tests: int, n_boot: int, alpha: float = ALPHA) -> int:
     return max(n_boot, math.ceil(20 * tests / alpha))
 
 
-def compare(evaluation: Path, archs: list[str], datasets: list[str], splits: list[str], n_boot: int,
-            seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def compare(
+    evaluation: Path, archs: list[str], datasets: list[str], splits: list[str], n_boot: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(per-architecture comparisons, pooled effects): every augmented dataset vs Original on every split, with
     Holm-adjusted p-values (p_holm) and a verdict (1 helps, 0 no evidence, -1 hurts) each. Every comparison uses
     `resamples_for(family size, n_boot)` resamples (recorded as `resamples`). Raises VerdictError when cells were
@@ -132,8 +143,10 @@ def compare(evaluation: Path, archs: list[str], datasets: list[str], splits: lis
         first = ref[archs[0]]
         for a in archs[1:]:  # the pooled effect pairs images across architectures by position
             if ref[a].ids != first.ids or not np.array_equal(ref[a].labels, first.labels):
-                raise VerdictError(f"{a}_Original and {archs[0]}_Original were not scored on the same {split} images "
-                                   f"in the same order; rerun `dvc repro evaluate@{a}`")
+                raise VerdictError(
+                    f"{a}_Original and {archs[0]}_Original were not scored on the same {split} images "
+                    f"in the same order; rerun `dvc repro evaluate@{a}`"
+                )
         for d in augmented:
             pairs = []
             for a in archs:
@@ -141,12 +154,32 @@ def compare(evaluation: Path, archs: list[str], datasets: list[str], splits: lis
                 _check_pair(ref[a], other, f"{a}_{d}", f"{a}_Original", split, a)
                 pairs.append((other.probs, ref[a].probs))
                 r = auroc_difference(first.labels, [(other.probs, ref[a].probs)], b_arch, seed)
-                per_arch.append({"arch": a, "dataset": d, "split": split, "archs": 1, "seeds": len(other.seeds),
-                                 "images": len(first.ids), "resamples": b_arch, **r})
+                per_arch.append(
+                    {
+                        "arch": a,
+                        "dataset": d,
+                        "split": split,
+                        "archs": 1,
+                        "seeds": len(other.seeds),
+                        "images": len(first.ids),
+                        "resamples": b_arch,
+                        **r,
+                    }
+                )
             r = auroc_difference(first.labels, pairs, b_pool, seed)
-            pooled.append({"arch": "pooled", "dataset": d, "split": split, "archs": len(archs),
-                           "seeds": len(first.seeds), "images": len(first.ids), "resamples": b_pool,
-                           **r, "seed_sd": None})
+            pooled.append(
+                {
+                    "arch": "pooled",
+                    "dataset": d,
+                    "split": split,
+                    "archs": len(archs),
+                    "seeds": len(first.seeds),
+                    "images": len(first.ids),
+                    "resamples": b_pool,
+                    **r,
+                    "seed_sd": None,
+                }
+            )
     for family in (per_arch, pooled):
         for row, p in zip(family, holm([r["p_value"] for r in family])):
             row["p_holm"] = p
@@ -161,11 +194,14 @@ def _synthetic_rows(datasets_dir: Path, name: str) -> tuple[np.ndarray, list[int
     try:
         pack = np.load(folder / "train.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise DatasetError(f"cannot read {folder / 'train.npy'} ({type(e).__name__}); rerun `dvc repro "
-                           f"build_dataset@{name}`") from None
+        raise DatasetError(
+            f"cannot read {folder / 'train.npy'} ({type(e).__name__}); rerun `dvc repro build_dataset@{name}`"
+        ) from None
     if pack.ndim != 4 or len(pack) != len(rows):
-        raise DatasetError(f"{folder}: train.npy holds {pack.shape} but manifest.csv lists {len(rows)} train images; "
-                           f"rerun `dvc repro build_dataset@{name}`")
+        raise DatasetError(
+            f"{folder}: train.npy holds {pack.shape} but manifest.csv lists {len(rows)} train images; "
+            f"rerun `dvc repro build_dataset@{name}`"
+        )
     return pack, [i for i, r in enumerate(rows) if r["origin"] != "real"]
 
 
@@ -180,13 +216,16 @@ def training_set_similarity(datasets_dir: Path, a: str, b: str, chunk: int = 256
     grey = np.array([0.299, 0.587, 0.114], dtype=np.float32)
     corr, diff = [], 0.0
     for i in range(0, n, chunk):
-        ga = (xa[ia[i:i + chunk]].astype(np.float32) @ grey).reshape(-1, xa.shape[1] * xa.shape[2])
-        gb = (xb[ib[i:i + chunk]].astype(np.float32) @ grey).reshape(-1, xb.shape[1] * xb.shape[2])
+        ga = (xa[ia[i : i + chunk]].astype(np.float32) @ grey).reshape(-1, xa.shape[1] * xa.shape[2])
+        gb = (xb[ib[i : i + chunk]].astype(np.float32) @ grey).reshape(-1, xb.shape[1] * xb.shape[2])
         diff += float(np.abs(ga - gb).sum())
         ca, cb = ga - ga.mean(1, keepdims=True), gb - gb.mean(1, keepdims=True)
         corr.append((ca * cb).sum(1) / np.maximum(np.linalg.norm(ca, axis=1) * np.linalg.norm(cb, axis=1), 1e-12))
-    return {"images": n, "median_correlation": float(np.median(np.concatenate(corr))),
-            "mean_abs_difference": diff / (n * xa.shape[1] * xa.shape[2])}
+    return {
+        "images": n,
+        "median_correlation": float(np.median(np.concatenate(corr))),
+        "mean_abs_difference": diff / (n * xa.shape[1] * xa.shape[2]),
+    }
 
 
 def near_identical(datasets_dir: Path, datasets: list[str], min_corr: float) -> list[dict[str, Any]]:
@@ -198,14 +237,21 @@ def near_identical(datasets_dir: Path, datasets: list[str], min_corr: float) -> 
         twin = f"{plain}_Upscaled"
         if plain in datasets and twin in datasets:
             s = training_set_similarity(datasets_dir, plain, twin)
-            out.append({"pair": f"{plain} / {twin}", **s,
-                        "near_identical": bool(s["images"] and s["median_correlation"] >= min_corr)})
+            out.append(
+                {
+                    "pair": f"{plain} / {twin}",
+                    **s,
+                    "near_identical": bool(s["images"] and s["median_correlation"] >= min_corr),
+                }
+            )
     return out
 
 
 def _effect(r: dict[str, Any]) -> str:
-    return (f"mean AUROC change {r['difference']:+.3f} [95 % CI {r['ci_low']:+.3f}, {r['ci_high']:+.3f}], "
-            f"Holm-adjusted p = {_p(r['p_holm'])}")
+    return (
+        f"mean AUROC change {r['difference']:+.3f} [95 % CI {r['ci_low']:+.3f}, {r['ci_high']:+.3f}], "
+        f"Holm-adjusted p = {_p(r['p_holm'])}"
+    )
 
 
 def _p(p: float) -> str:
@@ -225,16 +271,25 @@ def sentences(pooled: list[dict[str, Any]], per_arch: list[dict[str, Any]]) -> l
             arch_rows = [x for x in per_arch if x["dataset"] == d and x["split"] == r["split"]]
             gains = sum(x["verdict"] == 1 for x in arch_rows)
             losses = sum(x["verdict"] == -1 for x in arch_rows)
-            parts.append(f"on {SPLIT_NAMES.get(r['split'], r['split'])} ({r['images']} images) it "
-                         f"{WORDS[r['verdict']].replace('no evidence', 'shows no evidence')} ({_effect(r)}; "
-                         f"{gains} of {len(arch_rows)} architectures gain, {losses} lose, after correction)")
+            parts.append(
+                f"on {SPLIT_NAMES.get(r['split'], r['split'])} ({r['images']} images) it "
+                f"{WORDS[r['verdict']].replace('no evidence', 'shows no evidence')} ({_effect(r)}; "
+                f"{gains} of {len(arch_rows)} architectures gain, {losses} lose, after correction)"
+            )
         out.append(f"{d} vs Original: " + "; ".join(parts) + ".")
     return out
 
 
-def limitations(per_arch: list[dict[str, Any]], seeds: int, counts: dict[str, Any],
-                original_auroc: dict[str, float], baseline: dict[str, dict[str, Any]], twins: list[dict[str, Any]],
-                source: str, external: tuple[str, str] = ("unknown", "")) -> list[str]:
+def limitations(
+    per_arch: list[dict[str, Any]],
+    seeds: int,
+    counts: dict[str, Any],
+    original_auroc: dict[str, float],
+    baseline: dict[str, dict[str, Any]],
+    twins: list[dict[str, Any]],
+    source: str,
+    external: tuple[str, str] = ("unknown", ""),
+) -> list[str]:
     """What the evidence can and cannot say, from the numbers themselves.
 
     `counts`: per held-out split {"n", "n_malignant"}; `original_auroc`: Original's mean AUROC per held-out split;
@@ -243,43 +298,65 @@ def limitations(per_arch: list[dict[str, Any]], seeds: int, counts: dict[str, An
     from another source than the training data ("other", "same" or "unknown") and how we know
     (melanoma.evaluation.report.external_source)."""
     if seeds == 1:
-        out = ["Each cell was trained with ONE seed: the CIs cover test-image sampling only. Training variance "
-               "(another seed, another model) is not measured at all, so a 'helps' or 'hurts' can be one lucky or "
-               "unlucky run; use at least 3 seeds (classifiers.seeds; the study profile uses 5)."]
+        out = [
+            "Each cell was trained with ONE seed: the CIs cover test-image sampling only. Training variance "
+            "(another seed, another model) is not measured at all, so a 'helps' or 'hurts' can be one lucky or "
+            "unlucky run; use at least 3 seeds (classifiers.seeds; the study profile uses 5)."
+        ]
     else:
-        out = [f"Each cell was trained with {seeds} seeds; the CIs include both training-seed and test-image "
-               "variance (seed x image bootstrap)" + (". With fewer than 5 seeds the seed part of the variance is "
-                                                      "poorly estimated and the CIs run somewhat narrow"
-                                                      if seeds < 5 else "") + "."]
-    out.append("CIs are unadjusted 95 % intervals; a verdict needs the Holm-adjusted p below 0.05 within its family "
-               "(per-architecture comparisons; pooled effects), so an interval that excludes 0 can still read 'no "
-               "evidence'.")
+        out = [
+            f"Each cell was trained with {seeds} seeds; the CIs include both training-seed and test-image "
+            "variance (seed x image bootstrap)"
+            + (
+                ". With fewer than 5 seeds the seed part of the variance is "
+                "poorly estimated and the CIs run somewhat narrow"
+                if seeds < 5
+                else ""
+            )
+            + "."
+        ]
+    out.append(
+        "CIs are unadjusted 95 % intervals; a verdict needs the Holm-adjusted p below 0.05 within its family "
+        "(per-architecture comparisons; pooled effects), so an interval that excludes 0 can still read 'no "
+        "evidence'."
+    )
     for split, c in counts.items():
         widths = [r["ci_high"] - r["ci_low"] for r in per_arch if r["split"] == split]
         if widths:
-            out.append(f"{SPLIT_NAMES.get(split, split).capitalize()} has {c['n']} images ({c['n_malignant']} "
-                       f"malignant): a single architecture's CI spans about {np.median(widths):.3f} AUROC, so "
-                       "smaller effects cannot be told from noise there.")
+            out.append(
+                f"{SPLIT_NAMES.get(split, split).capitalize()} has {c['n']} images ({c['n_malignant']} "
+                f"malignant): a single architecture's CI spans about {np.median(widths):.3f} AUROC, so "
+                "smaller effects cannot be told from noise there."
+            )
         if min(c["n_malignant"], c["n"] - c["n_malignant"]) < MIN_CLASS:
-            out.append(f"{SPLIT_NAMES.get(split, split).capitalize()} has fewer than {MIN_CLASS} images of a class: "
-                       "its bootstrap intervals are unreliable (a perfect ranking of 2 malignant images gives a "
-                       "zero-width interval); treat its verdicts as anecdotes.")
+            out.append(
+                f"{SPLIT_NAMES.get(split, split).capitalize()} has fewer than {MIN_CLASS} images of a class: "
+                "its bootstrap intervals are unreliable (a perfect ranking of 2 malignant images gives a "
+                "zero-width interval); treat its verdicts as anecdotes."
+            )
     if "external_test" not in counts:
-        out.append("There is no external test set: every result is on images from the same source as training "
-                   "and says nothing about other sites or cameras.")
+        out.append(
+            "There is no external test set: every result is on images from the same source as training "
+            "and says nothing about other sites or cameras."
+        )
     elif {"test", "external_test"} <= set(original_auroc):
         out.append(external_sentence(original_auroc["test"], original_auroc["external_test"], *external))
     out += [baseline_sentence(split, b) for split, b in baseline.items()]
     for t in twins:
         if t["near_identical"]:
-            out.append(f"{t['pair']}: the training sets are near-identical at the classifier's input size (median "
-                       f"correlation {t['median_correlation']:.4f} over {t['images']} synthetic images), so their "
-                       "comparisons are the same evidence twice, not independent confirmation.")
-    out.append("Pooled effects average the architectures shown (a fixed effect); they are not a prediction for "
-               "other architectures.")
+            out.append(
+                f"{t['pair']}: the training sets are near-identical at the classifier's input size (median "
+                f"correlation {t['median_correlation']:.4f} over {t['images']} synthetic images), so their "
+                "comparisons are the same evidence twice, not independent confirmation."
+            )
+    out.append(
+        "Pooled effects average the architectures shown (a fixed effect); they are not a prediction for "
+        "other architectures."
+    )
     if source == "demo":
-        out.append("Data source: the embedded simulator. These numbers exercise the method; they say nothing "
-                   "about melanoma.")
+        out.append(
+            "Data source: the embedded simulator. These numbers exercise the method; they say nothing about melanoma."
+        )
     return out
 
 
@@ -292,17 +369,25 @@ def external_sentence(internal: float, external: float, source: str, how: str) -
     order = "lower there" if lower else "higher there" if higher else "the same on both"
     if source == "other":
         if lower:
-            return (f"{said} ({how}): the drop estimates the domain shift (site, camera, population) between them, "
-                    "which the internal split cannot show.")
-        return (f"{said} ({how}): no drop on the other source, so no sign of a domain shift between them at this "
-                "sample size.")
+            return (
+                f"{said} ({how}): the drop estimates the domain shift (site, camera, population) between them, "
+                "which the internal split cannot show."
+            )
+        return (
+            f"{said} ({how}): no drop on the other source, so no sign of a domain shift between them at this "
+            "sample size."
+        )
     if source == "same":
-        return (f"{said} ({order}). Both come from the same source ({how}), so the difference is not a domain "
-                "shift: it reflects how the two parts were drawn (case mix, size) and chance, and neither set says "
-                "how the models do at other sites or cameras.")
-    return (f"{said} ({order}). Whether the external set comes from another source than the training images is "
-            f"not known ({how}), so the difference cannot be read as a domain shift: it may only reflect how the "
-            "two parts were drawn (case mix, size) and chance.")
+        return (
+            f"{said} ({order}). Both come from the same source ({how}), so the difference is not a domain "
+            "shift: it reflects how the two parts were drawn (case mix, size) and chance, and neither set says "
+            "how the models do at other sites or cameras."
+        )
+    return (
+        f"{said} ({order}). Whether the external set comes from another source than the training images is "
+        f"not known ({how}), so the difference cannot be read as a domain shift: it may only reflect how the "
+        "two parts were drawn (case mix, size) and chance."
+    )
 
 
 def baseline_sentence(split: str, b: dict[str, Any], listed: int = 8) -> str:
@@ -313,10 +398,15 @@ def baseline_sentence(split: str, b: dict[str, Any], listed: int = 8) -> str:
     if not below:
         return f"{said}; every one of the {b['cells']} network cells (seed means) scores above it."
     names = ", ".join(below[:listed]) + (f" and {len(below) - listed} more" if len(below) > listed else "")
-    which = f"all {b['cells']} network cells" if len(below) == b["cells"] else \
-        f"{len(below)} of {b['cells']} network cells ({names})"
-    return (f"{said}; {which} (seed means) score at or below it: those networks learned less from the images than "
-            "hand-made colour and texture features, so their comparisons test under-trained models. Train longer "
-            "(classifiers.train.steps, or steps: auto with more passes), start from pretrained weights "
-            "(classifiers.models.<Arch>.pretrained, as the study profile does) or use a larger input "
-            "(datasets.image_size) before reading their verdicts.")
+    which = (
+        f"all {b['cells']} network cells"
+        if len(below) == b["cells"]
+        else f"{len(below)} of {b['cells']} network cells ({names})"
+    )
+    return (
+        f"{said}; {which} (seed means) score at or below it: those networks learned less from the images than "
+        "hand-made colour and texture features, so their comparisons test under-trained models. Train longer "
+        "(classifiers.train.steps, or steps: auto with more passes), start from pretrained weights "
+        "(classifiers.models.<Arch>.pretrained, as the study profile does) or use a larger input "
+        "(datasets.image_size) before reading their verdicts."
+    )

@@ -5,6 +5,7 @@ convolutions until it reaches `image_size` (64: four doublings, 128: one block m
 inside and Tanh out; the discriminator mirrors it with strided convolutions and LeakyReLU and ends in one
 logit (the loss is BCE-with-logits, numerically safer than Sigmoid+BCE).
 """
+
 from __future__ import annotations
 
 import math
@@ -110,8 +111,9 @@ class DCGANTask:
     step never waits on a host copy and a resumed run continues the same stream.
     """
 
-    def __init__(self, cfg: dict[str, Any], data: torch.Tensor, image_size: int, seed: int, rt: Runtime,
-                 clip_range: float = 1.0) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], data: torch.Tensor, image_size: int, seed: int, rt: Runtime, clip_range: float = 1.0
+    ) -> None:
         torch.manual_seed(seed)
         self.cfg, self.rt, self.name = cfg, rt, "dcgan"
         self.advice = "lower generators.dcgan.lr or change generators.seed"
@@ -168,12 +170,20 @@ class DCGANTask:
             raise Diverged(
                 f"dcgan: the discriminator has won outright for {longest} steps in a row by step {step + 1} "
                 f"(D(G(z)) = {means['d_fake']:.1e}): G gets no gradient. Lower generators.dcgan.lr, enable "
-                "diff_augment or raise label_smoothing")
+                "diff_augment or raise label_smoothing"
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "ema": self.ema.module.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "rng": self.rng.get_state(),
-                "batches": self.batches.get_state(), "d_wins": int(self.d_wins)}
+        return {
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "ema": self.ema.module.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": self.rng.get_state(),
+            "batches": self.batches.get_state(),
+            "d_wins": int(self.d_wins),
+        }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.G.load_state_dict(s["G"])
@@ -187,5 +197,6 @@ class DCGANTask:
 
     def save(self, folder: Path) -> None:
         """The EMA generator's weights -> folder/generator.safetensors."""
-        save_file({k: v.contiguous() for k, v in self.ema.module.state_dict().items()},
-                  str(folder / "generator.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in self.ema.module.state_dict().items()}, str(folder / "generator.safetensors")
+        )

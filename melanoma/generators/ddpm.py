@@ -4,6 +4,7 @@ Training always uses the 1000-step DDPMScheduler (epsilon prediction); sampling 
 steps), DDIM, or DPM-Solver++ (about 20 steps for similar quality), built from the training scheduler's config
 so that the noise schedule is the one the UNet learned.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
     from diffusers import DDPMScheduler, UNet2DModel
 
 
-def unet_config(image_size: int, block_out_channels: list[int], layers_per_block: int, attention: bool) -> dict[str, Any]:
+def unet_config(
+    image_size: int, block_out_channels: list[int], layers_per_block: int, attention: bool
+) -> dict[str, Any]:
     """UNet2DModel kwargs: one down/up block per channel entry, self-attention at the lowest resolution if asked.
 
     Raises ParamsError when diffusers could not build or run it: each block but the last halves the image, so
@@ -30,18 +33,27 @@ def unet_config(image_size: int, block_out_channels: list[int], layers_per_block
     n = len(block_out_channels)
     groups = min(32, min(block_out_channels))
     if image_size % 2 ** (n - 1):
-        raise ParamsError(f"generators.image_size ({image_size}) must be divisible by 2^{n - 1} = {2 ** (n - 1)}: "
-                          f"the UNet has {n} blocks (generators.ddpm.block_out_channels) and all but the last halve it")
+        raise ParamsError(
+            f"generators.image_size ({image_size}) must be divisible by 2^{n - 1} = {2 ** (n - 1)}: "
+            f"the UNet has {n} blocks (generators.ddpm.block_out_channels) and all but the last halve it"
+        )
     if groups < 1 or any(c % groups for c in block_out_channels):
-        raise ParamsError(f"generators.ddpm.block_out_channels {list(block_out_channels)}: each must be a positive "
-                          f"multiple of the GroupNorm group count min(32, smallest) = {groups}")
+        raise ParamsError(
+            f"generators.ddpm.block_out_channels {list(block_out_channels)}: each must be a positive "
+            f"multiple of the GroupNorm group count min(32, smallest) = {groups}"
+        )
     down = ["DownBlock2D"] * n
     up = ["UpBlock2D"] * n
     if attention:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return {
-        "sample_size": image_size, "in_channels": 3, "out_channels": 3, "layers_per_block": layers_per_block,
-        "block_out_channels": list(block_out_channels), "down_block_types": down, "up_block_types": up,
+        "sample_size": image_size,
+        "in_channels": 3,
+        "out_channels": 3,
+        "layers_per_block": layers_per_block,
+        "block_out_channels": list(block_out_channels),
+        "down_block_types": down,
+        "up_block_types": up,
         "norm_num_groups": groups,
     }
 
@@ -54,20 +66,29 @@ def build_unet(config: dict[str, Any], pretrained: str = "") -> UNet2DModel:
     if not pretrained:
         return UNet2DModel(**config)
     try:
-        unet = UNet2DModel.from_pretrained(pretrained, subfolder="unet" if (Path(pretrained) / "unet").is_dir() else None,
-                                           use_safetensors=True, low_cpu_mem_usage=False)
-    except (OSError, ValueError, EnvironmentError) as e:
+        unet = UNet2DModel.from_pretrained(
+            pretrained,
+            subfolder="unet" if (Path(pretrained) / "unet").is_dir() else None,
+            use_safetensors=True,
+            low_cpu_mem_usage=False,
+        )
+    except (OSError, ValueError) as e:
         raise PretrainedUnavailable(
             f"generators.ddpm.pretrained: cannot load a UNet2DModel from '{pretrained}' ({first_line(e)}); "
             "pre-fill the Hugging Face cache or give a local folder, or set generators.ddpm.pretrained: '' "
-            "to train from scratch") from None
-    differ = [k for k in ("sample_size", "block_out_channels", "layers_per_block", "down_block_types")
-              if list(np.atleast_1d(unet.config[k])) != list(np.atleast_1d(config[k]))]
+            "to train from scratch"
+        ) from None
+    differ = [
+        k
+        for k in ("sample_size", "block_out_channels", "layers_per_block", "down_block_types")
+        if list(np.atleast_1d(unet.config[k])) != list(np.atleast_1d(config[k]))
+    ]
     if differ:
         raise PretrainedUnavailable(
-            f"pretrained UNet '{pretrained}' does not match the params: " + "; ".join(
-                f"{k} {unet.config[k]} there, {config[k]} here" for k in differ)
-            + " (generators.image_size, generators.ddpm.block_out_channels / layers_per_block / attention)")
+            f"pretrained UNet '{pretrained}' does not match the params: "
+            + "; ".join(f"{k} {unet.config[k]} there, {config[k]} here" for k in differ)
+            + " (generators.image_size, generators.ddpm.block_out_channels / layers_per_block / attention)"
+        )
     return unet
 
 
@@ -75,8 +96,13 @@ def train_scheduler(num_train_timesteps: int, beta_schedule: str, clip_range: fl
     """`clip_range` bounds predicted clean images: the largest |value| a standardised real pixel can take."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                         prediction_type="epsilon", clip_sample=True, clip_sample_range=clip_range)
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,
+        clip_sample_range=clip_range,
+    )
 
 
 def min_snr_weights(scheduler: DDPMScheduler, gamma: float) -> torch.Tensor:
@@ -119,8 +145,16 @@ def sampling_scheduler(train: DDPMScheduler, sampler: str):
 
 
 @torch.no_grad()
-def sample(unet: UNet2DModel, train: DDPMScheduler, sampler: str, steps: int, n: int,
-           generator: torch.Generator, batch_size: int = 64, rt: Runtime = Runtime()) -> torch.Tensor:
+def sample(
+    unet: UNet2DModel,
+    train: DDPMScheduler,
+    sampler: str,
+    steps: int,
+    n: int,
+    generator: torch.Generator,
+    batch_size: int = 64,
+    rt: Runtime = Runtime(),
+) -> torch.Tensor:
     """n images as float32 (n, 3, S, S) on `rt`'s device, in the (standardised) space the UNet was trained in.
 
     `generator` must live on that device: the initial noise and the ancestral sampler's per-step noise are
@@ -151,8 +185,9 @@ class DDPMTask:
     flips, noise and timesteps come from generators on that device seeded by `seed`.
     """
 
-    def __init__(self, cfg: dict[str, Any], data: torch.Tensor, image_size: int, seed: int, rt: Runtime,
-                 clip_range: float = 1.0) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], data: torch.Tensor, image_size: int, seed: int, rt: Runtime, clip_range: float = 1.0
+    ) -> None:
         torch.manual_seed(seed)
         self.cfg, self.rt, self.name = cfg, rt, "ddpm"
         self.advice = "lower generators.ddpm.lr or change generators.seed"
@@ -194,14 +229,21 @@ class DDPMTask:
         of every global batch (all ranks draw the same global batch from the same seeded generators), and
         DDP's gradient average equals the single-process gradient of the whole batch."""
         if self.cfg["batch_size"] % self.rt.world:
-            raise ParamsError(f"generators.ddpm.batch_size ({self.cfg['batch_size']}) must be divisible by "
-                              f"generators.ddpm.processes ({self.rt.world})")
+            raise ParamsError(
+                f"generators.ddpm.batch_size ({self.cfg['batch_size']}) must be divisible by "
+                f"generators.ddpm.processes ({self.rt.world})"
+            )
         cuda = self.rt.device.type == "cuda"
         self.net = nn.parallel.DistributedDataParallel(self.unet, device_ids=[self.rt.device.index] if cuda else None)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"unet": self.unet.state_dict(), "ema": self.ema.module.state_dict(), "opt": self.opt.state_dict(),
-                "rng": self.rng.get_state(), "batches": self.batches.get_state()}
+        return {
+            "unet": self.unet.state_dict(),
+            "ema": self.ema.module.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": self.rng.get_state(),
+            "batches": self.batches.get_state(),
+        }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.unet.load_state_dict(s["unet"])

@@ -10,6 +10,7 @@ the real training images of its class?
 - FID/KID: Inception-v3 pool features (torch-fidelity's 2015-12-05 FID network) when its weights file is
   present locally; otherwise null with the reason, never an invented number.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from melanoma.data.images import labelled
-from melanoma.engine import Plan, Runtime, fit
+from melanoma.engine import Runtime, TrainingPlan, fit
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"
@@ -62,8 +63,16 @@ class _C2STNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
+            nn.Conv2d(3, 16, 3, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 2, 1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
@@ -109,8 +118,9 @@ class C2STTask:
 C2ST_BATCH = 32
 
 
-def c2st_auc(real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20,
-             rt: Runtime = Runtime()) -> dict[str, Any]:
+def c2st_auc(
+    real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20, rt: Runtime = Runtime()
+) -> dict[str, Any]:
     """Classifier two-sample test (Lopez-Paz & Oquab, 2017) on equal numbers n of real and synthetic uint8
     (N, H, W, 3) images: a small CNN trains on half of each for `epochs` epochs and is scored by AUROC on the
     other halves. Returns {"c2st_auc": float in [0, 1], "c2st_n_per_class": n}; ValueError if n < 8."""
@@ -125,7 +135,7 @@ def c2st_auc(real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20,
     train_idx = np.concatenate([np.arange(half), n + np.arange(half)])
     test_idx = np.concatenate([np.arange(half, n), n + np.arange(half, n)])
     task = C2STTask(x, y, train_idx, seed, rt)
-    fit(task, Plan(steps=epochs * task.per_epoch, seed=seed, period=task.per_epoch), rt, log=lambda _: None)
+    fit(task, TrainingPlan(steps=epochs * task.per_epoch, seed=seed, period=task.per_epoch), rt, log=lambda _: None)
     with torch.no_grad(), rt.autocast():
         scores = task.net.eval()(task.x[torch.from_numpy(test_idx).to(rt.device)]).float().cpu().numpy()
     return {"c2st_auc": float(roc_auc_score(y[test_idx].numpy(), scores)), "c2st_n_per_class": n}
@@ -133,9 +143,9 @@ def c2st_auc(real: np.ndarray, fake: np.ndarray, seed: int, epochs: int = 20,
 
 NOTES = {
     "c2st_auc": "AUROC of a 3-layer CNN trained 20 epochs on half of the real and half of the synthetic images, "
-                "scored on the other halves; 0.5 = indistinguishable, 1.0 = trivially told apart",
+    "scored on the other halves; 0.5 = indistinguishable, 1.0 = trivially told apart",
     "memorised_fraction": "share of synthetic images whose nearest real train image is closer than "
-                          "memorisation_threshold x the second nearest, in 16x16 RGB pixel space ([0, 1], L2)",
+    "memorisation_threshold x the second nearest, in 16x16 RGB pixel space ([0, 1], L2)",
     "diversity_ratio": "mean pairwise distance of synthetic images / that of real ones, same space",
 }
 
@@ -145,11 +155,16 @@ def inception_weights(search: Path | None = None) -> tuple[Path | None, str]:
     folder = search or Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / INCEPTION_FILE
     if not path.is_file():
-        return None, (f"Inception weights {INCEPTION_FILE} not found in {folder} (torch-fidelity would download "
-                      "them; the pipeline does not use the network): copy them there to get FID/KID")
+        return None, (
+            f"Inception weights {INCEPTION_FILE} not found in {folder} (torch-fidelity would download "
+            "them; the pipeline does not use the network): copy them there to get FID/KID"
+        )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if not digest.startswith(INCEPTION_SHA256_PREFIX):
-        return None, f"{path} does not have the published checksum (sha256 {digest[:8]}... != {INCEPTION_SHA256_PREFIX}...)"
+        return (
+            None,
+            f"{path} does not have the published checksum (sha256 {digest[:8]}... != {INCEPTION_SHA256_PREFIX}...)",
+        )
     try:
         torch.load(path, map_location="cpu", weights_only=True)  # refuse a file that is more than tensors
     except Exception as e:  # any failure to read it safely means: do not trust it
@@ -183,8 +198,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
 
 
-def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 100,
-                              seed: int = 0) -> float:
+def kernel_inception_distance(
+    a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 100, seed: int = 0
+) -> float:
     """Unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets (Binkowski et al., 2018)."""
     rng = np.random.default_rng(seed)
     m = min(subset_size, len(a), len(b))
@@ -193,14 +209,20 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, s
     for _ in range(subsets):
         x, y = a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)]
         kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
-        vals.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                    - 2 * kxy.mean())
+        vals.append(
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+        )
     return float(np.mean(vals))
 
 
-def quality(real: np.ndarray, fake: np.ndarray, seed: int, memorisation_ratio: float,
-            weights_dir: Path | None = None, rt: Runtime = Runtime()
-            ) -> tuple[dict[str, Any], dict[str, str], list[tuple[int, int]]]:
+def quality(
+    real: np.ndarray,
+    fake: np.ndarray,
+    seed: int,
+    memorisation_ratio: float,
+    weights_dir: Path | None = None,
+    rt: Runtime = Runtime(),
+) -> tuple[dict[str, Any], dict[str, str], list[tuple[int, int]]]:
     """Numeric metrics (for `dvc metrics`), notes in words, and the (synthetic, real) pairs most like copies.
     The C2ST critic and the Inception features run on `rt`'s device; the pixel-space metrics on the host."""
     out: dict[str, Any] = {"n_real": len(real), "n_synthetic": len(fake)}
@@ -222,8 +244,10 @@ def quality(real: np.ndarray, fake: np.ndarray, seed: int, memorisation_ratio: f
     else:
         ia, ib = inception_features(real, weights, rt), inception_features(fake, weights, rt)
         out.update({"fid": frechet_distance(ia, ib), "kid": kernel_inception_distance(ia, ib, seed=seed)})
-        notes["fid"] = (f"Inception-v3 (torch-fidelity) on {len(real)} real vs {len(fake)} synthetic images upsampled "
-                        "from the generator resolution: compare only within this study")
+        notes["fid"] = (
+            f"Inception-v3 (torch-fidelity) on {len(real)} real vs {len(fake)} synthetic images upsampled "
+            "from the generator resolution: compare only within this study"
+        )
     worst = np.argsort(ratio)[:8]
     return out, notes, [(int(i), int(nearest[i])) for i in worst]
 
@@ -233,8 +257,8 @@ def pairs_sheet(fake: np.ndarray, real: np.ndarray, pairs: list[tuple[int, int]]
     h, w = fake.shape[1:3]
     canvas = np.full((len(pairs) * (h + 2), 2 * w + 2, 3), 255, np.uint8)
     for k, (i, j) in enumerate(pairs):
-        canvas[k * (h + 2):k * (h + 2) + h, :w] = fake[i]
-        canvas[k * (h + 2):k * (h + 2) + h, w + 2:] = real[j]
+        canvas[k * (h + 2) : k * (h + 2) + h, :w] = fake[i]
+        canvas[k * (h + 2) : k * (h + 2) + h, w + 2 :] = real[j]
     im = Image.fromarray(canvas)
     im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
     return labelled(im, cols=["synthetic", "nearest real"])

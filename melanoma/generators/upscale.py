@@ -7,11 +7,11 @@
                      by PSNR/SSIM against bicubic on real *val* images;
   hub                a pretrained diffusers super-resolution pipeline, only if its weights are available.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from melanoma.data.images import grid, labelled, md5_bytes
-from melanoma.engine import Plan, Runtime, discard, fit, runtime
+from melanoma.engine import Runtime, TrainingPlan, discard, fit, runtime
 from melanoma.errors import MelanomaError, first_line
-from melanoma.generators import load_train_images
-from melanoma.io import atomic_dir, write_csv
+from melanoma.generators.data import load_train_images
+from melanoma.imports import code_files
+from melanoma.io import atomic_dir, staged_files, write_csv
 from melanoma.params import LABELS
 
 
@@ -42,9 +43,13 @@ class ESPCN(nn.Module):
         super().__init__()
         self.factor = factor
         self.body = nn.Sequential(
-            nn.Conv2d(3, channels * 2, 5, padding=2), nn.Tanh(),
-            nn.Conv2d(channels * 2, channels, 3, padding=1), nn.Tanh(),
-            nn.Conv2d(channels, 3 * factor**2, 3, padding=1), nn.PixelShuffle(factor))
+            nn.Conv2d(3, channels * 2, 5, padding=2),
+            nn.Tanh(),
+            nn.Conv2d(channels * 2, channels, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(channels, 3 * factor**2, 3, padding=1),
+            nn.PixelShuffle(factor),
+        )
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         """(N, 3, h, w) in [0, 1] -> (N, 3, h*f, w*f) in [0, 1]."""
@@ -132,11 +137,19 @@ class SRTask:
 
 
 SR_PERIOD = 50  # steps between reads of the loss (NaN check, dvclive) and between checkpoints
-CODE = [Path(__file__), Path(__file__).parents[1] / "engine.py"]
+CODE = code_files(__name__)
 
 
-def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, metrics_path: Path,
-                   ckpt_dir: Path, rt: Runtime | None = None, log=print) -> dict[str, Any]:
+def train_upscaler(
+    params: dict[str, Any],
+    splits: Path,
+    raw: Path,
+    out: Path,
+    metrics_path: Path,
+    ckpt_dir: Path,
+    rt: Runtime | None = None,
+    log=print,
+) -> dict[str, Any]:
     """Train the SR model on real train images, score it against bicubic on real val images.
 
     Writes `out` (model.safetensors, config.json) atomically and `metrics_path` (PSNR/SSIM of SR and bicubic),
@@ -149,32 +162,66 @@ def train_upscaler(params: dict[str, Any], splits: Path, raw: Path, out: Path, m
     hr_size = size * factor
     train_hr = _as_unit(_real(splits, raw, "train", hr_size))
     task = SRTask(cfg, factor, train_hr, u["seed"], rt)
-    config = {"upscale": {k: v for k, v in u.items() if k != "method"}, "image_size": size,
-              "data": hashlib.sha256(train_hr.numpy().tobytes()).hexdigest()[:16]}
-    fit(task, Plan(steps=cfg["steps"], seed=u["seed"], period=SR_PERIOD, config=config, code=CODE, folder=ckpt_dir,
-                   checkpoint_every=SR_PERIOD, keep=1), rt, log=log)
+    config = {
+        "upscale": {k: v for k, v in u.items() if k != "method"},
+        "image_size": size,
+        "data": hashlib.sha256(train_hr.numpy().tobytes()).hexdigest()[:16],
+    }
+    fit(
+        task,
+        TrainingPlan(
+            steps=cfg["steps"],
+            seed=u["seed"],
+            period=SR_PERIOD,
+            config=config,
+            code=CODE,
+            folder=ckpt_dir,
+            checkpoint_every=SR_PERIOD,
+            keep=1,
+        ),
+        rt,
+        log=log,
+    )
     model = task.model.eval()
     val_hr = _as_unit(_real(splits, raw, "val", hr_size)).to(rt.device)
     with torch.no_grad():
         lr = downscale(val_hr, factor)
         sr, bic = model(lr), bicubic(lr, factor)
-    m = {"factor": factor, "from_px": size, "to_px": hr_size, "n_val": len(val_hr),
-         "psnr_sr": psnr(sr, val_hr), "psnr_bicubic": psnr(bic, val_hr),
-         "ssim_sr": ssim(sr, val_hr), "ssim_bicubic": ssim(bic, val_hr)}
+    m = {
+        "factor": factor,
+        "from_px": size,
+        "to_px": hr_size,
+        "n_val": len(val_hr),
+        "psnr_sr": psnr(sr, val_hr),
+        "psnr_bicubic": psnr(bic, val_hr),
+        "ssim_sr": ssim(sr, val_hr),
+        "ssim_bicubic": ssim(bic, val_hr),
+    }
     m["beats_bicubic"] = bool(m["psnr_sr"] > m["psnr_bicubic"] and m["ssim_sr"] > m["ssim_bicubic"])
     with atomic_dir(out) as tmp:
         save_file({k: v.cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps({
-            "architecture": "melanoma.generators.upscale.ESPCN", "kwargs": {"factor": factor, "channels": cfg["channels"]},
-            "trained_on": "real train images, input = antialiased bicubic downscale", "params": u}, indent=2) + "\n")
+        (tmp / "config.json").write_text(
+            json.dumps(
+                {
+                    "architecture": "melanoma.generators.upscale.ESPCN",
+                    "kwargs": {"factor": factor, "channels": cfg["channels"]},
+                    "trained_on": "real train images, input = antialiased bicubic downscale",
+                    "params": u,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         shutil.copytree(ckpt_dir / "live", tmp / "curves")
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(m, indent=2) + "\n")
     discard(ckpt_dir)
     if not m["beats_bicubic"]:
-        log(f"train_upscaler: WARNING: the SR model does NOT beat bicubic on real val images "
+        log(
+            f"train_upscaler: WARNING: the SR model does NOT beat bicubic on real val images "
             f"(PSNR {m['psnr_sr']:.2f} vs {m['psnr_bicubic']:.2f} dB, SSIM {m['ssim_sr']:.4f} vs "
-            f"{m['ssim_bicubic']:.4f}); train longer (upscale.sr.steps) or use upscale.method: bicubic")
+            f"{m['ssim_bicubic']:.4f}); train longer (upscale.sr.steps) or use upscale.method: bicubic"
+        )
     return m
 
 
@@ -188,11 +235,13 @@ def load_upscaler(folder: Path, rt: Runtime = Runtime()) -> ESPCN:
 
 def _hub_upscale(images: np.ndarray, model_id: str, factor: int) -> np.ndarray:
     if factor != 4:
-        raise UpscaleError(f"upscale.method=hub: the diffusers super-resolution pipelines upscale 4x; "
-                           f"upscale.factor is {factor}")
+        raise UpscaleError(
+            f"upscale.method=hub: the diffusers super-resolution pipelines upscale 4x; upscale.factor is {factor}"
+        )
     # imported from its module: the package-level name is gated on `transformers`, which this pipeline does not use
     from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import (
-        LDMSuperResolutionPipeline)
+        LDMSuperResolutionPipeline,
+    )
 
     try:
         pipe = LDMSuperResolutionPipeline.from_pretrained(model_id)
@@ -200,7 +249,8 @@ def _hub_upscale(images: np.ndarray, model_id: str, factor: int) -> np.ndarray:
         raise UpscaleError(
             f"upscale.method=hub: cannot load '{model_id}' ({first_line(e)}); pre-fill the Hugging "
             "Face cache (`huggingface-cli download MODEL` on a machine with network, copy ~/.cache/huggingface), "
-            "or use upscale.method: sr") from None
+            "or use upscale.method: sr"
+        ) from None
     out = [np.asarray(pipe(Image.fromarray(im), num_inference_steps=50).images[0].convert("RGB")) for im in images]
     return np.stack(out)
 
@@ -208,27 +258,45 @@ def _hub_upscale(images: np.ndarray, model_id: str, factor: int) -> np.ndarray:
 UPSCALE_BATCH = 256  # images per forward pass of the SR model (bounds device memory at study size)
 
 
-def upscale_images(images: np.ndarray, method: str, factor: int, model: ESPCN | None = None,
-                   hub_model: str = "", rt: Runtime = Runtime()) -> np.ndarray:
+def upscale_images(
+    images: np.ndarray,
+    method: str,
+    factor: int,
+    model: ESPCN | None = None,
+    hub_model: str = "",
+    rt: Runtime = Runtime(),
+) -> np.ndarray:
     """uint8 (N, s, s, 3) -> uint8 (N, s*f, s*f, 3) by the chosen method; bicubic and sr run on `rt`'s device
     in float32, in batches of UPSCALE_BATCH."""
     if len(images) == 0:
         return np.empty((0, images.shape[1] * factor, images.shape[2] * factor, 3), np.uint8)
     if method == "lanczos":
-        return np.stack([np.asarray(Image.fromarray(im).resize((im.shape[1] * factor, im.shape[0] * factor),
-                                                               Image.LANCZOS)) for im in images])
+        return np.stack(
+            [
+                np.asarray(Image.fromarray(im).resize((im.shape[1] * factor, im.shape[0] * factor), Image.LANCZOS))
+                for im in images
+            ]
+        )
     if method == "hub":
         return _hub_upscale(images, hub_model, factor)
     out = []
     with torch.no_grad():
         for i in range(0, len(images), UPSCALE_BATCH):
-            x = _as_unit(images[i:i + UPSCALE_BATCH]).to(rt.device)
+            x = _as_unit(images[i : i + UPSCALE_BATCH]).to(rt.device)
             out.append(_as_uint8(model(x) if method == "sr" else bicubic(x, factor)))
     return np.concatenate(out)
 
 
-def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, out: Path, sheet: Path,
-            rt: Runtime = Runtime(), log=print) -> dict[str, Any]:
+def upscale(
+    gen: str,
+    params: dict[str, Any],
+    synthetic: Path,
+    upscaler: Path,
+    out: Path,
+    sheet: Path,
+    rt: Runtime = Runtime(),
+    log=print,
+) -> dict[str, Any]:
     """data/synthetic/<gen>/ -> data/synthetic/<gen>_upscaled/ (same ids, larger images) + a labelled comparison
     sheet (per class: as generated, bicubic, the method); the SR model (or bicubic) runs on `rt`'s device.
     A class with no synthetic images gets an empty shard; both outputs are written whole or not at all."""
@@ -238,16 +306,26 @@ def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, o
     rows = []
     counts = {}
     sheet_rows, row_labels = [], []
-    with atomic_dir(out) as tmp:
+    sheet.parent.mkdir(parents=True, exist_ok=True)
+    with staged_files() as staged, atomic_dir(out) as tmp:  # the sheet is renamed after `out` is committed
         for label in LABELS:
             src = np.load(synthetic / f"{label}.npy")
             up = upscale_images(src, method, factor, model, u["hub"]["model"], rt)
             np.save(tmp / f"{label}.npy", up)
             counts[label] = len(up)
             for i, im in enumerate(up):
-                rows.append({"id": f"{gen}_{label}_{i:06d}_up", "source_id": f"{gen}_{label}_{i:06d}",
-                             "generator": gen, "class": label, "method": method, "factor": factor,
-                             "path": f"{label}.npy#{i}", "md5": md5_bytes(im.tobytes())})
+                rows.append(
+                    {
+                        "id": f"{gen}_{label}_{i:06d}_up",
+                        "source_id": f"{gen}_{label}_{i:06d}",
+                        "generator": gen,
+                        "class": label,
+                        "method": method,
+                        "factor": factor,
+                        "path": f"{label}.npy#{i}",
+                        "md5": md5_bytes(im.tobytes()),
+                    }
+                )
             if len(src):
                 k = min(8, len(src))
                 nearest = np.repeat(np.repeat(src[:k], factor, 1), factor, 2)  # rows: as generated, bicubic, method
@@ -255,15 +333,15 @@ def upscale(gen: str, params: dict[str, Any], synthetic: Path, upscaler: Path, o
                 sheet_rows.append(np.concatenate(side, axis=0))
                 row_labels += [f"{label}: as generated", f"{label}: bicubic x{factor}", f"{label}: {method} x{factor}"]
         write_csv(tmp / "manifest.csv", rows, MANIFEST)
-        sheet.parent.mkdir(parents=True, exist_ok=True)
-        tmp_sheet = sheet.parent / f".{sheet.name}.tmp-{os.getpid()}.png"  # made before `out` is committed
+        tmp_sheet = staged.path(sheet)
         if sheet_rows:
             k = min(len(r) // 3 for r in sheet_rows)
             imgs = np.concatenate([_first(r, k) for r in sheet_rows], axis=0)  # classes may have fewer than 8
-            labelled(grid(imgs, cols=k), rows=row_labels).save(tmp_sheet)
+            labelled(grid(imgs, cols=k), rows=row_labels).save(tmp_sheet, format="PNG")
         else:
-            labelled(Image.new("RGB", (240, 20), "white"), rows=[f"no synthetic {gen} images to upscale"]).save(tmp_sheet)
-    os.replace(tmp_sheet, sheet)
+            labelled(Image.new("RGB", (240, 20), "white"), rows=[f"no synthetic {gen} images to upscale"]).save(
+                tmp_sheet, format="PNG"
+            )
     return {"method": method, "factor": factor, "counts": counts}
 
 
@@ -273,4 +351,4 @@ MANIFEST = ["id", "source_id", "generator", "class", "method", "factor", "path",
 def _first(triple: np.ndarray, k: int) -> np.ndarray:
     """The first k images of each of the three rows (as generated, bicubic, method) of one class's sheet rows."""
     n = len(triple) // 3
-    return np.concatenate([triple[i * n:i * n + k] for i in range(3)])
+    return np.concatenate([triple[i * n : i * n + k] for i in range(3)])

@@ -26,6 +26,7 @@ applied again to each (`threshold_interval`): how firmly the labelled set pins t
 A threshold file belongs to one package: it records the sha256 of the package's `model.safetensors`, and predict
 refuses it for any other weights.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,34 +34,39 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from melanoma.classifiers.inference import read_config
+from melanoma.data.releases import FetchError, csv_dialect, from_class_folders, walk
 from melanoma.errors import MelanomaError, printable
-from melanoma.io import owner_lock, read_small, regular_file
+from melanoma.evaluation.metrics import at_threshold, auroc, choose_threshold
+from melanoma.evaluation.stats import CHUNK, cell_intervals, draw, interval
+from melanoma.io import owner_lock, read_small, regular_file, write_atomic
 from melanoma.params import LABELS
+from melanoma.serving.package import CONFIG, WEIGHTS, check_package_fields, load
+from melanoma.serving.predict import predict, writable_dir
+from melanoma.serving.thresholds import FORMAT, THRESHOLD_MAX_BYTES, VERSION, CalibrationError, _get, package_identity
+from melanoma.text import safe_id, top_reasons
 
-FORMAT, VERSION = "melanoma-threshold", 1
 MIN_PER_CLASS = 10  # scored images of each class below which a threshold and its CIs mean nothing
 DEFAULT_BOOTSTRAP, DEFAULT_TARGET = 2000, 0.95
 MAX_BOOTSTRAP = 100_000  # 300 images: about 0.6 GB and 7 s; the draws are held as (resamples, images) counts
 IMAGE_COLUMN, LABEL_COLUMN = "image", "label"  # the labels CSV's columns
 UNREADABLE_LISTED = 50  # unreadable files named in the threshold file (all are counted)
 RULES = ("youden", "sensitivity")
-IN_SAMPLE = ("in-sample: the threshold was chosen on these same images, so these figures are optimistic; "
-             "confirm on other labelled images of the site")
-
-
-class CalibrationError(MelanomaError):
-    """Bad labels, a bad rule or output path, or a threshold file that is malformed or for another package."""
+IN_SAMPLE = (
+    "in-sample: the threshold was chosen on these same images, so these figures are optimistic; "
+    "confirm on other labelled images of the site"
+)
 
 
 # ---------------------------------------------------------------- labelled images
+
 
 @dataclass
 class Labelled:
@@ -96,15 +102,18 @@ def read_labels(path: Path) -> Labelled:
     if path.exists():
         regular_file(path, "--labels", LABELS_MAX_BYTES)
         return _read_csv(path)
-    raise CalibrationError(f"--labels {path} does not exist; give a CSV with columns {IMAGE_COLUMN},{LABEL_COLUMN} "
-                           "or a folder with benign/ and malignant/ subfolders")
+    raise CalibrationError(
+        f"--labels {path} does not exist; give a CSV with columns {IMAGE_COLUMN},{LABEL_COLUMN} "
+        "or a folder with benign/ and malignant/ subfolders"
+    )
 
 
 def _read_csv(path: Path) -> Labelled:
-    from melanoma.data.releases import csv_dialect
 
-    fix = (f"the CSV needs a header with columns {IMAGE_COLUMN} (the image's path, relative to the CSV's folder) "
-           f"and {LABEL_COLUMN} (benign or malignant)")
+    fix = (
+        f"the CSV needs a header with columns {IMAGE_COLUMN} (the image's path, relative to the CSV's folder) "
+        f"and {LABEL_COLUMN} (benign or malignant)"
+    )
     try:  # as fetch reads user tables: UTF-8 (BOM or not) or Excel's UTF-16 "Unicode text"; ',' ';' or tab
         encoding, delimiter = csv_dialect(path)
         with open(path, newline="", encoding=encoding) as fh:
@@ -116,13 +125,16 @@ def _read_csv(path: Path) -> Labelled:
     if not rows:
         raise CalibrationError(f"--labels {path} is empty; {fix}")
     if len(rows) - 1 > MAX_LABELLED:  # before any row is resolved: each costs a path lookup and memory
-        raise CalibrationError(f"--labels {path} lists {len(rows) - 1:,} rows; calibrate takes at most "
-                               f"{MAX_LABELLED:,} images (a threshold needs hundreds): give a sample of them")
+        raise CalibrationError(
+            f"--labels {path} lists {len(rows) - 1:,} rows; calibrate takes at most "
+            f"{MAX_LABELLED:,} images (a threshold needs hundreds): give a sample of them"
+        )
     head = [h.strip().lower() for h in rows[0]]
     for col in (IMAGE_COLUMN, LABEL_COLUMN):
         if col not in head:
-            raise CalibrationError(f"--labels {path} has no '{col}' column (its header: "
-                                   f"{', '.join(rows[0]) or 'empty'}); {fix}")
+            raise CalibrationError(
+                f"--labels {path} has no '{col}' column (its header: {', '.join(rows[0]) or 'empty'}); {fix}"
+            )
     ci, cl = head.index(IMAGE_COLUMN), head.index(LABEL_COLUMN)
     root = path.resolve().parent
     files, names, labels, seen, missing = [], [], [], {}, []
@@ -132,19 +144,27 @@ def _read_csv(path: Path) -> Labelled:
         image = row[ci].strip() if ci < len(row) else ""
         label = row[cl].strip().lower() if cl < len(row) else ""
         if not image:
-            raise CalibrationError(f"--labels {path} line {line}: the {IMAGE_COLUMN} cell is empty; give the "
-                                   "image's path or delete the line")
+            raise CalibrationError(
+                f"--labels {path} line {line}: the {IMAGE_COLUMN} cell is empty; give the "
+                "image's path or delete the line"
+            )
         if "\0" in image:
-            raise CalibrationError(f"--labels {path} line {line}: the {IMAGE_COLUMN} cell holds a NUL byte, which no "
-                                   "file name can; fix that cell")
+            raise CalibrationError(
+                f"--labels {path} line {line}: the {IMAGE_COLUMN} cell holds a NUL byte, which no "
+                "file name can; fix that cell"
+            )
         if label not in LABELS:
-            raise CalibrationError(f"--labels {path} line {line}: label {row[cl] if cl < len(row) else ''!r} is "
-                                   f"not benign or malignant; write benign or malignant")
+            raise CalibrationError(
+                f"--labels {path} line {line}: label {row[cl] if cl < len(row) else ''!r} is "
+                f"not benign or malignant; write benign or malignant"
+            )
         f = Path(image) if Path(image).is_absolute() else root / image
         key = os.path.realpath(f)  # a symlink or another spelling of a listed file is the same image
         if key in seen:
-            raise CalibrationError(f"--labels {path} line {line}: {image} is listed again (first on line "
-                                   f"{seen[key]}); list each image once")
+            raise CalibrationError(
+                f"--labels {path} line {line}: {image} is listed again (first on line "
+                f"{seen[key]}); list each image once"
+            )
         seen[key] = line
         if not f.is_file():
             missing.append((line, image, f))
@@ -153,9 +173,11 @@ def _read_csv(path: Path) -> Labelled:
         labels.append(LABELS.index(label))
     if missing:
         line, image, f = missing[0]
-        raise CalibrationError(f"--labels {path}: {len(missing)} of {len(files)} listed images do not exist (first: "
-                               f"line {line}, {image} -> {f}); fix the paths (relative ones are read from the "
-                               "CSV's folder) or delete those lines")
+        raise CalibrationError(
+            f"--labels {path}: {len(missing)} of {len(files)} listed images do not exist (first: "
+            f"line {line}, {image} -> {f}); fix the paths (relative ones are read from the "
+            "CSV's folder) or delete those lines"
+        )
     out = Labelled(path, "csv", root, files, names, np.array(labels, dtype=np.int64))
     _both_classes(out)
     return out
@@ -164,16 +186,22 @@ def _read_csv(path: Path) -> Labelled:
 def _read_folder(path: Path) -> Labelled:
     """Class folders, read by the project's own reader (`releases.walk` + `from_class_folders`): hidden files,
     __MACOSX, licences and masks are skipped as fetch skips them."""
-    from melanoma.data.releases import FetchError, from_class_folders, walk
 
-    folders = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")
-                     and p.name.lower() != "__macosx")  # as fetch's class-folder reader sees them
+    folders = sorted(
+        p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.lower() != "__macosx"
+    )  # as fetch's class-folder reader sees them
     others = [name for name in folders if name.lower() not in LABELS]
     if others or not folders:
-        raise CalibrationError(f"--labels {path}: " + (f"subfolder {others[0]}/ is not benign/ or malignant/"
-                                                        if others else "no benign/ and malignant/ subfolders")
-                               + "; a labels folder holds exactly those two (move the others out, or list the "
-                               f"images in a CSV with columns {IMAGE_COLUMN},{LABEL_COLUMN})")
+        raise CalibrationError(
+            f"--labels {path}: "
+            + (
+                f"subfolder {others[0]}/ is not benign/ or malignant/"
+                if others
+                else "no benign/ and malignant/ subfolders"
+            )
+            + "; a labels folder holds exactly those two (move the others out, or list the "
+            f"images in a CSV with columns {IMAGE_COLUMN},{LABEL_COLUMN})"
+        )
     try:
         offer = from_class_folders(walk(path), path, {}, "main", "calibrate")
     except FetchError as e:
@@ -181,8 +209,9 @@ def _read_folder(path: Path) -> Labelled:
     root = path.resolve()
     files = [Path(c.file) for c in offer.candidates]
     names = [Path(os.path.relpath(f.resolve(), root)).as_posix() for f in files]
-    return Labelled(path, "folder", root, files, names,
-                    np.array([LABELS.index(c.label) for c in offer.candidates], dtype=np.int64))
+    return Labelled(
+        path, "folder", root, files, names, np.array([LABELS.index(c.label) for c in offer.candidates], dtype=np.int64)
+    )
 
 
 def _no_copies(d: Labelled, scored: np.ndarray) -> None:
@@ -199,8 +228,10 @@ def _no_copies(d: Labelled, scored: np.ndarray) -> None:
         if h in seen:
             j = seen[h]
             both = "" if d.labels[i] == d.labels[j] else f" (labelled {LABELS[d.labels[j]]} and {LABELS[d.labels[i]]})"
-            raise CalibrationError(f"--labels {d.source}: {d.names[j]} and {d.names[i]} are the same image (identical "
-                                   f"bytes){both}; list each image once")
+            raise CalibrationError(
+                f"--labels {d.source}: {d.names[j]} and {d.names[i]} are the same image (identical "
+                f"bytes){both}; list each image once"
+            )
         seen[h] = i
 
 
@@ -208,11 +239,14 @@ def _both_classes(d: Labelled) -> None:
     c = d.counts()
     for label, n in c.items():
         if n == 0:
-            raise CalibrationError(f"--labels {d.source}: no {label} images ({c['benign']} benign, {c['malignant']} "
-                                   "malignant); a threshold needs both classes")
+            raise CalibrationError(
+                f"--labels {d.source}: no {label} images ({c['benign']} benign, {c['malignant']} "
+                "malignant); a threshold needs both classes"
+            )
 
 
 # ---------------------------------------------------------------- choosing and measuring
+
 
 def rule_name(rule: str, target: float | None) -> str:
     """The rule as the pipeline writes it (threshold_rule): 'youden' or 'sensitivity 0.95'."""
@@ -234,8 +268,9 @@ def check_rule(rule: str, target: float | None) -> float | None:
     return float(target)
 
 
-def choose(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None = None,
-           weights: np.ndarray | None = None) -> float:
+def choose(
+    labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None = None, weights: np.ndarray | None = None
+) -> float:
     """The threshold by `rule` on (n,) labels (1 = malignant) and (n,) P(malignant) in [0, 1], always one of
     `probs` (malignant when p >= threshold):
 
@@ -247,24 +282,25 @@ def choose(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | Non
     The pipeline's own rule (`metrics.choose_threshold`, which compares J in whole counts), with the target
     and classes checked first. `weights`: (n,) non-negative integer counts (a bootstrap draw), None for one each.
     Raises CalibrationError (bad rule or target, a class absent)."""
-    from melanoma.evaluation.metrics import choose_threshold
 
     target = check_rule(rule, target)
     y, p = np.asarray(labels).astype(np.int64), np.asarray(probs, dtype=np.float64)
     w = np.ones(len(y), dtype=np.int64) if weights is None else np.asarray(weights, dtype=np.int64)
     n_pos, n_neg = int(w[y == 1].sum()), int(w[y == 0].sum())
     if y.shape != p.shape or y.shape != w.shape or y.ndim != 1 or n_pos == 0 or n_neg == 0:
-        raise CalibrationError(f"a threshold needs both classes and one score per label; got {n_pos} malignant, "
-                               f"{n_neg} benign labels and {p.size} scores")
+        raise CalibrationError(
+            f"a threshold needs both classes and one score per label; got {n_pos} malignant, "
+            f"{n_neg} benign labels and {p.size} scores"
+        )
     return choose_threshold(y, p, rule, target if target is not None else 0.0, weights)
 
 
-def threshold_interval(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None, n_boot: int,
-                       seed: int) -> list[float]:
+def threshold_interval(
+    labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None, n_boot: int, seed: int
+) -> list[float]:
     """95 % percentile interval of the threshold itself: the rule applied again to each of `n_boot` stratified
     bootstrap draws of the images (`stats.draw`). It says how firmly this many labelled images pin the
     threshold down; the metrics' intervals (`measure`) hold the threshold fixed."""
-    from melanoma.evaluation.stats import CHUNK, draw, interval
 
     target = check_rule(rule, target)
     y = np.asarray(labels).astype(bool)
@@ -272,8 +308,15 @@ def threshold_interval(labels: np.ndarray, probs: np.ndarray, rule: str, target:
     return interval(draw_thresholds(y, probs, rule, target, d.pos, d.neg, CHUNK))
 
 
-def draw_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None, pos: np.ndarray,
-                    neg: np.ndarray, chunk: int = 100) -> np.ndarray:
+def draw_thresholds(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    rule: str,
+    target: float | None,
+    pos: np.ndarray,
+    neg: np.ndarray,
+    chunk: int = 100,
+) -> np.ndarray:
     """(B,) the threshold `choose` picks on each resample given as counts: pos (B, P) of the malignant images,
     neg (B, N) of the benign ones, in label order (`stats.Draws`). The same rule and tie-breaking as `choose`,
     computed for `chunk` draws at once from cumulative counts over the scores sorted once (descending)."""
@@ -284,8 +327,8 @@ def draw_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str, target: fl
     n_pos, n_neg = int(pos[0].sum()), int(neg[0].sum())
     out = np.empty(len(pos))
     for i in range(0, len(pos), chunk):
-        w = np.zeros((len(pos[i:i + chunk]), len(y)), dtype=np.int64)
-        w[:, y], w[:, ~y] = pos[i:i + chunk], neg[i:i + chunk]
+        w = np.zeros((len(pos[i : i + chunk]), len(y)), dtype=np.int64)
+        w[:, y], w[:, ~y] = pos[i : i + chunk], neg[i : i + chunk]
         w = w[:, order]
         tp = np.cumsum(w * ys, axis=1)[:, ends]
         fp = np.cumsum(w * ~ys, axis=1)[:, ends]
@@ -296,7 +339,7 @@ def draw_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str, target: fl
             idx = np.argmax(j, axis=1)
         else:
             idx = np.argmax(tp >= target * n_pos - 1e-9, axis=1)
-        out[i:i + chunk] = ps[ends][idx]
+        out[i : i + chunk] = ps[ends][idx]
     return out
 
 
@@ -305,8 +348,6 @@ def measure(labels: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int
     each with its 95 % percentile CI (`ci95`) from `n_boot` stratified bootstrap draws of the images (Efron &
     Tibshirani 1993), the threshold fixed. labels, probs: (n,), both classes present. The draws depend on
     `seed` and the labels only, so two thresholds measured with one seed share their draws."""
-    from melanoma.evaluation.metrics import at_threshold, auroc
-    from melanoma.evaluation.stats import cell_intervals
 
     y, p = np.asarray(labels).astype(np.int64), np.asarray(probs, dtype=np.float64)
     point = at_threshold(y, p, threshold)
@@ -317,9 +358,17 @@ def measure(labels: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int
         if point[name] in (0.0, 1.0):  # the percentile bootstrap cannot leave 0 or 1: its interval has zero width
             ci95[name] = list(clopper_pearson(round(point[name] * n), n))
             exact.append(name)
-    return {"threshold": float(threshold), "sensitivity": point["sensitivity"], "specificity": point["specificity"],
-            "balanced_accuracy": point["balanced_accuracy"], "flagged_malignant": float(np.mean(p >= threshold)),
-            "auroc": auroc(y, p), "confusion": point["confusion"], "ci95": ci95, "exact_ci95": exact}
+    return {
+        "threshold": float(threshold),
+        "sensitivity": point["sensitivity"],
+        "specificity": point["specificity"],
+        "balanced_accuracy": point["balanced_accuracy"],
+        "flagged_malignant": float(np.mean(p >= threshold)),
+        "auroc": auroc(y, p),
+        "confusion": point["confusion"],
+        "ci95": ci95,
+        "exact_ci95": exact,
+    }
 
 
 def clopper_pearson(k: int, n: int) -> tuple[float, float]:
@@ -338,58 +387,49 @@ def warnings_for(m: dict[str, Any], n_malignant: int, n_benign: int, which: str 
     out = []
     lo, hi = m["ci95"]["auroc"]
     if lo <= 0.5 and not which:
-        out.append(f"warning: AUROC {m['auroc']:.3f} [{lo:.3f}, {hi:.3f}] on these images: the model ranks them no "
-                   "better than chance may, so any threshold is arbitrary; do not use this package at this site")
+        out.append(
+            f"warning: AUROC {m['auroc']:.3f} [{lo:.3f}, {hi:.3f}] on these images: the model ranks them no "
+            "better than chance may, so any threshold is arbitrary; do not use this package at this site"
+        )
     for name, n in (("sensitivity", n_malignant), ("specificity", n_benign)):
         if name in m.get("exact_ci95", ()):
             a, b = m["ci95"][name]
-            out.append(f"warning: {which + ': ' if which else ''}{name} {m[name]:.3f} on {n} images: its interval is "
-                       f"the exact (Clopper-Pearson) 95 % one, [{a:.3f}, {b:.3f}], as a bootstrap cannot leave "
-                       f"{m[name]:.0f}")
+            out.append(
+                f"warning: {which + ': ' if which else ''}{name} {m[name]:.3f} on {n} images: its interval is "
+                f"the exact (Clopper-Pearson) 95 % one, [{a:.3f}, {b:.3f}], as a bootstrap cannot leave "
+                f"{m[name]:.0f}"
+            )
     return out
 
 
 # ---------------------------------------------------------------- the package
 
-def package_identity(folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Which package a threshold belongs to: its cell, folder and the sha256 of its weights file (the one
-    `package.load` checks against model_config.json's weights_sha256)."""
-    from melanoma.serving.package import WEIGHTS, weights_sha256
-
-    sha = cfg.get("weights_sha256")
-    if not isinstance(sha, str):
-        sha = weights_sha256(Path(folder) / WEIGHTS)
-    return {"cell": f"{cfg['arch']}_{cfg['dataset']}", "path": str(folder), "weights_sha256": sha,
-            "threshold": cfg["threshold"], "threshold_rule": cfg.get("threshold_rule", "unknown")}
-
-
 # ---------------------------------------------------------------- the threshold file
+
 
 def default_out(cell: str, labels: Path, rule: str = "youden", target: float | None = None) -> Path:
     """`<cell>_<labels name>_<rule>_threshold.json` in the current folder (labels name: the CSV's stem or the
     folder's name; rule: youden or sens<target>), e.g. ViT_Original_site_b_youden_threshold.json or
     ViT_Original_site_b_sens0.95_threshold.json: one file per package, labelled set and rule."""
-    from melanoma.data.releases import safe_id
 
     labels = Path(labels)
     name = safe_id((labels.stem if labels.is_file() else labels.resolve().name) or "labels")  # a name fit for a file
     return Path(f"{cell}_{name}_{'youden' if rule == 'youden' else f'sens{target:g}'}_threshold.json")
 
 
-_SAME_RUN = (("package", "weights_sha256"), ("labels", "files_sha256"), ("rule",), ("target_sensitivity",),
-             ("bootstrap", "resamples"), ("bootstrap", "seed"))
-
-
-def _get(d: Any, keys: tuple[str, ...]) -> Any:
-    for k in keys:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
+_SAME_RUN = (
+    ("package", "weights_sha256"),
+    ("labels", "files_sha256"),
+    ("rule",),
+    ("target_sensitivity",),
+    ("bootstrap", "resamples"),
+    ("bootstrap", "seed"),
+)
 
 
 def check_out(out: Path, planned: dict[str, Any], force: bool) -> None:
     """Refuse, before any scoring, an --out that cannot be written, or that exists and is not this same
     calibration (same package weights, labelled files, rule, target and bootstrap) unless `force`."""
-    from melanoma.serving.predict import writable_dir
 
     out = Path(out)
     if out.is_dir():
@@ -411,94 +451,16 @@ def check_out(out: Path, planned: dict[str, Any], force: bool) -> None:
     raise CalibrationError(f"--out {out} exists and is {what}; pass --force to replace it, or choose another --out")
 
 
-def write_atomic(out: Path, text: str) -> None:
-    """Write `text` to `out` through a temporary file in the same folder and a rename: a reader never sees a
-    half-written file, and a failure leaves any old file as it was."""
-    out = Path(out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # as any file the user writes (mkstemp makes it 0600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno and e.filename is None:  # a full disk: name the file
-            raise OSError(e.errno, e.strerror, str(out)) from None
-        raise
-
-
-THRESHOLD_MAX_BYTES = 1 << 20  # a threshold file is about 3 kB (its unreadable-file list aside)
 LABELS_MAX_BYTES = 32 << 20  # a labels CSV: about 60 bytes per image, so room for several MAX_LABELLED
 MAX_LABELLED = 100_000  # images one calibration scores: a site's labelled set is hundreds to thousands
 
 
-def _bad_file(path: Path, why: str) -> CalibrationError:
-    return CalibrationError(f"--threshold-file {path}: {why}; write it again with `melanoma calibrate PACKAGE "
-                            "--labels ...`")
-
-
-def read_threshold_file(path: Path) -> dict[str, Any]:
-    """A threshold file written by `calibrate`, checked for the fields predict uses (format, version, a threshold
-    in [0, 1], the package's weights sha256). Raises CalibrationError naming the file and the field."""
-    path = Path(path)
-    try:
-        rec = json.loads(read_small(path, "--threshold-file", THRESHOLD_MAX_BYTES).decode("utf-8"))
-    except FileNotFoundError:
-        raise CalibrationError(f"--threshold-file {path} does not exist; give the file `melanoma calibrate` "
-                               "wrote") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise _bad_file(path, f"not readable JSON ({type(e).__name__})") from None
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise _bad_file(path, f"not a threshold file (its 'format' is not {FORMAT!r})")
-    if rec.get("version") != VERSION:
-        raise _bad_file(path, f"version {rec.get('version')!r}; this melanoma reads version {VERSION}")
-    t = rec.get("threshold")
-    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1):
-        raise _bad_file(path, f"threshold is {t!r}; it must be a number in [0, 1]")
-    if not isinstance(_get(rec, ("package", "weights_sha256")), str):
-        raise _bad_file(path, "package.weights_sha256 is missing")
-    for keys, kind in ((("labels",), dict), (("rule_name",), str), (("labels", "path"), str), (("n",), int),
-                       (("created",), str)):
-        v = _get(rec, keys)
-        if not isinstance(v, kind) or isinstance(v, bool) or (kind is str and not v.isprintable()):
-            raise _bad_file(path, f"{'.'.join(keys)} is {str(v)[:40]!r}; it must be "
-                                  + ("one line of printable text" if kind is str else f"a {kind.__name__}"))
-    return rec
-
-
-def apply_threshold_file(path: Path, rec: dict[str, Any], folder: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """`cfg` (a loaded package's model_config) with its threshold replaced by the threshold file's, and
-    `threshold_source` saying where it came from; CalibrationError when the file was written for other weights."""
-    own = package_identity(folder, cfg)
-    theirs = rec["package"]
-    if theirs["weights_sha256"] != own["weights_sha256"]:
-        raise CalibrationError(
-            f"--threshold-file {path} belongs to another package ({theirs.get('cell', '?')} at "
-            f"{theirs.get('path', '?')}, weights sha256 {theirs['weights_sha256'][:12]}...), not to --model {folder} "
-            f"({own['cell']}, {own['weights_sha256'][:12]}...); use that package, or run `melanoma calibrate "
-            f"{folder} --labels ...` for this one")
-    labels = rec.get("labels", {})
-    rule = rec.get("rule_name", rec.get("rule"))
-    chosen = _get(rec, ("metrics", "threshold"))
-    if chosen != rec["threshold"]:  # edited by hand: the rule and the labelled set did not choose this number
-        rule = f"set by hand (the file's {rule} threshold was {chosen:.4f})" if isinstance(chosen, float) else \
-            "set by hand"
-    source = {"from": "threshold_file", "path": str(path), "rule": rule,
-              "labels": labels.get("path"), "n": rec.get("n"), "created": rec.get("created"),
-              "package_threshold": cfg["threshold"]}
-    return {**cfg, "threshold": float(rec["threshold"]), "threshold_rule": source["rule"], "threshold_source": source}
-
-
 # ---------------------------------------------------------------- the command
+
 
 def _package_config(folder: Path) -> dict[str, Any]:
     """A package's checked model_config.json, read before any image is (the model itself is built once, by
     predict, whose `load` also checks model.safetensors against the weights_sha256 recorded here)."""
-    from melanoma.classifiers.inference import read_config
-    from melanoma.serving.package import CONFIG, WEIGHTS, check_package_fields, load
 
     if not ((folder / CONFIG).is_file() and (folder / WEIGHTS).is_file()):
         load(folder)  # not a package: its one-line PackageError
@@ -507,45 +469,62 @@ def _package_config(folder: Path) -> dict[str, Any]:
     return cfg
 
 
-
-def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: float | None = None,
-              out: Path | None = None, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-              force: bool = False) -> tuple[dict[str, Any], Path]:
+def calibrate(
+    package: Path,
+    labels_path: Path,
+    rule: str = "youden",
+    target: float | None = None,
+    out: Path | None = None,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    force: bool = False,
+) -> tuple[dict[str, Any], Path]:
     """Score the labelled images with the package (as `melanoma predict` does), choose a threshold by `rule`,
     measure it and the package's own threshold, and write the threshold file. Returns (its record, its path).
 
     Everything a user can get wrong is checked before scoring where it can be (labels, rule, target, --out, the
     bootstrap size); after scoring, a class with fewer than MIN_PER_CLASS readable images is refused.
     Raises CalibrationError, or PackageError for a damaged package."""
-    from melanoma.data.releases import top_reasons
-    from melanoma.serving.predict import predict
 
     target = check_rule(rule, target)
     if not (isinstance(n_boot, int) and n_boot >= 100):
         raise CalibrationError(f"--bootstrap {n_boot}: use at least 100 resamples (default {DEFAULT_BOOTSTRAP})")
     if n_boot > MAX_BOOTSTRAP:
-        raise CalibrationError(f"--bootstrap {n_boot}: use at most {MAX_BOOTSTRAP} resamples (memory grows with "
-                               f"resamples x images; the default {DEFAULT_BOOTSTRAP} is plenty for 95 % intervals)")
+        raise CalibrationError(
+            f"--bootstrap {n_boot}: use at most {MAX_BOOTSTRAP} resamples (memory grows with "
+            f"resamples x images; the default {DEFAULT_BOOTSTRAP} is plenty for 95 % intervals)"
+        )
     if not (isinstance(seed, int) and seed >= 0):
         raise CalibrationError(f"--seed {seed}: use a non-negative integer")
     data = read_labels(labels_path)
     for label, n in data.counts().items():  # before scoring: unreadable images can only lower these
         if n < MIN_PER_CLASS:
-            raise CalibrationError(f"--labels {data.source}: only {n} {label} images are listed; calibrating needs at "
-                                   f"least {MIN_PER_CLASS} of each class (with fewer, the threshold and its "
-                                   "confidence intervals mean nothing): add labelled images")
+            raise CalibrationError(
+                f"--labels {data.source}: only {n} {label} images are listed; calibrating needs at "
+                f"least {MIN_PER_CLASS} of each class (with fewer, the threshold and its "
+                "confidence intervals mean nothing): add labelled images"
+            )
     cfg = _package_config(Path(package))
     if "threshold" not in cfg:
-        raise CalibrationError(f"{package} has no decision threshold: a training output, not a package; calibrate "
-                               "models/export/<Arch>/<Arch>_<Dataset>/ or a downloaded Hub folder")
+        raise CalibrationError(
+            f"{package} has no decision threshold: a training output, not a package; calibrate "
+            "models/export/<Arch>/<Arch>_<Dataset>/ or a downloaded Hub folder"
+        )
     pkg = package_identity(package, cfg)
     out = Path(out) if out is not None else default_out(pkg["cell"], labels_path, rule, target)
-    planned = {"package": pkg, "labels": {"files_sha256": data.files_sha256()}, "rule": rule,
-               "target_sensitivity": target, "bootstrap": {"resamples": n_boot, "seed": seed}}
+    planned = {
+        "package": pkg,
+        "labels": {"files_sha256": data.files_sha256()},
+        "rule": rule,
+        "target_sensitivity": target,
+        "bootstrap": {"resamples": n_boot, "seed": seed},
+    }
     inputs = {Path(labels_path).resolve(), *(Path(f).resolve() for f in data.files)}
     if out.resolve() in inputs or out.resolve().is_relative_to(Path(package).resolve()):
-        raise CalibrationError(f"--out {out} is one of the inputs (the labels, a labelled image or a file of the "
-                               "package); choose another --out (--force never replaces an input)")
+        raise CalibrationError(
+            f"--out {out} is one of the inputs (the labels, a labelled image or a file of the "
+            "package); choose another --out (--force never replaces an input)"
+        )
     check_out(out, planned, force)
 
     with owner_lock(out):  # one calibrate per --out at a time (a second is refused, naming the first's pid)
@@ -559,34 +538,53 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
         for label, n in scored.items():
             if n < MIN_PER_CLASS:
                 listed = data.counts()[label]
-                mine = [(r.path, r.error) for r, c in zip(results, data.labels) if r.error is not None and LABELS[c] == label]
+                mine = [
+                    (r.path, r.error)
+                    for r, c in zip(results, data.labels)
+                    if r.error is not None and LABELS[c] == label
+                ]
                 lost = f" ({listed - n} unreadable: {top_reasons(mine, 2)})" if n < listed else ""
                 raise CalibrationError(
-                    f"--labels {data.source}: only {n} {label} images could be scored{lost}; calibrating needs at least "
+                    f"--labels {data.source}: only {n} {label} images could be scored{lost}; "
+                    "calibrating needs at least "
                     f"{MIN_PER_CLASS} of each class (with fewer, the threshold and its confidence intervals mean "
-                    "nothing): add labelled images")
+                    "nothing): add labelled images"
+                )
 
         threshold = choose(y, p, rule, target)
         rec = {
-            "format": FORMAT, "version": VERSION,
-            "threshold": threshold, "threshold_ci95": threshold_interval(y, p, rule, target, n_boot, seed),
-            "rule": rule, "target_sensitivity": target, "rule_name": rule_name(rule, target),
+            "format": FORMAT,
+            "version": VERSION,
+            "threshold": threshold,
+            "threshold_ci95": threshold_interval(y, p, rule, target, n_boot, seed),
+            "rule": rule,
+            "target_sensitivity": target,
+            "rule_name": rule_name(rule, target),
             "decision": f"malignant if p_malignant >= threshold ({rule_name(rule, target)}, chosen on the labelled "
-                        "images below)",
+            "images below)",
             "package": pkg,
-            "labels": {"path": str(Path(labels_path).resolve()), "given": str(labels_path), "kind": data.kind,
-                       "files_sha256": data.files_sha256(), "listed": data.counts(), "scored": scored,
-                       "unreadable": len(unreadable),
-                       "unreadable_files": [{"path": f, "reason": why} for f, why in unreadable[:UNREADABLE_LISTED]]},
-            "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "labels": {
+                "path": str(Path(labels_path).resolve()),
+                "given": str(labels_path),
+                "kind": data.kind,
+                "files_sha256": data.files_sha256(),
+                "listed": data.counts(),
+                "scored": scored,
+                "unreadable": len(unreadable),
+                "unreadable_files": [{"path": f, "reason": why} for f, why in unreadable[:UNREADABLE_LISTED]],
+            },
+            "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "n": int(len(y)),
             "metrics": (m := measure(y, p, threshold, n_boot, seed)),
             "package_threshold_metrics": (pm := measure(y, p, cfg["threshold"], n_boot, seed)),
             "warnings": warnings_for(m, int(y.sum()), int(len(y) - y.sum()))
             + warnings_for(pm, int(y.sum()), int(len(y) - y.sum()), "package threshold"),
-            "bootstrap": {"resamples": n_boot, "seed": seed, "level": 0.95,
-                          "method": "stratified percentile bootstrap of the images, threshold fixed (Efron & "
-                                    "Tibshirani 1993)"},
+            "bootstrap": {
+                "resamples": n_boot,
+                "seed": seed,
+                "level": 0.95,
+                "method": "stratified percentile bootstrap of the images, threshold fixed (Efron & Tibshirani 1993)",
+            },
             "note": IN_SAMPLE,
         }
         check_out(out, planned, force)  # again: a file may have appeared at --out while the images were scored
@@ -596,9 +594,11 @@ def calibrate(package: Path, labels_path: Path, rule: str = "youden", target: fl
 
 def _line(name: str, m: dict[str, Any]) -> str:
     ci = m["ci95"]
-    return (f"{name} {m['threshold']:.4f}: sensitivity {m['sensitivity']:.3f} [{ci['sensitivity'][0]:.3f}, "
-            f"{ci['sensitivity'][1]:.3f}], specificity {m['specificity']:.3f} [{ci['specificity'][0]:.3f}, "
-            f"{ci['specificity'][1]:.3f}], {m['flagged_malignant']:.0%} called malignant")
+    return (
+        f"{name} {m['threshold']:.4f}: sensitivity {m['sensitivity']:.3f} [{ci['sensitivity'][0]:.3f}, "
+        f"{ci['sensitivity'][1]:.3f}], specificity {m['specificity']:.3f} [{ci['specificity'][0]:.3f}, "
+        f"{ci['specificity'][1]:.3f}], {m['flagged_malignant']:.0%} called malignant"
+    )
 
 
 def summary(rec: dict[str, Any], out: Path, model: str | None = None) -> str:
@@ -609,19 +609,25 @@ def summary(rec: dict[str, Any], out: Path, model: str | None = None) -> str:
     # each name as one line of printable text, whatever it holds (a folder name with a newline cannot forge a line)
     model, given, out = (printable(x) for x in (model or pkg["path"], lab.get("given", lab["path"]), out))
     a = m["ci95"]["auroc"]
-    rule = ("Youden's J" if rec["rule"] == "youden" else f"highest threshold with sensitivity >= "
-            f"{rec['target_sensitivity']:g}")
+    rule = (
+        "Youden's J"
+        if rec["rule"] == "youden"
+        else f"highest threshold with sensitivity >= {rec['target_sensitivity']:g}"
+    )
     skipped = f"; {lab['unreadable']} unreadable, left out" if lab["unreadable"] else ""
-    return "\n".join([
-        f"{pkg['cell']} ({model}) on {given}: {rec['n']} images scored "
-        f"({lab['scored']['malignant']} malignant, {lab['scored']['benign']} benign{skipped})",
-        f"AUROC {m['auroc']:.3f} [{a[0]:.3f}, {a[1]:.3f}] (95 % CIs: {rec['bootstrap']['resamples']} stratified "
-        f"bootstrap resamples, seed {rec['bootstrap']['seed']})",
-        _line(f"calibrated threshold ({rule})", m),
-        f"  the threshold itself: 95 % CI [{rec['threshold_ci95'][0]:.4f}, {rec['threshold_ci95'][1]:.4f}] (the rule "
-        "re-applied to each resample): how firmly these images pin it down",
-        _line(f"package threshold ({pkg['threshold_rule']}, chosen on val)", rec["package_threshold_metrics"]),
-        *rec.get("warnings", []),
-        IN_SAMPLE,
-        f"wrote {out}; use it with: melanoma predict IMAGES --model {model} --threshold-file {out}",
-    ])
+    return "\n".join(
+        [
+            f"{pkg['cell']} ({model}) on {given}: {rec['n']} images scored "
+            f"({lab['scored']['malignant']} malignant, {lab['scored']['benign']} benign{skipped})",
+            f"AUROC {m['auroc']:.3f} [{a[0]:.3f}, {a[1]:.3f}] (95 % CIs: {rec['bootstrap']['resamples']} stratified "
+            f"bootstrap resamples, seed {rec['bootstrap']['seed']})",
+            _line(f"calibrated threshold ({rule})", m),
+            f"  the threshold itself: 95 % CI [{rec['threshold_ci95'][0]:.4f}, {rec['threshold_ci95'][1]:.4f}] "
+            "(the rule "
+            "re-applied to each resample): how firmly these images pin it down",
+            _line(f"package threshold ({pkg['threshold_rule']}, chosen on val)", rec["package_threshold_metrics"]),
+            *rec.get("warnings", []),
+            IN_SAMPLE,
+            f"wrote {out}; use it with: melanoma predict IMAGES --model {model} --threshold-file {out}",
+        ]
+    )

@@ -8,18 +8,20 @@ Publishing has side effects, so it is a command, not a DVC stage. Every failure 
 (no token, no network, offline mode, a repo they cannot write, a cell not in the cache) is one line saying what
 to do; `--dry-run` writes the folders and lists what would be uploaded, without a token or network.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from melanoma.classifiers import family
+from melanoma.classifiers.registry import family
 from melanoma.errors import MelanomaError, first_line
 from melanoma.io import atomic_dir
 from melanoma.serving.package import CONFIG, ONNX, TIMM_CONFIG, WEIGHTS, PackageError, load
@@ -38,12 +40,16 @@ class HubError(MelanomaError):
 def repo_id(template: str, cell: str) -> str:
     """The Hub repo of one cell, from the `publish.repo` template."""
     if "{cell}" not in template:
-        raise HubError(f"publish.repo is {template!r}; it must contain {{cell}} (one repo per cell, e.g. "
-                       "you/melanoma-{cell}), so that timm can load each repo's root")
+        raise HubError(
+            f"publish.repo is {template!r}; it must contain {{cell}} (one repo per cell, e.g. "
+            "you/melanoma-{cell}), so that timm can load each repo's root"
+        )
     rid = template.replace("{cell}", cell)
     if not _REPO_ID.match(rid) or ".." in rid or "--" in rid:
-        raise HubError(f"{rid!r} (from publish.repo {template!r}) is not a valid Hub repo id 'owner/name' "
-                       "(letters, digits, '-', '_', '.')")
+        raise HubError(
+            f"{rid!r} (from publish.repo {template!r}) is not a valid Hub repo id 'owner/name' "
+            "(letters, digits, '-', '_', '.')"
+        )
     return rid
 
 
@@ -56,20 +62,46 @@ def _source(cfg: dict[str, Any]) -> str:
 def _card_meta(cfg: dict[str, Any], timm_family: bool) -> dict[str, Any]:
     """The card's YAML header: licence, library, tags and a model-index with the test metrics."""
     test, demo = cfg["evaluation"]["test"], cfg["data"]["source"] == "demo"
-    tags = ["image-classification", "melanoma", "dermoscopy", "medical-imaging", "synthetic-data-augmentation",
-            "onnx", "safetensors"] + (["timm"] if timm_family else [])
-    return {"license": "cc-by-nc-4.0", "library_name": "timm" if timm_family else "pytorch",
-            "pipeline_tag": "image-classification", "tags": tags,
-            **({} if demo else {"datasets": ["ISIC archive (https://www.isic-archive.com)"]}),
-            "model-index": [{"name": f"{cfg['arch']}_{cfg['dataset']}", "results": [{
-                "task": {"type": "image-classification"},
-                "dataset": {"name": f"{'melanoma-synth demo data' if demo else 'ISIC'} (held-out real test split, "
-                                    f"{test['n']} images)", "type": "image-classification"},
-                "metrics": [{"type": t, "name": n, "value": round(float(test[k]), 4)}
-                            for k, t, n in (("auroc", "roc_auc", "test AUROC"),
-                                            ("sensitivity", "recall", "test sensitivity"),
-                                            ("specificity", "specificity", "test specificity"),
-                                            ("balanced_accuracy", "balanced_accuracy", "test balanced accuracy"))]}]}]}
+    tags = [
+        "image-classification",
+        "melanoma",
+        "dermoscopy",
+        "medical-imaging",
+        "synthetic-data-augmentation",
+        "onnx",
+        "safetensors",
+    ] + (["timm"] if timm_family else [])
+    return {
+        "license": "cc-by-nc-4.0",
+        "library_name": "timm" if timm_family else "pytorch",
+        "pipeline_tag": "image-classification",
+        "tags": tags,
+        **({} if demo else {"datasets": ["ISIC archive (https://www.isic-archive.com)"]}),
+        "model-index": [
+            {
+                "name": f"{cfg['arch']}_{cfg['dataset']}",
+                "results": [
+                    {
+                        "task": {"type": "image-classification"},
+                        "dataset": {
+                            "name": f"{'melanoma-synth demo data' if demo else 'ISIC'} (held-out real test split, "
+                            f"{test['n']} images)",
+                            "type": "image-classification",
+                        },
+                        "metrics": [
+                            {"type": t, "name": n, "value": round(float(test[k]), 4)}
+                            for k, t, n in (
+                                ("auroc", "roc_auc", "test AUROC"),
+                                ("sensitivity", "recall", "test sensitivity"),
+                                ("specificity", "specificity", "test specificity"),
+                                ("balanced_accuracy", "balanced_accuracy", "test balanced accuracy"),
+                            )
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def _card_intro(cfg: dict[str, Any]) -> list[str]:
@@ -81,8 +113,15 @@ def _card_intro(cfg: dict[str, Any]) -> list[str]:
         "**Research use only. This is not a medical device** and must not be used to diagnose, screen for or "
         "rule out melanoma, or to make any decision about a person's care.",
         "",
-        *(["**Demo model.** It was trained on " + _source(cfg) + ", not on real dermoscopy images; it exists to "
-           "test the pipeline end to end and says nothing about real lesions.", ""] if demo else []),
+        *(
+            [
+                "**Demo model.** It was trained on " + _source(cfg) + ", not on real dermoscopy images; it exists to "
+                "test the pipeline end to end and says nothing about real lesions.",
+                "",
+            ]
+            if demo
+            else []
+        ),
         f"One cell of the melanoma-synth study grid: does adding DCGAN- or DDPM-generated "
         f"lesion images to a small real training set help classifiers? Built as `{cfg['model']}` "
         f"({cfg['parameters']:,} parameters){' with ' + json.dumps(cfg['kwargs']) if cfg['kwargs'] else ''}, "
@@ -101,21 +140,30 @@ def _card_intro(cfg: dict[str, Any]) -> list[str]:
 def _card_evaluation(cfg: dict[str, Any]) -> list[str]:
     test, boot = cfg["evaluation"]["test"], cfg["evaluation"]["bootstrap"]
     ci = test["ci95"]
-    rows = [("AUROC", "auroc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
-            ("balanced accuracy", "balanced_accuracy")]
+    rows = [
+        ("AUROC", "auroc"),
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+        ("balanced accuracy", "balanced_accuracy"),
+    ]
     c = test["confusion"]
     demo = cfg["data"]["source"] == "demo"
     return [
-        "## Evaluation (held-out demo images: simulated, not real lesions)" if demo else
-        "## Evaluation (real held-out test images)",
+        "## Evaluation (held-out demo images: simulated, not real lesions)"
+        if demo
+        else "## Evaluation (real held-out test images)",
         "",
         f"Decision: `{cfg['decision']}`, threshold **{cfg['threshold']:.4f}**. 95 % intervals: stratified "
         f"bootstrap, {boot['resamples']} resamples, seed {boot['seed']}.",
         "",
         "| metric | value | 95 % CI |",
         "| --- | --- | --- |",
-        *(f"| {name} | {test[k]:.3f} | {ci[k][0]:.3f} – {ci[k][1]:.3f} |" if k in ci
-          else f"| {name} | {test[k]:.3f} | |" for name, k in rows),
+        *(
+            f"| {name} | {test[k]:.3f} | {ci[k][0]:.3f} – {ci[k][1]:.3f} |"
+            if k in ci
+            else f"| {name} | {test[k]:.3f} | |"
+            for name, k in rows
+        ),
         "",
         f"Test: {test['n']} images, {test['n_malignant']} malignant. Confusion at the threshold: "
         f"TP {c['tp']}, FN {c['fn']}, FP {c['fp']}, TN {c['tn']}. Val AUROC (used to select the epoch and set "
@@ -131,9 +179,12 @@ def _seed_line(cfg: dict[str, Any]) -> list[str]:
     if "over_seeds" not in ev:
         return []
     a = ev["over_seeds"]["test"]["auroc"]
-    return ["", f"This package is seed {ev['packaged_seed']} of {len(ev['seeds'])} trained for this cell (the best "
-            f"val AUROC). Over all seeds: test AUROC {a['mean']:.3f} ± {a['sd']:.3f} (mean ± sd), 95 % CI "
-            f"{a['ci95'][0]:.3f} – {a['ci95'][1]:.3f} (seed x image bootstrap)."]
+    return [
+        "",
+        f"This package is seed {ev['packaged_seed']} of {len(ev['seeds'])} trained for this cell (the best "
+        f"val AUROC). Over all seeds: test AUROC {a['mean']:.3f} ± {a['sd']:.3f} (mean ± sd), 95 % CI "
+        f"{a['ci95'][0]:.3f} – {a['ci95'][1]:.3f} (seed x image bootstrap).",
+    ]
 
 
 def _card_training(cfg: dict[str, Any]) -> list[str]:
@@ -145,7 +196,8 @@ def _card_training(cfg: dict[str, Any]) -> list[str]:
         + ", ".join(f"{s} {c['benign']} benign / {c['malignant']} malignant" for s, c in counts.items())
         + f"; {cfg['data']['split_rule']}.",
         f"This cell's training set ({cfg['dataset']}): "
-        + ", ".join(f"{k} {v}" for k, v in cfg["data"]["training_set"]["by_origin"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in cfg["data"]["training_set"]["by_origin"].items())
+        + ".",
         "",
         "## How it was trained",
         "",
@@ -163,12 +215,14 @@ def _card_training(cfg: dict[str, Any]) -> list[str]:
 
 def _card_files(cfg: dict[str, Any], rid: str, timm_family: bool) -> list[str]:
     onnx = cfg["onnx"]
-    loading = (f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:{rid}\", pretrained=True).eval()\n```\n\n"
-               "timm's config carries this model's normalisation and input size (`timm.data.resolve_data_config`)."
-               if timm_family else
-               f"{cfg['arch']} is not a timm model: use the ONNX file, or this project (`melanoma download`, then "
-               "`melanoma.serving.package.load(folder)` rebuilds it from model_config.json and loads the weights "
-               "strictly).")
+    loading = (
+        f'```python\nimport timm\nmodel = timm.create_model("hf-hub:{rid}", pretrained=True).eval()\n```\n\n'
+        "timm's config carries this model's normalisation and input size (`timm.data.resolve_data_config`)."
+        if timm_family
+        else f"{cfg['arch']} is not a timm model: use the ONNX file, or this project (`melanoma download`, then "
+        "`melanoma.serving.package.load(folder)` rebuilds it from model_config.json and loads the weights "
+        "strictly)."
+    )
     return [
         "## Files and loading",
         "",
@@ -177,7 +231,7 @@ def _card_files(cfg: dict[str, Any], rid: str, timm_family: bool) -> list[str]:
         f"files in one folder); input `{onnx['input']}`; outputs "
         + ", ".join(f"`{o}`" for o in onnx["outputs"])
         + f". Normalisation is inside the graph. Checked against PyTorch on {onnx['parity']['images']} real "
-          f"val images: max |difference| in P(malignant) {onnx['parity']['max_abs_diff']:.1e}.",
+        f"val images: max |difference| in P(malignant) {onnx['parity']['max_abs_diff']:.1e}.",
         f"- `{CONFIG}`: everything above, machine-readable (architecture, kwargs, threshold, metrics, history).",
         *([f"- `{TIMM_CONFIG}`: timm's config."] if timm_family else []),
         "",
@@ -210,8 +264,19 @@ def model_card(cfg: dict[str, Any], rid: str) -> str:
     """
     timm_family = family(cfg["arch"]).timm_loadable
     meta = yaml.safe_dump(_card_meta(cfg, timm_family), sort_keys=False, allow_unicode=True).rstrip()
-    return "\n".join(["---", meta, "---", "", *_card_intro(cfg), *_card_evaluation(cfg), *_card_training(cfg),
-                      *_card_files(cfg, rid, timm_family), *LIMITATIONS])
+    return "\n".join(
+        [
+            "---",
+            meta,
+            "---",
+            "",
+            *_card_intro(cfg),
+            *_card_evaluation(cfg),
+            *_card_training(cfg),
+            *_card_files(cfg, rid, timm_family),
+            *LIMITATIONS,
+        ]
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -237,8 +302,14 @@ def ours(folder: Path) -> bool:
         return False
     files = rec.get("files") if isinstance(rec, dict) else None
     present = {f.name for f in folder.iterdir()} - {MARKER}
-    return isinstance(files, dict) and set(files) == present and all(
-        (folder / n).is_file() and not (folder / n).is_symlink() and _sha256(folder / n) == h for n, h in files.items())
+    return (
+        isinstance(files, dict)
+        and set(files) == present
+        and all(
+            (folder / n).is_file() and not (folder / n).is_symlink() and _sha256(folder / n) == h
+            for n, h in files.items()
+        )
+    )
 
 
 def check_package(package: Path) -> dict[str, Any]:
@@ -274,33 +345,47 @@ def _token() -> str:
 
     token = get_token()  # HF_TOKEN, or the file `hf auth login` writes under HF_HOME
     if not token:
-        raise HubError("no Hugging Face token: set HF_TOKEN (a write token from https://huggingface.co/settings/"
-                       "tokens) or run `hf auth login`; or use --dry-run to only write the folders")
+        raise HubError(
+            "no Hugging Face token: set HF_TOKEN (a write token from https://huggingface.co/settings/"
+            "tokens) or run `hf auth login`; or use --dry-run to only write the folders"
+        )
     return token
 
 
 def _hub_failure(action: str, rid: str, e: Exception) -> HubError:
-    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     first = first_line(e, empty=type(e).__name__)
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") and action == "upload":
         return HubError(f"cannot upload {rid}: HF_HUB_OFFLINE is set; unset it on a machine with network access")
     if isinstance(e, LocalEntryNotFoundError):
-        return HubError(f"cannot {action} {rid}: it is not in the local Hugging Face cache and the Hub cannot be "
-                        f"reached (offline or no network: {first}). Run once with network access, or copy a "
-                        "filled cache (HF_HOME / HF_HUB_CACHE) to this machine")
+        return HubError(
+            f"cannot {action} {rid}: it is not in the local Hugging Face cache and the Hub cannot be "
+            f"reached (offline or no network: {first}). Run once with network access, or copy a "
+            "filled cache (HF_HOME / HF_HUB_CACHE) to this machine"
+        )
     if isinstance(e, (RepositoryNotFoundError, RevisionNotFoundError)):
-        return HubError(f"cannot {action} {rid}: no such repo or revision on the Hub, or it is private and the "
-                        f"token cannot read it ({first})")
+        return HubError(
+            f"cannot {action} {rid}: no such repo or revision on the Hub, or it is private and the "
+            f"token cannot read it ({first})"
+        )
     if isinstance(e, HfHubHTTPError):
         code = getattr(getattr(e, "response", None), "status_code", None)
         if code in (401, 403):
-            return HubError(f"cannot {action} {rid}: the token is not allowed to ({code}); use a write token for "
-                            "that namespace or change publish.repo")
+            return HubError(
+                f"cannot {action} {rid}: the token is not allowed to ({code}); use a write token for "
+                "that namespace or change publish.repo"
+            )
         return HubError(f"cannot {action} {rid}: the Hub answered {code}: {first}")
-    return HubError(f"cannot {action} {rid}: the Hub cannot be reached ({type(e).__name__}: {first}); check the "
-                    "network, or use --dry-run")
+    return HubError(
+        f"cannot {action} {rid}: the Hub cannot be reached ({type(e).__name__}: {first}); check the "
+        "network, or use --dry-run"
+    )
 
 
 def _network_errors() -> tuple[type[Exception], ...]:
@@ -312,12 +397,21 @@ def _network_errors() -> tuple[type[Exception], ...]:
 
 def _taken(folder: Path, what: str) -> HubError:
     holds = ", ".join(sorted(f.name for f in folder.iterdir())[:4]) if folder.is_dir() else "a file"
-    return HubError(f"{folder} exists and is not a folder {what} wrote, or was changed since (it holds {holds}); "
-                    "pass --force to replace it, or choose another folder")
+    return HubError(
+        f"{folder} exists and is not a folder {what} wrote, or was changed since (it holds {holds}); "
+        "pass --force to replace it, or choose another folder"
+    )
 
 
-def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, private: bool,
-            force: bool = False, say: Callable[[str], None] = print) -> list[str]:
+def publish(
+    packages: dict[str, Path],
+    template: str,
+    out: Path,
+    dry_run: bool,
+    private: bool,
+    force: bool = False,
+    say: Callable[[str], None] = print,
+) -> list[str]:
     """Check every package, then assemble each cell's Hub folder under `out` and upload it unless `dry_run`,
     calling `say` with one line per cell as it happens. Returns those lines.
 
@@ -338,8 +432,9 @@ def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, 
             line = _publish_one(cell, pkg, plan[cell], out / cell, configs[cell], dry_run, private, token)
         except HubError as e:
             if uploaded:
-                raise HubError(f"{e} (already uploaded: {', '.join(uploaded)}; run the command again for the "
-                               "rest)") from None
+                raise HubError(
+                    f"{e} (already uploaded: {', '.join(uploaded)}; run the command again for the rest)"
+                ) from None
             raise
         uploaded += [] if dry_run else [cell]
         lines.append(line)
@@ -347,23 +442,30 @@ def publish(packages: dict[str, Path], template: str, out: Path, dry_run: bool, 
     return lines
 
 
-def _publish_one(cell: str, pkg: Path, rid: str, out: Path, cfg: dict[str, Any], dry_run: bool, private: bool,
-                 token: str | None) -> str:
+def _publish_one(
+    cell: str, pkg: Path, rid: str, out: Path, cfg: dict[str, Any], dry_run: bool, private: bool, token: str | None
+) -> str:
     """Assemble one cell's Hub folder and upload it (or, dry, say what would be uploaded); its line."""
     folder = assemble(pkg, rid, out, cfg)
     files = sorted(f for f in folder.iterdir() if f.is_file() and f.name != MARKER)
     size = sum(f.stat().st_size for f in files)
     listing = ", ".join(f"{f.name} ({_size(f.stat().st_size)})" for f in files)
     if dry_run:
-        return (f"would upload {folder} -> https://huggingface.co/{rid} ({'private' if private else 'public'}): "
-                f"{len(files)} files, {_size(size)}: {listing}")
+        return (
+            f"would upload {folder} -> https://huggingface.co/{rid} ({'private' if private else 'public'}): "
+            f"{len(files)} files, {_size(size)}: {listing}"
+        )
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     try:
         api.create_repo(rid, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=rid, folder_path=folder, ignore_patterns=[MARKER],
-                                 commit_message=f"{cell}: weights, ONNX, config and model card (melanoma-synth)")
+        info = api.upload_folder(
+            repo_id=rid,
+            folder_path=folder,
+            ignore_patterns=[MARKER],
+            commit_message=f"{cell}: weights, ONNX, config and model card (melanoma-synth)",
+        )
     except _network_errors() as e:
         raise _hub_failure("upload", rid, e) from None
     return f"uploaded {cell} -> {getattr(info, 'commit_url', rid)} ({len(files)} files, {_size(size)})"
@@ -380,14 +482,17 @@ def fetch_repo(rid: str, revision: str | None = None) -> Path:
     missing = [f for f in REQUIRED if not (snapshot / f).is_file()]
     if missing:  # offline, huggingface_hub returns whatever the cache holds, e.g. the two files timm fetched
         has = ", ".join(sorted(f.name for f in snapshot.iterdir())) or "nothing"
-        raise HubError(f"the Hugging Face cache holds an incomplete snapshot of {rid} ({snapshot}: it has {has}; "
-                       f"it lacks {', '.join(missing)}, e.g. because timm cached only its own files); run `melanoma "
-                       "download` once with network access (without HF_HUB_OFFLINE) to complete it")
+        raise HubError(
+            f"the Hugging Face cache holds an incomplete snapshot of {rid} ({snapshot}: it has {has}; "
+            f"it lacks {', '.join(missing)}, e.g. because timm cached only its own files); run `melanoma "
+            "download` once with network access (without HF_HUB_OFFLINE) to complete it"
+        )
     return snapshot
 
 
-def download(cells: list[str], template: str, dest: Path, revision: str | None, force: bool,
-             say: Callable[[str], None] = print) -> list[str]:
+def download(
+    cells: list[str], template: str, dest: Path, revision: str | None, force: bool, say: Callable[[str], None] = print
+) -> list[str]:
     """Download cells into the local layout dest/<Arch>/<Arch>_<Dataset>/ and check each loads strictly, calling
     `say` with one line per cell as it happens; returns those lines. Every target folder is checked before the
     first download (one this command wrote, unchanged, is refreshed; any other needs `force`); a failure mid-way
@@ -433,5 +538,7 @@ def resolve(model: str) -> Path:
         return path
     if _REPO_ID.match(model) and not path.exists():
         return fetch_repo(model)
-    raise HubError(f"--model {model!r} is neither a model folder nor a Hub repo id 'owner/name' (the export stage "
-                   "writes models/export/<Arch>/<Arch>_<Dataset>/)")
+    raise HubError(
+        f"--model {model!r} is neither a model folder nor a Hub repo id 'owner/name' (the export stage "
+        "writes models/export/<Arch>/<Arch>_<Dataset>/)"
+    )

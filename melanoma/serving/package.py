@@ -11,6 +11,7 @@ runtimes read without this repository's training outputs.
 The ONNX graph takes pixels, not normalised tensors, so a consumer cannot get the mean/std wrong; the same
 function (`prepare`) turns any image file into those pixels for predict as the pipeline did for training.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from melanoma.classifiers import family, load_strict
 from melanoma.classifiers.inference import load_classifier, read_config, rebuild
-from melanoma.engine import Runtime
+from melanoma.classifiers.registry import family, load_strict
 from melanoma.data.datasets import resize
 from melanoma.data.images import decode_pixels
+from melanoma.engine import Runtime
 from melanoma.errors import MelanomaError, first_line
 from melanoma.params import LABELS
 
@@ -89,7 +90,7 @@ def torch_probabilities(model: Served, images: np.ndarray, batch: int = 64, rt: 
     on CUDA, no TF32, because this is the reference the ONNX graph is held to within 1e-4."""
     model = model.to(rt.device)
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
-        out = [model(pixels(images[i:i + batch]).to(rt.device))[1].cpu() for i in range(0, len(images), batch)]
+        out = [model(pixels(images[i : i + batch]).to(rt.device))[1].cpu() for i in range(0, len(images), batch)]
     return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
 
@@ -97,8 +98,10 @@ def onnx_probabilities(path: Path, images: np.ndarray, batch: int = 64) -> np.nd
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = [session.run([PROBABILITY], {PIXELS: pixels(images[i:i + batch]).numpy()})[0]
-           for i in range(0, len(images), batch)]
+    out = [
+        session.run([PROBABILITY], {PIXELS: pixels(images[i : i + batch]).numpy()})[0]
+        for i in range(0, len(images), batch)
+    ]
     return np.concatenate(out).astype(np.float64) if out else np.empty(0)
 
 
@@ -109,9 +112,17 @@ def write_onnx(model: Served, input_size: int, path: Path, opset: int) -> None:
     example = torch.rand(2, 3, input_size, input_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-        torch.onnx.export(model.cpu(), (example,), str(path), dynamo=False, opset_version=opset,
-                          do_constant_folding=False, input_names=[PIXELS], output_names=[LOGITS, PROBABILITY],
-                          dynamic_axes={PIXELS: {0: "batch"}, LOGITS: {0: "batch"}, PROBABILITY: {0: "batch"}})
+        torch.onnx.export(
+            model.cpu(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            do_constant_folding=False,
+            input_names=[PIXELS],
+            output_names=[LOGITS, PROBABILITY],
+            dynamic_axes={PIXELS: {0: "batch"}, LOGITS: {0: "batch"}, PROBABILITY: {0: "batch"}},
+        )
 
 
 def _safetensors_regions(path: Path) -> dict[str, tuple[int, int]]:
@@ -125,7 +136,7 @@ def _safetensors_regions(path: Path) -> dict[str, tuple[int, int]]:
     for name, meta in json.loads(raw[8:start]).items():
         if name != "__metadata__":
             b, e = meta["data_offsets"]
-            out[hashlib.md5(raw[start + b:start + e]).hexdigest()] = (start + b, e - b)
+            out[hashlib.md5(raw[start + b : start + e]).hexdigest()] = (start + b, e - b)
     return out
 
 
@@ -161,20 +172,31 @@ def timm_config(model: nn.Module, cfg: dict[str, Any]) -> dict[str, Any] | None:
     from timm.models._hub import save_config_for_hf
 
     size = cfg["input_size"]  # CNNs take any size, so timm would otherwise keep the ImageNet default 224
-    data = {"input_size": (3, size, size), "mean": tuple(cfg["normalisation"]["mean"]),
-            "std": tuple(cfg["normalisation"]["std"]),
-            "crop_pct": 1.0, "crop_mode": "squash", "interpolation": "lanczos"}  # as build_dataset
+    data = {
+        "input_size": (3, size, size),
+        "mean": tuple(cfg["normalisation"]["mean"]),
+        "std": tuple(cfg["normalisation"]["std"]),
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+        "interpolation": "lanczos",
+    }  # as build_dataset
     with tempfile.TemporaryDirectory() as tmp:
-        save_config_for_hf(model, Path(tmp) / TIMM_CONFIG,
-                           model_config={"label_names": list(cfg["classes"]),
-                                         "pretrained_cfg": {**data, "tag": None, "license": "cc-by-nc-4.0"}})
+        save_config_for_hf(
+            model,
+            Path(tmp) / TIMM_CONFIG,
+            model_config={
+                "label_names": list(cfg["classes"]),
+                "pretrained_cfg": {**data, "tag": None, "license": "cc-by-nc-4.0"},
+            },
+        )
         out = json.loads((Path(tmp) / TIMM_CONFIG).read_text())
     out["pretrained_cfg"] = {k: v for k, v in out["pretrained_cfg"].items() if v is not None}
     return out
 
 
-def write_package(model: nn.Module, cfg: dict[str, Any], val_images: np.ndarray, out: Path, opset: int,
-                  rt: Runtime = Runtime()) -> dict[str, Any]:
+def write_package(
+    model: nn.Module, cfg: dict[str, Any], val_images: np.ndarray, out: Path, opset: int, rt: Runtime = Runtime()
+) -> dict[str, Any]:
     """Write the package of one trained cell into the empty folder `out`; returns the ONNX parity record.
 
     `cfg` must already carry the threshold and evaluation; `val_images` (real, uint8 NHWC at the input size)
@@ -194,16 +216,29 @@ def write_package(model: nn.Module, cfg: dict[str, Any], val_images: np.ndarray,
     p_onnx = onnx_probabilities(out / ONNX, val_images)
     worst = float(np.max(np.abs(p_torch - p_onnx))) if len(p_torch) else 0.0
     if not worst <= PARITY_TOLERANCE:
-        raise PackageError(f"{cfg['arch']}_{cfg['dataset']}: ONNX and PyTorch disagree by {worst:.2e} on P(malignant) "
-                           f"(tolerance {PARITY_TOLERANCE}); try another export.opset")
-    parity = {"images": int(len(val_images)), "max_abs_diff": worst, "tolerance": PARITY_TOLERANCE,
-              "on": "the real val split"}
+        raise PackageError(
+            f"{cfg['arch']}_{cfg['dataset']}: ONNX and PyTorch disagree by {worst:.2e} on P(malignant) "
+            f"(tolerance {PARITY_TOLERANCE}); try another export.opset"
+        )
+    parity = {
+        "images": int(len(val_images)),
+        "max_abs_diff": worst,
+        "tolerance": PARITY_TOLERANCE,
+        "on": "the real val split",
+    }
     net.cpu()
-    cfg = {**cfg, "weights_sha256": weights_sha256(out / WEIGHTS), "onnx": {"file": ONNX, "opset": opset, "input": f"{PIXELS}: float32 (batch, 3, {cfg['input_size']}, "
-                           f"{cfg['input_size']}), RGB in [0, 1]", "outputs": [f"{LOGITS}: (batch, 2)",
-                                                                            f"{PROBABILITY}: (batch,)"],
-                           "external_data": f"{shared} of {total} initializers are read from {WEIGHTS}",
-                           "parity": parity}}
+    cfg = {
+        **cfg,
+        "weights_sha256": weights_sha256(out / WEIGHTS),
+        "onnx": {
+            "file": ONNX,
+            "opset": opset,
+            "input": f"{PIXELS}: float32 (batch, 3, {cfg['input_size']}, {cfg['input_size']}), RGB in [0, 1]",
+            "outputs": [f"{LOGITS}: (batch, 2)", f"{PROBABILITY}: (batch,)"],
+            "external_data": f"{shared} of {total} initializers are read from {WEIGHTS}",
+            "parity": parity,
+        },
+    }
     (out / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return parity
 
@@ -218,9 +253,14 @@ def weights_sha256(path: Path) -> str:
 
 
 def _numbers(v: Any, n: int, positive: bool) -> bool:
-    return isinstance(v, list) and len(v) == n and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
-        for x in v)
+    return (
+        isinstance(v, list)
+        and len(v) == n
+        and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+            for x in v
+        )
+    )
 
 
 def check_package_fields(cfg: dict[str, Any], where: Path) -> None:
@@ -229,13 +269,18 @@ def check_package_fields(cfg: dict[str, Any], where: Path) -> None:
     finite means, 3 positive stds), the preprocessing cap, the weights' sha256 (64 hex digits: without it the
     integrity check could not run), the dataset and the data source it names. A training folder (no threshold)
     is refused as one. Raises PackageError naming the field."""
+
     def bad(field: str, want: str) -> PackageError:
-        return PackageError(f"{where}: {field} is {first_line(repr(cfg.get(field, 'missing')), 60)}; it must be "
-                            f"{want}; export or download the package again")
+        return PackageError(
+            f"{where}: {field} is {first_line(repr(cfg.get(field, 'missing')), 60)}; it must be "
+            f"{want}; export or download the package again"
+        )
 
     if "threshold" not in cfg and "classes" in cfg:
-        raise PackageError(f"{where.parent} has no decision threshold (a training output, not a package): use "
-                           "models/export/<Arch>/<Arch>_<Dataset>/ from `dvc repro`, or a downloaded Hub folder")
+        raise PackageError(
+            f"{where.parent} has no decision threshold (a training output, not a package): use "
+            "models/export/<Arch>/<Arch>_<Dataset>/ from `dvc repro`, or a downloaded Hub folder"
+        )
     if cfg.get("classes") != list(LABELS):
         raise bad("classes", f"{list(LABELS)} (malignant is class 1)")
     if cfg.get("positive_class") != LABELS[1]:
@@ -254,8 +299,12 @@ def check_package_fields(cfg: dict[str, Any], where: Path) -> None:
     if not (isinstance(norm, dict) and _numbers(norm.get("mean"), 3, False) and _numbers(norm.get("std"), 3, True)):
         raise bad("normalisation", "{'mean': 3 numbers, 'std': 3 positive numbers}")
     pre = cfg.get("preprocessing")
-    if not (isinstance(pre, dict) and isinstance(pre.get("max_side"), int)
-            and not isinstance(pre.get("max_side"), bool) and 64 <= pre["max_side"] <= 20000):
+    if not (
+        isinstance(pre, dict)
+        and isinstance(pre.get("max_side"), int)
+        and not isinstance(pre.get("max_side"), bool)
+        and 64 <= pre["max_side"] <= 20000
+    ):
         raise bad("preprocessing", "{'max_side': an integer in [64, 20000]}")
 
 
@@ -266,8 +315,10 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
-        raise PackageError(f"{folder} has no {CONFIG}: not a model folder (expected the export stage's "
-                           "models/export/<Arch>/<Arch>_<Dataset>/, a downloaded Hub folder, or a training output)")
+        raise PackageError(
+            f"{folder} has no {CONFIG}: not a model folder (expected the export stage's "
+            "models/export/<Arch>/<Arch>_<Dataset>/, a downloaded Hub folder, or a training output)"
+        )
     cfg = read_config(folder / CONFIG)
     check_package_fields(cfg, folder / CONFIG)
     model = rebuild(cfg)
@@ -277,22 +328,33 @@ def load(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
         # the ONNX graph reads its weights at fixed offsets of this file: a rewritten file (even with the same
         # tensors) would make it compute garbage, so a package's file must be the one exported
         if weights_sha256(folder / WEIGHTS) != cfg["weights_sha256"]:
-            raise PackageError(f"{folder / WEIGHTS} is not the file this package was exported with (sha256 differs "
-                               f"from {CONFIG}); its ONNX graph would compute garbage. Export or download it again")
+            raise PackageError(
+                f"{folder / WEIGHTS} is not the file this package was exported with (sha256 differs "
+                f"from {CONFIG}); its ONNX graph would compute garbage. Export or download it again"
+            )
         from safetensors.torch import load_file
 
         try:
             state = load_file(str(folder / WEIGHTS))
         except SafetensorError as e:
-            raise PackageError(f"{folder / WEIGHTS} is not a readable safetensors file ({e}); download it again") from None
+            raise PackageError(
+                f"{folder / WEIGHTS} is not a readable safetensors file ({e}); download it again"
+            ) from None
         load_strict(model, state, str(folder / WEIGHTS))
     else:
         raise PackageError(f"{folder} has {CONFIG} but no weights ({WEIGHTS})")
     return model.eval(), cfg
 
 
-def export_cell(model_dir: Path, eval_dir: Path, data_dir: Path, out: Path, opset: int,
-                data: dict[str, Any], rt: Runtime = Runtime()) -> dict[str, Any]:
+def export_cell(
+    model_dir: Path,
+    eval_dir: Path,
+    data_dir: Path,
+    out: Path,
+    opset: int,
+    data: dict[str, Any],
+    rt: Runtime = Runtime(),
+) -> dict[str, Any]:
     """One trained and evaluated cell -> its package in the empty folder `out`; returns the parity record.
 
     The threshold and metrics come from the cell's evaluation (chosen on val, measured on test), so a package
@@ -306,18 +368,32 @@ def export_cell(model_dir: Path, eval_dir: Path, data_dir: Path, out: Path, opse
     ev = json.loads(metrics_file.read_text())
     model, cfg = load_classifier(model_dir / f"seed_{ev['seed']}")  # the packaged seed: best val AUROC
     cfg = {k: v for k, v in cfg.items() if k != "history"}
-    cfg.update({"threshold": ev["threshold"], "threshold_rule": ev["threshold_rule"],
-                "decision": f"malignant if p_malignant >= threshold ({ev['threshold_rule']}, chosen on val)",
-                "preprocessing": {"decode": "upright 8-bit RGB (EXIF applied, alpha over white)",
-                                  "max_side": data["max_side"],
-                                  "resize": f"Lanczos to {cfg['input_size']}x{cfg['input_size']} (no crop)"},
-                "data": {k: v for k, v in data.items() if k != "max_side"},
-                "evaluation": {s: ev[s] for s in ("val", "test", "external_test") if s in ev} | {
-                    "bootstrap": ev["bootstrap"], "seeds": ev["seeds"], "packaged_seed": ev["seed"],
-                    "over_seeds": ev["over_seeds"]}})
+    cfg.update(
+        {
+            "threshold": ev["threshold"],
+            "threshold_rule": ev["threshold_rule"],
+            "decision": f"malignant if p_malignant >= threshold ({ev['threshold_rule']}, chosen on val)",
+            "preprocessing": {
+                "decode": "upright 8-bit RGB (EXIF applied, alpha over white)",
+                "max_side": data["max_side"],
+                "resize": f"Lanczos to {cfg['input_size']}x{cfg['input_size']} (no crop)",
+            },
+            "data": {k: v for k, v in data.items() if k != "max_side"},
+            "evaluation": {s: ev[s] for s in ("val", "test", "external_test") if s in ev}
+            | {
+                "bootstrap": ev["bootstrap"],
+                "seeds": ev["seeds"],
+                "packaged_seed": ev["seed"],
+                "over_seeds": ev["over_seeds"],
+            },
+        }
+    )
     stats = json.loads((data_dir / "stats.json").read_text())
-    cfg["data"]["training_set"] = {"dataset": stats["dataset"], "per_class": stats["per_class"]["train"],
-                                   "by_origin": stats["counts"]["train"]}
+    cfg["data"]["training_set"] = {
+        "dataset": stats["dataset"],
+        "per_class": stats["per_class"]["train"],
+        "by_origin": stats["counts"]["train"],
+    }
     val_images, _ = load_split(data_dir, "val")
     return write_package(model, cfg, val_images, out, opset, rt)
 
@@ -326,23 +402,33 @@ def export_all(params: dict[str, Any], out: Path, rt: Runtime = Runtime()) -> di
     """The `export` stage: package every cell of the grid into `out`; returns each cell's ONNX parity. The
     PyTorch side of the parity check runs on `rt`'s device; the ONNX export and onnxruntime on the CPU."""
     from melanoma.io import atomic_dir
-    from melanoma.paths import DATASETS, classifier_dir, evaluation_dir
+    from melanoma.paths import DATASETS_DIR, classifier_dir, evaluation_dir
 
     c = params["classifiers"]
-    from melanoma.paths import SPLITS
+    from melanoma.paths import SPLITS_DIR
 
-    report = json.loads((SPLITS / "split_report.json").read_text())
-    data = {"source": params["data"]["source"], "max_side": params["data"]["max_side"],
-            "split": {k: report[k] for k in ("seed", "fractions", "counts")},
-            "split_rule": "lesion-grouped (near-duplicates and images of one lesion stay in one split); val and "
-                          "test are real images only; synthetic images are added to train only"}
+    report = json.loads((SPLITS_DIR / "split_report.json").read_text())
+    data = {
+        "source": params["data"]["source"],
+        "max_side": params["data"]["max_side"],
+        "split": {k: report[k] for k in ("seed", "fractions", "counts")},
+        "split_rule": "lesion-grouped (near-duplicates and images of one lesion stay in one split); val and "
+        "test are real images only; synthetic images are added to train only",
+    }
     worst = {}
     with atomic_dir(out) as tmp:
         for arch in c["archs"]:
             for ds in c["datasets"]:
                 cell = tmp / arch / f"{arch}_{ds}"
                 cell.mkdir(parents=True)
-                parity = export_cell(classifier_dir(arch, ds), evaluation_dir(arch, ds), DATASETS / ds, cell,
-                                     params["export"]["opset"], data, rt)
+                parity = export_cell(
+                    classifier_dir(arch, ds),
+                    evaluation_dir(arch, ds),
+                    DATASETS_DIR / ds,
+                    cell,
+                    params["export"]["opset"],
+                    data,
+                    rt,
+                )
                 worst[f"{arch}_{ds}"] = parity["max_abs_diff"]
     return worst

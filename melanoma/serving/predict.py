@@ -4,6 +4,7 @@ site's own threshold from `melanoma calibrate`'s threshold file: `--threshold-fi
 Images go through exactly the pipeline's preprocessing (`package.prepare`), so a file scores as it would have
 in the test split. A file that cannot be read is reported with its reason, and the others are still scored.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,11 @@ from tqdm import tqdm
 
 from melanoma.data.images import IMAGE_SUFFIXES, ImageRejected
 from melanoma.errors import os_error_line, printable
+from melanoma.evaluation import gradcam
 from melanoma.io import owner_lock
 from melanoma.serving.package import PackageError, load, pixels, prepare, served, torch_probabilities
-
+from melanoma.serving.thresholds import apply_threshold_file, read_threshold_file
+from melanoma.text import safe_id
 
 PROGRESS_FROM = 10  # files: fewer are read without a progress bar
 DECODE_THREADS = min(4, os.cpu_count() or 1)  # images decoded at once (bench/predict_speed.py measures 1 vs 2)
@@ -70,8 +73,9 @@ def writable_dir(folder: Path, what: str) -> None:
         raise PackageError(f"{what} {folder}: cannot write there ({e.strerror or e}); choose another folder") from None
 
 
-def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None,
-            threshold_file: Path | None = None) -> tuple[list[Prediction], dict[str, Any]]:
+def predict(
+    files: list[Path], folder: Path, gradcam_dir: Path | None = None, threshold_file: Path | None = None
+) -> tuple[list[Prediction], dict[str, Any]]:
     """Score `files` with the packaged model in `folder`; unreadable files come back with `error` set.
 
     Decisions use the package's threshold, or with `threshold_file` (written by `melanoma calibrate` for this
@@ -86,11 +90,10 @@ def predict(files: list[Path], folder: Path, gradcam_dir: Path | None = None,
         return _predict(files, folder, gradcam_dir, threshold_file)
 
 
-def _predict(files: list[Path], folder: Path, gradcam_dir: Path | None,
-             threshold_file: Path | None) -> tuple[list[Prediction], dict[str, Any]]:
+def _predict(
+    files: list[Path], folder: Path, gradcam_dir: Path | None, threshold_file: Path | None
+) -> tuple[list[Prediction], dict[str, Any]]:
     if threshold_file is not None:
-        from melanoma.serving.calibrate import apply_threshold_file, read_threshold_file
-
         record = read_threshold_file(threshold_file)
     model, cfg = load(folder)
     if threshold_file is not None:
@@ -101,8 +104,15 @@ def _predict(files: list[Path], folder: Path, gradcam_dir: Path | None,
     results, ok, images = [], [], []
     with ThreadPoolExecutor(DECODE_THREADS) as pool:  # Pillow's decoder releases the GIL
         decoded = pool.map(lambda f: _prepared(f, size, max_side), files)
-        for f, (x, error) in tqdm(zip(files, decoded), total=len(files), desc="predict", unit="img",
-                                  file=sys.stderr, disable=len(files) < PROGRESS_FROM, leave=False):
+        for f, (x, error) in tqdm(
+            zip(files, decoded),
+            total=len(files),
+            desc="predict",
+            unit="img",
+            file=sys.stderr,
+            disable=len(files) < PROGRESS_FROM,
+            leave=False,
+        ):
             r = Prediction(str(f), error=error)
             if x is not None:
                 images.append(x)
@@ -112,8 +122,10 @@ def _predict(files: list[Path], folder: Path, gradcam_dir: Path | None,
         x = np.stack(images)
         probs = torch_probabilities(served(model, cfg), x)
         if not np.isfinite(probs).all():  # NaN compares false with the threshold: it would read as "benign"
-            raise PackageError(f"the model in {folder} produced NaN/Inf probabilities: its weights are damaged "
-                               "or diverged; export or download it again")
+            raise PackageError(
+                f"the model in {folder} produced NaN/Inf probabilities: its weights are damaged "
+                "or diverged; export or download it again"
+            )
         thr = cfg["threshold"]
         for r, p in zip(ok, probs):
             r.p_malignant = float(p)
@@ -137,16 +149,19 @@ def _ours(f: Path) -> bool:
         return False
 
 
-def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: list[Prediction], out: Path,
-             inputs: list[Path] = ()) -> None:
+def _gradcam(
+    model: torch.nn.Module,
+    cfg: dict[str, Any],
+    x: np.ndarray,
+    rows: list[Prediction],
+    out: Path,
+    inputs: list[Path] = (),
+) -> None:
     """One overlay per scored image, explaining the malignant class (what made it look malignant). Names are
     `<safe stem>_gradcam.png` (safe_id: any file name fits); a name held by an input or by a file this command did
     not write gets a number instead, so no user file is ever replaced."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
-
-    from melanoma.data.releases import safe_id
-    from melanoma.evaluation import gradcam
 
     info = PngInfo()
     info.add_text("Software", GRADCAM_MARK)
@@ -156,15 +171,19 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
     net = served(model, cfg)
     xt = (pixels(x) - net.mean) / net.std  # what the model itself sees
     at = gradcam.target(cfg["arch"], model, cfg["input_size"])
-    heat = np.concatenate([gradcam.cams(cfg["arch"], model, xt[i:i + 16], [1] * len(xt[i:i + 16]), at)
-                           for i in range(0, len(xt), 16)])
+    heat = np.concatenate(
+        [gradcam.cams(cfg["arch"], model, xt[i : i + 16], [1] * len(xt[i : i + 16]), at) for i in range(0, len(xt), 16)]
+    )
     scale = max(1, 256 // cfg["input_size"])
     used: set[str] = set()
 
     def free(name: str) -> bool:
         f = out / name
-        return name not in used and os.path.realpath(f) not in taken and (
-            not os.path.lexists(f) or not os.path.islink(f) and _ours(f))  # never written through a link
+        return (
+            name not in used
+            and os.path.realpath(f) not in taken
+            and (not os.path.lexists(f) or not os.path.islink(f) and _ours(f))
+        )  # never written through a link
 
     for i, r in enumerate(rows):
         stem = safe_id(Path(r.path).stem)
@@ -185,27 +204,47 @@ def _gradcam(model: torch.nn.Module, cfg: dict[str, Any], x: np.ndarray, rows: l
 
 
 def as_json(results: list[Prediction], cfg: dict[str, Any], model: str) -> str:
-    return json.dumps({"model": model, "cell": f"{cfg['arch']}_{cfg['dataset']}", "threshold": cfg["threshold"],
-                       "threshold_rule": cfg["threshold_rule"], "threshold_source": cfg.get("threshold_source"),
-                       "positive_class": cfg["positive_class"], "predictions": [asdict(r) for r in results]}, indent=2)
+    return json.dumps(
+        {
+            "model": model,
+            "cell": f"{cfg['arch']}_{cfg['dataset']}",
+            "threshold": cfg["threshold"],
+            "threshold_rule": cfg["threshold_rule"],
+            "threshold_source": cfg.get("threshold_source"),
+            "positive_class": cfg["positive_class"],
+            "predictions": [asdict(r) for r in results],
+        },
+        indent=2,
+    )
 
 
 def _where_threshold(cfg: dict[str, Any]) -> str:
     src = cfg.get("threshold_source") or {}
     if src.get("from") != "threshold_file":
         return f"{cfg['threshold_rule']}, chosen on val"
-    return (f"{cfg['threshold_rule']} on {src.get('n')} labelled images of {src.get('labels')}, from --threshold-file "
-            f"{src['path']}; the package's own is {src['package_threshold']:.4f}")
+    return (
+        f"{cfg['threshold_rule']} on {src.get('n')} labelled images of {src.get('labels')}, from --threshold-file "
+        f"{src['path']}; the package's own is {src['package_threshold']:.4f}"
+    )
 
 
 def as_table(results: list[Prediction], cfg: dict[str, Any], model: str) -> str:
-    head = (f"# {cfg['arch']}_{cfg['dataset']} from {model}; malignant if p_malignant >= {cfg['threshold']:.4f} "
-            f"({_where_threshold(cfg)}). Research use only, not a medical device."
-            + (" DEMO MODEL: trained on synthetic demo images, meaningless on real lesions."
-               if cfg["data"]["source"] == "demo" else ""))
+    head = (
+        f"# {cfg['arch']}_{cfg['dataset']} from {model}; malignant if p_malignant >= {cfg['threshold']:.4f} "
+        f"({_where_threshold(cfg)}). Research use only, not a medical device."
+        + (
+            " DEMO MODEL: trained on synthetic demo images, meaningless on real lesions."
+            if cfg["data"]["source"] == "demo"
+            else ""
+        )
+    )
     shown = [printable(r.path) for r in results]  # a name's newline or ANSI escape cannot forge a row
     width = max([len("image")] + [len(p) for p in shown])
-    lines = [printable(head), f"{'image':<{width}}  p_malignant  decision" + ("  gradcam" if any(r.gradcam or r.gradcam_error for r in results) else "")]
+    lines = [
+        printable(head),
+        f"{'image':<{width}}  p_malignant  decision"
+        + ("  gradcam" if any(r.gradcam or r.gradcam_error for r in results) else ""),
+    ]
     for r, path in zip(results, shown):
         if r.error:
             lines.append(f"{path:<{width}}  {'-':>11}  refused: {printable(r.error)}")
