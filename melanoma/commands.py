@@ -284,7 +284,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "name",
-        help="demo (the committed params.yaml), study (the full-scale study: ISIC, 224 px, "
+        help="demo (the committed params.yaml), own-data (a folder of your own images, on a CPU), "
+        "study (the full-scale study: ISIC, 224 px, "
         "full-size pretrained models, GPU) or rehearsal (the study's shapes, tiny budgets, "
         "CPU)",
     )
@@ -312,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_weights)
     for name, text in (
         ("publish", "assemble each cell's Hub folder (weights, ONNX, configs, model card) and upload it"),
-        ("download", "download cells from the Hub into models/classifiers/<Arch>/<Arch>_<Dataset>/"),
+        ("download", "download cells from the Hub into models/downloaded/<Arch>/<Arch>_<Dataset>/ (--dest)"),
     ):
         q = sub.add_parser(name, help=text)
         q.add_argument("cells", nargs="*", help="cells <Arch>_<Dataset> (default: the grid in params.yaml)")

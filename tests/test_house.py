@@ -4,6 +4,7 @@ README's links, no history outside CHANGELOG.md, and the package a researcher in
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -104,8 +105,13 @@ def test_the_wheel_installs_the_melanoma_command_with_its_version(tmp_path) -> N
     """`pip wheel .` builds the package a researcher installs; its console script answers --version with
     pyproject.toml's version, and it carries the library, not the tests or the data."""
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    src = tmp_path / "src"  # a copy: setuptools writes build/ and *.egg-info/ into the folder it builds
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "requirements.txt", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "melanoma", src / "melanoma", ignore=shutil.ignore_patterns("__pycache__"))
     p = run(
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", ROOT
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", src
     )
     assert p.returncode == 0, p.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("melanoma_synth-*.whl")

@@ -1,7 +1,7 @@
 """The study, rehearsed: `./run.sh study --rehearse` on a fresh copy of the project and a few dozen real ISIC images
 runs every stage through DVC at the study's shapes (224 px study members, the ~114 M-parameter 64 px DDPM with
 attention, DCGAN at 64 px, SR x4, DPM-Solver++, ONNX export at 224 px, the report), budgets shrunk, on the CPU.
-So a GPU run can only fail for GPU reasons. The longest test of the suite (README, "Tests")."""
+So a GPU run can only fail for GPU reasons. The longest test of the suite (docs/testing.md)."""
 
 import json
 import shutil

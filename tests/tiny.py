@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -76,8 +77,10 @@ def tiny_params(**overrides) -> dict:
 
 
 def make_project(folder: Path, params: dict) -> Path:
-    """params.yaml, data/raw and data/splits, laid out as the stages expect (paths relative to `folder`)."""
+    """params.yaml, dvc.yaml, data/raw and data/splits, laid out as the stages expect (paths relative to
+    `folder`)."""
     folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")  # a stage reads the params its dvc.yaml stage declares
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_raw(from_demo(params["data"]["demo"]), folder / "data/raw", 1024, 0.0, workers=1)
     s = params["split"]
@@ -94,6 +97,8 @@ def make_project(folder: Path, params: dict) -> Path:
 
 def run_stage(folder: Path, script: str, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
     """Run stages/<script> with `folder` as the working directory, as DVC would."""
+    if not (folder / "dvc.yaml").exists():  # a stage reads the params its dvc.yaml stage declares
+        shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
     cmd = [sys.executable, str(ROOT / "stages" / script), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, **popen)
