@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,16 +187,19 @@ class Staged:
         self.files: dict[Path, Path] = {}  # final path -> its temporary file
 
     def path(self, final: Path, mode: int = 0o644) -> Path:
-        """A new temporary file beside `final` (mode `mode`) for a writer that needs a path (torch.save, PIL);
-        it replaces `final` when the block ends without an error."""
+        """A new empty file `.<name>.tmp` beside `final` (mode `mode`) for a writer that needs a path (torch.save,
+        PIL); it replaces `final` when the block ends without an error. The name is fixed, so a run killed mid-write
+        leaves one stale temp file that the next write replaces, never one more per run; a file or link already
+        there is removed first, never written through. Writers that can race on one output hold its owner_lock."""
         final = Path(final)
-        fd, tmp = tempfile.mkstemp(
-            dir=final.parent if str(final.parent) else ".", prefix=f".{final.name}.", suffix=".tmp"
-        )
-        os.fchmod(fd, mode)  # as any file the user writes (mkstemp makes it 0600)
+        tmp = final.with_name(f".{final.name}.tmp")
+        if tmp.is_symlink() or tmp.is_file():
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        os.fchmod(fd, mode)  # as any file the user writes, whatever the umask
         os.close(fd)
-        self.files[final] = Path(tmp)
-        return Path(tmp)
+        self.files[final] = tmp
+        return tmp
 
     def text(self, final: Path, text: str, mode: int = 0o644) -> None:
         """Stage `text` (UTF-8) for `final`, flushed to disk before the rename."""

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from melanoma.commands import main as cli
 from melanoma.evaluation.stats import draw
+from melanoma.serving import calibrate as calibrate_module
 from melanoma.serving import predict as predict_module
 from melanoma.serving.calibrate import (
     CalibrationError,
@@ -504,7 +505,7 @@ def test_one_calibrate_per_out_and_a_file_that_appears_meanwhile_is_kept(package
         out.write_text("USER DATA")
         return real(*a, **k)
 
-    monkeypatch.setattr(predict_module, "predict", user_writes_meanwhile)
+    monkeypatch.setattr(calibrate_module, "predict", user_writes_meanwhile)  # the scoring calibrate calls
     line = one_line_error(
         capsys, ["calibrate", str(package), "--labels", str(site), "--out", str(out), "--bootstrap", "100"]
     )

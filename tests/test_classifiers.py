@@ -29,7 +29,7 @@ from melanoma.engine import Diverged, Runtime, load_checkpoint
 from melanoma.errors import PretrainedUnavailable
 from melanoma.params import ARCHS, ParamsError, load_params
 from tests.conftest import ROOT
-from tests.tiny import TINY_MODELS, make_pack, tiny_params
+from tests.tiny import TINY_MODELS, make_pack, tiny_params, workspace
 
 # the study's members at full size (224 px): what the full profile builds
 FULL = {
@@ -303,8 +303,7 @@ def test_batch_must_split_evenly_over_processes(tmp_path):
 def _stage_project(tmp_path: Path, **over) -> Path:
     proj = tmp_path / "proj"
     make_pack(proj / "data/datasets/Original", n_train=(48, 24))
-    (proj / "params.yaml").write_text(yaml.safe_dump(_params(**over), sort_keys=False))
-    return proj
+    return workspace(proj, _params(**over))
 
 
 def _stage(proj: Path, *args: str, **kw) -> subprocess.Popen:
@@ -398,14 +397,14 @@ def test_unwritable_checkpoint_is_a_clear_error_and_the_previous_one_resumes(tmp
     deadline = time.time() + 120
     while not (ck / "checkpoint_step_4.pth").exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    (ck / "checkpoint_step_8.pth.tmp" / "x").mkdir(parents=True)  # torch.save cannot open a folder
+    (ck / ".checkpoint_step_8.pth.tmp" / "x").mkdir(parents=True)  # the temp name is taken by a folder
     out = p.communicate()[0]
     assert p.returncode == 1 and "Traceback" not in out, out
     assert f"cannot write checkpoint {ck.relative_to(proj)}/checkpoint_step_8.pth" in out
     assert "the previous one is kept" in out
     assert load_checkpoint(ck / "checkpoint_step_4.pth")["step"] == 4
     assert not (ck / "checkpoint_step_8.pth").exists()
-    shutil.rmtree(ck / "checkpoint_step_8.pth.tmp")  # writable again: the rerun resumes
+    shutil.rmtree(ck / ".checkpoint_step_8.pth.tmp")  # writable again: the rerun resumes
     rerun = _stage(proj, "ResNet", "Original")
     out = rerun.communicate()[0]
     assert rerun.returncode == 0 and "after step 4" in out, out

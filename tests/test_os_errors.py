@@ -9,10 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from tests.conftest import ROOT, mounted
-from tests.tiny import run_stage, tiny_params
+from tests.tiny import run_stage, tiny_params, workspace
 
 
 def terminal_sigint() -> None:
@@ -22,9 +20,7 @@ def terminal_sigint() -> None:
 
 
 def project(folder: Path, **overrides) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(**overrides), sort_keys=False))
-    return folder
+    return workspace(folder, tiny_params(**overrides))
 
 
 def one_line(p: subprocess.CompletedProcess, prefix: str) -> str:

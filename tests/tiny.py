@@ -76,12 +76,19 @@ def tiny_params(**overrides) -> dict:
     return validate(copy.deepcopy(p))
 
 
+def workspace(folder: Path, params: dict) -> Path:
+    """A folder a stage script can run in, as DVC runs it: params.yaml and this checkout's dvc.yaml (a stage reads
+    only the params its dvc.yaml stage declares)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
+
+
 def make_project(folder: Path, params: dict) -> Path:
     """params.yaml, dvc.yaml, data/raw and data/splits, laid out as the stages expect (paths relative to
     `folder`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")  # a stage reads the params its dvc.yaml stage declares
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    workspace(folder, params)
     write_raw(from_demo(params["data"]["demo"]), folder / "data/raw", 1024, 0.0, workers=1)
     s = params["split"]
     split(
@@ -97,8 +104,6 @@ def make_project(folder: Path, params: dict) -> Path:
 
 def run_stage(folder: Path, script: str, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
     """Run stages/<script> with `folder` as the working directory, as DVC would."""
-    if not (folder / "dvc.yaml").exists():  # a stage reads the params its dvc.yaml stage declares
-        shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
     cmd = [sys.executable, str(ROOT / "stages" / script), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, **popen)
