@@ -12,9 +12,13 @@ step. `fit` owns everything around the step, the same way for every family:
   waits on a per-step `.item()`;
 - the global torch RNG is reseeded at the start of every period from (seed, period), so dropout and drop-path
   draw the same numbers in an uninterrupted and in a resumed run;
-- resumable checkpoints: `checkpoint_step_<n>.pth`, written atomically, the last `keep` kept, each carrying
-  the hash of the run's config and of the code that shapes the result. A rerun resumes from the newest one
-  whose hash matches and starts over (with a log line) when it does not.
+- resumable checkpoints: `checkpoint_step_<n>.pth`, taken by wall time (the first period end at least
+  `checkpoint_minutes` after the previous one, and after the last step), written atomically on a background
+  thread from a CPU copy of the state so the loop goes on while the file is written, the last `keep` kept, each
+  carrying the hash of the run's config and of the code that shapes the result. A rerun resumes from the newest
+  one whose hash matches and starts over (with a log line) when it does not;
+- where the time goes: `fit` logs, and returns in `Fitted.timing`, the run's wall time and the share of it spent
+  outside training steps (validation and logging, checkpoint copies and waits, resuming).
 
 Library pieces rather than hand-written ones: timm's `CosineLRScheduler` (warmup + cosine to a floor),
 `create_optimizer_v2` (weight-decay groups that skip norms, biases and each model's `no_weight_decay()`),
@@ -23,12 +27,15 @@ and `ModelEmaV3` (foreach EMA of the weights, buffers copied).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -234,10 +241,11 @@ class TrainingPlan:
     """How long to train and where checkpoints go.
 
     steps: optimiser steps in all; period: steps between host reads of the scalars (logging, NaN check,
-    end_period); checkpoint_every: steps between checkpoints (rounded up to a period end; 0: none);
-    folder: the checkpoint folder (None: no checkpoints, no dvclive log); checkpoints and log rows are numbered
-    by completed steps; keep: checkpoints kept (the newest; one is enough to resume, and each is the size of the
-    model and its optimiser state).
+    end_period); folder: the checkpoint folder (None: no checkpoints, no dvclive log); checkpoint_minutes: wall
+    time between checkpoints (None: none; 0: every period end), taken at the first period end at least that long
+    after the previous one and after the last step, so that validating often never means writing often;
+    checkpoints and log rows are numbered by completed steps; keep: checkpoints kept (the newest; one is enough
+    to resume, and each is the size of the model and its optimiser state).
     """
 
     steps: int
@@ -246,21 +254,62 @@ class TrainingPlan:
     config: dict[str, Any] = field(default_factory=dict)
     code: list[Path] = field(default_factory=list)
     folder: Path | None = None
-    checkpoint_every: int = 0
+    checkpoint_minutes: float | None = None
     keep: int = 1
 
 
 @dataclass
 class Fitted:
-    """What `fit` reports: the step it resumed from (None: fresh), the last period's means, the config hash."""
+    """What `fit` reports: the step it resumed from (None: fresh), the last period's means, the config hash, and
+    where the wall time went (`Timing`)."""
 
     resumed_from: int | None
     last: dict[str, float]
     config_hash: str
+    timing: Timing = field(default_factory=lambda: Timing())
+
+
+@dataclass
+class Timing:
+    """Seconds of one `fit`, by what the process was doing. `steps` is the rest of the wall time: the training
+    steps, including the once-per-period wait for the device to finish them. `checkpoints` is what the loop
+    waited for (the CPU copy of the state, a previous write still running, the last write at the end), not the
+    write itself, which runs beside the steps."""
+
+    wall: float = 0.0
+    resume: float = 0.0
+    periods: float = 0.0
+    checkpoints: float = 0.0
+    written: int = 0
+
+    @property
+    def steps(self) -> float:
+        """Seconds inside training steps."""
+        return max(0.0, self.wall - self.resume - self.periods - self.checkpoints)
+
+    @property
+    def outside_share(self) -> float:
+        """Fraction (0-1) of the wall time spent outside training steps."""
+        return 1.0 - self.steps / self.wall if self.wall > 0 else 0.0
+
+    def line(self, name: str) -> str:
+        """One log line: the wall time, the share inside steps, and what the rest was."""
+        return (
+            f"{name}: {self.wall:.1f} s, {1 - self.outside_share:.1%} in training steps; outside them: "
+            f"validation and logging {self.periods:.1f} s, checkpoints {self.checkpoints:.1f} s "
+            f"({self.written} written), resume {self.resume:.1f} s"
+        )
 
 
 CHECKPOINT_NAME = re.compile(r"checkpoint_step_(\d+)\.pth")
+PARTIAL_NAME = re.compile(r"\.checkpoint_step_\d+\.pth\.tmp")  # io.Staged's temp name: a write that was killed
 STATE_KEYS = {"config_hash", "step", "last", "task"}
+
+
+def _partials(folder: Path) -> list[Path]:
+    """Temp files of checkpoint writes that a kill interrupted (each write has its own name, so nothing else
+    would replace them); called only while this process holds the folder's lock, so no write of ours is running."""
+    return [p for p in folder.iterdir() if PARTIAL_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -312,9 +361,9 @@ def discard(folder: Path) -> None:
 
 
 def _clear(folder: Path) -> None:
-    """Remove this engine's checkpoints and training log from `folder`, nothing else."""
+    """Remove this engine's checkpoints, partial checkpoint files and training log from `folder`, nothing else."""
     try:
-        for f in _checkpoints(folder):
+        for f in _checkpoints(folder) + _partials(folder):
             f.unlink()
         if (folder / "live").is_dir():
             shutil.rmtree(folder / "live")
@@ -372,19 +421,60 @@ def _resume(
     if rt.main:
         if start is None:
             _clear(plan.folder)
-        elif (plan.folder / "live").is_dir():
-            _truncate_log(plan.folder / "live", start)
+        else:
+            for f in _partials(plan.folder):
+                f.unlink()
+            if (plan.folder / "live").is_dir():
+                _truncate_log(plan.folder / "live", start)
     return start, last
 
 
-def _save(task: Task, plan: TrainingPlan, h: str, step: int, last: dict[str, float]) -> None:
-    assert plan.folder is not None
-    save_checkpoint(
-        plan.folder / f"checkpoint_step_{step}.pth",
-        {"config_hash": h, "step": step, "last": last, "task": task.state_dict()},
-    )
-    for old in _checkpoints(plan.folder)[: -plan.keep]:
-        old.unlink()
+def cpu_copy(obj: Any) -> Any:
+    """A deep copy of a (nested) state dict whose tensors are new CPU tensors: what a background writer may
+    serialise while the loop goes on changing the live weights, optimiser moments and history."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on one background thread, one at a time: `submit` waits for the previous write (rarely:
+    writes are minutes apart), then starts the next and returns. A failed write is raised (CheckpointError) by the
+    next `submit` or by `wait`, which the loop calls at its end, so no failure goes unreported."""
+
+    def __init__(self, folder: Path, keep: int) -> None:
+        self.folder, self.keep = folder, keep
+        self.thread: threading.Thread | None = None
+        self.error: CheckpointError | None = None
+
+    def submit(self, path: Path, payload: dict[str, Any]) -> None:
+        """Write `payload` (already a CPU copy) to `path` in the background, then drop all but the newest `keep`."""
+        self.wait()
+        self.thread = threading.Thread(target=self._write, args=(path, payload), name=f"checkpoint {path.name}")
+        self.thread.start()
+
+    def _write(self, path: Path, payload: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(path, payload)
+            for old in _checkpoints(self.folder)[: -self.keep]:
+                old.unlink()
+        except CheckpointError as e:
+            self.error = e
+        except OSError as e:
+            self.error = _folder_error(self.folder, e)
+
+    def wait(self) -> None:
+        """Block until the running write is done; raise its error, if any."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def _read(sums: dict[str, torch.Tensor], n: int, rt: Runtime) -> dict[str, float]:
@@ -413,14 +503,55 @@ def fit(task: Task, plan: TrainingPlan, rt: Runtime = Runtime(), log: Callable[[
         return _fit(task, plan, rt, log)
 
 
+def now() -> float:
+    """The engine's clock (seconds, monotonic); tests replace it to take checkpoints at chosen steps."""
+    return time.perf_counter()
+
+
 def _fit(task: Task, plan: TrainingPlan, rt: Runtime, log: Callable[[str], None]) -> Fitted:
+    t0 = now()
+    timing = Timing()
     h = config_hash(
         {**plan.config, "code": files_md5(plan.code), "versions": _versions(), "device": rt.device.type}
     )  # random streams differ per device type: never resume across
     start, last = _resume(task, plan, h, rt, log) if plan.folder is not None else (None, {})
     live = _live(plan.folder, start is not None) if plan.folder is not None and rt.main else None
+    saving = plan.folder is not None and plan.checkpoint_minutes is not None and rt.main
+    writer = CheckpointWriter(plan.folder, plan.keep) if saving and plan.folder is not None else None
+    timing.resume = now() - t0
+    try:
+        last = _loop(task, plan, rt, h, start, last, live, writer, timing)
+    except BaseException:
+        if writer is not None and writer.thread is not None:
+            writer.thread.join()  # a write under way finishes (a kill mid-write keeps the previous checkpoint)
+        raise
+    t = now()
+    if writer is not None:
+        writer.wait()
+    timing.checkpoints += now() - t
+    rt.barrier()
+    if live is not None:
+        live.end()
+    timing.wall = now() - t0
+    if rt.main and timing.wall > 0:
+        log(timing.line(task.name))
+    return Fitted(start, last, h, timing)
+
+
+def _loop(
+    task: Task,
+    plan: TrainingPlan,
+    rt: Runtime,
+    h: str,
+    start: int | None,
+    last: dict[str, float],
+    live: Any,
+    writer: CheckpointWriter | None,
+    timing: Timing,
+) -> dict[str, float]:
+    """The steps from `start`, a host read and end_period per period, checkpoints when due; the last means."""
     sums: dict[str, torch.Tensor] = {}
-    since_ckpt, n = 0, 0
+    n, saved_at = 0, now()
     for step in range(start or 0, plan.steps):
         if step % plan.period == 0:
             if getattr(task, "stop", False):
@@ -428,23 +559,23 @@ def _fit(task: Task, plan: TrainingPlan, rt: Runtime, log: Callable[[str], None]
             torch.manual_seed(plan.seed * 100_003 + step // plan.period)  # dropout, drop-path
         for k, v in task.step(step).items():
             sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
-        n, since_ckpt = n + 1, since_ckpt + 1
+        n += 1
         if (step + 1) % plan.period and step + 1 < plan.steps:
             continue
-        last = _end_period(task, step, _read(sums, n, rt), live, plan)
+        means = _read(sums, n, rt)  # waits for the period's steps: counted as step time
+        t = now()
+        last = _end_period(task, step, means, live, plan)
         sums, n = {}, 0
-        if (
-            plan.folder is not None
-            and plan.checkpoint_every
-            and rt.main
-            and (since_ckpt >= plan.checkpoint_every or step + 1 == plan.steps or getattr(task, "stop", False))
-        ):
-            _save(task, plan, h, step + 1, last)
-            since_ckpt = 0
-    rt.barrier()
-    if live is not None:
-        live.end()
-    return Fitted(start, last, h)
+        timing.periods += now() - t
+        due = plan.checkpoint_minutes is not None and now() - saved_at >= 60 * plan.checkpoint_minutes
+        if writer is not None and (due or step + 1 == plan.steps or getattr(task, "stop", False)):
+            t = now()
+            payload = {"config_hash": h, "step": step + 1, "last": last, "task": cpu_copy(task.state_dict())}
+            writer.submit(plan.folder / f"checkpoint_step_{step + 1}.pth", payload)  # type: ignore[operator]
+            saved_at = now()
+            timing.checkpoints += saved_at - t
+            timing.written += 1
+    return last
 
 
 def _live(folder: Path, resume: bool) -> Any:

@@ -58,6 +58,12 @@ PER_CLASS = (
 )
 
 
+# Keys every stage may read without declaring them in dvc.yaml (melanoma.stage.stage_params): they change how a run
+# goes, never what it produces, so a change must rerun nothing. checkpoint_minutes: a resumed run ends with the
+# same weights as an uninterrupted one wherever it was checkpointed (tests/test_engine.py).
+RUN_SETTINGS = ("checkpoint_minutes",)
+
+
 class ParamsError(MelanomaError, ValueError):
     """A params.yaml value is missing, unknown, of the wrong type or out of range."""
 
@@ -94,6 +100,7 @@ _PLURALS = {int: "integers", float: "numbers", str: "strings"}
 
 SCHEMA: dict[str, Any] = {
     "device": Field(str, choices=DEVICES),  # auto | cuda (refuse without a usable GPU) | cpu (melanoma.device)
+    "checkpoint_minutes": Field((int, float), min=0, max=24 * 60),  # a run setting (RUN_SETTINGS)
     "data": {
         "source": Field(str, choices=SOURCES),
         "max_side": Field(int, min=64, max=20000),
@@ -118,7 +125,6 @@ SCHEMA: dict[str, Any] = {
         "image_size": Field(int, min=16, max=256),
         "seed": Field(int, min=0, max=SEED_MAX),
         "threads": Field(int, min=0, max=256),  # 0: torch's default
-        "checkpoint_every": Field(int, min=1),
         "dcgan": {
             "nz": Field(int, min=1, max=1024),
             "ngf": Field(int, min=4, max=512),

@@ -14,7 +14,7 @@ import yaml
 
 from melanoma.device import require_device
 from melanoma.errors import INTERRUPTED, MelanomaError, os_error_line, printable
-from melanoma.params import load_params
+from melanoma.params import RUN_SETTINGS, load_params
 
 DVC_YAML = Path("dvc.yaml")
 
@@ -91,8 +91,10 @@ def declared_keys(stage: str, dvc_yaml: Path = DVC_YAML, **values: Any) -> list[
 def stage_params(stage: str, **values: Any) -> Declared:
     """params.yaml (checked against the schema) cut down to the keys stage `stage` declares in dvc.yaml, e.g.
     `stage_params("train_generator", item={"gen": "ddpm", "cls": "benign"})`: what its library call receives, so
-    that reading an undeclared key fails at once (UndeclaredParam) instead of going unnoticed by DVC."""
-    return declared(load_params(), declared_keys(stage, **values), stage)
+    that reading an undeclared key fails at once (UndeclaredParam) instead of going unnoticed by DVC. The run
+    settings (params.RUN_SETTINGS) are always included and never declared: they change how a run goes, not what
+    it produces, so changing them reruns nothing."""
+    return declared(load_params(), declared_keys(stage, **values) + list(RUN_SETTINGS), stage)
 
 
 def run_stage(name: str, main: Callable[[], str]) -> None:

@@ -319,6 +319,20 @@ def _stage(proj: Path, *args: str, **kw) -> subprocess.Popen:
     )
 
 
+def test_a_stage_validating_every_step_checkpoints_by_wall_time_not_every_step(tmp_path):
+    """The study validates every 100 steps and a ViT-B checkpoint takes seconds to write: checkpoints go by
+    `checkpoint_minutes`, so a cell validating at every step writes one per seed (after its last step), and says
+    how its wall time split between steps and the rest."""
+    over = {"classifiers.train.eval_every": 1, "classifiers.train.patience": 100, "checkpoint_minutes": 10}
+    proj = _stage_project(tmp_path, **over)
+    p = _stage(proj, "ResNet", "Original")
+    out = p.communicate()[0]
+    assert p.returncode == 0, out
+    lines = [ln for ln in out.splitlines() if "in training steps; outside them" in ln]
+    assert len(lines) == 1 and "(1 written)" in lines[0], out  # 12 validations, one checkpoint
+    assert len(_cfg(proj / "models/classifiers/ResNet/ResNet_Original")["history"]) == 12
+
+
 def test_killed_training_resumes_from_the_saved_step(tmp_path):
     """Killed during the second seed: the first seed resumes from its finished checkpoint (no retraining), the
     second from its last validation, and both end where an uninterrupted run does."""

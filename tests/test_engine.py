@@ -54,7 +54,7 @@ class Linear:
 
 def _plan(folder: Path, steps: int = 12, **kw: Any) -> TrainingPlan:
     return TrainingPlan(
-        steps=steps, seed=0, period=3, config={"lr": 0.1, **kw}, folder=folder, checkpoint_every=3, keep=2
+        steps=steps, seed=0, period=3, config={"lr": 0.1, **kw}, folder=folder, checkpoint_minutes=0, keep=2
     )
 
 
@@ -68,14 +68,102 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     logs: list[str] = []
     resumed = Linear()
     r = fit(resumed, _plan(tmp_path / "b"), log=logs.append)
-    assert r.resumed_from == 9 and logs == [
+    assert r.resumed_from == 9 and logs[0] == (
         f"linear: resuming from checkpoint {tmp_path / 'b'}/checkpoint_step_9.pth after step 9"
-    ]
+    )
     assert torch.equal(resumed.w.weight, full.w.weight) and torch.equal(resumed.w.bias, full.w.bias)
     assert sorted(f.name for f in (tmp_path / "b").glob("checkpoint_*")) == [
         "checkpoint_step_12.pth",
         "checkpoint_step_9.pth",
     ]  # keep: 2
+
+
+class Clock:
+    """engine.now for tests: `minutes` advance only when the task's step says so."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Slow(Linear):
+    """Linear whose every step takes `minutes` of the fake clock and that is killed (KeyboardInterrupt, what
+    SIGINT raises; SIGKILL leaves the same files) before step `kill_at`."""
+
+    def __init__(self, clock: Clock, minutes: float, kill_at: int | None = None) -> None:
+        super().__init__()
+        self.clock, self.minutes, self.kill_at = clock, minutes, kill_at
+
+    def step(self, step: int) -> dict[str, torch.Tensor]:
+        if step == self.kill_at:
+            raise KeyboardInterrupt
+        self.clock.t += 60 * self.minutes
+        return super().step(step)
+
+
+def test_validating_every_step_does_not_checkpoint_every_step_and_a_killed_run_resumes(tmp_path, monkeypatch):
+    """Checkpoints go by wall time, not by validation: with a period of 1 step and checkpoint_minutes 10 at 3
+    minutes a step, one is written every 4 steps (and after the last); a run killed at step 17 resumes from the
+    newest one (step 16) and ends with the uninterrupted run's weights."""
+    clock = Clock()
+    monkeypatch.setattr("melanoma.engine.now", clock)
+
+    def plan(folder: Path) -> TrainingPlan:
+        return TrainingPlan(steps=30, seed=0, period=1, folder=folder, checkpoint_minutes=10, keep=1)
+
+    full = Slow(clock, minutes=3)
+    r = fit(full, plan(tmp_path / "a"), log=lambda _: None)
+    assert r.timing.written == 8  # after steps 4, 8, ..., 28 and the last (30): not 30
+    with pytest.raises(KeyboardInterrupt):
+        fit(Slow(clock, minutes=3, kill_at=17), plan(tmp_path / "b"), log=lambda _: None)
+    assert [f.name for f in (tmp_path / "b").glob("checkpoint_*")] == ["checkpoint_step_16.pth"]
+    resumed = Slow(clock, minutes=3)
+    r = fit(resumed, plan(tmp_path / "b"), log=lambda _: None)
+    assert r.resumed_from == 16
+    assert torch.equal(resumed.w.weight, full.w.weight) and torch.equal(resumed.w.bias, full.w.bias)
+
+
+def test_timing_says_where_the_wall_time_went(tmp_path, monkeypatch):
+    """Fitted.timing and the log line split the wall time into steps, validation, checkpoints and resume."""
+    clock = Clock()
+    monkeypatch.setattr("melanoma.engine.now", clock)
+
+    class Validating(Slow):
+        def end_period(self, step: int, means: dict[str, float]) -> None:
+            self.clock.t += 60  # one minute of validation per period
+
+    logs: list[str] = []
+    r = fit(
+        Validating(clock, minutes=1),
+        TrainingPlan(steps=6, seed=0, period=3, folder=tmp_path, checkpoint_minutes=100),
+        log=logs.append,
+    )
+    assert (r.timing.wall, r.timing.periods, r.timing.steps) == (480.0, 120.0, 360.0)
+    assert r.timing.outside_share == pytest.approx(0.25) and r.timing.written == 1
+    assert logs == [
+        "linear: 480.0 s, 75.0% in training steps; outside them: validation and logging 120.0 s, "
+        "checkpoints 0.0 s (1 written), resume 0.0 s"
+    ]
+
+
+def test_a_failed_background_write_is_reported_and_the_previous_checkpoint_kept(tmp_path, monkeypatch):
+    fit(Linear(), _plan(tmp_path, steps=6), log=lambda _: None)  # checkpoints after steps 3 and 6
+    real_save = torch.save
+
+    def full_disk(obj: Any, f: Any, *a: Any, **k: Any) -> None:
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"checkpoint_step_9.pth: No space left on device; the previous"):
+        fit(Linear(), _plan(tmp_path, steps=12), log=lambda _: None)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith(("checkpoint", ".checkpoint"))) == [
+        "checkpoint_step_3.pth",
+        "checkpoint_step_6.pth",
+    ]  # no partial file left behind
 
 
 def test_another_config_starts_over_and_a_corrupt_checkpoint_is_one_error(tmp_path):
@@ -93,13 +181,13 @@ def test_code_change_starts_over(tmp_path):
     code.write_text("v1")
     fit(
         Linear(),
-        TrainingPlan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_every=3),
+        TrainingPlan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_minutes=0),
         log=lambda _: None,
     )
     code.write_text("v2")
     r = fit(
         Linear(),
-        TrainingPlan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_every=3),
+        TrainingPlan(steps=6, seed=0, period=3, code=[code], folder=tmp_path / "c", checkpoint_minutes=0),
         log=lambda _: None,
     )
     assert r.resumed_from is None
@@ -111,7 +199,7 @@ def test_nan_stops_before_the_period_is_saved_and_scalars_are_read_once_per_peri
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or real_tolist(t))
     task = Linear(lr=10.0)  # diverges within a few steps
     with pytest.raises(Diverged, match=r"linear: loss became (nan|inf) by step \d+; lower the test's lr"):
-        fit(task, TrainingPlan(steps=300, seed=0, period=5, folder=tmp_path, checkpoint_every=5), log=lambda _: None)
+        fit(task, TrainingPlan(steps=300, seed=0, period=5, folder=tmp_path, checkpoint_minutes=0), log=lambda _: None)
     saved = [load_checkpoint(f)["last"]["loss"] for f in tmp_path.glob("checkpoint_*.pth")]
     assert saved and all(np.isfinite(saved))  # checkpoints exist, and none holds the diverged period
     last_step = max(load_checkpoint(f)["step"] for f in tmp_path.glob("checkpoint_*.pth"))

@@ -151,7 +151,7 @@ def test_nan_divergence_stops_with_a_message_before_a_checkpoint(tmp_path):
     with pytest.raises(Diverged, match=r"dcgan: loss_d became nan.* by step 2; lower generators.dcgan.lr"):
         fit(
             task,
-            TrainingPlan(steps=3, seed=0, period=2, config={"a": 1}, folder=tmp_path / "ck", checkpoint_every=1),
+            TrainingPlan(steps=3, seed=0, period=2, config={"a": 1}, folder=tmp_path / "ck", checkpoint_minutes=0),
             log=lambda *_: None,
         )
     assert not list((tmp_path / "ck").glob("checkpoint_*"))  # the NaN period was never saved
@@ -192,7 +192,7 @@ def test_corrupt_checkpoint_and_failed_write(tmp_path, monkeypatch):
 
 def test_killed_training_resumes_from_checkpoint_and_matches(tmp_path):
     """SIGKILL mid-training; the rerun continues from the saved step and ends with the same weights."""
-    p = tiny_params(**{"generators.dcgan.steps": 300, "generators.checkpoint_every": 20})
+    p = tiny_params(**{"generators.dcgan.steps": 300, "checkpoint_minutes": 0})
     a, b = make_project(tmp_path / "a", p), make_project(tmp_path / "b", p)
     cmd = [sys.executable, str(ROOT / "stages/train_generator.py"), "dcgan", "benign"]
     proc = subprocess.Popen(cmd, cwd=a, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -336,7 +336,7 @@ def test_discriminator_winning_outright_stops_training(tmp_path):
     with pytest.raises(Diverged, match=r"won outright for 5 steps in a row by step 5"):
         fit(
             task,
-            TrainingPlan(steps=10, seed=0, period=5, config={"a": 2}, folder=tmp_path / "ck", checkpoint_every=100),
+            TrainingPlan(steps=10, seed=0, period=5, config={"a": 2}, folder=tmp_path / "ck", checkpoint_minutes=0),
             log=lambda *_: None,
         )
 

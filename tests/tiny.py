@@ -54,7 +54,8 @@ def tiny_params(**overrides) -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["data"]["demo"].update(n_benign=24, n_malignant=12, image_size=32)
     g = p["generators"]
-    g.update(image_size=16, checkpoint_every=2, threads=1)
+    g.update(image_size=16, threads=1)
+    p["checkpoint_minutes"] = 0  # a checkpoint at every period end: the kill-and-resume tests need them
     g["dcgan"].update(ngf=8, ndf=8, nz=16, steps=6, batch_size=8, diff_augment=True)  # exercise DiffAugment
     g["ddpm"].update(
         block_out_channels=[8, 16], steps=4, batch_size=4, warmup_steps=1, sampler="ddim", sampling_steps=3

@@ -372,7 +372,7 @@ def train_seed(
         config=config,
         code=CODE,
         folder=ckpt_dir,
-        checkpoint_every=tp["eval_every"],
+        checkpoint_minutes=params["checkpoint_minutes"],
     )
     fitted = fit(task, plan, rt, log=task.log)
     return task, _record(built, task, config, fitted.config_hash, fitted.resumed_from, rt)

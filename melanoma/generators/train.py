@@ -81,7 +81,7 @@ def train_generator(
         config=config,
         code=CODE,
         folder=ckpt_dir,
-        checkpoint_every=p["checkpoint_every"],
+        checkpoint_minutes=params["checkpoint_minutes"],
         keep=1,
     )
     fitted = fit(task, plan, rt, log=log)

@@ -136,7 +136,7 @@ class SRTask:
         self.g.set_state(s["g"])
 
 
-SR_PERIOD = 50  # steps between reads of the loss (NaN check, dvclive) and between checkpoints
+SR_PERIOD = 50  # steps between reads of the loss (NaN check, dvclive)
 CODE = code_files(__name__)
 
 
@@ -176,7 +176,7 @@ def train_upscaler(
             config=config,
             code=CODE,
             folder=ckpt_dir,
-            checkpoint_every=SR_PERIOD,
+            checkpoint_minutes=params["checkpoint_minutes"],
             keep=1,
         ),
         rt,
