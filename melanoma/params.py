@@ -79,6 +79,7 @@ class Field:
     nullable: bool = False
     values: tuple[str, ...] = ()  # for dict fields: allowed values of the mapping
     item: type | None = None  # for list fields: the type of every element
+    empty: bool = False  # for list fields: whether [] is allowed
     doc: str = ""  # what the field takes, in words, where the types alone would mislead
 
     def __post_init__(self) -> None:
@@ -143,7 +144,7 @@ SCHEMA: dict[str, Any] = {
         "ddpm": {
             "block_out_channels": Field(list, item=int),
             "layers_per_block": Field(int, min=1, max=4),
-            "attention": Field(bool),
+            "attention_resolutions": Field(list, item=int, empty=True),
             "steps": Field(int, min=1),
             "batch_size": Field(int, min=1, max=4096),
             "lr": Field(float, min=1e-7, max=1.0),
@@ -291,8 +292,10 @@ def _check_leaf(path: str, value: Any, f: Field) -> Any:
     if numeric and (f.min is not None and value < f.min or f.max is not None and value > f.max):
         raise ParamsError(f"{path} is {value!r}; it must be {_describe(f)}")
     if f.item is not None:
-        if not value or any(not isinstance(v, f.item) or isinstance(v, bool) for v in value):
-            raise ParamsError(f"{path} is {value!r}; it must be a non-empty list of {_PLURALS[f.item]}")
+        if not (value or f.empty) or any(not isinstance(v, f.item) or isinstance(v, bool) for v in value):
+            raise ParamsError(
+                f"{path} is {value!r}; it must be a {'' if f.empty else 'non-empty '}list of {_PLURALS[f.item]}"
+            )
         if f.item is int and any(f.min is not None and v < f.min or f.max is not None and v > f.max for v in value):
             raise ParamsError(f"{path} is {value!r}; each item must be {_describe(f)}")
         wrong = [v for v in value if f.choices and v not in f.choices]

@@ -201,7 +201,7 @@ def check(params: dict[str, Any]) -> list[Checked]:
                 g = params["generators"]
                 d = g["ddpm"]
                 ddpm.build_unet(
-                    ddpm.unet_config(g["image_size"], d["block_out_channels"], d["layers_per_block"], d["attention"]),
+                    ddpm.params_unet_config(g["image_size"], d),
                     d["pretrained"],
                 )
             out.append(Checked(w, "ok", path=path))

@@ -346,7 +346,7 @@ def test_missing_pretrained_unet_is_an_error_not_a_silent_fallback(tmp_path):
     from melanoma.generators.ddpm import build_unet, unet_config
 
     with pytest.raises(PretrainedUnavailable, match=r"generators.ddpm.pretrained: cannot load .*pretrained: ''"):
-        build_unet(unet_config(16, [8, 16], 1, False), pretrained=str(tmp_path / "no-such-unet"))
+        build_unet(unet_config(16, [8, 16], 1, []), pretrained=str(tmp_path / "no-such-unet"))
 
 
 def test_unet_params_diffusers_cannot_run_are_params_errors(tmp_path, project):
@@ -354,14 +354,27 @@ def test_unet_params_diffusers_cannot_run_are_params_errors(tmp_path, project):
     from melanoma.generators.ddpm import build_unet, unet_config
 
     with pytest.raises(ParamsError, match=r"generators.image_size \(18\) must be divisible by 2\^2 = 4"):
-        unet_config(18, [8, 16, 32], 1, False)
+        unet_config(18, [8, 16, 32], 1, [])
     with pytest.raises(ParamsError, match=r"block_out_channels \[8, 12\]: each must be a positive multiple of .* 8"):
-        unet_config(16, [8, 12], 1, False)
+        unet_config(16, [8, 12], 1, [])
     with pytest.raises(ParamsError, match="power of two >= 16 for the DCGAN, got 24"):
         dcgan.Generator(image_size=24)
     trained = project / "models/generators/ddpm/ddpm_benign"  # a 16 px UNet with channels [8, 16]
     with pytest.raises(PretrainedUnavailable, match=r"does not match the params: block_out_channels \[8, 16\] there"):
-        build_unet(unet_config(16, [8, 16, 32], 1, False), pretrained=str(trained))
+        build_unet(unet_config(16, [8, 16, 32], 1, []), pretrained=str(trained))
+
+
+def test_unet_attends_at_the_named_resolutions_on_the_way_down_and_up():
+    """The study attends at 16 and 8 px of a 64 px UNet (DDPM/ADM practice), not only at its 2 x 2 lowest block;
+    a resolution no block works at is refused rather than silently ignored."""
+    from melanoma.generators.ddpm import unet_config
+
+    c = unet_config(64, [128, 128, 256, 256, 512, 512], 2, [16, 8])
+    assert c["down_block_types"] == ["DownBlock2D"] * 2 + ["AttnDownBlock2D"] * 2 + ["DownBlock2D"] * 2
+    assert c["up_block_types"] == ["UpBlock2D"] * 2 + ["AttnUpBlock2D"] * 2 + ["UpBlock2D"] * 2
+    assert "Attn" not in "".join(unet_config(16, [8, 16], 1, [])["down_block_types"])
+    with pytest.raises(ParamsError, match=r"no block works at \[12\] px \(at image_size 64 the 6 blocks work at"):
+        unet_config(64, [128, 128, 256, 256, 512, 512], 2, [16, 12])
 
 
 def test_two_process_ddpm_matches_one_process(tmp_path):

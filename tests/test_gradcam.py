@@ -80,6 +80,15 @@ def test_overlay_enlarges_and_carries_a_colour_bar_and_its_caption():
     assert (captioned[:14, :64] < 128).sum() > 30  # the caption's dark text is drawn
 
 
+def test_overlays_are_sized_for_viewing_not_a_fixed_enlargement():
+    """A 224 px study image stays 224 px (4x made 896 px PNGs, ~65 MB of report at study size); a 32 px demo image
+    is enlarged to 256 px; predict uses the same rule."""
+    assert [gradcam.view_scale(s) for s in (32, 64, 100, 224, 512)] == [8, 4, 2, 1, 1]
+    heat = np.zeros((224, 224), np.float32)
+    assert gradcam.overlay(np.zeros((224, 224, 3), np.uint8), heat).shape == (224, 224 + 34, 3)
+    assert gradcam.overlay(np.zeros((32, 32, 3), np.uint8), heat[:32, :32]).shape == (256, 256 + 34, 3)
+
+
 def test_an_all_zero_map_says_so_in_its_caption():
     image = np.full((8, 8, 3), 120, np.uint8)
     empty = gradcam.overlay(image, np.zeros((8, 8), np.float32), scale=8, caption="TN  P=0.10")

@@ -80,7 +80,7 @@ SHAPE_KEYS = (
     "generators.image_size",
     "generators.ddpm.block_out_channels",
     "generators.ddpm.layers_per_block",
-    "generators.ddpm.attention",
+    "generators.ddpm.attention_resolutions",
     "generators.ddpm.sampler",
     "generators.ddpm.num_train_timesteps",
     "generators.ddpm.beta_schedule",

@@ -198,6 +198,8 @@ def test_report_page_opens_with_the_verdict_and_is_self_contained(project):
     assert "white-space:nowrap" in page  # nothing wraps by itself: a CI sits on its own second line
     assert page.count("<td>external_test</td>") >= 4 + 3  # every cell and all three baselines
     assert "src='data:image/png;base64," in page and "src='http" not in page and 'src="http' not in page
+    gradcam = page.split("GradCAM")[-1]
+    assert "src='data:image/jpeg;base64," in gradcam  # the overlays, re-encoded for size; the figures stay PNG
 
 
 def test_report_says_the_training_sets_and_keeps_the_model_column_short(project):

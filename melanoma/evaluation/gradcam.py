@@ -118,14 +118,24 @@ def blend(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return np.uint8(255 * blended / blended.max())
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, scale: int = 4, caption: str = "") -> np.ndarray:
-    """The blend enlarged `scale` times (nearest), with a jet colour bar on the right (0 at the bottom, 1 at the
-    top: the map's share of its own maximum) and, when given, a caption strip on top (outcome and P). An
-    all-zero map (no positive evidence for the class at that layer: GradCAM's ReLU removed it all) says
-    "empty map" in the caption, since its overlay is the plain colour of 0. Returns uint8 (caption strip +
-    H * scale, W * scale + bar, 3)."""
+VIEW_PX = 256  # overlays are enlarged (nearest) to about this side: a 32 px demo image x8, a 224 px one x1
+
+
+def view_scale(size: int) -> int:
+    """The whole-number enlargement that shows a `size` px image at about VIEW_PX (1 at 224 px and above): the
+    study's overlays stay their input size (a 4x overlay of 224 px was 896 px and 1 MB as PNG)."""
+    return max(1, VIEW_PX // size)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, scale: int | None = None, caption: str = "") -> np.ndarray:
+    """The blend enlarged `scale` times (nearest; None: view_scale of its height), with a jet colour bar on the
+    right (0 at the bottom, 1 at the top: the map's share of its own maximum) and, when given, a caption strip on
+    top (outcome and P). An all-zero map (no positive evidence for the class at that layer: GradCAM's ReLU removed
+    it all) says "empty map" in the caption, since its overlay is the plain colour of 0. Returns uint8 (caption
+    strip + H * scale, W * scale + bar, 3)."""
     from PIL import Image, ImageDraw
 
+    scale = view_scale(image.shape[0]) if scale is None else scale
     big = np.kron(blend(image, heat), np.ones((scale, scale, 1), np.uint8))
     h, w = big.shape[:2]
     bar = np.full((h, 34, 3), 255, np.uint8)

@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 
 
 def unet_config(
-    image_size: int, block_out_channels: list[int], layers_per_block: int, attention: bool
+    image_size: int, block_out_channels: list[int], layers_per_block: int, attention_resolutions: list[int]
 ) -> dict[str, Any]:
-    """UNet2DModel kwargs: one down/up block per channel entry, self-attention at the lowest resolution if asked.
+    """UNet2DModel kwargs: one down/up block per channel entry; the blocks working at a feature-map side listed in
+    `attention_resolutions` (px; block i works at image_size / 2^i) get self-attention, on the way down and up.
 
-    Raises ParamsError when diffusers could not build or run it: each block but the last halves the image, so
-    image_size must divide by 2^(blocks - 1); GroupNorm needs every channel count divisible by its group count.
+    Ho et al. (2020) attend at 16 x 16 and ADM (Dhariwal & Nichol 2021) at 32, 16 and 8 for 64 px images; at
+    2 x 2, the lowest block of the study's 6-block UNet, attention sees 4 positions and adds nothing. Raises
+    ParamsError when diffusers could not build or run it: each block but the last halves the image, so
+    image_size must divide by 2^(blocks - 1); GroupNorm needs every channel count divisible by its group count;
+    an attention resolution that no block works at would silently do nothing.
     """
     n = len(block_out_channels)
     groups = min(32, min(block_out_channels))
@@ -42,10 +46,15 @@ def unet_config(
             f"generators.ddpm.block_out_channels {list(block_out_channels)}: each must be a positive "
             f"multiple of the GroupNorm group count min(32, smallest) = {groups}"
         )
-    down = ["DownBlock2D"] * n
-    up = ["UpBlock2D"] * n
-    if attention:
-        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    sides = [image_size // 2**i for i in range(n)]
+    missing = sorted(set(attention_resolutions) - set(sides), reverse=True)
+    if missing:
+        raise ParamsError(
+            f"generators.ddpm.attention_resolutions {list(attention_resolutions)}: no block works at {missing} px "
+            f"(at image_size {image_size} the {n} blocks work at {sides} px)"
+        )
+    down = ["AttnDownBlock2D" if s in attention_resolutions else "DownBlock2D" for s in sides]
+    up = ["AttnUpBlock2D" if s in attention_resolutions else "UpBlock2D" for s in reversed(sides)]
     return {
         "sample_size": image_size,
         "in_channels": 3,
@@ -56,6 +65,11 @@ def unet_config(
         "up_block_types": up,
         "norm_num_groups": groups,
     }
+
+
+def params_unet_config(image_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """unet_config from params' `generators.ddpm` section `cfg` at `image_size`."""
+    return unet_config(image_size, cfg["block_out_channels"], cfg["layers_per_block"], cfg["attention_resolutions"])
 
 
 def build_unet(config: dict[str, Any], pretrained: str = "") -> UNet2DModel:
@@ -87,7 +101,7 @@ def build_unet(config: dict[str, Any], pretrained: str = "") -> UNet2DModel:
         raise PretrainedUnavailable(
             f"pretrained UNet '{pretrained}' does not match the params: "
             + "; ".join(f"{k} {unet.config[k]} there, {config[k]} here" for k in differ)
-            + " (generators.image_size, generators.ddpm.block_out_channels / layers_per_block / attention)"
+            + " (generators.image_size, generators.ddpm.block_out_channels / layers_per_block / attention_resolutions)"
         )
     return unet
 
@@ -192,7 +206,7 @@ class DDPMTask:
         self.cfg, self.rt, self.name = cfg, rt, "ddpm"
         self.advice = "lower generators.ddpm.lr or change generators.seed"
         self.data = data.to(rt.device)
-        config = unet_config(image_size, cfg["block_out_channels"], cfg["layers_per_block"], cfg["attention"])
+        config = params_unet_config(image_size, cfg)
         self.unet = rt.prepare(build_unet(config, cfg["pretrained"]))
         self.scheduler = train_scheduler(cfg["num_train_timesteps"], cfg["beta_schedule"], clip_range)
         self.weights = min_snr_weights(self.scheduler, cfg["min_snr_gamma"]).to(rt.device)

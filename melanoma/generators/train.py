@@ -116,6 +116,6 @@ def _architecture(gen: str, cfg: dict[str, Any], size: int) -> dict[str, Any]:
         "class": "diffusers.UNet2DModel",
         "weights": "unet/ (EMA, safetensors)",
         "scheduler": "scheduler/",
-        "kwargs": ddpm.unet_config(size, cfg["block_out_channels"], cfg["layers_per_block"], cfg["attention"]),
+        "kwargs": ddpm.params_unet_config(size, cfg),
         "pretrained": cfg["pretrained"] or None,
     }

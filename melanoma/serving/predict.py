@@ -174,7 +174,7 @@ def _gradcam(
     heat = np.concatenate(
         [gradcam.cams(cfg["arch"], model, xt[i : i + 16], [1] * len(xt[i : i + 16]), at) for i in range(0, len(xt), 16)]
     )
-    scale = max(1, 256 // cfg["input_size"])
+    scale = gradcam.view_scale(cfg["input_size"])
     used: set[str] = set()
 
     def free(name: str) -> bool:
