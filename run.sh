@@ -42,8 +42,9 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   setup) setup ;;
-  # DVC leaves an output it made as a copy when its content is already cached (a package's weights, a dataset's
-  # val/test packs): relink after a whole run so that each file is stored once (docs/dvc.md, "Disk")
+  # DVC leaves an output it made as a copy when its content is already cached and the file is not a link to it
+  # (a stage rerun that writes the bytes it wrote before): relink after a whole run so that each file is stored
+  # once (docs/dvc.md, "Disk")
   repro) setup; dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
   study)
     setup

@@ -1,9 +1,10 @@
-"""Small file helpers every stage shares: atomic outputs (folders and files), locks, size-capped reads, CSV
-tables."""
+"""Small file helpers every stage shares: atomic outputs (folders and files), locks, size-capped reads, hardlinks
+instead of second copies, CSV tables."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import glob
 import os
@@ -174,6 +175,33 @@ def _swap(tmp: Path, out: Path) -> None:
         raise
     if moved:
         _remove(old)
+
+
+# os.link's errors that mean "this filesystem cannot link these two paths", not "something is wrong": another
+# filesystem (EXDEV), a filesystem without hardlinks or a kernel that refuses to link a file the user does not own
+# (EPERM, ENOTSUP/EOPNOTSUPP), or a file at its filesystem's link limit (EMLINK)
+LINK_IMPOSSIBLE = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def link_or_copy(src: Path, dst: Path) -> bool:
+    """Make the new file `dst` a hardlink to the file `src` (a symlink `src` is followed: the link is to the file
+    it points to, e.g. a DVC cache object), so that content a stage has already written, or that the DVC cache
+    already holds, is stored once; a copy only where linking is impossible (LINK_IMPOSSIBLE: another filesystem,
+    no hardlinks, the link limit). Returns True when linked, False when copied.
+
+    A linked `dst` shares its bytes with `src`: neither may be written in place afterwards (no stage does: each
+    writes new files and renames them). Raises FileExistsError when `dst` exists, FileNotFoundError when `src`
+    does not, and any other OSError of os.link or the copy as it comes."""
+    try:
+        os.link(src, dst)
+        return True
+    except OSError as e:
+        if e.errno not in LINK_IMPOSSIBLE:
+            raise
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    shutil.copyfile(src, dst)
+    return False
 
 
 FORMULA = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting with these as a formula

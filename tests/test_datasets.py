@@ -1,7 +1,9 @@
 """The real images decoded once, and the five datasets: composition (per_class, both classes), identical val/test,
 leakage guard, packed cache, bad synthetic input."""
 
+import errno
 import json
+import os
 import re
 
 import numpy as np
@@ -18,7 +20,7 @@ from melanoma.data.datasets import (
     synthetic_counts,
 )
 from melanoma.generators.upscale import upscale
-from melanoma.io import read_csv
+from melanoma.io import link_or_copy, read_csv
 from tests.tiny import make_project, tiny_params, with_dcgan_synthetic
 
 P = tiny_params(**{"upscale.method": "bicubic", "datasets.image_size": 24})
@@ -80,16 +82,58 @@ def test_composition_matches_params(project):
 
 
 def test_val_and_test_identical_across_datasets(project):
+    """A pack a dataset takes unchanged from decode is decode's file itself (a hardlink: one inode), and those are
+    the bytes np.save writes for the array it holds (so linking changes no dataset's content or hash)."""
+    import io
+
+    real = project / "data/real24"
     for split in ("train", "val", "test"):
-        assert (project / f"data/datasets/Original/{split}.npy").read_bytes() == (
-            project / f"data/real24/{split}.npy"
-        ).read_bytes()  # decoded once, copied byte for byte
+        src = real / f"{split}.npy"
+        buf = io.BytesIO()
+        np.save(buf, np.load(src))
+        assert buf.getvalue() == src.read_bytes()  # decode's file is what build_dataset's np.save would write
+        assert (project / f"data/datasets/Original/{split}.npy").stat().st_ino == src.stat().st_ino
     for split in ("val", "test"):
-        ref = (project / f"data/datasets/Original/{split}.npy").read_bytes()
+        inode = (real / f"{split}.npy").stat().st_ino
         for name in ("DCGAN", "DCGAN_Upscaled"):
-            assert (project / f"data/datasets/{name}/{split}.npy").read_bytes() == ref
+            assert (project / f"data/datasets/{name}/{split}.npy").stat().st_ino == inode
+    for name in ("DCGAN", "DCGAN_Upscaled"):  # a train pack with synthetic images added is the dataset's own file
+        train = project / f"data/datasets/{name}/train.npy"
+        assert train.stat().st_ino != (real / "train.npy").stat().st_ino and train.stat().st_nlink == 1
         rows = [r for r in read_csv(project / "data/datasets/DCGAN/manifest.csv") if r["split"] == split]
         assert {r["origin"] for r in rows} == {"real"}
+
+
+@pytest.mark.parametrize("error", [errno.EXDEV, errno.EPERM, errno.EMLINK])
+def test_packs_are_copied_where_the_filesystem_cannot_link(project, tmp_path, monkeypatch, error):
+    """Another filesystem (EXDEV), a refused link (EPERM), the link limit (EMLINK): a copy with the same bytes."""
+    real = project / "data/real24"
+
+    def no_link(src, dst, **kw):
+        raise OSError(error, os.strerror(error), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "link", no_link)
+    build_dataset("Original", P, real, project / "data/synthetic", tmp_path / "Original")
+    for split in ("train", "val", "test"):
+        out = tmp_path / f"Original/{split}.npy"
+        assert out.stat().st_ino != (real / f"{split}.npy").stat().st_ino
+        assert out.read_bytes() == (real / f"{split}.npy").read_bytes()
+
+
+def test_link_or_copy_raises_what_is_not_a_filesystem_limit(tmp_path, monkeypatch):
+    (tmp_path / "a").write_bytes(b"x")
+    (tmp_path / "b").write_bytes(b"y")
+    with pytest.raises(FileExistsError):  # never replaces a file
+        link_or_copy(tmp_path / "a", tmp_path / "b")
+    assert (tmp_path / "b").read_bytes() == b"y"
+
+    def failing(src, dst, **kw):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "link", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        link_or_copy(tmp_path / "a", tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 def test_pack_equals_decoding_the_images(project):

@@ -127,14 +127,16 @@ def test_package_is_complete_and_pickle_free(cells):
 
 
 def test_package_stores_the_weights_once(cells):
-    """The package's weights are the cell's file byte for byte (the DVC cache keeps one object for both), and
-    the ONNX graph reads every weight from it as external data instead of holding a second copy."""
+    """The package's weights are the cell's file itself (a hardlink: one inode on disk, one DVC cache object),
+    unchanged, and the ONNX graph reads every weight from it as external data instead of holding a second copy."""
     import onnx
 
     for pkg in cells.values():
-        seed = json.loads((pkg / "model_config.json").read_text())["evaluation"]["packaged_seed"]
+        cfg = json.loads((pkg / "model_config.json").read_text())
+        seed = cfg["evaluation"]["packaged_seed"]
         cell = pkg.parents[2] / pkg.name / f"seed_{seed}"  # the packaged seed: the best val AUROC
-        assert (pkg / "model.safetensors").read_bytes() == (cell / "model.safetensors").read_bytes()
+        assert (pkg / "model.safetensors").stat().st_ino == (cell / "model.safetensors").stat().st_ino
+        assert hashlib.sha256((cell / "model.safetensors").read_bytes()).hexdigest() == cfg["weights_sha256"]
         graph = onnx.load(str(pkg / "model.onnx"), load_external_data=False)
         inline = [
             t.name
@@ -145,6 +147,24 @@ def test_package_stores_the_weights_once(cells):
         external = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
         assert external == {"model.safetensors"}
         assert (pkg / "model.onnx").stat().st_size < (pkg / "model.safetensors").stat().st_size
+
+
+def test_export_refuses_weights_that_are_not_the_models(cells, tmp_path):
+    """The package links the file it is given: one that does not hold the model's float32 tensors (another seed's,
+    or bfloat16) is refused before anything is linked."""
+    from safetensors.torch import save_file
+
+    from melanoma.classifiers.inference import load_classifier
+    from melanoma.serving.package import write_package
+
+    seed_dir = next((cells["ResNet"].parents[2] / "ResNet_Original").glob("seed_*"))
+    model, cfg = load_classifier(seed_dir)
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    save_file(half, str(tmp_path / "half.st"))
+    (tmp_path / "pkg").mkdir()
+    with pytest.raises(PackageError, match=r"does not hold ResNet_Original's weights as the model has them"):
+        write_package(model, cfg, np.zeros((2, 32, 32, 3), np.uint8), tmp_path / "pkg", 17, tmp_path / "half.st")
+    assert not any((tmp_path / "pkg").iterdir())
 
 
 def test_timm_loads_the_package_config_and_weights(cells, isic_sample):

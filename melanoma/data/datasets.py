@@ -1,12 +1,13 @@
 """The `decode` and `build_dataset` stages: the five datasets as packed uint8 tensors at the classifier size.
 
 `decode` decodes and resizes every real image once (data/real/: one pack per split + manifest.csv); the five
-`build_dataset` stages only copy those packs and add synthetic images. Original is the real train split; DCGAN,
+`build_dataset` stages reuse those packs and add synthetic images. Original is the real train split; DCGAN,
 DCGAN_Upscaled, DDPM and DDPM_Upscaled fill each class of the *training* split up to `datasets.per_class`
-images with synthetic ones of that family. Val, test (and external test) are the same real packs, byte for
-byte, in all five (so the DVC cache stores them once). Every image, real or synthetic, goes through the same
-final resize, so resolution alone does not give a synthetic image away. Before writing, the stage asserts that
-no val/test image (exact or near duplicate) appears among the training images.
+images with synthetic ones of that family. A pack a dataset takes unchanged from `decode` (val, test, external
+test in all five; Original's train) is a hardlink to decode's file (melanoma.io.link_or_copy), not a second
+copy: one file on disk, which the DVC cache already holds and leaves linked. Every image, real or synthetic,
+goes through the same final resize, so resolution alone does not give a synthetic image away. Before writing,
+the stage asserts that no val/test image (exact or near duplicate) appears among the training images.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from PIL import Image
 from melanoma.data.images import md5_bytes
 from melanoma.data.split import near_duplicate_pairs
 from melanoma.errors import MelanomaError, first_line
-from melanoma.io import atomic_dir, read_csv, write_csv
+from melanoma.io import atomic_dir, link_or_copy, read_csv, write_csv
 from melanoma.params import DATASET_SOURCES, LABELS, synthetic_counts
 
 EVAL_SPLITS = ("val", "test", "external_test")
@@ -167,7 +168,9 @@ def build_dataset(name: str, params: dict[str, Any], real: Path, synthetic: Path
     if "train" not in rows or "val" not in rows:
         raise DatasetError(f"{real} has no train or val images; rerun `dvc repro split decode`")
     source = DATASET_SOURCES[name]
+    unchanged = {s: real / f"{s}.npy" for s in packs}  # packs written as they are: linked to decode's files
     if source:
+        unchanged.pop("train")
         want = synthetic_counts({c: sum(r["label"] == c for r in rows["train"]) for c in LABELS}, d["per_class"])
         for label in LABELS:
             r, p = _synthetic(synthetic / source, label, want[label], size, source.endswith("_upscaled"))
@@ -187,7 +190,10 @@ def build_dataset(name: str, params: dict[str, Any], real: Path, synthetic: Path
     }
     with atomic_dir(out) as tmp:
         for split, pack in packs.items():
-            np.save(tmp / f"{split}.npy", pack)
+            if split in unchanged:  # the bytes np.save would write: decode saved this very array the same way
+                link_or_copy(unchanged[split], tmp / f"{split}.npy")
+            else:
+                np.save(tmp / f"{split}.npy", pack)
         all_rows = [{**r, "index": i} for s in rows for i, r in enumerate(rows[s])]
         write_csv(tmp / "manifest.csv", all_rows, COLUMNS)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

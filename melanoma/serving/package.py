@@ -1,7 +1,8 @@
 """A trained cell as a product: one self-contained, pickle-free folder that predict, publish, timm and ONNX
 runtimes read without this repository's training outputs.
 
-    model.safetensors   the selected (best-on-val) weights, byte-identical to the training cell's file
+    model.safetensors   the selected (best-on-val) weights: a hardlink to the training cell's file (a copy only
+                        where the filesystem cannot link), so one file on disk and one DVC cache object
     model.onnx          [0, 1] RGB pixels (N, 3, H, W) -> logits (N, 2) and p_malignant (N); normalisation inside;
                         its weights are ONNX external data pointing into model.safetensors (one copy on disk)
     config.json         timm's Hub config (timm families only): `timm.create_model('hf-hub:<repo>', pretrained=True)`
@@ -195,17 +196,38 @@ def timm_config(model: nn.Module, cfg: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def write_package(
-    model: nn.Module, cfg: dict[str, Any], val_images: np.ndarray, out: Path, opset: int, rt: Runtime = Runtime()
+    model: nn.Module,
+    cfg: dict[str, Any],
+    val_images: np.ndarray,
+    out: Path,
+    opset: int,
+    weights: Path,
+    rt: Runtime = Runtime(),
 ) -> dict[str, Any]:
     """Write the package of one trained cell into the empty folder `out`; returns the ONNX parity record.
 
-    `cfg` must already carry the threshold and evaluation; `val_images` (real, uint8 NHWC at the input size)
-    are what the ONNX graph is checked on, against PyTorch on the runtime's device.
+    `weights` is the float32 safetensors file `model` was loaded from (the packaged seed's model.safetensors): the
+    package's model.safetensors is a hardlink to it (melanoma.io.link_or_copy), and the ONNX graph reads its
+    weights from that file. `cfg` must already carry the threshold and evaluation; `val_images` (real, uint8
+    NHWC at the input size) are what the ONNX graph is checked on, against PyTorch on the runtime's device.
+    Raises PackageError when ONNX and PyTorch disagree, or when `weights` does not hold the model's float32
+    weights (the graph would then keep its own copy of them).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file
+
+    from melanoma.io import link_or_copy
 
     model = model.cpu().eval()
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS))
+    state = model.state_dict()
+    stored = load_file(str(weights))
+    if stored.keys() != state.keys() or any(
+        stored[k].dtype != v.dtype or not torch.equal(stored[k], v) for k, v in state.items()
+    ):
+        raise PackageError(
+            f"{weights} does not hold {cfg['arch']}_{cfg['dataset']}'s weights as the model has them (float32); "
+            "rerun `dvc repro train_classifier evaluate export`"
+        )
+    link_or_copy(weights, out / WEIGHTS)
     tc = timm_config(model, cfg)
     if tc is not None:
         (out / TIMM_CONFIG).write_text(json.dumps(tc, indent=2) + "\n")
@@ -366,7 +388,8 @@ def export_cell(
     if not metrics_file.is_file():
         raise PackageError(f"no evaluation in {eval_dir}; run `dvc repro evaluate` first")
     ev = json.loads(metrics_file.read_text())
-    model, cfg = load_classifier(model_dir / f"seed_{ev['seed']}")  # the packaged seed: best val AUROC
+    seed_dir = model_dir / f"seed_{ev['seed']}"  # the packaged seed: best val AUROC
+    model, cfg = load_classifier(seed_dir)
     cfg = {k: v for k, v in cfg.items() if k != "history"}
     cfg.update(
         {
@@ -395,7 +418,7 @@ def export_cell(
         "by_origin": stats["counts"]["train"],
     }
     val_images, _ = load_split(data_dir, "val")
-    return write_package(model, cfg, val_images, out, opset, rt)
+    return write_package(model, cfg, val_images, out, opset, seed_dir / WEIGHTS, rt)
 
 
 def export_all(params: dict[str, Any], out: Path, rt: Runtime = Runtime()) -> dict[str, float]:
