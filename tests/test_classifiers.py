@@ -231,13 +231,44 @@ def test_training_writes_a_cell_whose_weights_load_weights_only(tmp_path):
     assert cfg["model"] == "vit_tiny_patch16_224" and cfg["kwargs"] == TINY_MODELS["ViT"]["kwargs"]
     assert cfg["classes"] == ["benign", "malignant"] and len(cfg["data_hash"]) == 32
     assert sorted(p.name for p in (out / "seed_0").iterdir()) == ["live", "model.safetensors", "model_config.json"]
-    state = load_file(str(out / "seed_0/model.safetensors"))
-    model, _ = load_classifier(out / "seed_0")
-    assert state.keys() == model.state_dict().keys()
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    for seed in (0, 3):  # strict, weights-only loading gives float32 tensors equal to what is stored
+        state = load_file(str(out / f"seed_{seed}/model.safetensors"))
+        model, _ = load_classifier(out / f"seed_{seed}")
+        assert state.keys() == model.state_dict().keys()
+        assert all(v.dtype in (torch.float32, torch.int64) for v in model.state_dict().values())
+        assert all(torch.equal(state[k].to(v.dtype), v) for k, v in model.state_dict().items())
     assert (out / "seed_0/live/metrics.json").is_file()
     assert _cfg(out, 3)["history"] != cfg["history"]  # another seed, another run
     assert not (tmp_path / "ck").exists()  # a finished cell leaves no checkpoint behind
+
+
+def test_the_packaged_seed_is_stored_in_float32_and_the_others_in_bfloat16(tmp_path):
+    """A 2-seed cell: the seed with the best val AUROC (what evaluate packages) keeps float32 weights; the other's
+    floating tensors are bfloat16 (half the bytes), its integer buffers unchanged, and model_config.json says
+    which; loading upcasts the bfloat16 values exactly."""
+    from melanoma.classifiers.inference import packaged_seed
+
+    data = make_pack(tmp_path / "data")
+    out = tmp_path / "cell"
+    r = train_classifier(
+        "ResNet", "Original", _params(**{"classifiers.seeds": [0, 1]}), data, out, tmp_path / "ck", log=lambda s: None
+    )
+    keep = packaged_seed({s["seed"]: s["val_auroc"] for s in r["seeds"]}, [0, 1])
+    assert keep == max((0, 1), key=lambda k: (_cfg(out, k)["val_auroc"], -k))
+    other = 1 - keep
+    assert _cfg(out, keep)["weights_dtype"] == "float32" and _cfg(out, other)["weights_dtype"] == "bfloat16"
+    assert {s["seed"]: s["weights_dtype"] for s in r["seeds"]} == {keep: "float32", other: "bfloat16"}
+    full = load_file(str(out / f"seed_{keep}/model.safetensors"))
+    half = load_file(str(out / f"seed_{other}/model.safetensors"))
+    assert {v.dtype for v in full.values()} == {torch.float32, torch.int64}  # ResNet: BatchNorm's counters
+    assert {v.dtype for v in half.values()} == {torch.bfloat16, torch.int64}
+    assert all(torch.equal(full[k], half[k]) for k in full if not full[k].is_floating_point())
+    size = {k: (out / f"seed_{k}/model.safetensors").stat().st_size for k in (keep, other)}
+    assert 0.45 < size[other] / size[keep] < 0.55
+    model, _ = load_classifier(out / f"seed_{other}")
+    state = model.state_dict()
+    assert all(v.dtype == torch.float32 for k, v in state.items() if half[k].is_floating_point())
+    assert all(torch.equal(state[k], half[k].to(state[k].dtype)) for k in half)
 
 
 def test_augmented_and_original_cells_run_the_same_optimiser_steps(tmp_path):
@@ -362,9 +393,16 @@ def test_killed_training_resumes_from_the_saved_step(tmp_path):
         for a, b in zip(_cfg(proj / cell, seed)["history"], _cfg(ref / cell, seed)["history"]):
             assert a["step"] == b["step"] and abs(a["val_auroc"] - b["val_auroc"]) < 1e-6
             assert abs(a["train_loss"] - b["train_loss"]) < 1e-6
+        assert _cfg(proj / cell, seed)["weights_dtype"] == _cfg(ref / cell, seed)["weights_dtype"]
         best = load_file(str(proj / cell / f"seed_{seed}/model.safetensors"))
         ref_best = load_file(str(ref / cell / f"seed_{seed}/model.safetensors"))
-        assert max((best[k] - ref_best[k]).abs().max().item() for k in best) < 1e-6
+        assert all(best[k].dtype == ref_best[k].dtype for k in best)
+        # within 1e-6 in float32; a non-packaged seed is stored in bfloat16, where two values 1e-6 apart can round
+        # to neighbouring bfloat16 numbers (at most 2^-7 apart, relative)
+        tol = 1e-6 if _cfg(ref / cell, seed)["weights_dtype"] == "float32" else 2**-7
+        for k in best:
+            diff = (best[k].double() - ref_best[k].double()).abs()
+            assert (diff <= tol * ref_best[k].double().abs() + 1e-6).all(), k
     assert not ck.exists()  # deleted once the resumed run finished
 
 

@@ -50,11 +50,21 @@ def probabilities(
     return probs
 
 
+def packaged_seed(val_auroc: dict[int, float], seeds: list[int]) -> int:
+    """The seed of a cell that `export` packages: the best training-time val AUROC (model_config.json's
+    `val_auroc`; test is never read), ties going to the first in `seeds` (classifiers.seeds' order). The one rule
+    train_classifier (which stores that seed's weights in float32, the others in bfloat16) and evaluate (which
+    names it in metrics.json) both apply. Raises KeyError when a seed of `seeds` has no val AUROC."""
+    return max(seeds, key=lambda k: (val_auroc[k], -seeds.index(k)))
+
+
 def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained cell from its model_config.json and load model.safetensors (strict).
 
-    Returns (model in eval mode on the CPU, the config dict). Raises CheckpointError for an unreadable
-    weights file and WeightsMismatch when the weights do not fit the recorded architecture.
+    Returns (model in eval mode on the CPU, float32 parameters and buffers, the config dict): weights stored in
+    bfloat16 (a cell's non-packaged seeds, `weights_dtype` in model_config.json) are upcast exactly by
+    load_state_dict's copy. Raises CheckpointError for an unreadable weights file and WeightsMismatch when the
+    weights do not fit the recorded architecture.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -12,7 +12,10 @@ over an augmented training set: melanoma.params.train_steps), the same for every
 never gets more training than Original; the imbalance rule (`classifiers.train.imbalance`) is
 applied identically to every dataset. A cell is trained once per seed in `classifiers.seeds` (init, batch order,
 augmentation), one process for all of them. Model selection and early stopping use val AUROC, every
-`eval_every` steps (test is never read here). Checkpoints go to an untracked folder that survives DVC deleting
+`eval_every` steps (test is never read here). Once every seed has trained, the cell's packaged seed (the best
+val AUROC: inference.packaged_seed, the rule evaluate applies) keeps its weights in float32 (export links that
+file, and its ONNX graph reads it); the other seeds' weights are stored in bfloat16, half the bytes, and
+evaluate scores what is stored. Checkpoints go to an untracked folder that survives DVC deleting
 the stage outputs, so `dvc repro` after a kill resumes each seed at its last validation.
 """
 
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from melanoma.classifiers.inference import probabilities
+from melanoma.classifiers.inference import packaged_seed, probabilities
 from melanoma.classifiers.registry import Built, build_model
 from melanoma.data.datasets import DatasetError, load_split, pack_real_counts
 from melanoma.engine import Runtime, TrainingPlan, adamw, cosine_schedule, discard, files_md5, fit
@@ -296,7 +299,9 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Train one grid cell once per seed in `classifiers.seeds`; write `out`/seed_<k>/ for each (model.safetensors:
     the best validation's weights, model_config.json, live/), all seeds or none, then delete the checkpoints
-    (a killed run resumes each seed from them; a finished one does not need them).
+    (a killed run resumes each seed from them; a finished one does not need them). The packaged seed's weights
+    are stored in float32, every other seed's floating tensors in bfloat16 (`weights_dtype` in model_config.json
+    says which).
 
     Returns {"seeds": [each seed's record], "seconds_this_run"}. Raises DatasetError (unreadable pack, one-class
     val), ParamsError (batch not divisible by processes), Diverged (NaN/Inf loss; nothing of that period is
@@ -315,6 +320,11 @@ def train_classifier(
             if rt.main:
                 _write_seed(tmp / f"seed_{seed}", task, record, ckpt_dir / f"seed_{seed}")
             records.append(record)
+        if rt.main:
+            keep = packaged_seed({r["seed"]: r["val_auroc"] for r in records}, params["classifiers"]["seeds"])
+            for r in records:
+                if r["seed"] != keep:
+                    _store_bfloat16(tmp / f"seed_{r['seed']}", r)
     if rt.main:
         for seed in params["classifiers"]["seeds"]:
             discard(ckpt_dir / f"seed_{seed}")
@@ -415,19 +425,32 @@ def _record(
         "device": str(rt.device),
         "processes": rt.world,
         "precision": "float32" if rt.amp is None else f"{rt.amp} autocast".replace("torch.", ""),
+        "weights_dtype": "float32",  # the stored weights' floating tensors; bfloat16 for a non-packaged seed
         "versions": {"torch": torch.__version__, "timm": timm.__version__},
     }
 
 
-WEIGHTS = "model.safetensors"  # the export package's weights file has this name and, for the same cell, these bytes
+WEIGHTS = "model.safetensors"  # the export package's weights file has this name (for the packaged seed: a link to it)
 
 
 def _write_seed(folder: Path, task: ClassifierTask, record: dict[str, Any], ckpt_dir: Path) -> None:
-    """The selected weights as safetensors (CPU, contiguous: byte-identical to the package `export` writes, so
-    the DVC cache stores them once), the record and the curves."""
+    """The selected weights as float32 safetensors (CPU, contiguous), the record and the curves."""
     from safetensors.torch import save_file
 
     folder.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in task.best_state.items()}, str(folder / WEIGHTS))
     shutil.copytree(ckpt_dir / "live", folder / "live")
+    (folder / "model_config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _store_bfloat16(folder: Path, record: dict[str, Any]) -> None:
+    """Re-save a non-packaged seed's weights (in the cell's temporary folder) with every floating tensor in
+    bfloat16, integer buffers (BatchNorm's num_batches_tracked) as they are, and set `weights_dtype` in `record`
+    and its model_config.json. Half the bytes of float32; evaluate scores these stored weights."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / WEIGHTS))
+    half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(half, str(folder / WEIGHTS))
+    record["weights_dtype"] = "bfloat16"
     (folder / "model_config.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -6,7 +6,8 @@ to test and external test. Per held-out split the cell reports each metric's mea
 AUROC, sensitivity, specificity and balanced accuracy, a 95 % CI from the seed x image bootstrap
 (melanoma.evaluation.stats). The *packaged* seed is the one with the best val AUROC (never test): `export`
 packages it, and its curves (ROC, PR, calibration CSVs that dvc.yaml's `plots:` render), confusion matrices,
-classification reports and GradCAM overlays sit at the top of the cell's folder.
+classification reports and GradCAM overlays sit at the top of the cell's folder. Every seed is scored with the
+weights it stores: float32 for the packaged seed, bfloat16 (upcast on loading) for the others.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from melanoma.classifiers.inference import load_classifier, probabilities, read_config, standardise
+from melanoma.classifiers.inference import load_classifier, packaged_seed, probabilities, read_config, standardise
 from melanoma.data.datasets import DatasetError
 from melanoma.engine import Runtime
 from melanoma.evaluation.scoring import eval_splits, score_seeds, split_ids
@@ -113,7 +114,7 @@ def evaluate_cell(
     batch = params["classifiers"]["train"]["eval_batch_size"]
     splits = eval_splits(data_dir)
     cfg = {k: read_config(folders[k] / "model_config.json") for k in seeds}
-    packaged = max(seeds, key=lambda k: (cfg[k]["val_auroc"], -seeds.index(k)))  # ties: the first listed
+    packaged = packaged_seed({k: cfg[k]["val_auroc"] for k in seeds}, seeds)  # the seed train kept in float32
     probs = {}
     for k in seeds:  # one model on the device at a time; the packaged one is kept for GradCAM
         model, cfg[k] = load_classifier(folders[k])
