@@ -1,22 +1,26 @@
-"""The GPU check: every computing stage's step at study size, a few steps each, on one machine, in one go.
+"""The GPU check: does every stage keep the GPU busy at the study's shapes, and where does each lose time?
 
-    python bench/gpu_check.py --out gpu_check.jsonl            # on a GPU machine (about 5-8 minutes on an H200)
-    python bench/gpu_check.py --device cpu --tiny              # the same code paths, tiny sizes (CI, ~1 minute)
+    python bench/gpu_check.py --out gpu_check.jsonl          # on a GPU machine: the stages (about 8 minutes on an H100)
+    python bench/gpu_check.py --section steps --out s.jsonl  # ... the isolated steps, samplers and DDP (5-8 minutes)
+    python bench/gpu_check.py --device cpu --tiny            # both sections' code paths at tiny sizes (CI)
 
-For each part it asserts that every parameter, buffer and input tensor of every module call sat on the device
-(a global forward pre-hook), then prints one JSON line (also written to --out): images/s, peak device memory and,
-where `melanoma/reference/` measured the same network, the ratio to that ceiling. Parts:
+Section `stages` (default): a bounded real run of the pipeline through DVC, in a fresh clone of this checkout's
+HEAD: the study profile's shapes (224 px study members, the 64 px DDPM and DCGAN, SR x4, evaluate at its batch,
+synthesis with its quality metrics, export, report) and its settings (`compile` as the profile sets it, bf16,
+checkpoints), with small budgets (a few hundred steps: validations and a checkpoint included) and no downloads
+(demo images at study size, every model built from scratch). While it runs, NVML is sampled every 0.1 s. Per
+stage it reports wall time, the GPU's busy fraction (mean NVML utilisation over the stage's wall time; on the
+CPU: the share of the stage's wall time inside training steps, from the engine's timing line), the share inside
+training steps, training images/s, the device memory it peaked at, and the ratio of its images/s to a reference
+record in melanoma/reference/ matched on model, input size, precision and batch (or why none matches). A
+summary line per stage kind follows.
 
-- classifier@<Arch>: the study member of each family at 224 px, batch classifiers.train.batch_size, bf16 autocast:
-  `real` = the training engine's step (GPU-resident uint8 pack, batched augmentation) vs `pure` = forward,
-  backward and optimiser step on a fixed tensor; their ratio is what the input path costs;
-- dcgan, ddpm (113.7 M-parameter UNet at 64 px), sr (ESPCN x4), c2st: each engine task's step at study size;
-- sample@<sampler>: the EMA UNet sampled with each sampler (ddpm: 1000 steps on a smaller batch);
-- evaluate: P(malignant) on a batch and GradCAM on 8 images for one study member;
-- ddp: a 2-process torchrun run of the DDPM step (NCCL on two GPUs; on a one-GPU machine gloo on the CPU, said
-  so in the record), checking that both ranks end with identical weights.
+Section `steps`: each computing step in isolation, a few steps each, under a device guard (every parameter, buffer
+and input of every module call on the device): `classifier@<Arch>` (the engine's step with its GPU-resident pack vs
+a pure forward/backward/optimiser step), dcgan, ddpm, sr, c2st, `sample@<sampler>`, evaluate (inference and
+GradCAM) and ddp (a 2-process torchrun run of the DDPM step, checking both ranks end with identical weights).
 
-No network: every model is built from scratch (pretrained weights change nothing about speed).
+Every record is one JSON line (also written to --out: `<out>.partial` while running, renamed when all passed).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,12 +65,20 @@ def study_params(tiny: bool) -> dict[str, Any]:
     return p
 
 
-def reference(folder: Path) -> list[dict[str, Any]]:
-    """The reference records (empty when the folder is absent: ratios are then null)."""
-    rows = []
-    for f in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
-        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return rows
+def matched(refs: Any, key: str, kind: str, tiny: bool, **want: Any) -> tuple[float | None, str]:
+    """The reference value `key` of the record of `kind` whose fields equal `want` (model, input size, precision,
+    batch), or (None, why none matches): a ratio is given only against the same work."""
+    from melanoma.estimate import find
+
+    if tiny:
+        return None, "unmatched: tiny sizes"
+    exact = find(refs, kind, **want)
+    if exact and key in exact:
+        return exact[key], "matched on " + ", ".join(f"{k} {v}" for k, v in want.items())
+    loose = find(refs, kind, **{k: v for k, v in want.items() if k != "batch"})
+    if loose:
+        return None, f"unmatched: the reference ran batch {loose.get('batch')}, this part {want.get('batch')}"
+    return None, "unmatched: no reference for " + ", ".join(f"{k} {v}" for k, v in want.items())
 
 
 class DeviceGuard:
@@ -147,11 +161,6 @@ def ratio(value: float, ceiling: float | None) -> float | None:
     return round(value / ceiling, 3) if ceiling else None
 
 
-def ref_value(refs: list[dict[str, Any]], key: str, **match: Any) -> float | None:
-    hits = [r[key] for r in refs if all(r.get(k) == v for k, v in match.items()) and key in r]
-    return hits[0] if hits else None
-
-
 # ---------------------------------------------------------------- parts
 
 
@@ -197,7 +206,10 @@ def classifier(arch: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace,
         opt.step()
 
     pure = batch * a.steps / timed(pure_step, a.steps, a.warmup, rt.device)
-    ceiling = ref_value(refs, "train_img_s", kind="classifier", arch=spec["model"], size=size, mode="bf16_cl")
+    mode = "bf16_cl" if rt.amp else "fp32"
+    ceiling, match = matched(
+        refs, "train_img_s", "classifier", a.tiny, arch=spec["model"], size=size, mode=mode, batch=batch
+    )
     return {
         "model": spec["model"],
         "size": size,
@@ -207,6 +219,7 @@ def classifier(arch: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace,
         "real_over_pure": round(real / pure, 3),
         "reference_train_img_s": ceiling,
         "pure_over_reference": ratio(pure, ceiling),
+        "reference": match,
     }
 
 
@@ -221,13 +234,15 @@ def dcgan(p: dict[str, Any], rt: Runtime, a: argparse.Namespace, refs: list) -> 
     task = DCGANTask(g["dcgan"], generator_data(512, g["image_size"]), g["image_size"], 0, rt)
     batch = g["dcgan"]["batch_size"]
     rate = batch * a.steps / timed(task.step, a.steps, a.warmup, rt.device)
-    ceiling = ref_value(refs, "train_img_s", kind="dcgan", size=g["image_size"])
+    mode = "bf16" if rt.amp else "fp32"
+    ceiling, match = matched(refs, "train_img_s", "dcgan", a.tiny, size=g["image_size"], mode=mode, batch=batch)
     return {
         "size": g["image_size"],
         "batch": batch,
         "img_s": round(rate, 1),
         "reference_img_s": ceiling,
         "over_reference": ratio(rate, ceiling),
+        "reference": match,
     }
 
 
@@ -244,15 +259,12 @@ def ddpm(p: dict[str, Any], rt: Runtime, a: argparse.Namespace, refs: list, keep
     batch = p["generators"]["ddpm"]["batch_size"]
     rate = batch * a.steps / timed(task.step, a.steps, a.warmup, rt.device)
     params_m = round(sum(t.numel() for t in task.unet.parameters()) / 1e6, 1)
-    ceiling = ref_value(refs, "train_img_s", kind="ddpm_train", mode="bf16" if rt.amp else "fp32")
     return {
         "size": p["generators"]["image_size"],
         "batch": batch,
         "params_m": params_m,
         "img_s": round(rate, 1),
-        "reference_img_s": ceiling,
-        "reference_batch": ref_value(refs, "batch", kind="ddpm_train"),
-        "over_reference": ratio(rate, ceiling),
+        "reference": "unmatched: the reference UNet (113.7 M params, batch 128) records no block layout",
     }
 
 
@@ -278,16 +290,13 @@ def sample(sampler: str, p: dict[str, Any], rt: Runtime, a: argparse.Namespace, 
     seconds = time.perf_counter() - t0
     assert images.shape == (n, g["image_size"], g["image_size"], 3)
     per_step = seconds / (n * steps)
-    ref = [r for r in refs if r.get("kind") == "ddpm_sample" and r.get("scheduler") == sampler]
-    ref_per_step = ref[0]["seconds"] / (ref[0]["batch"] * ref[0]["steps"]) if ref else None
     return {
         "sampler": sampler,
         "steps": steps,
         "images": n,
         "img_s": round(n / seconds, 2),
         "ms_per_image_step": round(per_step * 1e3, 4),
-        "reference_ms_per_image_step": None if ref_per_step is None else round(ref_per_step * 1e3, 4),
-        "reference_over_this": ratio(ref_per_step or 0, per_step) if ref_per_step else None,
+        "reference": "unmatched: the reference sampled a 113.7 M-parameter UNet whose block layout is not recorded",
     }
 
 
@@ -407,6 +416,258 @@ def ddp_worker(a: argparse.Namespace) -> None:
     torch.distributed.destroy_process_group()
 
 
+# ---------------------------------------------------------------- section: stages
+
+BOUNDED = {  # the study profile's shapes with small budgets: every stage runs, validations and a checkpoint included
+    "data.source": "demo",
+    "data.demo.n_benign": 600,
+    "data.demo.n_malignant": 300,
+    "data.demo.image_size": 256,
+    "generators.dcgan.steps": 200,
+    "generators.ddpm.steps": 200,
+    "generators.ddpm.warmup_steps": 20,
+    "upscale.sr.steps": 200,
+    "classifiers.datasets": ["Original", "DDPM_Upscaled"],
+    "classifiers.seeds": [0],
+    "classifiers.train.steps": 300,  # three validations at the study's eval_every (100)
+    "classifiers.train.warmup_steps": 30,
+    "classifiers.train.patience": 100,
+}
+TIMING = re.compile(
+    r": ([\d.]+) s for (\d+) steps, ([\d.]+)% in training steps; outside them: validation and logging ([\d.]+) s, "
+    r"checkpoints ([\d.]+) s \((\d+) written\), resume ([\d.]+) s"
+)  # melanoma.engine.Timing.line
+
+
+def set_dotted(p: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for k in parents:
+        p = p[k]
+    p[leaf] = value
+
+
+def bounded_params(tiny: bool, device: str, archs: list[str]) -> dict[str, Any]:
+    """The params of the bounded run: the study profile with BOUNDED budgets and no downloads (models built from
+    scratch); --tiny: the test suite's tiny params (demo shapes) with one seed."""
+    if tiny:
+        from tests.tiny import tiny_params
+
+        p = tiny_params(**{"classifiers.seeds": [0]})
+    else:
+        from melanoma.profile import profile_params
+
+        p = profile_params("study", ROOT / "profiles")
+        for key, value in BOUNDED.items():
+            set_dotted(p, key, value)
+        for spec in p["classifiers"]["models"].values():
+            spec["pretrained"] = False
+        p["generators"]["ddpm"]["pretrained"] = ""
+    p["device"] = device
+    p["classifiers"]["archs"] = [x for x in p["classifiers"]["archs"] if x in archs]
+    return p
+
+
+def make_workspace(work: Path, p: dict[str, Any]) -> None:
+    """This checkout's tracked files (as they are now) in `work`, a fresh git repo with params `p` and no dvc.lock."""
+    import shutil
+
+    import yaml
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (work / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, work / f)
+    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    (work / "dvc.lock").unlink(missing_ok=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "gpu_check workspace"]):
+        subprocess.run(cmd, cwd=work, check=True, capture_output=True)
+
+
+class Sampler:
+    """NVML's GPU utilisation (%) and memory used (bytes) every `interval` s on a background thread; on the CPU
+    it records nothing. nvidia-ml-py (pynvml) is installed with the pinned requirements."""
+
+    def __init__(self, device: str, interval: float = 0.1) -> None:
+        self.samples: list[tuple[float, float, float]] = []
+        self.interval, self.stop, self.handle = interval, threading.Event(), None
+        if device == "cuda":
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0])
+            self.nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            if self.handle is not None:
+                util = self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+                used = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used
+                self.samples.append((time.perf_counter(), float(util), float(used)))
+
+    def window(self, start: float, end: float) -> list[tuple[float, float, float]]:
+        return [x for x in self.samples if start <= x[0] <= end]
+
+
+def run_pipeline(work: Path, sampler: Sampler) -> list[dict[str, Any]]:
+    """`dvc repro` in `work`, echoing its output; per stage: name, start, end (perf_counter) and its output lines."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(work),
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    stages: list[dict[str, Any]] = []
+    p = subprocess.Popen(
+        ["dvc", "repro"], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert p.stdout is not None
+    for line in p.stdout:
+        print("  | " + line, end="", file=sys.stderr, flush=True)
+        m = re.match(r"Running stage '([^']+)'", line)
+        now = time.perf_counter()
+        if m:
+            if stages:
+                stages[-1]["end"] = now
+            stages.append({"stage": m.group(1), "start": now, "end": None, "lines": []})
+        elif stages:
+            stages[-1]["lines"].append(line.rstrip("\n"))
+    if p.wait() != 0:
+        raise AssertionError(f"dvc repro failed ({p.returncode}) in {work}; its output is above")
+    if stages:
+        stages[-1]["end"] = time.perf_counter()
+    return stages
+
+
+def stage_batch(stage: str, p: dict[str, Any]) -> int | None:
+    """Images per training step of a training stage (None: the stage does not train through the engine)."""
+    kind, _, item = stage.partition("@")
+    if kind == "train_classifier":
+        return p["classifiers"]["train"]["batch_size"]
+    if kind == "train_generator":
+        return p["generators"][item.split("-")[0]]["batch_size"]
+    if kind == "train_upscaler":
+        return p["upscale"]["sr"]["batch_size"]
+    return None
+
+
+def stage_reference(stage: str, p: dict[str, Any], refs: Any, rt: Runtime) -> tuple[dict[str, Any] | None, str]:
+    """The reference record matched on model, input size, precision and batch, or (None, why none matches)."""
+    from melanoma.estimate import find
+
+    kind, _, item = stage.partition("@")
+    if rt.device.type != "cuda":
+        return None, "unmatched: the references are GPU rates"
+    batch = stage_batch(stage, p)
+    if kind == "train_classifier":
+        arch = item.split("-")[0]
+        want = {
+            "arch": p["classifiers"]["models"][arch]["model"],
+            "size": p["datasets"]["image_size"],
+            "mode": "bf16_cl" if rt.amp else "fp32",
+        }
+        kind_ = "classifier"
+    elif kind == "train_generator" and item.startswith("dcgan"):
+        kind_, want = "dcgan", {"size": p["generators"]["image_size"], "mode": "bf16" if rt.amp else "fp32"}
+    elif kind == "train_generator":
+        return None, "unmatched: the reference UNet (113.7 M params, batch 128) records no block layout"
+    else:
+        return None, "unmatched: no reference measures this stage"
+    exact = find(refs, kind_, **want, batch=batch)
+    if exact:
+        return exact, "matched on " + ", ".join(f"{k} {v}" for k, v in {**want, "batch": batch}.items())
+    loose = find(refs, kind_, **want)
+    if loose:
+        return None, f"unmatched: the reference ran batch {loose.get('batch')}, this stage {batch}"
+    return None, "unmatched: no reference for " + ", ".join(f"{k} {v}" for k, v in want.items())
+
+
+def stage_record(s: dict[str, Any], p: dict[str, Any], refs: Any, rt: Runtime, sampler: Sampler, base: float) -> dict:
+    """One stage's figures: wall, busy fraction, share inside steps, img/s, peak memory, reference ratio."""
+    wall = s["end"] - s["start"]
+    timings = [m for line in s["lines"] if (m := TIMING.search(line))]
+    steps_s = sum(float(m.group(1)) * float(m.group(3)) / 100 for m in timings)
+    steps_run = sum(int(m.group(2)) for m in timings)
+    batch = stage_batch(s["stage"], p)
+    img_s = steps_run * batch / steps_s if timings and batch and steps_s > 0 else None
+    inside = steps_s / wall if timings and wall > 0 else None
+    window = sampler.window(s["start"], s["end"])
+    busy = sum(u for _, u, _ in window) / len(window) / 100 if window else None
+    ref, match = stage_reference(s["stage"], p, refs, rt)
+    ceiling = ref.get("train_img_s") if ref else None
+    return {
+        "part": "stage",
+        "stage": s["stage"],
+        "seconds": round(wall, 1),
+        "busy": round(busy if rt.device.type == "cuda" else inside, 3) if (busy or inside) is not None else None,
+        "busy_source": "nvml" if rt.device.type == "cuda" else "share of wall time inside training steps",
+        "inside_steps": None if inside is None else round(inside, 3),
+        "fits": len(timings),
+        "train_img_s": None if img_s is None else round(img_s, 1),
+        "peak_gib": round((max(m for _, _, m in window) - base) / 2**30, 2) if window else None,
+        "reference_train_img_s": ceiling,
+        "over_reference": ratio(img_s, ceiling) if img_s else None,
+        "reference": match,
+    }
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per stage kind (train_classifier@ResNet-*, evaluate@*, ...): total wall time, wall-weighted busy fraction."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        kind, _, item = r["stage"].partition("@")
+        key = f"{kind}@{item.split('-')[0]}-*" if kind in ("train_classifier", "train_generator") else kind
+        kinds.setdefault(key, []).append(r)
+    out = []
+    for key, rows in kinds.items():
+        wall = sum(r["seconds"] for r in rows)
+        busy = [r for r in rows if r["busy"] is not None]
+        out.append(
+            {
+                "part": "stages",
+                "kind": key,
+                "stages": len(rows),
+                "seconds": round(wall, 1),
+                "busy": round(sum(r["busy"] * r["seconds"] for r in busy) / sum(r["seconds"] for r in busy), 3)
+                if busy and sum(r["seconds"] for r in busy) > 0
+                else None,
+                "lost_seconds": round(sum(r["seconds"] * (1 - r["busy"]) for r in busy), 1),
+            }
+        )
+    return out
+
+
+def stages_section(a: argparse.Namespace, rt: Runtime, emit: Callable[[dict[str, Any]], None]) -> None:
+    """Run the bounded pipeline under the sampler; emit one record per stage, then one per stage kind."""
+    import tempfile
+
+    from melanoma.estimate import load_reference
+
+    p = bounded_params(a.tiny, rt.device.type, a.archs)
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="gpu-check-")) / "repo"
+    work.mkdir(parents=True)
+    make_workspace(work, p)
+    refs = load_reference(a.reference)
+    sampler = Sampler(rt.device.type)
+    base = sampler.nvml.nvmlDeviceGetMemoryInfo(sampler.handle).used if sampler.handle is not None else 0.0
+    sampler.thread.start()
+    try:
+        stages = run_pipeline(work, sampler)
+    finally:
+        sampler.stop.set()
+    records = [stage_record(s, p, refs, rt, sampler, base) for s in stages]
+    kinds = summarise(records)
+    for r in records + kinds:
+        emit(r)
+    what = "GPU busy (NVML)" if rt.device.type == "cuda" else "inside training steps"
+    print(f"\n{'stage kind':<28}{'stages':>7}{'seconds':>9}  {what}", file=sys.stderr)
+    for k in kinds:
+        busy = "-" if k["busy"] is None else f"{k['busy']:.0%} ({k['lost_seconds']:.0f} s not)"
+        print(f"{k['kind']:<28}{k['stages']:>7}{k['seconds']:>9.1f}  {busy}", file=sys.stderr)
+
+
 def positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -429,6 +690,10 @@ def main() -> None:
         help="the JSON lines; written as <out>.partial while running, renamed when every part passed",
     )
     ap.add_argument("--reference", type=Path, default=ROOT / "melanoma/reference")
+    ap.add_argument(
+        "--section", choices=("all", "stages", "steps"), default="all", help="what to run (default: stages, then steps)"
+    )
+    ap.add_argument("--workdir", type=Path, help="the bounded run's workspace (must not exist; default: a temp folder)")
     ap.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ddp_worker:
@@ -442,7 +707,9 @@ def main() -> None:
     rt = Runtime(device, amp=torch.bfloat16 if bf16 else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    p, refs, keep = study_params(a.tiny), reference(a.reference), {}
+    from melanoma.estimate import load_reference
+
+    p, refs, keep = study_params(a.tiny), load_reference(a.reference), {}
     records: list[dict[str, Any]] = []
     partial = a.out.with_name(a.out.name + ".partial")
     if not a.out.parent.is_dir():
@@ -464,9 +731,14 @@ def main() -> None:
                 "amp": str(rt.amp),
                 "tiny": a.tiny,
                 "steps": a.steps,
-                "reference_records": len(refs),
+                "reference_records": len(refs.records),
             }
         )
+        if a.section in ("all", "stages"):
+            stages_section(a, rt, emit)
+        if a.section == "stages":
+            os.replace(partial, a.out)
+            return
         for arch in a.archs:
             emit(part(f"classifier@{arch}", rt, lambda arch=arch: classifier(arch, p, rt, a, refs)))
         emit(part("dcgan", rt, lambda: dcgan(p, rt, a, refs)))

@@ -281,6 +281,7 @@ class Timing:
     periods: float = 0.0
     checkpoints: float = 0.0
     written: int = 0
+    steps_run: int = 0  # the steps this run took (a resumed run: those after the checkpoint)
 
     @property
     def steps(self) -> float:
@@ -295,7 +296,8 @@ class Timing:
     def line(self, name: str) -> str:
         """One log line: the wall time, the share inside steps, and what the rest was."""
         return (
-            f"{name}: {self.wall:.1f} s, {1 - self.outside_share:.1%} in training steps; outside them: "
+            f"{name}: {self.wall:.1f} s for {self.steps_run} steps, {1 - self.outside_share:.1%} in training steps; "
+            "outside them: "
             f"validation and logging {self.periods:.1f} s, checkpoints {self.checkpoints:.1f} s "
             f"({self.written} written), resume {self.resume:.1f} s"
         )
@@ -560,6 +562,7 @@ def _loop(
         for k, v in task.step(step).items():
             sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
         n += 1
+        timing.steps_run += 1
         if (step + 1) % plan.period and step + 1 < plan.steps:
             continue
         means = _read(sums, n, rt)  # waits for the period's steps: counted as step time

@@ -143,7 +143,7 @@ def test_timing_says_where_the_wall_time_went(tmp_path, monkeypatch):
     assert (r.timing.wall, r.timing.periods, r.timing.steps) == (480.0, 120.0, 360.0)
     assert r.timing.outside_share == pytest.approx(0.25) and r.timing.written == 1
     assert logs == [
-        "linear: 480.0 s, 75.0% in training steps; outside them: validation and logging 120.0 s, "
+        "linear: 480.0 s for 6 steps, 75.0% in training steps; outside them: validation and logging 120.0 s, "
         "checkpoints 0.0 s (1 written), resume 0.0 s"
     ]
 
