@@ -27,8 +27,10 @@ setup() {
   if [ "$(cat "$VENV/.installed" 2>/dev/null)" != "$stamp" ]; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     echo "setup: installing pinned requirements into $VENV (first time: a few minutes)"
-    "$VENV/bin/python" -m pip install --quiet -r requirements.txt -r requirements-test.txt -c constraints.txt
-    "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+    # --no-cache-dir: pip would otherwise keep every downloaded wheel (torch's CUDA wheels: GBs) in ~/.cache/pip
+    # beside the installed copy, on the 64 GB GPU machines' disk the study's outputs need (docs/dvc.md, "Disk")
+    "$VENV/bin/python" -m pip install --quiet --no-cache-dir -r requirements.txt -r requirements-test.txt -c constraints.txt
+    "$VENV/bin/python" -m pip install --quiet --no-cache-dir --no-deps -e .
     echo "$stamp" > "$VENV/.installed"
   fi
   # `dvc plots show` offline: vega, vega-lite, vega-embed from the npm registry, inlined in the HTML template
