@@ -1,8 +1,9 @@
-"""Per-stage GPU time and disk footprint estimates for the full-scale study on one NVIDIA H200, line by line.
+"""Per-stage GPU time and disk footprint (peak and final) estimates for the full-scale study on one NVIDIA H200,
+line by line.
 
     .venv/bin/python bench/study_estimate.py [--profile study] [--reference DIR] [--json PATH]
         [--real-train-benign 730] [--real-train-malignant 370] [--real-val 165] [--real-test 165]
-        [--external-test 659] [--weight-files-per-cell 1]
+        [--external-test 659]
 
 The arithmetic is melanoma/estimate.py's (the same `melanoma plan` totals); the rates are the measured H200
 records the package ships in melanoma/reference/. The params are profile `--profile` (default study), resolved
@@ -24,15 +25,16 @@ sys.path.insert(0, str(ROOT))
 
 from melanoma.estimate import (  # noqa: E402
     ASSUMED,
+    MACHINE_DISK_BYTES,
     NOT_COVERED_EXTRA,
     REFERENCE,
     TARGET_BYTES,
-    DiskItem,
+    Disk,
     Estimate,
     Sizes,
-    disk_estimate,
     load_reference,
     loader_ratio,
+    print_disk,
     print_header,
     print_summary,
     print_times,
@@ -66,12 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--real-val", type=count, default=ASSUMED.val)
     ap.add_argument("--real-test", type=count, default=ASSUMED.test)
     ap.add_argument("--external-test", type=count, default=ASSUMED.external)
-    ap.add_argument(
-        "--weight-files-per-cell",
-        type=count,
-        default=1,
-        help="fp32 weight files each seed of a classifier cell keeps in models/classifiers (default 1)",
-    )
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     return ap.parse_args(argv)
 
@@ -90,9 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     est = stage_estimates(p, ref, sizes)
     print_times(est)
     covered, stand, missing = print_summary(est)
-    items, total = disk_estimate(p, ref, sizes, a.weight_files_per_cell)
+    d = print_disk(p, ref, sizes)
     if a.json:
-        write_json(a.json, a, p, est, covered, stand, missing, items, total)
+        write_json(a.json, a, p, est, covered, stand, missing, d)
         print(f"wrote {a.json}")
 
 
@@ -104,12 +100,11 @@ def write_json(
     covered: float,
     stand: float,
     missing: list[str],
-    items: list[DiskItem],
-    total: float,
+    d: Disk,
 ) -> None:
     """The same figures as the tables, machine-readable."""
     doc = {
-        "assumptions": {k: v for k, v in vars(a).items() if k.startswith(("real_", "external", "weight"))},
+        "assumptions": {k: v for k, v in vars(a).items() if k.startswith(("real_", "external"))},
         "profile": a.profile,
         "reference": str(a.reference),
         "study": {
@@ -121,10 +116,15 @@ def write_json(
         "covered_seconds": covered,
         "stand_in_seconds": stand,
         "not_covered": missing + NOT_COVERED_EXTRA,
-        "disk": [asdict(i) for i in items],
-        "disk_total_bytes": total,
+        "disk": [asdict(i) for i in d.items],
+        "disk_peak": [asdict(c) for c in d.peaks],
+        "environment": [asdict(i) for i in d.env],
+        "disk_final_bytes": d.final,
+        "disk_peak_bytes": d.peak,
+        "environment_bytes": d.environment,
         "disk_target_bytes": TARGET_BYTES,
-        "fits": total <= TARGET_BYTES,
+        "machine_disk_bytes": MACHINE_DISK_BYTES,
+        "fits": d.fits,
     }
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
 

@@ -5,6 +5,10 @@ package in `melanoma/reference/*.jsonl` (see its README), and each line names th
 reference does not measure is listed as not covered, never given an invented number. Real data sizes are the
 split's counts when `split` has run, else assumptions (an ISIC run with about 1,100 train images).
 
+Disk is counted for a first run with DVC's hardlink cache (each file once): the outputs after the run (final),
+at the run's largest moment (peak: the final outputs plus what the stage at its largest moment holds beyond its
+own outputs, an upper bound), and the environment beside them on the same disk.
+
 Used by `melanoma plan` (totals) and `bench/study_estimate.py` (every line). Stdlib + pyyaml + numpy + the
 project's own modules (no torch import): about a second. Units: 1 MB = 1e6 bytes, 1 GB = 1e9 bytes.
 """
@@ -23,11 +27,22 @@ from melanoma.params import DATASET_SOURCES, LABELS, synthetic_counts, train_siz
 
 REFERENCE = Path(__file__).with_name("reference")  # the measured H200 figures this package ships
 
-MB, GB = 1e6, 1e9
-TARGET_BYTES = 40 * GB  # "the study fits in 40 GB besides the environment"
+MB, GB, GIB = 1e6, 1e9, 2**30
+TARGET_BYTES = 40 * GB  # "the study fits in 40 GB besides the environment": its outputs, at their peak and after
+MACHINE_DISK_BYTES = 64 * GIB  # the GPU machines' disk, which the outputs and the environment share
 RAW_BYTES_PER_IMAGE = 0.2 * MB  # measured: ISIC images stored as JPEG q95 at most data.max_side px
 ONNX_GRAPH_BYTES = 0.2 * MB  # the ONNX graph alone; its weights are the cell's safetensors (external data)
-FP32 = 4  # bytes per stored parameter
+FP32, BF16 = 4, 2  # bytes per stored parameter: float32 (the packaged seed, generators), bfloat16 (other seeds)
+CHECKPOINT_COPIES = 4  # a training checkpoint holds 4 tensors per parameter (model, Adam m and v, best/EMA copy)
+# The environment beside the outputs. Measured with `du -sb .venv` on 2026-12-07 on this project's 2-core x86_64
+# machine: the pinned requirements with torch 2.14.1+cu130 and its nvidia CUDA wheels (3.36 GB of it), the same
+# install `./run.sh` makes on a GPU machine (docs/benchmarks.md records 7.0 GB by bench/footprint.py, 2026-11-30).
+VENV_BYTES = 6_943_062_409
+VENV_HOW = "du -sb .venv, 2026-12-07: torch 2.14.1+cu130 with its CUDA wheels, as ./run.sh installs it"
+# BioViT's pretrained weights are BiomedCLIP's whole open_clip checkpoint (the vision ViT-B/16 and the PubMedBERT
+# text tower): an estimate from the two towers' published sizes, not a measured file size
+BIOMEDCLIP_PARAMS_M = 86.6 + 110.0
+BIOMEDCLIP_SOURCE = "BiomedCLIP: ViT-B/16 86.6 M + PubMedBERT-base ~110 M, estimated"
 
 # Published parameter counts with the 1000-class ImageNet head, and the head's input width (to swap in the
 # study's 2-class head). Sources: timm model cards on the Hugging Face Hub for the four timm models
@@ -502,29 +517,27 @@ def espcn_floats(channels: int, factor: int) -> int:
 
 
 def disk_data(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
-    """data/raw, data/datasets, data/synthetic."""
+    """data/raw, data/real, data/datasets, data/synthetic."""
     s, per_class = p["datasets"]["image_size"], p["datasets"]["per_class"]
     img = s * s * 3
-    real_train = sum(sizes.train.values())
-    aug = [d for d in p["classifiers"]["datasets"] if DATASET_SOURCES[d]]
+    names = p["classifiers"]["datasets"]
+    aug = [d for d in names if DATASET_SOURCES[d]]
     n_aug = train_size(aug[0], sizes.train, per_class) if aug else 0
-    items = [
+    return [
         DiskItem(
             "data/raw",
             f"{sizes.real_total:,} real img x {RAW_BYTES_PER_IMAGE / MB:g} MB (JPEG q95, "
             f"<= {p['data']['max_side']} px)",
             sizes.real_total * RAW_BYTES_PER_IMAGE,
         ),
-        DiskItem("data/datasets (Original train)", f"{real_train:,} x {s}x{s}x3 B", real_train * img),
-        DiskItem("data/datasets (augmented train)", f"{len(aug)} x {n_aug:,} x {img:,} B", len(aug) * n_aug * img),
         DiskItem(
-            "data/datasets (val+test+external)",
-            f"{sizes.eval_total:,} x {img:,} B, stored once "
-            f"(identical in all {len(p['classifiers']['datasets'])}: one linked cache object)",
-            sizes.eval_total * img,
+            "data/real",
+            f"{sizes.real_total:,} x {s}x{s}x3 B: decode's packs, each stored once (every dataset's val/test/"
+            f"external and Original's train are hardlinks to them)",
+            sizes.real_total * img,
         ),
-    ]
-    return items + disk_synthetic(p, sizes)
+        DiskItem("data/datasets (augmented train)", f"{len(aug)} x {n_aug:,} x {img:,} B", len(aug) * n_aug * img),
+    ] + disk_synthetic(p, sizes)
 
 
 def disk_synthetic(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
@@ -538,7 +551,12 @@ def disk_synthetic(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
     return out
 
 
-def disk_models(p: dict[str, Any], ref: Reference, files_per_cell: int) -> list[DiskItem]:
+def cell_weight_bytes(n: float, seeds: int) -> float:
+    """One classifier cell's stored weights: the packaged seed in float32, the other seeds in bfloat16."""
+    return n * FP32 + n * BF16 * (seeds - 1)
+
+
+def disk_models(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
     """models/classifiers (per arch), models/export, models/generators, models/upscaler."""
     c, out = p["classifiers"], []
     cells, seeds = len(c["datasets"]), len(c["seeds"])
@@ -552,14 +570,12 @@ def disk_models(p: dict[str, Any], ref: Reference, files_per_cell: int) -> list[
         out.append(
             DiskItem(
                 f"models/classifiers/{arch}",
-                f"{how} x {FP32} B x {cells} cells x {seeds} seeds x {files_per_cell} file",
-                n * FP32 * cells * seeds * files_per_cell,
+                f"{how} x ({FP32} B packaged seed + {seeds - 1} x {BF16} B bfloat16 seeds) x {cells} cells",
+                cells * cell_weight_bytes(n, seeds),
             )
         )
     n_cells = len(c["archs"]) * cells
-    what = (
-        f"{n_cells} cells x {ONNX_GRAPH_BYTES / MB:g} MB ONNX graph (weights: the cell's safetensors, one cache object)"
-    )
+    what = f"{n_cells} cells x {ONNX_GRAPH_BYTES / MB:g} MB ONNX graph (model.safetensors: a hardlink to the seed's)"
     out.append(DiskItem("models/export", what, n_cells * ONNX_GRAPH_BYTES))
     return out + disk_generators(p, ref)
 
@@ -598,50 +614,156 @@ def disk_generators(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
     return out
 
 
-def disk_checkpoints(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
-    """models/.checkpoints at its peak: the largest running stage's state (one stage runs at a time)."""
-    n_ddpm, _ = ddpm_params(ref)
-    cands = [("DDPM", n_ddpm, 4, "UNet + EMA + Adam m, v")]
-    for arch in p["classifiers"]["archs"]:
-        got = params_2class(p["classifiers"]["models"][arch]["model"])
-        if got:
-            cands.append((arch, got[0], 4, "model + AdamW m, v + best-so-far copy"))
-    name, n, k, what = max(cands, key=lambda t: t[1] * t[2])
-    peak = n * FP32 * k
-    return [
-        DiskItem(
-            "models/.checkpoints (peak)",
-            f"{name}: {n / 1e6:.1f} M x {FP32} B x {k} ({what}); deleted after the stage succeeds",
-            peak,
-        ),
-        DiskItem(
-            "  + while a checkpoint is written",
-            "the previous one stays until the new one is renamed into place (seconds)",
-            peak,
-            counted=False,
-        ),
-    ]
-
-
-def disk_cache(items: list[DiskItem], p: dict[str, Any], sizes: Sizes, files_per_cell: int) -> list[DiskItem]:
-    """.dvc/cache: 0 extra with hardlinks; with copies, a second copy of every output plus the duplicates."""
-    tracked = sum(i.bytes for i in items if i.counted and not i.folder.startswith("models/.checkpoints"))
+def disk_copies(items: list[DiskItem], p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
+    """.dvc/cache: 0 extra with hardlinks; what copies would add where DVC falls back to them."""
+    tracked = sum(i.bytes for i in items if i.counted)
     img = p["datasets"]["image_size"] ** 2 * 3
-    dup_eval = (len(p["classifiers"]["datasets"]) - 1) * sizes.eval_total * img
-    per_cell = max(files_per_cell, 1) * len(p["classifiers"]["seeds"])  # export packages one seed per cell
-    weights = sum(i.bytes for i in items if i.folder.startswith("models/classifiers/")) / per_cell
-    copies = tracked + dup_eval + weights
+    c = p["classifiers"]
+    linked_packs = (
+        len(c["datasets"]) * sizes.eval_total * img + ("Original" in c["datasets"]) * sum(sizes.train.values()) * img
+    )
+    weights = sum(
+        len(c["datasets"]) * got[0] * FP32
+        for arch in c["archs"]
+        if (got := params_2class(c["models"][arch]["model"])) is not None
+    )
     return [
-        DiskItem(".dvc/cache", "links (reflink or hardlink): every output is a link to its cache object, 0 extra", 0),
+        DiskItem(".dvc/cache", "hardlinks: every output is a link to its cache object, 0 extra", 0),
         DiskItem(
             "  (copies instead: extra)",
-            f"cache: one copy of each unique output {tracked / GB:.2f} GB; "
-            f"workspace: eval packs x{len(p['classifiers']['datasets']) - 1} more {dup_eval / GB:.2f} GB + "
-            f"export safetensors {weights / GB:.2f} GB",
-            copies,
+            f"only where DVC falls back to copies (the cache on another filesystem): the cache's copy of every "
+            f"output {tracked / GB:.2f} GB + the links made copies: the datasets' real packs {linked_packs / GB:.2f} "
+            f"GB, the packages' float32 weights {weights / GB:.2f} GB",
+            tracked + linked_packs + weights,
             counted=False,
         ),
     ]
+
+
+@dataclass
+class PeakCandidate:
+    """What one stage holds on disk at its largest moment beyond the outputs it leaves (`extra`, bytes)."""
+
+    stage: str
+    what: str
+    extra: float
+
+
+def peak_candidates(p: dict[str, Any], ref: Reference) -> list[PeakCandidate]:
+    """Each stage kind's extra bytes at its largest moment, largest first. A training checkpoint is the model, its
+    Adam(W) m and v and the best (classifiers) or EMA (DDPM) weights: 4 x params x 4 B; the engine writes the new
+    one before it deletes the old, and a classifier cell keeps each finished seed's newest checkpoint (to resume
+    without retraining it) and its float32 weights until every seed has trained (then the non-packaged ones are
+    re-saved in bfloat16 and the checkpoints deleted)."""
+    c, out = p["classifiers"], []
+    seeds = len(c["seeds"])
+    for arch in c["archs"]:
+        got = params_2class(c["models"][arch]["model"])
+        if got is None:
+            continue
+        n = got[0]
+        ckpt, w32 = CHECKPOINT_COPIES * n * FP32, n * FP32
+        stored = cell_weight_bytes(n, seeds)
+        extra = (seeds + 1) * ckpt + (seeds - 1) * w32 - stored
+        out.append(
+            PeakCandidate(
+                f"train_classifier@{arch}-* (one cell)",
+                f"{seeds + 1} checkpoints x {ckpt / GB:.2f} GB (the {seeds} seeds' newest, one being replaced; "
+                f"{n / 1e6:.1f} M x {FP32} B x {CHECKPOINT_COPIES}: model + AdamW m, v + best weights) + "
+                f"{seeds - 1} seeds' float32 weights before their bfloat16 re-save x {w32 / GB:.2f} GB - the "
+                f"cell's stored weights {stored / GB:.2f} GB",
+                extra,
+            )
+        )
+    if "ddpm" in families(p):
+        n, src = ddpm_params(ref)
+        ckpt = CHECKPOINT_COPIES * n * FP32
+        out.append(
+            PeakCandidate(
+                "train_generator@ddpm-* (one class)",
+                f"2 checkpoints x {ckpt / GB:.2f} GB (old + new; {n / 1e6:.1f} M ({src}) x {FP32} B x "
+                f"{CHECKPOINT_COPIES}: UNet + EMA + Adam m, v) - its EMA weights {n * FP32 / GB:.2f} GB",
+                2 * ckpt - n * FP32,
+            )
+        )
+    largest = max((got[0] for a in c["archs"] if (got := params_2class(c["models"][a]["model"]))), default=0)
+    if largest:
+        out.append(
+            PeakCandidate(
+                "export",
+                f"one ONNX graph with its float32 weights inside ({largest / 1e6:.1f} M x {FP32} B) until they are "
+                "made external data",
+                largest * FP32,
+            )
+        )
+    return sorted(out, key=lambda c: -c.extra)
+
+
+def hf_cache(p: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """(weight, bytes, arithmetic) of each pretrained weight the params need in the Hugging Face cache: parameters
+    (the published counts, with the 1000-class head the Hub file holds) x 4 B."""
+    out, seen = [], set()
+    for arch in p["classifiers"]["archs"]:
+        spec = p["classifiers"]["models"][arch]
+        if not spec["pretrained"]:
+            continue
+        if arch == "BioViT":
+            key, m, src = "BiomedCLIP", BIOMEDCLIP_PARAMS_M, BIOMEDCLIP_SOURCE
+        elif spec["model"] in PUBLISHED_PARAMS_M:
+            key = spec["model"]
+            m, _, src = PUBLISHED_PARAMS_M[key]
+        else:
+            out.append((spec["model"], 0.0, "no parameter count known"))
+            continue
+        if key not in seen:
+            seen.add(key)
+            out.append((key, m * 1e6 * FP32, f"{m:g} M ({src}) x {FP32} B"))
+    return out
+
+
+def environment(p: dict[str, Any]) -> list[DiskItem]:
+    """What sits beside the outputs on the GPU machine: the .venv, the Hugging Face cache, pip's cache (none)."""
+    hf = [DiskItem(f"Hugging Face cache: {k}", how, b) for k, b, how in hf_cache(p)]
+    return [
+        DiskItem(".venv", VENV_HOW, VENV_BYTES),
+        *(hf or [DiskItem("Hugging Face cache", "no pretrained weights", 0)]),
+        DiskItem("~/.cache/pip", "none: ./run.sh installs with pip --no-cache-dir", 0),
+    ]
+
+
+@dataclass
+class Disk:
+    """The whole disk estimate: the outputs' items (final), the peak's candidates, the environment."""
+
+    items: list[DiskItem]
+    peaks: list[PeakCandidate]
+    env: list[DiskItem]
+
+    @property
+    def final(self) -> float:
+        """Bytes of the outputs after a successful first run (links counted once)."""
+        return sum(i.bytes for i in self.items if i.counted)
+
+    @property
+    def peak(self) -> float:
+        """Bytes of the outputs at the run's largest moment: as if every other stage's outputs were already
+        written when the stage with the largest extra is at its largest (an upper bound)."""
+        return self.final + max((c.extra for c in self.peaks), default=0.0)
+
+    @property
+    def environment(self) -> float:
+        return sum(i.bytes for i in self.env)
+
+    @property
+    def fits(self) -> bool:
+        """Peak and final outputs both within TARGET_BYTES."""
+        return self.peak <= TARGET_BYTES and self.final <= TARGET_BYTES
+
+
+def disk(p: dict[str, Any], ref: Reference, sizes: Sizes) -> Disk:
+    """Every footprint line (outputs, the DVC cache), the peak's candidates and the environment."""
+    items = disk_data(p, sizes) + disk_models(p, ref)
+    return Disk(items + disk_copies(items, p, sizes), peak_candidates(p, ref), environment(p))
 
 
 def dvc_cache_type(root: Path = Path(".")) -> str:
@@ -708,13 +830,6 @@ def fmt_bytes(b: float) -> str:
     return f"{b / GB:9.2f} GB" if b >= GB else f"{b / MB:9.1f} MB"
 
 
-def print_disk(items: list[DiskItem]) -> float:
-    """The footprint table; returns the counted total in bytes."""
-    rows = [[i.folder, i.what, fmt_bytes(i.bytes) + ("" if i.counted else "  (not summed)")] for i in items]
-    print(table(rows, ["folder", "arithmetic", "bytes"]))
-    return sum(i.bytes for i in items if i.counted)
-
-
 def print_header(ref: Reference, sizes: Sizes, p: dict[str, Any], ratio_how: str, profile: str = "study") -> None:
     """What the estimate rests on: reference files, assumptions, the study's key params."""
     env = {
@@ -767,12 +882,6 @@ def print_summary(est: list[Estimate]) -> tuple[float, float, list[str]]:
     return covered, stand, missing
 
 
-def disk_items(p: dict[str, Any], ref: Reference, sizes: Sizes, files_per_cell: int = 1) -> list[DiskItem]:
-    """Every footprint line: outputs, checkpoints and the DVC cache."""
-    items = disk_data(p, sizes) + disk_models(p, ref, files_per_cell) + disk_checkpoints(p, ref)
-    return items + disk_cache(items, p, sizes, files_per_cell)
-
-
 def stage_estimates(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
     """Every stage line of a run with params `p` on one H200."""
     ratio, _ = loader_ratio(ref)
@@ -787,36 +896,66 @@ def stage_estimates(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Est
 
 
 def totals(p: dict[str, Any], sizes: Sizes, ref: Reference | None = None) -> dict[str, Any]:
-    """{"gpu_seconds": covered GPU time, "stand_in_seconds", "stand_ins": [stage] (rated with another model's
-    rate), "not_covered": [stage] (no rate at all), "disk_bytes": the counted footprint, "disk_target_bytes"}:
-    what `melanoma plan` prints."""
+    """What `melanoma plan` prints: {"gpu_seconds": covered GPU time, "stand_in_seconds", "stand_ins": [stage]
+    (rated with another model's rate), "not_covered": [stage] (no rate at all), "disk_final_bytes",
+    "disk_peak_bytes" (the outputs after a first run and at its largest moment), "peak_stage", "environment_bytes"
+    (.venv + Hugging Face cache), "disk_target_bytes", "machine_disk_bytes"}."""
     ref = ref or load_reference()
     est = stage_estimates(p, ref, sizes)
-    items = disk_items(p, ref, sizes)
+    d = disk(p, ref, sizes)
     return {
         "gpu_seconds": sum(e.seconds for e in est if e.seconds is not None and not e.stand_in),
         "stand_in_seconds": sum(e.seconds for e in est if e.stand_in and e.seconds is not None),
         "stand_ins": [e.stage for e in est if e.stand_in and e.seconds is not None],
         "not_covered": [e.stage for e in est if e.seconds is None],
-        "disk_bytes": sum(i.bytes for i in items if i.counted),
+        "disk_final_bytes": d.final,
+        "disk_peak_bytes": d.peak,
+        "peak_stage": d.peaks[0].stage if d.peaks else "",
+        "environment_bytes": d.environment,
         "disk_target_bytes": TARGET_BYTES,
+        "machine_disk_bytes": MACHINE_DISK_BYTES,
     }
 
 
-def disk_estimate(p: dict[str, Any], ref: Reference, sizes: Sizes, files_per_cell: int) -> tuple[list[DiskItem], float]:
-    """The footprint table and verdict; returns the items and the counted total in bytes."""
-    print("\nDisk footprint (the environment, .venv, not included)")
-    print(f"this checkout's DVC cache.type: {dvc_cache_type()}")
-    items = disk_items(p, ref, sizes, files_per_cell)
-    total = print_disk(items)
-    copies = next(i.bytes for i in items if i.folder.startswith("  (copies"))
+def print_disk(p: dict[str, Any], ref: Reference, sizes: Sizes) -> Disk:
+    """The footprint tables (outputs, peak, environment) and the verdict against TARGET_BYTES; returns them."""
+    d = disk(p, ref, sizes)
     fits = lambda b: "fits" if b <= TARGET_BYTES else "does NOT fit"  # noqa: E731
+    print("\nDisk: the outputs of a first run (the environment below)")
+    print(f"this checkout's DVC cache.type: {dvc_cache_type()}")
+    rows = [[i.folder, i.what, fmt_bytes(i.bytes) + ("" if i.counted else "  (not summed)")] for i in d.items]
+    print(table(rows, ["folder", "arithmetic", "bytes"]))
+    print(f"\nfinal: {d.final / GB:.2f} GB after the run; results/ (PNGs, CSVs, HTML) and data/splits not estimated")
     print(
-        f"\ntotal: {total / GB:.2f} GB vs the {TARGET_BYTES / GB:.0f} GB target: {fits(total)} "
-        f"({(TARGET_BYTES - total) / GB:+.2f} GB left); results/ (PNGs, CSVs, HTML) and data/splits not estimated"
+        "peak: the largest moment of the run = the final outputs + what the stage at its largest moment holds "
+        "beyond its own outputs, as if every other stage had already written its outputs (an upper bound: one "
+        "stage runs at a time, and later stages' outputs do not exist yet):"
+    )
+    for c in d.peaks:
+        print(f"  +{c.extra / GB:5.2f} GB  {c.stage}: {c.what}")
+    top = d.peaks[0] if d.peaks else PeakCandidate("none", "", 0.0)
+    print(f"peak: {d.final / GB:.2f} + {top.extra / GB:.2f} = {d.peak / GB:.2f} GB, during {top.stage}")
+    print(
+        f"target {TARGET_BYTES / GB:.0f} GB of outputs: final {d.final / GB:.2f} GB {fits(d.final)}, peak "
+        f"{d.peak / GB:.2f} GB {fits(d.peak)} ({(TARGET_BYTES - d.peak) / GB:+.2f} GB left at the peak)"
+    )
+    copies = next(i.bytes for i in d.items if i.folder.startswith("  (copies"))
+    print(
+        f"where DVC falls back to copies (cache on another filesystem): final {d.final / GB:.2f} + "
+        f"{copies / GB:.2f} = {(d.final + copies) / GB:.2f} GB ({fits(d.final + copies)})"
     )
     print(
-        f"with copies instead of hardlinks: {total / GB:.2f} + {copies / GB:.2f} = {(total + copies) / GB:.2f} GB "
-        f"({fits(total + copies)})"
+        "a rerun adds: DVC deletes a stage's outputs from the workspace before it reruns, but their cache objects "
+        "stay (for `git checkout` of older results) until `dvc gc --workspace`, so a rerun's new outputs come on "
+        "top; an output rewritten with the same bytes is left as a copy until `dvc checkout --relink`"
     )
-    return items, total
+    print("\nBeside the outputs, on the same disk")
+    print(table([[i.folder, i.what, fmt_bytes(i.bytes)] for i in d.env], ["what", "arithmetic", "bytes"]))
+    whole = d.peak + d.environment
+    print(
+        f"peak outputs + environment: {d.peak / GB:.2f} + {d.environment / GB:.2f} = {whole / GB:.2f} GB of the "
+        f"GPU machine's {MACHINE_DISK_BYTES / GB:.1f} GB (64 GiB) disk: "
+        f"{'fits' if whole <= MACHINE_DISK_BYTES else 'does NOT fit'}; not estimated: torch.compile's and "
+        "Triton's kernel caches, the DVC state database"
+    )
+    return d
