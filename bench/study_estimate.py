@@ -5,8 +5,9 @@ line by line.
         [--real-train-benign 730] [--real-train-malignant 370] [--real-val 165] [--real-test 165]
         [--external-test 659]
 
-The arithmetic is melanoma/estimate.py's (the same `melanoma plan` totals); the rates are the measured H200
-records the package ships in melanoma/reference/. The params are profile `--profile` (default study), resolved
+The arithmetic is melanoma/estimate.py's (the same `melanoma plan` totals); the rates are the records the package
+ships in melanoma/reference/: measured on an H200 for the GPU work, by bench/cpu_rates.py on a 2-core machine for
+the CPU work. The params are profile `--profile` (default study), resolved
 without touching params.yaml. The real data sizes are assumptions (the defaults match an ISIC run with about
 1,100 train images). About a second, no torch import.
 """
@@ -32,6 +33,7 @@ from melanoma.estimate import (  # noqa: E402
     Disk,
     Estimate,
     Sizes,
+    Times,
     load_reference,
     loader_ratio,
     print_disk,
@@ -85,10 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     print_header(ref, sizes, p, loader_ratio(ref)[1], a.profile)
     est = stage_estimates(p, ref, sizes)
     print_times(est)
-    covered, stand, missing = print_summary(est)
+    t, missing = print_summary(est)
     d = print_disk(p, ref, sizes)
     if a.json:
-        write_json(a.json, a, p, est, covered, stand, missing, d)
+        write_json(a.json, a, p, est, t, missing, d)
         print(f"wrote {a.json}")
 
 
@@ -97,8 +99,7 @@ def write_json(
     a: argparse.Namespace,
     p: dict[str, Any],
     est: list[Estimate],
-    covered: float,
-    stand: float,
+    t: Times,
     missing: list[str],
     d: Disk,
 ) -> None:
@@ -113,8 +114,12 @@ def write_json(
             "train": p["classifiers"]["train"],
         },
         "stages": [asdict(e) for e in est],
-        "covered_seconds": covered,
-        "stand_in_seconds": stand,
+        "covered_seconds": t.gpu,
+        "stand_in_seconds": t.stand_in,
+        "cpu_seconds": t.cpu,
+        "gpu_hours": t.gpu / 3600,
+        "cpu_hours": t.cpu / 3600,
+        "total_hours": t.total / 3600,
         "not_covered": missing + NOT_COVERED_EXTRA,
         "disk": [asdict(i) for i in d.items],
         "disk_peak": [asdict(c) for c in d.peaks],

@@ -176,6 +176,7 @@ class Estimate:
     seconds: float | None  # None: not covered by the reference
     note: str = ""
     stand_in: bool = False  # a labelled stand-in rate: shown, never counted in the covered total
+    device: str = "gpu"  # gpu: an H200 reference rate; cpu: a rate measured by bench/cpu_rates.py
 
 
 def fmt_s(s: float) -> str:
@@ -452,26 +453,251 @@ def evaluation(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate
     return out
 
 
-CPU_STAGES = [
-    ("fetch", "download + decode + downscale of the real images"),
-    ("split", "md5s and near-duplicate thumbnails"),
-    ("decode", "every real image decoded and resized once to the classifier size"),
-    ("build_dataset@*", "JPEG decode + Lanczos resize to 224 px, uint8 packs"),
-    ("baseline", "colour/texture features + logistic regression on Original's train split"),
-    ("export", "ONNX export + onnxruntime parity check per cell"),
-    ("report", "bootstrap comparisons, figures, HTML"),
-]
+def split_classes(n: int, sizes: Sizes) -> tuple[int, int]:
+    """(malignant, benign) of a held-out split of `n` images with the train split's malignant share (the split is
+    stratified; an external set's share is assumed the same)."""
+    share = sizes.train["malignant"] / max(1, sum(sizes.train.values()))
+    m = round(n * share)
+    return m, n - m
 
 
-def cpu_stages() -> list[Estimate]:
-    """Stages whose work is on the CPU: outside a GPU reference by nature."""
-    return [Estimate(s, w, "-", "CPU work, not covered by the GPU reference", None) for s, w in CPU_STAGES]
+def _bootstrap_rate(ref: Reference, fn: str, pairs: int) -> tuple[float, dict[str, Any]] | None:
+    """Seconds per (resample x seed x malignant-benign pair) of `fn` from the record whose pair count is nearest
+    `pairs` (the rate per unit grows with the matrices: cache effects)."""
+    recs = [
+        r
+        for r in ref.records
+        if r.get("kind") == "cpu_bootstrap" and r.get("fn") == fn and num(r, "s_per_unit") and num(r, "images")
+    ]
+    if not recs:
+        return None
+
+    def distance(r: dict[str, Any]) -> float:
+        m = num(r, "malignant") or 1
+        return abs(math.log(max(1.0, m * (num(r, "images") - m)) / max(1, pairs)))
+
+    best = min(recs, key=distance)
+    return float(num(best, "s_per_unit")), best
+
+
+def cpu_stage_estimates(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
+    """The CPU stages and the CPU parts of GPU stages, from rates measured by bench/cpu_rates.py on a 2-core machine
+    (an upper bound for the GPU machine's 16 cores); a stage without a record stays not covered."""
+    out: list[Estimate] = []
+    n_real = sizes.real_total
+    for stage, what in (
+        ("fetch", "decode, cap at data.max_side, JPEG q95, md5 of every real image"),
+        ("split", "md5s, thumbnails, near-duplicate grouping"),
+        ("decode", f"every real image decoded and resized to {p['datasets']['image_size']} px once"),
+    ):
+        out.append(_per_image(ref, stage, n_real, f"{n_real:,} real img: {what}"))
+    out += _build_dataset(p, ref, sizes)
+    out.append(_per_image(ref, "baseline", n_real, f"{n_real:,} img: colour/texture features, logistic regression"))
+    out += _evaluate_bootstrap(p, ref, sizes)
+    out += _export(p, ref, sizes)
+    out.append(_report_bootstrap(p, ref, sizes))
+    start = find(ref, "cpu_startup")
+    secs = num(start, "seconds")
+    n_stages = stage_count(p)
+    work = f"{n_stages} stage processes x one start (interpreter, torch, timm)"
+    out.append(
+        Estimate("stage start-ups", work, "-", "no cpu_startup record", None, device="cpu")
+        if secs is None
+        else Estimate(
+            "stage start-ups",
+            work,
+            f"{secs:.1f} s each",
+            cite(ref, start, "cpu_startup"),
+            n_stages * secs,
+            "upper bound: every stage counted as importing torch and timm",
+            device="cpu",
+        )
+    )
+    return out
+
+
+def stage_count(p: dict[str, Any]) -> int:
+    """The stage processes a run of `p` starts (dvc.yaml's stages for this grid)."""
+    fams = families(p)
+    c = p["classifiers"]
+    return (
+        2  # fetch, split
+        + 3 * len(fams)  # train_generator x 2 classes, synthesize per family
+        + (1 + sum(fams.values()) if any(fams.values()) else 0)  # train_upscaler, upscale per upscaled family
+        + 1  # decode
+        + len(c["datasets"])  # build_dataset
+        + len(c["archs"]) * len(c["datasets"])  # train_classifier
+        + len(c["archs"])  # evaluate, one process per arch
+        + 3  # baseline, export, report
+    )
+
+
+def _per_image(ref: Reference, stage: str, n: int, work: str) -> Estimate:
+    rec = find(ref, "cpu_stage", stage=stage)
+    rate = num(rec, "s_per_image")
+    if rate is None:
+        return Estimate(stage, work, "-", "no cpu_stage record", None, device="cpu")
+    return Estimate(
+        stage,
+        work,
+        f"{rate * 1e3:.2f} ms/img",
+        cite(ref, rec, f"{stage} on {rec.get('images')} ISIC images"),
+        n * rate,
+        device="cpu",
+    )
+
+
+def _build_dataset(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
+    """Original (links) and the augmented sets, scaled from the records by their images."""
+    out = []
+    names = p["classifiers"]["datasets"]
+    aug = [d for d in names if DATASET_SOURCES[d]]
+    fill = sum(synthetic_counts(sizes.train, p["datasets"]["per_class"]).values())
+    rec = find(ref, "cpu_stage", stage="build_dataset", dataset="DCGAN_Upscaled")
+    secs, real, synth = num(rec, "seconds"), num(rec, "real"), num(rec, "synthetic")
+    work = f"{len(aug)} x ({sizes.real_total:,} real, linked + {fill:,} synthetic resized), leakage check"
+    if aug and None in (secs, real, synth):
+        out.append(Estimate("build_dataset@<augmented>", work, "-", "no build_dataset record", None, device="cpu"))
+    elif aug:
+        each = secs * (sizes.real_total + fill) / (real + synth)
+        out.append(
+            Estimate(
+                "build_dataset@<augmented>",
+                work,
+                f"{secs:.1f} s per {real + synth:,.0f} img",
+                cite(ref, rec, "DCGAN_Upscaled at study size"),
+                len(aug) * each,
+                "the record resized 256 px synthetic images (the upscaled sets); the plain sets' 64 px ones cost "
+                "less: an upper bound",
+                device="cpu",
+            )
+        )
+    if "Original" in names:
+        rec = find(ref, "cpu_stage", stage="build_dataset", dataset="Original")
+        secs, real = num(rec, "seconds"), num(rec, "real")
+        work = f"{sizes.real_total:,} real img: packs linked, leakage check"
+        out.append(
+            Estimate("build_dataset@Original", work, "-", "no build_dataset record", None, device="cpu")
+            if None in (secs, real)
+            else Estimate(
+                "build_dataset@Original",
+                work,
+                f"{secs:.2f} s per {real:,.0f} img",
+                cite(ref, rec, "Original on the ISIC sample"),
+                secs * sizes.real_total / real,
+                device="cpu",
+            )
+        )
+    return out
+
+
+def _held_out(sizes: Sizes) -> list[tuple[str, int]]:
+    return [(s, n) for s, n in (("test", sizes.test), ("external_test", sizes.external)) if n]
+
+
+def _evaluate_bootstrap(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
+    """evaluate's CIs: per cell and held-out split, the packaged seed's and the seeds' seed x image bootstrap."""
+    c, b = p["classifiers"], p["evaluate"]["bootstrap"]
+    seeds, cells = len(c["seeds"]), len(c["archs"]) * len(c["datasets"])
+    total, parts, src = 0.0, [], ""
+    for split, n in _held_out(sizes):
+        m, k = split_classes(n, sizes)
+        got = _bootstrap_rate(ref, "stats.cell_intervals", m * k)
+        if got is None:
+            return [Estimate("evaluate's bootstrap CIs", "-", "-", "no cpu_bootstrap record", None, device="cpu")]
+        rate, rec = got
+        total += cells * b * (seeds + 1) * m * k * rate
+        parts.append(f"{split} {m} x {k} pairs at {rate * 1e9:.2f} ns")
+        src = src or cite(ref, rec, "stats.cell_intervals")
+    return [
+        Estimate(
+            "evaluate's bootstrap CIs",
+            f"{cells} cells x {b:,} resamples x ({seeds} + 1) seeds x pairs",
+            "; ".join(parts),
+            src,
+            total,
+            "per cell and held-out split: the seeds' and the packaged seed's CIs",
+            device="cpu",
+        )
+    ]
+
+
+def _export(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
+    """export: per cell the ONNX export and onnxruntime's side of the parity check on val (on the CPU in the
+    stage too); the PyTorch side runs on the GPU there (165 images per cell: seconds), so it is not counted."""
+    c, out = p["classifiers"], []
+    cells = len(c["datasets"])
+    total, missing, src = 0.0, [], ""
+    for arch in c["archs"]:
+        rec = find(ref, "cpu_export", model=c["models"][arch]["model"], size=p["datasets"]["image_size"])
+        e, o = num(rec, "export_s"), num(rec, "ort_s_per_image")
+        if None in (e, o):
+            missing.append(arch)
+            continue
+        total += cells * (e + sizes.val * o)
+        src = src or cite(ref, rec, "cpu_export")
+    work = f"{len(c['archs']) * cells} cells x (ONNX export + {sizes.val} val img through onnxruntime)"
+    if missing:
+        return [Estimate("export", work, "-", f"no cpu_export record for {', '.join(missing)}", None, device="cpu")]
+    out.append(
+        Estimate(
+            "export",
+            work,
+            "per model (cpu_export records)",
+            src + " ...",
+            total,
+            "the parity check's PyTorch side runs on the GPU (seconds, not counted); onnxruntime's on the CPU, "
+            "measured on 2 cores: an upper bound",
+            device="cpu",
+        )
+    )
+    return out
+
+
+def _report_bootstrap(p: dict[str, Any], ref: Reference, sizes: Sizes) -> Estimate:
+    """The report's comparisons: every augmented dataset vs Original per arch and pooled, each a seed x image
+    bootstrap of both models' AUROC (verdict.compare; resamples from verdict.resamples_for)."""
+    c, b = p["classifiers"], p["evaluate"]["bootstrap"]
+    archs, seeds = len(c["archs"]), len(c["seeds"])
+    aug = [d for d in c["datasets"] if DATASET_SOURCES[d]]
+    held = _held_out(sizes)
+    if "Original" not in c["datasets"] or not aug:
+        return Estimate("report bootstrap", "no comparisons", "-", "-", 0.0, device="cpu")
+    from melanoma.evaluation.verdict import resamples_for  # numpy and the project's modules: no torch
+
+    b_arch = resamples_for(archs * len(aug) * len(held), b)
+    b_pool = resamples_for(len(aug) * len(held), b)
+    total, src = 0.0, ""
+    for _, n in held:
+        m, k = split_classes(n, sizes)
+        got = _bootstrap_rate(ref, "stats.auroc_difference", m * k)
+        if got is None:
+            return Estimate("report bootstrap", "-", "-", "no cpu_bootstrap record", None, device="cpu")
+        rate, rec = got
+        per = 2 * seeds * m * k * rate  # both models of a pair, per resample
+        total += len(aug) * archs * (b_arch + b_pool) * per  # per arch, and pooled (every arch's pair)
+        src = src or cite(ref, rec, "stats.auroc_difference")
+    work = (
+        f"{archs * len(aug) * len(held)} comparisons x {b_arch:,} resamples + {len(aug) * len(held)} pooled x "
+        f"{archs} archs x {b_pool:,}, {seeds} seeds, {' and '.join(f'{n} img' for _, n in held)}"
+    )
+    return Estimate(
+        "report bootstrap",
+        work,
+        "per pair, per seed, per resample",
+        src,
+        total,
+        "the report's figures and HTML are not covered (the demo's whole report stage, same 30 cells: 7.6 s on "
+        "2 cores, docs/benchmarks.md)",
+        device="cpu",
+    )
 
 
 NOT_COVERED_EXTRA = [
-    "per-stage overheads: process start, model build, pretrained weight loading and torch.compile (the study "
-    "compiles every classifier cell) - about 30 classifier stages, each paying them once",
-    "evaluate's bootstrap CIs (CPU) and GradCAM overlays (8 images per cell: seconds)",
+    "fetch's download from Google Drive (data.source gdrive): the fetch line is the conversion only",
+    "the report's figures and HTML (the demo's whole report stage, with the same 30 cells: 7.6 s on 2 cores)",
+    "per-cell GPU overheads: model build, pretrained weight loading and torch.compile (the study compiles every "
+    "classifier cell), once in each of the 30 classifier stages; GradCAM (8 images per cell: seconds)",
     "early stopping (classifiers.train.patience validations) can end a run before its step budget: the classifier "
     "lines assume every step runs",
 ]
@@ -551,6 +777,59 @@ def disk_synthetic(p: dict[str, Any], sizes: Sizes) -> list[DiskItem]:
     return out
 
 
+def disk_results(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[DiskItem]:
+    """results/: evaluate's files per cell (GradCAM overlays as PNG, predictions, curves) and the report's HTML,
+    from bench/cpu_rates.py's byte records; a line says so where a record is missing."""
+    c, ep = p["classifiers"], p["evaluate"]
+    cells, seeds = len(c["archs"]) * len(c["datasets"]), len(c["seeds"])
+    overlays = cells * ep["gradcam_per_group"] * 4  # TP, FN, FP, TN
+    rb, res = find(ref, "report_bytes", size=p["datasets"]["image_size"]), find(ref, "results_bytes")
+    out = []
+    png, jpeg = num(rb, "overlay_png_bytes"), num(rb, "overlay_jpeg_uri_bytes")
+    if png is None or jpeg is None:
+        return [DiskItem("results/", f"no report_bytes record at {p['datasets']['image_size']} px: not estimated", 0)]
+    out.append(
+        DiskItem(
+            "results/evaluation (GradCAM PNGs)",
+            f"{overlays} overlays ({cells} cells x {ep['gradcam_per_group']} x 4 outcomes) x {png / 1e3:.0f} kB "
+            f"({cite(ref, rb, 'report_bytes')})",
+            overlays * png,
+        )
+    )
+    row, other = num(res, "prediction_row_bytes"), num(res, "other_bytes_per_held_out_image")
+    held = sum(n for _, n in _held_out(sizes))
+    if row is not None and other is not None:
+        out.append(
+            DiskItem(
+                "results/evaluation (the rest)",
+                f"{cells} cells x ({seeds} seeds x {sizes.eval_total:,} img x {row:.0f} B per prediction row + "
+                f"{held:,} held-out img x {other:.0f} B of curves, PNGs, reports) ({cite(ref, res, 'results_bytes')})",
+                cells * (seeds * sizes.eval_total * row + held * other),
+            )
+        )
+    page = num(rb, "page_and_figures_bytes")
+    g, f = p["generators"]["image_size"], p["upscale"]["factor"]
+    sheets_px = {f"{g}px": 0, f"{g * f}px": 0}
+    for up in families(p).values():
+        sheets_px[f"{g}px"] += 2
+        sheets_px[f"{g * f}px"] += 2 * up
+    per_sheet = rb.get("sheet_uri_bytes", {}) if isinstance(rb.get("sheet_uri_bytes"), dict) else {}
+    if page is None or any(n and not isinstance(per_sheet.get(k), (int, float)) for k, n in sheets_px.items()):
+        out.append(DiskItem("results/report.html", "no page or contact-sheet bytes recorded: not estimated", 0))
+        return out
+    sheet_bytes = sum(n * per_sheet[k] for k, n in sheets_px.items() if n)
+    out.append(
+        DiskItem(
+            "results/report.html",
+            f"{overlays} overlays x {jpeg / 1e3:.1f} kB (JPEG data URI) + contact sheets "
+            + " + ".join(f"{n} x {per_sheet[k] / 1e6:.2f} MB at {k}" for k, n in sheets_px.items() if n)
+            + f" + page and figures {page / 1e6:.2f} MB (the demo's, same grid)",
+            overlays * jpeg + sheet_bytes + page,
+        )
+    )
+    return out
+
+
 def cell_weight_bytes(n: float, seeds: int) -> float:
     """One classifier cell's stored weights: the packaged seed in float32, the other seeds in bfloat16."""
     return n * FP32 + n * BF16 * (seeds - 1)
@@ -580,7 +859,7 @@ def disk_models(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
     return out + disk_generators(p, ref)
 
 
-def ddpm_params(ref: Reference) -> tuple[float, str]:
+def ddpm_params(ref: Reference, p: dict[str, Any]) -> tuple[float, str]:
     """The study UNet's parameter count from the reference's ddpm_unet record (fallback: the README's ~114 M)."""
     rec = find(ref, "ddpm_unet")
     m = num(rec, "params_m")
@@ -592,7 +871,7 @@ def disk_generators(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
     g, out = p["generators"], []
     fams = families(p)
     if "ddpm" in fams:
-        n, src = ddpm_params(ref)
+        n, src = ddpm_params(ref, p)
         out.append(
             DiskItem(
                 "models/generators/ddpm", f"2 classes x {n / 1e6:.1f} M ({src}) x {FP32} B (EMA UNet)", 2 * n * FP32
@@ -676,7 +955,7 @@ def peak_candidates(p: dict[str, Any], ref: Reference) -> list[PeakCandidate]:
             )
         )
     if "ddpm" in families(p):
-        n, src = ddpm_params(ref)
+        n, src = ddpm_params(ref, p)
         ckpt = CHECKPOINT_COPIES * n * FP32
         out.append(
             PeakCandidate(
@@ -762,7 +1041,7 @@ class Disk:
 
 def disk(p: dict[str, Any], ref: Reference, sizes: Sizes) -> Disk:
     """Every footprint line (outputs, the DVC cache), the peak's candidates and the environment."""
-    items = disk_data(p, sizes) + disk_models(p, ref)
+    items = disk_data(p, sizes) + disk_models(p, ref) + disk_results(p, ref, sizes)
     return Disk(items + disk_copies(items, p, sizes), peak_candidates(p, ref), environment(p))
 
 
@@ -822,7 +1101,7 @@ def print_groups(est: list[Estimate]) -> None:
             g = groups.setdefault(e.stage.split("@")[0], [0.0, 0.0])
             g[1 if e.stand_in else 0] += e.seconds
     for name, (cov, stand) in groups.items():
-        print(f"  {name:<18} {fmt_s(cov)}" + (f"  [+ stand-in {fmt_s(stand)}]" if stand else ""))
+        print(f"  {name:<26} {fmt_s(cov)}" + (f"  [+ stand-in {fmt_s(stand)}]" if stand else ""))
 
 
 def fmt_bytes(b: float) -> str:
@@ -848,6 +1127,12 @@ def print_header(ref: Reference, sizes: Sizes, p: dict[str, Any], ratio_how: str
         + "; ".join(f"{k} {v}" for k, v in env.items())
         + (f"; skipped unparseable lines: {', '.join(ref.skipped)}" if ref.skipped else "")
     )
+    cpu = find(ref, "cpu_env")
+    if cpu is not None:
+        print(
+            f"CPU reference ({cpu['_file']}, {cpu.get('t', '?')}, `{cpu.get('command', '?')}`): {cpu.get('cpu', '?')}, "
+            f"{cpu.get('cpus', '?')} cores, torch {cpu.get('torch', '?')}"
+        )
     print(
         f"assumed real data (CLI flags): train benign {sizes.train['benign']}, malignant {sizes.train['malignant']}, "
         f"val {sizes.val}, test {sizes.test}, external test {sizes.external} (total {sizes.real_total:,})"
@@ -866,20 +1151,53 @@ def print_header(ref: Reference, sizes: Sizes, p: dict[str, Any], ratio_how: str
     print(f"loader ratio applied to classifier training (GPU-resident uint8 pack): {ratio_how}\n")
 
 
-def print_summary(est: list[Estimate]) -> tuple[float, float, list[str]]:
-    """Covered total, per-family subtotals and what is not covered; returns (covered, stand-in, not covered)."""
-    covered = sum(e.seconds for e in est if e.seconds is not None and not e.stand_in)
-    stand = sum(e.seconds for e in est if e.stand_in and e.seconds is not None)
+@dataclass
+class Times:
+    """The time lines summed: GPU (H200 rates) without and with the stand-in lines, CPU (measured here)."""
+
+    gpu: float
+    stand_in: float
+    cpu: float
+
+    @property
+    def total(self) -> float:
+        """Wall time of the covered lines, one stage at a time: GPU + CPU (stand-ins not counted)."""
+        return self.gpu + self.cpu
+
+
+def time_totals(est: list[Estimate]) -> Times:
+    """Sum the covered lines by device; stand-in lines apart."""
+    covered = [e for e in est if e.seconds is not None]
+    return Times(
+        sum(e.seconds for e in covered if e.device == "gpu" and not e.stand_in),
+        sum(e.seconds for e in covered if e.stand_in),
+        sum(e.seconds for e in covered if e.device == "cpu" and not e.stand_in),
+    )
+
+
+def print_summary(est: list[Estimate]) -> tuple[Times, list[str]]:
+    """GPU, CPU and total time, per-family subtotals and what is not covered; returns (the sums, not covered)."""
+    t = time_totals(est)
     missing = [e.stage for e in est if e.seconds is None or e.stand_in]
     print(
-        f"\ncovered GPU time: {fmt_s(covered)}"
-        + (f"; with the stand-in lines: {fmt_s(covered + stand)}" if stand else "")
+        f"\ncovered GPU time (H200 reference rates): {fmt_s(t.gpu)}"
+        + (f"; with the stand-in lines: {fmt_s(t.gpu + t.stand_in)}" if t.stand_in else "")
     )
-    print_groups(est)
+    print_groups([e for e in est if e.device == "gpu"])
+    print(
+        f"CPU time (measured by bench/cpu_rates.py on a 2-core machine: an upper bound for the GPU machine's CPUs): "
+        f"{fmt_s(t.cpu)}"
+    )
+    print_groups([e for e in est if e.device == "cpu"])
+    print(
+        f"total wall time, one stage at a time: {t.gpu / 3600:.2f} h GPU + {t.cpu / 3600:.2f} h CPU = "
+        f"{t.total / 3600:.2f} h"
+        + (f" ({(t.total + t.stand_in) / 3600:.2f} h with the stand-in lines)" if t.stand_in else "")
+    )
     print("not covered:")
     for m in missing + NOT_COVERED_EXTRA:
         print(f"  - {m}")
-    return covered, stand, missing
+    return t, missing
 
 
 def stage_estimates(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Estimate]:
@@ -891,21 +1209,24 @@ def stage_estimates(p: dict[str, Any], ref: Reference, sizes: Sizes) -> list[Est
         + upscaling(p, sizes)
         + classifier_training(p, ref, sizes, ratio)
         + evaluation(p, ref, sizes)
-        + cpu_stages()
+        + cpu_stage_estimates(p, ref, sizes)
     )
 
 
 def totals(p: dict[str, Any], sizes: Sizes, ref: Reference | None = None) -> dict[str, Any]:
-    """What `melanoma plan` prints: {"gpu_seconds": covered GPU time, "stand_in_seconds", "stand_ins": [stage]
+    """What `melanoma plan` prints: {"gpu_seconds": covered GPU time, "cpu_seconds": the CPU lines (measured on 2
+    cores), "stand_in_seconds", "stand_ins": [stage]
     (rated with another model's rate), "not_covered": [stage] (no rate at all), "disk_final_bytes",
     "disk_peak_bytes" (the outputs after a first run and at its largest moment), "peak_stage", "environment_bytes"
     (.venv + Hugging Face cache), "disk_target_bytes", "machine_disk_bytes"}."""
     ref = ref or load_reference()
     est = stage_estimates(p, ref, sizes)
     d = disk(p, ref, sizes)
+    t = time_totals(est)
     return {
-        "gpu_seconds": sum(e.seconds for e in est if e.seconds is not None and not e.stand_in),
-        "stand_in_seconds": sum(e.seconds for e in est if e.stand_in and e.seconds is not None),
+        "gpu_seconds": t.gpu,
+        "cpu_seconds": t.cpu,
+        "stand_in_seconds": t.stand_in,
         "stand_ins": [e.stage for e in est if e.stand_in and e.seconds is not None],
         "not_covered": [e.stage for e in est if e.seconds is None],
         "disk_final_bytes": d.final,
@@ -925,7 +1246,7 @@ def print_disk(p: dict[str, Any], ref: Reference, sizes: Sizes) -> Disk:
     print(f"this checkout's DVC cache.type: {dvc_cache_type()}")
     rows = [[i.folder, i.what, fmt_bytes(i.bytes) + ("" if i.counted else "  (not summed)")] for i in d.items]
     print(table(rows, ["folder", "arithmetic", "bytes"]))
-    print(f"\nfinal: {d.final / GB:.2f} GB after the run; results/ (PNGs, CSVs, HTML) and data/splits not estimated")
+    print(f"\nfinal: {d.final / GB:.2f} GB after the run (data/splits, a few CSVs, not estimated)")
     print(
         "peak: the largest moment of the run = the final outputs + what the stage at its largest moment holds "
         "beyond its own outputs, as if every other stage had already written its outputs (an upper bound: one "

@@ -191,9 +191,9 @@ def sizes_of(splits: Path, real: dict[str, int] | None) -> tuple[Sizes, str]:
 
 
 def estimate_line(params: dict[str, Any], splits: Path, real: dict[str, int] | None) -> str:
-    """GPU time and disk (final and peak outputs, the environment beside them) on one H200, from the shipped
-    reference rates; only for `device: cuda` runs (the rates say nothing about a CPU, and the demo's 32 px
-    members have none)."""
+    """GPU time on one H200 and the CPU stages' time (from the shipped reference rates), and disk (final and peak
+    outputs, the environment beside them); only for `device: cuda` runs (the GPU rates say nothing about a CPU
+    run, and the demo's 32 px members have none)."""
     from melanoma.estimate import GB, totals
 
     if params["device"] != "cuda":
@@ -216,11 +216,13 @@ def estimate_line(params: dict[str, Any], splits: Path, real: dict[str, int] | N
         if t["gpu_seconds"] or t["stand_ins"]
         else "GPU time: no reference rate matches these models and sizes"
     )
+    untimed = ", ".join(t["not_covered"]) or "nothing"
     return "\n".join(
         [
-            "estimate on one NVIDIA H200 (reference rates measured 2026-11-27, melanoma/reference/; every line: "
-            "python bench/study_estimate.py):",
-            f"  {gpu}; not timed: {', '.join(t['not_covered']) or 'nothing'}",
+            "estimate on one NVIDIA H200 (reference rates in melanoma/reference/: the GPU's measured on an H200 "
+            "2026-11-27, the CPU's on a 2-core machine 2026-12-07; every line: python bench/study_estimate.py):",
+            f"  {gpu}; CPU time {t['cpu_seconds'] / 3600:.1f} h (2-core rates: an upper bound); total "
+            f"{(t['gpu_seconds'] + t['cpu_seconds']) / 3600:.1f} h; not timed: {untimed}",
             f"  disk of outputs: final {final / GB:.1f} GB, peak {peak / GB:.1f} GB during {t['peak_stage']} ({fits} "
             f"the {target / GB:.0f} GB target); with the environment (.venv, Hugging Face cache) "
             f"{t['environment_bytes'] / GB:.1f} GB: {whole / GB:.1f} GB at the peak of the GPU machine's "

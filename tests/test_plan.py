@@ -18,11 +18,13 @@ def test_the_study_plan_counts_the_grid_and_prices_it(tmp_path, monkeypatch):
     assert "stages to run (dvc status): 2 of 56: fetch, train_classifier" in out
     gpu = re.search(
         r"GPU time (\d+\.\d) h \+ (\d+\.\d) h rated with a stand-in model's rate \(([^)]*\)[^)]*)\); "
-        r"not timed: (.*)",
+        r"CPU time (\d+\.\d) h \(2-core rates: an upper bound\); total (\d+\.\d) h; not timed: (.*)",
         out,
     )
-    assert gpu and float(gpu[1]) > 1 and "MedViT" in gpu[3] and "MedViT" not in gpu[4], out
-    assert "decode" in gpu[4] and "baseline" in gpu[4]  # every stage is either timed or listed as not
+    assert gpu and float(gpu[1]) > 1 and "MedViT" in gpu[3] and "MedViT" not in gpu[6], out
+    assert float(gpu[4]) > 0 and abs(float(gpu[5]) - float(gpu[1]) - float(gpu[4])) <= 0.1
+    # the CPU stages are timed now; what has no rate is listed, never dropped
+    assert not {"decode", "baseline", "export", "report"} & set(gpu[6].split(", ")) and "train_upscaler" in gpu[6]
     disk = re.search(r"disk of outputs: final (\d+\.\d) GB, peak (\d+\.\d) GB during (.*) \((fits|over) the 40 GB", out)
     assert disk and float(disk[1]) <= float(disk[2]) <= 40 and disk[4] == "fits", out
     assert "train_classifier@" in disk[3] and "real data assumed" in out
@@ -98,3 +100,85 @@ def test_study_estimate_runs_from_an_empty_folder_and_prints_peak_and_final(tmp_
     assert float(peak[1]) == round(doc["disk_peak_bytes"] / 1e9, 2)
     assert re.search(r"final [\d.]+ GB fits, peak [\d.]+ GB fits", p.stdout)
     assert ".venv" in p.stdout and doc["environment_bytes"] > 6e9
+
+
+CPU_STAGES = {
+    "fetch",
+    "split",
+    "decode",
+    "build_dataset@<augmented>",
+    "build_dataset@Original",
+    "baseline",
+    "evaluate's bootstrap CIs",
+    "export",
+    "report bootstrap",
+    "stage start-ups",
+}
+
+
+def test_the_cpu_stages_are_timed_from_the_shipped_cpu_records_and_said_when_missing(tmp_path, monkeypatch):
+    """The estimate used to leave out the CPU stages and the report's bootstrap: each now has a line from the
+    records bench/cpu_rates.py wrote (CPU time, apart from GPU time, both in the total); without those records
+    every such line is listed as not covered, never given a number."""
+    import shutil
+
+    from melanoma.estimate import ASSUMED, REFERENCE, load_reference, stage_estimates, totals
+
+    monkeypatch.chdir(ROOT)
+    study = profile_params("study")
+    est = {e.stage: e for e in stage_estimates(study, load_reference(), ASSUMED)}
+    assert CPU_STAGES <= set(est)
+    assert all(est[s].device == "cpu" and est[s].seconds > 0 for s in CPU_STAGES)
+    t = totals(study, ASSUMED)
+    assert abs(t["cpu_seconds"] - sum(e.seconds for e in est.values() if e.device == "cpu")) < 1e-6
+    assert not CPU_STAGES & set(t["not_covered"])
+    gpu_only = tmp_path / "ref"
+    gpu_only.mkdir()
+    for f in REFERENCE.glob("gpu_*.jsonl"):
+        shutil.copy(f, gpu_only)
+    bare = totals(study, ASSUMED, load_reference(gpu_only))
+    assert bare["cpu_seconds"] == 0 and CPU_STAGES <= set(bare["not_covered"])
+
+
+def test_the_report_bootstrap_is_the_verdicts_comparisons_at_the_measured_rate():
+    """Per held-out split: every augmented set vs Original per arch (resamples for the family of all of them) and
+    pooled over archs, each resample drawing both models' AUROC for every seed: 2 x S x P x N units."""
+    from melanoma.estimate import Reference, Sizes, split_classes, stage_estimates
+    from melanoma.evaluation.verdict import resamples_for
+
+    study = profile_params("study", ROOT / "profiles")
+    rec = {"kind": "cpu_bootstrap", "fn": "stats.auroc_difference", "images": 165, "malignant": 55}
+    ref = Reference([{**rec, "s_per_unit": 1e-9, "_file": "x.jsonl", "_line": 1}], ["x.jsonl"])
+    sizes = Sizes({"benign": 730, "malignant": 370}, 165, 165, 0)  # no external test: one held-out split
+    line = next(e for e in stage_estimates(study, ref, sizes) if e.stage == "report bootstrap")
+    m, n = split_classes(165, sizes)
+    archs, aug, seeds = 6, 4, 5
+    want = aug * archs * (resamples_for(archs * aug, 1000) + resamples_for(aug, 1000)) * 2 * seeds * m * n * 1e-9
+    assert m == 56 and abs(line.seconds - want) < 1e-9 and "24 comparisons x 9,600 resamples" in line.work
+
+
+def test_cpu_rates_bootstrap_records_hold_their_own_arithmetic():
+    """bench/cpu_rates.py's bootstrap part (run small): each record's rate is its seconds over its units."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import cpu_rates
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    params = profile_params("study", ROOT / "profiles")
+    params["classifiers"]["seeds"] = [0, 1]
+    params["classifiers"]["datasets"] = ["Original", "DCGAN"]
+    params["evaluate"]["bootstrap"] = 200
+    recs = cpu_rates.bootstrap(params)
+    assert [(r["fn"], r["split"]) for r in recs] == [
+        ("stats.auroc_difference", "test"),
+        ("stats.cell_intervals", "test"),
+        ("stats.auroc_difference", "external_test"),
+        ("stats.cell_intervals", "external_test"),
+    ]
+    for r in recs:
+        pairs = r["malignant"] * (r["images"] - r["malignant"])
+        units = r["resamples"] * r["seeds"] * pairs * (2 if r["fn"] == "stats.auroc_difference" else 1)
+        assert r["s_per_unit"] * units == pytest.approx(r["seconds"], rel=0.01, abs=2e-3)
+    assert recs[0]["resamples"] == 4800  # verdict.resamples_for(6 archs x 1 set x 2 splits, 200)
