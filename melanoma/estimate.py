@@ -195,13 +195,15 @@ def generator_training(p: dict[str, Any], ref: Reference) -> list[Estimate]:
         if fam not in families(p):
             continue
         steps, batch = g[fam]["steps"], g[fam]["batch_size"]
-        rate = num(rec, "train_img_s")
+        rate, scaled = num(rec, "train_img_s"), ""
+        if fam == "ddpm" and rate is not None:
+            rate, scaled = ddpm_rate(p, ref, rate)
         for label in LABELS:
             work = f"{steps:,} steps x {batch} img = {steps * batch:,} img"
             if rate is None:
                 out.append(Estimate(f"train_generator@{fam}-{label}", work, "-", f"no {fam} train record", None))
                 continue
-            note = _generator_note(fam, rec, batch)
+            note = "; ".join(x for x in (scaled, _generator_note(fam, rec, batch)) if x)
             out.append(
                 Estimate(
                     f"train_generator@{fam}-{label}",
@@ -213,6 +215,42 @@ def generator_training(p: dict[str, Any], ref: Reference) -> list[Estimate]:
                 )
             )
     return out
+
+
+def unet_flops(p: dict[str, Any], ref: Reference, config: str) -> dict[str, Any] | None:
+    """The unet_flops record (bench/unet_flops.py) of the params' UNet shape: `config` "study" with the params'
+    attention_resolutions, or "reference" (the UNet the ddpm_train record measured)."""
+    g = p["generators"]
+    d = g["ddpm"]
+    want = {
+        "size": g["image_size"],
+        "block_out_channels": d["block_out_channels"],
+        "layers_per_block": d["layers_per_block"],
+    }
+    if config == "study":
+        want["attention_resolutions"] = d["attention_resolutions"]
+    return find(ref, "unet_flops", config=config, **want)
+
+
+def ddpm_rate(p: dict[str, Any], ref: Reference, rate: float) -> tuple[float, str]:
+    """The reference DDPM train rate scaled to the params' UNet by the FLOPs of one forward pass (reference /
+    study), and the note saying so; unscaled, saying why, when no FLOP count matches the params' UNet."""
+    old, new = unet_flops(p, ref, "reference"), unet_flops(p, ref, "study")
+    a, b = num(old, "gflop_forward"), num(new, "gflop_forward")
+    if a is None or b is None:
+        return rate, (
+            "NOT scaled: the reference UNet attends only in its lowest block; no unet_flops record counts this "
+            f"UNet (attention at {p['generators']['ddpm']['attention_resolutions']} px): run bench/unet_flops.py"
+        )
+    unet = find(ref, "ddpm_unet")
+    return rate * a / b, (
+        f"scaled, not matched: the reference {rate:,.0f} img/s ran a {num(unet, 'params_m') or '?'} M UNet attending "
+        f"only at {old['attention_resolutions']} px ({old['params_m']} M, {a:g} GFLOP per forward, "
+        f"{cite(ref, old, 'unet_flops')}); the study's attends at {new['attention_resolutions']} px "
+        f"({new['params_m']} M, {b:g} GFLOP, {cite(ref, new, 'unet_flops')}): "
+        f"{rate:,.0f} x {a:g} / {b:g} = {rate * a / b:,.0f} img/s "
+        "(attention's memory traffic may cost more than its FLOPs)"
+    )
 
 
 def _generator_note(fam: str, rec: dict[str, Any], batch: int) -> str:
@@ -860,7 +898,11 @@ def disk_models(p: dict[str, Any], ref: Reference) -> list[DiskItem]:
 
 
 def ddpm_params(ref: Reference, p: dict[str, Any]) -> tuple[float, str]:
-    """The study UNet's parameter count from the reference's ddpm_unet record (fallback: the README's ~114 M)."""
+    """The params' UNet's parameter count: its unet_flops record (bench/unet_flops.py), else the reference's
+    ddpm_unet record (the UNet the H200 measured), else the README's ~114 M."""
+    rec = unet_flops(p, ref, "study")
+    if num(rec, "params_m"):
+        return num(rec, "params_m") * 1e6, cite(ref, rec, "unet_flops")
     rec = find(ref, "ddpm_unet")
     m = num(rec, "params_m")
     return (m * 1e6, cite(ref, rec, "ddpm_unet")) if m else (114e6, "README: ~114 M (no ddpm_unet record)")

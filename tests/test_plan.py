@@ -157,6 +157,50 @@ def test_the_report_bootstrap_is_the_verdicts_comparisons_at_the_measured_rate()
     assert m == 56 and abs(line.seconds - want) < 1e-9 and "24 comparisons x 9,600 resamples" in line.work
 
 
+def test_the_ddpm_rate_is_scaled_by_the_counted_flops_of_the_study_unet():
+    """The H200 rate was measured on a UNet attending only in its lowest block; the study's attends at 16 and 8 px.
+    The estimate scales the rate by the two forward passes' FLOPs (bench/unet_flops.py's records) and says so; a
+    UNet no record counts is left unscaled, saying that too."""
+    from melanoma.estimate import ASSUMED, find, load_reference, stage_estimates
+
+    ref = load_reference()
+    study = profile_params("study", ROOT / "profiles")
+    old, new = find(ref, "unet_flops", config="reference"), find(ref, "unet_flops", config="study")
+    assert old["params_m"] == pytest.approx(find(ref, "ddpm_unet")["params_m"], abs=0.05)  # the measured UNet
+    assert new["attention_resolutions"] == study["generators"]["ddpm"]["attention_resolutions"]
+    line = next(e for e in stage_estimates(study, ref, ASSUMED) if e.stage == "train_generator@ddpm-benign")
+    rate = 1098 * old["gflop_forward"] / new["gflop_forward"]
+    assert line.rate == f"{rate:,.0f} img/s" and line.seconds == pytest.approx(100_000 * 32 / rate)
+    assert line.note.startswith("scaled, not matched") and "31.703 GFLOP" in line.note
+    other = profile_params("study", ROOT / "profiles")
+    other["generators"]["ddpm"]["attention_resolutions"] = [32]
+    line = next(e for e in stage_estimates(other, ref, ASSUMED) if e.stage == "train_generator@ddpm-benign")
+    assert line.rate == "1,098 img/s" and line.note.startswith("NOT scaled")
+
+
+def test_the_shipped_flop_counts_are_what_bench_unet_flops_counts(tmp_path):
+    """The two FLOP figures the DDPM line rests on come from a command: rerun it, get the shipped records."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "flops.jsonl"
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench/unet_flops.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    fresh = [json.loads(x) for x in out.read_text().splitlines()]
+    shipped_file = next((ROOT / "melanoma/reference").glob("unet_flops_*.jsonl"))
+    shipped = [json.loads(x) for x in shipped_file.read_text().splitlines()]
+    key = ("config", "attention_resolutions", "params_m", "gflop_forward", "block_out_channels", "layers_per_block")
+    assert [{k: r[k] for k in key} for r in fresh] == [{k: r[k] for k in key} for r in shipped]
+    assert fresh[1]["gflop_forward"] > fresh[0]["gflop_forward"]  # attention at 16 px costs more than at 2 px
+
+
 def test_cpu_rates_bootstrap_records_hold_their_own_arithmetic():
     """bench/cpu_rates.py's bootstrap part (run small): each record's rate is its seconds over its units."""
     import sys
