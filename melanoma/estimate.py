@@ -1069,7 +1069,12 @@ class Disk:
     def peak(self) -> float:
         """Bytes of the outputs at the run's largest moment: as if every other stage's outputs were already
         written when the stage with the largest extra is at its largest (an upper bound)."""
-        return self.final + max((c.extra for c in self.peaks), default=0.0)
+        return self.peak_with(1)
+
+    def peak_with(self, jobs: int) -> float:
+        """The peak when `jobs` stages run at once (`dvc repro -j`): each may be at its largest moment together,
+        the worst case `jobs` cells of the largest model (an upper bound)."""
+        return self.final + jobs * max((c.extra for c in self.peaks), default=0.0)
 
     @property
     def environment(self) -> float:
@@ -1301,6 +1306,10 @@ def print_disk(p: dict[str, Any], ref: Reference, sizes: Sizes) -> Disk:
     print(
         f"target {TARGET_BYTES / GB:.0f} GB of outputs: final {d.final / GB:.2f} GB {fits(d.final)}, peak "
         f"{d.peak / GB:.2f} GB {fits(d.peak)} ({(TARGET_BYTES - d.peak) / GB:+.2f} GB left at the peak)"
+    )
+    print(
+        "that is one stage at a time (`dvc repro`); stages run side by side (`dvc repro -j N`) add their extras: "
+        + ", ".join(f"-j {j}: {d.peak_with(j) / GB:.2f} GB ({fits(d.peak_with(j))})" for j in (2, 4))
     )
     copies = next(i.bytes for i in d.items if i.folder.startswith("  (copies"))
     print(

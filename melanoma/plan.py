@@ -216,7 +216,9 @@ def estimate_line(params: dict[str, Any], splits: Path, real: dict[str, int] | N
         if t["gpu_seconds"] or t["stand_ins"]
         else "GPU time: no reference rate matches these models and sizes"
     )
-    untimed = ", ".join(t["not_covered"]) or "nothing"
+    untimed = (
+        ", ".join(t["not_covered"]) or "no stage"
+    ) + " (nor the Drive download, the report's figures, each cell's compile: bench/study_estimate.py lists them)"
     return "\n".join(
         [
             "estimate on one NVIDIA H200 (reference rates in melanoma/reference/: the GPU's measured on an H200 "

@@ -68,6 +68,7 @@ def test_the_study_disk_fits_at_its_peak_and_more_seeds_do_not(tmp_path, monkeyp
     w = n * FP32
     assert top.stage.startswith("train_classifier@Swin")
     assert abs(top.extra - (6 * 4 * w + 4 * w - (w + 4 * w / 2))) < 1  # 5 seeds
+    assert d.peak_with(4) - d.final == 4 * (d.peak - d.final) and d.peak_with(2) > TARGET_BYTES  # dvc repro -j
     swin = next(i for i in d.items if i.folder == "models/classifiers/Swin")
     assert abs(swin.bytes - 5 * (w + 4 * w / 2)) < 1  # 5 cells: one float32 seed, four bfloat16
     ten = profile_params("study")
