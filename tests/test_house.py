@@ -117,6 +117,8 @@ def test_the_wheel_installs_the_melanoma_command_with_its_version(tmp_path) -> N
     (wheel,) = (tmp_path / "dist").glob("melanoma_synth-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "melanoma/serving/thresholds.py" in names and "melanoma/classifiers/registry.py" in names
+    shipped = {f"melanoma/reference/{f.name}" for f in (ROOT / "melanoma/reference").glob("*.jsonl")}
+    assert shipped and shipped <= set(names)  # `melanoma plan` reads them from the installed package
     assert not [n for n in names if n.startswith(("tests/", "data/", "models/", "results/", "stages/"))]
     target = tmp_path / "site-packages"
     p = run(sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", target, wheel)

@@ -202,6 +202,35 @@ def test_the_shipped_flop_counts_are_what_bench_unet_flops_counts(tmp_path):
     assert fresh[1]["gflop_forward"] > fresh[0]["gflop_forward"]  # attention at 16 px costs more than at 2 px
 
 
+def test_the_sr_stages_get_a_labelled_stand_in_from_counted_flops(tmp_path):
+    """No reference measures the SR model: train_upscaler and upscale get the DCGAN step's achieved FLOP/s over
+    their own FLOPs per image, labelled a stand-in (in the total with stand-ins, not in the covered one), and the
+    shipped FLOP counts are what bench/step_flops.py counts."""
+    import json
+    import subprocess
+    import sys
+
+    from melanoma.estimate import ASSUMED, find, load_reference, stage_estimates
+
+    ref = load_reference()
+    study = profile_params("study", ROOT / "profiles")
+    lines = {e.stage: e for e in stage_estimates(study, ref, ASSUMED)}
+    dcgan, per_img = find(ref, "dcgan", size=64, mode="fp32"), find(ref, "step_flops", step="dcgan_train")
+    sr = find(ref, "step_flops", step="sr_train")
+    rate = dcgan["train_img_s"] * per_img["gflop_per_image"] / sr["gflop_per_image"]
+    up = lines["train_upscaler"]
+    assert up.stand_in and up.seconds == pytest.approx(20_000 * 32 / rate) and up.note.startswith("STAND-IN")
+    assert lines["upscale@ddpm"].stand_in and lines["upscale@ddpm"].seconds > 0
+    out = tmp_path / "step.jsonl"
+    p = subprocess.run([sys.executable, str(ROOT / "bench/step_flops.py"), "--out", str(out)], capture_output=True)
+    assert p.returncode == 0, p.stderr
+    fresh = [json.loads(x) for x in out.read_text().splitlines()]
+    shipped = [
+        json.loads(x) for x in next((ROOT / "melanoma/reference").glob("step_flops_*.jsonl")).read_text().splitlines()
+    ]
+    assert [r["gflop_per_image"] for r in fresh] == [r["gflop_per_image"] for r in shipped]
+
+
 def test_cpu_rates_bootstrap_records_hold_their_own_arithmetic():
     """bench/cpu_rates.py's bootstrap part (run small): each record's rate is its seconds over its units."""
     import sys
