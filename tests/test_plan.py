@@ -79,8 +79,9 @@ def test_the_study_disk_fits_at_its_peak_and_more_seeds_do_not(tmp_path, monkeyp
 
 
 def test_study_estimate_runs_from_an_empty_folder_and_prints_peak_and_final(tmp_path):
-    """The acceptance check of #31: from a folder with nothing in it, the estimate prints the peak and the final
-    disk, both within target, and its JSON carries them."""
+    """The acceptance check of #31: from a folder with nothing in it (the reference rates ship inside the package,
+    melanoma/reference/), the estimate prints its arithmetic, the peak and the final disk, both within target,
+    and its JSON carries them."""
     import json
     import subprocess
     import sys
@@ -93,6 +94,7 @@ def test_study_estimate_runs_from_an_empty_folder_and_prints_peak_and_final(tmp_
         cwd=tmp_path,
     )
     assert p.returncode == 0, p.stderr
+    assert "100,000 steps x 32 img" in p.stdout and "DDPM 6,570" in p.stdout  # 4.5x of the assumed 730 benign
     doc = json.loads((tmp_path / "e.json").read_text())
     assert doc["fits"] is True and doc["disk_final_bytes"] < doc["disk_peak_bytes"] <= doc["disk_target_bytes"]
     final = re.search(r"^final: (\d+\.\d\d) GB", p.stdout, re.M)
