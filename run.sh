@@ -47,7 +47,9 @@ case "$cmd" in
   # DVC leaves an output it made as a copy when its content is already cached and the file is not a link to it
   # (a stage rerun that writes the bytes it wrote before): relink after a whole run so that each file is stored
   # once (docs/dvc.md, "Disk")
-  repro) setup; dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
+  # melanoma.startup: one warm server imports torch, timm etc. once for all the stages (docs/benchmarks.md,
+  # "Start-up"); MELANOMA_WARM=0 starts every stage cold
+  repro) setup; python -m melanoma.startup dvc repro "$@"; if [ $# -eq 0 ]; then dvc checkout --relink -q; fi ;;
   study)
     setup
     profile=study dry=0 leftovers=()

@@ -15,6 +15,7 @@ import yaml
 from melanoma.device import require_device
 from melanoma.errors import INTERRUPTED, MelanomaError, os_error_line, printable
 from melanoma.params import RUN_SETTINGS, load_params
+from melanoma.startup import StartupMarks, run_elsewhere
 
 DVC_YAML = Path("dvc.yaml")
 
@@ -100,12 +101,16 @@ def stage_params(stage: str, **values: Any) -> Declared:
 def run_stage(name: str, main: Callable[[], str]) -> None:
     """Run a stage's `main` and print the summary line it returns.
 
-    First, params.yaml's `device: cuda` without a usable GPU stops the stage within seconds, before any work
-    (melanoma.device.require_device), whichever stage runs first. A MelanomaError prints
+    With a warm server running (`python -m melanoma.startup dvc repro`, as `./run.sh repro` runs it), this process
+    hands the whole script to it and ends as the server's fork of it ends (melanoma.startup); everything below
+    then happens in that fork. First, params.yaml's `device: cuda` without a usable GPU stops the stage within
+    seconds, before any work (melanoma.device.require_device), whichever stage runs first. A MelanomaError prints
     `<stage>: error: <what and how to fix>` on stderr and exits 1, without a traceback; any other exception is a
     bug and keeps its traceback, except an operating-system error (a full disk, a read-only folder: one line naming
     the path and the fix, exit 1) and Ctrl-C (one line, exit 130).
     """
+    run_elsewhere(name)  # a warm server runs this script in a fork of itself, or this process goes on
+    marks = StartupMarks(name)
     try:
         require_device(load_params()["device"])
         line = main()
@@ -124,4 +129,6 @@ def run_stage(name: str, main: Callable[[], str]) -> None:
             file=sys.stderr,
         )
         raise SystemExit(INTERRUPTED) from None
+    finally:
+        marks.close()
     print(printable(line, keep_newlines=True))

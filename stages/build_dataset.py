@@ -3,12 +3,13 @@ stats)."""
 
 import sys
 
-from melanoma.data.datasets import build_dataset
 from melanoma.paths import DATASETS_DIR, REAL_DIR, SYNTHETIC_DIR
 from melanoma.stage import run_stage, stage_params
 
 
 def main() -> str:
+    from melanoma.data.datasets import build_dataset
+
     name = sys.argv[1]
     s = build_dataset(name, stage_params("build_dataset", key=name), REAL_DIR, SYNTHETIC_DIR, DATASETS_DIR / name)
     parts = "; ".join(f"{split} " + ", ".join(f"{n} {k}" for k, n in c.items()) for split, c in s["counts"].items())

@@ -1,11 +1,12 @@
 """DVC stage `fetch`: params `data.*` -> data/raw/ (images, manifest.csv, rejected.csv)."""
 
-from melanoma.data.fetch import collect, write_raw
 from melanoma.paths import RAW_DIR
 from melanoma.stage import run_stage, stage_params
 
 
 def main() -> str:
+    from melanoma.data.fetch import collect, write_raw
+
     data = stage_params("fetch")["data"]
     summary = write_raw(
         collect(data),

@@ -1,12 +1,13 @@
 """DVC stage `split`: data/raw/manifest.csv -> data/splits/{train,val,test}.csv + split_report.json."""
 
-from melanoma.data.split import split, summary_line
 from melanoma.params import sizing_line, split_problem
 from melanoma.paths import RAW_DIR, SPLITS_DIR
 from melanoma.stage import run_stage, stage_params
 
 
 def main() -> str:
+    from melanoma.data.split import split, summary_line
+
     params = stage_params("split")
     p = params["split"]
     report = split(

@@ -2,13 +2,13 @@
 
 import sys
 
-from melanoma.generators.synthesize import synthesize
 from melanoma.paths import GENERATOR_RESULTS_DIR, GENERATORS_DIR, RAW_DIR, SPLITS_DIR, SYNTHETIC_DIR
 from melanoma.stage import run_stage, stage_params
 
 
 def main() -> str:
     from melanoma.engine import runtime
+    from melanoma.generators.synthesize import synthesize
 
     gen = sys.argv[1]
     params = stage_params("synthesize", item={"gen": gen})

@@ -1,13 +1,14 @@
 """DVC stage `train_upscaler`: real train images -> models/upscaler/ + results/upscaler/metrics.json (PSNR/SSIM
 on val)."""
 
-from melanoma.engine import runtime
-from melanoma.generators.upscale import train_upscaler
 from melanoma.paths import CHECKPOINTS_DIR, RAW_DIR, SPLITS_DIR, UPSCALER_DIR, UPSCALER_RESULTS_DIR
 from melanoma.stage import run_stage, stage_params
 
 
 def main() -> str:
+    from melanoma.engine import runtime
+    from melanoma.generators.upscale import train_upscaler
+
     params = stage_params("train_upscaler")
     m = train_upscaler(
         params,

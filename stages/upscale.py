@@ -2,13 +2,14 @@
 
 import sys
 
-from melanoma.engine import runtime
-from melanoma.generators.upscale import upscale
 from melanoma.paths import SYNTHETIC_DIR, UPSCALER_DIR, UPSCALER_RESULTS_DIR
 from melanoma.stage import run_stage, stage_params
 
 
 def main() -> str:
+    from melanoma.engine import runtime
+    from melanoma.generators.upscale import upscale
+
     gen = sys.argv[1]
     out = SYNTHETIC_DIR / f"{gen}_upscaled"
     params = stage_params("upscale", item={"gen": gen})
