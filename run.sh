@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's entry point on a fresh machine (needs Python 3.11 and git, nothing else):
-#   ./run.sh repro [dvc repro args]   create .venv, install the pinned requirements, run the pipeline (and, with no
-#                                     args, relink its outputs to the DVC cache: each file stored once)
+#   ./run.sh repro [dvc repro args]   create .venv, install the pinned requirements, run the pipeline with its
+#                                     stages warm-started (and, with no args, relink its outputs to the DVC cache:
+#                                     each file stored once)
 #   ./run.sh test  [pytest args]      same setup, then the test suite
 #   ./run.sh study [--rehearse] [--dry] [--keep|--drop] [dvc repro args]
 #                                     same setup, switch params.yaml to the full-scale study (needs a GPU), print

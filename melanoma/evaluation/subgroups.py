@@ -1,0 +1,205 @@
+"""Who does augmentation help? Metrics and the augmented-minus-Original AUROC difference within subgroups of the
+test images (sex, age band, body site, Fitzpatrick skin type), and each cell's worst group.
+
+A subgroup is one value of one attribute ("site" = "head/neck"). "unknown" is a value of its own, never guessed
+and never pooled into another group. A group gets estimates only when it holds at least `min_per_class` images of
+**each** class (AUROC needs both, and a handful of malignant images gives an interval too wide to read); smaller
+groups are listed with their counts and no estimate. The worst group of an attribute is its estimated group,
+"unknown" aside, with the lowest seed-mean AUROC.
+
+Uncertainty is the grid's own (melanoma.evaluation.stats): the seed x image bootstrap, here with the image draw
+stratified by group and class, so that every draw keeps each group's class counts. The difference within a group
+pairs seed k of the augmented cell with seed k of Original on the same image draw, pooled over architectures as
+the main verdict pools them. The worst-group difference is the change in the worst group's AUROC, the minimum
+taken in every draw (the worst group may change between datasets and draws), which is the worst-group measure of
+distributionally robust evaluation (Sagawa et al. 2020, "Distributionally Robust Neural Networks", ICLR). The
+subgroup tests form a family of their own for Holm's correction (`correct`), apart from the main verdict's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from melanoma.evaluation.metrics import auroc
+from melanoma.evaluation.stats import Draws, cell_intervals, draw, interval, per_seed_draws, seed_mean, two_sided_p
+
+UNKNOWN = "unknown"
+ALPHA = 0.05
+
+
+def groups(labels: np.ndarray, values: np.ndarray, min_per_class: int) -> list[dict[str, Any]]:
+    """One attribute's subgroups: [{value, mask (bool (n,)), n, n_malignant, n_benign, estimated}] in value order,
+    "unknown" last. labels: int (n,), 1 = malignant; values: str (n,) the attribute per image."""
+    y = np.asarray(labels).astype(bool)
+    values = np.asarray(values, dtype=str)
+    out = []
+    for v in sorted(set(values), key=lambda v: (v == UNKNOWN, v)):
+        mask = values == v
+        pos, neg = int(y[mask].sum()), int((~y[mask]).sum())
+        out.append(
+            {
+                "value": v,
+                "mask": mask,
+                "n": pos + neg,
+                "n_malignant": pos,
+                "n_benign": neg,
+                "estimated": min(pos, neg) >= min_per_class,
+            }
+        )
+    return out
+
+
+def _worst(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    known = [r for r in rows if r["estimated"] and r["value"] != UNKNOWN]
+    return min(known, key=lambda r: r["auroc"]["mean"]) if known else None
+
+
+def subgroup_metrics(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    attributes: dict[str, np.ndarray],
+    min_per_class: int,
+    n_boot: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """One cell's metrics per subgroup: AUROC, and sensitivity and specificity at each seed's own threshold (chosen
+    on val), each as the mean over seeds with a 95 % seed x image bootstrap CI (`ci95`).
+
+    labels: int (n,); probs: float (S, n) P(malignant) of S seeds; thresholds: (S,); attributes: {name: str (n,)}.
+    Returns one row per (attribute, value): attribute, value, n, n_malignant, n_benign, estimated, and for
+    estimated groups auroc/sensitivity/specificity {mean, ci95}; `worst` is True on each attribute's worst group.
+    """
+    y = np.asarray(labels).astype(int)
+    p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    t = np.asarray(thresholds, dtype=np.float64)
+    out = []
+    for name, values in attributes.items():
+        rows = []
+        for g in groups(y, values, min_per_class):
+            mask = g.pop("mask")
+            row = {"attribute": name, **g, "worst": False}
+            if g["estimated"]:
+                yg, pg = y[mask], p[:, mask]
+                ci = cell_intervals(yg, pg, t, n_boot, seed)
+                pos, neg = yg == 1, yg == 0
+                means = {
+                    "auroc": np.mean([auroc(yg, s) for s in pg]),
+                    "sensitivity": np.mean([(s[pos] >= k).mean() for s, k in zip(pg, t)]),
+                    "specificity": np.mean([(s[neg] < k).mean() for s, k in zip(pg, t)]),
+                }
+                row.update({m: {"mean": float(v), "ci95": ci[m]} for m, v in means.items()})
+            rows.append(row)
+        worst = _worst(rows)
+        if worst is not None:
+            worst["worst"] = True
+        out += rows
+    return out
+
+
+def _group_auroc_draws(
+    y: np.ndarray, mask: np.ndarray, images: Draws, seeds: np.ndarray, probs: np.ndarray
+) -> np.ndarray:
+    """(B,) seed-mean AUROC of one model on one group's image draw and the given seed draw."""
+    d = Draws(seeds, images.pos, images.neg)
+    return seed_mean(d, per_seed_draws(d, y[mask], probs[:, mask])["auroc"])
+
+
+def subgroup_differences(
+    labels: np.ndarray,
+    attributes: dict[str, np.ndarray],
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    min_per_class: int,
+    n_boot: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The augmented-minus-Original AUROC difference in every estimated subgroup and in each attribute's worst
+    group, averaged over the (augmented, Original) pairs given (one per architecture, seed k paired with seed k).
+
+    labels: int (n,); attributes: {name: str (n,)}; pairs: [(probs_aug (S, n), probs_orig (S, n))]. Rows:
+    attribute, value ("worst group" for the worst-group row, with `worst_original` and `worst_augmented` naming the
+    group that is worst by the point estimate), n, n_malignant, n_benign, difference, ci_low, ci_high (95 %),
+    p_value (two-sided, unadjusted: `correct` adjusts a family). Groups without enough images get no row."""
+    y = np.asarray(labels).astype(int)
+    rng = np.random.default_rng(seed)
+    seed_draws = [draw(y, len(np.atleast_2d(a)), n_boot, rng).seeds for a, _ in pairs]  # per architecture
+    out = []
+    for name, values in attributes.items():
+        est = [g for g in groups(y, values, min_per_class) if g["estimated"]]
+        if not est:
+            continue
+        images = {g["value"]: draw(y[g["mask"]], 1, n_boot, rng) for g in est}  # stratified by group and class
+        curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # value -> per pair (aug, orig) (B,) draws
+        points: dict[str, list[tuple[float, float]]] = {}
+        for g in est:
+            m, d = g["mask"], images[g["value"]]
+            curves[g["value"]] = [
+                (_group_auroc_draws(y, m, d, s, np.atleast_2d(a)), _group_auroc_draws(y, m, d, s, np.atleast_2d(b)))
+                for (a, b), s in zip(pairs, seed_draws)
+            ]
+            points[g["value"]] = [
+                (
+                    float(np.mean([auroc(y[m], row) for row in np.atleast_2d(a)[:, m]])),
+                    float(np.mean([auroc(y[m], row) for row in np.atleast_2d(b)[:, m]])),
+                )
+                for a, b in pairs
+            ]
+            diffs = np.mean([a - b for a, b in curves[g["value"]]], axis=0)
+            counts = {k: g[k] for k in ("n", "n_malignant", "n_benign")}
+            out.append(
+                {
+                    "attribute": name,
+                    "value": g["value"],
+                    **counts,
+                    **_summary(float(np.mean([a - b for a, b in points[g["value"]]])), diffs),
+                }
+            )
+        known = [g["value"] for g in est if g["value"] != UNKNOWN]
+        if known:
+            out.append(_worst_row(name, known, curves, points, len(pairs)))
+    return out
+
+
+def _summary(point: float, diffs: np.ndarray) -> dict[str, float]:
+    lo, hi = interval(diffs)
+    return {"difference": point, "ci_low": lo, "ci_high": hi, "p_value": two_sided_p(diffs)}
+
+
+def _worst_row(
+    name: str,
+    known: list[str],
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    points: dict[str, list[tuple[float, float]]],
+    n_pairs: int,
+) -> dict[str, Any]:
+    """The change in the worst group's AUROC: per architecture min over groups (augmented) minus min over groups
+    (Original), in every draw and for the point estimate, averaged over architectures."""
+    diffs = np.mean(
+        [
+            np.min([curves[v][i][0] for v in known], axis=0) - np.min([curves[v][i][1] for v in known], axis=0)
+            for i in range(n_pairs)
+        ],
+        axis=0,
+    )
+    mean_aug = {v: np.mean([a for a, _ in points[v]]) for v in known}
+    mean_orig = {v: np.mean([b for _, b in points[v]]) for v in known}
+    point = np.mean([min(points[v][i][0] for v in known) - min(points[v][i][1] for v in known) for i in range(n_pairs)])
+    return {
+        "attribute": name,
+        "value": "worst group",
+        "worst_original": min(mean_orig, key=mean_orig.get),
+        "worst_augmented": min(mean_aug, key=mean_aug.get),
+        **_summary(float(point), diffs),
+    }
+
+
+def correct(family: list[dict[str, Any]], alpha: float = ALPHA) -> None:
+    """Holm-adjust a family of subgroup rows in place: `p_holm`, and `verdict` 1 (helps), -1 (hurts) or 0 (no
+    evidence) at family-wise level `alpha`."""
+    from melanoma.evaluation.stats import holm
+
+    for row, p in zip(family, holm([r["p_value"] for r in family], alpha)):
+        row["p_holm"] = p
+        row["verdict"] = int(np.sign(row["difference"])) if p < alpha else 0
