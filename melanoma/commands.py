@@ -245,7 +245,8 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="CSV|FOLDER",
         help="a CSV with columns image (path, relative to the CSV's folder) and label (benign|malignant), "
-        "or a folder with benign/ and malignant/ subfolders",
+        "optionally sex, age_approx, anatom_site_general/localization, fitzpatrick_skin_type (figures per "
+        "subgroup), or a folder with benign/ and malignant/ subfolders",
     )
     p.add_argument(
         "--rule",

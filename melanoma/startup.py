@@ -251,14 +251,17 @@ def serve(path: Path) -> None:
     it stops listening, waits for the stages still running and returns. Raises WarmRefused when a hazard makes
     forking unsafe."""
     t0 = time.perf_counter()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:  # first: a bad path fails in milliseconds, not after the imports
+        listener.bind(str(path))
+    except OSError as e:  # a missing folder, or a path over AF_UNIX's ~107 bytes (a long TMPDIR)
+        raise WarmRefused(f"cannot listen on {path}: {e.strerror or e}") from None
     env = dict(os.environ)
     count, missing = preload()
     hazard = fork_hazard()
     if hazard:
         raise WarmRefused(hazard)
     base = Baseline(env, {k: v for k, v in os.environ.items() if env.get(k) != v}, _sources())
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind(str(path))
     listener.listen(64)
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -275,6 +278,7 @@ def serve(path: Path) -> None:
             _accept(listener, base, children)
         _reap(children)
     listener.close()
+    path.unlink(missing_ok=True)
 
 
 def _accept(listener: socket.socket, base: Baseline, children: dict[int, socket.socket]) -> None:

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from melanoma.commands import main as cli
 from melanoma.evaluation.stats import draw
+from melanoma.params import LABELS
 from melanoma.serving import calibrate as calibrate_module
 from melanoma.serving import predict as predict_module
 from melanoma.serving.calibrate import (
@@ -250,6 +251,52 @@ def test_a_csv_and_the_folder_are_the_same_labelled_set(package, site, capsys):
     capsys.readouterr()
     x, y = (json.loads(Path(f).read_text()) for f in ("csv.json", "dir.json"))
     assert x["threshold"] == y["threshold"] and x["metrics"] == y["metrics"] and x["labels"]["kind"] == "csv"
+
+
+def test_subgroup_columns_give_the_threshold_per_subgroup_and_small_groups_no_estimate(package, site, capsys):
+    """A labels CSV with the releases' metadata columns (ISIC's sex, HAM10000's localization, the archive's
+    fitzpatrick_skin_type): the calibrated threshold's sensitivity and specificity within each group equal a
+    direct count; a group under MIN_PER_CLASS images of a class is listed with no estimate."""
+    files = sorted((site / "benign").glob("img_*.jpg")) + sorted((site / "malignant").glob("*.jpg"))
+    y = [0] * N_BENIGN + [1] * N_MALIGNANT
+    sex = ["male" if i in (0, 1, N_BENIGN) else "female" for i in range(len(files))]  # male: 2 benign, 1 malignant
+    table = _csv(
+        site / "meta.csv",
+        [("image", "label", "sex", "localization", "fitzpatrick_skin_type")]
+        + [
+            (f.relative_to(site).as_posix(), LABELS[c], s, "back" if i % 2 else "scalp", "")
+            for i, (f, c, s) in enumerate(zip(files, y, sex))
+        ],
+    )
+    assert cli(["calibrate", str(package), "--labels", str(table), "--out", "sub.json", "--bootstrap", "300"]) == 0
+    out = capsys.readouterr().out
+    rec = json.loads(Path("sub.json").read_text())
+    rows = {(r["attribute"], r["value"]): r for r in rec["subgroups"]}
+    assert set(rows) == {
+        ("sex", "female"),
+        ("sex", "male"),
+        ("site", "head/neck"),
+        ("site", "torso"),
+        ("skin_type", "unknown"),
+    }
+    female, male = rows["sex", "female"], rows["sex", "male"]
+    assert (female["n_malignant"], female["n_benign"], female["estimated"]) == (N_MALIGNANT - 1, N_BENIGN - 2, True)
+    assert (male["n_malignant"], male["n_benign"], male["estimated"]) == (1, 2, False) and "sensitivity" not in male
+    p = np.array([r["p_malignant"] for r in scores(package, files, capsys)["predictions"]])
+    m = np.array(sex) == "female"
+    called = p >= rec["threshold"]
+    yy = np.array(y)
+    assert female["sensitivity"] == called[m & (yy == 1)].mean()
+    assert female["specificity"] == (~called)[m & (yy == 0)].mean()
+    assert female["auroc"] == pytest.approx(roc_auc_score(yy[m], p[m]))
+    assert rows["skin_type", "unknown"]["n"] == len(files)  # empty cells: unknown, never guessed
+    assert "by sex: female (11 malignant, 12 benign): sensitivity" in out
+    assert "male (1 malignant, 2 benign: too few to estimate)" in out
+    # the labelled set is the same one: the threshold does not depend on the extra columns
+    assert cli(["calibrate", str(package), "--labels", str(site), "--out", "plain.json", "--bootstrap", "300"]) == 0
+    capsys.readouterr()
+    plain = json.loads(Path("plain.json").read_text())
+    assert plain["threshold"] == rec["threshold"] and "subgroups" not in plain
 
 
 def test_a_threshold_file_for_another_package_is_refused(package, site, tmp_path, capsys):

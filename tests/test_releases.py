@@ -912,3 +912,23 @@ def test_entries_that_are_not_files_are_listed_not_lost(tmp_path, photos):
         "benign/pipe.jpg": "not a regular file (a FIFO, socket, device or broken symbolic link)",
         "malignant/gone.jpg": "not a regular file (a FIFO, socket, device or broken symbolic link)",
     }
+
+
+def test_the_archive_exports_subgroup_fields_reach_the_manifest(tmp_path, photos):
+    """The current ISIC Archive export's sex, age_approx, anatom_site_general and fitzpatrick_skin_type become
+    meta_sex, meta_age, meta_site and meta_skin_type (raw, as the release states them; empty where it does not)."""
+    root = tmp_path / "archive"
+    rows = [
+        ("ISIC_2000001", "Malignant", "male", "65", "upper extremity", "II"),
+        ("ISIC_2000002", "Benign", "female", "30", "anterior torso", ""),
+        ("ISIC_2000003", "Benign", "", "", "", "V"),
+    ]
+    for k, row in enumerate(rows):
+        put(photos[k], root / f"{row[0]}.jpg")
+    (root / "metadata.csv").write_text(
+        "isic_id,diagnosis_1,sex,age_approx,anatom_site_general,fitzpatrick_skin_type\n"
+        + "".join(",".join(r) + "\n" for r in rows)
+    )
+    r = fetched(root, tmp_path)
+    got = {i: tuple(r["rows"][i][f"meta_{k}"] for k in ("sex", "age", "site", "skin_type")) for i in r["rows"]}
+    assert got == {row[0]: row[2:] for row in rows}

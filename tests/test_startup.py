@@ -210,6 +210,11 @@ def test_the_command_runs_with_a_server_and_leaves_nothing_running(tmp_path):
         text=True,
     )
     assert off.returncode == 0 and off.stdout == "[]\n"
+    nowhere = tmp_path / "no" / "such" / "folder.sock"
+    bad = subprocess.run([*cmd, "--serve", str(nowhere)], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        f"warm server: not started: cannot listen on {tmp_path}/no/such/folder.sock: No such file or directory"
+    ]
     missing = subprocess.run([*cmd, "no-such-command-xyz"], capture_output=True, text=True)
     assert missing.returncode == 127 and "cannot run no-such-command-xyz" in missing.stderr
     # killed with everything it started (as a scheduler kills a job): the server sees its stdin close and stops

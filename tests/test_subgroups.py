@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from melanoma.evaluation.subgroups import UNKNOWN, correct, groups, subgroup_differences, subgroup_metrics
+from melanoma.evaluation.subgroups import (
+    UNKNOWN,
+    correct,
+    groups,
+    subgroup_differences,
+    subgroup_metrics,
+    subgroup_value,
+)
 
 
 def scores(y: np.ndarray, signal: np.ndarray, seeds: int, rng: np.random.Generator) -> np.ndarray:
@@ -99,3 +106,40 @@ def test_a_single_pair_difference_equals_the_direct_auroc_difference():
     aug, orig = pairs[0]
     direct = np.mean([roc_auc_score(y[m], a[m]) - roc_auc_score(y[m], b[m]) for a, b in zip(aug, orig)])
     assert row["value"] == "A" and row["difference"] == pytest.approx(direct, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "attribute, raw, expected",
+    [
+        ("sex", "female", "female"),
+        ("sex", " Male ", "male"),
+        ("sex", "", UNKNOWN),
+        ("sex", "unknown", UNKNOWN),
+        ("age", "35", "<40"),
+        ("age", "40.0", "40-59"),
+        ("age", "59", "40-59"),
+        ("age", "85", "60+"),
+        ("age", "", UNKNOWN),
+        ("age", "-5", UNKNOWN),
+        ("site", "anterior torso", "torso"),  # ISIC 2019/archive
+        ("site", "torso", "torso"),  # ISIC 2020 anatom_site_general_challenge
+        ("site", "back", "torso"),  # HAM10000 localization
+        ("site", "scalp", "head/neck"),
+        ("site", "acral", "palms/soles"),
+        ("site", "unknown", UNKNOWN),
+        ("site", "", UNKNOWN),
+        ("site", "Nail", "nail"),  # not on the scale: its own group, not merged by guess
+        ("skin_type", "III", "III"),
+        ("skin_type", "4", "IV"),
+        ("skin_type", "type vi", "VI"),
+        ("skin_type", "7", UNKNOWN),
+        ("skin_type", "", UNKNOWN),
+    ],
+)
+def test_raw_metadata_becomes_a_subgroup_value_and_unknown_is_never_guessed(attribute, raw, expected):
+    assert subgroup_value(attribute, raw, [40, 60]) == expected
+
+
+def test_an_unknown_attribute_is_refused():
+    with pytest.raises(KeyError, match="no subgroup attribute 'race'"):
+        subgroup_value("race", "x", [40, 60])

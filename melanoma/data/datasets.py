@@ -9,6 +9,7 @@ copy: one file on disk, which the DVC cache already holds and leaves linked. Eve
 goes through the same final resize, so resolution alone does not give a synthetic image away. Before writing,
 the stage asserts that no val/test image (exact or near duplicate) appears among the training images.
 """
+
 from __future__ import annotations
 
 import csv
@@ -68,15 +69,30 @@ def _decode_split(splits: Path, raw: Path, split: str, size: int) -> tuple[list[
             with Image.open(raw / r["path"]) as im:
                 pack[i] = resize(np.asarray(im.convert("RGB")), size)
         except (OSError, ValueError, SyntaxError) as e:  # fetch decoded it once: it changed since
-            raise DatasetError(f"{raw / r['path']} (listed in {splits / split}.csv) cannot be decoded ({e}); "
-                               "rerun `dvc repro fetch split`") from None
-    out = [{"id": r["id"], "split": split, "label": r["label"], "origin": "real", "upscaled": "no",
-            "path": (raw / r["path"]).as_posix(), "md5": md5_bytes(pack[i].tobytes())} for i, r in enumerate(rows)]
+            raise DatasetError(
+                f"{raw / r['path']} (listed in {splits / split}.csv) cannot be decoded ({e}); "
+                "rerun `dvc repro fetch split`"
+            ) from None
+    out = [
+        {
+            "id": r["id"],
+            "split": split,
+            "label": r["label"],
+            "origin": "real",
+            "upscaled": "no",
+            "path": (raw / r["path"]).as_posix(),
+            "md5": md5_bytes(pack[i].tobytes()),
+        }
+        for i, r in enumerate(rows)
+    ]
     return out, pack
 
 
-NEEDED = {"train": "the training set", "val": "split.val_fraction (the threshold and model selection)",
-          "test": "split.test_fraction (the evaluation)"}
+NEEDED = {
+    "train": "the training set",
+    "val": "split.val_fraction (the threshold and model selection)",
+    "test": "split.test_fraction (the evaluation)",
+}
 
 
 def decode_real(splits: Path, raw: Path, size: int, out: Path) -> dict[str, int]:
@@ -89,8 +105,10 @@ def decode_real(splits: Path, raw: Path, size: int, out: Path) -> dict[str, int]
         if not (splits / f"{split}.csv").is_file():
             raise DatasetError(f"{splits / split}.csv not found; run `dvc repro split` first")
         if not read_csv(splits / f"{split}.csv"):
-            raise DatasetError(f"{splits / split}.csv lists no images: the pipeline needs {why}; raise the "
-                               "fraction or add images, then rerun `dvc repro split`")
+            raise DatasetError(
+                f"{splits / split}.csv lists no images: the pipeline needs {why}; raise the "
+                "fraction or add images, then rerun `dvc repro split`"
+            )
     counts = {}
     with atomic_dir(out) as tmp:
         rows = []
@@ -114,8 +132,10 @@ def _real(real: Path, size: int) -> tuple[dict[str, list[dict[str, Any]]], dict[
     packs = {s: load_pack(real / f"{s}.npy") for s in rows}
     for s, pack in packs.items():
         if pack.shape[1:] != (size, size, 3) or len(pack) != len(rows[s]):
-            raise DatasetError(f"{real}/{s}.npy holds {pack.shape} but datasets.image_size is {size} and the "
-                               f"manifest lists {len(rows[s])}; rerun `dvc repro decode`")
+            raise DatasetError(
+                f"{real}/{s}.npy holds {pack.shape} but datasets.image_size is {size} and the "
+                f"manifest lists {len(rows[s])}; rerun `dvc repro decode`"
+            )
     return rows, packs
 
 
@@ -128,18 +148,34 @@ def _synthetic(folder: Path, label: str, n: int, size: int, upscaled: bool) -> t
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise DatasetError(f"{shard} is not a uint8 (N, H, W, 3) image shard (got {images.dtype} {images.shape})")
     if n > len(images):
-        raise DatasetError(f"{n} synthetic {label} images needed (datasets.per_class) but {shard} has "
-                           f"{len(images)}; rerun `dvc repro synthesize` (it samples what datasets.per_class needs)")
+        raise DatasetError(
+            f"{n} synthetic {label} images needed (datasets.per_class) but {shard} has "
+            f"{len(images)}; rerun `dvc repro synthesize` (it samples what datasets.per_class needs)"
+        )
     pack = np.stack([resize(im, size) for im in images[:n]]) if n else np.empty((0, size, size, 3), np.uint8)
     origin = folder.name.removesuffix("_upscaled")
-    out = [{"id": f"{folder.name}_{label}_{i:06d}", "split": "train", "label": label, "origin": origin,
-            "upscaled": "yes" if upscaled else "no", "path": f"{shard.as_posix()}#{i}",
-            "md5": md5_bytes(pack[i].tobytes())} for i in range(n)]
+    out = [
+        {
+            "id": f"{folder.name}_{label}_{i:06d}",
+            "split": "train",
+            "label": label,
+            "origin": origin,
+            "upscaled": "yes" if upscaled else "no",
+            "path": f"{shard.as_posix()}#{i}",
+            "md5": md5_bytes(pack[i].tobytes()),
+        }
+        for i in range(n)
+    ]
     return out, pack
 
 
-def check_leakage(train: np.ndarray, train_rows: list[dict[str, Any]], held_out: np.ndarray,
-                  held_rows: list[dict[str, Any]], min_corr: float) -> None:
+def check_leakage(
+    train: np.ndarray,
+    train_rows: list[dict[str, Any]],
+    held_out: np.ndarray,
+    held_rows: list[dict[str, Any]],
+    min_corr: float,
+) -> None:
     """Stop if any val/test image is byte-identical or a near duplicate of a training image."""
     train_md5 = {r["md5"]: r["id"] for r in train_rows}
     for r in held_rows:
@@ -152,8 +188,10 @@ def check_leakage(train: np.ndarray, train_rows: list[dict[str, Any]], held_out:
     n = len(train)
     for i, j in near_duplicate_pairs(gray, min_corr):
         if i < n <= j:
-            raise LeakageError(f"{held_rows[j - n]['split']} image {held_rows[j - n]['id']} is a near duplicate of "
-                               f"training image {train_rows[i]['id']} (thumbnail correlation >= {min_corr})")
+            raise LeakageError(
+                f"{held_rows[j - n]['split']} image {held_rows[j - n]['id']} is a near duplicate of "
+                f"training image {train_rows[i]['id']} (thumbnail correlation >= {min_corr})"
+            )
 
 
 def build_dataset(name: str, params: dict[str, Any], real: Path, synthetic: Path, out: Path) -> dict:
@@ -177,15 +215,32 @@ def build_dataset(name: str, params: dict[str, Any], real: Path, synthetic: Path
             rows["train"] += r
             packs["train"] = np.concatenate([packs["train"], p])
     held = [s for s in EVAL_SPLITS if s in rows]
-    check_leakage(packs["train"], rows["train"], np.concatenate([packs[s] for s in held]),
-                  [r for s in held for r in rows[s]], params["split"]["near_duplicate_corr"])
+    check_leakage(
+        packs["train"],
+        rows["train"],
+        np.concatenate([packs[s] for s in held]),
+        [r for s in held for r in rows[s]],
+        params["split"]["near_duplicate_corr"],
+    )
     stats = {
-        "dataset": name, "image_size": size,
-        "counts": {s: {f"{label}/{origin}": n for (label, origin), n in
-                       sorted(Counter((r["label"], r["origin"]) for r in rs).items())} for s, rs in rows.items()},
+        "dataset": name,
+        "image_size": size,
+        "counts": {
+            s: {
+                f"{label}/{origin}": n
+                for (label, origin), n in sorted(Counter((r["label"], r["origin"]) for r in rs).items())
+            }
+            for s, rs in rows.items()
+        },
         "per_class": {s: {c: sum(r["label"] == c for r in rs) for c in LABELS} for s, rs in rows.items()},
-        "synthetic_share": {c: round(sum(r["origin"] != "real" for r in rows["train"] if r["label"] == c)
-                                     / max(1, sum(r["label"] == c for r in rows["train"])), 4) for c in LABELS}
+        "synthetic_share": {
+            c: round(
+                sum(r["origin"] != "real" for r in rows["train"] if r["label"] == c)
+                / max(1, sum(r["label"] == c for r in rows["train"])),
+                4,
+            )
+            for c in LABELS
+        }
         | {"all": round(sum(r["origin"] != "real" for r in rows["train"]) / max(1, len(rows["train"])), 4)},
     }
     with atomic_dir(out) as tmp:
@@ -207,11 +262,19 @@ def manifest(path: Path) -> list[dict[str, str]]:
         rows = read_csv(path)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"cannot read {path} ({type(e).__name__}); rerun `dvc repro decode build_dataset`") from None
-    bad = [r for r in rows if None in r or not {"split", "label"} <= set(r) or r["split"] not in ("train",) + EVAL_SPLITS
-           or r["label"] not in LABELS]
+    bad = [
+        r
+        for r in rows
+        if None in r
+        or not {"split", "label"} <= set(r)
+        or r["split"] not in ("train",) + EVAL_SPLITS
+        or r["label"] not in LABELS
+    ]
     if bad:
-        raise DatasetError(f"{path} is not a pack manifest (a row with split {bad[0].get('split')!r}, label "
-                           f"{bad[0].get('label')!r}); rerun `dvc repro decode build_dataset`")
+        raise DatasetError(
+            f"{path} is not a pack manifest (a row with split {bad[0].get('split')!r}, label "
+            f"{bad[0].get('label')!r}); rerun `dvc repro decode build_dataset`"
+        )
     return rows
 
 
@@ -221,19 +284,24 @@ def load_pack(path: Path) -> np.ndarray:
     try:
         pack = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise DatasetError(f"cannot read {path} ({first_line(e, empty=type(e).__name__)}); rerun the "
-                           "stage that writes it (`dvc repro decode build_dataset`)") from None
+        raise DatasetError(
+            f"cannot read {path} ({first_line(e, empty=type(e).__name__)}); rerun the "
+            "stage that writes it (`dvc repro decode build_dataset`)"
+        ) from None
     if pack.ndim != 4 or pack.shape[-1] != 3 or pack.dtype != np.uint8:
-        raise DatasetError(f"{path} is not a uint8 (N, S, S, 3) image pack (got {pack.dtype} {pack.shape}); rerun "
-                           "`dvc repro decode build_dataset`")
+        raise DatasetError(
+            f"{path} is not a uint8 (N, S, S, 3) image pack (got {pack.dtype} {pack.shape}); rerun "
+            "`dvc repro decode build_dataset`"
+        )
     return pack
 
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A dataset split as (uint8 images (N, S, S, 3), int64 labels with 1 = malignant), straight from the pack."""
     images = load_pack(folder / f"{split}.npy")
-    labels = np.array([r["label"] == "malignant" for r in manifest(folder / "manifest.csv") if r["split"] == split],
-                      dtype=np.int64)
+    labels = np.array(
+        [r["label"] == "malignant" for r in manifest(folder / "manifest.csv") if r["split"] == split], dtype=np.int64
+    )
     if len(labels) != len(images):
         raise DatasetError(f"{folder}: {split}.npy has {len(images)} images but manifest.csv lists {len(labels)}")
     return images, labels

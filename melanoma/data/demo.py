@@ -10,6 +10,7 @@ Each image is rendered from its own RNG seeded by (seed, class, index), so addin
 earlier ones, and a lesion can be photographed twice (same lesion parameters, another view): those share a
 `lesion_id`, which the split stage must keep together.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,15 @@ def _waves(rng: np.random.Generator, n: int, fmin: float, fmax: float) -> np.nda
     """Random plane waves: rows of (kx, ky, phase, amplitude); summing them gives smooth isotropic noise."""
     angle = rng.uniform(0, 2 * np.pi, n)
     freq = rng.uniform(fmin, fmax, n)
-    return np.stack([freq * np.cos(angle), freq * np.sin(angle), rng.uniform(0, 2 * np.pi, n),
-                     rng.uniform(0.5, 1.0, n) / np.sqrt(n)], axis=1)
+    return np.stack(
+        [
+            freq * np.cos(angle),
+            freq * np.sin(angle),
+            rng.uniform(0, 2 * np.pi, n),
+            rng.uniform(0.5, 1.0, n) / np.sqrt(n),
+        ],
+        axis=1,
+    )
 
 
 def _noise(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -119,8 +127,9 @@ def _skin(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarra
     return img * (1 + 0.03 * _noise(_waves(rng, 6, 4, 10), xx, yy))[..., None]
 
 
-def _lesion(lesion: dict, img: np.ndarray, lx: np.ndarray, ly: np.ndarray, r: np.ndarray,
-            phi: np.ndarray) -> np.ndarray:
+def _lesion(
+    lesion: dict, img: np.ndarray, lx: np.ndarray, ly: np.ndarray, r: np.ndarray, phi: np.ndarray
+) -> np.ndarray:
     """Paint the lesion: a mask whose radius carries harmonics (asymmetry) and notches (irregular border), a
     brown base darker at the centre, extra colours in noise-defined patches, an optional pigment network."""
     amp, ph = lesion["harm_amp"], lesion["harm_phase"]
@@ -196,8 +205,9 @@ def _add_hair(img: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarra
     return img * (1 - h) + hair_rgb * h
 
 
-def plan(seed: int, n_benign: int, n_malignant: int, image_size: int,
-         label_noise: float = 0.0, repeat_fraction: float = 0.0) -> list[DemoSpec]:
+def plan(
+    seed: int, n_benign: int, n_malignant: int, image_size: int, label_noise: float = 0.0, repeat_fraction: float = 0.0
+) -> list[DemoSpec]:
     """Specs of exactly n_benign benign- and n_malignant malignant-labelled images, deterministic per seed.
 
     Label noise swaps the labels of round(label_noise * min(n_benign, n_malignant)) images of each class, so
@@ -209,17 +219,25 @@ def plan(seed: int, n_benign: int, n_malignant: int, image_size: int,
     swapped = {c: set(swap_rng.permutation(n)[:n_swap].tolist()) for c, n in counts.items()}
     other = {"benign": "malignant", "malignant": "benign"}
     return [
-        DemoSpec(seed, cls, i, _first_view(seed, _CLASS_CODE[cls], i, repeat_fraction),
-                 other[cls] if i in swapped[cls] else cls, image_size)
-        for cls, n in counts.items() for i in range(n)
+        DemoSpec(
+            seed,
+            cls,
+            i,
+            _first_view(seed, _CLASS_CODE[cls], i, repeat_fraction),
+            other[cls] if i in swapped[cls] else cls,
+            image_size,
+        )
+        for cls, n in counts.items()
+        for i in range(n)
     ]
 
 
 def render(spec: DemoSpec) -> tuple[np.ndarray, float]:
     """The image (HxWx3 uint8) and its lesion's latent severity."""
     code = _CLASS_CODE[spec.drawn_as]
-    lesion = _sample_lesion(np.random.default_rng([spec.seed, code, spec.lesion_index, 1]),
-                            spec.drawn_as == "malignant")
+    lesion = _sample_lesion(
+        np.random.default_rng([spec.seed, code, spec.lesion_index, 1]), spec.drawn_as == "malignant"
+    )
     pixels = _render(lesion, np.random.default_rng([spec.seed, code, spec.index, 2]), spec.size)
     return pixels, lesion["severity"]
 

@@ -14,6 +14,7 @@ licences, macOS metadata). Neither excluded nor skipped files count against that
 dataset_card.json says what was read: the format, the label mapping per diagnosis, rejects, exclusions and skips
 by reason, and the metadata columns available.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,42 +27,84 @@ import time
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from melanoma.data import demo
+from melanoma.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_BYTES,
+    MAX_PIXELS,
+    Decoded,
+    ImageRejected,
+    decode_image,
+    encode_png,
+    md5_bytes,
+)
+from melanoma.data.releases import (
+    PARENTS,
+    UNPACKED,
+    Candidate,
+    FetchError,
+    Offer,
+    files_under,
+    map_label,
+    read_csv_source,
+    read_folder,
+)
 from melanoma.errors import first_line
-from melanoma.data.images import (IMAGE_SUFFIXES, MAX_BYTES, MAX_PIXELS, Decoded, ImageRejected, decode_image,
-                                  encode_png, md5_bytes)
-from melanoma.data.releases import (PARENTS, UNPACKED, Candidate, FetchError, Offer, files_under, map_label,
-                                    read_csv_source, read_folder)
 from melanoma.io import atomic_dir, write_csv
-from melanoma.text import top_reasons
 from melanoma.params import LABELS
 from melanoma.paths import CARD, THUMBNAILS
+from melanoma.text import top_reasons
 
-MANIFEST_COLUMNS = ["id", "path", "label", "diagnosis", "md5", "orig_width", "orig_height", "width", "height",
-                    "source", "subset", "lesion_id", "patient_id", "origin"]
+MANIFEST_COLUMNS = [
+    "id",
+    "path",
+    "label",
+    "diagnosis",
+    "md5",
+    "orig_width",
+    "orig_height",
+    "width",
+    "height",
+    "source",
+    "subset",
+    "lesion_id",
+    "patient_id",
+    "origin",
+]
 SUBSETS = ("main", "external_test")
 
 
 # ---------------------------------------------------------------- sources
 
+
 def from_demo(cfg: dict[str, Any]) -> Offer:
-    specs = demo.plan(cfg["seed"], cfg["n_benign"], cfg["n_malignant"], cfg["image_size"],
-                      cfg["label_noise"], cfg["repeat_fraction"])
+    specs = demo.plan(
+        cfg["seed"], cfg["n_benign"], cfg["n_malignant"], cfg["image_size"], cfg["label_noise"], cfg["repeat_fraction"]
+    )
     offer = Offer(format="demo")
     for k, s in enumerate(specs):
         offer.diagnoses[("simulated", s.label)] += 1
-        offer.candidates.append(Candidate(
-            id=f"demo_{k:06d}", label=s.label, source="demo", origin=f"demo:{s.seed}:{s.drawn_as}:{s.index}",
-            spec=s, lesion_id=s.lesion_id, diagnosis="simulated",
-            metadata={"drawn_as": s.drawn_as, "label_swapped": str(s.label != s.drawn_as).lower()}))
+        offer.candidates.append(
+            Candidate(
+                id=f"demo_{k:06d}",
+                label=s.label,
+                source="demo",
+                origin=f"demo:{s.seed}:{s.drawn_as}:{s.index}",
+                spec=s,
+                lesion_id=s.lesion_id,
+                diagnosis="simulated",
+                metadata={"drawn_as": s.drawn_as, "label_swapped": str(s.label != s.drawn_as).lower()},
+            )
+        )
     return offer
 
 
@@ -94,18 +137,27 @@ class Budget:
         self.empty += sum(1 for n in sizes if n == 0)
         nested = " (counting archives inside archives)"
         if self.declared > MAX_EXPANSION * max(self.packed, 1) and self.declared > EXPANSION_FLOOR:
-            raise FetchError(f"{archive}: unpacking would write {self.declared / 1e9:.1f} GB from {self.packed / 1e6:.1f}"
-                             f" MB downloaded{nested}, over {MAX_EXPANSION}x: a zip bomb? Unpack it yourself if you "
-                             "trust it, and use data.source=local")
+            raise FetchError(
+                f"{archive}: unpacking would write {self.declared / 1e9:.1f} GB from {self.packed / 1e6:.1f}"
+                f" MB downloaded{nested}, over {MAX_EXPANSION}x: a zip bomb? Unpack it yourself if you "
+                "trust it, and use data.source=local"
+            )
         if self.declared > self.free:
-            raise FetchError(f"{archive}: unpacking needs {self.declared / 1e9:.1f} GB{nested}, "
-                             f"{self.free / 1e9:.1f} GB are free; free disk space or set data.gdrive.download_dir on a "
-                             "larger disk")
+            raise FetchError(
+                f"{archive}: unpacking needs {self.declared / 1e9:.1f} GB{nested}, "
+                f"{self.free / 1e9:.1f} GB are free; free disk space or set data.gdrive.download_dir on a "
+                "larger disk"
+            )
         if self.entries > MAX_ENTRIES or self.empty > MAX_EMPTY:
-            what = f"{self.entries:,} entries (limit {MAX_ENTRIES:,})" if self.entries > MAX_ENTRIES else \
-                f"{self.empty:,} empty files (limit {MAX_EMPTY:,})"
-            raise FetchError(f"{archive}: the archives hold {what}{nested}: not an archive of images; unpack it "
-                             "yourself if you trust it, and use data.source=local")
+            what = (
+                f"{self.entries:,} entries (limit {MAX_ENTRIES:,})"
+                if self.entries > MAX_ENTRIES
+                else f"{self.empty:,} empty files (limit {MAX_EMPTY:,})"
+            )
+            raise FetchError(
+                f"{archive}: the archives hold {what}{nested}: not an archive of images; unpack it "
+                "yourself if you trust it, and use data.source=local"
+            )
 
 
 def _free(path: Path) -> int:
@@ -124,8 +176,13 @@ def safe_extract(archive: Path, dest: Path, budget: Budget | None = None) -> Non
         if os.path.isabs(name) or not target.is_relative_to(dest):
             raise FetchError(f"{archive}: refusing entry '{name}': it would write outside {dest}")
 
-    kind = "zip" if archive.name.lower().endswith(".zip") else "tar" if archive.name.lower().endswith(
-        (".tar", ".tar.gz", ".tgz")) else None  # by its name: a tar whose last member is a zip is also a valid zip
+    kind = (
+        "zip"
+        if archive.name.lower().endswith(".zip")
+        else "tar"
+        if archive.name.lower().endswith((".tar", ".tar.gz", ".tgz"))
+        else None
+    )  # by its name: a tar whose last member is a zip is also a valid zip
     if kind == "zip" and zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
@@ -143,13 +200,17 @@ def safe_extract(archive: Path, dest: Path, budget: Budget | None = None) -> Non
             budget.take(archive, [m.size if m.isfile() else -1 for m in t.getmembers()])
             t.extractall(dest, filter="data")
     else:
-        raise FetchError(f"{archive}: not a readable {kind or 'zip or tar'} archive (.zip, .tar, .tar.gz or .tgz, "
-                         "by its name)")
+        raise FetchError(
+            f"{archive}: not a readable {kind or 'zip or tar'} archive (.zip, .tar, .tar.gz or .tgz, by its name)"
+        )
 
 
 def _archives(folder: Path) -> list[Path]:
-    return [f for f in files_under(folder) if f.name.lower().endswith(UNPACKED)
-            and not (f.parent / f".{f.name}.extracted").exists()]
+    return [
+        f
+        for f in files_under(folder)
+        if f.name.lower().endswith(UNPACKED) and not (f.parent / f".{f.name}.extracted").exists()
+    ]
 
 
 def unpack_archives(folder: Path, levels: int = 3) -> None:
@@ -186,14 +247,18 @@ def _unpack_one(archive: Path, budget: Budget) -> list[Path]:
             break
     dest = archive.parent / stem
     if dest.exists():
-        raise FetchError(f"{archive} would unpack into {dest}, a folder downloaded beside it; keep one of the two "
-                         f"in the Drive folder, or delete {dest} here")
+        raise FetchError(
+            f"{archive} would unpack into {dest}, a folder downloaded beside it; keep one of the two "
+            f"in the Drive folder, or delete {dest} here"
+        )
     try:
         with atomic_dir(dest) as tmp:
             safe_extract(archive, tmp, budget)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, RuntimeError, OSError, zlib.error) as e:
-        raise FetchError(f"{archive}: cannot unpack ({type(e).__name__}: {first_line(e)}); download it again, or "
-                         "unpack it yourself and use data.source=local") from None
+        raise FetchError(
+            f"{archive}: cannot unpack ({type(e).__name__}: {first_line(e)}); download it again, or "
+            "unpack it yourself and use data.source=local"
+        ) from None
     marker = archive.parent / f".{archive.name}.extracted"
     marker.touch()
     return [dest, marker]
@@ -218,22 +283,29 @@ def find_dataset_root(folder: Path, label_map: dict[str, str]) -> Path:
     if tables:
         images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
         return Path(os.path.commonpath([str(f.parent) for f in tables + images]))
-    dirs = sorted({folder} | {a for f in files for a in f.parents if a.is_relative_to(folder)},
-                  key=lambda d: (len(d.parts), str(d)))
+    dirs = sorted(
+        {folder} | {a for f in files for a in f.parents if a.is_relative_to(folder)},
+        key=lambda d: (len(d.parts), str(d)),
+    )
     found = []
     for d in dirs:
         names = {p.name.lower() for p in d.iterdir() if p.is_dir()}
         if not any(d.is_relative_to(r) for r in found) and (
-                _class_labels(d, label_map) == set(LABELS) or (names and names <= set(PARENTS) and "train" in names)):
+            _class_labels(d, label_map) == set(LABELS) or (names and names <= set(PARENTS) and "train" in names)
+        ):
             found.append(d)
     if len(found) > 1:
-        raise FetchError(f"{folder} holds {len(found)} separate datasets ("
-                         + ", ".join(str(d.relative_to(folder)) for d in found[:4])
-                         + "); put their class folders under one folder, or download one of them")
+        raise FetchError(
+            f"{folder} holds {len(found)} separate datasets ("
+            + ", ".join(str(d.relative_to(folder)) for d in found[:4])
+            + "); put their class folders under one folder, or download one of them"
+        )
     if not found:
-        raise FetchError(f"no dataset found under {folder}: expected class folders (benign/ and malignant/, or "
-                         "names in data.label_map), train/ and test/ folders, or a release's tables with its "
-                         "images (see docs/data.md)")
+        raise FetchError(
+            f"no dataset found under {folder}: expected class folders (benign/ and malignant/, or "
+            "names in data.label_map), train/ and test/ folders, or a release's tables with its "
+            "images (see docs/data.md)"
+        )
     return found[0]
 
 
@@ -248,20 +320,29 @@ def gdown_folder(folder_id: str, dest: Path) -> None:
     except requests.exceptions.ConnectionError:
         raise FetchError(f"gdrive: no network: cannot reach Google Drive for folder {folder_id}; {hint}") from None
     except requests.exceptions.RequestException as e:  # timeouts, broken transfers
-        raise FetchError(f"gdrive: the download of folder {folder_id} broke off ({type(e).__name__}); run the "
-                         f"stage again to resume, or {hint}") from None
+        raise FetchError(
+            f"gdrive: the download of folder {folder_id} broke off ({type(e).__name__}); run the "
+            f"stage again to resume, or {hint}"
+        ) from None
     except gdown.exceptions.DownloadError as e:  # FileURLRetrievalError and the folder listing's own refusals
         first = first_line(e, empty="access refused")
-        raise FetchError(f"gdrive: Google Drive refused folder {folder_id} (not shared publicly, or quota "
-                         f"exceeded): {first}; {hint}") from None
+        raise FetchError(
+            f"gdrive: Google Drive refused folder {folder_id} (not shared publicly, or quota exceeded): {first}; {hint}"
+        ) from None
 
 
-def from_gdrive(cfg: dict[str, Any], label_map: dict[str, str], fmt: str = "auto",
-                download: Callable[[str, Path], None] = gdown_folder) -> Offer:
+def from_gdrive(
+    cfg: dict[str, Any],
+    label_map: dict[str, str],
+    fmt: str = "auto",
+    download: Callable[[str, Path], None] = gdown_folder,
+) -> Offer:
     dest = Path(cfg["download_dir"])
     if Path.cwd().resolve().is_relative_to(dest.resolve()):
-        raise FetchError(f"data.gdrive.download_dir: '{cfg['download_dir']}' is the project folder or above it; "
-                         "archives there would be unpacked too: name a folder of its own (data/download/gdrive)")
+        raise FetchError(
+            f"data.gdrive.download_dir: '{cfg['download_dir']}' is the project folder or above it; "
+            "archives there would be unpacked too: name a folder of its own (data/download/gdrive)"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     download(cfg["folder_id"], dest)
     unpack_archives(dest)
@@ -276,12 +357,14 @@ def collect(data: dict[str, Any]) -> Offer:
     if src == "local":
         return read_folder(Path(data["local"]["path"]), label_map, data["format"])
     if src == "isic_csv":
-        return read_csv_source(Path(data["isic_csv"]["images"]), Path(data["isic_csv"]["csv"]), label_map,
-                               source="isic_csv")
+        return read_csv_source(
+            Path(data["isic_csv"]["images"]), Path(data["isic_csv"]["csv"]), label_map, source="isic_csv"
+        )
     return from_gdrive(data["gdrive"], label_map, data["format"])
 
 
 # ---------------------------------------------------------------- writing data/raw
+
 
 def _materialise(job: tuple[Candidate, int, int, int]) -> Decoded | str:
     cand, max_side, max_pixels, max_bytes = job
@@ -305,9 +388,11 @@ class FetchSummary:
 
     def line(self, source: str, out: Path) -> str:
         parts = ", ".join(f"{n} {subset}/{label}" for (subset, label), n in sorted(self.counts.items()))
-        return (f"fetch: {sum(self.counts.values())} images ({parts}) from {source} ({self.format}), "
-                f"{self.rejected} rejected of {self.total}, {self.excluded} excluded by data.label_map, "
-                f"{self.skipped} non-lesion files skipped -> {out}/manifest.csv, {CARD} [{self.seconds:.1f} s]")
+        return (
+            f"fetch: {sum(self.counts.values())} images ({parts}) from {source} ({self.format}), "
+            f"{self.rejected} rejected of {self.total}, {self.excluded} excluded by data.label_map, "
+            f"{self.skipped} non-lesion files skipped -> {out}/manifest.csv, {CARD} [{self.seconds:.1f} s]"
+        )
 
 
 CARD_METADATA = ("age", "sex", "site")  # metadata a reviewer asks about first (besides lesion and patient ids)
@@ -320,20 +405,34 @@ def dataset_card(offer: Offer, rows: list[dict[str, Any]], rejects: list[tuple[s
     return {
         "format": offer.format,
         "tables": offer.tables,
-        "images": {s: {c: sum(r["subset"] == s and r["label"] == c for r in rows) for c in LABELS}
-                   for s in SUBSETS if any(r["subset"] == s for r in rows)},
-        "label_mapping": [{"diagnosis": d, "label": lab, "listed": n, "stored": stored[(d, lab)]}
-                          for (d, lab), n in sorted(offer.diagnoses.items())],
+        "images": {
+            s: {c: sum(r["subset"] == s and r["label"] == c for r in rows) for c in LABELS}
+            for s in SUBSETS
+            if any(r["subset"] == s for r in rows)
+        },
+        "label_mapping": [
+            {"diagnosis": d, "label": lab, "listed": n, "stored": stored[(d, lab)]}
+            for (d, lab), n in sorted(offer.diagnoses.items())
+        ],
         "rejected": dict(Counter(r for _, r in rejects).most_common()),
         "excluded": dict(Counter(r for _, r in offer.excluded).most_common()),
         "skipped": dict(Counter(r for _, r in offer.skipped).most_common()),
-        "metadata": {k: sum(bool(r.get(f"meta_{k}") if k in CARD_METADATA else r.get(k)) for r in rows)
-                     for k in CARD_METADATA + ("lesion_id", "patient_id")},
+        "metadata": {
+            k: sum(bool(r.get(f"meta_{k}") if k in CARD_METADATA else r.get(k)) for r in rows)
+            for k in CARD_METADATA + ("lesion_id", "patient_id")
+        },
     }
 
 
-def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float, workers: int | None = None,
-              max_pixels: int = MAX_PIXELS, max_file_mb: int = MAX_BYTES // 1_000_000) -> FetchSummary:
+def write_raw(
+    offer: Offer,
+    out: Path,
+    max_side: int,
+    max_reject_fraction: float,
+    workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_file_mb: int = MAX_BYTES // 1_000_000,
+) -> FetchSummary:
     """Decode every candidate (in parallel); write images, manifest.csv, rejected.csv, skipped.csv and
     dataset_card.json atomically. Raises FetchError when too many files are rejected or a class is empty."""
     t0 = time.perf_counter()
@@ -359,36 +458,52 @@ def write_raw(offer: Offer, out: Path, max_side: int, max_reject_fraction: float
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / rel).write_bytes(res.data)
                 thumbs[cand.id] = res.thumb
-                rows.append({
-                    "id": cand.id, "path": rel.as_posix(), "label": cand.label, "diagnosis": cand.diagnosis,
-                    "md5": md5_bytes(res.data), "orig_width": res.orig_width, "orig_height": res.orig_height,
-                    "width": res.width, "height": res.height, "source": cand.source, "subset": cand.subset,
-                    "lesion_id": cand.lesion_id, "patient_id": cand.patient_id, "origin": cand.origin,
-                    **{f"meta_{k}": cand.metadata.get(k, "") for k in meta_keys},
-                })
+                rows.append(
+                    {
+                        "id": cand.id,
+                        "path": rel.as_posix(),
+                        "label": cand.label,
+                        "diagnosis": cand.diagnosis,
+                        "md5": md5_bytes(res.data),
+                        "orig_width": res.orig_width,
+                        "orig_height": res.orig_height,
+                        "width": res.width,
+                        "height": res.height,
+                        "source": cand.source,
+                        "subset": cand.subset,
+                        "lesion_id": cand.lesion_id,
+                        "patient_id": cand.patient_id,
+                        "origin": cand.origin,
+                        **{f"meta_{k}": cand.metadata.get(k, "") for k in meta_keys},
+                    }
+                )
         total = len(rows) + len(rejects)
         if total and len(rejects) / total > max_reject_fraction:
             raise FetchError(
                 f"{len(rejects)} of {total} files rejected ({len(rejects) / total:.1%} > data.max_reject_fraction="
                 f"{max_reject_fraction}); most common reasons: {top_reasons(rejects)}. Fix the files, map the "
-                "diagnoses in data.label_map, or raise data.max_reject_fraction.")
+                "diagnoses in data.label_map, or raise data.max_reject_fraction."
+            )
         for c in LABELS:
             if not any(r["label"] == c and r["subset"] == "main" for r in rows):
                 refused = rejects + offer.excluded
-                raise FetchError(f"no usable {c} image in the source after rejects; each class needs at least one"
-                                 + (f"; most common reasons: {top_reasons(refused)}" if refused else ""))
+                raise FetchError(
+                    f"no usable {c} image in the source after rejects; each class needs at least one"
+                    + (f"; most common reasons: {top_reasons(refused)}" if refused else "")
+                )
         rows.sort(key=lambda r: (r["subset"] != "main", r["id"]))
         write_csv(tmp / "manifest.csv", rows, MANIFEST_COLUMNS + [f"meta_{k}" for k in meta_keys])
         np.save(tmp / THUMBNAILS, np.stack([thumbs[r["id"]] for r in rows]))  # .npy: byte-deterministic
         write_csv(tmp / "rejected.csv", [{"file": f, "reason": r} for f, r in sorted(rejects)], ["file", "reason"])
-        write_csv(tmp / "skipped.csv", [{"file": f, "reason": r} for f, r in sorted(offer.skipped)],
-                  ["file", "reason"])
-        write_csv(tmp / "excluded.csv", [{"file": f, "reason": r} for f, r in sorted(offer.excluded)],
-                  ["file", "reason"])
+        write_csv(tmp / "skipped.csv", [{"file": f, "reason": r} for f, r in sorted(offer.skipped)], ["file", "reason"])
+        write_csv(
+            tmp / "excluded.csv", [{"file": f, "reason": r} for f, r in sorted(offer.excluded)], ["file", "reason"]
+        )
         (tmp / CARD).write_text(json.dumps(dataset_card(offer, rows, rejects), indent=2) + "\n")
     counts = Counter((r["subset"], r["label"]) for r in rows)
-    return FetchSummary(counts, len(rejects), total, time.perf_counter() - t0, len(offer.skipped), offer.format,
-                        len(offer.excluded))
+    return FetchSummary(
+        counts, len(rejects), total, time.perf_counter() - t0, len(offer.skipped), offer.format, len(offer.excluded)
+    )
 
 
 def _die_with_parent() -> None:
@@ -408,7 +523,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 class _Inline:
     """A stand-in for a process pool when one worker is asked for (debuggable, no fork)."""
 
-    def __enter__(self) -> "_Inline":
+    def __enter__(self) -> _Inline:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,13 +4,15 @@ Real collections contain EXIF-rotated phone photos, grayscale scans, RGBA PNGs, 
 6000-pixel originals, truncated downloads and stray text files. Everything downstream assumes upright 8-bit
 RGB of bounded size, so this is the one place that guarantees it.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,8 +41,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 # The Pillow decoders a file may reach, whatever its name: raster formats only. EPS/PS and PDF are not among them
 # (Pillow hands EPS to Ghostscript, a whole interpreter, for a file nobody vouched for).
 Image.init()
-OPENED = tuple(f for f in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO", "PPM", "TGA", "ICO", "DIB")
-               if f in Image.OPEN)
+OPENED = tuple(
+    f for f in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO", "PPM", "TGA", "ICO", "DIB") if f in Image.OPEN
+)
 
 
 class ImageRejected(MelanomaError):
@@ -123,8 +126,9 @@ def decode_image(path: Path, max_side: int, max_pixels: int = MAX_PIXELS, max_by
     return _guarded(path, max_bytes, lambda raw: _decode(raw, max_side, max_pixels))
 
 
-def decode_pixels(path: Path, max_side: int, draft: int, max_pixels: int = MAX_PIXELS,
-                  max_bytes: int = MAX_BYTES) -> np.ndarray:
+def decode_pixels(
+    path: Path, max_side: int, draft: int, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES
+) -> np.ndarray:
     """Upright 8-bit RGB pixels (H, W, 3) of `path` capped at `max_side`, with every check of decode_image, but
     never re-encoded, and a JPEG decoded at libjpeg's reduced scale whose longer side stays >= `draft` px (Pillow's
     draft mode: a 6000x4000 photograph decodes ~8x faster at 1/8 scale). For scoring (`melanoma predict`), where
@@ -145,8 +149,9 @@ def _guarded(path: Path, max_bytes: int, decode: Callable[[bytes], Any]) -> Any:
     if size == 0:
         raise ImageRejected("empty file (0 bytes)")
     if size > max_bytes:
-        raise ImageRejected(f"file of {size / 1e6:.0f} MB is over the {max_bytes / 1e6:.0f} MB limit "
-                            "(data.max_file_mb)")
+        raise ImageRejected(
+            f"file of {size / 1e6:.0f} MB is over the {max_bytes / 1e6:.0f} MB limit (data.max_file_mb)"
+        )
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -173,6 +178,7 @@ def _grey_fill_rows(im: Image.Image, enough: int = 8) -> int:
     """How many bottom rows of a decoded JPEG are the decoder's flat grey fill (data missing from the file);
     counted in full only when the last `enough` rows all are (a whole-image scan costs more than the decode of a
     drafted image)."""
+
     def grey_rows(a: np.ndarray) -> int:
         fill = np.all(a == GREY_FILL, axis=(1, 2))[::-1]
         return int(np.argmin(fill)) if not fill.all() else len(fill)
@@ -192,8 +198,9 @@ def _decode(raw: bytes, max_side: int, max_pixels: int) -> Decoded:
     return Decoded(data, suffix, orig_w, orig_h, rgb.width, rgb.height, thumbnail(rgb))
 
 
-def _upright(raw: bytes, max_side: int, max_pixels: int,
-             draft: int) -> tuple[Image.Image, bool, Image.Image, str, tuple[int, int]]:
+def _upright(
+    raw: bytes, max_side: int, max_pixels: int, draft: int
+) -> tuple[Image.Image, bool, Image.Image, str, tuple[int, int]]:
     """(upright RGB capped at max_side, whether it differs from the file's pixels, the opened image, its format,
     its declared size). Every check of decode_image runs here. draft > 0: a JPEG may be decoded at a reduced
     scale (libjpeg's DCT scaling, 1/2 to 1/8) as long as its longer side stays >= draft px."""
@@ -201,28 +208,36 @@ def _upright(raw: bytes, max_side: int, max_pixels: int,
     fmt = im.format
     orig_w, orig_h = im.size
     if orig_w * orig_h > max_pixels:
-        raise ImageRejected(f"declares {orig_w}x{orig_h} = {orig_w * orig_h / 1e6:.0f} M pixels, over the limit of "
-                            f"{max_pixels / 1e6:.0f} M (data.max_pixels)")
+        raise ImageRejected(
+            f"declares {orig_w}x{orig_h} = {orig_w * orig_h / 1e6:.0f} M pixels, over the limit of "
+            f"{max_pixels / 1e6:.0f} M (data.max_pixels)"
+        )
     if orig_w == 0 or orig_h == 0:
         raise ImageRejected("image has zero width or height")
     if min(orig_w, orig_h) < MIN_SIDE:
-        raise ImageRejected(f"{orig_w}x{orig_h} px: the shorter side is under {MIN_SIDE} px, too small to show a lesion")
+        raise ImageRejected(
+            f"{orig_w}x{orig_h} px: the shorter side is under {MIN_SIDE} px, too small to show a lesion"
+        )
     if max(orig_w, orig_h) > MAX_ASPECT * min(orig_w, orig_h):
-        raise ImageRejected(f"{orig_w}x{orig_h} px: sides more than {MAX_ASPECT:g}:1 apart, a strip or banner, not a "
-                            "dermoscopy photograph")
+        raise ImageRejected(
+            f"{orig_w}x{orig_h} px: sides more than {MAX_ASPECT:g}:1 apart, a strip or banner, not a "
+            "dermoscopy photograph"
+        )
     if draft and fmt == "JPEG" and max(orig_w, orig_h) > draft:
         scale = draft / max(orig_w, orig_h)
         im.draft("RGB", (max(1, round(orig_w * scale)), max(1, round(orig_h * scale))))
     im.load()  # decodes everything: truncated files fail here, not later in training
     if fmt == "JPEG" and _grey_fill_rows(im) >= 8:
-        raise ImageRejected(f"truncated JPEG: its last {_grey_fill_rows(im)} rows are the decoder's grey fill for "
-                            "missing data")
+        raise ImageRejected(
+            f"truncated JPEG: its last {_grey_fill_rows(im)} rows are the decoder's grey fill for missing data"
+        )
     try:
         changed = im.getexif().get(0x0112, 1) != 1  # EXIF orientation: pixels must be rotated upright
         upright = ImageOps.exif_transpose(im)
     except Exception as e:  # noqa: BLE001 - malformed EXIF (text where a number belongs, ...)
-        raise ImageRejected(f"unreadable EXIF metadata ({type(e).__name__}); strip it (e.g. exiftool -all=) and "
-                            "add the file again") from None
+        raise ImageRejected(
+            f"unreadable EXIF metadata ({type(e).__name__}); strip it (e.g. exiftool -all=) and add the file again"
+        ) from None
     rgb = _to_rgb(upright)
     if max(rgb.size) > max_side:
         scale = max_side / max(rgb.size)
@@ -252,7 +267,7 @@ def grid(images: np.ndarray, cols: int = 8) -> Image.Image:
     rows = -(-n // cols)
     canvas = np.full((rows * h, cols * w, c), 255, np.uint8)
     for i, im in enumerate(images):
-        canvas[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
+        canvas[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = im
     return Image.fromarray(canvas)
 
 

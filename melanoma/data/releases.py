@@ -17,6 +17,7 @@ A folder is read in three steps:
 With no label table the folder is read as class folders (`benign/`, `malignant/`, or names in data.label_map),
 optionally under `train/` and `test/` parents (test/ becomes the external test set).
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,9 +25,10 @@ import hashlib
 import os
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from melanoma.data import demo
 from melanoma.data.images import IMAGE_SUFFIXES
@@ -39,27 +41,72 @@ RELEASE_FORMATS = FORMATS[2:]  # the releases whose tables this module reads
 
 # Release codes and spellings -> one canonical diagnosis term (the keys data.label_map uses).
 ALIASES = {
-    "mel": "melanoma", "nv": "nevus", "bcc": "basal_cell_carcinoma", "ak": "actinic_keratosis",
-    "akiec": "actinic_keratosis", "bkl": "benign_keratosis", "df": "dermatofibroma", "vasc": "vascular_lesion",
-    "scc": "squamous_cell_carcinoma", "unk": "unknown", "seborrheic_keratoses": "seborrheic_keratosis",
-    "solar_or_actinic_keratosis": "actinic_keratosis", "pigmented_benign_keratosis": "benign_keratosis",
-    "squamous_cell_carcinoma,_nos": "squamous_cell_carcinoma", "basal_cell_carcinoma,_nos": "basal_cell_carcinoma",
+    "mel": "melanoma",
+    "nv": "nevus",
+    "bcc": "basal_cell_carcinoma",
+    "ak": "actinic_keratosis",
+    "akiec": "actinic_keratosis",
+    "bkl": "benign_keratosis",
+    "df": "dermatofibroma",
+    "vasc": "vascular_lesion",
+    "scc": "squamous_cell_carcinoma",
+    "unk": "unknown",
+    "seborrheic_keratoses": "seborrheic_keratosis",
+    "solar_or_actinic_keratosis": "actinic_keratosis",
+    "pigmented_benign_keratosis": "benign_keratosis",
+    "squamous_cell_carcinoma,_nos": "squamous_cell_carcinoma",
+    "basal_cell_carcinoma,_nos": "basal_cell_carcinoma",
 }
 EXCLUDED = "is excluded by data.label_map"  # the reason of every image the study leaves out on purpose
 ONE_HOT = ("MEL", "NV", "BCC", "AKIEC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")  # ISIC 2018 / 2019 columns
 PH2_CLINICAL = {"0": "common_nevus", "1": "atypical_nevus", "2": "melanoma"}  # PH2_dataset.txt legend
 ID_COLUMNS = ("isic_id", "image", "image_id", "image_name")
-META_COLUMNS = {"age_approx": "age", "age_approximate": "age", "age": "age", "sex": "sex",
-                "anatom_site_general": "site", "anatom_site_general_challenge": "site", "localization": "site"}
+META_COLUMNS = {
+    "age_approx": "age",
+    "age_approximate": "age",
+    "age": "age",
+    "sex": "sex",
+    "anatom_site_general": "site",
+    "anatom_site_general_challenge": "site",
+    "localization": "site",
+    "fitzpatrick_skin_type": "skin_type",
+}  # the ISIC Archive export's column (empty where unstated)
 # isic-cli's melanoma terms ('Melanoma Invasive', 'Melanoma in situ', 'Melanoma, NOS', 'Malignant melanocytic
 # proliferations (Melanoma)'); a term that only contains the word ('non-melanoma', 'pseudomelanoma') is not one
-MELANOMA = re.compile(r"melanoma(_invasive|_in_situ|_metastasis)(,_.+)?|melanoma(,_nos)?"
-                      r"|malignant_melanocytic_proliferations_\(melanoma\)")
+MELANOMA = re.compile(
+    r"melanoma(_invasive|_in_situ|_metastasis)(,_.+)?|melanoma(,_nos)?"
+    r"|malignant_melanocytic_proliferations_\(melanoma\)"
+)
 MASK_NAMES = re.compile(r"_(segmentation|superpixels|attribute)(_|$)|_(mask|seg)$|^imd\d+_lesion$")
 MASK_FOLDERS = {"groundtruth", "mask", "masks", "segmentation", "segmentations"}  # whole words of a folder name
-SIDECAR_SUFFIXES = {".txt", ".md", ".pdf", ".html", ".htm", ".json", ".xlsx", ".xls", ".rtf", ".py", ".ipynb",
-                    ".xml", ".yaml", ".yml", ".log", ".ini", ".cfg", ".doc", ".docx", ".npy", ".npz", ".pkl", ".h5",
-                    ".mat", ".pt", ".pth"}
+SIDECAR_SUFFIXES = {
+    ".txt",
+    ".md",
+    ".pdf",
+    ".html",
+    ".htm",
+    ".json",
+    ".xlsx",
+    ".xls",
+    ".rtf",
+    ".py",
+    ".ipynb",
+    ".xml",
+    ".yaml",
+    ".yml",
+    ".log",
+    ".ini",
+    ".cfg",
+    ".doc",
+    ".docx",
+    ".npy",
+    ".npz",
+    ".pkl",
+    ".h5",
+    ".mat",
+    ".pt",
+    ".pth",
+}
 UNPACKED = (".zip", ".tar", ".tar.gz", ".tgz")  # what the gdrive source unpacks (fetch.unpack_archives)
 ARCHIVE_SUFFIXES = UNPACKED + (".gz", ".7z", ".rar", ".bz2", ".xz")
 
@@ -95,7 +142,6 @@ class Offer:
         """A labelled image that gets no label: excluded on purpose by the label map, or a reject."""
         (self.excluded if why.endswith(EXCLUDED) else self.rejects).append((file, why))
 
-
     candidates: list[Candidate] = field(default_factory=list)
     rejects: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -104,7 +150,7 @@ class Offer:
     tables: list[dict[str, Any]] = field(default_factory=list)
     diagnoses: Counter = field(default_factory=Counter)  # (diagnosis, label | 'reject' | 'unknown') -> images
 
-    def extend(self, other: "Offer") -> None:
+    def extend(self, other: Offer) -> None:
         self.candidates += other.candidates
         self.rejects += other.rejects
         self.skipped += other.skipped
@@ -114,6 +160,7 @@ class Offer:
 
 
 # ---------------------------------------------------------------- labels
+
 
 def canonical(value: str) -> str:
     """A diagnosis as data.label_map keys it: lower case, spaces as underscores, release codes spelled out
@@ -132,8 +179,10 @@ def canonical_map(label_map: dict[str, str]) -> dict[str, str]:
         if c in LABELS and target != c:
             raise FetchError(f"data.label_map.{key}: {c} always means {c}; remove the key")
         if c in out and out[c][1] != target:
-            raise FetchError(f"data.label_map.{out[c][0]} ({out[c][1]}) and data.label_map.{key} ({target}) both "
-                             f"name the diagnosis '{c}'; keep one")
+            raise FetchError(
+                f"data.label_map.{out[c][0]} ({out[c][1]}) and data.label_map.{key} ({target}) both "
+                f"name the diagnosis '{c}'; keep one"
+            )
         out[c] = (key, target)
     return {c: t for c, (_, t) in out.items()}
 
@@ -185,6 +234,7 @@ def label_entry(e: Entry, label_map: dict[str, str]) -> tuple[str | None, str]:
 
 # ---------------------------------------------------------------- walking a folder
 
+
 def sidecar_reason(rel: Path) -> str | None:
     """Why a file (path relative to the dataset root) is a known non-lesion file, or None."""
     parts = [p.lower() for p in rel.parts]
@@ -204,7 +254,8 @@ def sidecar_reason(rel: Path) -> str | None:
     if suffix in (".tfrec", ".tfrecord"):
         return "TFRecord shard (the release's JPEGs are read)"
     if MASK_NAMES.search(stem) or any(
-            p.endswith(("_lesion", "_roi")) and stem.startswith(p.rsplit("_", 1)[0]) for p in parts[:-1]):
+        p.endswith(("_lesion", "_roi")) and stem.startswith(p.rsplit("_", 1)[0]) for p in parts[:-1]
+    ):
         return "segmentation mask, superpixel or attribute map (by name), not a lesion photograph"
     if name.endswith(UNPACKED):
         return "archive (gdrive downloads are unpacked; unpack a local one yourself)"
@@ -256,8 +307,11 @@ def walk(root: Path) -> Walk:
     w, odd = Walk(root), []
     for f in files_under(root, odd):
         rel = f.relative_to(root)
-        if f.suffix.lower() == ".csv" and "__macosx" not in (p.lower() for p in rel.parts) \
-                and not f.name.startswith("."):
+        if (
+            f.suffix.lower() == ".csv"
+            and "__macosx" not in (p.lower() for p in rel.parts)
+            and not f.name.startswith(".")
+        ):
             w.tables.append(f)
         elif f.name.lower() == "ph2_dataset.txt":
             w.tables.append(f)
@@ -265,11 +319,14 @@ def walk(root: Path) -> Walk:
             w.skipped.append((w.rel(f), why))
         else:
             w.images.append(f)
-    w.skipped += [(w.rel(f), "not a regular file (a FIFO, socket, device or broken symbolic link)") for f in sorted(odd)]
+    w.skipped += [
+        (w.rel(f), "not a regular file (a FIFO, socket, device or broken symbolic link)") for f in sorted(odd)
+    ]
     return w
 
 
 # ---------------------------------------------------------------- tables
+
 
 @dataclass
 class Table:
@@ -322,8 +379,11 @@ def _archive_entry(row: dict[str, str], label_map: dict[str, str]) -> Entry:
         diagnosis = canonical(row["diagnosis"]) if row["diagnosis"].strip() else ""
     else:
         stated = stated or row.get("diagnosis_1", "").strip().lower()
-        levels = [canonical(row[k]) for k in ("diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2")
-                  if row.get(k, "").strip()]
+        levels = [
+            canonical(row[k])
+            for k in ("diagnosis_5", "diagnosis_4", "diagnosis_3", "diagnosis_2")
+            if row.get(k, "").strip()
+        ]
         known = {canonical(k) for k in label_map}
         diagnosis = next((d for d in levels if d in known), levels[0] if levels else "")
     lesion, patient, meta = _side_fields(row, {"isic_id"})
@@ -340,21 +400,41 @@ def _entries(kind: str, rows: Iterator[dict[str, str]], head: list[str], label_m
             hot, problem = _hot(row, [c for c in head if c.upper() in ONE_HOT])
             if not problem and len(hot) != 1:
                 problem = f"one-hot row marks {len(hot)} diagnoses ({', '.join(hot) or 'none'}); it needs exactly one"
-            out.append(Entry(row["image"], canonical(hot[0]) if len(hot) == 1 else "", "",
-                             *_side_fields(row, {"image", *head[1:]}), problem=problem))
+            out.append(
+                Entry(
+                    row["image"],
+                    canonical(hot[0]) if len(hot) == 1 else "",
+                    "",
+                    *_side_fields(row, {"image", *head[1:]}),
+                    problem=problem,
+                )
+            )
         elif kind == "isic2017":
             hot, problem = _hot(row, ["melanoma", "seborrheic_keratosis"])
             if len(hot) == 2:
                 problem = "marked both melanoma and seborrheic_keratosis"
-            out.append(Entry(row["image_id"], hot[0] if hot else "nevus", "",
-                             *_side_fields(row, {"image_id", "melanoma", "seborrheic_keratosis"}), problem=problem))
+            out.append(
+                Entry(
+                    row["image_id"],
+                    hot[0] if hot else "nevus",
+                    "",
+                    *_side_fields(row, {"image_id", "melanoma", "seborrheic_keratosis"}),
+                    problem=problem,
+                )
+            )
         elif kind == "isic2020":
             stated = row.get("benign_malignant", "").lower()
             if stated not in LABELS and _flag(row.get("target", "")) is not None:
                 stated = LABELS[int(_flag(row["target"]))]
             diagnosis = canonical(row["diagnosis"]) if row.get("diagnosis") else ""
-            out.append(Entry(row["image_name"], diagnosis, stated if stated in LABELS else "",
-                             *_side_fields(row, {"image_name", "diagnosis", "benign_malignant", "target"})))
+            out.append(
+                Entry(
+                    row["image_name"],
+                    diagnosis,
+                    stated if stated in LABELS else "",
+                    *_side_fields(row, {"image_name", "diagnosis", "benign_malignant", "target"}),
+                )
+            )
         elif kind == "ham10000":
             out.append(Entry(row["image_id"], canonical(row["dx"]), "", *_side_fields(row, {"image_id", "dx"})))
         else:  # side table
@@ -376,12 +456,14 @@ def table_kind(path: Path, head: list[str]) -> str:
             raise FetchError(
                 f"{path}: a header-less table with {len(head)} columns; an ISIC 2016 ground truth has 2 "
                 "(ISIC_0000000,benign). An ISIC 2018/2019 one-hot ground truth needs its header row "
-                "(image,MEL,NV,BCC,...): restore it from the release's CSV")
+                "(image,MEL,NV,BCC,...): restore it from the release's CSV"
+            )
         return "isic2016"
     if "isic_id" in h:
         if not {"diagnosis", "benign_malignant", "diagnosis_1"} & h:
-            raise FetchError(f"{path}: needs a 'diagnosis', 'diagnosis_1' or 'benign_malignant' column "
-                             f"(has: {', '.join(head)})")
+            raise FetchError(
+                f"{path}: needs a 'diagnosis', 'diagnosis_1' or 'benign_malignant' column (has: {', '.join(head)})"
+            )
         return "isic_archive"
     if "image" in h and {"mel", "nv"} <= h:
         return "isic2019" if {"scc", "unk", "ak"} & h else "isic2018"
@@ -396,7 +478,8 @@ def table_kind(path: Path, head: list[str]) -> str:
     raise FetchError(
         f"{path}: not a table this product reads (header: {', '.join(head[:8])}); expected an ISIC 2016-2020, "
         "HAM10000 or ISIC Archive ground truth / metadata CSV (see docs/data.md), or move "
-        "the file out of the dataset folder")
+        "the file out of the dataset folder"
+    )
 
 
 def read_table(path: Path, label_map: dict[str, str]) -> Table:
@@ -454,8 +537,11 @@ def _read_table(path: Path, label_map: dict[str, str]) -> Table:
             if any(c.strip() for c in r):
                 (rows if len(r) == len(head) else short).append(r)
         table = Table(path, kind, _entries(kind, (dict(zip(lowered, r)) for r in rows), lowered, label_map))
-        table.entries += [Entry(r[0].strip(), problem=f"{path.name} row has {len(r)} cells for {len(head)} columns")
-                          for r in short if r and kind != "side"]
+        table.entries += [
+            Entry(r[0].strip(), problem=f"{path.name} row has {len(r)} cells for {len(head)} columns")
+            for r in short
+            if r and kind != "side"
+        ]
         return table
 
 
@@ -468,21 +554,32 @@ def read_ph2(path: Path) -> Table:
             head = cells
         elif head and cells and re.fullmatch(r"IMD\d+", cells[0]):
             code = dict(zip(head, cells)).get("Clinical Diagnosis", "")
-            problem = "" if len(cells) == len(head) and code in PH2_CLINICAL else (
-                f"PH2_dataset.txt row has {len(cells)} cells for {len(head)} columns" if len(cells) != len(head)
-                else f"clinical diagnosis code '{code}' is not 0, 1 or 2")
+            problem = (
+                ""
+                if len(cells) == len(head) and code in PH2_CLINICAL
+                else (
+                    f"PH2_dataset.txt row has {len(cells)} cells for {len(head)} columns"
+                    if len(cells) != len(head)
+                    else f"clinical diagnosis code '{code}' is not 0, 1 or 2"
+                )
+            )
             entries.append(Entry(cells[0], PH2_CLINICAL.get(code, ""), problem=problem))
     if head is None:
-        raise FetchError(f"{path}: no header row with 'Name' and 'Clinical Diagnosis'; is this PH2_dataset.txt "
-                         "as shipped in the PH2 zip?")
+        raise FetchError(
+            f"{path}: no header row with 'Name' and 'Clinical Diagnosis'; is this PH2_dataset.txt "
+            "as shipped in the PH2 zip?"
+        )
     return Table(path, "ph2", entries)
 
 
 # ---------------------------------------------------------------- offers
 
+
 def _same_bytes(a: Path, b: Path) -> bool:
-    return a.stat().st_size == b.stat().st_size and \
-        hashlib.md5(a.read_bytes()).digest() == hashlib.md5(b.read_bytes()).digest()
+    return (
+        a.stat().st_size == b.stat().st_size
+        and hashlib.md5(a.read_bytes()).digest() == hashlib.md5(b.read_bytes()).digest()
+    )
 
 
 def _by_stem(w: Walk, offer: Offer) -> dict[str, Path]:
@@ -524,7 +621,9 @@ def _merge_side(tables: list[Table]) -> dict[str, Entry]:
     return side
 
 
-def _listings(labelled: list[Table], label_map: dict[str, str]) -> dict[str, list[tuple[Entry, Table, str | None, str]]]:
+def _listings(
+    labelled: list[Table], label_map: dict[str, str]
+) -> dict[str, list[tuple[Entry, Table, str | None, str]]]:
     """Every label-table row by image key: (entry, table, label or None, reason)."""
     out: dict[str, list] = defaultdict(list)
     for t in labelled:
@@ -548,7 +647,10 @@ def from_tables(w: Walk, tables: list[Table], label_map: dict[str, str], source:
         f = files.get(key)
         labels = {lab for _, _, lab, _ in found}
         if len(labels) > 1:
-            label, why = None, "labelled " + " but ".join(f"{lab or 'refused'} in {tt.path.name}" for _, tt, lab, _ in found)
+            label, why = (
+                None,
+                "labelled " + " but ".join(f"{lab or 'refused'} in {tt.path.name}" for _, tt, lab, _ in found),
+            )
         offer.diagnoses[(e.diagnosis or e.stated, label or ("reject" if "excluded" in why else "unknown"))] += 1
         if f is None:
             offer.rejects.append((e.image, f"listed in {t.path.name} but no image file with that id found"))
@@ -560,23 +662,44 @@ def from_tables(w: Walk, tables: list[Table], label_map: dict[str, str], source:
             metadata: dict[str, str] = {}
             for x in entries:
                 metadata.update({k: v for k, v in x.metadata.items() if v and not metadata.get(k)})
-            offer.candidates.append(Candidate(
-                id=safe_id(f.stem), label=label, source=source, origin=w.rel(f), file=f, subset=subset,
-                lesion_id=next((x.lesion_id for x in entries if x.lesion_id), ""),
-                patient_id=next((x.patient_id for x in entries if x.patient_id), ""),
-                diagnosis=e.diagnosis or e.stated, metadata=metadata))
+            offer.candidates.append(
+                Candidate(
+                    id=safe_id(f.stem),
+                    label=label,
+                    source=source,
+                    origin=w.rel(f),
+                    file=f,
+                    subset=subset,
+                    lesion_id=next((x.lesion_id for x in entries if x.lesion_id), ""),
+                    patient_id=next((x.patient_id for x in entries if x.patient_id), ""),
+                    diagnosis=e.diagnosis or e.stated,
+                    metadata=metadata,
+                )
+            )
     for t in tables:  # matched: label rows with an image file, side rows with a labelled image
         is_label = t.kind in RELEASE_FORMATS
         against = files if is_label else listings
-        offer.tables.append({"file": w.rel(t.path), "kind": t.kind, "subset": t.subset if is_label else "",
-                             "rows": len(t.entries), "matched": sum(image_key(e.image) in against for e in t.entries),
-                             "note": t.note})
+        offer.tables.append(
+            {
+                "file": w.rel(t.path),
+                "kind": t.kind,
+                "subset": t.subset if is_label else "",
+                "rows": len(t.entries),
+                "matched": sum(image_key(e.image) in against for e in t.entries),
+                "note": t.note,
+            }
+        )
     _unlisted(w, files, set(listings), offer, ", ".join(t.path.name for t in labelled))
     if not offer.candidates:
         names = ", ".join(t.path.name for t in labelled)
-        raise FetchError(f"{w.root}: the {offer.format} tables ({names}) labelled no usable image; "
-                         + (f"most common reasons: {top_reasons(offer.rejects + offer.excluded)}" if listings
-                            else "they have no rows"))
+        raise FetchError(
+            f"{w.root}: the {offer.format} tables ({names}) labelled no usable image; "
+            + (
+                f"most common reasons: {top_reasons(offer.rejects + offer.excluded)}"
+                if listings
+                else "they have no rows"
+            )
+        )
     return offer
 
 
@@ -586,7 +709,7 @@ def _unlisted(w: Walk, files: dict[str, Path], listed: set[str], offer: Offer, t
     by_folder: dict[Path, list[Path]] = defaultdict(list)
     for f in files.values():
         by_folder[f.parent].append(f)
-    for folder, fs in sorted(by_folder.items()):
+    for _folder, fs in sorted(by_folder.items()):
         hit = any(image_key(f.stem) in listed for f in fs)
         for f in sorted(fs):
             if image_key(f.stem) in listed:
@@ -599,16 +722,18 @@ def _unlisted(w: Walk, files: dict[str, Path], listed: set[str], offer: Offer, t
 
 def _class_folders(root: Path) -> list[Path]:
     """Subfolders that may name a class (not __MACOSX, not hidden)."""
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and p.name.lower() != "__macosx")
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.lower() != "__macosx"
+    )
 
 
 def from_class_folders(w: Walk, root: Path, label_map: dict[str, str], subset: str, source: str) -> Offer:
     """root/<class>/**/file: each subfolder must name a class (directly or via label_map)."""
     folders = _class_folders(root)
     if not folders:
-        raise FetchError(f"{root} has no class subfolders; expected benign/ and malignant/ "
-                         "(or folders named by data.label_map)")
+        raise FetchError(
+            f"{root} has no class subfolders; expected benign/ and malignant/ (or folders named by data.label_map)"
+        )
     offer = Offer(format="folders")
     for folder in folders:
         label, why = map_label(folder.name, label_map)
@@ -624,14 +749,24 @@ def from_class_folders(w: Walk, root: Path, label_map: dict[str, str], subset: s
             if label is None:
                 offer.refuse(rel, why)
                 continue
-            offer.candidates.append(Candidate(
-                id=safe_id(f.relative_to(w.root).with_suffix("").as_posix().replace("/", "__")), label=label,
-                source=source, origin=rel, file=f,
-                subset=subset, diagnosis=diagnosis, metadata={"folder": folder.name}))
+            offer.candidates.append(
+                Candidate(
+                    id=safe_id(f.relative_to(w.root).with_suffix("").as_posix().replace("/", "__")),
+                    label=label,
+                    source=source,
+                    origin=rel,
+                    file=f,
+                    subset=subset,
+                    diagnosis=diagnosis,
+                    metadata={"folder": folder.name},
+                )
+            )
     missing = [c for c in LABELS if not any(c == x.label for x in offer.candidates)]
     if missing:
-        raise FetchError(f"{root}: no {' or '.join(missing)} images; each class needs at least one "
-                         f"(found folders: {', '.join(p.name for p in folders)})")
+        raise FetchError(
+            f"{root}: no {' or '.join(missing)} images; each class needs at least one "
+            f"(found folders: {', '.join(p.name for p in folders)})"
+        )
     return offer
 
 
@@ -642,8 +777,10 @@ def read_folder(root: Path, label_map: dict[str, str], fmt: str = "auto", source
     a layout that labels nothing.
     """
     if not root.is_dir():
-        raise FetchError(f"data.local.path: folder {root} does not exist; point it at a folder with "
-                         "benign/ and malignant/ subfolders, or a release as downloaded (see docs/data.md)")
+        raise FetchError(
+            f"data.local.path: folder {root} does not exist; point it at a folder with "
+            "benign/ and malignant/ subfolders, or a release as downloaded (see docs/data.md)"
+        )
     canonical_map(label_map)
     w = walk(root)
     tables = [] if fmt == "folders" else [read_table(t, label_map) for t in w.tables]
@@ -653,9 +790,11 @@ def read_folder(root: Path, label_map: dict[str, str], fmt: str = "auto", source
     if fmt not in ("auto", "folders"):
         other = sorted(labelled - {fmt})
         if other or not labelled:
-            raise FetchError(f"data.format is {fmt} but {root} holds "
-                             + (f"{', '.join(other)} tables" if other else "no such ground-truth table")
-                             + "; set data.format: auto, or point data.local.path at the release's folder")
+            raise FetchError(
+                f"data.format is {fmt} but {root} holds "
+                + (f"{', '.join(other)} tables" if other else "no such ground-truth table")
+                + "; set data.format: auto, or point data.local.path at the release's folder"
+            )
     if labelled:
         return from_tables(w, tables, label_map, source)
     w.skipped += [(w.rel(t.path), f"{t.kind} table without labels: {t.note or 'metadata only'}") for t in tables]
@@ -665,8 +804,10 @@ def read_folder(root: Path, label_map: dict[str, str], fmt: str = "auto", source
         unlabelled = [t.path.name for t in tables if t.kind == "side"]
         if not unlabelled:
             raise
-        raise FetchError(f"{e}. Note: {', '.join(unlabelled)} has image ids but no label column this product "
-                         "reads (see docs/data.md, 'Public releases, as downloaded')") from None
+        raise FetchError(
+            f"{e}. Note: {', '.join(unlabelled)} has image ids but no label column this product "
+            "reads (see docs/data.md, 'Public releases, as downloaded')"
+        ) from None
 
 
 PARENTS = {"train": "main", "val": "main", "valid": "main", "validation": "main", "test": "external_test"}
@@ -693,8 +834,10 @@ def read_csv_source(images: Path, csv_path: Path, label_map: dict[str, str], sou
     if not images.is_dir():
         raise FetchError(f"data.isic_csv.images: folder {images} does not exist")
     if not csv_path.is_file():
-        raise FetchError(f"data.isic_csv.csv: {csv_path} " + ("is a folder, not a CSV file" if csv_path.is_dir()
-                                                             else "does not exist"))
+        raise FetchError(
+            f"data.isic_csv.csv: {csv_path} "
+            + ("is a folder, not a CSV file" if csv_path.is_dir() else "does not exist")
+        )
     canonical_map(label_map)
     w = walk(images)
     w.tables = [t for t in w.tables if t.resolve() != csv_path.resolve()]

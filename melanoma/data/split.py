@@ -6,14 +6,16 @@ near-identical (16x16 thumbnails correlating at least `near_duplicate_corr` in a
 photographs of the same lesion (`lesion_id`) or lesions of one patient (`patient_id`); a group is assigned to
 one split as a whole. An image or lesion carrying both labels is dropped and listed (or fails the stage).
 """
+
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +73,7 @@ def near_duplicate_pairs(thumbs: np.ndarray, min_corr: float, block: int = 1024)
     for turned in dihedral(thumbs):
         other = _unit_rows(np.ascontiguousarray(turned))
         for start in range(0, len(base), block):
-            ii, jj = np.nonzero(base[start:start + block] @ other.T >= min_corr)
+            ii, jj = np.nonzero(base[start : start + block] @ other.T >= min_corr)
             ii = ii + start
             keep = ii != jj
             pairs.update(zip(np.minimum(ii, jj)[keep].tolist(), np.maximum(ii, jj)[keep].tolist()))
@@ -115,8 +117,9 @@ def group_rows(rows: list[dict[str, str]], thumbs: np.ndarray, min_corr: float) 
 GROUPING_KEYS = ("md5", "near_duplicate", "lesion_id", "patient_id")
 
 
-def assign(groups: dict[int, list[int]], group_label: dict[int, str], fractions: dict[str, float],
-           seed: int) -> dict[int, str]:
+def assign(
+    groups: dict[int, list[int]], group_label: dict[int, str], fractions: dict[str, float], seed: int
+) -> dict[int, str]:
     """Give each group a split so that every class is divided in the asked proportions.
 
     Per class, groups are shuffled by seed, placed largest first, each into the split furthest below its
@@ -160,8 +163,9 @@ def load_thumbnails(raw: Path, n_rows: int) -> np.ndarray:
         raise SplitError(f"{raw / THUMBNAILS} is missing; rerun `dvc repro -f fetch`")
     thumbs = np.load(raw / THUMBNAILS, allow_pickle=False)
     if len(thumbs) != n_rows:
-        raise SplitError(f"{raw / THUMBNAILS} has {len(thumbs)} thumbnails for {n_rows} manifest rows; "
-                         "rerun `dvc repro -f fetch`")
+        raise SplitError(
+            f"{raw / THUMBNAILS} has {len(thumbs)} thumbnails for {n_rows} manifest rows; rerun `dvc repro -f fetch`"
+        )
     return thumbs
 
 
@@ -184,15 +188,15 @@ def _group_label(rows: list[dict[str, str]], idx: list[int]) -> str:
     return "malignant" if any(rows[i]["label"] == "malignant" for i in idx) else "benign"
 
 
-def _check_counts(counts: dict[str, dict[str, int]], fractions: dict[str, float], n_groups: int,
-                  dropped: int) -> None:
+def _check_counts(counts: dict[str, dict[str, int]], fractions: dict[str, float], n_groups: int, dropped: int) -> None:
     why = f"; {dropped} images were dropped as labelled both ways (split_report lists them)" if dropped else ""
     for s in SPLITS:
         for c in LABELS:
             if fractions[s] > 0 and counts[s][c] == 0:
                 raise SplitError(
                     f"split '{s}' would have no {c} images ({sum(counts[x][c] for x in SPLITS)} {c} images in "
-                    f"{n_groups} groups{why}); add data or change split.{s}_fraction")
+                    f"{n_groups} groups{why}); add data or change split.{s}_fraction"
+                )
 
 
 def conflicting_identities(rows: list[dict[str, str]], grouping: Grouping) -> list[list[int]]:
@@ -209,20 +213,34 @@ def _resolve_conflicts(rows: list[dict[str, str]], grouping: Grouping, policy: s
     """Rows to drop because their image or lesion is labelled both ways, and the listing for the report.
     policy 'fail' raises SplitError naming the first groups instead."""
     conflicts = conflicting_identities(rows, grouping)
-    listing = [{"ids": [rows[i]["id"] for i in idx], "labels": [rows[i]["label"] for i in idx],
-                "origins": [rows[i]["origin"] for i in idx]} for idx in conflicts]
+    listing = [
+        {
+            "ids": [rows[i]["id"] for i in idx],
+            "labels": [rows[i]["label"] for i in idx],
+            "origins": [rows[i]["origin"] for i in idx],
+        }
+        for idx in conflicts
+    ]
     if conflicts and policy == "fail":
-        first = "; ".join(" + ".join(f"{o} ({lab})" for o, lab in zip(c["origins"], c["labels"]))
-                          for c in listing[:3])
-        raise SplitError(f"{len(conflicts)} images or lesions are labelled both benign and malignant (same bytes, a "
-                         f"near duplicate, or one lesion_id), e.g. {first}; fix the labels, or set "
-                         "split.conflicting_labels: drop to leave them out")
+        first = "; ".join(" + ".join(f"{o} ({lab})" for o, lab in zip(c["origins"], c["labels"])) for c in listing[:3])
+        raise SplitError(
+            f"{len(conflicts)} images or lesions are labelled both benign and malignant (same bytes, a "
+            f"near duplicate, or one lesion_id), e.g. {first}; fix the labels, or set "
+            "split.conflicting_labels: drop to leave them out"
+        )
     return {i for idx in conflicts for i in idx}, listing
 
 
-def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: float,
-          near_duplicate_corr: float, conflicting_labels: str = "drop",
-          problem: Callable[[dict[str, int]], str] | None = None) -> dict[str, Any]:
+def split(
+    raw: Path,
+    out: Path,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    near_duplicate_corr: float,
+    conflicting_labels: str = "drop",
+    problem: Callable[[dict[str, int]], str] | None = None,
+) -> dict[str, Any]:
     """Write {train,val,test}.csv (+ external_test.csv) and split_report.json; return the report.
 
     Stratified by label, grouped so that exact duplicates (md5), near duplicates (thumbnail correlation
@@ -250,15 +268,20 @@ def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: f
     for g, idx in main_groups.items():
         for i in idx:
             tables[where[g]].append({**rows[i], "group": rows[min(members[g])]["id"]})
-    external = [{**rows[i], "group": rows[min(members[grouping.group_of[i]])]["id"]}
-                for i in range(len(rows)) if rows[i]["subset"] == "external_test" and i not in conflicted]
+    external = [
+        {**rows[i], "group": rows[min(members[grouping.group_of[i]])]["id"]}
+        for i in range(len(rows))
+        if rows[i]["subset"] == "external_test" and i not in conflicted
+    ]
     counts = {s: {c: sum(r["label"] == c for r in t) for c in LABELS} for s, t in tables.items()}
     _check_counts(counts, fractions, len(main_groups), len(conflicted))
     refused = problem(counts["train"]) if problem else ""
     if refused:
         raise SplitError(refused)
     report = {
-        "seed": seed, "fractions": fractions, "near_duplicate_corr": near_duplicate_corr,
+        "seed": seed,
+        "fractions": fractions,
+        "near_duplicate_corr": near_duplicate_corr,
         "counts": counts,
         "external_test": {c: sum(r["label"] == c for r in external) for c in LABELS} if external else None,
         "images": len(rows),
@@ -267,8 +290,12 @@ def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: f
         "largest_group": max((len(v) for v in main_groups.values()), default=0),
         "grouping_keys": [k for k in GROUPING_KEYS if k == "near_duplicate" or any(r.get(k) for r in rows)],
         "merges": grouping.merges,  # per key: how many times it joined two groups
-        "conflicting_labels": {"policy": conflicting_labels, "groups": len(conflict_list),
-                               "images_dropped": len(conflicted), "listing": conflict_list},
+        "conflicting_labels": {
+            "policy": conflicting_labels,
+            "groups": len(conflict_list),
+            "images_dropped": len(conflicted),
+            "listing": conflict_list,
+        },
         "dropped_overlapping_external_test": sorted(rows[i]["id"] for i in dropped),
     }
     _write_split(out, tables, external, list(rows[0].keys()) + ["group"], report)
@@ -276,8 +303,13 @@ def split(raw: Path, out: Path, seed: int, val_fraction: float, test_fraction: f
     return report
 
 
-def _write_split(out: Path, tables: dict[str, list[dict[str, str]]], external: list[dict[str, str]],
-                 columns: list[str], report: dict[str, Any]) -> None:
+def _write_split(
+    out: Path,
+    tables: dict[str, list[dict[str, str]]],
+    external: list[dict[str, str]],
+    columns: list[str],
+    report: dict[str, Any],
+) -> None:
     with atomic_dir(out) as tmp:
         for s, t in tables.items():
             write_csv(tmp / f"{s}.csv", sorted(t, key=lambda r: r["id"]), columns)
@@ -293,7 +325,9 @@ def summary_line(report: dict[str, Any], out: Path) -> str:
     if ext:
         parts += f", external_test {ext['benign']}/{ext['malignant']}"
     m, conflicts = report["merges"], report["conflicting_labels"]
-    return (f"split: {parts} (benign/malignant); {report['groups_merged']} kept groups of several images "
-            f"({m['md5']} exact, {m['near_duplicate']} near duplicates, {m['lesion_id']} same-lesion, "
-            f"{m['patient_id']} same-patient links); {conflicts['images_dropped']} images dropped in "
-            f"{conflicts['groups']} groups labelled both ways -> {out} [{report['seconds']:.1f} s]")
+    return (
+        f"split: {parts} (benign/malignant); {report['groups_merged']} kept groups of several images "
+        f"({m['md5']} exact, {m['near_duplicate']} near duplicates, {m['lesion_id']} same-lesion, "
+        f"{m['patient_id']} same-patient links); {conflicts['images_dropped']} images dropped in "
+        f"{conflicts['groups']} groups labelled both ways -> {out} [{report['seconds']:.1f} s]"
+    )

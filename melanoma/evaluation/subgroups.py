@@ -22,11 +22,63 @@ from typing import Any
 
 import numpy as np
 
+from melanoma.data.releases import META_COLUMNS
 from melanoma.evaluation.metrics import auroc
 from melanoma.evaluation.stats import Draws, cell_intervals, draw, interval, per_seed_draws, seed_mean, two_sided_p
 
 UNKNOWN = "unknown"
 ALPHA = 0.05
+ATTRIBUTES = ("sex", "age", "site", "skin_type")  # the manifest's meta_<name> columns they are read from
+AGE_EDGES = [40, 60]  # age bands "<40", "40-59", "60+"
+# a table column (the releases' names, or the attribute's own) -> the attribute it holds
+COLUMNS = {**{c: a for c, a in META_COLUMNS.items() if a in ATTRIBUTES}, **{a: a for a in ATTRIBUTES}}
+
+# Body sites on the ISIC challenges' general-site scale (anatom_site_general[_challenge]); HAM10000's finer
+# `localization` values folded onto it. A value not listed keeps its own (lower-cased) name: never merged by guess.
+SITES = {
+    **{v: "torso" for v in ("torso", "anterior torso", "posterior torso", "lateral torso")},
+    **{v: "torso" for v in ("abdomen", "back", "chest", "trunk")},
+    **{v: "head/neck" for v in ("head/neck", "face", "scalp", "ear", "neck")},
+    **{v: "upper extremity" for v in ("upper extremity", "hand")},
+    **{v: "lower extremity" for v in ("lower extremity", "foot")},
+    **{v: "palms/soles" for v in ("palms/soles", "acral")},
+    **{v: "oral/genital" for v in ("oral/genital", "genital")},
+}
+ROMAN = ("I", "II", "III", "IV", "V", "VI")
+
+
+def age_band(age: str, edges: list[int]) -> str:
+    """A release's age (ISIC's age_approx, in years, a multiple of 5) as a band between ascending `edges`: with
+    [40, 60], "<40", "40-59" or "60+". Empty, unparsable or outside 0-120: "unknown"."""
+    try:
+        years = float(age)
+    except ValueError:
+        return UNKNOWN
+    if not 0 <= years <= 120:
+        return UNKNOWN
+    lower = [e for e in edges if e <= years]
+    if not lower:
+        return f"<{edges[0]}"
+    i = edges.index(lower[-1])
+    return f"{edges[i]}+" if i == len(edges) - 1 else f"{edges[i]}-{edges[i + 1] - 1}"
+
+
+def subgroup_value(attribute: str, raw: str, age_edges: list[int]) -> str:
+    """One image's subgroup for `attribute` from its release's raw metadata value: sex "female"/"male"; age band
+    (age_band); body site on the ISIC general-site scale (SITES); Fitzpatrick skin type "I".."VI" (from roman
+    numerals or 1-6). Anything absent or unreadable is "unknown", never guessed. Raises KeyError for an
+    attribute not in ATTRIBUTES."""
+    v = raw.strip().lower()
+    if attribute == "sex":
+        return {"female": "female", "f": "female", "male": "male", "m": "male"}.get(v, UNKNOWN)
+    if attribute == "age":
+        return age_band(v, age_edges)
+    if attribute == "site":
+        return SITES.get(v, v) if v and v not in (UNKNOWN, "na", "nan", "none") else UNKNOWN
+    if attribute == "skin_type":
+        v = v.removeprefix("type").removeprefix("fst").strip().upper()
+        return v if v in ROMAN else ROMAN[int(v) - 1] if v in ("1", "2", "3", "4", "5", "6") else UNKNOWN
+    raise KeyError(f"no subgroup attribute {attribute!r}; known: {', '.join(ATTRIBUTES)}")
 
 
 def groups(labels: np.ndarray, values: np.ndarray, min_per_class: int) -> list[dict[str, Any]]:

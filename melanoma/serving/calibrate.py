@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from melanoma.data.releases import FetchError, csv_dialect, from_class_folders, 
 from melanoma.errors import MelanomaError, printable
 from melanoma.evaluation.metrics import at_threshold, auroc, choose_threshold
 from melanoma.evaluation.stats import CHUNK, cell_intervals, draw, interval
+from melanoma.evaluation.subgroups import AGE_EDGES, COLUMNS, groups, subgroup_value
 from melanoma.io import owner_lock, read_small, regular_file, write_atomic
 from melanoma.params import LABELS
 from melanoma.serving.package import CONFIG, WEIGHTS, check_package_fields, load
@@ -79,6 +80,7 @@ class Labelled:
     files: list[Path]
     names: list[str]
     labels: np.ndarray  # (n,) int64 in {0, 1}
+    meta: dict[str, list[str]] = field(default_factory=dict)  # subgroup attribute -> raw value per file (CSV only)
 
     def files_sha256(self) -> str:
         """sha256 of the sorted 'label<TAB>relative path' lines: the same set of labelled files gives the same
@@ -136,6 +138,11 @@ def _read_csv(path: Path) -> Labelled:
                 f"--labels {path} has no '{col}' column (its header: {', '.join(rows[0]) or 'empty'}); {fix}"
             )
     ci, cl = head.index(IMAGE_COLUMN), head.index(LABEL_COLUMN)
+    meta_cols: dict[str, int] = {}  # attribute -> its column: the first one in the header that holds it
+    for i, h in enumerate(head):
+        if h in COLUMNS:
+            meta_cols.setdefault(COLUMNS[h], i)
+    meta: dict[str, list[str]] = {a: [] for a in meta_cols}
     root = path.resolve().parent
     files, names, labels, seen, missing = [], [], [], {}, []
     for line, row in enumerate(rows[1:], start=2):
@@ -171,6 +178,8 @@ def _read_csv(path: Path) -> Labelled:
         files.append(f)
         names.append(Path(os.path.relpath(f, root)).as_posix())
         labels.append(LABELS.index(label))
+        for a, i in meta_cols.items():
+            meta[a].append(row[i] if i < len(row) else "")
     if missing:
         line, image, f = missing[0]
         raise CalibrationError(
@@ -178,7 +187,7 @@ def _read_csv(path: Path) -> Labelled:
             f"line {line}, {image} -> {f}); fix the paths (relative ones are read from the "
             "CSV's folder) or delete those lines"
         )
-    out = Labelled(path, "csv", root, files, names, np.array(labels, dtype=np.int64))
+    out = Labelled(path, "csv", root, files, names, np.array(labels, dtype=np.int64), meta)
     _both_classes(out)
     return out
 
@@ -369,6 +378,48 @@ def measure(labels: np.ndarray, probs: np.ndarray, threshold: float, n_boot: int
         "ci95": ci95,
         "exact_ci95": exact,
     }
+
+
+def by_subgroup(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, meta: dict[str, list[str]], n_boot: int, seed: int
+) -> list[dict[str, Any]]:
+    """The calibrated threshold's figures within each subgroup of the site's images (sex, age band, body site,
+    Fitzpatrick skin type, from the labels CSV's columns: melanoma.evaluation.subgroups). labels, probs: (n,);
+    meta: attribute -> raw value per image. One row per (attribute, value) with its counts; a group with at least
+    MIN_PER_CLASS images of each class also gets `measure`'s sensitivity, specificity and AUROC with their 95 %
+    CIs (`ci95`, `exact_ci95`), a smaller one none (`estimated` False): never pooled into another group."""
+    y, p = np.asarray(labels).astype(np.int64), np.asarray(probs, dtype=np.float64)
+    rows = []
+    for attribute, raw in meta.items():
+        values = np.array([subgroup_value(attribute, v, AGE_EDGES) for v in raw], dtype=object)
+        for g in groups(y, values, MIN_PER_CLASS):
+            mask = g.pop("mask")
+            row: dict[str, Any] = {"attribute": attribute, **g}
+            if g["estimated"]:
+                m = measure(y[mask], p[mask], threshold, n_boot, seed)
+                row.update({k: m[k] for k in ("sensitivity", "specificity", "auroc", "ci95", "exact_ci95")})
+            rows.append(row)
+    return rows
+
+
+def subgroup_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """`by_subgroup`'s rows as one summary line per attribute."""
+    out = []
+    for attribute in dict.fromkeys(r["attribute"] for r in rows):
+        parts = []
+        for r in (r for r in rows if r["attribute"] == attribute):
+            counts = f"{r['n_malignant']} malignant, {r['n_benign']} benign"
+            if r["estimated"]:
+                s, c = r["sensitivity"], r["ci95"]
+                parts.append(
+                    f"{printable(r['value'])} ({counts}): sensitivity {s:.3f} [{c['sensitivity'][0]:.3f}, "
+                    f"{c['sensitivity'][1]:.3f}], specificity {r['specificity']:.3f} [{c['specificity'][0]:.3f}, "
+                    f"{c['specificity'][1]:.3f}]"
+                )
+            else:
+                parts.append(f"{printable(r['value'])} ({counts}: too few to estimate)")
+        out.append(f"  by {attribute}: " + "; ".join(parts))
+    return out
 
 
 def clopper_pearson(k: int, n: int) -> tuple[float, float]:
@@ -587,6 +638,10 @@ def calibrate(
             },
             "note": IN_SAMPLE,
         }
+        if data.meta:
+            rec["subgroups"] = by_subgroup(
+                y, p, threshold, {a: list(np.array(v)[ok]) for a, v in data.meta.items()}, n_boot, seed
+            )
         check_out(out, planned, force)  # again: a file may have appeared at --out while the images were scored
         write_atomic(out, json.dumps(rec, indent=2) + "\n")
     return rec, out
@@ -626,6 +681,12 @@ def summary(rec: dict[str, Any], out: Path, model: str | None = None) -> str:
             "(the rule "
             "re-applied to each resample): how firmly these images pin it down",
             _line(f"package threshold ({pkg['threshold_rule']}, chosen on val)", rec["package_threshold_metrics"]),
+            *(
+                [f"the calibrated threshold by subgroup (at least {MIN_PER_CLASS} images of each class to estimate):"]
+                + subgroup_lines(rec["subgroups"])
+                if rec.get("subgroups")
+                else []
+            ),
             *rec.get("warnings", []),
             IN_SAMPLE,
             f"wrote {out}; use it with: melanoma predict IMAGES --model {model} --threshold-file {out}",
