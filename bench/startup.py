@@ -11,7 +11,7 @@ its own work, plus the imports it makes lazily after that (torch._dynamo at the 
 warm start, the server's one-time imports count as start-up too. The share is the sum over the run divided by
 the whole run's wall time (set-up, DVC and the final relink included). Target: at most 10 %. The clone uses
 this checkout's virtual environment (VENV) and its own package (PYTHONPATH). It takes as long as the demo
-(about 15 minutes on 2 cores); nothing else should run meanwhile.
+(15-30 minutes on 2 cores, by machine); nothing else should run meanwhile.
 """
 
 from __future__ import annotations
