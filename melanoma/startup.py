@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import contextlib
 import io
 import json
 import os
@@ -48,7 +49,8 @@ OFF_ENV = "MELANOMA_WARM"  # "0": run the command with every stage cold
 
 # What stages import lazily, inside functions, beside what the `melanoma` package imports at its top level.
 # A module missing here is only imported by the stage itself (slower, never wrong). Not onnxruntime: its import
-# starts a thread that a fork would not carry over (export and the serving commands import it themselves).
+# can start a native thread that a fork would not carry over (it did on a 2-core machine); export and the serving
+# commands import it themselves.
 THIRD_PARTY = (
     "torch",
     "torch._dynamo",
@@ -129,7 +131,10 @@ def _relay(conn: socket.socket, pid: int, stage: str) -> None:
     for its exit status (the server sends it), and end this process the same way."""
 
     def forward(signum: int, frame: object) -> None:
-        os.kill(pid, signum)
+        # the fork may have ended (and been reaped by the server) between its exit and the reply below: nothing
+        # is left to tell, and the reply carries its status
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, forward)
