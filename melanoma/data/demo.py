@@ -9,6 +9,14 @@ rim give classifiers and generators the nuisances real images have.
 Each image is rendered from its own RNG seeded by (seed, class, index), so adding images never changes the
 earlier ones, and a lesion can be photographed twice (same lesion parameters, another view): those share a
 `lesion_id`, which the split stage must keep together.
+
+Each lesion also has patient attributes (`patient`: sex, age, body site, Fitzpatrick skin type), drawn from a
+stream of their own with the proportions in SEXES, AGE_*, SITES and SKIN_TYPES, so that subgroups can be evaluated.
+The skin type sets the skin's tone, and the lesion's pigment darkens with the skin, less than in proportion
+(LESION_FOLLOWS_SKIN), so darker skin shows it with less contrast; on types V-VI (HARDER_SKIN_TYPES) the lesion and
+its dots and streaks are drawn at HARDER_VISIBILITY (0.55) of their opacity. That group is modestly harder: the
+colour-and-texture baseline (melanoma.evaluation.baseline's features, logistic regression, 5-fold CV over 1,200
+images at 32 px) scores an AUROC 0.06 lower on V-VI than on I-IV (0.74 vs 0.80, mean of seeds 0-2), well above chance.
 """
 
 from __future__ import annotations
@@ -26,6 +34,27 @@ _DARK = np.array([0.18, 0.11, 0.08])
 _BLUE_GREY = np.array([0.38, 0.42, 0.50])
 _RED = np.array([0.70, 0.33, 0.30])
 _WHITE = np.array([0.86, 0.82, 0.80])
+
+# Patient attributes, one draw per lesion. Sex half and half; age normal around AGE_MEAN (sd AGE_SD) rounded to 5
+# years and clipped to AGE_RANGE, as ISIC's age_approx; body sites on ISIC's general-site scale, the torso the
+# commonest as in the ISIC challenges; Fitzpatrick skin types with V-VI a quarter of the lesions (far more than in
+# ISIC's releases, where they are rare), so the darker group is large enough to evaluate.
+SEXES = {"female": 0.5, "male": 0.5}
+AGE_MEAN, AGE_SD, AGE_RANGE = 55.0, 15.0, (15, 85)
+SITES = {"torso": 0.40, "lower extremity": 0.25, "upper extremity": 0.20, "head/neck": 0.15}
+SKIN_TYPES = {"I": 0.10, "II": 0.25, "III": 0.25, "IV": 0.15, "V": 0.15, "VI": 0.10}
+HARDER_SKIN_TYPES = ("V", "VI")  # the group whose lesions are drawn with less contrast
+
+# Skin colour: a ramp of RGB anchors from pale (tone 0) to dark brown (tone 1); each type sits at its own tone,
+# spread +-_TONE_SPREAD within the type (drawn per view).
+_SKIN_RAMP = np.array(
+    [[0.95, 0.83, 0.76], [0.88, 0.71, 0.61], [0.74, 0.54, 0.42], [0.52, 0.35, 0.24], [0.32, 0.20, 0.13]]
+)
+_SKIN_TONE = {"I": 0.05, "II": 0.2, "III": 0.37, "IV": 0.54, "V": 0.72, "VI": 0.9}
+_TONE_SPREAD = 0.07
+_REFERENCE_SKIN = _SKIN_RAMP[1]  # the skin on which the lesion colours above are drawn as they are
+LESION_FOLLOWS_SKIN = 0.7  # lesion RGB x (skin / reference skin) ** this: < 1, darker skin shows less contrast
+HARDER_VISIBILITY = 0.55  # opacity of the lesion and its structures on HARDER_SKIN_TYPES (1 elsewhere)
 
 
 @dataclass(frozen=True)
@@ -117,21 +146,36 @@ def _view(rng: np.random.Generator, size: int) -> tuple[np.ndarray, ...]:
     return xx, yy, lx, ly, np.hypot(lx, ly), np.arctan2(ly, lx)
 
 
-def _skin(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
-    """A skin tone with low-frequency mottling and fine grain, (H, W, 3) floats around [0, 1]."""
-    tone = rng.uniform(0, 1)
-    skin_rgb = (1 - tone) * np.array([0.93, 0.78, 0.70]) + tone * np.array([0.72, 0.52, 0.40])
+def skin_colour(tone: float) -> np.ndarray:
+    """The skin's base RGB (float (3,), in [0, 1]) at `tone` in [0, 1] (0 pale, 1 dark brown) on _SKIN_RAMP."""
+    x = np.linspace(0, 1, len(_SKIN_RAMP))
+    return np.array([np.interp(tone, x, _SKIN_RAMP[:, c]) for c in range(3)])
+
+
+def _skin(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, skin_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """The skin of `skin_type` with low-frequency mottling and fine grain, (H, W, 3) floats around [0, 1], and its
+    base RGB (3,)."""
+    tone = float(np.clip(_SKIN_TONE[skin_type] + _TONE_SPREAD * rng.uniform(-1, 1), 0, 1))
+    skin_rgb = skin_colour(tone)
     mottle = _noise(_waves(rng, 12, 0.8, 3.0), xx, yy)
     grain = rng.normal(0, 1, xx.shape)
     img = skin_rgb[None, None, :] * (1 + 0.05 * mottle[..., None] + 0.015 * grain[..., None])
-    return img * (1 + 0.03 * _noise(_waves(rng, 6, 4, 10), xx, yy))[..., None]
+    return img * (1 + 0.03 * _noise(_waves(rng, 6, 4, 10), xx, yy))[..., None], skin_rgb
 
 
 def _lesion(
-    lesion: dict, img: np.ndarray, lx: np.ndarray, ly: np.ndarray, r: np.ndarray, phi: np.ndarray
+    lesion: dict,
+    img: np.ndarray,
+    lx: np.ndarray,
+    ly: np.ndarray,
+    r: np.ndarray,
+    phi: np.ndarray,
+    pigment: np.ndarray,
+    visibility: float,
 ) -> np.ndarray:
     """Paint the lesion: a mask whose radius carries harmonics (asymmetry) and notches (irregular border), a
-    brown base darker at the centre, extra colours in noise-defined patches, an optional pigment network."""
+    brown base darker at the centre, extra colours in noise-defined patches, an optional pigment network; its
+    colours scaled by `pigment` (RGB (3,), the skin's darkening) and its opacity by `visibility`."""
     amp, ph = lesion["harm_amp"], lesion["harm_phase"]
     rad = np.full_like(r, lesion["radius"])
     for k in range(1, len(amp)):
@@ -149,12 +193,15 @@ def _lesion(
         f = lesion["network_freq"]
         net = (np.sin(f * lx) * np.sin(f * ly)) ** 2
         lesion_rgb *= (1 - lesion["network"] * net)[..., None]
-    alpha = mask * lesion["darkness"]
-    return img * (1 - alpha[..., None]) + lesion_rgb * alpha[..., None]
+    alpha = mask * lesion["darkness"] * visibility
+    return img * (1 - alpha[..., None]) + lesion_rgb * pigment * alpha[..., None]
 
 
-def _structures(lesion: dict, img: np.ndarray, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
-    """Dots/globules and radial streaks near the border, darkening the image."""
+def _structures(
+    lesion: dict, img: np.ndarray, lx: np.ndarray, ly: np.ndarray, pigment: np.ndarray, visibility: float
+) -> np.ndarray:
+    """Dots/globules and radial streaks near the border, darkening the image (their colour scaled by `pigment`,
+    their opacity by `visibility`)."""
     structures = np.zeros_like(lx)
     for (dx, dy), ds in zip(lesion["dots"], lesion["dot_size"]):
         structures = np.maximum(structures, np.exp(-((lx - dx) ** 2 + (ly - dy) ** 2) / (2 * ds**2)))
@@ -163,7 +210,8 @@ def _structures(lesion: dict, img: np.ndarray, lx: np.ndarray, ly: np.ndarray) -
         across = -lx * np.sin(a) + ly * np.cos(a)
         band = np.exp(-(across**2) / (2 * 0.02**2)) * np.exp(-((along - lesion["radius"]) ** 2) / (2 * 0.18**2))
         structures = np.maximum(structures, band)
-    return img * (1 - 0.8 * structures[..., None]) + _DARK * 0.8 * structures[..., None]
+    strength = 0.8 * visibility * structures[..., None]
+    return img * (1 - strength) + _DARK * pigment * strength
 
 
 def _optics(img: np.ndarray, rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
@@ -177,11 +225,15 @@ def _optics(img: np.ndarray, rng: np.random.Generator, xx: np.ndarray, yy: np.nd
     return img
 
 
-def _render(lesion: dict, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Draw one view of a lesion as uint8 (size, size, 3): the view (pose, skin, hair, light) comes from `rng`."""
+def _render(lesion: dict, rng: np.random.Generator, size: int, skin_type: str) -> np.ndarray:
+    """Draw one view of a lesion on skin of `skin_type` as uint8 (size, size, 3): the view (pose, skin tone within
+    the type, hair, light) comes from `rng`."""
     xx, yy, lx, ly, r, phi = _view(rng, size)
-    img = _skin(rng, xx, yy)
-    img = _structures(lesion, _lesion(lesion, img, lx, ly, r, phi), lx, ly)
+    img, skin_rgb = _skin(rng, xx, yy, skin_type)
+    pigment = (skin_rgb / _REFERENCE_SKIN) ** LESION_FOLLOWS_SKIN
+    visibility = HARDER_VISIBILITY if skin_type in HARDER_SKIN_TYPES else 1.0
+    img = _lesion(lesion, img, lx, ly, r, phi, pigment, visibility)
+    img = _structures(lesion, img, lx, ly, pigment, visibility)
     img = _optics(_add_hair(img, rng, size), rng, xx, yy)
     out = Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
     return np.asarray(out.filter(ImageFilter.GaussianBlur(radius=size / 256)))
@@ -232,13 +284,28 @@ def plan(
     ]
 
 
+def patient(spec: DemoSpec) -> dict[str, str]:
+    """The lesion's patient attributes, the same for every photograph of it (drawn per lesion_index, from a stream
+    of their own): {"sex": "female" | "male", "age": a multiple of 5 in AGE_RANGE as a string, "site": a key of
+    SITES, "skin_type": a Fitzpatrick type "I".."VI"}, with the proportions of SEXES, AGE_*, SITES, SKIN_TYPES."""
+    rng = np.random.default_rng([spec.seed, _CLASS_CODE[spec.drawn_as], spec.lesion_index, 3])
+
+    def pick(weights: dict[str, float]) -> str:
+        return str(rng.choice(list(weights), p=list(weights.values())))
+
+    sex = pick(SEXES)
+    age = int(np.clip(5 * round(rng.normal(AGE_MEAN, AGE_SD) / 5), *AGE_RANGE))
+    return {"sex": sex, "age": str(age), "site": pick(SITES), "skin_type": pick(SKIN_TYPES)}
+
+
 def render(spec: DemoSpec) -> tuple[np.ndarray, float]:
-    """The image (HxWx3 uint8) and its lesion's latent severity."""
+    """The image (HxWx3 uint8) on the skin of its patient's skin type, and its lesion's latent severity."""
     code = _CLASS_CODE[spec.drawn_as]
     lesion = _sample_lesion(
         np.random.default_rng([spec.seed, code, spec.lesion_index, 1]), spec.drawn_as == "malignant"
     )
-    pixels = _render(lesion, np.random.default_rng([spec.seed, code, spec.index, 2]), spec.size)
+    rng = np.random.default_rng([spec.seed, code, spec.index, 2])
+    pixels = _render(lesion, rng, spec.size, patient(spec)["skin_type"])
     return pixels, lesion["severity"]
 
 
