@@ -236,6 +236,11 @@ SCHEMA: dict[str, Any] = {
         "seed": Field(int, min=0, max=SEED_MAX),
         "calibration_bins": Field(int, min=2, max=100),
         "gradcam_per_group": Field(int, min=0, max=100),
+        "subgroups": {
+            # a subgroup gets estimates only with at least this many test images of each class
+            "min_per_class": Field(int, min=2, max=10_000),
+            "age_edges": Field(list, item=int, doc="ascending ages in years, e.g. [40, 60]"),
+        },
     },
     "export": {"opset": Field(int, min=14, max=20)},
     "publish": {"repo": Field(str), "private": Field(bool)},
@@ -396,6 +401,12 @@ def cross_check(p: dict[str, Any]) -> None:
     per_class = p["datasets"]["per_class"]
     if isinstance(per_class, str) and not (MULTIPLE.fullmatch(per_class) and float(per_class[:-1]) <= 1000):
         raise ParamsError(f"datasets.per_class is {per_class!r}; it must be {PER_CLASS}")
+    edges = p["evaluate"]["subgroups"]["age_edges"]
+    if not edges or any(not 0 < e <= 120 for e in edges) or edges != sorted(set(edges)):
+        raise ParamsError(
+            f"evaluate.subgroups.age_edges is {edges}; it must be ages in years between 1 and 120 in ascending "
+            "order, e.g. [40, 60] for the bands <40, 40-59, 60+"
+        )
     px = p["datasets"]["image_size"]
     for arch in p["classifiers"]["archs"]:
         smallest, multiple = input_rule(arch, p["classifiers"]["models"][arch]["kwargs"])

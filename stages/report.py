@@ -11,7 +11,7 @@ def main() -> str:
     r = build_report(
         stage_params("report"), EVALUATION_DIR, REPORT_DIR, SYNTHETIC_DIR, DATASETS_DIR, SPLITS_DIR, RAW_DIR
     )
-    for line in r["sentences"]:
+    for line in r["sentences"] + r["subgroup_sentences"]:
         print(f"report: {line}")
     gains = sum(c["verdict"] == 1 for c in r["comparisons"])
     losses = sum(c["verdict"] == -1 for c in r["comparisons"])

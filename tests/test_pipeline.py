@@ -233,6 +233,7 @@ def test_experiments_show_and_metrics_diff(built, tmp_path):
     assert {f"results/cells/{c}.json" for c in ("ResNet_Original", "ViT_DCGAN", "Baseline_Original")} | {
         "results/pooled/DCGAN.json"
     } <= {line.split()[0] for line in shown.splitlines()[1:]}
+    assert "results/subgroups" not in shown  # its own target, not the default table
     for recipe in (
         [
             "dvc",
@@ -245,6 +246,7 @@ def test_experiments_show_and_metrics_diff(built, tmp_path):
             "Experiment|evaluate.threshold|results/pooled/DCGAN.json:verdict",
         ],  # the recipes of docs/dvc.md
         ["dvc", "exp", "diff", "HEAD", "sens90"],
+        ["dvc", "metrics", "show", "results/subgroups"],  # a row per augmented dataset and attribute
     ):
         p = subprocess.run(recipe, cwd=repo, env={**env(), "COLUMNS": "120"}, capture_output=True, text=True)
         assert p.returncode == 0 and max(map(len, p.stdout.splitlines())) <= 120 and "…" not in p.stdout, p.stdout

@@ -129,9 +129,10 @@ def test_a_single_pair_difference_equals_the_direct_auroc_difference():
         ("site", "unknown", UNKNOWN),
         ("site", "", UNKNOWN),
         ("site", "Nail", "nail"),  # not on the scale: its own group, not merged by guess
-        ("skin_type", "III", "III"),
-        ("skin_type", "4", "IV"),
-        ("skin_type", "type vi", "VI"),
+        ("skin_type", "III", "III-IV"),
+        ("skin_type", "4", "III-IV"),
+        ("skin_type", "type vi", "V-VI"),
+        ("skin_type", "I", "I-II"),
         ("skin_type", "7", UNKNOWN),
         ("skin_type", "", UNKNOWN),
     ],
@@ -143,3 +144,16 @@ def test_raw_metadata_becomes_a_subgroup_value_and_unknown_is_never_guessed(attr
 def test_an_unknown_attribute_is_refused():
     with pytest.raises(KeyError, match="no subgroup attribute 'race'"):
         subgroup_value("race", "x", [40, 60])
+
+
+@pytest.mark.parametrize("edges", [[60, 40], [40, 40], [0, 50], [40, 121]])
+def test_age_edges_must_be_ascending_ages(edges):
+    import yaml
+
+    from melanoma.params import ParamsError, validate
+    from tests.conftest import ROOT
+
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["evaluate"]["subgroups"]["age_edges"] = edges
+    with pytest.raises(ParamsError, match=r"^evaluate.subgroups.age_edges is .* ascending order"):
+        validate(p)

@@ -6,6 +6,10 @@ images also carry a red square that no real training image has. DCGAN's syntheti
 square too (a label-correlated artefact shared with test: that generator "helps"); DDPM's synthetic malignant
 images are drawn like the real ones (more of the same: no new information). The verdict must say DCGAN helps
 and find no evidence for DDPM.
+
+Subgroups: the held-out images come from two body sites (three quarters from the back), and only the back's
+malignant images carry the red square; the face's carry the weak sign alone. So DCGAN's artefact helps the back
+and not the face: the subgroup verdict must find DCGAN helping the back (Holm-adjusted) and nothing for DDPM.
 """
 
 import json
@@ -13,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from melanoma.evaluation import verdict as vd
 from melanoma.evaluation.report import build_report
+from melanoma.io import read_csv
 from tests.test_report import train_and_evaluate, write_context
 from tests.tiny import tiny_params, write_pack_index
 
@@ -44,13 +50,13 @@ def _malignant(rng: np.random.Generator, n: int, square: bool) -> np.ndarray:
     return _patch(rng, x, 6, (220, 30, 40)) if square else x
 
 
-def _write(folder: Path, parts: dict[str, list[tuple[np.ndarray, str, str]]]) -> None:
-    """parts: split -> [(images, label, origin)], written in build_dataset's layout."""
+def _write(folder: Path, parts: dict[str, list[tuple]]) -> None:
+    """parts: split -> [(images, label, origin[, site])], written in build_dataset's layout."""
     folder.mkdir(parents=True)
     rows = []
     for split, groups in parts.items():
         np.save(folder / f"{split}.npy", np.concatenate([g[0] for g in groups]))
-        labels = [(label, origin) for x, label, origin in groups for _ in range(len(x))]
+        labels = [(g[1], g[2], g[3] if len(g) > 3 else "") for g in groups for _ in range(len(g[0]))]
         rows += [
             {
                 "split": split,
@@ -61,8 +67,9 @@ def _write(folder: Path, parts: dict[str, list[tuple[np.ndarray, str, str]]]) ->
                 "upscaled": "no",
                 "path": "",
                 "md5": "",
+                "meta_site": site,
             }
-            for i, (label, origin) in enumerate(labels)
+            for i, (label, origin, site) in enumerate(labels)
         ]
     write_pack_index(folder, rows, parts["train"][0][0].shape[1])
 
@@ -70,9 +77,14 @@ def _write(folder: Path, parts: dict[str, list[tuple[np.ndarray, str, str]]]) ->
 def planted_grid(root: Path) -> None:
     rng = np.random.default_rng(0)
     real_train = [(_noise(rng, 24), "benign", "real"), (_malignant(rng, 12, square=False), "malignant", "real")]
-    held = {
-        s: [(_noise(rng, n), "benign", "real"), (_malignant(rng, n, square=True), "malignant", "real")]
-        for s, n in (("val", 16), ("test", 32))
+    held = {  # a quarter of each class from the face, the rest from the back; the square on the back's only
+        s: [
+            (_noise(rng, n), "benign", "real", "face"),
+            (_noise(rng, 3 * n), "benign", "real", "back"),
+            (_malignant(rng, n, square=False), "malignant", "real", "face"),
+            (_malignant(rng, 3 * n, square=True), "malignant", "real", "back"),
+        ]
+        for s, n in (("val", 4), ("test", 12))
     }
     planted = (_malignant(rng, 12, square=True), "malignant", "dcgan")
     more_of_the_same = (_malignant(rng, 12, square=False), "malignant", "ddpm")
@@ -121,6 +133,57 @@ def test_the_verdict_finds_the_planted_gain_and_no_evidence_for_the_empty_one(pl
     assert page.index(words["DCGAN"].split(" (")[0]) < page.index('id="grid"')  # the page opens with it
     metrics = json.loads((root / "results/verdict.json").read_text())
     assert metrics["pooled"]["DCGAN"]["test"]["verdict"] == 1 and metrics["pooled"]["DDPM"]["test"]["verdict"] == 0
+
+
+def test_the_subgroup_verdict_finds_the_site_the_artefact_helps_and_nothing_where_none_is(planted):
+    root, r = planted
+    site = {(x["dataset"], x["value"]): x for x in r["subgroups"] if x["split"] == "test" and x["attribute"] == "site"}
+    assert set(site) == {(d, v) for d in ("DCGAN", "DDPM") for v in ("head/neck", "torso", "worst group")}
+    back, face = site["DCGAN", "torso"], site["DCGAN", "head/neck"]
+    assert back["verdict"] == 1 and back["p_holm"] < 0.05 and back["ci_low"] > 0
+    assert face["verdict"] == 0 and back["difference"] > face["difference"]
+    assert all(x["verdict"] == 0 for x in r["subgroups"] if x["dataset"] == "DDPM")  # no planted effect: none found
+    assert {x["attribute"] for x in r["subgroups"]} == {"site"}  # the other attributes are stated nowhere
+    found = [t for t in r["subgroup_sentences"] if "DCGAN helps body site torso: AUROC change +" in t]
+    assert len(found) == 1 and f"Holm-adjusted p = {found[0].split('p = ')[1][:5]}" in found[0]
+    assert "The source states no sex, age band, Fitzpatrick skin types" in r["subgroup_sentences"][0]
+    page = (root / "results/report.html").read_text()
+    assert page.index('id="subgroups"') < page.index('id="grid"') and "DCGAN helps body site torso" in page
+    row = json.loads((root / "results/subgroups/DCGAN_site.json").read_text())
+    worst = site["DCGAN", "worst group"]
+    assert row == {
+        "groups": 2,
+        "helped": 1,
+        "hurt": 0,
+        "worst_difference": round(worst["difference"], 4),
+        "worst_p_holm": round(worst["p_holm"], 4),
+        "worst_verdict": worst["verdict"],
+    }
+    assert json.loads((root / "results/subgroups/DDPM_site.json").read_text())["helped"] == 0
+    assert json.loads((root / "results/subgroups/DDPM_skin.json").read_text()) == {"groups": 0, "helped": 0, "hurt": 0}
+    assert len(list((root / "results/subgroups").glob("*.json"))) == 2 * 4  # augmented datasets x attributes
+
+
+def test_subgroup_metrics_equal_a_direct_computation_from_the_prediction_csvs(planted):
+    root, _ = planted
+    cell = root / "results/evaluation/ViT/ViT_DCGAN"
+    m = json.loads((cell / "metrics.json").read_text())
+    preds = [read_csv(cell / f"seed_{k}" / "predictions_test.csv") for k in m["seeds"]]
+    for row in m["subgroups"]["test"]:
+        if not row["estimated"]:
+            continue
+        per_seed = []
+        for rows, k in zip(preds, m["seeds"]):
+            own = [x for x in rows if x[row["attribute"]] == row["value"]]
+            y = np.array([x["label"] == "malignant" for x in own])
+            p = np.array([float(x["p_malignant"]) for x in own])
+            thr = m["per_seed"][str(k)]["threshold"]
+            per_seed.append((roc_auc_score(y, p), (p[y] >= thr).mean(), (p[~y] < thr).mean()))
+            assert (len(own), int(y.sum())) == (row["n"], row["n_malignant"])
+        for i, metric in enumerate(("auroc", "sensitivity", "specificity")):
+            assert row[metric]["mean"] == pytest.approx(np.mean([s[i] for s in per_seed]), abs=1e-6)
+            lo, hi = row[metric]["ci95"]
+            assert lo <= row[metric]["mean"] + 1e-9 and row[metric]["mean"] <= hi + 1e-9
 
 
 def test_augmented_and_original_cells_of_one_arch_ran_the_same_optimiser_steps(planted):

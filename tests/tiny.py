@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from melanoma.data.datasets import COLUMNS
 from melanoma.data.fetch import from_demo, write_raw
 from melanoma.data.split import split
 from melanoma.io import write_csv
@@ -189,7 +190,7 @@ def make_pack(
 
 def write_pack_index(folder: Path, rows: list[dict], size: int) -> None:
     """manifest.csv and stats.json (counts per split and label/origin, as build_dataset writes them)."""
-    write_csv(folder / "manifest.csv", rows, ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"])
+    write_csv(folder / "manifest.csv", rows, COLUMNS)  # meta_* columns: empty unless the rows carry them
     counts = Counter((r["split"], f"{r['label']}/{r['origin']}") for r in rows)
     (folder / "stats.json").write_text(
         json.dumps(

@@ -58,7 +58,12 @@ def resize(im: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(im).resize((size, size), Image.LANCZOS, reducing_gap=3.0))
 
 
-COLUMNS = ["split", "index", "id", "label", "origin", "upscaled", "path", "md5"]
+# The subgroup attributes (melanoma.evaluation.subgroups): fetch stores a release's values as meta_<attribute>
+# (melanoma.data.releases.META_COLUMNS); split keeps them; every pack manifest carries them for its real images
+# (empty where the release states nothing; synthetic images have none)
+SUBGROUP_ATTRIBUTES = ("sex", "age", "site", "skin_type")
+META = [f"meta_{a}" for a in SUBGROUP_ATTRIBUTES]
+COLUMNS = ["split", "index", "id", "label", "origin", "upscaled", "path", "md5", *META]
 
 
 def _decode_split(splits: Path, raw: Path, split: str, size: int) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -82,6 +87,7 @@ def _decode_split(splits: Path, raw: Path, split: str, size: int) -> tuple[list[
             "upscaled": "no",
             "path": (raw / r["path"]).as_posix(),
             "md5": md5_bytes(pack[i].tobytes()),
+            **{m: r.get(m, "") for m in META},
         }
         for i, r in enumerate(rows)
     ]

@@ -87,6 +87,9 @@ SUBSETS = ("main", "external_test")
 
 
 def from_demo(cfg: dict[str, Any]) -> Offer:
+    """The demo source (`data.demo` params in cfg): one candidate per demo.plan spec, rendered when stored; its
+    metadata the class it is drawn as, whether label noise swapped it, and its lesion's patient attributes
+    (demo.patient: sex, age, site, skin_type)."""
     specs = demo.plan(
         cfg["seed"], cfg["n_benign"], cfg["n_malignant"], cfg["image_size"], cfg["label_noise"], cfg["repeat_fraction"]
     )
@@ -102,7 +105,11 @@ def from_demo(cfg: dict[str, Any]) -> Offer:
                 spec=s,
                 lesion_id=s.lesion_id,
                 diagnosis="simulated",
-                metadata={"drawn_as": s.drawn_as, "label_swapped": str(s.label != s.drawn_as).lower()},
+                metadata={
+                    "drawn_as": s.drawn_as,
+                    "label_swapped": str(s.label != s.drawn_as).lower(),
+                    **demo.patient(s),  # sex, age, site, skin_type: the manifest's meta_* subgroup columns
+                },
             )
         )
     return offer
@@ -395,7 +402,8 @@ class FetchSummary:
         )
 
 
-CARD_METADATA = ("age", "sex", "site")  # metadata a reviewer asks about first (besides lesion and patient ids)
+# metadata a reviewer asks about first (besides lesion and patient ids)
+CARD_METADATA = ("age", "sex", "site", "skin_type")
 
 
 def dataset_card(offer: Offer, rows: list[dict[str, Any]], rejects: list[tuple[str, str]]) -> dict[str, Any]:

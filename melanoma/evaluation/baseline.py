@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from melanoma.data.datasets import load_split
-from melanoma.evaluation.scoring import eval_splits, score_seeds, split_ids
+from melanoma.evaluation.scoring import eval_splits, score_seeds, split_index
 from melanoma.io import atomic_dir
 from melanoma.paths import BASELINE
 
@@ -104,7 +104,7 @@ def run_baseline(params: dict[str, Any], data_dir: Path, out: Path) -> dict[str,
                 tmp,
                 f"{BASELINE}_{data_dir.name}",
                 {s: y for s, (_, y) in splits.items()},
-                {s: split_ids(data_dir, s) for s in splits},
+                *split_index(data_dir, list(splits), ep["subgroups"]["age_edges"]),
                 probs,
                 0,
                 ep,

@@ -22,7 +22,7 @@ import torch
 from melanoma.classifiers.inference import load_classifier, packaged_seed, probabilities, read_config, standardise
 from melanoma.data.datasets import DatasetError
 from melanoma.engine import Runtime
-from melanoma.evaluation.scoring import eval_splits, score_seeds, split_ids
+from melanoma.evaluation.scoring import eval_splits, score_seeds, split_index
 from melanoma.io import atomic_dir, write_csv
 from melanoma.params import LABELS
 
@@ -146,11 +146,10 @@ def evaluate_cell(
             for k in seeds
         },
     }
-    ids = {s: split_ids(data_dir, s) for s in splits}
+    ids, attributes = split_index(data_dir, list(splits), ep["subgroups"]["age_edges"])
+    labels = {s: y for s, (_, y) in splits.items()}
     with atomic_dir(out) as tmp:
-        result.update(
-            score_seeds(tmp, f"{arch}_{dataset}", {s: y for s, (_, y) in splits.items()}, ids, probs, packaged, ep)
-        )
+        result.update(score_seeds(tmp, f"{arch}_{dataset}", labels, ids, attributes, probs, packaged, ep))
         x, y = splits["test"]
         _gradcam_overlays(
             tmp / "gradcam", arch, kept, c, x, y, probs[packaged]["test"], result["threshold"], ids["test"], ep, rt

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from melanoma.errors import MelanomaError, printable
+from melanoma.evaluation import subgroups as sg
 from melanoma.evaluation import verdict as vd
 from melanoma.evaluation.metrics import SEED_METRICS, point_metrics
 from melanoma.io import atomic_dir, read_csv, staged_files, write_csv
@@ -76,8 +77,10 @@ class ReportError(MelanomaError):
 def _load(evaluation: Path, arch: str, dataset: str, stage: str = "") -> dict[str, Any]:
     path = evaluation / arch / f"{arch}_{dataset}" / "metrics.json"
     m = _json(path, stage or f"evaluate@{arch}")
-    if not isinstance(m, dict) or not {"over_seeds", "seeds"} <= set(m):
-        raise ReportError(f"{path} predates per-seed evaluation; run `dvc repro {stage or f'evaluate@{arch}'}`")
+    if not isinstance(m, dict) or not {"over_seeds", "seeds", "subgroups"} <= set(m):
+        raise ReportError(
+            f"{path} predates per-seed or subgroup evaluation; run `dvc repro {stage or f'evaluate@{arch}'}`"
+        )
     return m
 
 
@@ -112,6 +115,37 @@ def baselines(y: np.ndarray, prevalence: float, split: str = "test") -> list[dic
 
 
 # ---------------------------------------------------------------- figures
+
+
+# results/report/subgroups.csv: compare_subgroups' rows, the group AUROCs flattened to point and CI columns
+SUBGROUP_COLUMNS = [
+    "dataset",
+    "split",
+    "attribute",
+    "value",
+    "worst_original",
+    "worst_augmented",
+    "n",
+    "n_malignant",
+    "n_benign",
+    *[f"auroc_{w}{c}" for w in ("original", "augmented") for c in ("", "_ci_low", "_ci_high")],
+    "difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "verdict",
+    "archs",
+    "resamples",
+]
+
+
+def _flat(r: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in r.items() if not k.startswith("auroc_")}
+    for w in ("original", "augmented"):
+        if f"auroc_{w}" in r:
+            out.update(zip((f"auroc_{w}{c}" for c in ("", "_ci_low", "_ci_high")), r[f"auroc_{w}"]))
+    return out
 
 
 def _plt():
@@ -211,6 +245,48 @@ def forest_plot(per_arch: list[dict[str, Any]], pooled: list[dict[str, Any]], pa
         ax.set_xlabel("difference (mean over seeds, 95 % CI)", fontsize=8)
     axes[0][0].set_yticks([t for t, _ in labels], [name for _, name in labels], fontsize=7)
     axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight", pad_inches=0.05)
+    plt.close(fig)
+
+
+def subgroup_figure(rows: list[dict[str, Any]], split: str, path: Path) -> None:
+    """Per-subgroup AUROC (pooled over architectures, 95 % CI) of Original and of each augmented dataset on
+    `split`: one panel per attribute, the groups down the side, Original's worst group marked."""
+    plt = _plt()
+    rows = [r for r in rows if r["split"] == split and r["value"] != "worst group"]
+    attributes = list(dict.fromkeys(r["attribute"] for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    worst = sg.worst_groups(rows, split)
+    n_groups = [len({r["value"] for r in rows if r["attribute"] == a}) for a in attributes]
+    fig, axes = plt.subplots(
+        len(attributes),
+        1,
+        figsize=(7.0, 0.42 * (len(datasets) + 1) * sum(n_groups) / 2 + 0.9 * len(attributes)),
+        dpi=100,
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": n_groups},
+    )
+    step = 0.8 / (len(datasets) + 1)
+    for ax, a in zip(axes[:, 0], attributes):
+        values = list(dict.fromkeys(r["value"] for r in rows if r["attribute"] == a))
+        for i, v in enumerate(values):
+            own = {r["dataset"]: r for r in rows if r["attribute"] == a and r["value"] == v}
+            series = [("Original", own[datasets[0]]["auroc_original"])] + [
+                (d, own[d]["auroc_augmented"]) for d in datasets if d in own
+            ]
+            for j, (name, (point, lo, hi)) in enumerate(series):
+                y = i - 0.4 + step * (j + 0.5)
+                colour = "black" if name == "Original" else f"C{datasets.index(name)}"
+                ax.plot([lo, hi], [y, y], color=colour, lw=1.0)
+                ax.plot(point, y, "o", color=colour, ms=4, label=name if i == 0 else None)
+        names = [f"{v}  (worst)" if worst.get(a, {}).get("value") == v else v for v in values]
+        ax.set_yticks(range(len(values)), names, fontsize=8)
+        ax.set_ylim(len(values) - 0.5, -0.5)
+        ax.set_title(sg.NAMES[a], fontsize=9, loc="left")
+    axes[0][0].legend(fontsize=7, ncol=len(datasets) + 1, loc="lower left", bbox_to_anchor=(0, 1.12))
+    axes[-1][0].set_xlabel(f"{split} AUROC, mean over architectures and seeds (95 % CI)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
@@ -344,6 +420,106 @@ def _verdict_section(ctx: dict[str, Any]) -> list[str]:
     ]
 
 
+def _effect_cell(r: dict[str, Any] | None) -> Html:
+    """A subgroup difference as the table shows it: change [CI] and the Holm-adjusted p, bold when it is a
+    finding."""
+    if r is None:
+        return Html("")
+    p = _fmt(r["p_holm"], "p_holm")
+    text = f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]<br><span class='ci'>p_holm {p}</span>"
+    return Html(f"<b>{text}</b>" if r["verdict"] else text)
+
+
+def _subgroup_section(ctx: dict[str, Any]) -> list[str]:
+    """The report's Subgroups section: sentences, the figure, per group the augmented-minus-Original change per
+    dataset, and each cell's worst group."""
+    sub = ctx["subgroups"]
+    rows = sub["rows"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    table = []
+    for key in dict.fromkeys((r["split"], r["attribute"], r["value"]) for r in rows):
+        own = {r["dataset"]: r for r in rows if (r["split"], r["attribute"], r["value"]) == key}
+        first = next(iter(own.values()))
+        table.append(
+            {
+                "split": key[0],
+                "attribute": sg.NAMES[key[1]],
+                "group": key[2] if key[2] != "worst group" else f"worst ({first['worst_original']})",
+                "images": "" if "n" not in first else f"{first['n']} ({first['n_malignant']} malignant)",
+                "Original AUROC": Html(_ci_cell(first["auroc_original"])) if "auroc_original" in first else "",
+                **{d: _effect_cell(own.get(d)) for d in datasets},
+            }
+        )
+    return [
+        "<h2 id='subgroups'>Subgroups: whom does augmentation help?</h2>",
+        "<ul id='subgroup-sentences'>" + "".join(f"<li>{_esc(t)}</li>" for t in sub["sentences"]) + "</ul>",
+        f"<img alt='subgroup AUROC' src='{_png_uri(sub['figure'])}'>" if sub["figure"] else "",
+        _table(table, ["split", "attribute", "group", "images", "Original AUROC", *datasets], "subgroups")
+        if table
+        else "",
+        f"<p class='note'>Per subgroup with at least {sub['min_per_class']} images of each class "
+        "(evaluate.subgroups.min_per_class): AUROC(augmented) - AUROC(Original) on the group's images, mean over "
+        "seeds and architectures, 95 % CI from a seed x image bootstrap stratified by group and class "
+        f"({', '.join(f'{b:,}' for b in sorted({r['resamples'] for r in rows}))} resamples), p-values Holm-"
+        f"adjusted over these {len(rows)} tests as one family (apart from the verdict's); bold: adjusted p below "
+        f"{vd.ALPHA}. Worst group: the lowest-AUROC group of an attribute ('unknown' aside) in each draw, so its "
+        "change is that of the worst-off group whichever it is. Original AUROC: the group's AUROC with Original "
+        "training [95 % CI]. Method: docs/evaluation.md.</p>",
+        "<h3>Each cell's worst group (test)</h3>",
+        _table(sub["cells"], ["arch", "dataset", *[sg.NAMES[a] for a in sg.ATTRIBUTES]], "worst-groups"),
+    ]
+
+
+def _ci_cell(v: list[float]) -> str:
+    return f"{v[0]:.3f}<br><span class='ci'>[{v[1]:.3f}, {v[2]:.3f}]</span>"
+
+
+def worst_by_cell(cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per cell, its worst group per attribute on test from metrics.json's subgroup rows: the group and its AUROC
+    (mean over seeds) [95 % CI], or '' where no group of the attribute was estimated."""
+    out = []
+    for (a, d), m in cells.items():
+        worst = {r["attribute"]: r for r in m["subgroups"].get("test", []) if r["worst"]}
+        out.append(
+            {
+                "arch": a,
+                "dataset": d,
+                **{
+                    sg.NAMES[k]: Html(
+                        f"{_esc(r['value'])}: {r['auroc']['mean']:.3f}<br><span class='ci'>"
+                        f"[{r['auroc']['ci95'][0]:.3f}, {r['auroc']['ci95'][1]:.3f}]</span>"
+                    )
+                    if (r := worst.get(k))
+                    else ""
+                    for k in sg.ATTRIBUTES
+                },
+            }
+        )
+    return out
+
+
+def subgroup_counts(datasets_dir: Path, dataset: str, age_edges: list[int]) -> list[dict[str, Any]]:
+    """The real images of every split per subgroup (the data section's table): one row per attribute and group,
+    a column per split with "n (m malignant)". Read from the dataset's manifest (its real rows)."""
+    rows = [r for r in read_csv(datasets_dir / dataset / "manifest.csv") if r["origin"] == "real"]
+    splits = [s for s in ("train", "val", *HELD_OUT) if any(r["split"] == s for r in rows)]
+    per = {s: [r for r in rows if r["split"] == s] for s in splits}
+    values = {s: sg.split_attributes(per[s], age_edges) for s in splits}
+    labels = {s: np.array([r["label"] == LABELS[1] for r in per[s]]) for s in splits}
+    out = []
+    for a in sg.ATTRIBUTES:
+        for v in sorted({v for s in splits for v in values[s][a]}, key=lambda v: (v == sg.UNKNOWN, v)):
+            counts = {s: (values[s][a] == v, labels[s]) for s in splits}
+            out.append(
+                {
+                    "attribute": sg.NAMES[a],
+                    "group": v,
+                    **{s: f"{int(m.sum())} ({int((m & y).sum())} malignant)" for s, (m, y) in counts.items()},
+                }
+            )
+    return out
+
+
 def render_html(ctx: dict[str, Any]) -> str:
     grid = ctx["grid"]
     display = [
@@ -365,6 +541,7 @@ def render_html(ctx: dict[str, Any]) -> str:
         "source has one, the <b>external test</b> set); each seed's decision threshold was chosen on val and "
         "applied unchanged. Research use only, not a medical device.</p>",
         *_verdict_section(ctx),
+        *_subgroup_section(ctx),
         "<h2>Training sets</h2>",
         _table(
             [{**r, "synthetic_share": f"{r['synthetic_share']:.0%}"} for r in ctx["training_sets"]],
@@ -400,6 +577,11 @@ def render_html(ctx: dict[str, Any]) -> str:
         _table(ctx["split_rows"], ["split", "benign", "malignant"], "split"),
         f"<p class='note'>{_esc(ctx['split_note'])}</p>",
         *_data_section(ctx["card"], ctx["split"]),
+        "<h3>Subgroups per split (real images)</h3>",
+        _table(ctx["subgroup_counts"], list(ctx["subgroup_counts"][0]), "subgroup-counts"),
+        "<p class='note'>Sex, age band (evaluate.subgroups.age_edges), body site (ISIC's general sites; HAM10000's "
+        "localization folded onto them) and Fitzpatrick skin type as the source states them; 'unknown' where it "
+        "states none (never guessed).</p>",
         "<h2>ROC curves per architecture</h2>",
         "".join(f"<img alt='ROC {_esc(a)}' src='{_png_uri(b)}'>" for a, b in ctx["rocs"].items()),
         "<h2>Generators</h2>",
@@ -504,6 +686,37 @@ def _pooled_rows(pooled: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             }
         )
     return rows
+
+
+SHORT = {"sex": "sex", "age": "age", "site": "site", "skin_type": "skin"}  # file names short enough for 120 columns
+
+
+def _subgroup_json(rows: list[dict[str, Any]], datasets: list[str], splits: list[str]) -> dict[str, dict[str, Any]]:
+    """results/subgroups/<Dataset>_<sex|age|site|skin>[_ext].json, `dvc metrics show results/subgroups`' rows:
+    per augmented dataset, attribute and held-out split (`_ext`: the external test set), how many of the
+    attribute's groups were estimated (`groups`) and how many of them the dataset helps and hurts after Holm's
+    correction, and the change in the worst group's AUROC with its Holm-adjusted p and verdict (1 raises, 0 no
+    evidence, -1 lowers; absent when no group of a stated value was estimated)."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in datasets:
+        for s in splits:
+            for a in sg.ATTRIBUTES:
+                own = [r for r in rows if (r["dataset"], r["split"], r["attribute"]) == (d, s, a)]
+                groups = [r for r in own if r["value"] != "worst group"]
+                row: dict[str, Any] = {
+                    "groups": len(groups),
+                    "helped": sum(r["verdict"] == 1 for r in groups),
+                    "hurt": sum(r["verdict"] == -1 for r in groups),
+                }
+                for r in own:
+                    if r["value"] == "worst group":
+                        row.update(
+                            worst_difference=round(r["difference"], 4),
+                            worst_p_holm=round(r["p_holm"], 4),
+                            worst_verdict=r["verdict"],
+                        )
+                out[f"{d}_{SHORT[a]}" + ("" if s == "test" else "_ext")] = row
+    return out
 
 
 def _json_files(folder: Path, rows: dict[str, dict[str, Any]]) -> None:
@@ -713,10 +926,10 @@ def build_report(
     splits: Path,
     raw: Path,
 ) -> dict[str, Any]:
-    """Write grid.csv, metrics.json, verdict.json, cells/ and pooled/ (the rows of `dvc metrics show`), report/
-    and report.html under `results`; returns {cells,
-    comparisons, pooled, sentences}. Every input is read and checked before anything is written, and the outputs
-    are renamed into place together at the end: a failed report leaves the previous one whole.
+    """Write grid.csv, metrics.json, verdict.json, cells/, pooled/ and subgroups/ (the rows of `dvc metrics
+    show`), report/ and report.html under `results`; returns {cells, comparisons, pooled, sentences, subgroups
+    (compare_subgroups' rows), subgroup_sentences}. Every input is read and checked before anything is written,
+    and the outputs are renamed into place together at the end: a failed report leaves the previous one whole.
 
     Raises ReportError (an input missing, unreadable or inconsistent: names it and the stage to run),
     VerdictError (evaluations on different images or seeds), MetricError.
@@ -740,6 +953,8 @@ def build_report(
     for s in held_out:  # the trivial rules, on the same images as the cells
         trivial += baselines(vd.seed_probabilities(evaluation, archs[0], datasets[0], s).labels, prevalence, s)
     per_arch, pooled = vd.compare(evaluation, archs, datasets, held_out, ep["bootstrap"], ep["seed"])
+    minimum = ep["subgroups"]["min_per_class"]
+    sub_rows = vd.compare_subgroups(evaluation, archs, datasets, held_out, minimum, ep["bootstrap"], ep["seed"])
     twins = vd.near_identical(datasets_dir, datasets, params["split"]["near_duplicate_corr"])
     first = cells[archs[0], datasets[0]]
     original = (
@@ -781,6 +996,9 @@ def build_report(
             forest_plot(per_arch, pooled, report_dir / "forest.png")
         for a in archs:
             roc_figure(evaluation, a, datasets, report_dir / f"roc_{a}.png")
+        write_csv(report_dir / "subgroups.csv", [_flat(r) for r in sub_rows], SUBGROUP_COLUMNS)
+        if any(r["split"] == "test" for r in sub_rows):
+            subgroup_figure(sub_rows, "test", report_dir / "subgroups.png")
         ctx = {
             "grid": grid + base_rows + trivial,
             "comparisons": per_arch,
@@ -795,6 +1013,16 @@ def build_report(
             "forest": (report_dir / "forest.png").read_bytes() if pooled else b"",
             "heatmap": (report_dir / "auroc_heatmap.png").read_bytes(),
             "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
+            "subgroups": {
+                "rows": sub_rows,
+                "sentences": sg.sentences(sub_rows, pooled, first["subgroups"].get("test", []), minimum),
+                "figure": (report_dir / "subgroups.png").read_bytes()
+                if (report_dir / "subgroups.png").is_file()
+                else b"",
+                "cells": worst_by_cell(cells),
+                "min_per_class": minimum,
+            },
+            "subgroup_counts": subgroup_counts(datasets_dir, datasets[0], ep["subgroups"]["age_edges"]),
             "split_rows": [{"split": s, **c} for s, c in sr["counts"].items()],
             "card": card,
             "split": sr,
@@ -809,7 +1037,20 @@ def build_report(
             staged.text(results / "metrics.json", json.dumps(_metrics_json(grid), indent=2) + "\n")
             staged.text(results / "verdict.json", json.dumps(_verdict_json(per_arch, pooled), indent=2) + "\n")
             write_csv(staged.path(results / "grid.csv"), grid + base_rows + trivial, COLUMNS)
-            with atomic_dir(results / "cells") as cells_dir, atomic_dir(results / "pooled") as pooled_dir:
+            with (
+                atomic_dir(results / "cells") as cells_dir,
+                atomic_dir(results / "pooled") as pooled_dir,
+                atomic_dir(results / "subgroups") as subgroups_dir,
+            ):
                 _json_files(cells_dir, _cell_rows(grid + base_rows))
                 _json_files(pooled_dir, _pooled_rows(pooled))
-    return {"cells": len(cells), "comparisons": per_arch, "pooled": pooled, "sentences": verdict["sentences"]}
+                augmented = [d for d in datasets if d != "Original"] if "Original" in datasets else []
+                _json_files(subgroups_dir, _subgroup_json(sub_rows, augmented, held_out))
+    return {
+        "cells": len(cells),
+        "comparisons": per_arch,
+        "pooled": pooled,
+        "sentences": verdict["sentences"],
+        "subgroups": sub_rows,
+        "subgroup_sentences": ctx["subgroups"]["sentences"],
+    }

@@ -21,15 +21,21 @@ from melanoma.evaluation.metrics import (
     roc_points,
 )
 from melanoma.evaluation.stats import cell_intervals
+from melanoma.evaluation.subgroups import ATTRIBUTES, split_attributes, subgroup_metrics
 from melanoma.io import read_csv, write_csv
 from melanoma.params import LABELS
 
 EVAL_SPLITS = ("test", "external_test")
 
 
-def split_ids(data_dir: Path, split: str) -> list[str]:
-    """The image ids of one split of a dataset folder, in pack order."""
-    return [r["id"] for r in read_csv(data_dir / "manifest.csv") if r["split"] == split]
+def split_index(
+    data_dir: Path, splits: list[str], age_edges: list[int]
+) -> tuple[dict[str, list[str]], dict[str, dict[str, np.ndarray]]]:
+    """Per split of a dataset folder, in pack order: the image ids, and each image's subgroup per attribute
+    ({split: {attribute: str (n,)}}, melanoma.evaluation.subgroups.split_attributes)."""
+    rows = read_csv(data_dir / "manifest.csv")
+    ids = {s: [r["id"] for r in rows if r["split"] == s] for s in splits}
+    return ids, {s: split_attributes([r for r in rows if r["split"] == s], age_edges) for s in splits}
 
 
 def _confusion_png(c: dict[str, int], title: str, path: Path) -> None:
@@ -98,14 +104,23 @@ def _curves(tmp: Path, s: str, y: np.ndarray, p: np.ndarray, bins: int) -> None:
     )
 
 
-def _predictions_csv(path: Path, ids: list[str], y: np.ndarray, p: np.ndarray, thr: float) -> None:
+def _predictions_csv(
+    path: Path, ids: list[str], y: np.ndarray, p: np.ndarray, thr: float, attributes: dict[str, np.ndarray]
+) -> None:
+    """One seed's predictions on one split, with each image's subgroups (columns ATTRIBUTES)."""
     write_csv(
         path,
         [
-            {"id": i, "label": LABELS[int(t)], "p_malignant": f"{q:.8f}", "predicted": LABELS[int(q >= thr)]}
-            for i, t, q in zip(ids, y, p)
+            {
+                "id": i,
+                "label": LABELS[int(t)],
+                "p_malignant": f"{q:.8f}",
+                "predicted": LABELS[int(q >= thr)],
+                **{a: attributes[a][n] for a in ATTRIBUTES},
+            }
+            for n, (i, t, q) in enumerate(zip(ids, y, p))
         ],
-        ["id", "label", "p_malignant", "predicted"],
+        ["id", "label", "p_malignant", "predicted", *ATTRIBUTES],
     )
 
 
@@ -123,17 +138,20 @@ def score_seeds(
     cell: str,
     labels: dict[str, np.ndarray],
     ids: dict[str, list[str]],
+    attributes: dict[str, dict[str, np.ndarray]],
     probs: dict[int, dict[str, np.ndarray]],
     packaged: int,
     ep: dict[str, Any],
 ) -> dict[str, Any]:
     """Thresholds, metrics and summaries of every seed of one cell (or of any scorer with per-seed probabilities).
 
-    labels/ids: per split ("val" required); probs: {seed: {split: float64 (n,) P(malignant)}}. Writes
-    seed_<k>/predictions_<split>.csv for every seed and the packaged seed's curves, confusion PNGs and reports
-    into `tmp`. Returns the metrics.json body: the packaged seed's threshold and per-split metrics at the top
-    (what its package reports; held-out splits with an image-bootstrap ci95), `per_seed`, and `over_seeds`:
-    per held-out split, each metric's mean and sd over seeds plus seed x image bootstrap CIs."""
+    labels/ids/attributes: per split ("val" required; attributes as split_index gives them); probs: {seed:
+    {split: float64 (n,) P(malignant)}}. Writes seed_<k>/predictions_<split>.csv for every seed and the packaged
+    seed's curves, confusion PNGs and reports into `tmp`. Returns the metrics.json body: the packaged seed's
+    threshold and per-split metrics at the top (what its package reports; held-out splits with an
+    image-bootstrap ci95), `per_seed`, `over_seeds`: per held-out split, each metric's mean and sd over seeds
+    plus seed x image bootstrap CIs, and `subgroups`: per held-out split, subgroup_metrics' rows (every subgroup
+    with at least evaluate.subgroups.min_per_class images of each class estimated)."""
     seeds = list(probs)
     thr = {
         k: choose_threshold(labels["val"], probs[k]["val"], ep["threshold"], ep["target_sensitivity"]) for k in seeds
@@ -143,7 +161,8 @@ def score_seeds(
         (tmp / f"seed_{k}").mkdir()
         per_seed[str(k)] = {"threshold": thr[k]}
         for s, y in labels.items():
-            _predictions_csv(tmp / f"seed_{k}" / f"predictions_{s}.csv", ids[s], y, probs[k][s], thr[k])
+            path = tmp / f"seed_{k}" / f"predictions_{s}.csv"
+            _predictions_csv(path, ids[s], y, probs[k][s], thr[k], attributes[s])
             per_seed[str(k)][s] = point_metrics(y, probs[k][s], thr[k], where=f"{cell} seed {k} {s}")
     rule = ep["threshold"] + (f" {ep['target_sensitivity']}" if ep["threshold"] == "sensitivity" else "")
     result: dict[str, Any] = {
@@ -160,6 +179,7 @@ def score_seeds(
         **per_seed[str(packaged)],
         "per_seed": per_seed,
         "over_seeds": {},
+        "subgroups": {},
     }
     for s, y in labels.items():
         if s == "val":
@@ -170,9 +190,8 @@ def score_seeds(
         }
         _packaged_outputs(tmp, cell, s, y, probs[packaged][s], result[s], ep)
         values = {m: np.array([per_seed[str(k)][s][m] for k in seeds]) for m in SEED_METRICS}
-        ci = cell_intervals(
-            y, np.stack([probs[k][s] for k in seeds]), np.array([thr[k] for k in seeds]), ep["bootstrap"], ep["seed"]
-        )
+        stacked, thresholds = np.stack([probs[k][s] for k in seeds]), np.array([thr[k] for k in seeds])
+        ci = cell_intervals(y, stacked, thresholds, ep["bootstrap"], ep["seed"])
         result["over_seeds"][s] = {
             m: {
                 "mean": float(v.mean()),
@@ -181,6 +200,10 @@ def score_seeds(
             }
             for m, v in values.items()
         }
+        minimum = ep["subgroups"]["min_per_class"]
+        result["subgroups"][s] = subgroup_metrics(
+            y, stacked, thresholds, attributes[s], minimum, ep["bootstrap"], ep["seed"]
+        )
     return result
 
 

@@ -1,5 +1,5 @@
 """Who does augmentation help? Metrics and the augmented-minus-Original AUROC difference within subgroups of the
-test images (sex, age band, body site, Fitzpatrick skin type), and each cell's worst group.
+test images (sex, age band, body site, Fitzpatrick skin type band), and each cell's worst group.
 
 A subgroup is one value of one attribute ("site" = "head/neck"). "unknown" is a value of its own, never guessed
 and never pooled into another group. A group gets estimates only when it holds at least `min_per_class` images of
@@ -22,16 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from melanoma.data.releases import META_COLUMNS
+from melanoma.data.datasets import SUBGROUP_ATTRIBUTES
 from melanoma.evaluation.metrics import auroc
 from melanoma.evaluation.stats import Draws, cell_intervals, draw, interval, per_seed_draws, seed_mean, two_sided_p
 
 UNKNOWN = "unknown"
 ALPHA = 0.05
-ATTRIBUTES = ("sex", "age", "site", "skin_type")  # the manifest's meta_<name> columns they are read from
+ATTRIBUTES = SUBGROUP_ATTRIBUTES  # the manifests' meta_<name> columns they are read from
 AGE_EDGES = [40, 60]  # age bands "<40", "40-59", "60+"
-# a table column (the releases' names, or the attribute's own) -> the attribute it holds
-COLUMNS = {**{c: a for c, a in META_COLUMNS.items() if a in ATTRIBUTES}, **{a: a for a in ATTRIBUTES}}
 
 # Body sites on the ISIC challenges' general-site scale (anatom_site_general[_challenge]); HAM10000's finer
 # `localization` values folded onto it. A value not listed keeps its own (lower-cased) name: never merged by guess.
@@ -45,6 +43,10 @@ SITES = {
     **{v: "oral/genital" for v in ("oral/genital", "genital")},
 }
 ROMAN = ("I", "II", "III", "IV", "V", "VI")
+# Fitzpatrick types in the three bands the Diverse Dermatology Images benchmark reports (Daneshjou et al. 2022,
+# "Disparities in dermatology AI performance on a diverse, curated clinical image set", Sci. Adv. 8:eabq6147):
+# single types are too rare in dermoscopy releases to estimate an AUROC each
+SKIN_BANDS = {"I": "I-II", "II": "I-II", "III": "III-IV", "IV": "III-IV", "V": "V-VI", "VI": "V-VI"}
 
 
 def age_band(age: str, edges: list[int]) -> str:
@@ -65,9 +67,9 @@ def age_band(age: str, edges: list[int]) -> str:
 
 def subgroup_value(attribute: str, raw: str, age_edges: list[int]) -> str:
     """One image's subgroup for `attribute` from its release's raw metadata value: sex "female"/"male"; age band
-    (age_band); body site on the ISIC general-site scale (SITES); Fitzpatrick skin type "I".."VI" (from roman
-    numerals or 1-6). Anything absent or unreadable is "unknown", never guessed. Raises KeyError for an
-    attribute not in ATTRIBUTES."""
+    (age_band); body site on the ISIC general-site scale (SITES); Fitzpatrick skin type band "I-II", "III-IV" or
+    "V-VI" (SKIN_BANDS; from roman numerals or 1-6). Anything absent or unreadable is "unknown", never guessed.
+    Raises KeyError for an attribute not in ATTRIBUTES."""
     v = raw.strip().lower()
     if attribute == "sex":
         return {"female": "female", "f": "female", "male": "male", "m": "male"}.get(v, UNKNOWN)
@@ -77,15 +79,27 @@ def subgroup_value(attribute: str, raw: str, age_edges: list[int]) -> str:
         return SITES.get(v, v) if v and v not in (UNKNOWN, "na", "nan", "none") else UNKNOWN
     if attribute == "skin_type":
         v = v.removeprefix("type").removeprefix("fst").strip().upper()
-        return v if v in ROMAN else ROMAN[int(v) - 1] if v in ("1", "2", "3", "4", "5", "6") else UNKNOWN
+        v = ROMAN[int(v) - 1] if v in ("1", "2", "3", "4", "5", "6") else v
+        return SKIN_BANDS.get(v, UNKNOWN)
     raise KeyError(f"no subgroup attribute {attribute!r}; known: {', '.join(ATTRIBUTES)}")
+
+
+def split_attributes(rows: list[dict[str, str]], age_edges: list[int]) -> dict[str, np.ndarray]:
+    """Each image's subgroup per attribute, {attribute: str (n,)} in row order, from pack manifest rows (their
+    meta_<attribute> columns; a manifest without one gives "unknown" for every image)."""
+    return {
+        a: np.array([subgroup_value(a, r.get(f"meta_{a}") or "", age_edges) for r in rows], dtype=str)
+        for a in ATTRIBUTES
+    }
 
 
 def groups(labels: np.ndarray, values: np.ndarray, min_per_class: int) -> list[dict[str, Any]]:
     """One attribute's subgroups: [{value, mask (bool (n,)), n, n_malignant, n_benign, estimated}] in value order,
-    "unknown" last. labels: int (n,), 1 = malignant; values: str (n,) the attribute per image."""
+    "unknown" last. labels: int (n,), 1 = malignant; values: str (n,) the attribute per image. An attribute the
+    source never states (every value "unknown") gets no estimate: its one group is the whole split."""
     y = np.asarray(labels).astype(bool)
     values = np.asarray(values, dtype=str)
+    stated = bool((values != UNKNOWN).any())
     out = []
     for v in sorted(set(values), key=lambda v: (v == UNKNOWN, v)):
         mask = values == v
@@ -97,7 +111,7 @@ def groups(labels: np.ndarray, values: np.ndarray, min_per_class: int) -> list[d
                 "n": pos + neg,
                 "n_malignant": pos,
                 "n_benign": neg,
-                "estimated": min(pos, neg) >= min_per_class,
+                "estimated": stated and min(pos, neg) >= min_per_class,
             }
         )
     return out
@@ -172,8 +186,9 @@ def subgroup_differences(
 
     labels: int (n,); attributes: {name: str (n,)}; pairs: [(probs_aug (S, n), probs_orig (S, n))]. Rows:
     attribute, value ("worst group" for the worst-group row, with `worst_original` and `worst_augmented` naming the
-    group that is worst by the point estimate), n, n_malignant, n_benign, difference, ci_low, ci_high (95 %),
-    p_value (two-sided, unadjusted: `correct` adjusts a family). Groups without enough images get no row."""
+    group that is worst by the point estimate), n, n_malignant, n_benign, auroc_augmented and auroc_original (a
+    group's AUROC, mean over pairs and seeds, with its 95 % CI: [point, low, high]), difference, ci_low, ci_high
+    (95 %), p_value (two-sided, unadjusted: `correct` adjusts a family). Groups without enough images get no row."""
     y = np.asarray(labels).astype(int)
     rng = np.random.default_rng(seed)
     seed_draws = [draw(y, len(np.atleast_2d(a)), n_boot, rng).seeds for a, _ in pairs]  # per architecture
@@ -205,6 +220,13 @@ def subgroup_differences(
                     "attribute": name,
                     "value": g["value"],
                     **counts,
+                    **{
+                        f"auroc_{which}": [
+                            float(np.mean([pt[i] for pt in points[g["value"]]])),
+                            *interval(np.mean([c[i] for c in curves[g["value"]]], axis=0)),
+                        ]
+                        for i, which in enumerate(("augmented", "original"))
+                    },
                     **_summary(float(np.mean([a - b for a, b in points[g["value"]]])), diffs),
                 }
             )
@@ -255,3 +277,95 @@ def correct(family: list[dict[str, Any]], alpha: float = ALPHA) -> None:
     for row, p in zip(family, holm([r["p_value"] for r in family], alpha)):
         row["p_holm"] = p
         row["verdict"] = int(np.sign(row["difference"])) if p < alpha else 0
+
+
+# ------------------------------------------------------------------------------------------ the report's words
+
+NAMES = {"sex": "sex", "age": "age band", "site": "body site", "skin_type": "Fitzpatrick skin types"}
+WHERE = {"test": "On test", "external_test": "On the external test set"}
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _ci(v: list[float]) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def worst_groups(rows: list[dict[str, Any]], split: str) -> dict[str, dict[str, Any]]:
+    """Per attribute, Original's worst subgroup on `split` (lowest AUROC pooled over architectures, "unknown"
+    aside) as the compare_subgroups row of its group: {attribute: row}."""
+    first = next((r["dataset"] for r in rows if r["split"] == split), None)
+    own = [
+        r for r in rows if r["split"] == split and r["dataset"] == first and r["value"] not in ("worst group", UNKNOWN)
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    for r in own:
+        if r["attribute"] not in out or r["auroc_original"][0] < out[r["attribute"]]["auroc_original"][0]:
+            out[r["attribute"]] = r
+    return out
+
+
+def sentences(
+    rows: list[dict[str, Any]], pooled: list[dict[str, Any]], cell_rows: list[dict[str, Any]], min_per_class: int
+) -> list[str]:
+    """The report's plain words on subgroups: the attributes the source never states, Original's worst group
+    per attribute, every subgroup (and worst group) where an augmented dataset helps or hurts after Holm's
+    correction, set against what the average over all images says (`pooled`: verdict.compare's pooled rows), or,
+    with no such finding, how large an effect the widest interval could hide; and the groups too small to
+    estimate (from `cell_rows`: one cell's subgroup_metrics rows on test, which list every group)."""
+    stated = {g["attribute"] for g in cell_rows if g["value"] != UNKNOWN}
+    unstated = [NAMES[a] for a in dict.fromkeys(g["attribute"] for g in cell_rows) if a not in stated]
+    out = [f"The source states no {', '.join(unstated)} for these images."] if unstated else []
+    unestimated = [g for g in cell_rows if g["attribute"] in stated and not g["estimated"]]
+    if not rows:
+        out.append("No subgroup has enough images of both classes to compare (evaluate.subgroups.min_per_class).")
+    for split in dict.fromkeys(r["split"] for r in rows):
+        worst = worst_groups(rows, split)
+        if worst:
+            out.append(
+                f"{WHERE.get(split, split)}, Original's worst group (AUROC pooled over architectures, 95 % CI) "
+                "per attribute: "
+                + "; ".join(f"{NAMES[a]} {r['value']}: {_ci(r['auroc_original'])}" for a, r in worst.items())
+                + "."
+            )
+    average = {(r["dataset"], r["split"]): r for r in pooled}
+    found = [r for r in rows if r["verdict"] != 0]
+    for r in found:
+        change = (
+            f"AUROC change {r['difference']:+.3f} [95 % CI {r['ci_low']:+.3f}, {r['ci_high']:+.3f}], "
+            f"Holm-adjusted p = {_p(r['p_holm'])}"
+        )
+        if r["value"] == "worst group":
+            what = f"{'raises' if r['verdict'] > 0 else 'lowers'} the worst {NAMES[r['attribute']]} group's AUROC"
+        else:
+            what = f"{'helps' if r['verdict'] > 0 else 'hurts'} {NAMES[r['attribute']]} {r['value']}"
+        a = average.get((r["dataset"], r["split"]))
+        hidden = (
+            f"; the average over all images ({a['difference']:+.3f}, "
+            f"{'no evidence of a difference' if a['verdict'] == 0 else 'helps' if a['verdict'] > 0 else 'hurts'})"
+            " does not show this"
+            if a is not None and a["verdict"] != r["verdict"]
+            else ""
+        )
+        out.append(f"{WHERE.get(r['split'], r['split'])}, {r['dataset']} {what}: {change}{hidden}.")
+    if rows and not found:
+        wide = max(rows, key=lambda r: r["ci_high"] - r["ci_low"])
+        name = "its worst group" if wide["value"] == "worst group" else wide["value"]
+        out.append(
+            f"No subgroup shows evidence that an augmented dataset helps or hurts it ({len(rows)} tests, "
+            f"Holm-corrected): the evidence cannot tell. The widest interval, {wide['dataset']} in "
+            f"{NAMES[wide['attribute']]} {name} [{wide['ci_low']:+.3f}, {wide['ci_high']:+.3f}], says how "
+            "large an effect these images could hide."
+        )
+    if unestimated:
+        out.append(
+            f"Too few images to estimate (fewer than {min_per_class} of a class): "
+            + "; ".join(
+                f"{NAMES[g['attribute']]} {g['value']} ({g['n_malignant']} malignant, {g['n_benign']} benign)"
+                for g in unestimated
+            )
+            + "."
+        )
+    return out

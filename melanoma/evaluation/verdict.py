@@ -24,6 +24,7 @@ from melanoma.data.datasets import DatasetError, manifest
 from melanoma.errors import MelanomaError
 from melanoma.evaluation.metrics import MetricError, auroc
 from melanoma.evaluation.stats import auroc_difference, holm
+from melanoma.evaluation.subgroups import ATTRIBUTES, UNKNOWN, correct, groups, subgroup_differences
 from melanoma.io import read_csv
 from melanoma.params import LABELS
 
@@ -39,12 +40,14 @@ class VerdictError(MelanomaError):
 @dataclass(frozen=True)
 class Scores:
     """One cell's predictions on one split: image ids, int labels (n,) with 1 = malignant, float64 P(malignant)
-    (S, n) in [0, 1], and the seeds (S) in the order of the rows of `probs`."""
+    (S, n) in [0, 1], the seeds (S) in the order of the rows of `probs`, and each image's subgroup per attribute
+    ({attribute: str (n,)}, "unknown" where the predictions name none)."""
 
     ids: list[str]
     labels: np.ndarray
     probs: np.ndarray
     seeds: list[int]
+    attributes: dict[str, np.ndarray]
 
 
 def _read_predictions(path: Path, stage: str) -> list[dict[str, str]]:
@@ -91,6 +94,7 @@ def seed_probabilities(evaluation: Path, arch: str, dataset: str, split: str, st
                 f"{cell}: seeds {seeds[0]} and {k} scored different {split} images; rerun `dvc repro {stage}`"
             )
         ids, y = these, np.array([r["label"] == LABELS[1] for r in rows], dtype=int)
+        attributes = {a: np.array([r.get(a) or UNKNOWN for r in rows], dtype=str) for a in ATTRIBUTES}
         try:
             same = abs(auroc(y, p) - recorded[str(k)]) < 1e-9
         except MetricError:
@@ -102,7 +106,7 @@ def seed_probabilities(evaluation: Path, arch: str, dataset: str, split: str, st
             )
         probs.append(p)
     assert ids is not None and y is not None
-    return Scores(ids, y, np.array(probs), seeds)
+    return Scores(ids, y, np.array(probs), seeds, attributes)
 
 
 def _check_pair(ref: Scores, other: Scores, what: str, ref_name: str, split: str, arch: str) -> None:
@@ -185,6 +189,46 @@ def compare(
             row["p_holm"] = p
             row["verdict"] = int(np.sign(row["difference"])) if p < ALPHA else 0
     return per_arch, pooled
+
+
+def compare_subgroups(
+    evaluation: Path,
+    archs: list[str],
+    datasets: list[str],
+    splits: list[str],
+    min_per_class: int,
+    n_boot: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Every augmented dataset vs Original within every subgroup with at least `min_per_class` images of each
+    class, and in each attribute's worst group, pooled over `archs` (melanoma.evaluation.subgroups
+    .subgroup_differences), on every split: one family for Holm's correction (p_holm, verdict), apart from the
+    main verdict's. Rows carry dataset, split, archs and resamples (`resamples_for` the family's size). Raises
+    VerdictError as `compare` does."""
+    augmented = [d for d in datasets if d != "Original"]
+    if "Original" not in datasets or not augmented:
+        return []
+    refs = {s: {a: seed_probabilities(evaluation, a, "Original", s) for a in archs} for s in splits}
+    tests = 0
+    for s in splits:
+        first = refs[s][archs[0]]
+        for values in first.attributes.values():
+            est = [g["value"] for g in groups(first.labels, values, min_per_class) if g["estimated"]]
+            tests += len(est) + any(v != UNKNOWN for v in est)  # the groups, and the worst-group row
+    b = resamples_for(tests * len(augmented), n_boot)
+    rows = []
+    for s in splits:
+        first = refs[s][archs[0]]
+        for d in augmented:
+            pairs = []
+            for a in archs:
+                other = seed_probabilities(evaluation, a, d, s)
+                _check_pair(refs[s][a], other, f"{a}_{d}", f"{a}_Original", s, a)
+                pairs.append((other.probs, refs[s][a].probs))
+            found = subgroup_differences(first.labels, first.attributes, pairs, min_per_class, b, seed)
+            rows += [{"dataset": d, "split": s, "archs": len(archs), "resamples": b, **r} for r in found]
+    correct(rows, ALPHA)
+    return rows
 
 
 def _synthetic_rows(datasets_dir: Path, name: str) -> tuple[np.ndarray, list[int]]:

@@ -42,17 +42,20 @@ from typing import Any
 import numpy as np
 
 from melanoma.classifiers.inference import read_config
-from melanoma.data.releases import FetchError, csv_dialect, from_class_folders, walk
+from melanoma.data.releases import META_COLUMNS, FetchError, csv_dialect, from_class_folders, walk
 from melanoma.errors import MelanomaError, printable
 from melanoma.evaluation.metrics import at_threshold, auroc, choose_threshold
 from melanoma.evaluation.stats import CHUNK, cell_intervals, draw, interval
-from melanoma.evaluation.subgroups import AGE_EDGES, COLUMNS, groups, subgroup_value
+from melanoma.evaluation.subgroups import AGE_EDGES, ATTRIBUTES, groups, subgroup_value
 from melanoma.io import owner_lock, read_small, regular_file, write_atomic
 from melanoma.params import LABELS
 from melanoma.serving.package import CONFIG, WEIGHTS, check_package_fields, load
 from melanoma.serving.predict import predict, writable_dir
 from melanoma.serving.thresholds import FORMAT, THRESHOLD_MAX_BYTES, VERSION, CalibrationError, _get, package_identity
 from melanoma.text import safe_id, top_reasons
+
+# a labels CSV column (the releases' names, or the attribute's own) -> the subgroup attribute it holds
+COLUMNS = {**{c: a for c, a in META_COLUMNS.items() if a in ATTRIBUTES}, **{a: a for a in ATTRIBUTES}}
 
 MIN_PER_CLASS = 10  # scored images of each class below which a threshold and its CIs mean nothing
 DEFAULT_BOOTSTRAP, DEFAULT_TARGET = 2000, 0.95
