@@ -237,7 +237,7 @@ SCHEMA: dict[str, Any] = {
         "calibration_bins": Field(int, min=2, max=100),
         "gradcam_per_group": Field(int, min=0, max=100),
         "subgroups": {
-            # a subgroup gets estimates only with at least this many test images of each class
+            # a subgroup gets estimates only with at least this many held-out images of each class
             "min_per_class": Field(int, min=2, max=10_000),
             "age_edges": Field(list, item=int, doc="ascending ages in years, e.g. [40, 60]"),
         },

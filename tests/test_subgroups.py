@@ -121,6 +121,9 @@ def test_a_single_pair_difference_equals_the_direct_auroc_difference():
         ("age", "85", "60+"),
         ("age", "", UNKNOWN),
         ("age", "-5", UNKNOWN),
+        ("age", "85+", "60+"),  # top-coded ages
+        ("age", ">=85", "60+"),
+        ("age", "nan", UNKNOWN),
         ("site", "anterior torso", "torso"),  # ISIC 2019/archive
         ("site", "torso", "torso"),  # ISIC 2020 anatom_site_general_challenge
         ("site", "back", "torso"),  # HAM10000 localization
@@ -129,11 +132,14 @@ def test_a_single_pair_difference_equals_the_direct_auroc_difference():
         ("site", "unknown", UNKNOWN),
         ("site", "", UNKNOWN),
         ("site", "Nail", "nail"),  # not on the scale: its own group, not merged by guess
+        ("site", "lower_extremity", "lower extremity"),
+        ("site", " Head/Neck ", "head/neck"),
         ("skin_type", "III", "III-IV"),
         ("skin_type", "4", "III-IV"),
         ("skin_type", "type vi", "V-VI"),
         ("skin_type", "I", "I-II"),
         ("skin_type", "7", UNKNOWN),
+        ("skin_type", "4.0", "III-IV"),  # a numeric column read as floats
         ("skin_type", "", UNKNOWN),
     ],
 )
@@ -157,3 +163,16 @@ def test_age_edges_must_be_ascending_ages(edges):
     p["evaluate"]["subgroups"]["age_edges"] = edges
     with pytest.raises(ParamsError, match=r"^evaluate.subgroups.age_edges is .* ascending order"):
         validate(p)
+
+
+def test_unknown_is_never_estimated_and_a_lone_group_has_no_worst_row():
+    """'unknown' is listed with its counts however large it is; an attribute with one estimated group has no
+    worst group to choose (no `worst` mark, no worst-group test that would repeat the group's own)."""
+    rng = np.random.default_rng(3)
+    y = rng.permutation(np.r_[np.ones(100, int), np.zeros(100, int)])
+    site = np.where(np.arange(200) < 40, "torso", UNKNOWN)  # 160 unknown images
+    p = scores(y, np.full(200, 1.0), 2, rng)
+    rows = subgroup_metrics(y, p, np.array([0.5, 0.5]), {"site": site}, min_per_class=5, n_boot=50, seed=0)
+    assert [(r["value"], r["estimated"], r["worst"]) for r in rows] == [("torso", True, False), (UNKNOWN, False, False)]
+    diffs = subgroup_differences(y, {"site": site}, [(p, scores(y, np.full(200, 1.0), 2, rng))], 5, 50, 0)
+    assert [r["value"] for r in diffs] == ["torso"]

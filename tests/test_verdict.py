@@ -144,11 +144,13 @@ def test_the_subgroup_verdict_finds_the_site_the_artefact_helps_and_nothing_wher
     assert face["verdict"] == 0 and back["difference"] > face["difference"]
     assert all(x["verdict"] == 0 for x in r["subgroups"] if x["dataset"] == "DDPM")  # no planted effect: none found
     assert {x["attribute"] for x in r["subgroups"]} == {"site"}  # the other attributes are stated nowhere
-    found = [t for t in r["subgroup_sentences"] if "DCGAN helps body site torso: AUROC change +" in t]
+    found = [t for t in r["subgroup_sentences"] if "DCGAN raises the AUROC of body site torso (72 images, 36 mal" in t]
     assert len(found) == 1 and f"Holm-adjusted p = {found[0].split('p = ')[1][:5]}" in found[0]
-    assert "The source states no sex, age band, Fitzpatrick skin types" in r["subgroup_sentences"][0]
+    assert "The source states no sex, age band, Fitzpatrick skin type band" in r["subgroup_sentences"][0]
     page = (root / "results/report.html").read_text()
-    assert page.index('id="subgroups"') < page.index('id="grid"') and "DCGAN helps body site torso" in page
+    assert (
+        page.index('id="subgroups"') < page.index('id="grid"') and "DCGAN raises the AUROC of body site torso" in page
+    )
     row = json.loads((root / "results/subgroups/DCGAN_site.json").read_text())
     worst = site["DCGAN", "worst group"]
     assert row == {

@@ -254,7 +254,7 @@ def subgroup_figure(rows: list[dict[str, Any]], split: str, path: Path) -> None:
     """Per-subgroup AUROC (pooled over architectures, 95 % CI) of Original and of each augmented dataset on
     `split`: one panel per attribute, the groups down the side, Original's worst group marked."""
     plt = _plt()
-    rows = [r for r in rows if r["split"] == split and r["value"] != "worst group"]
+    rows = [r for r in rows if r["split"] == split and r["value"] != sg.WORST]
     attributes = list(dict.fromkeys(r["attribute"] for r in rows))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     worst = sg.worst_groups(rows, split)
@@ -444,7 +444,7 @@ def _subgroup_section(ctx: dict[str, Any]) -> list[str]:
             {
                 "split": key[0],
                 "attribute": sg.NAMES[key[1]],
-                "group": key[2] if key[2] != "worst group" else f"worst ({first['worst_original']})",
+                "group": key[2] if key[2] != sg.WORST else f"worst-off (Original: {first['worst_original']})",
                 "images": "" if "n" not in first else f"{first['n']} ({first['n_malignant']} malignant)",
                 "Original AUROC": Html(_ci_cell(first["auroc_original"])) if "auroc_original" in first else "",
                 **{d: _effect_cell(own.get(d)) for d in datasets},
@@ -458,13 +458,20 @@ def _subgroup_section(ctx: dict[str, Any]) -> list[str]:
         if table
         else "",
         f"<p class='note'>Per subgroup with at least {sub['min_per_class']} images of each class "
-        "(evaluate.subgroups.min_per_class): AUROC(augmented) - AUROC(Original) on the group's images, mean over "
-        "seeds and architectures, 95 % CI from a seed x image bootstrap stratified by group and class "
-        f"({', '.join(f'{b:,}' for b in sorted({r['resamples'] for r in rows}))} resamples), p-values Holm-"
-        f"adjusted over these {len(rows)} tests as one family (apart from the verdict's); bold: adjusted p below "
-        f"{vd.ALPHA}. Worst group: the lowest-AUROC group of an attribute ('unknown' aside) in each draw, so its "
-        "change is that of the worst-off group whichever it is. Original AUROC: the group's AUROC with Original "
-        "training [95 % CI]. Method: docs/evaluation.md.</p>",
+        "(evaluate.subgroups.min_per_class; 'unknown' is never estimated): AUROC(augmented) - AUROC(Original) on "
+        "the group's images, mean over seeds and architectures, unadjusted 95 % CI from a seed x image bootstrap "
+        f"stratified by group and class ({', '.join(f'{b:,}' for b in sorted({r['resamples'] for r in rows}))} "
+        f"resamples), p-values Holm-adjusted over these {len(rows)} tests as one family (apart from the "
+        f"verdict's); bold: adjusted p below {vd.ALPHA}. Worst-off: per architecture, the change in the lowest "
+        "group AUROC of an attribute, the minimum taken in every draw (so it follows whichever group is worst); "
+        "its label names Original's lowest group pooled over architectures. Original AUROC: the group's AUROC "
+        "with Original training [95 % CI]. Method: docs/evaluation.md.</p>"
+        if rows
+        else "",
+        "<p class='note'>On the demo, sex, age and body site are drawn independently of the images; only the "
+        "skin type changes them (skin types V-VI are drawn with less contrast: melanoma/data/demo.py).</p>"
+        if sub["demo"]
+        else "",
         "<h3>Each cell's worst group (test)</h3>",
         _table(sub["cells"], ["arch", "dataset", *[sg.NAMES[a] for a in sg.ATTRIBUTES]], "worst-groups"),
     ]
@@ -580,8 +587,8 @@ def render_html(ctx: dict[str, Any]) -> str:
         "<h3>Subgroups per split (real images)</h3>",
         _table(ctx["subgroup_counts"], list(ctx["subgroup_counts"][0]), "subgroup-counts"),
         "<p class='note'>Sex, age band (evaluate.subgroups.age_edges), body site (ISIC's general sites; HAM10000's "
-        "localization folded onto them) and Fitzpatrick skin type as the source states them; 'unknown' where it "
-        "states none (never guessed).</p>",
+        "localization folded onto them) and Fitzpatrick skin type band as the source states them; 'unknown' "
+        "where it states none (never guessed).</p>",
         "<h2>ROC curves per architecture</h2>",
         "".join(f"<img alt='ROC {_esc(a)}' src='{_png_uri(b)}'>" for a, b in ctx["rocs"].items()),
         "<h2>Generators</h2>",
@@ -702,14 +709,14 @@ def _subgroup_json(rows: list[dict[str, Any]], datasets: list[str], splits: list
         for s in splits:
             for a in sg.ATTRIBUTES:
                 own = [r for r in rows if (r["dataset"], r["split"], r["attribute"]) == (d, s, a)]
-                groups = [r for r in own if r["value"] != "worst group"]
+                groups = [r for r in own if r["value"] != sg.WORST]
                 row: dict[str, Any] = {
                     "groups": len(groups),
                     "helped": sum(r["verdict"] == 1 for r in groups),
                     "hurt": sum(r["verdict"] == -1 for r in groups),
                 }
                 for r in own:
-                    if r["value"] == "worst group":
+                    if r["value"] == sg.WORST:
                         row.update(
                             worst_difference=round(r["difference"], 4),
                             worst_p_holm=round(r["p_holm"], 4),
@@ -1015,7 +1022,8 @@ def build_report(
             "rocs": {a: (report_dir / f"roc_{a}.png").read_bytes() for a in archs},
             "subgroups": {
                 "rows": sub_rows,
-                "sentences": sg.sentences(sub_rows, pooled, first["subgroups"].get("test", []), minimum),
+                "sentences": sg.sentences(sub_rows, pooled, first["subgroups"], minimum, compared=bool(pooled)),
+                "demo": params["data"]["source"] == "demo",
                 "figure": (report_dir / "subgroups.png").read_bytes()
                 if (report_dir / "subgroups.png").is_file()
                 else b"",

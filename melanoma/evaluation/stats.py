@@ -34,6 +34,7 @@ import numpy as np
 from melanoma.evaluation.metrics import MetricError, auroc
 
 LEVEL = 0.95
+ALPHA = 0.05  # the family-wise level of every Holm correction (the verdict's and the subgroups')
 CHUNK = 100  # draws computed at once: bounds memory at CHUNK x n_benign floats per seed on a large external set
 
 

@@ -24,10 +24,20 @@ import numpy as np
 
 from melanoma.data.datasets import SUBGROUP_ATTRIBUTES
 from melanoma.evaluation.metrics import auroc
-from melanoma.evaluation.stats import Draws, cell_intervals, draw, interval, per_seed_draws, seed_mean, two_sided_p
+from melanoma.evaluation.stats import (
+    ALPHA,
+    Draws,
+    cell_intervals,
+    draw,
+    holm,
+    interval,
+    per_seed_draws,
+    seed_mean,
+    two_sided_p,
+)
 
 UNKNOWN = "unknown"
-ALPHA = 0.05
+WORST = "worst group"  # the `value` of the worst-group row of subgroup_differences
 ATTRIBUTES = SUBGROUP_ATTRIBUTES  # the manifests' meta_<name> columns they are read from
 AGE_EDGES = [40, 60]  # age bands "<40", "40-59", "60+"
 
@@ -52,8 +62,8 @@ SKIN_BANDS = {"I": "I-II", "II": "I-II", "III": "III-IV", "IV": "III-IV", "V": "
 def age_band(age: str, edges: list[int]) -> str:
     """A release's age (ISIC's age_approx, in years, a multiple of 5) as a band between ascending `edges`: with
     [40, 60], "<40", "40-59" or "60+". Empty, unparsable or outside 0-120: "unknown"."""
-    try:
-        years = float(age)
+    try:  # "85+" or ">=85": the releases' top-coded ages
+        years = float(age.strip().removesuffix("+").removeprefix(">=").removeprefix("≥"))
     except ValueError:
         return UNKNOWN
     if not 0 <= years <= 120:
@@ -70,7 +80,7 @@ def subgroup_value(attribute: str, raw: str, age_edges: list[int]) -> str:
     (age_band); body site on the ISIC general-site scale (SITES); Fitzpatrick skin type band "I-II", "III-IV" or
     "V-VI" (SKIN_BANDS; from roman numerals or 1-6). Anything absent or unreadable is "unknown", never guessed.
     Raises KeyError for an attribute not in ATTRIBUTES."""
-    v = raw.strip().lower()
+    v = " ".join(raw.strip().lower().replace("_", " ").split())  # "lower_extremity", doubled spaces
     if attribute == "sex":
         return {"female": "female", "f": "female", "male": "male", "m": "male"}.get(v, UNKNOWN)
     if attribute == "age":
@@ -79,7 +89,8 @@ def subgroup_value(attribute: str, raw: str, age_edges: list[int]) -> str:
         return SITES.get(v, v) if v and v not in (UNKNOWN, "na", "nan", "none") else UNKNOWN
     if attribute == "skin_type":
         v = v.removeprefix("type").removeprefix("fst").strip().upper()
-        v = ROMAN[int(v) - 1] if v in ("1", "2", "3", "4", "5", "6") else v
+        number = v.removesuffix(".0")  # "4.0": a numeric column read as floats
+        v = ROMAN[int(number) - 1] if number in ("1", "2", "3", "4", "5", "6") else v
         return SKIN_BANDS.get(v, UNKNOWN)
     raise KeyError(f"no subgroup attribute {attribute!r}; known: {', '.join(ATTRIBUTES)}")
 
@@ -96,7 +107,9 @@ def split_attributes(rows: list[dict[str, str]], age_edges: list[int]) -> dict[s
 def groups(labels: np.ndarray, values: np.ndarray, min_per_class: int) -> list[dict[str, Any]]:
     """One attribute's subgroups: [{value, mask (bool (n,)), n, n_malignant, n_benign, estimated}] in value order,
     "unknown" last. labels: int (n,), 1 = malignant; values: str (n,) the attribute per image. An attribute the
-    source never states (every value "unknown") gets no estimate: its one group is the whole split."""
+    source never states (every value "unknown") gets no estimate: its one group is the whole split.
+    "unknown" is listed with its counts and never estimated: it is not a group of patients but the images a
+    source left unlabelled, often most of the split."""
     y = np.asarray(labels).astype(bool)
     values = np.asarray(values, dtype=str)
     stated = bool((values != UNKNOWN).any())
@@ -111,15 +124,16 @@ def groups(labels: np.ndarray, values: np.ndarray, min_per_class: int) -> list[d
                 "n": pos + neg,
                 "n_malignant": pos,
                 "n_benign": neg,
-                "estimated": stated and min(pos, neg) >= min_per_class,
+                "estimated": stated and v != UNKNOWN and min(pos, neg) >= min_per_class,
             }
         )
     return out
 
 
 def _worst(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    known = [r for r in rows if r["estimated"] and r["value"] != UNKNOWN]
-    return min(known, key=lambda r: r["auroc"]["mean"]) if known else None
+    """The estimated group with the lowest AUROC, where there are at least two to choose from."""
+    known = [r for r in rows if r["estimated"]]
+    return min(known, key=lambda r: r["auroc"]["mean"]) if len(known) >= 2 else None
 
 
 def subgroup_metrics(
@@ -230,9 +244,8 @@ def subgroup_differences(
                     **_summary(float(np.mean([a - b for a, b in points[g["value"]]])), diffs),
                 }
             )
-        known = [g["value"] for g in est if g["value"] != UNKNOWN]
-        if known:
-            out.append(_worst_row(name, known, curves, points, len(pairs)))
+        if len(est) >= 2:
+            out.append(_worst_row(name, [g["value"] for g in est], curves, points, len(pairs)))
     return out
 
 
@@ -262,7 +275,7 @@ def _worst_row(
     point = np.mean([min(points[v][i][0] for v in known) - min(points[v][i][1] for v in known) for i in range(n_pairs)])
     return {
         "attribute": name,
-        "value": "worst group",
+        "value": WORST,
         "worst_original": min(mean_orig, key=mean_orig.get),
         "worst_augmented": min(mean_aug, key=mean_aug.get),
         **_summary(float(point), diffs),
@@ -270,10 +283,8 @@ def _worst_row(
 
 
 def correct(family: list[dict[str, Any]], alpha: float = ALPHA) -> None:
-    """Holm-adjust a family of subgroup rows in place: `p_holm`, and `verdict` 1 (helps), -1 (hurts) or 0 (no
-    evidence) at family-wise level `alpha`."""
-    from melanoma.evaluation.stats import holm
-
+    """Holm-adjust a family of subgroup_differences rows (each with `p_value` and `difference`) in place: add
+    `p_holm`, and `verdict` 1 (helps), -1 (hurts) or 0 (no evidence) at family-wise level `alpha`."""
     for row, p in zip(family, holm([r["p_value"] for r in family], alpha)):
         row["p_holm"] = p
         row["verdict"] = int(np.sign(row["difference"])) if p < alpha else 0
@@ -281,8 +292,9 @@ def correct(family: list[dict[str, Any]], alpha: float = ALPHA) -> None:
 
 # ------------------------------------------------------------------------------------------ the report's words
 
-NAMES = {"sex": "sex", "age": "age band", "site": "body site", "skin_type": "Fitzpatrick skin types"}
+NAMES = {"sex": "sex", "age": "age band", "site": "body site", "skin_type": "Fitzpatrick skin type band"}
 WHERE = {"test": "On test", "external_test": "On the external test set"}
+VERDICT_WORDS = {1: "helps", 0: "no evidence of a difference", -1: "hurts"}
 
 
 def _p(p: float) -> str:
@@ -294,77 +306,107 @@ def _ci(v: list[float]) -> str:
 
 
 def worst_groups(rows: list[dict[str, Any]], split: str) -> dict[str, dict[str, Any]]:
-    """Per attribute, Original's worst subgroup on `split` (lowest AUROC pooled over architectures, "unknown"
-    aside) as the compare_subgroups row of its group: {attribute: row}."""
+    """Per attribute, Original's worst group on `split`: of the groups compare_subgroups estimated (at least
+    min_per_class images of each class, "unknown" never), the one with the lowest AUROC pooled over
+    architectures, where there are at least two. Returns {attribute: that group's row} (the rows of the first
+    augmented dataset listed, whose auroc_original every dataset shares)."""
     first = next((r["dataset"] for r in rows if r["split"] == split), None)
-    own = [
-        r for r in rows if r["split"] == split and r["dataset"] == first and r["value"] not in ("worst group", UNKNOWN)
-    ]
+    own = [r for r in rows if r["split"] == split and r["dataset"] == first and r["value"] != WORST]
     out: dict[str, dict[str, Any]] = {}
-    for r in own:
-        if r["attribute"] not in out or r["auroc_original"][0] < out[r["attribute"]]["auroc_original"][0]:
-            out[r["attribute"]] = r
+    for a in dict.fromkeys(r["attribute"] for r in own):
+        mine = [r for r in own if r["attribute"] == a]
+        if len(mine) >= 2:
+            out[a] = min(mine, key=lambda r: r["auroc_original"][0])
     return out
 
 
+def _finding(r: dict[str, Any], average: dict[str, Any] | None) -> str:
+    """One sentence for a subgroup row with a verdict: the group, its size, both AUROCs, the change with its
+    unadjusted CI and the Holm-adjusted p, and what the whole split shows beside it."""
+    change = (
+        f"AUROC change {r['difference']:+.3f} [unadjusted 95 % CI {r['ci_low']:+.3f}, {r['ci_high']:+.3f}], "
+        f"Holm-adjusted p = {_p(r['p_holm'])}"
+    )
+    verb = "raises" if r["verdict"] > 0 else "lowers"
+    if r["value"] == WORST:
+        what = (
+            f"{verb} the AUROC of the worst-off group by {NAMES[r['attribute']]} ({r['worst_original']} with "
+            f"Original, {r['worst_augmented']} with {r['dataset']})"
+        )
+    else:
+        what = (
+            f"{verb} the AUROC of {NAMES[r['attribute']]} {r['value']} ({r['n']} images, {r['n_malignant']} "
+            f"malignant) from {r['auroc_original'][0]:.3f} to {r['auroc_augmented'][0]:.3f}"
+        )
+    whole = (
+        f"; over all images: {average['difference']:+.3f}, {VERDICT_WORDS[average['verdict']]}"
+        if average is not None
+        else ""
+    )
+    return f"{WHERE.get(r['split'], r['split'])}, {r['dataset']} {what}: {change}{whole}."
+
+
 def sentences(
-    rows: list[dict[str, Any]], pooled: list[dict[str, Any]], cell_rows: list[dict[str, Any]], min_per_class: int
+    rows: list[dict[str, Any]],
+    pooled: list[dict[str, Any]],
+    cell: dict[str, list[dict[str, Any]]],
+    min_per_class: int,
+    compared: bool,
 ) -> list[str]:
-    """The report's plain words on subgroups: the attributes the source never states, Original's worst group
-    per attribute, every subgroup (and worst group) where an augmented dataset helps or hurts after Holm's
-    correction, set against what the average over all images says (`pooled`: verdict.compare's pooled rows), or,
-    with no such finding, how large an effect the widest interval could hide; and the groups too small to
-    estimate (from `cell_rows`: one cell's subgroup_metrics rows on test, which list every group)."""
-    stated = {g["attribute"] for g in cell_rows if g["value"] != UNKNOWN}
-    unstated = [NAMES[a] for a in dict.fromkeys(g["attribute"] for g in cell_rows) if a not in stated]
+    """The report's plain words on subgroups, from compare_subgroups' `rows`: the attributes the source never
+    states, Original's worst group per attribute, every group (and worst-off group) whose AUROC an augmented
+    dataset raises or lowers after Holm's correction, with what the whole split shows beside it (`pooled`:
+    verdict.compare's pooled rows), or, with no such finding, the widest interval; then the groups too small to
+    estimate. `cell`: one cell's metrics.json `subgroups` ({split: subgroup_metrics rows}, which list every
+    group); `compared`: whether there is an Original and an augmented dataset to compare."""
+    every = [g for split_rows in cell.values() for g in split_rows]
+    stated = {g["attribute"] for g in every if g["value"] != UNKNOWN}
+    unstated = [NAMES[a] for a in dict.fromkeys(g["attribute"] for g in every) if a not in stated]
     out = [f"The source states no {', '.join(unstated)} for these images."] if unstated else []
-    unestimated = [g for g in cell_rows if g["attribute"] in stated and not g["estimated"]]
-    if not rows:
-        out.append("No subgroup has enough images of both classes to compare (evaluate.subgroups.min_per_class).")
+    if not compared:
+        out.append("There is no augmented dataset and Original pair in classifiers.datasets to compare.")
+    elif not rows:
+        out.append(f"No subgroup has {min_per_class} images of each class (evaluate.subgroups.min_per_class).")
     for split in dict.fromkeys(r["split"] for r in rows):
         worst = worst_groups(rows, split)
         if worst:
             out.append(
-                f"{WHERE.get(split, split)}, Original's worst group (AUROC pooled over architectures, 95 % CI) "
-                "per attribute: "
+                f"{WHERE.get(split, split)}, Original's lowest AUROC (pooled over architectures, 95 % CI) among "
+                f"the groups with at least {min_per_class} images of each class: "
                 + "; ".join(f"{NAMES[a]} {r['value']}: {_ci(r['auroc_original'])}" for a, r in worst.items())
                 + "."
             )
     average = {(r["dataset"], r["split"]): r for r in pooled}
     found = [r for r in rows if r["verdict"] != 0]
-    for r in found:
-        change = (
-            f"AUROC change {r['difference']:+.3f} [95 % CI {r['ci_low']:+.3f}, {r['ci_high']:+.3f}], "
-            f"Holm-adjusted p = {_p(r['p_holm'])}"
+    out += [_finding(r, average.get((r["dataset"], r["split"]))) for r in found]
+    if found:
+        out.append(
+            "A change found in one group and not in another is not by itself evidence that the groups differ: "
+            "no test of the difference between groups is made."
         )
-        if r["value"] == "worst group":
-            what = f"{'raises' if r['verdict'] > 0 else 'lowers'} the worst {NAMES[r['attribute']]} group's AUROC"
-        else:
-            what = f"{'helps' if r['verdict'] > 0 else 'hurts'} {NAMES[r['attribute']]} {r['value']}"
-        a = average.get((r["dataset"], r["split"]))
-        hidden = (
-            f"; the average over all images ({a['difference']:+.3f}, "
-            f"{'no evidence of a difference' if a['verdict'] == 0 else 'helps' if a['verdict'] > 0 else 'hurts'})"
-            " does not show this"
-            if a is not None and a["verdict"] != r["verdict"]
-            else ""
-        )
-        out.append(f"{WHERE.get(r['split'], r['split'])}, {r['dataset']} {what}: {change}{hidden}.")
-    if rows and not found:
+    elif rows:
         wide = max(rows, key=lambda r: r["ci_high"] - r["ci_low"])
-        name = "its worst group" if wide["value"] == "worst group" else wide["value"]
-        out.append(
-            f"No subgroup shows evidence that an augmented dataset helps or hurts it ({len(rows)} tests, "
-            f"Holm-corrected): the evidence cannot tell. The widest interval, {wide['dataset']} in "
-            f"{NAMES[wide['attribute']]} {name} [{wide['ci_low']:+.3f}, {wide['ci_high']:+.3f}], says how "
-            "large an effect these images could hide."
+        where = (
+            f"the worst-off group by {NAMES[wide['attribute']]}"
+            if wide["value"] == WORST
+            else f"{NAMES[wide['attribute']]} {wide['value']}"
         )
-    if unestimated:
         out.append(
-            f"Too few images to estimate (fewer than {min_per_class} of a class): "
+            f"No subgroup shows evidence that an augmented dataset raises or lowers its AUROC ({len(rows)} tests, "
+            f"Holm-corrected): the evidence cannot tell. The widest unadjusted interval, {wide['dataset']} for "
+            f"{where}, [{wide['ci_low']:+.3f}, {wide['ci_high']:+.3f}], says how large an effect these images "
+            "could hide."
+        )
+    small = [(s, g) for s, split_rows in cell.items() for g in split_rows if g["attribute"] in stated]
+    small = [(s, g) for s, g in small if not g["estimated"] and g["value"] != UNKNOWN]
+    if small:
+        out.append(
+            f"Too few images to estimate (fewer than {min_per_class} of a class), so never the worst group and "
+            "never tested: "
             + "; ".join(
-                f"{NAMES[g['attribute']]} {g['value']} ({g['n_malignant']} malignant, {g['n_benign']} benign)"
-                for g in unestimated
+                f"{NAMES[g['attribute']]} {g['value']}{'' if s == 'test' else ' (external)'} "
+                f"({g['n_malignant']} malignant, {g['n_benign']} benign)"
+                for s, g in small
             )
             + "."
         )

@@ -23,12 +23,11 @@ import numpy as np
 from melanoma.data.datasets import DatasetError, manifest
 from melanoma.errors import MelanomaError
 from melanoma.evaluation.metrics import MetricError, auroc
-from melanoma.evaluation.stats import auroc_difference, holm
+from melanoma.evaluation.stats import ALPHA, auroc_difference, holm
 from melanoma.evaluation.subgroups import ATTRIBUTES, UNKNOWN, correct, groups, subgroup_differences
 from melanoma.io import read_csv
 from melanoma.params import LABELS
 
-ALPHA = 0.05
 MIN_CLASS = 10  # fewer malignant (or benign) images than this in a held-out split: its intervals are unreliable
 WORDS = {1: "helps", 0: "no evidence of a difference", -1: "hurts"}
 
@@ -214,7 +213,7 @@ def compare_subgroups(
         first = refs[s][archs[0]]
         for values in first.attributes.values():
             est = [g["value"] for g in groups(first.labels, values, min_per_class) if g["estimated"]]
-            tests += len(est) + any(v != UNKNOWN for v in est)  # the groups, and the worst-group row
+            tests += len(est) + (len(est) >= 2)  # the groups, and the worst-group row where there is a choice
     b = resamples_for(tests * len(augmented), n_boot)
     rows = []
     for s in splits:
