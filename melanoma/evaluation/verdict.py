@@ -211,6 +211,8 @@ def compare_subgroups(
     tests = 0
     for s in splits:
         first = refs[s][archs[0]]
+        for a in archs[1:]:  # pooling pairs images across architectures by position
+            _check_pair(first, refs[s][a], f"{a}_Original", f"{archs[0]}_Original", s, a)
         for values in first.attributes.values():
             est = [g["value"] for g in groups(first.labels, values, min_per_class) if g["estimated"]]
             tests += len(est) + (len(est) >= 2)  # the groups, and the worst-group row where there is a choice
