@@ -157,7 +157,7 @@ def test_the_subgroup_verdict_finds_the_site_the_artefact_helps_and_nothing_wher
         "groups": 2,
         "helped": 1,
         "hurt": 0,
-        "worst_difference": round(worst["difference"], 4),
+        "worst_change": round(worst["difference"], 4),
         "worst_p_holm": round(worst["p_holm"], 4),
         "worst_verdict": worst["verdict"],
     }

@@ -262,7 +262,7 @@ def subgroup_figure(rows: list[dict[str, Any]], split: str, path: Path) -> None:
     fig, axes = plt.subplots(
         len(attributes),
         1,
-        figsize=(7.0, 0.42 * (len(datasets) + 1) * sum(n_groups) / 2 + 0.9 * len(attributes)),
+        figsize=(7.0, 0.28 * (len(datasets) + 1) * sum(n_groups) / 2 + 0.9 * len(attributes)),
         dpi=100,
         sharex=True,
         squeeze=False,
@@ -718,7 +718,7 @@ def _subgroup_json(rows: list[dict[str, Any]], datasets: list[str], splits: list
                 for r in own:
                     if r["value"] == sg.WORST:
                         row.update(
-                            worst_difference=round(r["difference"], 4),
+                            worst_change=round(r["difference"], 4),
                             worst_p_holm=round(r["p_holm"], 4),
                             worst_verdict=r["verdict"],
                         )
