@@ -310,8 +310,8 @@ def test_two_fresh_runs_give_identical_results(built, twin):
     a, b = lock_outs(built[0]), lock_outs(repo)
     # every output byte for byte: raw data, splits, synthetic images (plain and upscaled), datasets, generator,
     # upscaler and classifier folders (every seed), evaluations (GradCAM images included), the baseline,
-    # packages (ONNX included), report, verdict
-    assert len(a) == 39 and len([p for p in a if p.startswith("data/")]) == 12
+    # packages (ONNX included), report, verdict, subgroups
+    assert len(a) == 40 and len([p for p in a if p.startswith("data/")]) == 12
     assert a == b  # metrics.json included (a `cache: false` output, hashed in dvc.lock like the others)
 
 
